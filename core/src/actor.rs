@@ -1,0 +1,441 @@
+//! Actors: state owned by the runtime, methods run one at a time in submission order.
+//!
+//! An actor is an [`ActorCell`]: its state (behind a mutex only its running turn takes), a
+//! FIFO mailbox of calls, and a `scheduled` flag. Submitting a call pushes it on the mailbox
+//! and, if the actor is not scheduled, submits a *turn* to the pool. A turn runs up to
+//! [`BATCH`] calls in order, then yields the executor (resubmitting itself if calls remain).
+//! A call whose argument refs are not ready stops the turn: it stays at the head, and the
+//! actor is scheduled again when that object is ready, so later calls never overtake it.
+//!
+//! Scheduling protocol (no lost turn): a submitter pushes, fences, then `swap(true)`s the
+//! flag and submits a turn if it was false. A turn that finds the mailbox empty stores
+//! false, fences, and looks at the mailbox again, taking the flag back if a call arrived.
+
+use std::any::{Any, TypeId};
+use std::marker::PhantomData;
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crossbeam_queue::SegQueue;
+use rayhpc_sched::ClassId;
+use serde::Serialize;
+
+use crate::error::{Error, FailureKind, Result};
+use crate::function::{decode_args, encode_result, ArgSpec, Arguments, Callable, Failure, IntoArgs, MethodCallable};
+use crate::ids::{ActorId, FunctionId};
+use crate::object::{Notify, ObjectRef, Slot, Waiter};
+use crate::options::Options;
+use crate::runtime::Runtime;
+use crate::task::{guarded, inputs, task_error, CoreJob};
+
+/// Calls one turn runs before it lets other work use the executor.
+pub const BATCH: usize = 256;
+
+type Ctor = dyn Fn(&[&[u8]]) -> std::result::Result<Box<dyn Any + Send>, Failure> + Send + Sync;
+type MethodInvoke = dyn Fn(&mut (dyn Any + Send), &[&[u8]]) -> std::result::Result<Vec<u8>, Failure> + Send + Sync;
+
+pub(crate) struct ClassEntry {
+    pub(crate) name: Arc<str>,
+    type_id: TypeId,
+    ctor: Box<Ctor>,
+}
+
+pub(crate) struct MethodEntry {
+    name: Arc<str>,
+    id: FunctionId,
+    invoke: Box<MethodInvoke>,
+}
+
+/// A registered actor class with state type `A`, built from constructor arguments `CArgs`.
+pub struct ActorClass<A, CArgs> {
+    entry: Arc<ClassEntry>,
+    defaults: Options,
+    _p: PhantomData<fn(CArgs) -> A>,
+}
+
+impl<A, CArgs> Clone for ActorClass<A, CArgs> {
+    fn clone(&self) -> Self {
+        ActorClass { entry: self.entry.clone(), defaults: self.defaults.clone(), _p: PhantomData }
+    }
+}
+
+/// A registered method of actor class `A`.
+pub struct Method<A, Args, R> {
+    entry: Arc<MethodEntry>,
+    _p: PhantomData<fn(A, Args) -> R>,
+}
+
+impl<A, Args, R> Clone for Method<A, Args, R> {
+    fn clone(&self) -> Self {
+        Method { entry: self.entry.clone(), _p: PhantomData }
+    }
+}
+
+/// Registers an actor class: `ctor` builds the state from the creation arguments.
+///
+/// ```
+/// struct Counter(i64);
+/// let class = rayhpc::actor("doc.Counter", |start: i64| Counter(start));
+/// let incr = class.method("incr", |c: &mut Counter, by: i64| { c.0 += by; c.0 });
+/// let rt = rayhpc::Runtime::init(rayhpc::Config::default()).unwrap();
+/// let c = class.remote(&rt, (10,)).unwrap();
+/// let a = incr.remote(&c, (1,)).unwrap();
+/// let b = incr.remote(&c, (2,)).unwrap();
+/// assert_eq!(rt.get_all(&[a, b]).unwrap(), vec![11, 13]);
+/// rt.shutdown();
+/// ```
+pub fn actor<A, Args, F>(name: &str, ctor: F) -> ActorClass<A, Args>
+where
+    A: Send + 'static,
+    Args: Arguments,
+    F: Callable<Args, A>,
+{
+    let ctor: Box<Ctor> = Box::new(move |inp: &[&[u8]]| Ok(Box::new(ctor.call(decode_args::<Args>(inp)?)) as Box<dyn Any + Send>));
+    ActorClass {
+        entry: Arc::new(ClassEntry { name: name.into(), type_id: TypeId::of::<A>(), ctor }),
+        defaults: Options::default(),
+        _p: PhantomData,
+    }
+}
+
+/// Registers an actor class whose constructor may fail: an `Err` kills the actor, and every
+/// call to it fails with [`Error::ActorDied`] naming the error.
+pub fn try_actor<A, Args, E, F>(name: &str, ctor: F) -> ActorClass<A, Args>
+where
+    A: Send + 'static,
+    Args: Arguments,
+    E: std::fmt::Display,
+    F: Callable<Args, std::result::Result<A, E>>,
+{
+    let ctor: Box<Ctor> = Box::new(move |inp: &[&[u8]]| match ctor.call(decode_args::<Args>(inp)?) {
+        Ok(a) => Ok(Box::new(a) as Box<dyn Any + Send>),
+        Err(e) => Err(Failure::new(FailureKind::Error, e.to_string())),
+    });
+    ActorClass {
+        entry: Arc::new(ClassEntry { name: name.into(), type_id: TypeId::of::<A>(), ctor }),
+        defaults: Options::default(),
+        _p: PhantomData,
+    }
+}
+
+fn downcast<A: 'static>(s: &mut (dyn Any + Send)) -> std::result::Result<&mut A, Failure> {
+    s.downcast_mut::<A>().ok_or_else(|| Failure::new(FailureKind::BadArguments, "actor state has another type"))
+}
+
+impl<A: Send + 'static, CArgs> ActorClass<A, CArgs> {
+    /// The registered name.
+    pub fn name(&self) -> &str {
+        &self.entry.name
+    }
+
+    /// Registers method `name` (full name `Class.name`). A panic fails the call, not the actor.
+    pub fn method<Args, R, F>(&self, name: &str, f: F) -> Method<A, Args, R>
+    where
+        Args: Arguments,
+        R: Serialize + 'static,
+        F: MethodCallable<A, Args, R>,
+    {
+        let invoke: Box<MethodInvoke> = Box::new(move |s, inp| {
+            let args = decode_args::<Args>(inp)?;
+            encode_result(&f.call(downcast::<A>(s)?, args))
+        });
+        self.make_method(name, invoke)
+    }
+
+    /// Registers a method that returns `Result<R, E>`; an `Err` fails that call.
+    pub fn try_method<Args, R, E, F>(&self, name: &str, f: F) -> Method<A, Args, R>
+    where
+        Args: Arguments,
+        R: Serialize + 'static,
+        E: std::fmt::Display,
+        F: MethodCallable<A, Args, std::result::Result<R, E>>,
+    {
+        let invoke: Box<MethodInvoke> = Box::new(move |s, inp| {
+            let args = decode_args::<Args>(inp)?;
+            match f.call(downcast::<A>(s)?, args) {
+                Ok(r) => encode_result(&r),
+                Err(e) => Err(Failure::new(FailureKind::Error, e.to_string())),
+            }
+        });
+        self.make_method(name, invoke)
+    }
+
+    fn make_method<Args, R>(&self, name: &str, invoke: Box<MethodInvoke>) -> Method<A, Args, R> {
+        let full = format!("{}.{name}", self.entry.name);
+        Method { entry: Arc::new(MethodEntry { id: FunctionId::of(&full), name: full.into(), invoke }), _p: PhantomData }
+    }
+
+    /// The same class with other default options (resources held for the actor's life,
+    /// a name).
+    pub fn with_options(mut self, o: Options) -> Self {
+        self.defaults = o;
+        self
+    }
+
+    /// Creates an actor. Returns its handle at once; calls made before the constructor has
+    /// run wait for it.
+    ///
+    /// # Errors
+    /// Unencodable arguments, an infeasible resource request, a name already taken, or a
+    /// runtime that is shut down.
+    pub fn remote(&self, rt: &Runtime, args: impl IntoArgs<CArgs>) -> Result<ActorHandle<A>> {
+        self.remote_with(rt, &Options::default(), args)
+    }
+
+    /// Creates an actor with options that override the class defaults.
+    ///
+    /// # Errors
+    /// As [`ActorClass::remote`].
+    pub fn remote_with(&self, rt: &Runtime, options: &Options, args: impl IntoArgs<CArgs>) -> Result<ActorHandle<A>> {
+        let o = self.defaults.merged(options);
+        let args = args.into_args()?.into_iter().map(|a| a.0).collect();
+        let cell = rt.create_actor(self.entry.clone(), &o, args)?;
+        Ok(ActorHandle { cell, _p: PhantomData })
+    }
+}
+
+/// A handle to a live actor of class `A`. Cheap to clone, `Send`, and can be passed into
+/// tasks and other actors.
+pub struct ActorHandle<A> {
+    pub(crate) cell: Arc<ActorCell>,
+    _p: PhantomData<fn() -> A>,
+}
+
+impl<A> Clone for ActorHandle<A> {
+    fn clone(&self) -> Self {
+        ActorHandle { cell: self.cell.clone(), _p: PhantomData }
+    }
+}
+
+impl<A> std::fmt::Debug for ActorHandle<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ActorHandle({} {})", self.cell.class.name, self.cell.id)
+    }
+}
+
+impl<A> ActorHandle<A> {
+    /// The actor's id.
+    pub fn id(&self) -> ActorId {
+        self.cell.id
+    }
+    /// The actor's name, if it was created with one.
+    pub fn name(&self) -> Option<&str> {
+        self.cell.name.as_deref()
+    }
+    /// True once the actor is dead (killed, or its constructor failed).
+    pub fn is_dead(&self) -> bool {
+        self.cell.dead.get().is_some()
+    }
+    pub(crate) fn from_cell(cell: Arc<ActorCell>) -> Option<Self>
+    where
+        A: 'static,
+    {
+        (cell.class.type_id == TypeId::of::<A>()).then_some(ActorHandle { cell, _p: PhantomData })
+    }
+}
+
+impl<A: Send + 'static, Args, R> Method<A, Args, R> {
+    /// The full name, `Class.method`.
+    pub fn name(&self) -> &str {
+        &self.entry.name
+    }
+
+    /// The stable id of the method.
+    pub fn id(&self) -> FunctionId {
+        self.entry.id
+    }
+
+    /// Calls the method on `actor`. Calls through any handle of one actor run one at a time,
+    /// in the order they were submitted.
+    ///
+    /// # Errors
+    /// Unencodable arguments, or a runtime that is shut down. A dead actor is reported by
+    /// `get` on the returned ref ([`Error::ActorDied`]).
+    pub fn remote(&self, actor: &ActorHandle<A>, args: impl IntoArgs<Args>) -> Result<ObjectRef<R>> {
+        let args: Vec<ArgSpec> = args.into_args()?.into_iter().map(|a| a.0).collect();
+        actor.cell.call(self.entry.clone(), args).map(ObjectRef::from_slot)
+    }
+}
+
+pub(crate) struct ActorCall {
+    method: Arc<MethodEntry>,
+    args: Vec<ArgSpec>,
+    ret: Arc<Slot>,
+}
+
+struct Runner {
+    state: Option<Box<dyn Any + Send>>,
+    head: Option<ActorCall>,
+}
+
+/// One actor, as the runtime holds it.
+pub(crate) struct ActorCell {
+    pub(crate) id: ActorId,
+    pub(crate) class: Arc<ClassEntry>,
+    pub(crate) name: Option<String>,
+    rt: Runtime,
+    mailbox: SegQueue<ActorCall>,
+    scheduled: AtomicBool,
+    runner: Mutex<Runner>,
+    pub(crate) dead: OnceLock<Error>,
+    /// Resources held for the actor's life, given back when it dies.
+    held: Mutex<Option<ClassId>>,
+}
+
+/// The creation job of an actor.
+pub(crate) struct CreateSpec {
+    pub cell: Arc<ActorCell>,
+    pub args: Vec<ArgSpec>,
+    pub holds_resources: bool,
+}
+
+impl ActorCell {
+    pub(crate) fn new(id: ActorId, class: Arc<ClassEntry>, name: Option<String>, rt: Runtime) -> Arc<Self> {
+        Arc::new(ActorCell {
+            id,
+            class,
+            name,
+            rt,
+            mailbox: SegQueue::new(),
+            // Scheduled from birth: no turn may run before the constructor has.
+            scheduled: AtomicBool::new(true),
+            runner: Mutex::new(Runner { state: None, head: None }),
+            dead: OnceLock::new(),
+            held: Mutex::new(None),
+        })
+    }
+
+    fn runner(&self) -> std::sync::MutexGuard<'_, Runner> {
+        self.runner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn call(self: &Arc<Self>, method: Arc<MethodEntry>, args: Vec<ArgSpec>) -> Result<Arc<Slot>> {
+        if self.rt.is_shutdown() {
+            return Err(Error::Shutdown);
+        }
+        let ret = Slot::new(self.rt.next_task_id().object(0));
+        self.mailbox.push(ActorCall { method, args, ret: ret.clone() });
+        self.schedule();
+        Ok(ret)
+    }
+
+    /// Submits a turn unless one is scheduled or running.
+    pub(crate) fn schedule(self: &Arc<Self>) {
+        // SYNC POINT: the push above (or the ready object) before the flag; pairs with the
+        // fence in `turn`.
+        fence(Ordering::SeqCst);
+        if !self.scheduled.swap(true, Ordering::AcqRel) {
+            self.rt.inner.pool().submit(CoreJob::ActorTurn(self.clone()), ClassId::FREE);
+        }
+    }
+
+    /// Marks the actor dead with `e` (first reason wins), gives back its resources and
+    /// schedules a turn that fails the queued calls and drops the state.
+    pub(crate) fn kill(self: &Arc<Self>, e: Error) {
+        let _ = self.dead.set(e);
+        if let Some(c) = self.held.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            self.rt.inner.pool().release(c);
+        }
+        self.schedule();
+    }
+
+    /// Runs up to [`BATCH`] calls in order.
+    pub(crate) fn turn(self: &Arc<Self>) {
+        let mut r = self.runner();
+        for _ in 0..BATCH {
+            let Some(call) = r.head.take().or_else(|| self.mailbox.pop()) else { break };
+            if let Some(e) = self.dead.get() {
+                call.ret.complete(Err(e.clone()));
+                continue;
+            }
+            let unready = call.args.iter().find_map(|a| match a {
+                ArgSpec::Ref(s) if !s.is_ready() => Some(s.clone()),
+                _ => None,
+            });
+            if let Some(slot) = unready {
+                r.head = Some(call);
+                drop(r);
+                self.scheduled.store(false, Ordering::SeqCst);
+                slot.on_ready(Waiter::Callback(self.clone()));
+                return;
+            }
+            let state = r.state.as_deref_mut().expect("a live, constructed actor has state");
+            let out = match inputs(&call.args) {
+                Err(e) => Err(e),
+                Ok(inp) => guarded(|| (call.method.invoke)(state, &inp)).map_err(|f| task_error(&call.method.name, f, 1)),
+            };
+            call.ret.complete(out.and_then(|b| self.rt.inner.seal(b)));
+        }
+        if self.dead.get().is_some() {
+            // Killed: the state's destructor runs here, on the actor's own turn.
+            r.state = None;
+        }
+        let more = r.head.is_some();
+        drop(r);
+        if more || !self.mailbox.is_empty() {
+            self.rt.inner.pool().submit(CoreJob::ActorTurn(self.clone()), ClassId::FREE);
+            return;
+        }
+        self.scheduled.store(false, Ordering::SeqCst);
+        // SYNC POINT: pairs with the fence in `schedule`.
+        fence(Ordering::SeqCst);
+        if !self.mailbox.is_empty() {
+            self.schedule();
+        }
+    }
+
+    /// The pool shut down with a turn queued: fail every queued call.
+    pub(crate) fn cancel(&self) {
+        let mut r = self.runner();
+        while let Some(call) = r.head.take().or_else(|| self.mailbox.pop()) {
+            call.ret.complete(Err(Error::Shutdown));
+        }
+        r.state = None;
+    }
+}
+
+impl Notify for ActorCell {
+    fn notify(self: Arc<Self>) {
+        self.schedule();
+    }
+}
+
+impl CreateSpec {
+    pub(crate) fn run(self) {
+        let cell = self.cell.clone();
+        if self.holds_resources {
+            *cell.held.lock().unwrap_or_else(|e| e.into_inner()) = cell.rt.inner.pool().detach_resources();
+        }
+        let built = match inputs(&self.args) {
+            Err(e) => Err(e),
+            Ok(inp) => guarded(|| (cell.class.ctor)(&inp)).map_err(|f| task_error(&format!("{}.__init__", cell.class.name).into(), f, 1)),
+        };
+        match built {
+            Ok(state) => cell.runner().state = Some(state),
+            Err(e) => {
+                let reason: Arc<str> = format!("constructor failed: {e}").into();
+                cell.kill(Error::ActorDied { class: cell.class.name.clone(), actor: cell.id.to_string(), reason });
+            }
+        }
+        if cell.dead.get().is_some() {
+            cell.rt.forget_actor(&cell);
+        }
+        // Hand over to the mailbox: the flag was held since birth.
+        cell.scheduled.store(false, Ordering::SeqCst);
+        cell.schedule_if_pending();
+    }
+
+    pub(crate) fn cancel(self) {
+        let _ = self.cell.dead.set(Error::Shutdown);
+        self.cell.cancel();
+    }
+}
+
+impl ActorCell {
+    fn schedule_if_pending(self: &Arc<Self>) {
+        fence(Ordering::SeqCst);
+        if !self.mailbox.is_empty() || self.dead.get().is_some() {
+            self.schedule();
+        }
+    }
+}

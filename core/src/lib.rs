@@ -1,0 +1,41 @@
+//! # rayhpc
+//!
+//! Ray's programming model (remote tasks that return futures, stateful actors, an object
+//! store with `put`/`get`/`wait`, resource-aware placement, retries) as a native runtime.
+//!
+//! ```
+//! use rayhpc::{Config, Options, Runtime};
+//!
+//! let square = rayhpc::function("lib.square", |x: u64| x * x);
+//! let sum = rayhpc::function("lib.sum", |v: Vec<u64>| v.iter().sum::<u64>());
+//!
+//! let rt = Runtime::init(Config::default()).unwrap();
+//! let squares: Vec<_> = (0..10u64).map(|i| square.remote(&rt, (i,)).unwrap()).collect();
+//! let values = rt.get_all(&squares).unwrap();
+//! let total = sum.remote_with(&rt, &Options::new().num_cpus(0.5), (values,)).unwrap();
+//! assert_eq!(rt.get(&total).unwrap(), 285);
+//! rt.shutdown();
+//! ```
+//!
+//! See `docs/ARCHITECTURE.md` in the repository for how a task travels.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod actor;
+pub mod codec;
+mod error;
+mod function;
+pub mod ids;
+mod object;
+mod options;
+mod runtime;
+mod store;
+mod task;
+
+pub use actor::{actor, try_actor, ActorClass, ActorHandle, Method};
+pub use error::{Error, FailureKind, ResourceError, Result, TaskError};
+pub use function::{function, lookup, try_function, Arguments, Callable, IntoArg, IntoArgs, MethodCallable, RemoteFn};
+pub use object::{ObjectRef, ObjectView, Untyped};
+pub use options::{Options, DEFAULT_MAX_RETRIES};
+pub use rayhpc_sched::ResourceView;
+pub use runtime::{Config, Runtime, DEFAULT_INLINE_THRESHOLD};

@@ -1,0 +1,269 @@
+//! Objects as their owner sees them: a [`Slot`] per object (the future's state), the typed
+//! handle [`ObjectRef`], and the zero-copy [`ObjectView`].
+//!
+//! # The slot protocol
+//! A slot is written once (`complete`) and read many times. Readers that must wait register
+//! a [`Waiter`]: a parked thread, or anything that implements [`Notify`] (a task waiting for
+//! its arguments, an actor waiting for the head of its mailbox, a `wait` call).
+//!
+//! Every registered waiter is notified exactly once:
+//! 1. `complete` stores the value (`OnceLock`, release), issues a SeqCst fence and reads
+//!    `has_waiters`; if set, it drains the list under its lock and notifies.
+//! 2. `on_ready` pushes the waiter under the lock, sets `has_waiters` (SeqCst), issues a
+//!    SeqCst fence and reads the value; if the value is there, it drains the list itself.
+//!
+//! The two fences are ordered, so at least one side sees the other, and the list is drained
+//! under its lock, so no waiter is taken twice. Completing a slot nobody waits on costs one
+//! fence and one load: no lock.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::ids::ObjectId;
+use crate::store::Blob;
+
+/// The value of a finished object: its bytes, or the error of the task that should have
+/// produced it.
+pub(crate) type Outcome = Result<Blob, Error>;
+
+/// Something that wants to hear when an object is ready.
+pub(crate) trait Notify: Send + Sync {
+    /// Called once, after the slot's value is set, on the completing (or registering) thread.
+    fn notify(self: Arc<Self>);
+}
+
+pub(crate) enum Waiter {
+    Thread(Thread),
+    Callback(Arc<dyn Notify>),
+}
+
+impl Waiter {
+    fn fire(self) {
+        match self {
+            Waiter::Thread(t) => t.unpark(),
+            Waiter::Callback(n) => n.notify(),
+        }
+    }
+}
+
+/// The state of one object.
+pub(crate) struct Slot {
+    pub(crate) id: ObjectId,
+    value: OnceLock<Outcome>,
+    has_waiters: AtomicBool,
+    waiters: Mutex<Vec<Waiter>>,
+}
+
+/// How long a waiting thread spins before it parks: a task that is about to finish is caught
+/// without a futex round trip, an idle wait costs nothing after this.
+const SPIN: Duration = Duration::from_micros(30);
+
+impl Slot {
+    pub(crate) fn new(id: ObjectId) -> Arc<Self> {
+        Arc::new(Slot { id, value: OnceLock::new(), has_waiters: AtomicBool::new(false), waiters: Mutex::new(Vec::new()) })
+    }
+
+    pub(crate) fn ready(id: ObjectId, outcome: Outcome) -> Arc<Self> {
+        let s = Slot::new(id);
+        let _ = s.value.set(outcome);
+        s
+    }
+
+    pub(crate) fn get(&self) -> Option<&Outcome> {
+        self.value.get()
+    }
+
+    pub(crate) fn is_ready(&self) -> bool {
+        self.value.get().is_some()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Waiter>> {
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the value (first writer wins; later ones are ignored and return false) and
+    /// notifies every waiter.
+    pub(crate) fn complete(&self, outcome: Outcome) -> bool {
+        if self.value.set(outcome).is_err() {
+            return false;
+        }
+        // SYNC POINT: pairs with the fence in `on_ready` (module doc, step 1).
+        fence(Ordering::SeqCst);
+        if self.has_waiters.load(Ordering::SeqCst) {
+            self.drain();
+        }
+        true
+    }
+
+    fn drain(&self) {
+        let ws = std::mem::take(&mut *self.lock());
+        for w in ws {
+            w.fire();
+        }
+    }
+
+    /// Notifies `w` once the value is set (at once, on this thread, if it already is).
+    pub(crate) fn on_ready(&self, w: Waiter) {
+        {
+            let mut g = self.lock();
+            if self.value.get().is_none() {
+                g.push(w);
+                self.has_waiters.store(true, Ordering::SeqCst);
+                drop(g);
+                // SYNC POINT: pairs with the fence in `complete` (module doc, step 2).
+                fence(Ordering::SeqCst);
+                if self.value.get().is_some() {
+                    self.drain();
+                }
+                return;
+            }
+        }
+        w.fire();
+    }
+
+    /// Spins for up to `limit` waiting for the value (yielding now and then so that a
+    /// producer sharing this CPU can run). Returns whether it is set.
+    pub(crate) fn spin(&self, limit: Duration) -> bool {
+        let start = Instant::now();
+        let mut i = 0u32;
+        while !self.is_ready() {
+            if start.elapsed() >= limit {
+                return false;
+            }
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
+            i += 1;
+            if i % 8 == 0 {
+                thread::yield_now();
+            }
+        }
+        true
+    }
+
+    /// Blocks the calling thread until the value is set or `deadline` passes. Returns
+    /// whether it is set.
+    pub(crate) fn wait(&self, deadline: Option<Instant>) -> bool {
+        if self.spin(SPIN) {
+            return true;
+        }
+        let me = thread::current();
+        let my_id = me.id();
+        self.on_ready(Waiter::Thread(me));
+        loop {
+            if self.is_ready() {
+                return true;
+            }
+            match deadline {
+                None => thread::park(),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        // Take this thread off the list so that timed-out waits leave nothing.
+                        self.lock().retain(|w| !matches!(w, Waiter::Thread(t) if t.id() == my_id));
+                        return self.is_ready();
+                    }
+                    thread::park_timeout(d - now);
+                }
+            }
+        }
+    }
+}
+
+/// A future: the handle to an object that a task will produce (or that `put` stored).
+/// Cheap to clone; the object lives while any handle to it does.
+pub struct ObjectRef<T> {
+    pub(crate) slot: Arc<Slot>,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> ObjectRef<T> {
+    pub(crate) fn from_slot(slot: Arc<Slot>) -> Self {
+        ObjectRef { slot, _t: PhantomData }
+    }
+
+    /// The object's id.
+    pub fn id(&self) -> ObjectId {
+        self.slot.id
+    }
+
+    /// True when the object is computed (successfully or not): `get` will not block.
+    pub fn is_ready(&self) -> bool {
+        self.slot.is_ready()
+    }
+
+    /// The same object, seen as raw bytes (for [`crate::Runtime::get_bytes`] and `wait` over
+    /// refs of different types).
+    pub fn untyped(&self) -> ObjectRef<Untyped> {
+        ObjectRef::from_slot(self.slot.clone())
+    }
+}
+
+/// The type parameter of refs whose value type is not known here.
+#[derive(Debug, Clone, Copy)]
+pub enum Untyped {}
+
+impl<T> Clone for ObjectRef<T> {
+    fn clone(&self) -> Self {
+        ObjectRef::from_slot(self.slot.clone())
+    }
+}
+
+impl<T> fmt::Debug for ObjectRef<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectRef({}{})", self.slot.id, if self.is_ready() { ", ready" } else { "" })
+    }
+}
+
+impl<T> PartialEq for ObjectRef<T> {
+    fn eq(&self, o: &Self) -> bool {
+        self.slot.id == o.slot.id
+    }
+}
+impl<T> Eq for ObjectRef<T> {}
+impl<T> std::hash::Hash for ObjectRef<T> {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.slot.id.hash(h)
+    }
+}
+
+/// A read-only, zero-copy view of an object's bytes. The object stays alive (pinned) while
+/// the view does.
+pub struct ObjectView {
+    slot: Arc<Slot>,
+}
+
+impl ObjectView {
+    /// A view of a slot whose value is `Ok`.
+    pub(crate) fn new(slot: Arc<Slot>) -> Self {
+        debug_assert!(matches!(slot.get(), Some(Ok(_))));
+        ObjectView { slot }
+    }
+
+    /// True when the bytes live in the object store rather than inline.
+    pub fn is_stored(&self) -> bool {
+        matches!(self.slot.get(), Some(Ok(b)) if b.is_stored())
+    }
+}
+
+impl Deref for ObjectView {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self.slot.get() {
+            Some(Ok(b)) => b.bytes(),
+            _ => &[],
+        }
+    }
+}
+
+impl fmt::Debug for ObjectView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectView({}, {} bytes)", self.slot.id, self.len())
+    }
+}

@@ -1,0 +1,493 @@
+//! The runtime embedded in the calling process: configuration, start-up and shutdown, and
+//! the calls of Ray's core API (`get`, `put`, `wait`, `kill`, named actors).
+
+use std::cell::{Cell, OnceCell};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
+
+use rayhpc_sched::{ClassId, Pool, PoolConfig, ResourceView, Topology};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::actor::{ActorCell, ActorHandle, ClassEntry, CreateSpec};
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::function::{ArgSpec, ArgSpecPub, FnEntry};
+use crate::ids::{ActorId, TaskId};
+use crate::object::{Notify, ObjectRef, ObjectView, Outcome, Slot, Waiter};
+use crate::options::{Options, DEFAULT_MAX_RETRIES};
+use crate::store::{Blob, MemoryStore};
+use crate::task::{submit_when_ready, CoreJob, TaskSpec};
+
+/// Default size limit of results kept inline with their owner; larger ones go to the store.
+pub const DEFAULT_INLINE_THRESHOLD: usize = 64 * 1024;
+
+/// How to start a runtime. `Config::default()` gives one executor per CPU of the process's
+/// affinity mask and as many logical CPUs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Logical CPUs (default: the number of executors).
+    pub num_cpus: Option<f64>,
+    /// Logical GPUs (default 0).
+    pub num_gpus: f64,
+    /// Custom resources, e.g. `[("ssd", 2.0)]`.
+    pub resources: Vec<(String, f64)>,
+    /// Executor threads (default: one per CPU of the affinity mask).
+    pub executors: Option<usize>,
+    /// Pin executors to their CPUs (default true).
+    pub pin: bool,
+    /// Results up to this size stay inline (default 64 KiB).
+    pub inline_threshold: usize,
+    /// Object store capacity in bytes (default: 30% of the machine's memory).
+    pub object_store_memory: Option<usize>,
+    /// How long an idle executor spins before it parks (default 50 µs).
+    pub spin: Duration,
+    /// This node's number in a cluster (0 when embedded).
+    pub node_id: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            num_cpus: None,
+            num_gpus: 0.0,
+            resources: Vec::new(),
+            executors: None,
+            pin: true,
+            inline_threshold: DEFAULT_INLINE_THRESHOLD,
+            object_store_memory: None,
+            spin: Duration::from_micros(50),
+            node_id: 0,
+        }
+    }
+}
+
+impl Config {
+    /// Sets the logical CPU count.
+    pub fn num_cpus(mut self, n: f64) -> Self {
+        self.num_cpus = Some(n);
+        self
+    }
+    /// Sets the logical GPU count.
+    pub fn num_gpus(mut self, n: f64) -> Self {
+        self.num_gpus = n;
+        self
+    }
+    /// Adds a custom resource.
+    pub fn resource(mut self, name: &str, amount: f64) -> Self {
+        self.resources.push((name.into(), amount));
+        self
+    }
+    /// Sets the number of executor threads.
+    pub fn executors(mut self, n: usize) -> Self {
+        self.executors = Some(n);
+        self
+    }
+    /// Sets the object store capacity.
+    pub fn object_store_memory(mut self, bytes: usize) -> Self {
+        self.object_store_memory = Some(bytes);
+        self
+    }
+}
+
+/// 30% of physical memory (Ray's default share for its object store), 1 GiB if unknown.
+fn default_store_bytes() -> usize {
+    let total_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok()));
+    total_kib.map_or(1 << 30, |k| k * 1024 / 10 * 3)
+}
+
+pub(crate) struct RuntimeInner {
+    pool: OnceLock<Pool<CoreJob>>,
+    cpu1: OnceLock<ClassId>,
+    store: Arc<MemoryStore>,
+    inline_threshold: usize,
+    actors: Mutex<HashMap<String, Arc<ActorCell>>>,
+    shutdown: AtomicBool,
+    node: u32,
+}
+
+/// A handle to a running runtime. Cheap to clone. Call [`Runtime::shutdown`] when done: the
+/// executor threads run until then.
+#[derive(Clone)]
+pub struct Runtime {
+    pub(crate) inner: Arc<RuntimeInner>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("executors", &self.executors()).field("shutdown", &self.is_shutdown()).finish()
+    }
+}
+
+thread_local! {
+    /// The runtime of this executor thread (set once when the pool starts the thread).
+    static CURRENT: OnceCell<Runtime> = const { OnceCell::new() };
+    /// This thread's id generator: (worker number, next sequence number).
+    static IDGEN: Cell<(u32, u64)> = const { Cell::new((0, 0)) };
+}
+
+static NEXT_WORKER: AtomicU32 = AtomicU32::new(1);
+
+/// Runs `f` with the runtime of the current executor thread.
+pub(crate) fn with_current<R>(f: impl FnOnce(&Arc<RuntimeInner>) -> R) -> R {
+    CURRENT.with(|c| f(&c.get().expect("jobs run on executor threads, which carry their runtime").inner))
+}
+
+impl Runtime {
+    /// Starts an embedded single-node runtime.
+    ///
+    /// # Errors
+    /// Invalid resource amounts, an empty affinity mask, or threads the OS refused.
+    pub fn init(config: Config) -> Result<Runtime> {
+        let topology = Topology::detect().map_err(|e| Error::Invalid(format!("cannot read CPU affinity: {e}")))?;
+        let executors = config.executors.unwrap_or(topology.len()).max(1);
+        let mut resources = vec![("CPU".to_string(), config.num_cpus.unwrap_or(executors as f64)), ("GPU".to_string(), config.num_gpus)];
+        resources.extend(config.resources.iter().cloned());
+        let inner = Arc::new(RuntimeInner {
+            pool: OnceLock::new(),
+            cpu1: OnceLock::new(),
+            store: MemoryStore::new(config.object_store_memory.unwrap_or_else(default_store_bytes)),
+            inline_threshold: config.inline_threshold,
+            actors: Mutex::new(HashMap::new()),
+            shutdown: AtomicBool::new(false),
+            node: config.node_id,
+        });
+        let weak = Arc::downgrade(&inner);
+        let hook: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            if let Some(inner) = weak.upgrade() {
+                CURRENT.with(|c| {
+                    let _ = c.set(Runtime { inner });
+                });
+            }
+        });
+        let pc = PoolConfig {
+            resources,
+            threads: Some(executors),
+            pin: config.pin,
+            spin: config.spin,
+            on_thread_start: Some(hook),
+            ..PoolConfig::default()
+        };
+        let pool = Pool::new(pc, &topology).map_err(|e| match e {
+            rayhpc_sched::PoolError::Resource(r) => Error::Resources(r),
+            other => Error::Invalid(other.to_string()),
+        })?;
+        let cpu1 = pool.class(&[("CPU", 1.0)]).unwrap_or(ClassId::FREE);
+        let _ = inner.pool.set(pool);
+        let _ = inner.cpu1.set(cpu1);
+        Ok(Runtime { inner })
+    }
+
+    /// The runtime of the task or actor running on this thread (`None` outside one).
+    pub fn current() -> Option<Runtime> {
+        CURRENT.with(|c| c.get().cloned())
+    }
+
+    /// Stops the runtime: queued work is cancelled (its objects fail with
+    /// [`Error::Shutdown`]), running work finishes, every thread is joined. Idempotent.
+    pub fn shutdown(&self) {
+        if self.inner.shutdown.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.inner.pool().shutdown();
+        self.inner.actors.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// True once [`Runtime::shutdown`] was called.
+    pub fn is_shutdown(&self) -> bool {
+        self.inner.is_shutdown()
+    }
+
+    /// Number of executor threads.
+    pub fn executors(&self) -> usize {
+        self.inner.pool.get().map_or(0, |p| p.executors())
+    }
+
+    /// Every thread the pool started (executors plus compensation threads).
+    pub fn threads(&self) -> usize {
+        self.inner.pool().threads()
+    }
+
+    /// The CPU each executor is placed on.
+    pub fn executor_cpus(&self) -> Vec<usize> {
+        self.inner.pool().executor_cpus().to_vec()
+    }
+
+    /// Totals and availability of the logical resources.
+    pub fn resources(&self) -> Vec<ResourceView> {
+        self.inner.pool().resources()
+    }
+
+    /// Bytes and objects in the object store, and its capacity.
+    pub fn store_usage(&self) -> (usize, usize, usize) {
+        let s = &self.inner.store;
+        (s.used(), s.objects(), s.capacity())
+    }
+
+    pub(crate) fn next_task_id(&self) -> TaskId {
+        self.inner.next_task_id()
+    }
+
+    /// Stores `value` as an object.
+    ///
+    /// # Errors
+    /// An unencodable value, or a value the store cannot hold.
+    pub fn put<T: Serialize>(&self, value: &T) -> Result<ObjectRef<T>> {
+        if self.is_shutdown() {
+            return Err(Error::Shutdown);
+        }
+        let bytes = codec::encode(value)?;
+        let blob = self.inner.seal(bytes)?;
+        Ok(ObjectRef::from_slot(Slot::ready(self.next_task_id().object(0), Ok(blob))))
+    }
+
+    /// Waits for an object and decodes it. A failed task's error comes back as it was.
+    ///
+    /// # Errors
+    /// The producing task's error (or the error of a task it depended on), [`Error::Shutdown`],
+    /// or [`Error::Codec`] when the bytes are not a `T`.
+    pub fn get<T: DeserializeOwned>(&self, r: &ObjectRef<T>) -> Result<T> {
+        self.wait_slot(&r.slot, None);
+        read(&r.slot)
+    }
+
+    /// As [`Runtime::get`], giving up after `timeout` with [`Error::Timeout`].
+    ///
+    /// # Errors
+    /// As [`Runtime::get`], plus [`Error::Timeout`].
+    pub fn get_timeout<T: DeserializeOwned>(&self, r: &ObjectRef<T>, timeout: Duration) -> Result<T> {
+        if !self.wait_slot(&r.slot, Some(Instant::now() + timeout)) {
+            return Err(Error::Timeout(timeout));
+        }
+        read(&r.slot)
+    }
+
+    /// Gets every object, in order. Fails with the first error in list order.
+    ///
+    /// # Errors
+    /// As [`Runtime::get`].
+    pub fn get_all<T: DeserializeOwned>(&self, refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
+        refs.iter().map(|r| self.get(r)).collect()
+    }
+
+    /// As [`Runtime::get_all`] with one deadline for all of them.
+    ///
+    /// # Errors
+    /// As [`Runtime::get_timeout`].
+    pub fn get_all_timeout<T: DeserializeOwned>(&self, refs: &[ObjectRef<T>], timeout: Duration) -> Result<Vec<T>> {
+        let deadline = Instant::now() + timeout;
+        refs.iter().map(|r| if self.wait_slot(&r.slot, Some(deadline)) { read(&r.slot) } else { Err(Error::Timeout(timeout)) }).collect()
+    }
+
+    /// Waits for an object and returns a zero-copy view of its encoded bytes.
+    ///
+    /// # Errors
+    /// As [`Runtime::get`] (no decoding happens).
+    pub fn get_bytes<T>(&self, r: &ObjectRef<T>) -> Result<ObjectView> {
+        self.wait_slot(&r.slot, None);
+        match r.slot.get() {
+            Some(Ok(_)) => Ok(ObjectView::new(r.slot.clone())),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(Error::Shutdown),
+        }
+    }
+
+    /// Ray's `wait`: returns once `num_returns` of `refs` are ready or `timeout` passes, as
+    /// `(ready, not_ready)`. `ready` holds the first `num_returns` ready refs in list order;
+    /// `not_ready` the others, in order. A timeout is not an error.
+    ///
+    /// # Errors
+    /// `num_returns` larger than the list ([`Error::Invalid`]).
+    #[allow(clippy::type_complexity)]
+    pub fn wait<T>(
+        &self,
+        refs: &[ObjectRef<T>],
+        num_returns: usize,
+        timeout: Option<Duration>,
+    ) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
+        if num_returns > refs.len() {
+            return Err(Error::Invalid(format!("wait: num_returns {num_returns} is larger than the {} refs given", refs.len())));
+        }
+        let ready_now = refs.iter().filter(|r| r.is_ready()).count();
+        if ready_now < num_returns {
+            let deadline = timeout.map(|t| Instant::now() + t);
+            let group = Arc::new(WaitGroup { remaining: AtomicIsize::new((num_returns - ready_now) as isize), thread: thread::current() });
+            for r in refs.iter().filter(|r| !r.is_ready()) {
+                r.slot.on_ready(Waiter::Callback(group.clone()));
+            }
+            self.block(|| loop {
+                if group.remaining.load(Ordering::Acquire) <= 0 {
+                    break;
+                }
+                match deadline {
+                    None => thread::park(),
+                    Some(d) => {
+                        let now = Instant::now();
+                        if now >= d {
+                            break;
+                        }
+                        thread::park_timeout(d - now);
+                    }
+                }
+            });
+        }
+        let (mut ready, mut rest) = (Vec::with_capacity(num_returns), Vec::new());
+        for r in refs {
+            if ready.len() < num_returns && r.is_ready() {
+                ready.push(r.clone());
+            } else {
+                rest.push(r.clone());
+            }
+        }
+        Ok((ready, rest))
+    }
+
+    /// Kills an actor: calls not yet run fail with [`Error::ActorDied`], later calls too; the
+    /// call running now (if any) finishes. Its resources are given back and its name freed.
+    pub fn kill<A>(&self, actor: &ActorHandle<A>) {
+        let c = &actor.cell;
+        c.kill(Error::ActorDied { class: c.class.name.clone(), actor: c.id.to_string(), reason: "killed by kill()".into() });
+        self.forget_actor(c);
+    }
+
+    /// The live actor registered under `name`, if it has state type `A`.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchActor`] when no live actor of that name and type exists.
+    pub fn get_actor<A: 'static>(&self, name: &str) -> Result<ActorHandle<A>> {
+        let cell = self.inner.actors.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned();
+        cell.and_then(ActorHandle::from_cell).ok_or_else(|| Error::NoSuchActor(name.into()))
+    }
+
+    pub(crate) fn forget_actor(&self, cell: &Arc<ActorCell>) {
+        if let Some(n) = &cell.name {
+            let mut m = self.inner.actors.lock().unwrap_or_else(|e| e.into_inner());
+            if m.get(n).is_some_and(|c| Arc::ptr_eq(c, cell)) {
+                m.remove(n);
+            }
+        }
+    }
+
+    pub(crate) fn create_actor(&self, class: Arc<ClassEntry>, o: &Options, args: Vec<ArgSpec>) -> Result<Arc<ActorCell>> {
+        if self.is_shutdown() {
+            return Err(Error::Shutdown);
+        }
+        let pool = self.inner.pool();
+        // An actor holds no resources unless asked to (Ray: 0 CPUs for its life by default).
+        let res_class = if o.default_resources() { ClassId::FREE } else { pool.class(&o.request(0.0))? };
+        let id = ActorId(self.next_task_id().0);
+        let cell = ActorCell::new(id, class, o.name.clone(), self.clone());
+        if let Some(n) = &o.name {
+            let mut m = self.inner.actors.lock().unwrap_or_else(|e| e.into_inner());
+            if m.contains_key(n) {
+                return Err(Error::NameTaken(n.clone()));
+            }
+            m.insert(n.clone(), cell.clone());
+        }
+        let spec = CreateSpec { cell: cell.clone(), args, holds_resources: res_class != ClassId::FREE };
+        submit_when_ready(&self.inner, CoreJob::ActorCreate(Box::new(spec)), res_class);
+        Ok(cell)
+    }
+
+    pub(crate) fn submit_task<R>(&self, func: &Arc<FnEntry>, args: Vec<ArgSpecPub>, o: &Options) -> Result<ObjectRef<R>> {
+        let inner = &self.inner;
+        if inner.is_shutdown() {
+            return Err(Error::Shutdown);
+        }
+        let class = if o.default_resources() { *inner.cpu1.get().expect("set at init") } else { inner.pool().class(&o.request(1.0))? };
+        let id = inner.next_task_id();
+        let ret = Slot::new(id.object(0));
+        let spec = TaskSpec {
+            id,
+            func: func.clone(),
+            args: args.into_iter().map(|a| a.0).collect(),
+            class,
+            retries_left: o.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
+            retry_exceptions: o.retry_exceptions.unwrap_or(false),
+            attempts: 0,
+            name: o.name.as_deref().map(Arc::from),
+            ret: ret.clone(),
+        };
+        submit_when_ready(inner, CoreJob::Task(Box::new(spec)), class);
+        Ok(ObjectRef::from_slot(ret))
+    }
+
+    /// Blocks the calling thread in `f`; on an executor, its CPU goes to other work meanwhile.
+    fn block<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.inner.pool().block_in_place(f)
+    }
+
+    /// Waits until `slot` is set or the deadline passes.
+    fn wait_slot(&self, slot: &Slot, deadline: Option<Instant>) -> bool {
+        if slot.is_ready() {
+            return true;
+        }
+        let pool = self.inner.pool();
+        if pool.on_executor() {
+            // Spin briefly before giving the CPU away: most nested results are moments away.
+            if slot.spin(Duration::from_micros(20)) {
+                return true;
+            }
+            return pool.block_in_place(|| slot.wait(deadline));
+        }
+        slot.wait(deadline)
+    }
+}
+
+fn read<T: DeserializeOwned>(slot: &Slot) -> Result<T> {
+    match slot.get() {
+        Some(Ok(b)) => codec::decode(b.bytes()),
+        Some(Err(e)) => Err(e.clone()),
+        None => Err(Error::Shutdown),
+    }
+}
+
+struct WaitGroup {
+    remaining: AtomicIsize,
+    thread: Thread,
+}
+
+impl Notify for WaitGroup {
+    fn notify(self: Arc<Self>) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.thread.unpark();
+        }
+    }
+}
+
+impl RuntimeInner {
+    pub(crate) fn pool(&self) -> &Pool<CoreJob> {
+        self.pool.get().expect("the pool is set before the runtime is handed out")
+    }
+
+    pub(crate) fn is_shutdown(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+
+    /// A fresh task id: (node, this thread's worker number, its next sequence number). No
+    /// shared counter is touched after a thread's first id.
+    pub(crate) fn next_task_id(&self) -> TaskId {
+        IDGEN.with(|g| {
+            let (mut w, s) = g.get();
+            if w == 0 {
+                w = NEXT_WORKER.fetch_add(1, Ordering::Relaxed);
+            }
+            g.set((w, s + 1));
+            TaskId::new(self.node, w, s)
+        })
+    }
+
+    /// Seals result bytes: inline when small, else into the store.
+    pub(crate) fn seal(&self, bytes: Vec<u8>) -> Outcome {
+        if bytes.len() <= self.inline_threshold {
+            Ok(Blob::Inline(bytes))
+        } else {
+            self.store.put(bytes)
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Task specs, dependency resolution and execution.
+//!
+//! A task travels: `RemoteFn::remote` → [`crate::Runtime`] builds a [`TaskSpec`] (function
+//! id and entry, argument bytes or refs, resource class, retry policy, result slot) → if
+//! some argument refs are not ready, a [`Pending`] counts them down → the spec goes to the
+//! pool as a [`CoreJob`] → an executor runs it ([`execute`]): reads its arguments, calls the
+//! function (panics caught), and completes the result slot, inline or through the store, or
+//! requeues itself when a retry is due.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rayhpc_sched::{ClassId, Job};
+
+use crate::actor::{ActorCell, CreateSpec};
+use crate::error::{Error, FailureKind, TaskError};
+use crate::function::{ArgSpec, Failure, FnEntry};
+use crate::ids::TaskId;
+use crate::object::{Notify, Slot, Waiter};
+use crate::runtime::{with_current, RuntimeInner};
+
+/// Everything needed to run one task, here or elsewhere.
+pub(crate) struct TaskSpec {
+    /// The stable id: what a spec sent to another node is known by (unused on one node).
+    #[allow(dead_code)]
+    pub id: TaskId,
+    pub func: Arc<FnEntry>,
+    pub args: Vec<ArgSpec>,
+    pub class: ClassId,
+    /// Retries left for application errors (-1: forever), used only with `retry_exceptions`.
+    pub retries_left: i32,
+    pub retry_exceptions: bool,
+    pub attempts: u32,
+    /// A per-call name shown in errors instead of the function's.
+    pub name: Option<Arc<str>>,
+    pub ret: Arc<Slot>,
+}
+
+/// What the pool runs.
+pub(crate) enum CoreJob {
+    Task(Box<TaskSpec>),
+    ActorTurn(Arc<ActorCell>),
+    ActorCreate(Box<CreateSpec>),
+}
+
+impl Job for CoreJob {
+    fn run(self) {
+        match self {
+            CoreJob::Task(t) => with_current(|rt| execute(t, rt)),
+            CoreJob::ActorTurn(a) => a.turn(),
+            CoreJob::ActorCreate(c) => (*c).run(),
+        }
+    }
+
+    fn cancel(self) {
+        match self {
+            CoreJob::Task(t) => {
+                t.ret.complete(Err(Error::Shutdown));
+            }
+            CoreJob::ActorTurn(a) => a.cancel(),
+            CoreJob::ActorCreate(c) => (*c).cancel(),
+        }
+    }
+}
+
+impl CoreJob {
+    fn args(&self) -> &[ArgSpec] {
+        match self {
+            CoreJob::Task(t) => &t.args,
+            CoreJob::ActorCreate(c) => &c.args,
+            CoreJob::ActorTurn(_) => &[],
+        }
+    }
+}
+
+/// A job waiting for some of its argument refs.
+pub(crate) struct Pending {
+    remaining: AtomicUsize,
+    job: Mutex<Option<(CoreJob, ClassId)>>,
+    rt: Arc<RuntimeInner>,
+}
+
+impl Notify for Pending {
+    fn notify(self: Arc<Self>) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let job = self.job.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some((job, class)) = job {
+                self.rt.pool().submit(job, class);
+            }
+        }
+    }
+}
+
+/// Submits `job` now if its argument refs are ready, else once they are.
+pub(crate) fn submit_when_ready(rt: &Arc<RuntimeInner>, job: CoreJob, class: ClassId) {
+    let unready = job.args().iter().filter(|a| matches!(a, ArgSpec::Ref(s) if !s.is_ready())).count();
+    if unready == 0 {
+        rt.pool().submit(job, class);
+        return;
+    }
+    let slots: Vec<Arc<Slot>> = job
+        .args()
+        .iter()
+        .filter_map(|a| match a {
+            ArgSpec::Ref(s) if !s.is_ready() => Some(s.clone()),
+            _ => None,
+        })
+        .collect();
+    // One extra count, dropped after every registration, so that the job cannot start
+    // while its waits are still being registered.
+    let p = Arc::new(Pending { remaining: AtomicUsize::new(slots.len() + 1), job: Mutex::new(Some((job, class))), rt: rt.clone() });
+    for s in slots {
+        s.on_ready(Waiter::Callback(p.clone()));
+    }
+    p.notify();
+}
+
+/// Resolves argument bytes. `Err` carries the error of the first failed argument, which
+/// becomes the task's own result (Ray's propagation).
+pub(crate) fn inputs(args: &[ArgSpec]) -> Result<Vec<&[u8]>, Error> {
+    args.iter()
+        .map(|a| match a {
+            ArgSpec::Value(b) => Ok(b.as_slice()),
+            ArgSpec::Ref(s) => match s.get() {
+                Some(Ok(blob)) => Ok(blob.bytes()),
+                Some(Err(e)) => Err(e.clone()),
+                None => Err(Error::Invalid(format!("argument object {} was not ready when the task started", s.id))),
+            },
+        })
+        .collect()
+}
+
+/// Runs `f`, turning a panic into a [`Failure`].
+pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T, Failure>) -> Result<T, Failure> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => Err(Failure::new(FailureKind::Panic, panic_message(&*p))),
+    }
+}
+
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
+}
+
+pub(crate) fn task_error(function: &Arc<str>, f: Failure, attempts: u32) -> Error {
+    Error::Task(Box::new(TaskError { function: function.clone(), kind: f.kind, message: f.message, attempts }))
+}
+
+fn execute(mut t: Box<TaskSpec>, rt: &Arc<RuntimeInner>) {
+    t.attempts += 1;
+    let outcome = match inputs(&t.args) {
+        Err(e) => {
+            t.ret.complete(Err(e));
+            return;
+        }
+        Ok(inp) => guarded(|| (t.func.invoke)(&inp)),
+    };
+    match outcome {
+        Ok(bytes) => {
+            t.ret.complete(rt.seal(bytes));
+        }
+        Err(f) => {
+            let retry = t.retry_exceptions && t.retries_left != 0 && f.kind != FailureKind::BadArguments;
+            if retry && !rt.is_shutdown() {
+                if t.retries_left > 0 {
+                    t.retries_left -= 1;
+                }
+                let class = t.class;
+                rt.pool().submit(CoreJob::Task(t), class);
+            } else {
+                let e = task_error(t.name.as_ref().unwrap_or(&t.func.name), f, t.attempts);
+                t.ret.complete(Err(e));
+            }
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! `rayhpc bench`: the workloads of `ray microbenchmark`, run against an embedded runtime.
+//!
+//! Every figure is measured in this process, in one run, on the runtime built from the
+//! given [`rayhpc::Config`]. Rates are medians over `trials` runs of a batch; latencies
+//! are medians over single round trips.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use rayhpc::{Config, Runtime};
+use serde::Serialize;
+
+/// Sizes of the workloads.
+#[derive(Debug, Clone)]
+pub struct BenchParams {
+    /// Empty tasks (and actor calls) per batch.
+    pub tasks: usize,
+    /// Round trips for the latency figures.
+    pub round_trips: usize,
+    /// Batches per rate figure (the median is reported).
+    pub trials: usize,
+    /// How long the idle runtime is watched for `idle_cpu_percent`.
+    pub idle_window: Duration,
+}
+
+impl Default for BenchParams {
+    fn default() -> Self {
+        BenchParams { tasks: 200_000, round_trips: 20_000, trials: 5, idle_window: Duration::from_secs(2) }
+    }
+}
+
+/// The figures of one run. Field names are the keys of `rayhpc bench --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Executor threads of the runtime measured.
+    pub executors: usize,
+    /// Empty tasks per second: a batch submitted, then every result got.
+    pub tasks_async_per_s: f64,
+    /// Median µs of `get(f.remote())` for an empty task.
+    pub tasks_sync_us: f64,
+    /// Empty actor calls per second on one actor: a batch submitted, then every result got.
+    pub actor_calls_async_per_s: f64,
+    /// Median µs of `get(actor.m.remote())`.
+    pub actor_calls_sync_us: f64,
+    /// `put` of a small value, per second.
+    pub put_small_per_s: f64,
+    /// `get` of a small, ready object, per second.
+    pub get_small_per_s: f64,
+    /// Milliseconds to reduce 1024 leaves pairwise by tasks (a binary tree of 2047 tasks).
+    pub tree_reduce_1024_ms: f64,
+    /// µs for Ray's `wait` benchmark: 1000 tasks, then `wait(not_ready)` until none is left.
+    pub wait_1k_refs_us: f64,
+    /// CPU used by the idle runtime, in percent of one CPU, over the idle window.
+    pub idle_cpu_percent: f64,
+    /// Number of empty tasks per batch used for the rates.
+    pub batch: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+fn rate(trials: usize, n: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    let mut rates = Vec::with_capacity(trials);
+    for _ in 0..trials {
+        let t = Instant::now();
+        f()?;
+        rates.push(n as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok(median(rates))
+}
+
+fn latency_us(n: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..(n / 10).max(1) {
+        f()?; // warm-up
+    }
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        f()?;
+        v.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(median(v))
+}
+
+/// CPU time (user + system) of this process so far, from `/proc/self/stat`.
+pub fn process_cpu_time() -> Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("malformed /proc/self/stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the full line: 12 and 13 after the name.
+    let ticks: u64 = f.get(11).context("no utime")?.parse::<u64>()? + f.get(12).context("no stime")?.parse::<u64>()?;
+    // Linux reports these in USER_HZ, which is 100 on every architecture it supports.
+    Ok(Duration::from_millis(ticks * 10))
+}
+
+/// Runs the whole suite on a fresh runtime built from `config`.
+///
+/// # Errors
+/// A runtime that cannot start, or a workload that fails (a benchmark that fails is a bug).
+pub fn run(config: Config, p: &BenchParams) -> Result<BenchReport> {
+    let empty = rayhpc::function("rayhpc.bench.empty", || ());
+    let value = rayhpc::function("rayhpc.bench.value", |x: u64| x);
+    let add = rayhpc::function("rayhpc.bench.add", |a: u64, b: u64| a + b);
+    struct Actor;
+    let class = rayhpc::actor("rayhpc.bench.Actor", || Actor);
+    let ping = class.method("ping", |_: &mut Actor| ());
+
+    let rt = Runtime::init(config).context("starting the runtime")?;
+    let n = p.tasks;
+
+    let tasks_async_per_s = rate(p.trials, n, || {
+        let refs = (0..n).map(|_| empty.remote(&rt, ())).collect::<rayhpc::Result<Vec<_>>>()?;
+        for r in &refs {
+            rt.get(r)?;
+        }
+        Ok(())
+    })?;
+    let tasks_sync_us = latency_us(p.round_trips, || Ok(rt.get(&empty.remote(&rt, ())?)?))?;
+
+    let a = class.remote(&rt, ())?;
+    rt.get(&ping.remote(&a, ())?)?;
+    let actor_calls_async_per_s = rate(p.trials, n, || {
+        let refs = (0..n).map(|_| ping.remote(&a, ())).collect::<rayhpc::Result<Vec<_>>>()?;
+        for r in &refs {
+            rt.get(r)?;
+        }
+        Ok(())
+    })?;
+    let actor_calls_sync_us = latency_us(p.round_trips, || Ok(rt.get(&ping.remote(&a, ())?)?))?;
+    rt.kill(&a);
+
+    let put_small_per_s = rate(p.trials, n, || {
+        for i in 0..n as u64 {
+            std::hint::black_box(rt.put(&i)?);
+        }
+        Ok(())
+    })?;
+    let small = rt.put(&12345u64)?;
+    let get_small_per_s = rate(p.trials, n, || {
+        for _ in 0..n {
+            std::hint::black_box(rt.get(&small)?);
+        }
+        Ok(())
+    })?;
+
+    let mut trees = Vec::new();
+    for _ in 0..p.trials {
+        let t = Instant::now();
+        let mut level = (0..1024u64).map(|i| value.remote(&rt, (i,))).collect::<rayhpc::Result<Vec<_>>>()?;
+        while level.len() > 1 {
+            level = level.chunks(2).map(|c| add.remote(&rt, (&c[0], &c[1]))).collect::<rayhpc::Result<Vec<_>>>()?;
+        }
+        let sum = rt.get(&level[0])?;
+        trees.push(t.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(sum == 1023 * 1024 / 2, "tree reduce computed {sum}");
+    }
+    let tree_reduce_1024_ms = median(trees);
+
+    let mut waits = Vec::new();
+    for _ in 0..p.trials {
+        let t = Instant::now();
+        let mut not_ready = (0..1000).map(|_| empty.remote(&rt, ())).collect::<rayhpc::Result<Vec<_>>>()?;
+        while !not_ready.is_empty() {
+            let (_ready, rest) = rt.wait(&not_ready, 1, None)?;
+            not_ready = rest;
+        }
+        waits.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let wait_1k_refs_us = median(waits);
+
+    // Idle: let the executors finish spinning and park, then watch.
+    std::thread::sleep(Duration::from_millis(200));
+    let c0 = process_cpu_time()?;
+    let t0 = Instant::now();
+    std::thread::sleep(p.idle_window);
+    let idle_cpu_percent = (process_cpu_time()? - c0).as_secs_f64() / t0.elapsed().as_secs_f64() * 100.0;
+
+    let executors = rt.executors();
+    rt.shutdown();
+    Ok(BenchReport {
+        executors,
+        tasks_async_per_s,
+        tasks_sync_us,
+        actor_calls_async_per_s,
+        actor_calls_sync_us,
+        put_small_per_s,
+        get_small_per_s,
+        tree_reduce_1024_ms,
+        wait_1k_refs_us,
+        idle_cpu_percent,
+        batch: n,
+    })
+}
+
+/// The report as a readable table.
+pub fn table(r: &BenchReport) -> String {
+    let rows: [(&str, String); 9] = [
+        ("empty tasks, batch submit then get", format!("{:>14.0} tasks/s", r.tasks_async_per_s)),
+        ("empty task, sync round trip (median)", format!("{:>14.2} µs", r.tasks_sync_us)),
+        ("actor calls, batch on one actor", format!("{:>14.0} calls/s", r.actor_calls_async_per_s)),
+        ("actor call, sync round trip (median)", format!("{:>14.2} µs", r.actor_calls_sync_us)),
+        ("put, small value", format!("{:>14.0} ops/s", r.put_small_per_s)),
+        ("get, small ready object", format!("{:>14.0} ops/s", r.get_small_per_s)),
+        ("tree reduce of 1024 leaves", format!("{:>14.2} ms", r.tree_reduce_1024_ms)),
+        ("wait on 1k refs (Ray's pattern)", format!("{:>14.0} µs", r.wait_1k_refs_us)),
+        ("idle runtime CPU use", format!("{:>14.2} %", r.idle_cpu_percent)),
+    ];
+    let mut s = format!("rayhpc bench — embedded runtime, {} executors, batches of {}\n", r.executors, r.batch);
+    for (k, v) in rows {
+        s.push_str(&format!("  {k:<40}{v}\n"));
+    }
+    s
+}

@@ -1,0 +1,59 @@
+//! The `rayhpc` command.
+#![forbid(unsafe_code)]
+
+mod bench;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "rayhpc", version, about = "rayhpc: Ray's programming model as a native HPC runtime")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Measure the runtime like `ray microbenchmark`, on an embedded single-node runtime.
+    Bench {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Empty tasks (and actor calls) per batch.
+        #[arg(long, default_value_t = 200_000)]
+        tasks: usize,
+        /// Round trips measured for the latency figures.
+        #[arg(long, default_value_t = 20_000)]
+        round_trips: usize,
+        /// Batches per rate figure; the median is reported.
+        #[arg(long, default_value_t = 5)]
+        trials: usize,
+        /// Seconds the idle runtime is watched.
+        #[arg(long, default_value_t = 2.0)]
+        idle_secs: f64,
+        /// Executor threads (default: one per CPU of the affinity mask).
+        #[arg(long)]
+        executors: Option<usize>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Bench { json, tasks, round_trips, trials, idle_secs, executors } => {
+            anyhow::ensure!(tasks > 0 && round_trips > 0 && trials > 0, "--tasks, --round-trips and --trials must be positive");
+            anyhow::ensure!(idle_secs.is_finite() && idle_secs > 0.0, "--idle-secs must be a positive number");
+            let config = rayhpc::Config { executors, ..rayhpc::Config::default() };
+            let params = bench::BenchParams { tasks, round_trips, trials, idle_window: Duration::from_secs_f64(idle_secs) };
+            let report = bench::run(config, &params)?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", bench::table(&report));
+            }
+        }
+    }
+    Ok(())
+}

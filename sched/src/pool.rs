@@ -1,0 +1,702 @@
+//! The executor pool: one pinned thread per CPU of the topology, work-stealing deques with
+//! NUMA-ordered victims, a global injector for submissions from outside, resource admission
+//! through the [`Ledger`], and compensation threads for executors that block.
+//!
+//! # How a job travels
+//! 1. [`Pool::submit`] wraps the job with its resource class in a `Runnable` and pushes it on
+//!    the submitting executor's own deque, or on the injector when the caller is not an
+//!    executor of this pool; then [`Sleep::notify`] wakes a worker if nobody is searching.
+//! 2. An executor finds it: own deque, then the injector (taking a batch), then the deques of
+//!    the other executors in victim order (same NUMA node first), then the waiting list of
+//!    the class it holds a lease for.
+//! 3. Admission. A job that needs nothing runs. A job of the class the executor already holds
+//!    a *lease* for runs at no cost: the lease (the resources of one request of that class)
+//!    stays with the executor across jobs of the same class, so a stream of `{CPU: 1}` tasks
+//!    never touches the ledger. Otherwise the executor returns its old lease and asks the
+//!    ledger for the new class; when the resources are not free the job waits in the ledger
+//!    (FIFO per class) and is admitted, with its resources, by whoever releases them.
+//! 4. The job runs. An admitted job's resources are released when it returns. A lease is
+//!    returned when its executor goes to sleep or changes class.
+//!
+//! # Blocking
+//! A job that is about to block (a `get` of an object another task computes) calls
+//! [`Pool::block_in_place`]: its resources go back to the ledger, and when fewer than one
+//! awake thread per CPU remain, a sleeping worker is woken or a compensation thread is
+//! started, so nested tasks never deadlock the pool. When the job resumes it takes its
+//! resources back even if that oversubscribes them for a while (as Ray does). Compensation
+//! threads go back to sleep as soon as there are more awake threads than CPUs.
+//!
+//! # Shutdown
+//! 1. The flag is set and every sleeper woken.
+//! 2. Each executor finishes the job it runs, cancels what is left in its deque and exits.
+//! 3. [`Pool::shutdown`] cancels what is left in the injector and the ledger, and joins every
+//!    thread. No thread outlives it (unless it was called from an executor of the pool).
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_deque::{Injector, Steal, Stealer, Worker};
+use crossbeam_utils::Backoff;
+
+use crate::resources::{ClassId, Ledger, ResourceError, ResourceView};
+use crate::sleep::{Cancelled, Sleep};
+use crate::topology::Topology;
+
+/// A unit of work the pool runs. The pool is generic over it, so the runtime above decides
+/// what a job is (a task, an actor's turn) and the pool knows nothing of it.
+pub trait Job: Send + 'static {
+    /// Runs the job on an executor thread. A panic here is a bug of the job type: the
+    /// runtime above must catch task panics itself (the executor aborts on one).
+    fn run(self);
+    /// Called instead of `run` for a job still queued when the pool shuts down.
+    fn cancel(self);
+}
+
+/// How to build a [`Pool`].
+#[derive(Clone)]
+pub struct PoolConfig {
+    /// Logical resource totals. `CPU` defaults to the number of executors when absent.
+    pub resources: Vec<(String, f64)>,
+    /// Number of executor threads; defaults to one per CPU of the topology. When larger than
+    /// the topology, executors are placed on its CPUs round-robin.
+    pub threads: Option<usize>,
+    /// Pin each executor to its CPU (default true).
+    pub pin: bool,
+    /// Upper bound on all threads, executors plus compensation threads (default 4096).
+    pub max_threads: usize,
+    /// How long an idle executor spins looking for work before it parks (default 50 µs).
+    pub spin: Duration,
+    /// Prefix of thread names.
+    pub thread_name: String,
+    /// Runs first on every thread the pool starts (executors and compensation threads), for
+    /// the runtime above to install its thread-local context.
+    pub on_thread_start: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for PoolConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolConfig")
+            .field("resources", &self.resources)
+            .field("threads", &self.threads)
+            .field("pin", &self.pin)
+            .field("max_threads", &self.max_threads)
+            .field("spin", &self.spin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            resources: Vec::new(),
+            threads: None,
+            pin: true,
+            max_threads: 4096,
+            spin: Duration::from_micros(50),
+            thread_name: "rayhpc-exec".into(),
+            on_thread_start: None,
+        }
+    }
+}
+
+/// Why a pool could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// A resource total is invalid.
+    #[error(transparent)]
+    Resource(#[from] ResourceError),
+    /// The topology has no CPU (an empty affinity mask).
+    #[error("no CPU available to this process")]
+    NoCpu,
+    /// The OS refused a thread.
+    #[error("cannot start executor thread: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+struct Runnable<J> {
+    job: J,
+    class: ClassId,
+    /// True when the resources of `class` were acquired for this very job (it came out of the
+    /// ledger's waiting list); it then runs whatever lease the executor holds.
+    admitted: bool,
+}
+
+/// What the running job holds, so that `block_in_place` can give it back.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Held {
+    /// Nothing (a free job, or resources already detached).
+    Nothing,
+    /// The executor's lease of this class.
+    Lease(ClassId),
+    /// Resources acquired for this job alone.
+    Own(ClassId),
+}
+
+struct Shared<J> {
+    id: usize,
+    injector: Injector<Runnable<J>>,
+    stealers: Box<[OnceLock<Stealer<Runnable<J>>>]>,
+    registered: AtomicUsize,
+    victims: Vec<Vec<usize>>,
+    cpus: Vec<usize>,
+    ledger: Ledger<Runnable<J>>,
+    sleep: Sleep,
+    primaries: usize,
+    max_threads: usize,
+    total_threads: AtomicUsize,
+    blocked: AtomicUsize,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+    spawn_lock: Mutex<()>,
+    pin: bool,
+    spin: Duration,
+    thread_name: String,
+    on_start: Option<Arc<dyn Fn() + Send + Sync>>,
+    shutdown: AtomicBool,
+}
+
+struct Local<J> {
+    shared: Arc<Shared<J>>,
+    idx: usize,
+    deque: Worker<Runnable<J>>,
+    lease: Option<ClassId>,
+    held: Held,
+}
+
+thread_local! {
+    /// The executor state of this thread (`Local<J>` of the pool it belongs to), if any.
+    static LOCAL: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+}
+
+static NEXT_POOL_ID: AtomicUsize = AtomicUsize::new(1);
+
+/// Runs `f` on this thread's executor state when it is an executor of pool `id`.
+fn with_local<J: Job, R>(id: usize, f: impl FnOnce(&mut Local<J>) -> R) -> Option<R> {
+    LOCAL.with(|l| {
+        let mut l = l.try_borrow_mut().ok()?;
+        let local = l.as_mut()?.downcast_mut::<Local<J>>()?;
+        (local.shared.id == id).then(|| f(local))
+    })
+}
+
+/// A pool of executor threads. Cloning gives another handle to the same pool.
+pub struct Pool<J: Job> {
+    shared: Arc<Shared<J>>,
+}
+
+impl<J: Job> Clone for Pool<J> {
+    fn clone(&self) -> Self {
+        Pool { shared: self.shared.clone() }
+    }
+}
+
+impl<J: Job> std::fmt::Debug for Pool<J> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("executors", &self.shared.primaries).finish()
+    }
+}
+
+impl<J: Job> Pool<J> {
+    /// Starts the executors of a pool over `topology`.
+    ///
+    /// # Errors
+    /// Invalid resource totals, an empty topology, or a thread the OS refused.
+    pub fn new(config: PoolConfig, topology: &Topology) -> Result<Self, PoolError> {
+        if topology.is_empty() {
+            return Err(PoolError::NoCpu);
+        }
+        let n = config.threads.unwrap_or(topology.len()).max(1);
+        let mut resources = config.resources.clone();
+        if !resources.iter().any(|(k, _)| k == "CPU") {
+            resources.push(("CPU".into(), n as f64));
+        }
+        let ledger = Ledger::new(&resources)?;
+        let max_threads = config.max_threads.max(n);
+        let slot_victims = |i: usize| -> Vec<usize> {
+            // Executor i sits on topology slot i % len; order other executors by their slot's
+            // place in the victim order of i's slot, executors sharing a slot first.
+            let t = topology.len();
+            let order = topology.victim_order(i % t);
+            let mut v: Vec<usize> = (0..n).filter(|&j| j != i && j % t == i % t).collect();
+            for s in order {
+                v.extend((0..n).filter(|&j| j % t == s));
+            }
+            v
+        };
+        let shared = Arc::new(Shared {
+            id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
+            injector: Injector::new(),
+            stealers: (0..max_threads).map(|_| OnceLock::new()).collect(),
+            registered: AtomicUsize::new(0),
+            victims: (0..n).map(slot_victims).collect(),
+            cpus: (0..n).map(|i| topology.cpus[i % topology.len()].id).collect(),
+            ledger,
+            sleep: Sleep::new((n / 2).max(1)),
+            primaries: n,
+            max_threads,
+            total_threads: AtomicUsize::new(0),
+            blocked: AtomicUsize::new(0),
+            handles: Mutex::new(Vec::new()),
+            spawn_lock: Mutex::new(()),
+            pin: config.pin,
+            spin: config.spin,
+            thread_name: config.thread_name,
+            on_start: config.on_thread_start,
+            shutdown: AtomicBool::new(false),
+        });
+        let pool = Pool { shared };
+        for i in 0..n {
+            if let Err(e) = pool.spawn(i) {
+                pool.shutdown();
+                return Err(PoolError::Spawn(e));
+            }
+        }
+        Ok(pool)
+    }
+
+    fn spawn(&self, idx: usize) -> std::io::Result<()> {
+        let shared = self.shared.clone();
+        let cpu = (idx < shared.primaries && shared.pin).then(|| shared.cpus[idx]);
+        let name = format!("{}-{idx}", shared.thread_name);
+        shared.total_threads.fetch_add(1, Ordering::SeqCst);
+        let deque = Worker::new_fifo();
+        let _ = shared.stealers[idx].set(deque.stealer());
+        shared.registered.fetch_max(idx + 1, Ordering::SeqCst);
+        let s2 = shared.clone();
+        let h = std::thread::Builder::new().name(name).spawn(move || executor_main(s2, idx, cpu, deque));
+        match h {
+            Ok(h) => {
+                shared.handles.lock().unwrap_or_else(|e| e.into_inner()).push(h);
+                Ok(())
+            }
+            Err(e) => {
+                shared.total_threads.fetch_sub(1, Ordering::SeqCst);
+                Err(e)
+            }
+        }
+    }
+
+    /// Interns a resource request into a class (cache the result: this takes a lock).
+    ///
+    /// # Errors
+    /// Invalid amounts, and requests this pool could never satisfy.
+    pub fn class(&self, request: &[(&str, f64)]) -> Result<ClassId, ResourceError> {
+        self.shared.ledger.class(request)
+    }
+
+    /// Queues `job`, to run once the resources of `class` are free.
+    /// A job submitted after shutdown is cancelled at once.
+    pub fn submit(&self, job: J, class: ClassId) {
+        let sh = &*self.shared;
+        if sh.shutdown.load(Ordering::Acquire) {
+            job.cancel();
+            return;
+        }
+        let mut r = Some(Runnable { job, class, admitted: false });
+        let pushed = with_local::<J, _>(sh.id, |l| l.deque.push(r.take().expect("set above")));
+        if pushed.is_none() {
+            sh.injector.push(r.take().expect("not pushed locally"));
+        }
+        sh.sleep.notify();
+    }
+
+    /// Number of executor threads (one per CPU unless configured otherwise).
+    pub fn executors(&self) -> usize {
+        self.shared.primaries
+    }
+
+    /// The CPU each executor is placed on.
+    pub fn executor_cpus(&self) -> &[usize] {
+        &self.shared.cpus
+    }
+
+    /// All threads started so far, executors and compensation threads.
+    pub fn threads(&self) -> usize {
+        self.shared.total_threads.load(Ordering::SeqCst)
+    }
+
+    /// Totals and availability of every resource.
+    pub fn resources(&self) -> Vec<ResourceView> {
+        self.shared.ledger.snapshot()
+    }
+
+    /// Jobs waiting for resources.
+    pub fn waiting_for_resources(&self) -> usize {
+        self.shared.ledger.waiting_len()
+    }
+
+    /// True when the calling thread is an executor of this pool.
+    pub fn on_executor(&self) -> bool {
+        with_local::<J, _>(self.shared.id, |_| ()).is_some()
+    }
+
+    /// Takes the resources of `class` for a holder outside any job (an actor for its
+    /// lifetime). Returns false when they are not free now.
+    pub fn try_acquire(&self, class: ClassId) -> bool {
+        self.shared.ledger.try_acquire(class)
+    }
+
+    /// Gives back resources taken by [`Pool::try_acquire`] or [`Pool::detach_resources`].
+    pub fn release(&self, class: ClassId) {
+        release(&self.shared, class);
+    }
+
+    /// Called from inside a running job: the resources it runs with stop being the job's and
+    /// become the caller's (for example an actor constructor keeps them for the actor's
+    /// life). Returns their class, to hand to [`Pool::release`] later; `None` outside a job
+    /// of this pool or when it holds nothing.
+    pub fn detach_resources(&self) -> Option<ClassId> {
+        with_local::<J, _>(self.shared.id, |l| match std::mem::replace(&mut l.held, Held::Nothing) {
+            Held::Nothing => None,
+            Held::Lease(c) => {
+                l.lease = None;
+                Some(c)
+            }
+            Held::Own(c) => Some(c),
+        })
+        .flatten()
+    }
+
+    /// Runs `f`, which blocks, from inside a job: the job's resources are given back while it
+    /// blocks and another thread keeps the CPU busy. Outside an executor of this pool it just
+    /// runs `f`.
+    pub fn block_in_place<R>(&self, f: impl FnOnce() -> R) -> R {
+        let sh = &self.shared;
+        let held = with_local::<J, _>(sh.id, |l| {
+            let h = l.held;
+            if let Held::Lease(_) = h {
+                l.lease = None;
+            }
+            h
+        });
+        let Some(held) = held else { return f() };
+        match held {
+            Held::Lease(c) | Held::Own(c) => release(sh, c),
+            Held::Nothing => {}
+        }
+        sh.blocked.fetch_add(1, Ordering::SeqCst);
+        self.compensate();
+        let out = f();
+        sh.blocked.fetch_sub(1, Ordering::SeqCst);
+        match held {
+            Held::Lease(c) => {
+                sh.ledger.force_acquire(c);
+                with_local::<J, _>(sh.id, |l| {
+                    if let Some(old) = l.lease.replace(c) {
+                        release(sh, old);
+                    }
+                });
+            }
+            Held::Own(c) => sh.ledger.force_acquire(c),
+            Held::Nothing => {}
+        }
+        out
+    }
+
+    /// Keeps one awake thread per executor while some are blocked.
+    fn compensate(&self) {
+        let sh = &self.shared;
+        let awake =
+            sh.total_threads.load(Ordering::SeqCst) as isize - sh.sleep.sleeping() as isize - sh.blocked.load(Ordering::SeqCst) as isize;
+        if awake >= sh.primaries as isize || sh.sleep.wake_one() {
+            return;
+        }
+        let _g = sh.spawn_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let idx = sh.registered.load(Ordering::SeqCst);
+        if idx < sh.max_threads && !sh.shutdown.load(Ordering::SeqCst) {
+            // A refused thread leaves the pool one executor short while this job blocks; the
+            // other executors still make progress.
+            let _ = self.spawn(idx);
+        }
+    }
+
+    /// Stops the pool: cancels queued jobs, lets running ones finish and joins every thread.
+    /// Idempotent. Called from one of the pool's own executors, it stops the pool without
+    /// joining (a thread cannot join itself); the threads then exit on their own.
+    pub fn shutdown(&self) {
+        let sh = &*self.shared;
+        sh.shutdown.store(true, Ordering::SeqCst);
+        sh.sleep.shutdown();
+        if self.on_executor() {
+            return;
+        }
+        loop {
+            drain_cancel(sh);
+            let hs: Vec<JoinHandle<()>> = std::mem::take(&mut *sh.handles.lock().unwrap_or_else(|e| e.into_inner()));
+            if hs.is_empty() {
+                break;
+            }
+            for h in hs {
+                // A panicking executor already aborted the process (see `executor_main`).
+                let _ = h.join();
+            }
+        }
+        drain_cancel(sh);
+    }
+
+    /// True once [`Pool::shutdown`] was called.
+    pub fn is_shutdown(&self) -> bool {
+        self.shared.shutdown.load(Ordering::Acquire)
+    }
+}
+
+fn drain_cancel<J: Job>(sh: &Shared<J>) {
+    loop {
+        match sh.injector.steal() {
+            Steal::Success(r) => r.job.cancel(),
+            Steal::Retry => continue,
+            Steal::Empty => break,
+        }
+    }
+    for r in sh.ledger.drain_waiting() {
+        r.job.cancel();
+    }
+}
+
+/// Gives `class` back to the ledger and schedules what that admits.
+fn release<J: Job>(sh: &Shared<J>, class: ClassId) {
+    if class == ClassId::FREE {
+        return;
+    }
+    let mut admitted = Vec::new();
+    sh.ledger.release(class, &mut admitted);
+    if admitted.is_empty() {
+        return;
+    }
+    for (class, r) in admitted {
+        sh.injector.push(Runnable { job: r.job, class, admitted: true });
+    }
+    sh.sleep.notify();
+}
+
+/// Aborts the process if an executor unwinds: a job type must catch its own panics, and an
+/// executor that vanished would strand every job queued on it.
+struct AbortOnUnwind;
+
+impl Drop for AbortOnUnwind {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("rayhpc: fatal: a job panicked through the executor loop; aborting");
+            std::process::abort();
+        }
+    }
+}
+
+fn executor_main<J: Job>(shared: Arc<Shared<J>>, idx: usize, cpu: Option<usize>, deque: Worker<Runnable<J>>) {
+    let _guard = AbortOnUnwind;
+    if let Some(cpu) = cpu {
+        // A CPU outside the mask (the mask changed since start-up) leaves this executor
+        // unpinned, which is still correct.
+        let _ = crate::sys::pin_current_thread(&[cpu]);
+    }
+    if let Some(f) = &shared.on_start {
+        f();
+    }
+    let local = Local { shared: shared.clone(), idx, deque, lease: None, held: Held::Nothing };
+    LOCAL.with(|l| *l.borrow_mut() = Some(Box::new(local)));
+    let sh = &*shared;
+    let me = || with_local::<J, _>(sh.id, |l| l.find()).flatten();
+    let mut searching = false;
+    let mut spin_start = Instant::now();
+    let backoff = Backoff::new();
+    loop {
+        if sh.shutdown.load(Ordering::Acquire) {
+            if searching {
+                sh.sleep.stop_searching();
+            }
+            break;
+        }
+        if let Some(r) = me() {
+            if searching {
+                sh.sleep.found_work();
+                searching = false;
+            }
+            backoff.reset();
+            run(sh, r);
+            if idx >= sh.primaries && retire_if_surplus(sh, idx) {
+                searching = !sh.shutdown.load(Ordering::Acquire);
+                spin_start = Instant::now();
+            }
+            continue;
+        }
+        if !searching && sh.sleep.start_searching() {
+            searching = true;
+            spin_start = Instant::now();
+            backoff.reset();
+        }
+        if searching && spin_start.elapsed() < sh.spin {
+            if backoff.is_completed() {
+                std::thread::yield_now();
+            } else {
+                backoff.snooze();
+            }
+            continue;
+        }
+        if searching {
+            sh.sleep.stop_searching();
+        }
+        searching = go_to_sleep(sh, idx) && !sh.shutdown.load(Ordering::Acquire);
+        spin_start = Instant::now();
+        backoff.reset();
+    }
+    // Exit: cancel what is left in this executor's deque; return the lease.
+    let (rest, lease) = with_local::<J, _>(sh.id, |l| {
+        let mut v = Vec::new();
+        while let Some(r) = l.deque.pop() {
+            v.push(r);
+        }
+        (v, l.lease.take())
+    })
+    .unwrap_or_default();
+    if let Some(c) = lease {
+        sh.ledger.release(c, &mut Vec::new());
+    }
+    for r in rest {
+        r.job.cancel();
+    }
+    LOCAL.with(|l| l.borrow_mut().take());
+}
+
+/// Steps 2–3 of the idle protocol (see `sleep.rs`): return the lease, register as a sleeper,
+/// look once more, park. Returns true when it parked and was woken: the worker then counts as
+/// a searcher. False when the last look found work (which it ran) or the pool stops.
+fn go_to_sleep<J: Job>(sh: &Shared<J>, idx: usize) -> bool {
+    if let Some(Some(c)) = with_local::<J, _>(sh.id, |l| l.lease.take()) {
+        release(sh, c);
+    }
+    sh.sleep.prepare_sleep(idx);
+    let found = with_local::<J, _>(sh.id, |l| l.find()).flatten();
+    if found.is_some() || sh.shutdown.load(Ordering::Acquire) {
+        if sh.sleep.cancel_sleep(idx) == Cancelled::WasWoken {
+            // The waker counted this worker as a searcher; it found work at once.
+            sh.sleep.found_work();
+        }
+        if let Some(r) = found {
+            run(sh, r);
+        }
+        return false;
+    }
+    sh.sleep.park(idx);
+    // Woken: a waker counted this worker as a searcher; the caller searches.
+    true
+}
+
+/// A compensation thread whose blocked executor resumed goes back to sleep. Returns true when
+/// it slept and was woken as a searcher (see [`go_to_sleep`]).
+fn retire_if_surplus<J: Job>(sh: &Shared<J>, idx: usize) -> bool {
+    let awake =
+        sh.total_threads.load(Ordering::SeqCst) as isize - sh.sleep.sleeping() as isize - sh.blocked.load(Ordering::SeqCst) as isize;
+    if awake <= sh.primaries as isize {
+        return false;
+    }
+    // Hand this thread's queued jobs to the others before sleeping.
+    let rest = with_local::<J, _>(sh.id, |l| {
+        let mut v = Vec::new();
+        while let Some(r) = l.deque.pop() {
+            v.push(r);
+        }
+        v
+    })
+    .unwrap_or_default();
+    let any = !rest.is_empty();
+    for r in rest {
+        sh.injector.push(r);
+    }
+    if any {
+        sh.sleep.notify();
+    }
+    go_to_sleep(sh, idx)
+}
+
+impl<J: Job> Local<J> {
+    fn find(&mut self) -> Option<Runnable<J>> {
+        if let Some(r) = self.deque.pop() {
+            return Some(r);
+        }
+        let sh = &*self.shared;
+        loop {
+            match sh.injector.steal_batch_and_pop(&self.deque) {
+                Steal::Success(r) => return Some(r),
+                Steal::Retry => continue,
+                Steal::Empty => break,
+            }
+        }
+        let registered = sh.registered.load(Ordering::Acquire);
+        let steal_from = |v: usize, me: &Worker<Runnable<J>>| -> Option<Runnable<J>> {
+            let s = sh.stealers[v].get()?;
+            loop {
+                match s.steal_batch_and_pop(me) {
+                    Steal::Success(r) => return Some(r),
+                    Steal::Retry => continue,
+                    Steal::Empty => return None,
+                }
+            }
+        };
+        if self.idx < sh.primaries {
+            for &v in &sh.victims[self.idx] {
+                if let Some(r) = steal_from(v, &self.deque) {
+                    return Some(r);
+                }
+            }
+            for v in sh.primaries..registered {
+                if let Some(r) = steal_from(v, &self.deque) {
+                    return Some(r);
+                }
+            }
+        } else {
+            for k in 1..registered {
+                let v = (self.idx + k) % registered;
+                if let Some(r) = steal_from(v, &self.deque) {
+                    return Some(r);
+                }
+            }
+        }
+        let class = self.lease?;
+        // Jobs of the leased class that could not get resources: hand the lease over.
+        sh.ledger.handoff(class).map(|r| Runnable { job: r.job, class, admitted: false })
+    }
+}
+
+/// Admission (step 3 of the module doc) and execution of one job.
+fn run<J: Job>(sh: &Shared<J>, r: Runnable<J>) {
+    if sh.shutdown.load(Ordering::Acquire) {
+        r.job.cancel();
+        return;
+    }
+    let class = r.class;
+    let held = if r.admitted {
+        Held::Own(class)
+    } else if class == ClassId::FREE {
+        Held::Nothing
+    } else {
+        let lease = with_local::<J, _>(sh.id, |l| l.lease).flatten();
+        if lease != Some(class) {
+            if let Some(old) = lease {
+                with_local::<J, _>(sh.id, |l| l.lease = None);
+                release(sh, old);
+            }
+            match sh.ledger.acquire_or_wait(class, r) {
+                Some(r2) => {
+                    with_local::<J, _>(sh.id, |l| l.lease = Some(class));
+                    return run_held(sh, r2.job, Held::Lease(class));
+                }
+                None => return, // queued in the ledger; admitted on a later release
+            }
+        }
+        Held::Lease(class)
+    };
+    run_held(sh, r.job, held);
+}
+
+fn run_held<J: Job>(sh: &Shared<J>, job: J, held: Held) {
+    with_local::<J, _>(sh.id, |l| l.held = held);
+    job.run();
+    let still = with_local::<J, _>(sh.id, |l| std::mem::replace(&mut l.held, Held::Nothing));
+    if let Some(Held::Own(c)) = still {
+        release(sh, c);
+    }
+}
