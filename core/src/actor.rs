@@ -61,13 +61,13 @@ impl<A, CArgs> Clone for ActorClass<A, CArgs> {
 
 /// A registered method of actor class `A`.
 pub struct Method<A, Args, R> {
-    entry: Arc<MethodEntry>,
+    entry: &'static MethodEntry,
     _p: PhantomData<fn(A, Args) -> R>,
 }
 
 impl<A, Args, R> Clone for Method<A, Args, R> {
     fn clone(&self) -> Self {
-        Method { entry: self.entry.clone(), _p: PhantomData }
+        Method { entry: self.entry, _p: PhantomData }
     }
 }
 
@@ -162,7 +162,9 @@ impl<A: Send + 'static, CArgs> ActorClass<A, CArgs> {
 
     fn make_method<Args, R>(&self, name: &str, invoke: Box<MethodInvoke>) -> Method<A, Args, R> {
         let full = format!("{}.{name}", self.entry.name);
-        Method { entry: Arc::new(MethodEntry { id: FunctionId::of(&full), name: full.into(), invoke }), _p: PhantomData }
+        // Like functions, methods are registered once per process and live as long as it.
+        let entry = Box::leak(Box::new(MethodEntry { id: FunctionId::of(&full), name: full.into(), invoke }));
+        Method { entry, _p: PhantomData }
     }
 
     /// The same class with other default options (resources held for the actor's life,
@@ -253,12 +255,12 @@ impl<A: Send + 'static, Args, R> Method<A, Args, R> {
     /// `get` on the returned ref ([`Error::ActorDied`]).
     pub fn remote(&self, actor: &ActorHandle<A>, args: impl IntoArgs<Args>) -> Result<ObjectRef<R>> {
         let args: Vec<ArgSpec> = args.into_args()?.into_iter().map(|a| a.0).collect();
-        actor.cell.call(self.entry.clone(), args).map(ObjectRef::from_slot)
+        actor.cell.call(self.entry, args).map(ObjectRef::from_slot)
     }
 }
 
 pub(crate) struct ActorCall {
-    method: Arc<MethodEntry>,
+    method: &'static MethodEntry,
     args: Vec<ArgSpec>,
     ret: Arc<Slot>,
 }
@@ -309,7 +311,7 @@ impl ActorCell {
         self.runner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn call(self: &Arc<Self>, method: Arc<MethodEntry>, args: Vec<ArgSpec>) -> Result<Arc<Slot>> {
+    fn call(self: &Arc<Self>, method: &'static MethodEntry, args: Vec<ArgSpec>) -> Result<Arc<Slot>> {
         if self.rt.is_shutdown() {
             return Err(Error::Shutdown);
         }

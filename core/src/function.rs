@@ -50,8 +50,8 @@ pub(crate) struct FnEntry {
     pub invoke: Box<Invoke>,
 }
 
-fn registry() -> &'static RwLock<HashMap<FunctionId, Arc<FnEntry>>> {
-    static R: OnceLock<RwLock<HashMap<FunctionId, Arc<FnEntry>>>> = OnceLock::new();
+fn registry() -> &'static RwLock<HashMap<FunctionId, &'static FnEntry>> {
+    static R: OnceLock<RwLock<HashMap<FunctionId, &'static FnEntry>>> = OnceLock::new();
     R.get_or_init(Default::default)
 }
 
@@ -62,11 +62,14 @@ pub fn lookup(name: &str) -> Option<FunctionId> {
     registry().read().unwrap_or_else(|e| e.into_inner()).get(&id).map(|e| e.id)
 }
 
-fn register(name: &str, invoke: Box<Invoke>) -> Arc<FnEntry> {
-    let e = Arc::new(FnEntry { name: name.into(), id: FunctionId::of(name), invoke });
+/// Registered functions live as long as the process (they are registered once, like Ray's
+/// `@ray.remote` at module level): a task refers to its entry without a reference count, so
+/// no counter bounces between the submitting and the executing CPU.
+fn register(name: &str, invoke: Box<Invoke>) -> &'static FnEntry {
+    let e: &'static FnEntry = Box::leak(Box::new(FnEntry { name: name.into(), id: FunctionId::of(name), invoke }));
     // Registering a name again replaces the entry for lookups by id; handles already made
     // keep the entry they were made with.
-    registry().write().unwrap_or_else(|e| e.into_inner()).insert(e.id, e.clone());
+    registry().write().unwrap_or_else(|e| e.into_inner()).insert(e.id, e);
     e
 }
 
@@ -194,14 +197,14 @@ pub(crate) fn encode_result<R: Serialize>(r: &R) -> std::result::Result<Vec<u8>,
 
 /// A registered remote function: `Args` is the tuple of its parameter types, `R` its result.
 pub struct RemoteFn<Args, R> {
-    pub(crate) entry: Arc<FnEntry>,
+    pub(crate) entry: &'static FnEntry,
     pub(crate) defaults: Options,
     _p: PhantomData<fn(Args) -> R>,
 }
 
 impl<Args, R> Clone for RemoteFn<Args, R> {
     fn clone(&self) -> Self {
-        RemoteFn { entry: self.entry.clone(), defaults: self.defaults.clone(), _p: PhantomData }
+        RemoteFn { entry: self.entry, defaults: self.defaults.clone(), _p: PhantomData }
     }
 }
 
@@ -270,7 +273,7 @@ impl<Args, R> RemoteFn<Args, R> {
     /// Arguments that cannot be encoded, a resource request the runtime can never satisfy,
     /// or a runtime that is shut down.
     pub fn remote(&self, rt: &Runtime, args: impl IntoArgs<Args>) -> Result<ObjectRef<R>> {
-        rt.submit_task(&self.entry, args.into_args()?, &self.defaults)
+        rt.submit_task(self.entry, args.into_args()?, &self.defaults)
     }
 
     /// Submits a call with options that override the defaults for this call only.
@@ -278,6 +281,6 @@ impl<Args, R> RemoteFn<Args, R> {
     /// # Errors
     /// As [`RemoteFn::remote`].
     pub fn remote_with(&self, rt: &Runtime, options: &Options, args: impl IntoArgs<Args>) -> Result<ObjectRef<R>> {
-        rt.submit_task(&self.entry, args.into_args()?, &self.defaults.merged(options))
+        rt.submit_task(self.entry, args.into_args()?, &self.defaults.merged(options))
     }
 }

@@ -394,7 +394,7 @@ impl Runtime {
         Ok(cell)
     }
 
-    pub(crate) fn submit_task<R>(&self, func: &Arc<FnEntry>, args: Vec<ArgSpecPub>, o: &Options) -> Result<ObjectRef<R>> {
+    pub(crate) fn submit_task<R>(&self, func: &'static FnEntry, args: Vec<ArgSpecPub>, o: &Options) -> Result<ObjectRef<R>> {
         let inner = &self.inner;
         if inner.is_shutdown() {
             return Err(Error::Shutdown);
@@ -404,7 +404,7 @@ impl Runtime {
         let ret = Slot::new(id.object(0));
         let spec = TaskSpec {
             id,
-            func: func.clone(),
+            func,
             args: args.into_iter().map(|a| a.0).collect(),
             class,
             retries_left: o.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),

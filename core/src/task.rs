@@ -25,7 +25,7 @@ pub(crate) struct TaskSpec {
     /// The stable id: what a spec sent to another node is known by (unused on one node).
     #[allow(dead_code)]
     pub id: TaskId,
-    pub func: Arc<FnEntry>,
+    pub func: &'static FnEntry,
     pub args: Vec<ArgSpec>,
     pub class: ClassId,
     /// Retries left for application errors (-1: forever), used only with `retry_exceptions`.

@@ -115,7 +115,10 @@ pub fn run(config: Config, p: &BenchParams) -> Result<BenchReport> {
     let n = p.tasks;
 
     let tasks_async_per_s = rate(p.trials, n, || {
-        let refs = (0..n).map(|_| empty.remote(&rt, ())).collect::<rayhpc::Result<Vec<_>>>()?;
+        let mut refs = Vec::with_capacity(n);
+        for _ in 0..n {
+            refs.push(empty.remote(&rt, ())?);
+        }
         for r in &refs {
             rt.get(r)?;
         }
@@ -126,7 +129,10 @@ pub fn run(config: Config, p: &BenchParams) -> Result<BenchReport> {
     let a = class.remote(&rt, ())?;
     rt.get(&ping.remote(&a, ())?)?;
     let actor_calls_async_per_s = rate(p.trials, n, || {
-        let refs = (0..n).map(|_| ping.remote(&a, ())).collect::<rayhpc::Result<Vec<_>>>()?;
+        let mut refs = Vec::with_capacity(n);
+        for _ in 0..n {
+            refs.push(ping.remote(&a, ())?);
+        }
         for r in &refs {
             rt.get(r)?;
         }

@@ -512,7 +512,7 @@ fn executor_main<J: Job>(shared: Arc<Shared<J>>, idx: usize, cpu: Option<usize>,
         }
         if let Some(r) = me() {
             if searching {
-                sh.sleep.found_work();
+                sh.sleep.found_work(|| more_work(sh));
                 searching = false;
             }
             backoff.reset();
@@ -561,6 +561,12 @@ fn executor_main<J: Job>(shared: Arc<Shared<J>>, idx: usize, cpu: Option<usize>,
     LOCAL.with(|l| l.borrow_mut().take());
 }
 
+/// Whether work is visibly queued beyond what this executor just took: its own deque (a
+/// batch taken from the injector lands there) or the injector.
+fn more_work<J: Job>(sh: &Shared<J>) -> bool {
+    !sh.injector.is_empty() || with_local::<J, _>(sh.id, |l| !l.deque.is_empty()).unwrap_or(false)
+}
+
 /// Steps 2–3 of the idle protocol (see `sleep.rs`): return the lease, register as a sleeper,
 /// look once more, park. Returns true when it parked and was woken: the worker then counts as
 /// a searcher. False when the last look found work (which it ran) or the pool stops.
@@ -573,7 +579,7 @@ fn go_to_sleep<J: Job>(sh: &Shared<J>, idx: usize) -> bool {
     if found.is_some() || sh.shutdown.load(Ordering::Acquire) {
         if sh.sleep.cancel_sleep(idx) == Cancelled::WasWoken {
             // The waker counted this worker as a searcher; it found work at once.
-            sh.sleep.found_work();
+            sh.sleep.found_work(|| more_work(sh));
         }
         if let Some(r) = found {
             run(sh, r);

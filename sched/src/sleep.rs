@@ -20,8 +20,8 @@
 //! F_w comes first, the submitter's loads see the worker as a sleeper and not a searcher, and
 //! wake it. `tests/loom_sleep.rs` checks this exhaustively with loom.
 //!
-//! Work spreads by chaining: a searcher that finds work and was the last one wakes another
-//! sleeper ([`Sleep::found_work`]), which searches in turn.
+//! Work spreads by chaining: a searcher that finds work, was the last one, and sees more work
+//! queued wakes another sleeper ([`Sleep::found_work`]), which searches in turn.
 
 use crate::loom::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering::SeqCst};
 use crate::loom::sync::Mutex;
@@ -80,11 +80,21 @@ impl Sleep {
         self.searching.fetch_sub(1, SeqCst);
     }
 
-    /// A searcher found work. If it was the last searcher, it wakes another worker so that
-    /// the remaining work spreads (the woken worker searches in its place).
-    pub fn found_work(&self) {
+    /// A searcher found work. If it was the last searcher and `more` work is queued, it
+    /// wakes another worker so that the work spreads (the woken worker searches in its
+    /// place). With nothing more queued nobody is woken: a stream of single tasks (a
+    /// synchronous caller) then keeps one executor busy instead of waking all of them.
+    ///
+    /// `more` is asked after the searcher count dropped and a SeqCst fence: a job pushed
+    /// concurrently is either seen by `more`, or its submitter sees no searcher and wakes a
+    /// sleeper itself (the same argument as for sleeping, in the module doc).
+    pub fn found_work(&self, more: impl FnOnce() -> bool) {
         if self.searching.fetch_sub(1, SeqCst) == 1 {
-            self.wake_one();
+            // SYNC POINT: pairs with the fence in `notify`.
+            fence(SeqCst);
+            if more() {
+                self.wake_one();
+            }
         }
     }
 
