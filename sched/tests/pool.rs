@@ -1,0 +1,270 @@
+//! The executor pool with real threads: every job runs once, resources bound concurrency,
+//! blocking jobs are compensated, executors are pinned, shutdown cancels and joins.
+#![cfg(not(loom))]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Barrier, Mutex};
+use std::time::Duration;
+
+use rayhpc_sched::{ClassId, Job, Pool, PoolConfig, Topology};
+
+/// A job that runs a closure; `cancel` reports through a counter.
+struct F(Box<dyn FnOnce() + Send>, Arc<AtomicUsize>);
+
+impl Job for F {
+    fn run(self) {
+        (self.0)()
+    }
+    fn cancel(self) {
+        self.1.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn pool(threads: usize, resources: &[(&str, f64)]) -> Pool<F> {
+    let cfg = PoolConfig {
+        threads: Some(threads),
+        resources: resources.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        ..PoolConfig::default()
+    };
+    Pool::new(cfg, &Topology::detect().unwrap()).unwrap()
+}
+
+fn job(cancelled: &Arc<AtomicUsize>, f: impl FnOnce() + Send + 'static) -> F {
+    F(Box::new(f), cancelled.clone())
+}
+
+#[test]
+fn every_job_runs_exactly_once_from_many_submitters() {
+    let p = pool(2, &[]);
+    let cpu = p.class(&[("CPU", 1.0)]).unwrap();
+    let cancelled = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new((0..40_000).map(|_| AtomicUsize::new(0)).collect::<Vec<_>>());
+    let (tx, rx) = mpsc::channel();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (p, seen, tx, c) = (p.clone(), seen.clone(), tx.clone(), cancelled.clone());
+            s.spawn(move || {
+                for i in (t * 10_000)..((t + 1) * 10_000) {
+                    let (seen, tx) = (seen.clone(), tx.clone());
+                    p.submit(job(&c, move || {
+                        seen[i].fetch_add(1, Ordering::SeqCst);
+                        tx.send(()).unwrap();
+                    }), cpu);
+                }
+            });
+        }
+    });
+    for _ in 0..40_000 {
+        rx.recv_timeout(Duration::from_secs(30)).expect("a job never ran");
+    }
+    assert!(seen.iter().all(|c| c.load(Ordering::SeqCst) == 1));
+    p.shutdown();
+    assert_eq!(cancelled.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn nested_submissions_from_jobs_run() {
+    let p = pool(2, &[]);
+    let cpu = p.class(&[("CPU", 1.0)]).unwrap();
+    let c = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = mpsc::channel();
+    for _ in 0..100 {
+        let (p2, tx, c2) = (p.clone(), tx.clone(), c.clone());
+        p.submit(job(&c, move || {
+            for _ in 0..10 {
+                let tx = tx.clone();
+                p2.submit(job(&c2, move || tx.send(()).unwrap()), cpu);
+            }
+        }), cpu);
+    }
+    for _ in 0..1000 {
+        rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    }
+    p.shutdown();
+}
+
+/// Waits (up to 5 s) for every resource to be free again.
+fn settles(p: &Pool<F>) -> bool {
+    for _ in 0..500 {
+        if p.resources().iter().all(|v| v.available == v.total) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// Runs `n` jobs of `class` and returns the peak number running at once. Each job holds
+/// until `expect` jobs run together (or 2 s pass), so that the peak measures admission, not
+/// how quickly a loaded machine wakes threads; a pool admitting more than `expect` shows a
+/// larger peak.
+fn peak_concurrency(p: &Pool<F>, class: ClassId, n: usize, expect: usize) -> usize {
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let c = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = mpsc::channel();
+    for _ in 0..n {
+        let (running, peak, tx) = (running.clone(), peak.clone(), tx.clone());
+        p.submit(job(&c, move || {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            let t = std::time::Instant::now();
+            while running.load(Ordering::SeqCst) < expect && t.elapsed() < Duration::from_secs(2) {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            running.fetch_sub(1, Ordering::SeqCst);
+            tx.send(()).unwrap();
+        }), class);
+    }
+    for _ in 0..n {
+        rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    }
+    peak.load(Ordering::SeqCst)
+}
+
+#[test]
+fn resources_bound_concurrency_including_fractions() {
+    // Four executors on however many CPUs: logical resources, not threads, are the limit.
+    let p = pool(4, &[("CPU", 4.0), ("GPU", 1.0), ("ssd", 3.0)]);
+    let gpu_half = p.class(&[("GPU", 0.5)]).unwrap();
+    let gpu_one = p.class(&[("GPU", 1.0)]).unwrap();
+    let ssd = p.class(&[("ssd", 1.0), ("CPU", 1.0)]).unwrap();
+    assert_eq!(peak_concurrency(&p, gpu_one, 6, 1), 1);
+    assert_eq!(peak_concurrency(&p, gpu_half, 8, 2), 2);
+    assert_eq!(peak_concurrency(&p, ssd, 9, 3), 3);
+    // Everything is given back once the executors go idle (a lease is kept while an
+    // executor still looks for work of its class).
+    assert!(settles(&p), "{:?}", p.resources());
+    assert_eq!(p.waiting_for_resources(), 0);
+    p.shutdown();
+}
+
+#[test]
+fn one_logical_cpu_serialises_cpu_tasks_on_two_executors() {
+    let p = pool(2, &[("CPU", 1.0)]);
+    let cpu = p.class(&[("CPU", 1.0)]).unwrap();
+    assert_eq!(peak_concurrency(&p, cpu, 10, 1), 1);
+    // Jobs that need nothing are not limited by the CPU count, only by the executors.
+    assert_eq!(peak_concurrency(&p, ClassId::FREE, 4, 2), 2);
+    p.shutdown();
+}
+
+#[test]
+fn blocking_jobs_are_compensated_so_nothing_deadlocks() {
+    // One executor; a job blocks until a job submitted after it has run.
+    let p = pool(1, &[]);
+    let cpu = p.class(&[("CPU", 1.0)]).unwrap();
+    let c = Arc::new(AtomicUsize::new(0));
+    let (done_tx, done_rx) = mpsc::channel();
+    for _ in 0..4 {
+        let (p2, c2, done_tx) = (p.clone(), c.clone(), done_tx.clone());
+        p.submit(job(&c, move || {
+            let (tx, rx) = mpsc::channel();
+            p2.submit(job(&c2, move || tx.send(7).unwrap()), cpu);
+            let v = p2.block_in_place(|| rx.recv().unwrap());
+            done_tx.send(v).unwrap();
+        }), cpu);
+    }
+    for _ in 0..4 {
+        assert_eq!(done_rx.recv_timeout(Duration::from_secs(30)).expect("deadlock"), 7);
+    }
+    assert!(p.threads() > 1, "a compensation thread must have been started");
+    // The blocked jobs took their CPU back: the ledger balances once they are done.
+    assert!(settles(&p), "{:?}", p.resources());
+    p.shutdown();
+}
+
+#[test]
+fn executors_are_pinned_to_their_cpus() {
+    let p = pool(Topology::detect().unwrap().len(), &[]);
+    let c = Arc::new(AtomicUsize::new(0));
+    let n = p.executors();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let barrier = Arc::new(Barrier::new(n + 1));
+    // One job per executor, all held at a barrier so that each lands on its own thread.
+    for _ in 0..n {
+        let (seen, barrier) = (seen.clone(), barrier.clone());
+        p.submit(job(&c, move || {
+            let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+            let allowed = status.lines().find(|l| l.starts_with("Cpus_allowed_list:")).unwrap().split(':').nth(1).unwrap().trim().to_string();
+            let name = std::thread::current().name().unwrap().to_string();
+            seen.lock().unwrap().push((name, allowed));
+            barrier.wait();
+        }), ClassId::FREE);
+    }
+    barrier.wait();
+    let seen = seen.lock().unwrap().clone();
+    let cpus = p.executor_cpus().to_vec();
+    for (name, allowed) in &seen {
+        let idx: usize = name.rsplit('-').next().unwrap().parse().unwrap();
+        assert_eq!(allowed, &cpus[idx].to_string(), "executor {name} runs on {allowed}");
+    }
+    p.shutdown();
+}
+
+#[test]
+fn shutdown_cancels_queued_jobs_and_joins_threads() {
+    let p = pool(1, &[("CPU", 1.0)]);
+    let cpu = p.class(&[("CPU", 1.0)]).unwrap();
+    let cancelled = Arc::new(AtomicUsize::new(0));
+    let ran = Arc::new(AtomicUsize::new(0));
+    let (started_tx, started_rx) = mpsc::channel();
+    let gate = Arc::new(Barrier::new(2));
+    {
+        let (gate, ran) = (gate.clone(), ran.clone());
+        p.submit(job(&cancelled, move || {
+            started_tx.send(()).unwrap();
+            gate.wait();
+            ran.fetch_add(1, Ordering::SeqCst);
+        }), cpu);
+    }
+    started_rx.recv().unwrap();
+    for _ in 0..50 {
+        let ran = ran.clone();
+        p.submit(job(&cancelled, move || {
+            ran.fetch_add(1, Ordering::SeqCst);
+        }), cpu);
+    }
+    let p2 = p.clone();
+    let stopper = std::thread::spawn(move || p2.shutdown());
+    std::thread::sleep(Duration::from_millis(50));
+    gate.wait();
+    stopper.join().unwrap();
+    assert_eq!(ran.load(Ordering::SeqCst) + cancelled.load(Ordering::SeqCst), 51);
+    assert!(cancelled.load(Ordering::SeqCst) >= 1);
+    // After shutdown a submission is cancelled at once.
+    p.submit(job(&cancelled, || panic!("must not run")), cpu);
+    assert!(p.is_shutdown());
+}
+
+#[test]
+fn idle_pool_parks_its_executors() {
+    let p = pool(2, &[]);
+    let c = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = mpsc::channel();
+    p.submit(job(&c, move || tx.send(()).unwrap()), ClassId::FREE);
+    rx.recv().unwrap();
+    // After the spin window every executor must be parked, not spinning.
+    let mut parked = false;
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(10));
+        let states: Vec<String> = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .flatten()
+            .filter_map(|t| {
+                let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+                comm.starts_with("rayhpc-exec").then(|| std::fs::read_to_string(t.path().join("stat")).ok())?
+            })
+            .collect();
+        // Field 3 of stat is the state; S = sleeping. Other pools' executors (tests run in
+        // parallel) may be busy, so look for at least this pool's two being asleep at once.
+        let sleeping = states.iter().filter(|s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('S'))).count();
+        if sleeping >= 2 {
+            parked = true;
+            break;
+        }
+    }
+    assert!(parked, "executors did not park");
+    p.shutdown();
+}
