@@ -518,7 +518,7 @@ fn executor_main<J: Job>(shared: Arc<Shared<J>>, idx: usize, cpu: Option<usize>,
             backoff.reset();
             run(sh, r);
             if idx >= sh.primaries && retire_if_surplus(sh, idx) {
-                searching = !sh.shutdown.load(Ordering::Acquire);
+                searching = true;
                 spin_start = Instant::now();
             }
             continue;
@@ -539,7 +539,7 @@ fn executor_main<J: Job>(shared: Arc<Shared<J>>, idx: usize, cpu: Option<usize>,
         if searching {
             sh.sleep.stop_searching();
         }
-        searching = go_to_sleep(sh, idx) && !sh.shutdown.load(Ordering::Acquire);
+        searching = go_to_sleep(sh, idx);
         spin_start = Instant::now();
         backoff.reset();
     }
@@ -568,8 +568,8 @@ fn more_work<J: Job>(sh: &Shared<J>) -> bool {
 }
 
 /// Steps 2–3 of the idle protocol (see `sleep.rs`): return the lease, register as a sleeper,
-/// look once more, park. Returns true when it parked and was woken: the worker then counts as
-/// a searcher. False when the last look found work (which it ran) or the pool stops.
+/// look once more, park. Returns true when a waker woke it: the worker then counts as a
+/// searcher. False when the last look found work (which it ran) or the pool stopped it.
 fn go_to_sleep<J: Job>(sh: &Shared<J>, idx: usize) -> bool {
     if let Some(Some(c)) = with_local::<J, _>(sh.id, |l| l.lease.take()) {
         release(sh, c);
@@ -586,9 +586,9 @@ fn go_to_sleep<J: Job>(sh: &Shared<J>, idx: usize) -> bool {
         }
         return false;
     }
-    sh.sleep.park(idx);
-    // Woken: a waker counted this worker as a searcher; the caller searches.
-    true
+    // Woken by a waker: it counted this worker as a searcher; the caller searches (or, at
+    // shutdown, stops searching).
+    sh.sleep.park(idx)
 }
 
 /// A compensation thread whose blocked executor resumed goes back to sleep. Returns true when

@@ -123,17 +123,18 @@ impl Sleep {
     }
 
     /// Parks until a waker pops `id` off the list (spurious wake-ups are absorbed) or the
-    /// pool shuts down. On return the worker counts as a searcher, unless shutting down.
-    pub fn park(&self, id: usize) {
+    /// pool shuts down. Returns true when a waker popped it: the worker then counts as a
+    /// searcher and must leave that state with [`Sleep::found_work`] or
+    /// [`Sleep::stop_searching`], even when the pool is shutting down.
+    pub fn park(&self, id: usize) -> bool {
         loop {
             if self.shutdown.load(SeqCst) {
-                let _ = self.cancel_sleep(id);
-                return;
+                return self.cancel_sleep(id) == Cancelled::WasWoken;
             }
             thread::park();
             let still_listed = self.sleepers().iter().any(|(i, _)| *i == id);
             if !still_listed {
-                return;
+                return true;
             }
         }
     }
@@ -170,12 +171,13 @@ impl Sleep {
         self.searching.load(SeqCst)
     }
 
-    /// Wakes every sleeper for good: [`Sleep::park`] returns at once from now on.
+    /// Wakes every sleeper for good: [`Sleep::park`] returns at once from now on. Sleepers
+    /// stay on the list and take themselves off, so that only a real waker's pop makes a
+    /// worker a searcher.
     pub fn shutdown(&self) {
         self.shutdown.store(true, SeqCst);
-        let all: Vec<_> = std::mem::take(&mut *self.sleepers());
-        self.sleeping.fetch_sub(all.len(), SeqCst);
-        for (_, t) in all {
+        let all: Vec<Thread> = self.sleepers().iter().map(|(_, t)| t.clone()).collect();
+        for t in all {
             t.unpark();
         }
     }

@@ -46,10 +46,13 @@ fn every_job_runs_exactly_once_from_many_submitters() {
             s.spawn(move || {
                 for i in (t * 10_000)..((t + 1) * 10_000) {
                     let (seen, tx) = (seen.clone(), tx.clone());
-                    p.submit(job(&c, move || {
-                        seen[i].fetch_add(1, Ordering::SeqCst);
-                        tx.send(()).unwrap();
-                    }), cpu);
+                    p.submit(
+                        job(&c, move || {
+                            seen[i].fetch_add(1, Ordering::SeqCst);
+                            tx.send(()).unwrap();
+                        }),
+                        cpu,
+                    );
                 }
             });
         }
@@ -70,12 +73,15 @@ fn nested_submissions_from_jobs_run() {
     let (tx, rx) = mpsc::channel();
     for _ in 0..100 {
         let (p2, tx, c2) = (p.clone(), tx.clone(), c.clone());
-        p.submit(job(&c, move || {
-            for _ in 0..10 {
-                let tx = tx.clone();
-                p2.submit(job(&c2, move || tx.send(()).unwrap()), cpu);
-            }
-        }), cpu);
+        p.submit(
+            job(&c, move || {
+                for _ in 0..10 {
+                    let tx = tx.clone();
+                    p2.submit(job(&c2, move || tx.send(()).unwrap()), cpu);
+                }
+            }),
+            cpu,
+        );
     }
     for _ in 0..1000 {
         rx.recv_timeout(Duration::from_secs(30)).unwrap();
@@ -105,17 +111,20 @@ fn peak_concurrency(p: &Pool<F>, class: ClassId, n: usize, expect: usize) -> usi
     let (tx, rx) = mpsc::channel();
     for _ in 0..n {
         let (running, peak, tx) = (running.clone(), peak.clone(), tx.clone());
-        p.submit(job(&c, move || {
-            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-            peak.fetch_max(now, Ordering::SeqCst);
-            let t = std::time::Instant::now();
-            while running.load(Ordering::SeqCst) < expect && t.elapsed() < Duration::from_secs(2) {
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-            running.fetch_sub(1, Ordering::SeqCst);
-            tx.send(()).unwrap();
-        }), class);
+        p.submit(
+            job(&c, move || {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                let t = std::time::Instant::now();
+                while running.load(Ordering::SeqCst) < expect && t.elapsed() < Duration::from_secs(2) {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+                running.fetch_sub(1, Ordering::SeqCst);
+                tx.send(()).unwrap();
+            }),
+            class,
+        );
     }
     for _ in 0..n {
         rx.recv_timeout(Duration::from_secs(30)).unwrap();
@@ -159,12 +168,15 @@ fn blocking_jobs_are_compensated_so_nothing_deadlocks() {
     let (done_tx, done_rx) = mpsc::channel();
     for _ in 0..4 {
         let (p2, c2, done_tx) = (p.clone(), c.clone(), done_tx.clone());
-        p.submit(job(&c, move || {
-            let (tx, rx) = mpsc::channel();
-            p2.submit(job(&c2, move || tx.send(7).unwrap()), cpu);
-            let v = p2.block_in_place(|| rx.recv().unwrap());
-            done_tx.send(v).unwrap();
-        }), cpu);
+        p.submit(
+            job(&c, move || {
+                let (tx, rx) = mpsc::channel();
+                p2.submit(job(&c2, move || tx.send(7).unwrap()), cpu);
+                let v = p2.block_in_place(|| rx.recv().unwrap());
+                done_tx.send(v).unwrap();
+            }),
+            cpu,
+        );
     }
     for _ in 0..4 {
         assert_eq!(done_rx.recv_timeout(Duration::from_secs(30)).expect("deadlock"), 7);
@@ -185,13 +197,17 @@ fn executors_are_pinned_to_their_cpus() {
     // One job per executor, all held at a barrier so that each lands on its own thread.
     for _ in 0..n {
         let (seen, barrier) = (seen.clone(), barrier.clone());
-        p.submit(job(&c, move || {
-            let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
-            let allowed = status.lines().find(|l| l.starts_with("Cpus_allowed_list:")).unwrap().split(':').nth(1).unwrap().trim().to_string();
-            let name = std::thread::current().name().unwrap().to_string();
-            seen.lock().unwrap().push((name, allowed));
-            barrier.wait();
-        }), ClassId::FREE);
+        p.submit(
+            job(&c, move || {
+                let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+                let allowed =
+                    status.lines().find(|l| l.starts_with("Cpus_allowed_list:")).unwrap().split(':').nth(1).unwrap().trim().to_string();
+                let name = std::thread::current().name().unwrap().to_string();
+                seen.lock().unwrap().push((name, allowed));
+                barrier.wait();
+            }),
+            ClassId::FREE,
+        );
     }
     barrier.wait();
     let seen = seen.lock().unwrap().clone();
@@ -213,18 +229,24 @@ fn shutdown_cancels_queued_jobs_and_joins_threads() {
     let gate = Arc::new(Barrier::new(2));
     {
         let (gate, ran) = (gate.clone(), ran.clone());
-        p.submit(job(&cancelled, move || {
-            started_tx.send(()).unwrap();
-            gate.wait();
-            ran.fetch_add(1, Ordering::SeqCst);
-        }), cpu);
+        p.submit(
+            job(&cancelled, move || {
+                started_tx.send(()).unwrap();
+                gate.wait();
+                ran.fetch_add(1, Ordering::SeqCst);
+            }),
+            cpu,
+        );
     }
     started_rx.recv().unwrap();
     for _ in 0..50 {
         let ran = ran.clone();
-        p.submit(job(&cancelled, move || {
-            ran.fetch_add(1, Ordering::SeqCst);
-        }), cpu);
+        p.submit(
+            job(&cancelled, move || {
+                ran.fetch_add(1, Ordering::SeqCst);
+            }),
+            cpu,
+        );
     }
     let p2 = p.clone();
     let stopper = std::thread::spawn(move || p2.shutdown());
