@@ -12,13 +12,14 @@
 //! false, fences, and looks at the mailbox again, taking the flag back if a call arrived.
 
 use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use crossbeam_queue::SegQueue;
 use rayhpc_sched::ClassId;
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, FailureKind, Result};
 use crate::function::{decode_args, encode_result, ArgSpec, Arguments, Callable, Failure, IntoArgs, MethodCallable};
@@ -215,6 +216,30 @@ impl<A> std::fmt::Debug for ActorHandle<A> {
     }
 }
 
+/// Every live actor of this process by id: how a handle that travelled as an argument
+/// (serialized as its [`ActorId`]) finds its actor again.
+fn directory() -> &'static Mutex<HashMap<ActorId, Weak<ActorCell>>> {
+    static D: OnceLock<Mutex<HashMap<ActorId, Weak<ActorCell>>>> = OnceLock::new();
+    D.get_or_init(Default::default)
+}
+
+/// A handle travels as its actor's id, so it can be an argument of a task or of another
+/// actor's method, like any value.
+impl<A> Serialize for ActorHandle<A> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.cell.id.serialize(s)
+    }
+}
+
+impl<'de, A: 'static> Deserialize<'de> for ActorHandle<A> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let id = ActorId::deserialize(d)?;
+        let cell = directory().lock().unwrap_or_else(|e| e.into_inner()).get(&id).and_then(Weak::upgrade);
+        let cell = cell.ok_or_else(|| serde::de::Error::custom(format!("actor {id} is not alive in this process")))?;
+        ActorHandle::from_cell(cell).ok_or_else(|| serde::de::Error::custom(format!("actor {id} has another type")))
+    }
+}
+
 impl<A> ActorHandle<A> {
     /// The actor's id.
     pub fn id(&self) -> ActorId {
@@ -293,7 +318,7 @@ pub(crate) struct CreateSpec {
 
 impl ActorCell {
     pub(crate) fn new(id: ActorId, class: Arc<ClassEntry>, name: Option<String>, rt: Runtime) -> Arc<Self> {
-        Arc::new(ActorCell {
+        let cell = Arc::new(ActorCell {
             id,
             class,
             name,
@@ -304,7 +329,9 @@ impl ActorCell {
             runner: Mutex::new(Runner { state: None, head: None }),
             dead: OnceLock::new(),
             held: Mutex::new(None),
-        })
+        });
+        directory().lock().unwrap_or_else(|e| e.into_inner()).insert(id, Arc::downgrade(&cell));
+        cell
     }
 
     fn runner(&self) -> std::sync::MutexGuard<'_, Runner> {
@@ -393,6 +420,20 @@ impl ActorCell {
             call.ret.complete(Err(Error::Shutdown));
         }
         r.state = None;
+    }
+}
+
+/// The last handle is gone (and no call is queued): the actor ends as in Ray when its handles
+/// go out of scope. Its state is dropped with the cell and its resources are given back.
+impl Drop for ActorCell {
+    fn drop(&mut self) {
+        if let Some(c) = self.held.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+            self.rt.inner.pool().release(c);
+        }
+        let mut d = directory().lock().unwrap_or_else(|e| e.into_inner());
+        if d.get(&self.id).is_some_and(|w| w.strong_count() == 0) {
+            d.remove(&self.id);
+        }
     }
 }
 

@@ -624,8 +624,12 @@ impl<J: Job> Local<J> {
             return Some(r);
         }
         let sh = &*self.shared;
+        // One job at a time from the injector, not a batch: the driver's submissions then
+        // start in submission order across executors (as Ray users expect), and a job is
+        // never hoarded behind a long one in a busy executor's deque. Measured on 2 cores:
+        // batch submission throughput is within noise of taking batches.
         loop {
-            match sh.injector.steal_batch_and_pop(&self.deque) {
+            match sh.injector.steal() {
                 Steal::Success(r) => return Some(r),
                 Steal::Retry => continue,
                 Steal::Empty => break,

@@ -1,0 +1,114 @@
+//! put / get / wait: timeouts, ordering, large objects through the store, store limits.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use rayhpc::{Config, Error};
+
+#[test]
+fn get_with_timeout_times_out_and_the_object_is_still_there_later() {
+    let rt = common::rt(2);
+    let slow = rayhpc::function("o.slow", |ms: u64| {
+        std::thread::sleep(Duration::from_millis(ms));
+        ms
+    });
+    let r = slow.remote(&rt, (300u64,)).unwrap();
+    let t = Instant::now();
+    assert_eq!(rt.get_timeout(&r, Duration::from_millis(20)), Err(Error::Timeout(Duration::from_millis(20))));
+    assert!(t.elapsed() < Duration::from_millis(290));
+    assert_eq!(rt.get_timeout(&r, Duration::from_secs(10)).unwrap(), 300);
+    let many = vec![slow.remote(&rt, (1u64,)).unwrap(), slow.remote(&rt, (400u64,)).unwrap()];
+    assert!(matches!(rt.get_all_timeout(&many, Duration::from_millis(30)), Err(Error::Timeout(_))));
+    assert_eq!(rt.get_all(&many).unwrap(), vec![1, 400]);
+    rt.shutdown();
+}
+
+#[test]
+fn wait_returns_ready_in_order_and_respects_num_returns_and_timeout() {
+    // Four executors, so that all four sleepers run at once.
+    let rt = common::rt(4);
+    let sleep = rayhpc::function("o.sleep", |ms: u64| {
+        std::thread::sleep(Duration::from_millis(ms));
+        ms
+    });
+    let refs: Vec<_> = [300u64, 1, 300, 2].iter().map(|&ms| sleep.remote(&rt, (ms,)).unwrap()).collect();
+    let (ready, rest) = rt.wait(&refs, 2, None).unwrap();
+    assert_eq!(ready.len(), 2);
+    assert_eq!(rest.len(), 2);
+    assert_eq!(ready, vec![refs[1].clone(), refs[3].clone()]);
+    assert_eq!(rest, vec![refs[0].clone(), refs[2].clone()]);
+    // Timeout: returns what is ready, no error.
+    let t = Instant::now();
+    let (ready, rest) = rt.wait(&rest, 2, Some(Duration::from_millis(10))).unwrap();
+    assert!(t.elapsed() < Duration::from_millis(250));
+    assert!(ready.is_empty() && rest.len() == 2);
+    let (ready, rest) = rt.wait(&refs, 4, Some(Duration::from_secs(10))).unwrap();
+    assert_eq!((ready.len(), rest.len()), (4, 0));
+    // num_returns = 0 returns at once; too many is an error.
+    assert_eq!(rt.wait(&refs, 0, None).unwrap().1.len(), 4);
+    assert!(matches!(rt.wait(&refs, 5, None), Err(Error::Invalid(_))));
+    // Ready refs beyond num_returns stay in `rest`, in order.
+    let (ready, rest) = rt.wait(&refs, 1, None).unwrap();
+    assert_eq!(ready, vec![refs[0].clone()]);
+    assert_eq!(rest, refs[1..].to_vec());
+    rt.shutdown();
+}
+
+#[test]
+fn small_objects_stay_inline_large_ones_go_to_the_store() {
+    let rt = common::rt_with(Config { inline_threshold: 1024, object_store_memory: Some(10 << 20), ..Config::default() });
+    let small = rt.put(&vec![7u8; 100]).unwrap();
+    assert!(!rt.get_bytes(&small).unwrap().is_stored());
+    let big = rt.put(&vec![9u8; 100_000]).unwrap();
+    let view = rt.get_bytes(&big).unwrap();
+    assert!(view.is_stored());
+    let (used, objects, cap) = rt.store_usage();
+    assert!(used >= 100_000 && objects == 1 && cap == 10 << 20, "{used} {objects} {cap}");
+    // A task's large result goes there too, and reads back byte-exact.
+    let make = rayhpc::function("o.make", |n: usize| (0..n).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let r = make.remote(&rt, (200_000usize,)).unwrap();
+    let v = rt.get(&r).unwrap();
+    assert!(v.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+    assert!(rt.get_bytes(&r).unwrap().is_stored());
+    // Dropping every handle frees the space.
+    drop((big, view, r));
+    assert_eq!(rt.store_usage().0, 0);
+    rt.shutdown();
+}
+
+#[test]
+fn objects_over_capacity_fail_clearly_and_lose_nothing() {
+    let rt = common::rt_with(Config { inline_threshold: 1024, object_store_memory: Some(1 << 20), ..Config::default() });
+    let keep = rt.put(&vec![1u8; 600_000]).unwrap();
+    match rt.put(&vec![0u8; 2 << 20]) {
+        Err(Error::ObjectTooLarge { size, capacity }) => assert!(size > 2 << 20 && capacity == 1 << 20),
+        other => panic!("{other:?}"),
+    }
+    match rt.put(&vec![0u8; 600_000]) {
+        Err(e @ Error::StoreFull { .. }) => assert!(e.to_string().contains("object store full"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    // A task whose result does not fit fails at get with the same clear error.
+    let make = rayhpc::function("o.make_big", |n: usize| vec![3u8; n]);
+    let r = make.remote(&rt, (3usize << 20,)).unwrap();
+    assert!(matches!(rt.get(&r), Err(Error::ObjectTooLarge { .. })));
+    // What was stored before is intact.
+    assert_eq!(rt.get(&keep).unwrap(), vec![1u8; 600_000]);
+    rt.shutdown();
+}
+
+#[test]
+fn get_after_shutdown_of_pending_work_fails_instead_of_hanging() {
+    let rt = common::rt_with(Config { executors: Some(1), num_cpus: Some(1.0), ..Config::default() });
+    let slow = rayhpc::function("o.block", |ms: u64| std::thread::sleep(Duration::from_millis(ms)));
+    let first = slow.remote(&rt, (200u64,)).unwrap();
+    let queued: Vec<_> = (0..20).map(|_| slow.remote(&rt, (200u64,)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(50));
+    rt.shutdown();
+    assert_eq!(rt.get(&first), Ok(()));
+    let failed = queued.iter().filter(|r| rt.get(r) == Err(Error::Shutdown)).count();
+    assert!(failed >= 19, "only {failed} of the queued tasks were cancelled");
+    assert!(matches!(slow.remote(&rt, (1u64,)), Err(Error::Shutdown)));
+    assert!(matches!(rt.put(&1u8), Err(Error::Shutdown)));
+}
