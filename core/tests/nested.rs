@@ -1,0 +1,84 @@
+//! Tasks that submit tasks and wait for them never deadlock the pool: a blocked executor
+//! gives its CPU back while it waits.
+
+mod common;
+
+use std::time::Duration;
+
+use rayhpc::{Config, RemoteFn, Runtime};
+
+fn fib_fn(name: &str) -> RemoteFn<(u32,), u64> {
+    // The function refers to itself through the registry-free handle it is given at run time.
+    let cell: &'static std::sync::OnceLock<RemoteFn<(u32,), u64>> = Box::leak(Box::new(std::sync::OnceLock::new()));
+    let f = rayhpc::function(name, move |n: u32| -> u64 {
+        if n < 2 {
+            return n as u64;
+        }
+        let rt = Runtime::current().expect("inside a task");
+        let me = cell.get().unwrap();
+        let a = me.remote(&rt, (n - 1,)).unwrap();
+        let b = me.remote(&rt, (n - 2,)).unwrap();
+        rt.get(&a).unwrap() + rt.get(&b).unwrap()
+    });
+    let _ = cell.set(f.clone());
+    f
+}
+
+#[test]
+fn recursive_fork_join_on_one_executor() {
+    let rt = common::rt(1);
+    let fib = fib_fn("n.fib1");
+    assert_eq!(rt.get_timeout(&fib.remote(&rt, (15,)).unwrap(), Duration::from_secs(60)).unwrap(), 610);
+    rt.shutdown();
+}
+
+#[test]
+fn recursive_fork_join_on_two_executors() {
+    let rt = common::rt(2);
+    let fib = fib_fn("n.fib2");
+    assert_eq!(rt.get_timeout(&fib.remote(&rt, (18,)).unwrap(), Duration::from_secs(60)).unwrap(), 2584);
+    rt.shutdown();
+}
+
+#[test]
+fn a_blocked_parent_gives_its_only_cpu_to_its_child() {
+    // One logical CPU: the child can only run if the waiting parent gives its CPU back.
+    let rt = common::rt_with(Config { executors: Some(2), num_cpus: Some(1.0), ..Config::default() });
+    let child = rayhpc::function("n.child", |x: u64| x * 3);
+    let c2 = child.clone();
+    let parent = rayhpc::function("n.parent", move |x: u64| {
+        let rt = Runtime::current().unwrap();
+        let r = c2.remote(&rt, (x,)).unwrap();
+        rt.get(&r).unwrap() + 1
+    });
+    let refs: Vec<_> = (0..20u64).map(|i| parent.remote(&rt, (i,)).unwrap()).collect();
+    let v = rt.get_all_timeout(&refs, Duration::from_secs(60)).unwrap();
+    assert_eq!(v, (0..20u64).map(|i| i * 3 + 1).collect::<Vec<_>>());
+    rt.shutdown();
+}
+
+#[test]
+fn actors_calling_actors_and_waiting_do_not_deadlock() {
+    let rt = common::rt(1);
+    let leaf = rayhpc::actor("n.Leaf", || 0u64);
+    let bump = leaf.method("bump", |c: &mut u64| {
+        *c += 1;
+        *c
+    });
+    struct Mid(rayhpc::ActorHandle<u64>);
+    let mid = rayhpc::actor("n.Mid", Mid);
+    let b2 = bump.clone();
+    let relay = mid.method("relay", move |m: &mut Mid, times: u32| {
+        let rt = Runtime::current().unwrap();
+        let mut last = 0;
+        for _ in 0..times {
+            last = rt.get(&b2.remote(&m.0, ()).unwrap()).unwrap();
+        }
+        last
+    });
+    let l = leaf.remote(&rt, ()).unwrap();
+    let m = mid.remote(&rt, (l.clone(),)).unwrap();
+    let r = relay.remote(&m, (100u32,)).unwrap();
+    assert_eq!(rt.get_timeout(&r, Duration::from_secs(60)).unwrap(), 100);
+    rt.shutdown();
+}
