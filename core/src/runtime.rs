@@ -313,11 +313,14 @@ impl Runtime {
         if num_returns > refs.len() {
             return Err(Error::Invalid(format!("wait: num_returns {num_returns} is larger than the {} refs given", refs.len())));
         }
-        let ready_now = refs.iter().filter(|r| r.is_ready()).count();
+        // One scan decides both the count and the registrations: a ref that turns ready
+        // between two scans would otherwise be neither counted nor waited for.
+        let unready: Vec<&ObjectRef<T>> = refs.iter().filter(|r| !r.is_ready()).collect();
+        let ready_now = refs.len() - unready.len();
         if ready_now < num_returns {
             let deadline = timeout.map(|t| Instant::now() + t);
             let group = Arc::new(WaitGroup { remaining: AtomicIsize::new((num_returns - ready_now) as isize), thread: thread::current() });
-            for r in refs.iter().filter(|r| !r.is_ready()) {
+            for r in unready {
                 r.slot.on_ready(Waiter::Callback(group.clone()));
             }
             self.block(|| loop {

@@ -45,7 +45,11 @@ fn concurrent_drivers_with_dags_actors_puts_and_waits() {
                         // Actor calls from every thread on one actor.
                         let c = plus.remote(shared, (1u64,)).unwrap();
                         sent += 1;
-                        let (ready, _) = rt.wait(&[d.clone(), n.clone()], 2, Some(Duration::from_secs(30))).unwrap();
+                        // A wait that only returns at its timeout missed a wake-up, even if
+                        // both objects are ready by then.
+                        let t0 = Instant::now();
+                        let (ready, _) = rt.wait(&[d.clone(), n.clone()], 2, Some(Duration::from_secs(20))).unwrap();
+                        assert!(t0.elapsed() < Duration::from_secs(20), "wait missed a wake-up");
                         assert_eq!(ready.len(), 2);
                         assert_eq!(rt.get(&d).unwrap(), base * base + base + 1);
                         assert_eq!(rt.get(&n).unwrap(), 55);
