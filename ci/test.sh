@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The whole test suite of rayhpc, as CI runs it. Works on a fresh Debian 12 machine that has
+# the Rust toolchain (rustup's default profile): it installs what else it needs.
+#
+#   ci/test.sh            everything
+#   ci/test.sh quick      formatting, lints and the unit/integration tests only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+have() { command -v "$1" >/dev/null 2>&1; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif have sudo; then sudo "$@"; else "$@"; fi; }
+
+step "prerequisites"
+# A C compiler: rustc links through it, and mimalloc (the launcher's allocator) is C.
+if ! have cc; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev
+fi
+for comp in rustfmt clippy; do
+  if ! cargo "${comp/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    rustup component add "$comp"
+  fi
+done
+cargo --version && cc --version | head -1
+
+step "format"
+cargo fmt --all -- --check
+
+step "clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "unit, integration and doc tests"
+cargo test --workspace --locked
+
+[ "${1:-}" = quick ] && exit 0
+
+step "loom model check of the executors' idle protocol"
+RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom \
+  cargo test -p rayhpc-sched --release --locked --test loom_sleep
+
+step "criterion benches, each run once as a test"
+cargo bench --workspace --locked -- --test
+
+step "rayhpc bench (figures for the log; targets are judged by people, not asserted)"
+cargo run --release --locked -p rayhpc-launcher -- bench
+cargo run --release --locked -p rayhpc-launcher -- bench --json
