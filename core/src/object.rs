@@ -140,7 +140,7 @@ impl Slot {
                 std::hint::spin_loop();
             }
             i += 1;
-            if i % 8 == 0 {
+            if i.is_multiple_of(8) {
                 thread::yield_now();
             }
         }
