@@ -50,3 +50,17 @@ fn bad_flags_are_refused_with_a_message() {
     let out = rayhpc().arg("frobnicate").output().unwrap();
     assert!(!out.status.success());
 }
+
+#[test]
+fn executors_follow_the_affinity_mask() {
+    // `taskset` (util-linux) narrows the mask the way a Slurm cpuset does.
+    let Ok(out) = Command::new("taskset")
+        .args(["-c", "0", env!("CARGO_BIN_EXE_rayhpc"), "bench", "--json", "--tasks", "1000", "--round-trips", "50", "--trials", "1", "--idle-secs", "0.1"])
+        .output()
+    else {
+        panic!("taskset (util-linux) is needed for this test");
+    };
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["executors"].as_u64(), Some(1), "{v}");
+}
