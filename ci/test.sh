@@ -13,9 +13,14 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif have sudo; then sudo "$@"; el
 
 step "prerequisites"
 # A C compiler: rustc links through it, and mimalloc (the launcher's allocator) is C.
-if ! have cc; then
+# hwloc and udev headers: for the optional `hwloc` topology backend of rayhpc-sched.
+pkgs=()
+have cc || pkgs+=(gcc libc6-dev)
+have pkg-config || pkgs+=(pkg-config)
+{ have pkg-config && pkg-config --exists hwloc libudev; } || pkgs+=(libhwloc-dev libudev-dev)
+if [ ${#pkgs[@]} -gt 0 ]; then
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}"
 fi
 for comp in rustfmt clippy; do
   if ! cargo "${comp/rustfmt/fmt}" --version >/dev/null 2>&1; then
@@ -27,11 +32,14 @@ cargo --version && cc --version | head -1
 step "format"
 cargo fmt --all -- --check
 
-step "clippy (all targets, warnings are errors)"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+step "clippy (all targets, all features, warnings are errors)"
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 step "unit, integration and doc tests"
 cargo test --workspace --locked
+
+step "the hwloc topology backend"
+cargo test -p rayhpc-sched --features hwloc --locked --lib
 
 [ "${1:-}" = quick ] && exit 0
 

@@ -55,7 +55,21 @@ fn bad_flags_are_refused_with_a_message() {
 fn executors_follow_the_affinity_mask() {
     // `taskset` (util-linux) narrows the mask the way a Slurm cpuset does.
     let Ok(out) = Command::new("taskset")
-        .args(["-c", "0", env!("CARGO_BIN_EXE_rayhpc"), "bench", "--json", "--tasks", "1000", "--round-trips", "50", "--trials", "1", "--idle-secs", "0.1"])
+        .args([
+            "-c",
+            "0",
+            env!("CARGO_BIN_EXE_rayhpc"),
+            "bench",
+            "--json",
+            "--tasks",
+            "1000",
+            "--round-trips",
+            "50",
+            "--trials",
+            "1",
+            "--idle-secs",
+            "0.1",
+        ])
         .output()
     else {
         panic!("taskset (util-linux) is needed for this test");

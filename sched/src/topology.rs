@@ -30,14 +30,52 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Reads the affinity mask of the calling thread and the NUMA layout from `/sys`.
+    /// Reads the affinity mask of the calling thread and the NUMA layout: from hwloc when
+    /// the `hwloc` feature is on and hwloc loads, else from `/sys`.
     ///
     /// # Errors
     /// When the affinity mask cannot be read. A missing NUMA tree is not an error: all CPUs
     /// are then placed on node 0.
     pub fn detect() -> io::Result<Self> {
         let cpus = crate::sys::current_affinity()?;
+        #[cfg(feature = "hwloc")]
+        if let Some(t) = Self::from_hwloc(&cpus) {
+            return Ok(t);
+        }
         Ok(Self::from_sysfs(Path::new("/sys/devices/system/node"), &cpus))
+    }
+
+    /// The NUMA layout of `cpus` as hwloc sees it; `None` when hwloc cannot load a topology.
+    #[cfg(feature = "hwloc")]
+    pub fn from_hwloc(cpus: &[usize]) -> Option<Self> {
+        use hwlocality::object::types::ObjectType;
+        let topo = hwlocality::Topology::new().ok()?;
+        let mut numa_of: Vec<(usize, usize)> = Vec::new(); // (cpu, node)
+        let mut max_node = 0;
+        for node in topo.objects_with_type(ObjectType::NUMANode) {
+            let n = node.os_index()?;
+            max_node = max_node.max(n);
+            for cpu in node.cpuset()?.iter_set() {
+                numa_of.push((usize::from(cpu), n));
+            }
+        }
+        let mut distance = vec![vec![20u32; max_node + 1]; max_node + 1];
+        for (a, row) in distance.iter_mut().enumerate() {
+            row[a] = 10;
+        }
+        if let Ok(matrices) = topo.distances_with_type(None, ObjectType::NUMANode) {
+            if let Some(m) = matrices.first() {
+                for ((from, to), d) in m.object_distances() {
+                    if let (Some(a), Some(b)) = (from.and_then(|o| o.os_index()), to.and_then(|o| o.os_index())) {
+                        if a <= max_node && b <= max_node {
+                            distance[a][b] = u32::try_from(d).unwrap_or(u32::MAX);
+                        }
+                    }
+                }
+            }
+        }
+        let cpus = cpus.iter().map(|&id| Cpu { id, numa: numa_of.iter().find(|(c, _)| *c == id).map_or(0, |(_, n)| *n) }).collect();
+        Some(Topology { cpus, distance, source: "hwloc" })
     }
 
     /// Builds a topology for `cpus` from a sysfs-like node directory (`nodeN/cpulist`,
@@ -174,6 +212,22 @@ mod tests {
         assert_eq!(t.victim_order(0), vec![1, 2, 3]);
         // Slot 2 (node 1) steals from 3 first, then node 0 starting after itself.
         assert_eq!(t.victim_order(2), vec![3, 0, 1]);
+    }
+
+    #[cfg(feature = "hwloc")]
+    #[test]
+    fn hwloc_and_sysfs_agree_on_this_machine() {
+        let mask = crate::sys::current_affinity().unwrap();
+        let h = Topology::from_hwloc(&mask).expect("hwloc loads a topology");
+        let s = Topology::from_sysfs(Path::new("/sys/devices/system/node"), &mask);
+        assert_eq!(h.source, "hwloc");
+        assert_eq!(h.cpus, s.cpus);
+        assert_eq!(h.numa_nodes(), s.numa_nodes());
+        let n = h.distance.len().min(s.distance.len());
+        for a in 0..n {
+            assert_eq!(h.distance[a][a], 10);
+        }
+        assert_eq!(Topology::detect().unwrap().source, "hwloc");
     }
 
     #[test]
