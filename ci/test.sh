@@ -45,7 +45,7 @@ cargo test -p rayhpc-sched --features hwloc --locked --lib
 
 step "loom model check of the executors' idle protocol"
 RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom \
-  cargo test -p rayhpc-sched --release --locked --test loom_sleep
+  cargo test -p rayhpc-sched --release --locked --test loom_sleep --test loom_signal
 
 step "criterion benches, each run once as a test"
 cargo bench --workspace --locked -- --test

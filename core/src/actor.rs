@@ -7,17 +7,17 @@
 //! A call whose argument refs are not ready stops the turn: it stays at the head, and the
 //! actor is scheduled again when that object is ready, so later calls never overtake it.
 //!
-//! Scheduling protocol (no lost turn): a submitter pushes, fences, then `swap(true)`s the
-//! flag and submits a turn if it was false. A turn that finds the mailbox empty stores
-//! false, fences, and looks at the mailbox again, taking the flag back if a call arrived.
+//! Scheduling protocol (no lost turn): the `scheduled` flag is a [`RunFlag`] (in
+//! `rayhpc-sched`, model-checked with loom): a submitter pushes, then requests a turn; a turn
+//! that empties the mailbox finishes the flag with one more look at the mailbox.
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use crossbeam_queue::SegQueue;
+use rayhpc_sched::signal::RunFlag;
 use rayhpc_sched::ClassId;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -302,7 +302,7 @@ pub(crate) struct ActorCell {
     pub(crate) name: Option<String>,
     rt: Runtime,
     mailbox: SegQueue<ActorCall>,
-    scheduled: AtomicBool,
+    scheduled: RunFlag,
     runner: Mutex<Runner>,
     pub(crate) dead: OnceLock<Error>,
     /// Resources held for the actor's life, given back when it dies.
@@ -325,7 +325,7 @@ impl ActorCell {
             rt,
             mailbox: SegQueue::new(),
             // Scheduled from birth: no turn may run before the constructor has.
-            scheduled: AtomicBool::new(true),
+            scheduled: RunFlag::new(true),
             runner: Mutex::new(Runner { state: None, head: None }),
             dead: OnceLock::new(),
             held: Mutex::new(None),
@@ -350,12 +350,13 @@ impl ActorCell {
 
     /// Submits a turn unless one is scheduled or running.
     pub(crate) fn schedule(self: &Arc<Self>) {
-        // SYNC POINT: the push above (or the ready object) before the flag; pairs with the
-        // fence in `turn`.
-        fence(Ordering::SeqCst);
-        if !self.scheduled.swap(true, Ordering::AcqRel) {
-            self.rt.inner.pool().submit(CoreJob::ActorTurn(self.clone()), ClassId::FREE);
+        if self.scheduled.request() {
+            self.submit_turn();
         }
+    }
+
+    fn submit_turn(self: &Arc<Self>) {
+        self.rt.inner.pool().submit(CoreJob::ActorTurn(self.clone()), ClassId::FREE);
     }
 
     /// Marks the actor dead with `e` (first reason wins), gives back its resources and
@@ -384,7 +385,8 @@ impl ActorCell {
             if let Some(slot) = unready {
                 r.head = Some(call);
                 drop(r);
-                self.scheduled.store(false, Ordering::SeqCst);
+                // The object's readiness requests the next turn.
+                self.scheduled.clear();
                 slot.on_ready(Waiter::Callback(self.clone()));
                 return;
             }
@@ -401,15 +403,8 @@ impl ActorCell {
         }
         let more = r.head.is_some();
         drop(r);
-        if more || !self.mailbox.is_empty() {
-            self.rt.inner.pool().submit(CoreJob::ActorTurn(self.clone()), ClassId::FREE);
-            return;
-        }
-        self.scheduled.store(false, Ordering::SeqCst);
-        // SYNC POINT: pairs with the fence in `schedule`.
-        fence(Ordering::SeqCst);
-        if !self.mailbox.is_empty() {
-            self.schedule();
+        if more || !self.mailbox.is_empty() || self.scheduled.finish(|| !self.mailbox.is_empty()) {
+            self.submit_turn();
         }
     }
 
@@ -464,21 +459,13 @@ impl CreateSpec {
             cell.rt.forget_actor(&cell);
         }
         // Hand over to the mailbox: the flag was held since birth.
-        cell.scheduled.store(false, Ordering::SeqCst);
-        cell.schedule_if_pending();
+        if cell.scheduled.finish(|| !cell.mailbox.is_empty() || cell.dead.get().is_some()) {
+            cell.submit_turn();
+        }
     }
 
     pub(crate) fn cancel(self) {
         let _ = self.cell.dead.set(Error::Shutdown);
         self.cell.cancel();
-    }
-}
-
-impl ActorCell {
-    fn schedule_if_pending(self: &Arc<Self>) {
-        fence(Ordering::SeqCst);
-        if !self.mailbox.is_empty() || self.dead.get().is_some() {
-            self.schedule();
-        }
     }
 }

@@ -6,21 +6,16 @@
 //! a [`Waiter`]: a parked thread, or anything that implements [`Notify`] (a task waiting for
 //! its arguments, an actor waiting for the head of its mailbox, a `wait` call).
 //!
-//! Every registered waiter is notified exactly once:
-//! 1. `complete` stores the value (`OnceLock`, release), issues a SeqCst fence and reads
-//!    `has_waiters`; if set, it drains the list under its lock and notifies.
-//! 2. `on_ready` pushes the waiter under the lock, sets `has_waiters` (SeqCst), issues a
-//!    SeqCst fence and reads the value; if the value is there, it drains the list itself.
-//!
-//! The two fences are ordered, so at least one side sees the other, and the list is drained
-//! under its lock, so no waiter is taken twice. Completing a slot nobody waits on costs one
-//! fence and one load: no lock.
+//! `complete` sets the value (`OnceLock`), then the slot's [`WaitList`] event; waiters are
+//! registered on that list. The list (in `rayhpc-sched`, model-checked with loom) hands every
+//! registered waiter out exactly once, and completing a slot nobody waits on takes no lock.
 
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Deref;
-use std::sync::atomic::{fence, AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
+
+use rayhpc_sched::signal::WaitList;
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
@@ -56,8 +51,7 @@ impl Waiter {
 pub(crate) struct Slot {
     pub(crate) id: ObjectId,
     value: OnceLock<Outcome>,
-    has_waiters: AtomicBool,
-    waiters: Mutex<Vec<Waiter>>,
+    waiters: WaitList<Waiter>,
 }
 
 /// How long a waiting thread spins before it parks: a task that is about to finish is caught
@@ -66,12 +60,13 @@ const SPIN: Duration = Duration::from_micros(30);
 
 impl Slot {
     pub(crate) fn new(id: ObjectId) -> Arc<Self> {
-        Arc::new(Slot { id, value: OnceLock::new(), has_waiters: AtomicBool::new(false), waiters: Mutex::new(Vec::new()) })
+        Arc::new(Slot { id, value: OnceLock::new(), waiters: WaitList::new() })
     }
 
     pub(crate) fn ready(id: ObjectId, outcome: Outcome) -> Arc<Self> {
         let s = Slot::new(id);
         let _ = s.value.set(outcome);
+        s.waiters.set_ready();
         s
     }
 
@@ -83,48 +78,26 @@ impl Slot {
         self.value.get().is_some()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Waiter>> {
-        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Sets the value (first writer wins; later ones are ignored and return false) and
     /// notifies every waiter.
     pub(crate) fn complete(&self, outcome: Outcome) -> bool {
         if self.value.set(outcome).is_err() {
             return false;
         }
-        // SYNC POINT: pairs with the fence in `on_ready` (module doc, step 1).
-        fence(Ordering::SeqCst);
-        if self.has_waiters.load(Ordering::SeqCst) {
-            self.drain();
+        for w in self.waiters.set_ready() {
+            w.fire();
         }
         true
     }
 
-    fn drain(&self) {
-        let ws = std::mem::take(&mut *self.lock());
-        for w in ws {
-            w.fire();
-        }
-    }
-
     /// Notifies `w` once the value is set (at once, on this thread, if it already is).
     pub(crate) fn on_ready(&self, w: Waiter) {
-        {
-            let mut g = self.lock();
-            if self.value.get().is_none() {
-                g.push(w);
-                self.has_waiters.store(true, Ordering::SeqCst);
-                drop(g);
-                // SYNC POINT: pairs with the fence in `complete` (module doc, step 2).
-                fence(Ordering::SeqCst);
-                if self.value.get().is_some() {
-                    self.drain();
-                }
-                return;
-            }
+        if self.is_ready() {
+            return w.fire();
         }
-        w.fire();
+        for w in self.waiters.register(w) {
+            w.fire();
+        }
     }
 
     /// Spins for up to `limit` waiting for the value (yielding now and then so that a
@@ -166,7 +139,7 @@ impl Slot {
                     let now = Instant::now();
                     if now >= d {
                         // Take this thread off the list so that timed-out waits leave nothing.
-                        self.lock().retain(|w| !matches!(w, Waiter::Thread(t) if t.id() == my_id));
+                        self.waiters.remove(|w| matches!(w, Waiter::Thread(t) if t.id() == my_id));
                         return self.is_ready();
                     }
                     thread::park_timeout(d - now);

@@ -34,6 +34,7 @@
 mod loom;
 mod pool;
 pub mod resources;
+pub mod signal;
 pub mod sleep;
 mod sys;
 pub mod topology;
