@@ -13,15 +13,20 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Deref;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use crossbeam_utils::atomic::AtomicCell;
+
 use rayhpc_sched::signal::WaitList;
+use rayhpc_sched::ClassId;
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::ids::ObjectId;
 use crate::store::Blob;
+use crate::task::TaskSpec;
 
 /// The value of a finished object: its bytes, or the error of the task that should have
 /// produced it.
@@ -52,7 +57,17 @@ pub(crate) struct Slot {
     pub(crate) id: ObjectId,
     value: OnceLock<Outcome>,
     waiters: WaitList<Waiter>,
+    /// The task that produces this object while it is queued and nobody started it: an
+    /// executor takes it from here to run it, or a thread waiting for the object does
+    /// (`Runtime::get` runs it inline). Whoever takes it first runs it. A pointer-sized
+    /// `AtomicCell` is a lock-free atomic swap.
+    job: AtomicCell<Option<Box<TaskSpec>>>,
+    /// The resource class of `job` while it is parked (`NO_JOB` otherwise), readable without
+    /// taking the job.
+    job_class: AtomicU32,
 }
+
+const NO_JOB: u32 = u32::MAX;
 
 /// How long a waiting thread spins before it parks: a task that is about to finish is caught
 /// without a futex round trip, an idle wait costs nothing after this.
@@ -60,7 +75,13 @@ const SPIN: Duration = Duration::from_micros(30);
 
 impl Slot {
     pub(crate) fn new(id: ObjectId) -> Arc<Self> {
-        Arc::new(Slot { id, value: OnceLock::new(), waiters: WaitList::new() })
+        Arc::new(Slot {
+            id,
+            value: OnceLock::new(),
+            waiters: WaitList::new(),
+            job: AtomicCell::new(None),
+            job_class: AtomicU32::new(NO_JOB),
+        })
     }
 
     pub(crate) fn ready(id: ObjectId, outcome: Outcome) -> Arc<Self> {
@@ -68,6 +89,28 @@ impl Slot {
         let _ = s.value.set(outcome);
         s.waiters.set_ready();
         s
+    }
+
+    /// Parks the producing task here while it is queued.
+    pub(crate) fn set_job(&self, spec: Box<TaskSpec>) {
+        self.job_class.store(spec.class.0, Ordering::Relaxed);
+        self.job.store(Some(spec));
+    }
+
+    /// Takes the producing task to run it; `None` when someone else took it.
+    pub(crate) fn take_job(&self) -> Option<Box<TaskSpec>> {
+        let t = self.job.take();
+        if t.is_some() {
+            self.job_class.store(NO_JOB, Ordering::Relaxed);
+        }
+        t
+    }
+
+    /// The resource class of the producing task, if it is (probably) queued and not started:
+    /// a hint, read without taking the task; [`Slot::take_job`] decides.
+    pub(crate) fn queued_class(&self) -> Option<ClassId> {
+        let c = self.job_class.load(Ordering::Relaxed);
+        (c != NO_JOB).then_some(ClassId(c))
     }
 
     pub(crate) fn get(&self) -> Option<&Outcome> {
@@ -238,5 +281,15 @@ impl Deref for ObjectView {
 impl fmt::Debug for ObjectView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ObjectView({}, {} bytes)", self.slot.id, self.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_parked_job_cell_is_a_lock_free_atomic() {
+        assert!(AtomicCell::<Option<Box<TaskSpec>>>::is_lock_free());
     }
 }

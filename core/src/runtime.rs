@@ -1,7 +1,7 @@
 //! The runtime embedded in the calling process: configuration, start-up and shutdown, and
 //! the calls of Ray's core API (`get`, `put`, `wait`, `kill`, named actors).
 
-use std::cell::{Cell, OnceCell};
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -20,7 +20,7 @@ use crate::ids::{ActorId, TaskId};
 use crate::object::{Notify, ObjectRef, ObjectView, Outcome, Slot, Waiter};
 use crate::options::{Options, DEFAULT_MAX_RETRIES};
 use crate::store::{Blob, MemoryStore};
-use crate::task::{submit_when_ready, CoreJob, TaskSpec};
+use crate::task::{execute, submit_when_ready, CoreJob, TaskSpec, Work};
 
 /// Default size limit of results kept inline with their owner; larger ones go to the store.
 pub const DEFAULT_INLINE_THRESHOLD: usize = 64 * 1024;
@@ -125,8 +125,9 @@ impl std::fmt::Debug for Runtime {
 }
 
 thread_local! {
-    /// The runtime of this executor thread (set once when the pool starts the thread).
-    static CURRENT: OnceCell<Runtime> = const { OnceCell::new() };
+    /// The runtime whose job runs on this thread: set for good on executor threads when the
+    /// pool starts them, and for the duration of an inline run on any other thread.
+    static CURRENT: RefCell<Option<Runtime>> = const { RefCell::new(None) };
     /// This thread's id generator: (worker number, next sequence number).
     static IDGEN: Cell<(u32, u64)> = const { Cell::new((0, 0)) };
 }
@@ -135,7 +136,7 @@ static NEXT_WORKER: AtomicU32 = AtomicU32::new(1);
 
 /// Runs `f` with the runtime of the current executor thread.
 pub(crate) fn with_current<R>(f: impl FnOnce(&Arc<RuntimeInner>) -> R) -> R {
-    CURRENT.with(|c| f(&c.get().expect("jobs run on executor threads, which carry their runtime").inner))
+    CURRENT.with(|c| f(&c.borrow().as_ref().expect("jobs run on executor threads, which carry their runtime").inner))
 }
 
 impl Runtime {
@@ -160,9 +161,7 @@ impl Runtime {
         let weak = Arc::downgrade(&inner);
         let hook: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             if let Some(inner) = weak.upgrade() {
-                CURRENT.with(|c| {
-                    let _ = c.set(Runtime { inner });
-                });
+                CURRENT.with(|c| *c.borrow_mut() = Some(Runtime { inner }));
             }
         });
         let pc = PoolConfig {
@@ -185,7 +184,7 @@ impl Runtime {
 
     /// The runtime of the task or actor running on this thread (`None` outside one).
     pub fn current() -> Option<Runtime> {
-        CURRENT.with(|c| c.get().cloned())
+        CURRENT.with(|c| c.borrow().clone())
     }
 
     /// Stops the runtime: queued work is cancelled (its objects fail with
@@ -393,7 +392,7 @@ impl Runtime {
             m.insert(n.clone(), cell.clone());
         }
         let spec = CreateSpec { cell: cell.clone(), args, holds_resources: res_class != ClassId::FREE };
-        submit_when_ready(&self.inner, CoreJob::ActorCreate(Box::new(spec)), res_class);
+        submit_when_ready(&self.inner, Work::ActorCreate(Box::new(spec)), res_class);
         Ok(cell)
     }
 
@@ -416,7 +415,7 @@ impl Runtime {
             name: o.name.as_deref().map(Arc::from),
             ret: ret.clone(),
         };
-        submit_when_ready(inner, CoreJob::Task(Box::new(spec)), class);
+        submit_when_ready(inner, Work::Task(Box::new(spec)), class);
         Ok(ObjectRef::from_slot(ret))
     }
 
@@ -425,8 +424,39 @@ impl Runtime {
         self.inner.pool().block_in_place(f)
     }
 
-    /// Waits until `slot` is set or the deadline passes.
+    /// Runs the task that produces `slot` on this thread if nobody started it and its
+    /// resources can be had now (see `Pool::run_inline`). Returns whether it ran.
+    fn help(&self, slot: &Slot) -> bool {
+        let Some(class) = slot.queued_class() else { return false };
+        let ran = self.inner.pool().run_inline(class, || {
+            let t = slot.take_job()?;
+            // Inside the task, `Runtime::current()` must be this runtime on any thread.
+            // (An executor's own runtime is set for good, and borrowed while its job runs:
+            // only a thread without one installs it here.)
+            let installed = CURRENT.with(|c| {
+                let absent = c.borrow().is_none();
+                if absent {
+                    *c.borrow_mut() = Some(self.clone());
+                }
+                absent
+            });
+            execute(t, &self.inner);
+            if installed {
+                CURRENT.with(|c| *c.borrow_mut() = None);
+            }
+            Some(())
+        });
+        ran.is_some()
+    }
+
+    /// Waits until `slot` is set or the deadline passes. Without a deadline it first runs the
+    /// producer here when that is possible (with one, it does not: the task could outlast it).
     fn wait_slot(&self, slot: &Slot, deadline: Option<Instant>) -> bool {
+        while deadline.is_none() && !slot.is_ready() {
+            if !self.help(slot) {
+                break;
+            }
+        }
         if slot.is_ready() {
             return true;
         }

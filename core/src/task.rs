@@ -39,7 +39,9 @@ pub(crate) struct TaskSpec {
 
 /// What the pool runs.
 pub(crate) enum CoreJob {
-    Task(Box<TaskSpec>),
+    /// A task, parked in its result slot (see [`Slot::take_job`]): the pool's queue entry
+    /// may find it already taken by a thread that ran it inline.
+    Task(Arc<Slot>),
     ActorTurn(Arc<ActorCell>),
     ActorCreate(Box<CreateSpec>),
 }
@@ -47,7 +49,11 @@ pub(crate) enum CoreJob {
 impl Job for CoreJob {
     fn run(self) {
         match self {
-            CoreJob::Task(t) => with_current(|rt| execute(t, rt)),
+            CoreJob::Task(slot) => {
+                if let Some(t) = slot.take_job() {
+                    with_current(|rt| execute(t, rt))
+                }
+            }
             CoreJob::ActorTurn(a) => a.turn(),
             CoreJob::ActorCreate(c) => (*c).run(),
         }
@@ -55,8 +61,10 @@ impl Job for CoreJob {
 
     fn cancel(self) {
         match self {
-            CoreJob::Task(t) => {
-                t.ret.complete(Err(Error::Shutdown));
+            CoreJob::Task(slot) => {
+                if let Some(t) = slot.take_job() {
+                    t.ret.complete(Err(Error::Shutdown));
+                }
             }
             CoreJob::ActorTurn(a) => a.cancel(),
             CoreJob::ActorCreate(c) => (*c).cancel(),
@@ -64,20 +72,37 @@ impl Job for CoreJob {
     }
 }
 
-impl CoreJob {
+/// Work that waits for its argument refs before it can be queued.
+pub(crate) enum Work {
+    Task(Box<TaskSpec>),
+    ActorCreate(Box<CreateSpec>),
+}
+
+impl Work {
     fn args(&self) -> &[ArgSpec] {
         match self {
-            CoreJob::Task(t) => &t.args,
-            CoreJob::ActorCreate(c) => &c.args,
-            CoreJob::ActorTurn(_) => &[],
+            Work::Task(t) => &t.args,
+            Work::ActorCreate(c) => &c.args,
         }
     }
 }
 
-/// A job waiting for some of its argument refs.
+/// Queues ready work on the pool.
+pub(crate) fn launch(rt: &RuntimeInner, work: Work, class: ClassId) {
+    match work {
+        Work::Task(t) => {
+            let slot = t.ret.clone();
+            slot.set_job(t);
+            rt.pool().submit(CoreJob::Task(slot), class);
+        }
+        Work::ActorCreate(c) => rt.pool().submit(CoreJob::ActorCreate(c), class),
+    }
+}
+
+/// Work waiting for some of its argument refs.
 pub(crate) struct Pending {
     remaining: AtomicUsize,
-    job: Mutex<Option<(CoreJob, ClassId)>>,
+    job: Mutex<Option<(Work, ClassId)>>,
     rt: Arc<RuntimeInner>,
 }
 
@@ -86,17 +111,17 @@ impl Notify for Pending {
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             let job = self.job.lock().unwrap_or_else(|e| e.into_inner()).take();
             if let Some((job, class)) = job {
-                self.rt.pool().submit(job, class);
+                launch(&self.rt, job, class);
             }
         }
     }
 }
 
-/// Submits `job` now if its argument refs are ready, else once they are.
-pub(crate) fn submit_when_ready(rt: &Arc<RuntimeInner>, job: CoreJob, class: ClassId) {
+/// Queues `job` now if its argument refs are ready, else once they are.
+pub(crate) fn submit_when_ready(rt: &Arc<RuntimeInner>, job: Work, class: ClassId) {
     let unready = job.args().iter().filter(|a| matches!(a, ArgSpec::Ref(s) if !s.is_ready())).count();
     if unready == 0 {
-        rt.pool().submit(job, class);
+        launch(rt, job, class);
         return;
     }
     let slots: Vec<Arc<Slot>> = job
@@ -153,7 +178,7 @@ pub(crate) fn task_error(function: &Arc<str>, f: Failure, attempts: u32) -> Erro
     Error::Task(Box::new(TaskError { function: function.clone(), kind: f.kind, message: f.message, attempts }))
 }
 
-fn execute(mut t: Box<TaskSpec>, rt: &Arc<RuntimeInner>) {
+pub(crate) fn execute(mut t: Box<TaskSpec>, rt: &RuntimeInner) {
     t.attempts += 1;
     let outcome = match inputs(&t.args) {
         Err(e) => {
@@ -173,7 +198,7 @@ fn execute(mut t: Box<TaskSpec>, rt: &Arc<RuntimeInner>) {
                     t.retries_left -= 1;
                 }
                 let class = t.class;
-                rt.pool().submit(CoreJob::Task(t), class);
+                launch(rt, Work::Task(t), class);
             } else {
                 let e = task_error(t.name.as_ref().unwrap_or(&t.func.name), f, t.attempts);
                 t.ret.complete(Err(e));

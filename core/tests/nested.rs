@@ -82,3 +82,47 @@ fn actors_calling_actors_and_waiting_do_not_deadlock() {
     assert_eq!(rt.get_timeout(&r, Duration::from_secs(60)).unwrap(), 100);
     rt.shutdown();
 }
+
+#[test]
+fn fork_join_runs_children_inline_instead_of_piling_up_threads() {
+    let rt = common::rt(2);
+    let fib = fib_fn("n.fib_inline");
+    assert_eq!(rt.get(&fib.remote(&rt, (20,)).unwrap()).unwrap(), 6765);
+    // 21 891 nested tasks, each waiting for two children: a waiter runs its not-yet-started
+    // child itself, so no compensation thread is needed.
+    assert_eq!(rt.threads(), 2);
+    rt.shutdown();
+}
+
+#[test]
+fn a_chain_deeper_than_the_inline_limit_falls_back_to_blocking() {
+    let rt = common::rt(1);
+    let cell: &'static std::sync::OnceLock<RemoteFn<(u32,), u32>> = Box::leak(Box::new(std::sync::OnceLock::new()));
+    let depth = rayhpc::function("n.depth", move |n: u32| -> u32 {
+        if n == 0 {
+            return 0;
+        }
+        let rt = Runtime::current().unwrap();
+        rt.get(&cell.get().unwrap().remote(&rt, (n - 1,)).unwrap()).unwrap() + 1
+    });
+    let _ = cell.set(depth.clone());
+    let n = 3 * rayhpc_sched::MAX_INLINE_DEPTH as u32;
+    assert_eq!(rt.get_timeout(&depth.remote(&rt, (n,)).unwrap(), Duration::from_secs(60)).unwrap(), n);
+    rt.shutdown();
+}
+
+#[test]
+fn a_waiting_caller_runs_a_task_inline_only_with_its_resources_free() {
+    // One logical CPU, held by a long task on the only executor: the driver's get of a
+    // queued CPU task must not run it inline (that would be a second CPU); the executor
+    // runs it after the long one.
+    let rt = common::rt_with(Config { executors: Some(1), num_cpus: Some(1.0), ..Config::default() });
+    let long = rayhpc::function("n.long", || std::thread::sleep(Duration::from_millis(200)));
+    let whoami = rayhpc::function("n.whoami", || std::thread::current().name().unwrap_or("unnamed").to_string());
+    let l = long.remote(&rt, ()).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let w = whoami.remote(&rt, ()).unwrap();
+    assert_eq!(rt.get(&w).unwrap(), "rayhpc-exec-0");
+    rt.get(&l).unwrap();
+    rt.shutdown();
+}

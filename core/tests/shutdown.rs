@@ -14,7 +14,8 @@ fn shutdown_joins_every_thread_it_started() {
     for _ in 0..3 {
         let rt = Runtime::init(Config { executors: Some(2), ..Config::default() }).unwrap();
         assert!(threads() >= before + 2);
-        // Nested waits start compensation threads.
+        // Nested waits with a deadline block (they never run the child inline), so they
+        // start compensation threads.
         let leaf = rayhpc::function("s.leaf", |x: u64| {
             std::thread::sleep(Duration::from_millis(2));
             x
@@ -23,7 +24,7 @@ fn shutdown_joins_every_thread_it_started() {
         let parent = rayhpc::function("s.parent", move |x: u64| {
             let rt = Runtime::current().unwrap();
             let kids: Vec<_> = (0..4).map(|i| l2.remote(&rt, (x + i,)).unwrap()).collect();
-            rt.get_all(&kids).unwrap().iter().sum::<u64>()
+            rt.get_all_timeout(&kids, Duration::from_secs(60)).unwrap().iter().sum::<u64>()
         });
         let refs: Vec<_> = (0..8u64).map(|i| parent.remote(&rt, (i,)).unwrap()).collect();
         assert_eq!(rt.get_all(&refs).unwrap().len(), 8);

@@ -39,7 +39,7 @@ pub mod sleep;
 mod sys;
 pub mod topology;
 
-pub use pool::{Job, Pool, PoolConfig, PoolError};
+pub use pool::{Job, Pool, PoolConfig, PoolError, MAX_INLINE_DEPTH};
 pub use resources::{ClassId, ResourceError, ResourceView};
 pub use sys::{current_affinity, pin_current_thread};
 pub use topology::{Cpu, Topology};

@@ -33,7 +33,7 @@
 //!    thread. No thread outlives it (unless it was called from an executor of the pool).
 
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -170,7 +170,16 @@ struct Local<J> {
 thread_local! {
     /// The executor state of this thread (`Local<J>` of the pool it belongs to), if any.
     static LOCAL: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+    /// On a thread that is not an executor: the resources it holds for a job it runs inline
+    /// (`(pool id, class)`), see [`Pool::run_inline`].
+    static INLINE: Cell<Option<(usize, ClassId)>> = const { Cell::new(None) };
+    /// How deep `run_inline` calls are nested on this thread.
+    static INLINE_DEPTH: Cell<usize> = const { Cell::new(0) };
 }
+
+/// Deepest nesting of [`Pool::run_inline`] on one thread: every level is a job body on the
+/// stack, so beyond this the waiter blocks (and is compensated) instead of recursing.
+pub const MAX_INLINE_DEPTH: usize = 64;
 
 static NEXT_POOL_ID: AtomicUsize = AtomicUsize::new(1);
 
@@ -362,8 +371,8 @@ impl<J: Job> Pool<J> {
     }
 
     /// Runs `f`, which blocks, from inside a job: the job's resources are given back while it
-    /// blocks and another thread keeps the CPU busy. Outside an executor of this pool it just
-    /// runs `f`.
+    /// blocks and another thread keeps the CPU busy. On another thread it gives back what
+    /// that thread holds for a job it runs inline ([`Pool::run_inline`]), if anything.
     pub fn block_in_place<R>(&self, f: impl FnOnce() -> R) -> R {
         let sh = &self.shared;
         let held = with_local::<J, _>(sh.id, |l| {
@@ -373,7 +382,17 @@ impl<J: Job> Pool<J> {
             }
             h
         });
-        let Some(held) = held else { return f() };
+        let Some(held) = held else {
+            return match INLINE.get() {
+                Some((pool, c)) if pool == sh.id => {
+                    release(sh, c);
+                    let out = f();
+                    sh.ledger.force_acquire(c);
+                    out
+                }
+                _ => f(),
+            };
+        };
         match held {
             Held::Lease(c) | Held::Own(c) => release(sh, c),
             Held::Nothing => {}
@@ -393,6 +412,53 @@ impl<J: Job> Pool<J> {
             }
             Held::Own(c) => sh.ledger.force_acquire(c),
             Held::Nothing => {}
+        }
+        out
+    }
+
+    /// Runs a job's body `f` on the calling thread, now, with the resources of `class`: for a
+    /// thread about to wait for that very job's result (Ray would block the caller; running
+    /// the job here avoids both the wait and a compensation thread per level of nesting).
+    ///
+    /// The resources: those the caller already holds when they are of `class` (a blocked
+    /// parent lends its CPU to its child), else taken from the ledger if free. When they are
+    /// not free, or inline calls are nested [`MAX_INLINE_DEPTH`] deep, `f` is not called and
+    /// `None` is returned: the job then runs on an executor as usual. `f` returns `None` when
+    /// it found the job already taken.
+    pub fn run_inline<R>(&self, class: ClassId, f: impl FnOnce() -> Option<R>) -> Option<R> {
+        let sh = &self.shared;
+        let depth = INLINE_DEPTH.get();
+        if depth >= MAX_INLINE_DEPTH || sh.shutdown.load(Ordering::Acquire) {
+            return None;
+        }
+        let on_executor = with_local::<J, _>(sh.id, |l| l.held);
+        let holding = match on_executor {
+            Some(Held::Lease(c) | Held::Own(c)) => Some(c),
+            Some(Held::Nothing) => None,
+            None => INLINE.get().filter(|(p, _)| *p == sh.id).map(|(_, c)| c),
+        };
+        let acquired = if class == ClassId::FREE || holding == Some(class) {
+            false
+        } else if sh.ledger.try_acquire(class) {
+            true
+        } else {
+            return None;
+        };
+        // While `f` runs, this thread holds `class` for it (so that a block inside gives the
+        // right resources back).
+        let saved_exec = if acquired { with_local::<J, _>(sh.id, |l| std::mem::replace(&mut l.held, Held::Own(class))) } else { None };
+        let saved_inline = (acquired && on_executor.is_none()).then(|| INLINE.replace(Some((sh.id, class))));
+        INLINE_DEPTH.set(depth + 1);
+        let out = f();
+        INLINE_DEPTH.set(depth);
+        if let Some(prev) = saved_inline {
+            INLINE.set(prev);
+        }
+        if let Some(prev) = saved_exec {
+            with_local::<J, _>(sh.id, |l| l.held = prev);
+        }
+        if acquired {
+            release(sh, class);
         }
         out
     }
