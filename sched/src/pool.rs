@@ -486,6 +486,9 @@ impl<J: Job> Pool<J> {
     pub fn shutdown(&self) {
         let sh = &*self.shared;
         sh.shutdown.store(true, Ordering::SeqCst);
+        // A compensation spawn checks the flag under this lock: once we have held it, every
+        // spawn that saw the flag clear has registered its handle, and no later one starts.
+        drop(sh.spawn_lock.lock().unwrap_or_else(|e| e.into_inner()));
         sh.sleep.shutdown();
         if self.on_executor() {
             return;
