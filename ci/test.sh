@@ -41,6 +41,19 @@ cargo test --workspace --locked
 step "the hwloc topology backend"
 cargo test -p rayhpc-sched --features hwloc --locked --lib
 
+step "object arena without and with 2 MiB hugepages reserved"
+if [ "$(id -u)" = 0 ] && [ -w /proc/sys/vm/nr_hugepages ]; then
+  old=$(cat /proc/sys/vm/nr_hugepages)
+  for n in 0 64; do
+    echo "$n" > /proc/sys/vm/nr_hugepages
+    echo "nr_hugepages=$n"
+    cargo test -p rayhpc-objstore --locked --test arena -- --nocapture
+  done
+  echo "$old" > /proc/sys/vm/nr_hugepages
+else
+  echo "not root: the arena test ran once above with the machine's hugepage pool as it is"
+fi
+
 [ "${1:-}" = quick ] && exit 0
 
 step "loom model check of the executors' idle protocol"

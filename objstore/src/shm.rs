@@ -1,0 +1,268 @@
+//! The arena's memory: one shared mapping of a memfd (or hugetlbfs file), created with the
+//! best backing the machine offers, and the only `unsafe` of this crate.
+//!
+//! Preference order ([`Hugepages::Auto`]): `memfd_create(MFD_HUGETLB)` with 2 MiB pages (or
+//! 1 GiB when asked), a file on a mounted hugetlbfs, a plain memfd with
+//! `madvise(MADV_HUGEPAGE)` when shared-memory THP is enabled, and plain 4 KiB pages. A
+//! hugetlb mapping larger than the reserved pool fails at `mmap` (ENOMEM): the next backing
+//! is tried and [`Arena::backing`] says what was obtained. The mapping is one contiguous
+//! range addressed by offsets, so another process (or a NIC) can map or register it once.
+
+use std::ffi::CString;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+
+/// What backs the arena.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    /// memfd with 1 GiB hugetlb pages.
+    Hugetlb1G,
+    /// memfd with 2 MiB hugetlb pages.
+    Hugetlb2M,
+    /// A file on a hugetlbfs mount (page size of the mount).
+    HugetlbFs,
+    /// Shared memory with transparent huge pages requested (`madvise`).
+    Thp,
+    /// Plain 4 KiB pages.
+    Small,
+}
+
+impl fmt::Display for Backing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backing::Hugetlb1G => "hugetlb-1G (memfd)",
+            Backing::Hugetlb2M => "hugetlb-2M (memfd)",
+            Backing::HugetlbFs => "hugetlbfs file",
+            Backing::Thp => "thp (madvise)",
+            Backing::Small => "4k pages",
+        })
+    }
+}
+
+/// Which page sizes to try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hugepages {
+    /// 2 MiB hugetlb, hugetlbfs, THP, 4 KiB: the first that works.
+    Auto,
+    /// 1 GiB hugetlb pages first, then as `Auto`.
+    Prefer1G,
+    /// Only 2 MiB hugetlb pages: an error when the pool cannot hold the arena.
+    Require2M,
+    /// No hugetlb pages: THP if enabled for shared memory, else 4 KiB.
+    Never,
+}
+
+/// A shared mapping of `len` bytes and the descriptor that names it.
+pub struct Arena {
+    base: NonNull<u8>,
+    len: usize,
+    fd: OwnedFd,
+    backing: Backing,
+    /// Why a preferred backing was not used, for the start-up log line.
+    fallback: Option<String>,
+}
+
+// SAFETY: the arena is plain shared memory; the mapping stays valid until drop. Which bytes
+// a thread may read or write is decided by the allocator and the object table above, not by
+// this type, whose accessors are `unsafe` for that reason.
+unsafe impl Send for Arena {}
+// SAFETY: as above; `&Arena` only hands out raw access through `unsafe` methods.
+unsafe impl Sync for Arena {}
+
+impl fmt::Debug for Arena {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Arena").field("len", &self.len).field("backing", &self.backing).finish()
+    }
+}
+
+const MB2: usize = 2 << 20;
+const GB1: usize = 1 << 30;
+
+fn memfd(name: &str, flags: libc::c_uint) -> io::Result<OwnedFd> {
+    let c = CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name has a NUL"))?;
+    // SAFETY: `c` is a valid NUL-terminated string; flags are plain bits.
+    let fd = unsafe { libc::memfd_create(c.as_ptr(), flags | libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn size_fd(fd: &OwnedFd, len: usize) -> io::Result<()> {
+    // SAFETY: a valid descriptor; ftruncate only sets the file size.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Maps `len` bytes of `fd` shared and read-write; `populate` faults every page in now.
+fn map(fd: &OwnedFd, len: usize, populate: bool) -> io::Result<NonNull<u8>> {
+    let flags = libc::MAP_SHARED | if populate { libc::MAP_POPULATE } else { 0 };
+    // SAFETY: a fresh mapping chosen by the kernel (addr NULL) of a valid descriptor whose
+    // size is at least `len`; nothing else is affected.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, fd.as_raw_fd(), 0) };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned NULL"))
+}
+
+fn hugetlbfs_mount() -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_dev, dir, ty) = (f.next()?, f.next()?, f.next()?);
+        (ty == "hugetlbfs").then(|| dir.to_string())
+    })
+}
+
+/// Whether the kernel gives THP to shared memory (`shmem_enabled` not `never`/`deny`).
+pub fn shmem_thp_enabled() -> bool {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
+        .map(|s| s.split_whitespace().any(|w| matches!(w, "[always]" | "[within_size]" | "[advise]")))
+        .unwrap_or(false)
+}
+
+impl Arena {
+    /// Creates an arena of at least `len` bytes (rounded up to the page size of the backing).
+    /// Hugetlb mappings are populated at once (cheap, and a short pool fails here rather than
+    /// with SIGBUS later); other backings are populated when `populate` is set.
+    ///
+    /// # Errors
+    /// Every backing failed (the last error), or [`Hugepages::Require2M`] could not be met.
+    pub fn create(len: usize, pages: Hugepages, populate: bool) -> io::Result<Arena> {
+        if len == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "arena of zero bytes"));
+        }
+        let mut why: Vec<String> = Vec::new();
+        let huge = |flags: libc::c_uint, page: usize, backing: Backing| -> io::Result<Arena> {
+            let len = len.next_multiple_of(page);
+            let fd = memfd("rayhpc-arena", libc::MFD_HUGETLB | flags)?;
+            size_fd(&fd, len)?;
+            let base = map(&fd, len, true)?;
+            Ok(Arena { base, len, fd, backing, fallback: None })
+        };
+        if pages == Hugepages::Prefer1G {
+            match huge(libc::MFD_HUGE_1GB, GB1, Backing::Hugetlb1G) {
+                Ok(a) => return Ok(a),
+                Err(e) => why.push(format!("hugetlb-1G: {e}")),
+            }
+        }
+        if matches!(pages, Hugepages::Auto | Hugepages::Prefer1G | Hugepages::Require2M) {
+            match huge(libc::MFD_HUGE_2MB, MB2, Backing::Hugetlb2M) {
+                Ok(a) => return Ok(a),
+                Err(e) if pages == Hugepages::Require2M => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("2 MiB hugepages for {len} bytes: {e} (reserve them: echo N > /proc/sys/vm/nr_hugepages)"),
+                    ))
+                }
+                Err(e) => why.push(format!("hugetlb-2M: {e}")),
+            }
+            if let Some(dir) = hugetlbfs_mount() {
+                match Self::hugetlbfs(&dir, len) {
+                    Ok(mut a) => {
+                        a.fallback = (!why.is_empty()).then(|| why.join("; "));
+                        return Ok(a);
+                    }
+                    Err(e) => why.push(format!("hugetlbfs {dir}: {e}")),
+                }
+            }
+        }
+        let len = len.next_multiple_of(MB2);
+        let fd = memfd("rayhpc-arena", 0)?;
+        size_fd(&fd, len)?;
+        let base = map(&fd, len, false)?;
+        let mut backing = Backing::Small;
+        if shmem_thp_enabled() {
+            // SAFETY: the range is exactly the mapping just made; madvise only sets a hint.
+            if unsafe { libc::madvise(base.as_ptr().cast(), len, libc::MADV_HUGEPAGE) } == 0 {
+                backing = Backing::Thp;
+            }
+        }
+        let arena = Arena { base, len, fd, backing, fallback: (!why.is_empty()).then(|| why.join("; ")) };
+        if populate {
+            arena.populate();
+        }
+        Ok(arena)
+    }
+
+    fn hugetlbfs(dir: &str, len: usize) -> io::Result<Arena> {
+        let path = format!("{dir}/rayhpc-arena-{}-{}", std::process::id(), crate::unique());
+        let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        // The name is not needed once open: the file lives as long as its descriptors.
+        let _ = std::fs::remove_file(&path);
+        let fd = OwnedFd::from(file);
+        let len = len.next_multiple_of(MB2);
+        size_fd(&fd, len)?;
+        let base = map(&fd, len, true)?;
+        Ok(Arena { base, len, fd, backing: Backing::HugetlbFs, fallback: None })
+    }
+
+    /// Faults every page in by writing one byte per 4 KiB (a no-op for content: zeroes).
+    pub fn populate(&self) {
+        for off in (0..self.len).step_by(4096) {
+            // SAFETY: `off < len`, inside the mapping; the arena is fresh, nobody reads it yet.
+            unsafe { self.base.as_ptr().add(off).write_volatile(0) };
+        }
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Never true: an arena has at least one page.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// What backs it.
+    pub fn backing(&self) -> Backing {
+        self.backing
+    }
+
+    /// Why better backings were not used (`None` when the first choice worked).
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.fallback.as_deref()
+    }
+
+    /// The descriptor, to pass to another process (SCM_RIGHTS) or register with a NIC.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Read access to `len` bytes at `off`.
+    ///
+    /// # Safety
+    /// `off + len <= self.len()`, and nobody writes those bytes while the slice lives (the
+    /// object is sealed, or the caller owns its unsealed buffer).
+    pub unsafe fn bytes(&self, off: usize, len: usize) -> &[u8] {
+        debug_assert!(off.checked_add(len).is_some_and(|e| e <= self.len));
+        // SAFETY: in bounds by the caller's contract; no writer by the caller's contract.
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(off), len) }
+    }
+
+    /// Write access to `len` bytes at `off`.
+    ///
+    /// # Safety
+    /// `off + len <= self.len()`, and the caller has exclusive use of those bytes while the
+    /// slice lives (an allocation of its own, not yet sealed).
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn bytes_mut(&self, off: usize, len: usize) -> &mut [u8] {
+        debug_assert!(off.checked_add(len).is_some_and(|e| e <= self.len));
+        // SAFETY: in bounds and exclusive by the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(off), len) }
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping made in `create`; no slice into it outlives `&self`.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
