@@ -6,6 +6,10 @@
 
 pub mod alloc;
 pub mod shm;
+pub mod store;
+
+pub use shm::{Backing, Hugepages};
+pub use store::{Allocation, Sealed, Store, StoreConfig, StoreError};
 
 /// A number unique in this process (names of temporary files).
 pub(crate) fn unique() -> u64 {
