@@ -19,8 +19,9 @@ use crate::function::{ArgSpec, ArgSpecPub, FnEntry};
 use crate::ids::{ActorId, TaskId};
 use crate::object::{Notify, ObjectRef, ObjectView, Outcome, Slot, Waiter};
 use crate::options::{Options, DEFAULT_MAX_RETRIES};
-use crate::store::{Blob, MemoryStore};
+use crate::store::Blob;
 use crate::task::{execute, submit_when_ready, CoreJob, TaskSpec, Work};
+use rayhpc_objstore::{Hugepages, Store, StoreConfig};
 
 /// Default size limit of results kept inline with their owner; larger ones go to the store.
 pub const DEFAULT_INLINE_THRESHOLD: usize = 64 * 1024;
@@ -43,6 +44,9 @@ pub struct Config {
     pub inline_threshold: usize,
     /// Object store capacity in bytes (default: 30% of the machine's memory).
     pub object_store_memory: Option<usize>,
+    /// Page sizes for the object store's arena (default: hugetlb 2 MiB pages when reserved,
+    /// else THP, else 4 KiB).
+    pub hugepages: Hugepages,
     /// How long an idle executor spins before it parks (default 50 µs).
     pub spin: Duration,
     /// This node's number in a cluster (0 when embedded).
@@ -59,6 +63,7 @@ impl Default for Config {
             pin: true,
             inline_threshold: DEFAULT_INLINE_THRESHOLD,
             object_store_memory: None,
+            hugepages: Hugepages::Auto,
             spin: Duration::from_micros(50),
             node_id: 0,
         }
@@ -104,7 +109,7 @@ fn default_store_bytes() -> usize {
 pub(crate) struct RuntimeInner {
     pool: OnceLock<Pool<CoreJob>>,
     cpu1: OnceLock<ClassId>,
-    store: Arc<MemoryStore>,
+    store: Arc<Store>,
     inline_threshold: usize,
     actors: Mutex<HashMap<String, Arc<ActorCell>>>,
     shutdown: AtomicBool,
@@ -149,10 +154,16 @@ impl Runtime {
         let executors = config.executors.unwrap_or(topology.len()).max(1);
         let mut resources = vec![("CPU".to_string(), config.num_cpus.unwrap_or(executors as f64)), ("GPU".to_string(), config.num_gpus)];
         resources.extend(config.resources.iter().cloned());
+        let store = Store::new(&StoreConfig {
+            capacity: config.object_store_memory.unwrap_or_else(default_store_bytes),
+            hugepages: config.hugepages,
+            populate: false,
+        })
+        .map_err(|e| Error::Invalid(format!("cannot create the object store: {e}")))?;
         let inner = Arc::new(RuntimeInner {
             pool: OnceLock::new(),
             cpu1: OnceLock::new(),
-            store: MemoryStore::new(config.object_store_memory.unwrap_or_else(default_store_bytes)),
+            store,
             inline_threshold: config.inline_threshold,
             actors: Mutex::new(HashMap::new()),
             shutdown: AtomicBool::new(false),
@@ -226,6 +237,30 @@ impl Runtime {
     pub fn store_usage(&self) -> (usize, usize, usize) {
         let s = &self.inner.store;
         (s.used(), s.objects(), s.capacity())
+    }
+
+    /// What backs the object store's arena (`hugetlb-2M (memfd)`, `thp (madvise)`, ...), and
+    /// why a better backing was not used, if it was not.
+    pub fn store_backing(&self) -> (String, Option<String>) {
+        let s = &self.inner.store;
+        (s.backing().to_string(), s.fallback_reason().map(str::to_string))
+    }
+
+    /// Stores raw bytes as an object, with one copy into the arena (or inline when small).
+    /// Read it back with [`Runtime::get_bytes`], in place.
+    ///
+    /// # Errors
+    /// A store that cannot hold it, or a runtime that is shut down.
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<ObjectRef<crate::object::Untyped>> {
+        if self.is_shutdown() {
+            return Err(Error::Shutdown);
+        }
+        let blob = if bytes.len() <= self.inner.inline_threshold {
+            Blob::Inline(bytes.to_vec())
+        } else {
+            crate::store::put(&self.inner.store, bytes)?
+        };
+        Ok(ObjectRef::from_slot(Slot::ready(self.next_task_id().object(0), Ok(blob))))
     }
 
     pub(crate) fn next_task_id(&self) -> TaskId {
@@ -520,7 +555,7 @@ impl RuntimeInner {
         if bytes.len() <= self.inline_threshold {
             Ok(Blob::Inline(bytes))
         } else {
-            self.store.put(bytes)
+            crate::store::put(&self.store, &bytes)
         }
     }
 }

@@ -21,11 +21,13 @@ pub struct BenchParams {
     pub trials: usize,
     /// How long the idle runtime is watched for `idle_cpu_percent`.
     pub idle_window: Duration,
+    /// Size of the large object for the bandwidth figures (0 skips them).
+    pub object_bytes: usize,
 }
 
 impl Default for BenchParams {
     fn default() -> Self {
-        BenchParams { tasks: 200_000, round_trips: 20_000, trials: 5, idle_window: Duration::from_secs(2) }
+        BenchParams { tasks: 200_000, round_trips: 20_000, trials: 5, idle_window: Duration::from_secs(2), object_bytes: 1 << 30 }
     }
 }
 
@@ -54,6 +56,18 @@ pub struct BenchReport {
     pub idle_cpu_percent: f64,
     /// Number of empty tasks per batch used for the rates.
     pub batch: usize,
+    /// One-core `memcpy` of the large object between two faulted buffers, GiB/s.
+    pub memcpy_gib_per_s: f64,
+    /// `put_bytes` of the large object into the store (pages already faulted), GiB/s.
+    pub put_gib_per_s: f64,
+    /// The first such `put`, which faults the arena's pages in, GiB/s.
+    pub put_cold_gib_per_s: f64,
+    /// `get_bytes` of the large object (a zero-copy view), GiB/s.
+    pub get_gib_per_s: f64,
+    /// Bytes of the large object.
+    pub object_bytes: usize,
+    /// What backs the object store's arena.
+    pub store_backing: String,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -180,6 +194,47 @@ pub fn run(config: Config, p: &BenchParams) -> Result<BenchReport> {
     }
     let wait_1k_refs_us = median(waits);
 
+    // Large objects: memcpy as the yardstick, then put (cold, then warm) and get.
+    let gib = |bytes: usize, t: Duration| bytes as f64 / (1u64 << 30) as f64 / t.as_secs_f64();
+    let ob = p.object_bytes.min(rt.store_usage().2 / 2);
+    let (mut memcpy_gib_per_s, mut put_gib_per_s, mut put_cold_gib_per_s, mut get_gib_per_s) = (0.0, 0.0, 0.0, 0.0);
+    if ob > 0 {
+        let src: Vec<u8> = (0..ob).map(|i| (i % 251) as u8).collect();
+        let mut dst = vec![1u8; ob];
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            let t = Instant::now();
+            dst.copy_from_slice(&src);
+            v.push(gib(ob, t.elapsed()));
+        }
+        std::hint::black_box(&dst);
+        drop(dst);
+        memcpy_gib_per_s = median(v);
+        let t = Instant::now();
+        let first = rt.put_bytes(&src)?;
+        put_cold_gib_per_s = gib(ob, t.elapsed());
+        drop(first); // its pages stay faulted: the store never gives pages back on free
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            let t = Instant::now();
+            let r = rt.put_bytes(&src)?;
+            v.push(gib(ob, t.elapsed()));
+            drop(r);
+        }
+        put_gib_per_s = median(v);
+        let r = rt.put_bytes(&src)?;
+        let mut v = Vec::new();
+        for _ in 0..p.trials.max(3) {
+            let t = Instant::now();
+            let view = rt.get_bytes(&r)?;
+            let e = t.elapsed().max(Duration::from_nanos(1));
+            anyhow::ensure!(view.len() == ob && view[ob - 1] == src[ob - 1], "object read back wrong");
+            v.push(gib(ob, e));
+        }
+        get_gib_per_s = median(v);
+    }
+    let store_backing = rt.store_backing().0;
+
     // Idle: let the executors finish spinning and park, then watch.
     std::thread::sleep(Duration::from_millis(200));
     let c0 = process_cpu_time()?;
@@ -201,12 +256,18 @@ pub fn run(config: Config, p: &BenchParams) -> Result<BenchReport> {
         wait_1k_refs_us,
         idle_cpu_percent,
         batch: n,
+        memcpy_gib_per_s,
+        put_gib_per_s,
+        put_cold_gib_per_s,
+        get_gib_per_s,
+        object_bytes: ob,
+        store_backing,
     })
 }
 
 /// The report as a readable table.
 pub fn table(r: &BenchReport) -> String {
-    let rows: [(&str, String); 9] = [
+    let rows: [(&str, String); 14] = [
         ("empty tasks, batch submit then get", format!("{:>14.0} tasks/s", r.tasks_async_per_s)),
         ("empty task, sync round trip (median)", format!("{:>14.2} µs", r.tasks_sync_us)),
         ("actor calls, batch on one actor", format!("{:>14.0} calls/s", r.actor_calls_async_per_s)),
@@ -216,8 +277,18 @@ pub fn table(r: &BenchReport) -> String {
         ("tree reduce of 1024 leaves", format!("{:>14.2} ms", r.tree_reduce_1024_ms)),
         ("wait on 1k refs (Ray's pattern)", format!("{:>14.0} µs", r.wait_1k_refs_us)),
         ("idle runtime CPU use", format!("{:>14.2} %", r.idle_cpu_percent)),
+        ("memcpy, one core, large object", format!("{:>14.2} GiB/s", r.memcpy_gib_per_s)),
+        ("put, large object (pages faulted)", format!("{:>14.2} GiB/s", r.put_gib_per_s)),
+        ("put, large object (first touch)", format!("{:>14.2} GiB/s", r.put_cold_gib_per_s)),
+        ("get, large object (zero-copy view)", format!("{:>14.0} GiB/s", r.get_gib_per_s)),
+        ("object store backing", format!("{:>14}", r.store_backing)),
     ];
-    let mut s = format!("rayhpc bench — embedded runtime, {} executors, batches of {}\n", r.executors, r.batch);
+    let mut s = format!(
+        "rayhpc bench — embedded runtime, {} executors, batches of {}, large object {} MiB\n",
+        r.executors,
+        r.batch,
+        r.object_bytes >> 20
+    );
     for (k, v) in rows {
         s.push_str(&format!("  {k:<40}{v}\n"));
     }

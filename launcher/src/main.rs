@@ -43,16 +43,25 @@ enum Cmd {
         /// Executor threads (default: one per CPU of the affinity mask).
         #[arg(long)]
         executors: Option<usize>,
+        /// Size of the large object for the bandwidth figures, in MiB (0 skips them).
+        #[arg(long, default_value_t = 1024)]
+        object_mib: usize,
     },
 }
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Bench { json, tasks, round_trips, trials, idle_secs, executors } => {
+        Cmd::Bench { json, tasks, round_trips, trials, idle_secs, executors, object_mib } => {
             anyhow::ensure!(tasks > 0 && round_trips > 0 && trials > 0, "--tasks, --round-trips and --trials must be positive");
             anyhow::ensure!(idle_secs.is_finite() && idle_secs > 0.0, "--idle-secs must be a positive number");
             let config = rayhpc::Config { executors, ..rayhpc::Config::default() };
-            let params = bench::BenchParams { tasks, round_trips, trials, idle_window: Duration::from_secs_f64(idle_secs) };
+            let params = bench::BenchParams {
+                tasks,
+                round_trips,
+                trials,
+                idle_window: Duration::from_secs_f64(idle_secs),
+                object_bytes: object_mib << 20,
+            };
             let report = bench::run(config, &params)?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);

@@ -9,7 +9,7 @@ fn rayhpc() -> Command {
 #[test]
 fn bench_json_reports_every_figure() {
     let out = rayhpc()
-        .args(["bench", "--json", "--tasks", "5000", "--round-trips", "200", "--trials", "1", "--idle-secs", "0.2"])
+        .args(["bench", "--json", "--tasks", "5000", "--round-trips", "200", "--trials", "1", "--idle-secs", "0.2", "--object-mib", "2"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -23,6 +23,10 @@ fn bench_json_reports_every_figure() {
         "get_small_per_s",
         "tree_reduce_1024_ms",
         "wait_1k_refs_us",
+        "memcpy_gib_per_s",
+        "put_gib_per_s",
+        "put_cold_gib_per_s",
+        "get_gib_per_s",
     ] {
         let x = v[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {v}"));
         assert!(x.is_finite() && x > 0.0, "{key} = {x}");
@@ -30,11 +34,17 @@ fn bench_json_reports_every_figure() {
     let idle = v["idle_cpu_percent"].as_f64().unwrap();
     assert!((0.0..=200.0).contains(&idle), "idle_cpu_percent = {idle}");
     assert!(v["executors"].as_u64().unwrap() >= 1);
+    assert_eq!(v["object_bytes"].as_u64(), Some(2 << 20));
+    let backing = v["store_backing"].as_str().unwrap();
+    assert!(["hugetlb", "thp", "4k"].iter().any(|b| backing.contains(b)), "{backing}");
 }
 
 #[test]
 fn bench_table_is_readable() {
-    let out = rayhpc().args(["bench", "--tasks", "2000", "--round-trips", "100", "--trials", "1", "--idle-secs", "0.1"]).output().unwrap();
+    let out = rayhpc()
+        .args(["bench", "--tasks", "2000", "--round-trips", "100", "--trials", "1", "--idle-secs", "0.1", "--object-mib", "4"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("tasks/s") && text.contains("idle runtime CPU use"), "{text}");

@@ -253,9 +253,12 @@ impl Tlsf {
             return Err(AllocError::TooLarge { size, capacity: self.capacity });
         }
         let size = size.div_ceil(GRANULE) * GRANULE;
-        // Room for the worst misalignment of the block found.
+        // A block that fits as it is and happens to be aligned (the common case for a store
+        // that is not fragmented) needs no slack; otherwise ask for room for the worst
+        // misalignment.
+        let fitting = if align > GRANULE { self.find(size).filter(|o| o % align == 0) } else { None };
         let want = size + (align - GRANULE);
-        let Some(off) = self.find(want) else {
+        let Some(off) = fitting.or_else(|| self.find(want)) else {
             return Err(AllocError::Full { size, free: self.free_bytes, largest: self.largest_free() });
         };
         self.remove_free(off);
@@ -436,5 +439,8 @@ mod tests {
         let e = t.alloc(64, 64).unwrap_err();
         assert_eq!(e, AllocError::Full { size: 64, free: 0, largest: 0 });
         assert!(e.to_string().contains("no free block"));
+        // An aligned free block that fits exactly needs no alignment slack.
+        let mut t = Tlsf::new(8192);
+        assert_eq!(t.alloc(8192, 4096), Ok(0));
     }
 }
