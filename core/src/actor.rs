@@ -388,6 +388,11 @@ impl ActorCell {
                 // The object's readiness requests the next turn.
                 self.scheduled.clear();
                 slot.on_ready(Waiter::Callback(self.clone()));
+                // A kill that came while the flag was still set scheduled nothing: its queued
+                // calls must fail now, not when (if ever) the object is ready.
+                if self.dead.get().is_some() {
+                    self.schedule();
+                }
                 return;
             }
             let state = r.state.as_deref_mut().expect("a live, constructed actor has state");
@@ -442,14 +447,26 @@ impl CreateSpec {
     pub(crate) fn run(self) {
         let cell = self.cell.clone();
         if self.holds_resources {
-            *cell.held.lock().unwrap_or_else(|e| e.into_inner()) = cell.rt.inner.pool().detach_resources();
+            // Under the lock `kill` takes after marking the actor dead: a dead actor does not
+            // take the resources (the job gives them back when it returns).
+            let mut held = cell.held.lock().unwrap_or_else(|e| e.into_inner());
+            if cell.dead.get().is_none() {
+                *held = cell.rt.inner.pool().detach_resources();
+            }
         }
-        let built = match inputs(&self.args) {
-            Err(e) => Err(e),
-            Ok(inp) => guarded(|| (cell.class.ctor)(&inp)).map_err(|f| task_error(&format!("{}.__init__", cell.class.name).into(), f, 1)),
+        let built = if cell.dead.get().is_some() {
+            Err(Error::Shutdown) // killed before it was built: nothing to construct
+        } else {
+            match inputs(&self.args) {
+                Err(e) => Err(e),
+                Ok(inp) => {
+                    guarded(|| (cell.class.ctor)(&inp)).map_err(|f| task_error(&format!("{}.__init__", cell.class.name).into(), f, 1))
+                }
+            }
         };
         match built {
             Ok(state) => cell.runner().state = Some(state),
+            Err(_) if cell.dead.get().is_some() => {}
             Err(e) => {
                 let reason: Arc<str> = format!("constructor failed: {e}").into();
                 cell.kill(Error::ActorDied { class: cell.class.name.clone(), actor: cell.id.to_string(), reason });

@@ -163,6 +163,11 @@ impl Slot {
         true
     }
 
+    /// Removes a callback registered with [`Slot::on_ready`] that is no longer wanted.
+    pub(crate) fn forget_callback(&self, n: &Arc<dyn Notify>) {
+        self.waiters.remove(|w| matches!(w, Waiter::Callback(c) if std::ptr::addr_eq(Arc::as_ptr(c), Arc::as_ptr(n))));
+    }
+
     /// Blocks the calling thread until the value is set or `deadline` passes. Returns
     /// whether it is set.
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> bool {

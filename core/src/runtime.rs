@@ -108,7 +108,9 @@ fn default_store_bytes() -> usize {
 
 pub(crate) struct RuntimeInner {
     pool: OnceLock<Pool<CoreJob>>,
-    cpu1: OnceLock<ClassId>,
+    /// The class of a default task (`{CPU: 1}`), `None` when the runtime has less than one
+    /// CPU: default tasks are then refused as infeasible at submit.
+    cpu1: OnceLock<Option<ClassId>>,
     store: Arc<Store>,
     inline_threshold: usize,
     actors: Mutex<HashMap<String, Arc<ActorCell>>>,
@@ -187,7 +189,7 @@ impl Runtime {
             rayhpc_sched::PoolError::Resource(r) => Error::Resources(r),
             other => Error::Invalid(other.to_string()),
         })?;
-        let cpu1 = pool.class(&[("CPU", 1.0)]).unwrap_or(ClassId::FREE);
+        let cpu1 = pool.class(&[("CPU", 1.0)]).ok();
         let _ = inner.pool.set(pool);
         let _ = inner.cpu1.set(cpu1);
         Ok(Runtime { inner })
@@ -200,10 +202,11 @@ impl Runtime {
 
     /// Stops the runtime: queued work is cancelled (its objects fail with
     /// [`Error::Shutdown`]), running work finishes, every thread is joined. Idempotent.
+    ///
+    /// Called from inside a task it stops everything but cannot join the thread it runs on;
+    /// a later call from another thread joins what is left.
     pub fn shutdown(&self) {
-        if self.inner.shutdown.swap(true, Ordering::SeqCst) {
-            return;
-        }
+        self.inner.shutdown.store(true, Ordering::SeqCst);
         self.inner.pool().shutdown();
         self.inner.actors.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
@@ -354,7 +357,7 @@ impl Runtime {
         if ready_now < num_returns {
             let deadline = timeout.map(|t| Instant::now() + t);
             let group = Arc::new(WaitGroup { remaining: AtomicIsize::new((num_returns - ready_now) as isize), thread: thread::current() });
-            for r in unready {
+            for r in &unready {
                 r.slot.on_ready(Waiter::Callback(group.clone()));
             }
             self.block(|| loop {
@@ -372,6 +375,12 @@ impl Runtime {
                     }
                 }
             });
+            // Leave nothing behind on the objects still pending (a polling loop of short
+            // waits would otherwise grow their waiter lists).
+            let me: Arc<dyn Notify> = group;
+            for r in unready.iter().filter(|r| !r.is_ready()) {
+                r.slot.forget_callback(&me);
+            }
         }
         let (mut ready, mut rest) = (Vec::with_capacity(num_returns), Vec::new());
         for r in refs {
@@ -436,7 +445,10 @@ impl Runtime {
         if inner.is_shutdown() {
             return Err(Error::Shutdown);
         }
-        let class = if o.default_resources() { *inner.cpu1.get().expect("set at init") } else { inner.pool().class(&o.request(1.0))? };
+        let class = match inner.cpu1.get().copied().flatten() {
+            Some(c) if o.default_resources() => c,
+            _ => inner.pool().class(&o.request(1.0))?,
+        };
         let id = inner.next_task_id();
         let ret = Slot::new(id.object(0));
         let spec = TaskSpec {

@@ -216,3 +216,27 @@ fn dropping_every_handle_ends_the_actor() {
     assert_eq!(dropped.load(Ordering::SeqCst), 1);
     rt.shutdown();
 }
+
+#[test]
+fn killing_an_actor_before_its_constructor_ran_frees_its_resources() {
+    let rt = common::rt_with(Config { executors: Some(2), num_gpus: 1.0, ..Config::default() });
+    let slow = rayhpc::function("a.slow_arg", || {
+        std::thread::sleep(Duration::from_millis(150));
+        1u8
+    });
+    let class = rayhpc::actor("a.LateGpu", |_x: u8| ());
+    let ping = class.method("ping", |_: &mut ()| ());
+    let arg = slow.remote(&rt, ()).unwrap();
+    // The constructor waits for `arg`; kill the actor before it runs.
+    let h = class.remote_with(&rt, &Options::new().num_gpus(1.0), (&arg,)).unwrap();
+    let queued = ping.remote(&h, ()).unwrap();
+    rt.kill(&h);
+    assert!(matches!(rt.get_timeout(&queued, Duration::from_secs(10)), Err(Error::ActorDied { .. })));
+    rt.get(&arg).unwrap();
+    // The GPU was never kept by the dead actor.
+    let gpu_task = rayhpc::function("a.gpu_after_kill", || 5u8);
+    let t = gpu_task.remote_with(&rt, &Options::new().num_gpus(1.0).num_cpus(0.0), ()).unwrap();
+    assert_eq!(rt.get_timeout(&t, Duration::from_secs(10)).unwrap(), 5);
+    drop(h);
+    rt.shutdown();
+}

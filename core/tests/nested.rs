@@ -126,3 +126,25 @@ fn a_waiting_caller_runs_a_task_inline_only_with_its_resources_free() {
     rt.get(&l).unwrap();
     rt.shutdown();
 }
+
+#[test]
+fn an_actor_waiting_on_a_task_after_cpu_work_on_the_same_executor_does_not_deadlock() {
+    // One executor, one CPU: a CPU task leaves the executor holding a {CPU: 1} lease; the
+    // actor turn that follows (a free job) waits for a CPU task. The idle lease must be
+    // given back, or the awaited task could never get the only CPU.
+    let rt = common::rt_with(Config { executors: Some(1), num_cpus: Some(1.0), ..Config::default() });
+    let f = rayhpc::function("n.cpu_work", |x: u64| x + 1);
+    let f2 = f.clone();
+    let class = rayhpc::actor("n.Coordinator", || ());
+    let ask = class.method("ask", move |_: &mut (), x: u64| {
+        let rt = Runtime::current().unwrap();
+        rt.get(&f2.remote(&rt, (x,)).unwrap()).unwrap()
+    });
+    let a = class.remote(&rt, ()).unwrap();
+    for i in 0..20u64 {
+        assert_eq!(rt.get(&f.remote(&rt, (i,)).unwrap()).unwrap(), i + 1);
+        let r = ask.remote(&a, (i,)).unwrap();
+        assert_eq!(rt.get_timeout(&r, Duration::from_secs(20)).unwrap(), i + 1, "round {i}");
+    }
+    rt.shutdown();
+}

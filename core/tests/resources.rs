@@ -62,3 +62,17 @@ fn fractional_and_custom_resources_bound_concurrency() {
     assert_eq!(ssd.total, 3.0);
     rt.shutdown();
 }
+
+#[test]
+fn less_than_one_cpu_refuses_default_tasks_and_sums_repeated_names() {
+    let rt = common::rt_with(Config { executors: Some(1), num_cpus: Some(0.5), ..Config::default() });
+    let f = rayhpc::function("r.g", || 1u8);
+    assert!(matches!(f.remote(&rt, ()), Err(Error::Resources(ResourceError::Infeasible { .. }))));
+    assert_eq!(rt.get(&f.remote_with(&rt, &Options::new().num_cpus(0.5), ()).unwrap()).unwrap(), 1);
+    rt.shutdown();
+    let rt = common::rt_with(Config { executors: Some(1), num_cpus: Some(2.0), ..Config::default() });
+    // CPU given twice adds up to 3 of 2: refused at submit, not queued forever.
+    let e = f.remote_with(&rt, &Options::new().num_cpus(1.0).resource("CPU", 2.0), ());
+    assert!(matches!(e, Err(Error::Resources(ResourceError::Infeasible { .. }))), "{e:?}");
+    rt.shutdown();
+}

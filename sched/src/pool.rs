@@ -375,10 +375,22 @@ impl<J: Job> Pool<J> {
     /// that thread holds for a job it runs inline ([`Pool::run_inline`]), if anything.
     pub fn block_in_place<R>(&self, f: impl FnOnce() -> R) -> R {
         let sh = &self.shared;
-        let held = with_local::<J, _>(sh.id, |l| {
+        // An executor running a job that is not under its lease (a free job, an admitted
+        // one) may still hold an idle lease from earlier jobs: give that back too, or it
+        // could hold the very CPU the awaited work needs.
+        let state = with_local::<J, _>(sh.id, |l| {
             let h = l.held;
-            if let Held::Lease(_) = h {
+            let idle = if let Held::Lease(_) = h {
                 l.lease = None;
+                None
+            } else {
+                l.lease.take()
+            };
+            (h, idle)
+        });
+        let held = state.map(|(h, idle)| {
+            if let Some(c) = idle {
+                release(sh, c);
             }
             h
         });
@@ -431,7 +443,18 @@ impl<J: Job> Pool<J> {
         if depth >= MAX_INLINE_DEPTH || sh.shutdown.load(Ordering::Acquire) {
             return None;
         }
-        let on_executor = with_local::<J, _>(sh.id, |l| l.held);
+        let on_executor = with_local::<J, _>(sh.id, |l| {
+            // An idle lease (the running job is not under it) is given back first, so that it
+            // neither blocks the ledger below nor goes unaccounted.
+            let idle = if matches!(l.held, Held::Lease(_)) { None } else { l.lease.take() };
+            (l.held, idle)
+        })
+        .map(|(h, idle)| {
+            if let Some(c) = idle {
+                release(sh, c);
+            }
+            h
+        });
         let holding = match on_executor {
             Some(Held::Lease(c) | Held::Own(c)) => Some(c),
             Some(Held::Nothing) => None,
@@ -491,6 +514,9 @@ impl<J: Job> Pool<J> {
         drop(sh.spawn_lock.lock().unwrap_or_else(|e| e.into_inner()));
         sh.sleep.shutdown();
         if self.on_executor() {
+            // A thread cannot join itself: cancel what is queued and let the executors exit
+            // on their own; a later call from another thread joins them.
+            drain_cancel(sh);
             return;
         }
         loop {
@@ -519,6 +545,17 @@ fn drain_cancel<J: Job>(sh: &Shared<J>) {
             Steal::Success(r) => r.job.cancel(),
             Steal::Retry => continue,
             Steal::Empty => break,
+        }
+    }
+    // Jobs in the deque of an executor that is blocked on one of them: nobody steals after
+    // the flag is set, so cancel them here (the blocked job then sees its result fail).
+    for s in sh.stealers[..sh.registered.load(Ordering::SeqCst)].iter().filter_map(OnceLock::get) {
+        loop {
+            match s.steal() {
+                Steal::Success(r) => r.job.cancel(),
+                Steal::Retry => continue,
+                Steal::Empty => break,
+            }
         }
     }
     for r in sh.ledger.drain_waiting() {
@@ -622,7 +659,8 @@ fn executor_main<J: Job>(shared: Arc<Shared<J>>, idx: usize, cpu: Option<usize>,
     })
     .unwrap_or_default();
     if let Some(c) = lease {
-        sh.ledger.release(c, &mut Vec::new());
+        // Through `release`: what that admits goes to the injector, which shutdown drains.
+        release(sh, c);
     }
     for r in rest {
         r.job.cancel();

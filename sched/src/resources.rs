@@ -170,15 +170,22 @@ impl<T> Ledger<T> {
             if t == 0 {
                 continue;
             }
-            let idx = g.names.iter().position(|n| n == name);
-            let total = idx.map_or(0, |i| g.total[i]);
-            if t > total {
-                return Err(ResourceError::Infeasible { name: name.into(), requested: amount, total: from_ticks(total as i64) });
-            }
-            let idx = idx.expect("a resource with a non-zero total is named");
+            let Some(idx) = g.names.iter().position(|n| n == name) else {
+                return Err(ResourceError::Infeasible { name: name.into(), requested: amount, total: 0.0 });
+            };
             match items.iter_mut().find(|(i, _)| *i == idx) {
                 Some((_, have)) => *have += t,
                 None => items.push((idx, t)),
+            }
+        }
+        // Feasibility of the summed amounts (a name given twice adds up).
+        for &(idx, t) in &items {
+            if t > g.total[idx] {
+                return Err(ResourceError::Infeasible {
+                    name: g.names[idx].clone(),
+                    requested: from_ticks(t as i64),
+                    total: from_ticks(g.total[idx] as i64),
+                });
             }
         }
         items.sort_unstable();
@@ -380,6 +387,9 @@ mod tests {
         assert!(matches!(l.class(&[("CPU", f64::NAN)]), Err(ResourceError::InvalidAmount { .. })));
         assert!(matches!(l.class(&[("CPU", 1.5)]), Err(ResourceError::BadFraction { .. })));
         assert!(matches!(l.class(&[("CPU", 0.00001)]), Err(ResourceError::BadFraction { .. })));
+        // A name given twice adds up, and the sum is what must fit.
+        assert!(matches!(l.class(&[("CPU", 1.0), ("CPU", 2.0)]), Err(ResourceError::Infeasible { requested, .. }) if requested == 3.0));
+        assert!(l.class(&[("CPU", 1.0), ("CPU", 1.0)]).is_ok());
         let e = l.class(&[("GPU", 2.0)]).unwrap_err().to_string();
         assert!(e.contains("2 GPU") && e.contains("has 1"), "{e}");
     }

@@ -290,3 +290,33 @@ fn idle_pool_parks_its_executors() {
     assert!(parked, "executors did not park");
     p.shutdown();
 }
+
+#[test]
+fn shutdown_cancels_a_job_its_blocked_parent_left_in_its_own_deque() {
+    // One thread and no room for a compensation thread: the child pushed on the parent's
+    // own deque can only be reached by shutdown, which must cancel it so the parent ends.
+    let cfg = PoolConfig { threads: Some(1), max_threads: 1, ..PoolConfig::default() };
+    let p: Pool<F> = Pool::new(cfg, &Topology::detect().unwrap()).unwrap();
+    let cpu = p.class(&[("CPU", 1.0)]).unwrap();
+    let cancelled = Arc::new(AtomicUsize::new(0));
+    let (started_tx, started_rx) = mpsc::channel();
+    let (outcome_tx, outcome_rx) = mpsc::channel();
+    let (p2, c2) = (p.clone(), cancelled.clone());
+    p.submit(
+        job(&cancelled, move || {
+            let (tx, rx) = mpsc::channel::<()>();
+            // The child holds the only sender: cancelling it drops the sender and wakes us.
+            p2.submit(job(&c2, move || tx.send(()).unwrap()), cpu);
+            started_tx.send(()).unwrap();
+            let got = p2.block_in_place(|| rx.recv_timeout(Duration::from_secs(20)));
+            outcome_tx.send(got).unwrap();
+        }),
+        cpu,
+    );
+    started_rx.recv().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    p.shutdown();
+    let outcome = outcome_rx.recv_timeout(Duration::from_secs(30)).expect("the parent never finished");
+    assert_eq!(outcome, Err(mpsc::RecvTimeoutError::Disconnected), "the child was neither run nor cancelled");
+    assert_eq!(cancelled.load(Ordering::SeqCst), 1);
+}
