@@ -380,13 +380,10 @@ impl<J: Job> Pool<J> {
         // could hold the very CPU the awaited work needs.
         let state = with_local::<J, _>(sh.id, |l| {
             let h = l.held;
-            let idle = if let Held::Lease(_) = h {
+            if let Held::Lease(_) = h {
                 l.lease = None;
-                None
-            } else {
-                l.lease.take()
-            };
-            (h, idle)
+            }
+            (h, l.take_idle_lease())
         });
         let held = state.map(|(h, idle)| {
             if let Some(c) = idle {
@@ -443,13 +440,9 @@ impl<J: Job> Pool<J> {
         if depth >= MAX_INLINE_DEPTH || sh.shutdown.load(Ordering::Acquire) {
             return None;
         }
-        let on_executor = with_local::<J, _>(sh.id, |l| {
-            // An idle lease (the running job is not under it) is given back first, so that it
-            // neither blocks the ledger below nor goes unaccounted.
-            let idle = if matches!(l.held, Held::Lease(_)) { None } else { l.lease.take() };
-            (l.held, idle)
-        })
-        .map(|(h, idle)| {
+        // An idle lease (the running job is not under it) is given back first, so that it
+        // does not hold the resources asked for below.
+        let on_executor = with_local::<J, _>(sh.id, |l| (l.held, l.take_idle_lease())).map(|(h, idle)| {
             if let Some(c) = idle {
                 release(sh, c);
             }
@@ -489,9 +482,7 @@ impl<J: Job> Pool<J> {
     /// Keeps one awake thread per executor while some are blocked.
     fn compensate(&self) {
         let sh = &self.shared;
-        let awake =
-            sh.total_threads.load(Ordering::SeqCst) as isize - sh.sleep.sleeping() as isize - sh.blocked.load(Ordering::SeqCst) as isize;
-        if awake >= sh.primaries as isize || sh.sleep.wake_one() {
+        if awake(sh) >= sh.primaries as isize || sh.sleep.wake_one() {
             return;
         }
         let _g = sh.spawn_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -650,14 +641,7 @@ fn executor_main<J: Job>(shared: Arc<Shared<J>>, idx: usize, cpu: Option<usize>,
         backoff.reset();
     }
     // Exit: cancel what is left in this executor's deque; return the lease.
-    let (rest, lease) = with_local::<J, _>(sh.id, |l| {
-        let mut v = Vec::new();
-        while let Some(r) = l.deque.pop() {
-            v.push(r);
-        }
-        (v, l.lease.take())
-    })
-    .unwrap_or_default();
+    let (rest, lease) = with_local::<J, _>(sh.id, |l| (l.drain_deque(), l.lease.take())).unwrap_or_default();
     if let Some(c) = lease {
         // Through `release`: what that admits goes to the injector, which shutdown drains.
         release(sh, c);
@@ -666,6 +650,12 @@ fn executor_main<J: Job>(shared: Arc<Shared<J>>, idx: usize, cpu: Option<usize>,
         r.job.cancel();
     }
     LOCAL.with(|l| l.borrow_mut().take());
+}
+
+/// Threads neither parked nor blocked in [`Pool::block_in_place`] (a racy estimate: the
+/// counters are read one after the other).
+fn awake<J: Job>(sh: &Shared<J>) -> isize {
+    sh.total_threads.load(Ordering::SeqCst) as isize - sh.sleep.sleeping() as isize - sh.blocked.load(Ordering::SeqCst) as isize
 }
 
 /// Whether work is visibly queued beyond what this executor just took: its own deque (a
@@ -701,20 +691,11 @@ fn go_to_sleep<J: Job>(sh: &Shared<J>, idx: usize) -> bool {
 /// A compensation thread whose blocked executor resumed goes back to sleep. Returns true when
 /// it slept and was woken as a searcher (see [`go_to_sleep`]).
 fn retire_if_surplus<J: Job>(sh: &Shared<J>, idx: usize) -> bool {
-    let awake =
-        sh.total_threads.load(Ordering::SeqCst) as isize - sh.sleep.sleeping() as isize - sh.blocked.load(Ordering::SeqCst) as isize;
-    if awake <= sh.primaries as isize {
+    if awake(sh) <= sh.primaries as isize {
         return false;
     }
     // Hand this thread's queued jobs to the others before sleeping.
-    let rest = with_local::<J, _>(sh.id, |l| {
-        let mut v = Vec::new();
-        while let Some(r) = l.deque.pop() {
-            v.push(r);
-        }
-        v
-    })
-    .unwrap_or_default();
+    let rest = with_local::<J, _>(sh.id, Local::drain_deque).unwrap_or_default();
     let any = !rest.is_empty();
     for r in rest {
         sh.injector.push(r);
@@ -726,6 +707,21 @@ fn retire_if_surplus<J: Job>(sh: &Shared<J>, idx: usize) -> bool {
 }
 
 impl<J: Job> Local<J> {
+    /// Everything queued on this executor's own deque.
+    fn drain_deque(&mut self) -> Vec<Runnable<J>> {
+        std::iter::from_fn(|| self.deque.pop()).collect()
+    }
+
+    /// The lease when the running job does not run under it (a free or admitted job, or
+    /// none): idle resources, to give back before blocking or asking the ledger.
+    fn take_idle_lease(&mut self) -> Option<ClassId> {
+        if matches!(self.held, Held::Lease(_)) {
+            None
+        } else {
+            self.lease.take()
+        }
+    }
+
     fn find(&mut self) -> Option<Runnable<J>> {
         if let Some(r) = self.deque.pop() {
             return Some(r);
