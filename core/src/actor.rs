@@ -27,7 +27,7 @@ use crate::ids::{ActorId, FunctionId};
 use crate::object::{Notify, ObjectRef, Slot, Waiter};
 use crate::options::Options;
 use crate::runtime::Runtime;
-use crate::task::{guarded, inputs, task_error, CoreJob};
+use crate::task::{guarded, task_error, with_inputs, CoreJob};
 
 /// Calls one turn runs before it lets other work use the executor.
 pub const BATCH: usize = 256;
@@ -396,11 +396,9 @@ impl ActorCell {
                 return;
             }
             let state = r.state.as_deref_mut().expect("a live, constructed actor has state");
-            let out = match inputs(&call.args) {
-                Err(e) => Err(e),
-                Ok(inp) => guarded(|| (call.method.invoke)(state, &inp)).map_err(|f| task_error(&call.method.name, f, 1)),
-            };
-            call.ret.complete(out.and_then(|b| self.rt.inner.seal(b)));
+            let out = with_inputs(&call.args, |inp| guarded(|| (call.method.invoke)(state, inp)))
+                .and_then(|r| r.map_err(|f| task_error(&call.method.name, f, 1)));
+            call.ret.complete(out.and_then(|b| self.rt.inner.seal(call.ret.id, b)));
         }
         if self.dead.get().is_some() {
             // Killed: the state's destructor runs here, on the actor's own turn.
@@ -457,12 +455,8 @@ impl CreateSpec {
         let built = if cell.dead.get().is_some() {
             Err(Error::Shutdown) // killed before it was built: nothing to construct
         } else {
-            match inputs(&self.args) {
-                Err(e) => Err(e),
-                Ok(inp) => {
-                    guarded(|| (cell.class.ctor)(&inp)).map_err(|f| task_error(&format!("{}.__init__", cell.class.name).into(), f, 1))
-                }
-            }
+            with_inputs(&self.args, |inp| guarded(|| (cell.class.ctor)(inp)))
+                .and_then(|r| r.map_err(|f| task_error(&format!("{}.__init__", cell.class.name).into(), f, 1)))
         };
         match built {
             Ok(state) => cell.runner().state = Some(state),

@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::ids::ObjectId;
 use crate::store::Blob;
 use crate::task::TaskSpec;
+use rayhpc_objstore::View;
 
 /// The value of a finished object: its bytes, or the error of the task that should have
 /// produced it.
@@ -254,30 +255,38 @@ impl<T> std::hash::Hash for ObjectRef<T> {
     }
 }
 
-/// A read-only, zero-copy view of an object's bytes. The object stays alive (pinned) while
-/// the view does.
+/// A read-only, zero-copy view of an object's bytes. The object stays alive (and, when in
+/// the store, pinned in memory) while the view does.
 pub struct ObjectView {
     slot: Arc<Slot>,
+    /// The pin of a stored object; `None` for an inline one.
+    view: Option<View>,
 }
 
 impl ObjectView {
     /// A view of a slot whose value is `Ok`.
-    pub(crate) fn new(slot: Arc<Slot>) -> Self {
-        debug_assert!(matches!(slot.get(), Some(Ok(_))));
-        ObjectView { slot }
+    pub(crate) fn new(slot: Arc<Slot>) -> Result<Self, Error> {
+        let view = match slot.get() {
+            Some(Ok(Blob::Stored(o))) => Some(o.view().map_err(crate::store::store_error)?),
+            _ => None,
+        };
+        Ok(ObjectView { slot, view })
     }
 
     /// True when the bytes live in the object store rather than inline.
     pub fn is_stored(&self) -> bool {
-        matches!(self.slot.get(), Some(Ok(b)) if b.is_stored())
+        self.view.is_some()
     }
 }
 
 impl Deref for ObjectView {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
+        if let Some(v) = &self.view {
+            return v;
+        }
         match self.slot.get() {
-            Some(Ok(b)) => b.bytes(),
+            Some(Ok(Blob::Inline(b))) => b,
             _ => &[],
         }
     }

@@ -16,7 +16,7 @@ use crate::actor::{ActorCell, ActorHandle, ClassEntry, CreateSpec};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::function::{ArgSpec, ArgSpecPub, FnEntry};
-use crate::ids::{ActorId, TaskId};
+use crate::ids::{ActorId, ObjectId, TaskId};
 use crate::object::{Notify, ObjectRef, ObjectView, Outcome, Slot, Waiter};
 use crate::options::{Options, DEFAULT_MAX_RETRIES};
 use crate::store::Blob;
@@ -47,6 +47,11 @@ pub struct Config {
     /// Page sizes for the object store's arena (default: hugetlb 2 MiB pages when reserved,
     /// else THP, else 4 KiB).
     pub hugepages: Hugepages,
+    /// Where the object store spills when memory runs short (default: a per-job directory
+    /// under the temporary directory, removed at shutdown).
+    pub spill_dir: Option<std::path::PathBuf>,
+    /// How long a put waits for pinned objects to go when the store is full (default 5 s).
+    pub store_full_wait: Duration,
     /// How long an idle executor spins before it parks (default 50 µs).
     pub spin: Duration,
     /// This node's number in a cluster (0 when embedded).
@@ -64,6 +69,8 @@ impl Default for Config {
             inline_threshold: DEFAULT_INLINE_THRESHOLD,
             object_store_memory: None,
             hugepages: Hugepages::Auto,
+            spill_dir: None,
+            store_full_wait: Duration::from_secs(5),
             spin: Duration::from_micros(50),
             node_id: 0,
         }
@@ -89,6 +96,11 @@ impl Config {
     /// Sets the number of executor threads.
     pub fn executors(mut self, n: usize) -> Self {
         self.executors = Some(n);
+        self
+    }
+    /// Sets the spill directory.
+    pub fn spill_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.spill_dir = Some(dir.into());
         self
     }
     /// Sets the object store capacity.
@@ -157,9 +169,10 @@ impl Runtime {
         let mut resources = vec![("CPU".to_string(), config.num_cpus.unwrap_or(executors as f64)), ("GPU".to_string(), config.num_gpus)];
         resources.extend(config.resources.iter().cloned());
         let store = Store::new(&StoreConfig {
-            capacity: config.object_store_memory.unwrap_or_else(default_store_bytes),
             hugepages: config.hugepages,
-            populate: false,
+            spill_dir: config.spill_dir.clone(),
+            full_wait: config.store_full_wait,
+            ..StoreConfig::new(config.object_store_memory.unwrap_or_else(default_store_bytes))
         })
         .map_err(|e| Error::Invalid(format!("cannot create the object store: {e}")))?;
         let inner = Arc::new(RuntimeInner {
@@ -258,12 +271,13 @@ impl Runtime {
         if self.is_shutdown() {
             return Err(Error::Shutdown);
         }
+        let id = self.next_task_id().object(0);
         let blob = if bytes.len() <= self.inner.inline_threshold {
             Blob::Inline(bytes.to_vec())
         } else {
-            crate::store::put(&self.inner.store, bytes)?
+            crate::store::put(&self.inner.store, id, bytes)?
         };
-        Ok(ObjectRef::from_slot(Slot::ready(self.next_task_id().object(0), Ok(blob))))
+        Ok(ObjectRef::from_slot(Slot::ready(id, Ok(blob))))
     }
 
     pub(crate) fn next_task_id(&self) -> TaskId {
@@ -279,8 +293,9 @@ impl Runtime {
             return Err(Error::Shutdown);
         }
         let bytes = codec::encode(value)?;
-        let blob = self.inner.seal(bytes)?;
-        Ok(ObjectRef::from_slot(Slot::ready(self.next_task_id().object(0), Ok(blob))))
+        let id = self.next_task_id().object(0);
+        let blob = self.inner.seal(id, bytes)?;
+        Ok(ObjectRef::from_slot(Slot::ready(id, Ok(blob))))
     }
 
     /// Waits for an object and decodes it. A failed task's error comes back as it was.
@@ -328,7 +343,7 @@ impl Runtime {
     pub fn get_bytes<T>(&self, r: &ObjectRef<T>) -> Result<ObjectView> {
         self.wait_slot(&r.slot, None);
         match r.slot.get() {
-            Some(Ok(_)) => Ok(ObjectView::new(r.slot.clone())),
+            Some(Ok(_)) => ObjectView::new(r.slot.clone()),
             Some(Err(e)) => Err(e.clone()),
             None => Err(Error::Shutdown),
         }
@@ -521,7 +536,7 @@ impl Runtime {
 
 fn read<T: DeserializeOwned>(slot: &Slot) -> Result<T> {
     match slot.get() {
-        Some(Ok(b)) => codec::decode(b.bytes()),
+        Some(Ok(b)) => codec::decode(&b.read()?),
         Some(Err(e)) => Err(e.clone()),
         None => Err(Error::Shutdown),
     }
@@ -562,12 +577,12 @@ impl RuntimeInner {
         })
     }
 
-    /// Seals result bytes: inline when small, else into the store.
-    pub(crate) fn seal(&self, bytes: Vec<u8>) -> Outcome {
+    /// Seals result bytes of object `id`: inline when small, else into the store.
+    pub(crate) fn seal(&self, id: ObjectId, bytes: Vec<u8>) -> Outcome {
         if bytes.len() <= self.inline_threshold {
             Ok(Blob::Inline(bytes))
         } else {
-            crate::store::put(&self.store, &bytes)
+            crate::store::put(&self.store, id, &bytes)
         }
     }
 }

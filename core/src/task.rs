@@ -19,6 +19,7 @@ use crate::function::{ArgSpec, Failure, FnEntry};
 use crate::ids::TaskId;
 use crate::object::{Notify, Slot, Waiter};
 use crate::runtime::{with_current, RuntimeInner};
+use crate::store::Bytes;
 
 /// Everything needed to run one task, here or elsewhere.
 pub(crate) struct TaskSpec {
@@ -141,19 +142,23 @@ pub(crate) fn submit_when_ready(rt: &Arc<RuntimeInner>, job: Work, class: ClassI
     p.notify();
 }
 
-/// Resolves argument bytes. `Err` carries the error of the first failed argument, which
-/// becomes the task's own result (Ray's propagation).
-pub(crate) fn inputs(args: &[ArgSpec]) -> Result<Vec<&[u8]>, Error> {
-    args.iter()
+/// Resolves argument bytes and runs `f` over them (stored arguments stay pinned meanwhile).
+/// `Err` carries the error of the first failed argument, which becomes the task's own result
+/// (Ray's propagation).
+pub(crate) fn with_inputs<R>(args: &[ArgSpec], f: impl FnOnce(&[&[u8]]) -> R) -> Result<R, Error> {
+    let held = args
+        .iter()
         .map(|a| match a {
-            ArgSpec::Value(b) => Ok(b.as_slice()),
+            ArgSpec::Value(b) => Ok(Bytes::Inline(b.as_slice())),
             ArgSpec::Ref(s) => match s.get() {
-                Some(Ok(blob)) => Ok(blob.bytes()),
+                Some(Ok(blob)) => blob.read(),
                 Some(Err(e)) => Err(e.clone()),
                 None => Err(Error::Invalid(format!("argument object {} was not ready when the task started", s.id))),
             },
         })
-        .collect()
+        .collect::<Result<Vec<Bytes<'_>>, Error>>()?;
+    let slices: Vec<&[u8]> = held.iter().map(|b| &**b).collect();
+    Ok(f(&slices))
 }
 
 /// Runs `f`, turning a panic into a [`Failure`].
@@ -180,16 +185,16 @@ pub(crate) fn task_error(function: &Arc<str>, f: Failure, attempts: u32) -> Erro
 
 pub(crate) fn execute(mut t: Box<TaskSpec>, rt: &RuntimeInner) {
     t.attempts += 1;
-    let outcome = match inputs(&t.args) {
+    let outcome = match with_inputs(&t.args, |inp| guarded(|| (t.func.invoke)(inp))) {
         Err(e) => {
             t.ret.complete(Err(e));
             return;
         }
-        Ok(inp) => guarded(|| (t.func.invoke)(&inp)),
+        Ok(out) => out,
     };
     match outcome {
         Ok(bytes) => {
-            t.ret.complete(rt.seal(bytes));
+            t.ret.complete(rt.seal(t.ret.id, bytes));
         }
         Err(f) => {
             let retry = t.retry_exceptions && t.retries_left != 0 && f.kind != FailureKind::BadArguments;

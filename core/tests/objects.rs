@@ -79,12 +79,27 @@ fn small_objects_stay_inline_large_ones_go_to_the_store() {
 
 #[test]
 fn objects_over_capacity_fail_clearly_and_lose_nothing() {
-    let rt = common::rt_with(Config { inline_threshold: 1024, object_store_memory: Some(1 << 20), ..Config::default() });
+    let spill = std::env::temp_dir().join(format!("rayhpc-test-spill-{}", std::process::id()));
+    let rt = common::rt_with(Config {
+        inline_threshold: 1024,
+        object_store_memory: Some(1 << 20),
+        store_full_wait: Duration::from_millis(100),
+        spill_dir: Some(spill.clone()),
+        ..Config::default()
+    });
     let keep = rt.put(&vec![1u8; 600_000]).unwrap();
     match rt.put(&vec![0u8; 2 << 20]) {
         Err(Error::ObjectTooLarge { size, capacity }) => assert!(size > 2 << 20 && capacity == 1 << 20),
         other => panic!("{other:?}"),
     }
+    // A second object that does not fit beside the first: the first is spilled to disk.
+    let second = rt.put(&vec![2u8; 600_000]).unwrap();
+    assert!(spill.read_dir().unwrap().count() == 1, "one object on disk");
+    // Reading the first restores it (spilling the second).
+    let pinned = rt.get_bytes(&keep).unwrap();
+    assert!(pinned[8..].iter().all(|&b| b == 1));
+    // With the first pinned and the second referenced, a third cannot fit: a clear error
+    // after the bounded wait.
     match rt.put(&vec![0u8; 600_000]) {
         Err(e @ Error::StoreFull { .. }) => assert!(e.to_string().contains("object store full"), "{e}"),
         other => panic!("{other:?}"),
@@ -94,8 +109,13 @@ fn objects_over_capacity_fail_clearly_and_lose_nothing() {
     let r = make.remote(&rt, (3usize << 20,)).unwrap();
     assert!(matches!(rt.get(&r), Err(Error::ObjectTooLarge { .. })));
     // What was stored before is intact.
+    drop(pinned);
     assert_eq!(rt.get(&keep).unwrap(), vec![1u8; 600_000]);
+    assert_eq!(rt.get(&second).unwrap(), vec![2u8; 600_000]);
+    drop((keep, second));
     rt.shutdown();
+    drop(rt);
+    assert!(!spill.exists(), "the spill directory goes with the store");
 }
 
 #[test]

@@ -13,6 +13,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::atomic::AtomicU64;
 
 /// What backs the arena.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +38,31 @@ impl fmt::Display for Backing {
             Backing::HugetlbFs => "hugetlbfs file",
             Backing::Thp => "thp (madvise)",
             Backing::Small => "4k pages",
+        })
+    }
+}
+
+impl Backing {
+    /// A number for the shared header.
+    pub fn code(self) -> u64 {
+        match self {
+            Backing::Hugetlb1G => 1,
+            Backing::Hugetlb2M => 2,
+            Backing::HugetlbFs => 3,
+            Backing::Thp => 4,
+            Backing::Small => 5,
+        }
+    }
+
+    /// The backing a header number names.
+    pub fn from_code(c: u64) -> Option<Backing> {
+        Some(match c {
+            1 => Backing::Hugetlb1G,
+            2 => Backing::Hugetlb2M,
+            3 => Backing::HugetlbFs,
+            4 => Backing::Thp,
+            5 => Backing::Small,
+            _ => return None,
         })
     }
 }
@@ -101,10 +127,14 @@ fn size_fd(fd: &OwnedFd, len: usize) -> io::Result<()> {
 
 /// Maps `len` bytes of `fd` shared and read-write; `populate` faults every page in now.
 fn map(fd: &OwnedFd, len: usize, populate: bool) -> io::Result<NonNull<u8>> {
+    map_prot(fd, len, populate, libc::PROT_READ | libc::PROT_WRITE)
+}
+
+fn map_prot(fd: &OwnedFd, len: usize, populate: bool, prot: libc::c_int) -> io::Result<NonNull<u8>> {
     let flags = libc::MAP_SHARED | if populate { libc::MAP_POPULATE } else { 0 };
     // SAFETY: a fresh mapping chosen by the kernel (addr NULL) of a valid descriptor whose
     // size is at least `len`; nothing else is affected.
-    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, fd.as_raw_fd(), 0) };
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, fd.as_raw_fd(), 0) };
     if p == libc::MAP_FAILED {
         return Err(io::Error::last_os_error());
     }
@@ -201,6 +231,43 @@ impl Arena {
         size_fd(&fd, len)?;
         let base = map(&fd, len, true)?;
         Ok(Arena { base, len, fd, backing: Backing::HugetlbFs, fallback: None })
+    }
+
+    /// A small shared mapping of plain pages, zeroed and faulted in (the object table).
+    ///
+    /// # Errors
+    /// The memfd could not be created, sized or mapped.
+    pub fn plain(len: usize, name: &str) -> io::Result<Arena> {
+        let len = len.max(1).next_multiple_of(4096);
+        let fd = memfd(name, 0)?;
+        size_fd(&fd, len)?;
+        let base = map(&fd, len, true)?;
+        Ok(Arena { base, len, fd, backing: Backing::Small, fallback: None })
+    }
+
+    /// Maps an arena another process created, whole (its size is the file's), read-write or
+    /// read-only. `backing` is what the creator reported.
+    ///
+    /// # Errors
+    /// The descriptor cannot be measured or mapped.
+    pub fn attach(fd: OwnedFd, writable: bool, backing: Backing) -> io::Result<Arena> {
+        let len = std::fs::File::from(fd.try_clone()?).metadata()?.len() as usize;
+        if len == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "shared arena of zero bytes"));
+        }
+        let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
+        let base = map_prot(&fd, len, false, prot)?;
+        Ok(Arena { base, len, fd, backing, fallback: None })
+    }
+
+    /// The mapping as 64-bit atomic words: how the object table is shared between processes,
+    /// which touch it only through atomic operations.
+    pub fn words(&self) -> &[AtomicU64] {
+        // SAFETY: the mapping is page-aligned (so 8-byte aligned), `len / 8` words long, and
+        // lives as long as `&self`. Every process maps it shared and accesses it only through
+        // atomics, which is what `AtomicU64` requires of memory that others write concurrently.
+        // A read-only mapping is never handed to `words` (the table is always mapped writable).
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr().cast::<AtomicU64>(), self.len / 8) }
     }
 
     /// Faults every page in by writing one byte per 4 KiB (a no-op for content: zeroes).

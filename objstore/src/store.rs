@@ -1,17 +1,29 @@
-//! Objects in the arena: allocate a buffer, write it, seal it, read it in place.
+//! Objects in the arena: create (reserve a buffer) → write → seal → view (pin) → release;
+//! under memory pressure, eviction and spilling to disk with transparent restore.
 //!
-//! This stage serves one process: a sealed object is an [`Sealed`] value whose owners
-//! (reference counts above) keep it alive, and whose bytes go back to the allocator when
-//! the last one drops. Pages are never given back to the kernel on free: a re-faulted page
-//! costs far more than the copy into it.
+//! The store's process is the only writer of the allocator and the object table; it does
+//! every change under one mutex. Reading is lock-free for everyone: a view pins its entry in
+//! the shared table (see [`crate::table`]) and reads the arena in place. Other processes
+//! reach the store through [`crate::server`] and [`crate::client`].
+//!
+//! References decide what may go: an object held by somebody (an [`Object`] handle in this
+//! process, or a client's reference) is spilled when memory runs short and restored on the
+//! next view; an object nobody holds is deleted as soon as nobody pins it; a *cached* object
+//! (sealed with [`Allocation::seal_cached`]: a copy whose primary lives elsewhere) stays until
+//! the space is needed, then is evicted, least recently used first. Pages are never given
+//! back to the kernel on free: a re-faulted page costs far more than the copy into it.
 
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::alloc::{AllocError, Tlsf, GRANULE};
 use crate::shm::{Arena, Backing, Hugepages};
+use crate::table::{self, InsertError, Pin, Pins, State, Table, MAX_CLIENTS};
 
 /// Objects at least this large are 4 KiB aligned (page-aligned I/O and registration).
 pub const LARGE: usize = 64 * 1024;
@@ -25,9 +37,29 @@ pub struct StoreConfig {
     pub hugepages: Hugepages,
     /// Fault every page in at start (hugetlb arenas always are).
     pub populate: bool,
+    /// Most objects held at once (in memory or spilled); 0 derives it from the capacity.
+    pub max_objects: usize,
+    /// Where spilled objects go; `None`: a per-job directory under the temporary directory.
+    pub spill_dir: Option<PathBuf>,
+    /// How long a create waits for pinned objects to be released when the store is full.
+    pub full_wait: Duration,
 }
 
-/// Why an object could not be stored.
+impl StoreConfig {
+    /// `capacity` bytes, every other setting at its default.
+    pub fn new(capacity: usize) -> StoreConfig {
+        StoreConfig {
+            capacity,
+            hugepages: Hugepages::Auto,
+            populate: false,
+            max_objects: 0,
+            spill_dir: None,
+            full_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why the store refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
@@ -39,91 +71,586 @@ pub enum StoreError {
         /// Store capacity.
         capacity: usize,
     },
-    /// No room now: every byte is held by live objects (or too fragmented).
-    #[error("object store full: {size} bytes asked, {used} of {capacity} bytes in use (largest free block {largest})")]
+    /// No room after evicting and spilling everything that may go and waiting for pins.
+    #[error("object store out of memory: {size} bytes asked, {used} of {capacity} bytes in use, {pinned} objects pinned (largest free block {largest})")]
     Full {
         /// Object size.
         size: usize,
-        /// Bytes in use.
+        /// Bytes in memory.
         used: usize,
         /// Capacity.
         capacity: usize,
         /// Largest free block.
         largest: usize,
+        /// Objects held in memory by pins or unsealed.
+        pinned: usize,
     },
+    /// The object table is full.
+    #[error("object table full: {objects} objects")]
+    TableFull {
+        /// Its size.
+        objects: usize,
+    },
+    /// An object with this key exists.
+    #[error("object {key:032x} exists")]
+    Exists {
+        /// The key.
+        key: u128,
+    },
+    /// No such object (or not sealed yet).
+    #[error("object {key:032x} not found")]
+    NotFound {
+        /// The key.
+        key: u128,
+    },
+    /// Spilling or restoring failed.
+    #[error("spill: {0}")]
+    Spill(String),
+    /// A malformed or out-of-order request.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// The store's process is gone.
+    #[error("store disconnected: {0}")]
+    Disconnected(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Life {
+    Creating,
+    Sealed,
+    Spilled,
+}
+
+#[derive(Debug)]
+struct Info {
+    key: u128,
+    len: usize,
+    off: usize,
+    refs: u32,
+    creator: u32,
+    life: Life,
+    cached: bool,
+}
+
+struct Inner {
+    alloc: Tlsf,
+    live: HashMap<u32, Info>,
+    /// Nobody holds them; delete when unpinned.
+    doomed: HashSet<u32>,
+    /// Bit `i`: client index `i` is in use (0 is this process).
+    clients: u128,
+    spill_dir_made: bool,
+}
+
+/// Counters since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Objects written to disk.
+    pub spilled: u64,
+    /// Bytes written to disk.
+    pub spilled_bytes: u64,
+    /// Objects read back.
+    pub restored: u64,
+    /// Bytes read back.
+    pub restored_bytes: u64,
+    /// Cached objects evicted.
+    pub evicted: u64,
 }
 
 /// The object store of one node.
 pub struct Store {
     arena: Arena,
+    table: Table,
     /// The configured capacity (the arena may be larger: whole pages).
     capacity: usize,
-    alloc: Mutex<Tlsf>,
+    full_wait: Duration,
+    spill_dir: PathBuf,
+    inner: Mutex<Inner>,
+    pins: Pins,
     used: AtomicUsize,
     objects: AtomicUsize,
+    on_disk: AtomicUsize,
+    doomed: AtomicUsize,
+    spilled: AtomicU64,
+    spilled_bytes: AtomicU64,
+    restored: AtomicU64,
+    restored_bytes: AtomicU64,
+    evicted: AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("arena", &self.arena).field("used", &self.used()).finish()
+        f.debug_struct("Store").field("arena", &self.arena).field("used", &self.used()).field("objects", &self.objects()).finish()
     }
 }
 
+fn default_spill_dir() -> PathBuf {
+    let job = std::env::var("SLURM_JOB_ID").map(|j| format!("job{j}-")).unwrap_or_default();
+    std::env::temp_dir().join(format!("rayhpc-spill-{job}{}-{}", std::process::id(), crate::unique()))
+}
+
 impl Store {
-    /// Creates the arena and its allocator.
+    /// Creates the arena, the object table and the allocator.
     ///
     /// # Errors
-    /// The arena could not be mapped with any backing.
+    /// The arena or the table could not be mapped.
     pub fn new(config: &StoreConfig) -> io::Result<Arc<Store>> {
         let capacity = config.capacity.max(GRANULE as usize) / GRANULE as usize * GRANULE as usize;
         let arena = Arena::create(capacity, config.hugepages, config.populate)?;
-        let alloc = Mutex::new(Tlsf::new(capacity as u64));
-        Ok(Arc::new(Store { arena, capacity, alloc, used: AtomicUsize::new(0), objects: AtomicUsize::new(0) }))
+        let max_objects = if config.max_objects > 0 { config.max_objects } else { (capacity / 8192).clamp(16 * 1024, 4 << 20) };
+        let table = Table::create(max_objects * 2)?;
+        table.h(table::H_CAPACITY).store(capacity as u64, Ordering::Relaxed);
+        table.h(table::H_ARENA_LEN).store(arena.len() as u64, Ordering::Relaxed);
+        table.h(table::H_BACKING).store(arena.backing().code(), Ordering::Relaxed);
+        let inner =
+            Inner { alloc: Tlsf::new(capacity as u64), live: HashMap::new(), doomed: HashSet::new(), clients: 1, spill_dir_made: false };
+        Ok(Arc::new(Store {
+            arena,
+            table,
+            capacity,
+            full_wait: config.full_wait,
+            spill_dir: config.spill_dir.clone().unwrap_or_else(default_spill_dir),
+            inner: Mutex::new(inner),
+            pins: Pins::new(0),
+            used: AtomicUsize::new(0),
+            objects: AtomicUsize::new(0),
+            on_disk: AtomicUsize::new(0),
+            doomed: AtomicUsize::new(0),
+            spilled: AtomicU64::new(0),
+            spilled_bytes: AtomicU64::new(0),
+            restored: AtomicU64::new(0),
+            restored_bytes: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+        }))
     }
 
-    fn alloc(&self) -> std::sync::MutexGuard<'_, Tlsf> {
-        // Every allocator update is applied whole before anything can panic.
-        self.alloc.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every update under the lock is whole before anything in it can panic.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Reserves a writable buffer of `len` bytes.
+    /// Reserves a writable buffer of `len` bytes for `key`.
     ///
     /// # Errors
-    /// [`StoreError::TooLarge`] beyond the capacity, [`StoreError::Full`] when live objects
-    /// leave no block large enough.
-    pub fn allocate(self: &Arc<Self>, len: usize) -> Result<Allocation, StoreError> {
-        let capacity = self.capacity;
-        if len > capacity {
-            return Err(StoreError::TooLarge { size: len, capacity });
-        }
-        let align = if len >= LARGE { 4096 } else { GRANULE };
-        let off = self.alloc().alloc(len.max(1) as u64, align).map_err(|e| match e {
-            AllocError::TooLarge { .. } => StoreError::TooLarge { size: len, capacity },
-            AllocError::Full { largest, .. } => StoreError::Full { size: len, used: self.used(), capacity, largest: largest as usize },
-            AllocError::Invalid(_) => unreachable!("length and alignment are valid by construction"),
-        })?;
-        self.used.fetch_add(len, Ordering::Relaxed);
-        self.objects.fetch_add(1, Ordering::Relaxed);
-        Ok(Allocation(Sealed { store: self.clone(), off: off as usize, len }))
+    /// [`StoreError::TooLarge`] beyond the capacity, [`StoreError::Exists`] for a live key,
+    /// [`StoreError::Full`] when nothing more can be evicted or spilled within the wait.
+    pub fn create(self: &Arc<Self>, key: u128, len: usize) -> Result<Allocation, StoreError> {
+        let (slot, off) = self.create_for(key, len, 0)?;
+        Ok(Allocation { store: self.clone(), slot, off, len, key, done: false })
     }
 
     /// Copies `bytes` into a new sealed object (one copy).
     ///
     /// # Errors
-    /// As [`Store::allocate`].
-    pub fn put(self: &Arc<Self>, bytes: &[u8]) -> Result<Sealed, StoreError> {
-        let mut a = self.allocate(bytes.len())?;
+    /// As [`Store::create`].
+    pub fn put(self: &Arc<Self>, key: u128, bytes: &[u8]) -> Result<Object, StoreError> {
+        let mut a = self.create(key, bytes.len())?;
         a.as_mut_slice().copy_from_slice(bytes);
         Ok(a.seal())
     }
 
-    /// Bytes held by live objects.
+    /// A view of the sealed object `key`, restored from disk if it was spilled; `None` when
+    /// absent or not sealed yet.
+    ///
+    /// # Errors
+    /// A spilled object could not be restored.
+    pub fn get(self: &Arc<Self>, key: u128) -> Result<Option<View>, StoreError> {
+        let Some((slot, _)) = self.table.lookup(key) else { return Ok(None) };
+        match self.view_slot(slot, key) {
+            Ok(v) => Ok(Some(v)),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(crate) fn create_for(&self, key: u128, len: usize, client: u32) -> Result<(u32, usize), StoreError> {
+        if len > self.capacity {
+            return Err(StoreError::TooLarge { size: len, capacity: self.capacity });
+        }
+        let g = self.lock();
+        if self.table.lookup(key).is_some() {
+            return Err(StoreError::Exists { key });
+        }
+        let (mut g, off) = self.room(g, len);
+        let off = off?;
+        match self.table.insert(key, off, len, client) {
+            Ok(slot) => {
+                g.live.insert(slot, Info { key, len, off, refs: 0, creator: client, life: Life::Creating, cached: false });
+                self.used.fetch_add(len, Ordering::Relaxed);
+                self.objects.fetch_add(1, Ordering::Relaxed);
+                self.publish();
+                Ok((slot, off))
+            }
+            Err(e) => {
+                g.alloc.free(off as u64);
+                Err(match e {
+                    InsertError::Exists => StoreError::Exists { key },
+                    InsertError::Full => StoreError::TableFull { objects: self.table.slots() / 2 },
+                })
+            }
+        }
+    }
+
+    pub(crate) fn seal_for(&self, slot: u32, client: u32, cached: bool) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        let info = g
+            .live
+            .get_mut(&slot)
+            .filter(|i| i.life == Life::Creating && i.creator == client)
+            .ok_or_else(|| StoreError::Protocol(format!("seal of slot {slot}, which client {client} is not creating")))?;
+        info.life = Life::Sealed;
+        info.cached = cached;
+        info.refs = u32::from(!cached);
+        self.table.seal(slot, info.off);
+        Ok(())
+    }
+
+    pub(crate) fn abort_for(&self, slot: u32, client: u32) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        match g.live.get(&slot) {
+            Some(i) if i.life == Life::Creating && i.creator == client => {
+                self.delete(&mut g, slot);
+                Ok(())
+            }
+            _ => Err(StoreError::Protocol(format!("abort of slot {slot}, which client {client} is not creating"))),
+        }
+    }
+
+    /// Adds `n` references to a sealed object (a client that reads it keeps it alive).
+    pub(crate) fn add_ref(&self, slot: u32, key: u128) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        match g.live.get_mut(&slot) {
+            Some(i) if i.key == key && i.life != Life::Creating => {
+                i.refs += 1;
+                if i.refs == 1 && g.doomed.remove(&slot) {
+                    self.doomed.fetch_sub(1, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+            _ => Err(StoreError::NotFound { key }),
+        }
+    }
+
+    /// Drops one reference; the last one deletes the object (now, or when unpinned).
+    pub(crate) fn unref(&self, slot: u32) {
+        let mut g = self.lock();
+        let Some(info) = g.live.get_mut(&slot) else { return };
+        debug_assert!(info.refs > 0, "unref of an object nobody holds");
+        info.refs = info.refs.saturating_sub(1);
+        if info.refs == 0 && !info.cached {
+            self.try_delete(&mut g, slot);
+        }
+    }
+
+    /// Deletes an unreferenced object now if nobody pins it, else when the last pin goes.
+    fn try_delete(&self, g: &mut Inner, slot: u32) {
+        match g.live.get(&slot).map(|i| i.life) {
+            Some(Life::Spilled) => self.delete(g, slot),
+            Some(Life::Sealed) if self.table.try_exclusive(slot) => self.delete(g, slot),
+            Some(Life::Sealed) if g.doomed.insert(slot) => {
+                self.doomed.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    /// Removes an entry the caller holds exclusively and gives its memory or file back.
+    fn delete(&self, g: &mut Inner, slot: u32) {
+        let Some(info) = g.live.remove(&slot) else { return };
+        if g.doomed.remove(&slot) {
+            self.doomed.fetch_sub(1, Ordering::Relaxed);
+        }
+        match info.life {
+            Life::Creating | Life::Sealed => {
+                let freed = g.alloc.free(info.off as u64);
+                debug_assert!(freed.is_some(), "object at {} freed twice", info.off);
+                self.used.fetch_sub(info.len, Ordering::Relaxed);
+            }
+            Life::Spilled => {
+                let _ = std::fs::remove_file(self.spill_path(info.key));
+                self.on_disk.fetch_sub(info.len, Ordering::Relaxed);
+            }
+        }
+        self.objects.fetch_sub(1, Ordering::Relaxed);
+        self.table.remove(slot);
+        self.publish();
+    }
+
+    /// Deletes unreferenced objects whose last pin has gone.
+    pub fn sweep(&self) {
+        if self.doomed.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut g = self.lock();
+        self.sweep_locked(&mut g);
+    }
+
+    fn sweep_locked(&self, g: &mut Inner) {
+        let doomed: Vec<u32> = g.doomed.iter().copied().collect();
+        for slot in doomed {
+            if self.table.try_exclusive(slot) {
+                self.delete(g, slot);
+            }
+        }
+    }
+
+    fn publish(&self) {
+        self.table.h(table::H_USED).store(self.used() as u64, Ordering::Relaxed);
+        self.table.h(table::H_OBJECTS).store(self.objects() as u64, Ordering::Relaxed);
+    }
+
+    /// Allocates `len` bytes, evicting and spilling as needed, waiting up to `full_wait` for
+    /// pins to go when nothing else can. The lock is released while waiting.
+    fn room<'a>(&'a self, mut g: MutexGuard<'a, Inner>, len: usize) -> (MutexGuard<'a, Inner>, Result<usize, StoreError>) {
+        let align = if len >= LARGE { 4096 } else { GRANULE };
+        let mut deadline = None;
+        let mut nap = Duration::from_micros(200);
+        loop {
+            let largest = match g.alloc.alloc(len.max(1) as u64, align) {
+                Ok(off) => return (g, Ok(off as usize)),
+                Err(AllocError::Full { largest, .. }) => largest as usize,
+                Err(_) => return (g, Err(StoreError::TooLarge { size: len, capacity: self.capacity })),
+            };
+            match self.make_room(&mut g, len + align as usize) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => return (g, Err(e)),
+            }
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.full_wait);
+            if Instant::now() >= deadline {
+                let pinned = g.live.values().filter(|i| i.life != Life::Spilled).count();
+                let e = StoreError::Full { size: len, used: self.used(), capacity: self.capacity, largest, pinned };
+                return (g, Err(e));
+            }
+            drop(g);
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(Duration::from_millis(20));
+            g = self.lock();
+        }
+    }
+
+    /// Frees memory until a block of `need` bytes may exist (and at least a 32nd of the
+    /// store, so that a stream of puts under pressure does not pay a scan each): unreferenced
+    /// objects first, then referenced ones are spilled, least recently used first. Returns
+    /// whether anything was freed.
+    fn make_room(&self, g: &mut Inner, need: usize) -> Result<bool, StoreError> {
+        self.sweep_locked(g);
+        let target = need.max(self.capacity / 32).min(self.capacity);
+        if g.alloc.largest_free() as usize >= target {
+            return Ok(true);
+        }
+        let mut victims: Vec<(bool, u64, u32)> = g
+            .live
+            .iter()
+            .filter(|(_, i)| i.life == Life::Sealed)
+            .map(|(&slot, i)| (i.refs > 0, self.table.tick(slot), slot))
+            .filter(|&(_, _, slot)| !self.table.pinned(slot))
+            .collect();
+        victims.sort_unstable();
+        let mut freed = false;
+        let mut failure = None;
+        for (held, _, slot) in victims {
+            if !self.table.try_exclusive(slot) {
+                continue;
+            }
+            if held {
+                if let Err(e) = self.spill(g, slot) {
+                    self.table.release_exclusive(slot);
+                    failure = Some(e);
+                    break;
+                }
+            } else {
+                self.delete(g, slot);
+                self.evicted.fetch_add(1, Ordering::Relaxed);
+            }
+            freed = true;
+            if g.alloc.largest_free() as usize >= target {
+                break;
+            }
+        }
+        self.table.bump_clock();
+        match failure {
+            Some(e) if !freed => Err(e),
+            _ => Ok(freed),
+        }
+    }
+
+    fn spill_path(&self, key: u128) -> PathBuf {
+        self.spill_dir.join(format!("{key:032x}"))
+    }
+
+    /// Writes a sealed object the caller holds exclusively to disk and frees its memory.
+    fn spill(&self, g: &mut Inner, slot: u32) -> Result<(), StoreError> {
+        let (key, off, len) = {
+            let i = &g.live[&slot];
+            (i.key, i.off, i.len)
+        };
+        if !g.spill_dir_made {
+            std::fs::create_dir_all(&self.spill_dir)
+                .map_err(|e| StoreError::Spill(format!("cannot create {}: {e}", self.spill_dir.display())))?;
+            g.spill_dir_made = true;
+        }
+        let path = self.spill_path(key);
+        // SAFETY: the object is sealed (nobody writes it) and held exclusively (nobody frees
+        // or moves it) until this function returns.
+        let bytes = unsafe { self.arena.bytes(off, len) };
+        crate::spill::write(&path, bytes).map_err(|e| StoreError::Spill(format!("writing {len} bytes to {}: {e}", path.display())))?;
+        g.alloc.free(off as u64);
+        let info = g.live.get_mut(&slot).expect("victim is live");
+        info.life = Life::Spilled;
+        self.table.mark_spilled(slot);
+        self.used.fetch_sub(len, Ordering::Relaxed);
+        self.on_disk.fetch_add(len, Ordering::Relaxed);
+        self.spilled.fetch_add(1, Ordering::Relaxed);
+        self.spilled_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        self.publish();
+        Ok(())
+    }
+
+    /// Reads a spilled object back into memory and unblocks its readers.
+    fn restore<'a>(&'a self, g: MutexGuard<'a, Inner>, slot: u32) -> (MutexGuard<'a, Inner>, Result<(), StoreError>) {
+        let Some(&Info { key, len, .. }) = g.live.get(&slot) else { return (g, Ok(())) };
+        let (mut g, off) = self.room(g, len);
+        let off = match off {
+            Ok(off) => off,
+            Err(e) => return (g, Err(e)),
+        };
+        // The lock may have been released while waiting for room: look again.
+        if g.live.get(&slot).is_none_or(|i| i.key != key || i.life != Life::Spilled) {
+            g.alloc.free(off as u64);
+            return (g, Ok(()));
+        }
+        let path = self.spill_path(key);
+        // SAFETY: `off..off+len` was just allocated and is not yet published: nobody else
+        // reads or writes it.
+        let buf = unsafe { self.arena.bytes_mut(off, len) };
+        if let Err(e) = crate::spill::read(&path, buf) {
+            g.alloc.free(off as u64);
+            return (g, Err(StoreError::Spill(format!("reading {len} bytes from {}: {e}", path.display()))));
+        }
+        let _ = std::fs::remove_file(&path);
+        let info = g.live.get_mut(&slot).expect("checked above");
+        info.life = Life::Sealed;
+        info.off = off;
+        self.table.seal(slot, off);
+        self.used.fetch_add(len, Ordering::Relaxed);
+        self.on_disk.fetch_sub(len, Ordering::Relaxed);
+        self.restored.fetch_add(1, Ordering::Relaxed);
+        self.restored_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        self.publish();
+        (g, Ok(()))
+    }
+
+    /// Pins `slot` for this process, restoring it first if spilled.
+    fn view_slot(self: &Arc<Self>, slot: u32, key: u128) -> Result<View, StoreError> {
+        let w = self.table.state(slot);
+        if table::state_of(w) == State::Sealed && self.table.key(slot) == key && self.pins.pin(&self.table, slot, w) == Pin::Pinned {
+            let (off, len) = self.table.place(slot);
+            return Ok(View { store: self.clone(), slot, off, len });
+        }
+        // Slow path: under the lock nobody else can spill or move the entry.
+        let g = self.lock();
+        let (_g, r) = self.make_resident(g, slot, key);
+        r?;
+        let w = self.table.state(slot);
+        match self.pins.pin(&self.table, slot, w) {
+            Pin::Pinned => {
+                let (off, len) = self.table.place(slot);
+                Ok(View { store: self.clone(), slot, off, len })
+            }
+            other => Err(StoreError::Protocol(format!("pin of a resident object failed under the store lock ({other:?})"))),
+        }
+    }
+
+    /// Under the lock: restores `slot` if spilled; errors when it is not a sealed `key`.
+    fn make_resident<'a>(&'a self, g: MutexGuard<'a, Inner>, slot: u32, key: u128) -> (MutexGuard<'a, Inner>, Result<(), StoreError>) {
+        match g.live.get(&slot) {
+            Some(i) if i.key == key && i.life == Life::Sealed => (g, Ok(())),
+            Some(i) if i.key == key && i.life == Life::Spilled => {
+                let (g, r) = self.restore(g, slot);
+                match (r, g.live.get(&slot)) {
+                    (Err(e), _) => (g, Err(e)),
+                    (Ok(()), Some(i)) if i.key == key && i.life == Life::Sealed => (g, Ok(())),
+                    _ => (g, Err(StoreError::NotFound { key })),
+                }
+            }
+            _ => (g, Err(StoreError::NotFound { key })),
+        }
+    }
+
+    /// For a client: makes `slot` resident and sets the client's pin bit. Returns the state
+    /// word, offset and length.
+    pub(crate) fn pin_for(&self, slot: u32, key: u128, client: u32) -> Result<(u64, usize, usize), StoreError> {
+        let g = self.lock();
+        let (_g, r) = self.make_resident(g, slot, key);
+        r?;
+        self.table.pin_for(slot, client);
+        let (off, len) = self.table.place(slot);
+        Ok((self.table.state(slot), off, len))
+    }
+
+    /// A client index for a new connection, `None` when all are taken.
+    pub(crate) fn register_client(&self) -> Option<u32> {
+        let mut g = self.lock();
+        let free = (!g.clients).trailing_zeros();
+        if free >= MAX_CLIENTS {
+            return None;
+        }
+        g.clients |= 1 << free;
+        Some(free)
+    }
+
+    /// A client is gone (closed or died): its pins, unsealed buffers and references go.
+    pub(crate) fn reclaim_client(&self, client: u32, refs: &HashMap<u32, u32>) {
+        let mut g = self.lock();
+        for slot in 0..self.table.slots() as u32 {
+            self.table.clear_client(slot, client);
+        }
+        let unsealed: Vec<u32> = g.live.iter().filter(|(_, i)| i.life == Life::Creating && i.creator == client).map(|(&s, _)| s).collect();
+        for slot in unsealed {
+            self.delete(&mut g, slot);
+        }
+        for (&slot, &n) in refs {
+            if let Some(i) = g.live.get_mut(&slot) {
+                i.refs = i.refs.saturating_sub(n);
+                if i.refs == 0 && !i.cached {
+                    self.try_delete(&mut g, slot);
+                }
+            }
+        }
+        self.sweep_locked(&mut g);
+        g.clients &= !(1 << client);
+    }
+
+    pub(crate) fn table(&self) -> &Table {
+        &self.table
+    }
+
+    pub(crate) fn arena(&self) -> &Arena {
+        &self.arena
+    }
+
+    /// Bytes of objects in memory (sealed or being written).
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
     }
-    /// Live objects.
+    /// Objects held, in memory or on disk.
     pub fn objects(&self) -> usize {
         self.objects.load(Ordering::Relaxed)
+    }
+    /// Bytes of spilled objects on disk.
+    pub fn spilled_bytes(&self) -> usize {
+        self.on_disk.load(Ordering::Relaxed)
+    }
+    /// Counters since start.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            spilled: self.spilled.load(Ordering::Relaxed),
+            spilled_bytes: self.spilled_bytes.load(Ordering::Relaxed),
+            restored: self.restored.load(Ordering::Relaxed),
+            restored_bytes: self.restored_bytes.load(Ordering::Relaxed),
+            evicted: self.evicted.load(Ordering::Relaxed),
+        }
     }
     /// Capacity in bytes.
     pub fn capacity(&self) -> usize {
@@ -137,73 +664,160 @@ impl Store {
     pub fn fallback_reason(&self) -> Option<&str> {
         self.arena.fallback_reason()
     }
-
-    fn release(&self, off: usize, len: usize) {
-        let freed = self.alloc().free(off as u64);
-        debug_assert!(freed.is_some(), "object at {off} freed twice");
-        self.used.fetch_sub(len, Ordering::Relaxed);
-        self.objects.fetch_sub(1, Ordering::Relaxed);
+    /// The spill directory (created on the first spill, removed with the store).
+    pub fn spill_dir(&self) -> &std::path::Path {
+        &self.spill_dir
+    }
+    /// Fragmentation of the free space (0: one block; see [`Tlsf::fragmentation`]).
+    pub fn fragmentation(&self) -> f64 {
+        self.lock().alloc.fragmentation()
     }
 }
 
-/// A buffer being written: exclusive to its holder until [`Allocation::seal`]. Dropped
-/// unsealed, its bytes go back to the store (the inner object's drop frees them).
+impl Drop for Store {
+    fn drop(&mut self) {
+        let g = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        if g.spill_dir_made {
+            let _ = std::fs::remove_dir_all(&self.spill_dir);
+        }
+    }
+}
+
+/// A buffer being written: exclusive to its holder until sealed. Dropped unsealed, its
+/// bytes go back to the store.
 #[derive(Debug)]
-pub struct Allocation(Sealed);
+pub struct Allocation {
+    store: Arc<Store>,
+    slot: u32,
+    off: usize,
+    len: usize,
+    key: u128,
+    done: bool,
+}
 
 impl Allocation {
     /// The buffer.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        let o = &self.0;
-        // SAFETY: the allocator gave this range to this allocation alone and it is in the
-        // arena; nothing reads it before sealing, and `&mut self` makes the slice the only
+        // SAFETY: the allocator gave this range to this allocation alone and the entry is
+        // held (readers cannot pin it) until sealed; `&mut self` makes the slice the only
         // access while it lives.
-        unsafe { o.store.arena.bytes_mut(o.off, o.len) }
+        unsafe { self.store.arena.bytes_mut(self.off, self.len) }
     }
 
-    /// Makes the object immutable and readable: after this, no writable slice exists.
-    pub fn seal(self) -> Sealed {
-        self.0
+    /// Makes the object immutable and readable; the handle holds one reference.
+    pub fn seal(mut self) -> Object {
+        self.done = true;
+        self.store.seal_for(self.slot, 0, false).expect("this process created the entry");
+        Object(Arc::new(Held { store: self.store.clone(), slot: self.slot, key: self.key, len: self.len }))
+    }
+
+    /// Seals a copy nobody holds (its primary lives elsewhere): readers find it by key, and
+    /// it is evicted, least recently used first, when the space is needed.
+    pub fn seal_cached(mut self) {
+        self.done = true;
+        self.store.seal_for(self.slot, 0, true).expect("this process created the entry");
     }
 
     /// Its offset in the arena.
     pub fn offset(&self) -> usize {
-        self.0.off
+        self.off
     }
 }
 
-/// A sealed object: read-only bytes in the arena, freed when dropped.
-pub struct Sealed {
+impl Drop for Allocation {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.store.abort_for(self.slot, 0);
+        }
+    }
+}
+
+struct Held {
     store: Arc<Store>,
+    slot: u32,
+    key: u128,
+    len: usize,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.store.unref(self.slot);
+    }
+}
+
+/// A sealed object held by this process: it stays in the store (in memory or spilled) while
+/// any clone of the handle lives. Read it through [`Object::view`].
+#[derive(Clone)]
+pub struct Object(Arc<Held>);
+
+impl Object {
+    /// Pins the object in memory (restoring it if spilled) and returns its bytes in place.
+    ///
+    /// # Errors
+    /// Restoring failed (disk error, or no room within the wait).
+    pub fn view(&self) -> Result<View, StoreError> {
+        self.0.store.view_slot(self.0.slot, self.0.key)
+    }
+    /// Its key.
+    pub fn key(&self) -> u128 {
+        self.0.key
+    }
+    /// Its size in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len
+    }
+    /// True for an empty object.
+    pub fn is_empty(&self) -> bool {
+        self.0.len == 0
+    }
+    /// True while its bytes are in memory (false when spilled).
+    pub fn is_resident(&self) -> bool {
+        table::state_of(self.0.store.table.state(self.0.slot)) == State::Sealed
+    }
+}
+
+impl std::fmt::Debug for Object {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Object({:032x}, {} bytes)", self.0.key, self.0.len)
+    }
+}
+
+/// Read-only bytes of a sealed object in the arena, pinned (never spilled or moved) while
+/// the view lives.
+pub struct View {
+    store: Arc<Store>,
+    slot: u32,
     off: usize,
     len: usize,
 }
 
-impl Sealed {
+impl Deref for View {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the entry is sealed (no writer) and pinned by this view (not freed, moved
+        // or spilled) until it drops; the range is the entry's.
+        unsafe { self.store.arena.bytes(self.off, self.len) }
+    }
+}
+
+impl View {
     /// Its offset in the arena (what a remote reader asks for).
     pub fn offset(&self) -> usize {
         self.off
     }
 }
 
-impl Deref for Sealed {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        // SAFETY: the range belongs to this object until it is dropped, and no writer exists
-        // after sealing (the `Allocation` was consumed).
-        unsafe { self.store.arena.bytes(self.off, self.len) }
-    }
-}
-
-impl Drop for Sealed {
+impl Drop for View {
     fn drop(&mut self) {
-        self.store.release(self.off, self.len);
+        if self.store.pins.unpin(&self.store.table, self.slot) {
+            self.store.sweep();
+        }
     }
 }
 
-impl std::fmt::Debug for Sealed {
+impl std::fmt::Debug for View {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Sealed({} bytes at {})", self.len, self.off)
+        write!(f, "View({} bytes at {})", self.len, self.off)
     }
 }
 
@@ -212,26 +826,69 @@ mod tests {
     use super::*;
 
     fn store(cap: usize) -> Arc<Store> {
-        Store::new(&StoreConfig { capacity: cap, hugepages: Hugepages::Never, populate: false }).unwrap()
+        let mut c = StoreConfig::new(cap);
+        c.hugepages = Hugepages::Never;
+        c.full_wait = Duration::from_millis(50);
+        Store::new(&c).unwrap()
     }
 
     #[test]
-    fn put_read_free_and_limits() {
+    fn put_view_free_and_limits() {
         let s = store(1 << 20);
-        let a = s.put(b"hello").unwrap();
-        assert_eq!(&*a, b"hello");
-        let big = s.put(&vec![3u8; 300_000]).unwrap();
-        assert_eq!(big.offset() % 4096, 0);
+        let a = s.put(1, b"hello").unwrap();
+        assert_eq!(&*a.view().unwrap(), b"hello");
+        let big = s.put(2, &vec![3u8; 300_000]).unwrap();
+        assert_eq!(big.view().unwrap().offset() % 4096, 0);
         assert_eq!((s.used(), s.objects()), (300_005, 2));
-        assert!(matches!(s.allocate(2 << 20), Err(StoreError::TooLarge { .. })));
-        let e = s.allocate(900_000).unwrap_err();
-        assert!(matches!(e, StoreError::Full { .. }), "{e}");
+        assert!(matches!(s.create(3, 2 << 20), Err(StoreError::TooLarge { .. })));
+        assert!(matches!(s.create(1, 10), Err(StoreError::Exists { key: 1 })));
+        let v = s.get(2).unwrap().unwrap();
+        assert_eq!(v[299_999], 3);
         drop(big);
-        let again = s.allocate(900_000).unwrap();
+        assert_eq!(s.objects(), 2, "a pinned object outlives its last reference");
+        drop(v);
+        assert_eq!(s.objects(), 1, "and goes with its last pin");
+        let again = s.create(4, 900_000).unwrap();
         drop(again); // unsealed: given back
         drop(a);
         assert_eq!((s.used(), s.objects()), (0, 0));
-        let empty = s.put(&[]).unwrap();
-        assert!(empty.is_empty());
+        assert!(s.get(1).unwrap().is_none());
+        assert!(s.put(5, &[]).unwrap().view().unwrap().is_empty());
+    }
+
+    #[test]
+    fn full_of_pinned_objects_errs_after_the_wait() {
+        let s = store(1 << 20);
+        let a = s.put(1, &vec![1u8; 700_000]).unwrap();
+        let v = a.view().unwrap();
+        let t = Instant::now();
+        let e = s.create(2, 700_000).unwrap_err();
+        assert!(matches!(e, StoreError::Full { size: 700_000, pinned: 1, .. }), "{e}");
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        drop(v);
+        // Unpinned and referenced: spilled to make room, restored on the next view.
+        let b = s.put(2, &vec![2u8; 700_000]).unwrap();
+        assert!(!a.is_resident());
+        assert_eq!(s.spilled_bytes(), 700_000);
+        drop(b);
+        assert!(a.view().unwrap().iter().all(|&x| x == 1));
+        assert_eq!(s.stats().restored, 1);
+    }
+
+    #[test]
+    fn cached_objects_are_evicted_lru() {
+        let s = store(1 << 20);
+        for k in 0..4u128 {
+            let mut a = s.create(k, 200_000).unwrap();
+            a.as_mut_slice().fill(k as u8);
+            a.seal_cached();
+        }
+        // Touch 0 so that 1 is the least recently used.
+        drop(s.get(0).unwrap().unwrap());
+        let _big = s.put(9, &vec![0u8; 300_000]).unwrap();
+        assert!(s.get(1).unwrap().is_none(), "the LRU copy was evicted");
+        assert!(s.get(0).unwrap().is_some());
+        assert!(s.stats().evicted >= 1);
+        assert_eq!(s.stats().spilled, 0, "cached copies are dropped, not spilled");
     }
 }
