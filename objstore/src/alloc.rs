@@ -221,6 +221,24 @@ impl Tlsf {
         (off != NIL).then_some(off)
     }
 
+    /// A free block of the list `size` maps to that holds `size` bytes at `align`: a walk of
+    /// one list, taken only when the O(1) search found nothing.
+    fn fit_in_own_list(&self, size: u64, align: u64) -> Option<u64> {
+        let (fl, sl) = mapping(size);
+        if fl >= FL_COUNT {
+            return None;
+        }
+        let mut off = self.heads[fl][sl];
+        while off != NIL {
+            let b = &self.blocks[&off];
+            if off.next_multiple_of(align) + size <= off + b.size {
+                return Some(off);
+            }
+            off = b.next_free;
+        }
+        None
+    }
+
     /// Splits `off` so that it keeps `size` bytes; the rest becomes a free block.
     fn split(&mut self, off: u64, size: u64) {
         let b = self.blocks[&off];
@@ -258,7 +276,9 @@ impl Tlsf {
         // misalignment.
         let fitting = if align > GRANULE { self.find(size).filter(|o| o % align == 0) } else { None };
         let want = size + (align - GRANULE);
-        let Some(off) = fitting.or_else(|| self.find(want)) else {
+        // Good fit rounds the request up to the next list; when no list above has a block,
+        // the request's own list may still hold one that fits (first fit within that list).
+        let Some(off) = fitting.or_else(|| self.find(want)).or_else(|| self.fit_in_own_list(size, align)) else {
             return Err(AllocError::Full { size, free: self.free_bytes, largest: self.largest_free() });
         };
         self.remove_free(off);

@@ -403,17 +403,18 @@ impl Store {
     /// pins to go when nothing else can. The lock is released while waiting.
     fn room<'a>(&'a self, mut g: MutexGuard<'a, Inner>, len: usize) -> (MutexGuard<'a, Inner>, Result<usize, StoreError>) {
         let align = if len >= LARGE { 4096 } else { GRANULE };
+        let size = len.max(1) as u64;
         let mut deadline = None;
         let mut nap = Duration::from_micros(200);
         loop {
-            let largest = match g.alloc.alloc(len.max(1) as u64, align) {
+            let largest = match g.alloc.alloc(size, align) {
                 Ok(off) => return (g, Ok(off as usize)),
                 Err(AllocError::Full { largest, .. }) => largest as usize,
                 Err(_) => return (g, Err(StoreError::TooLarge { size: len, capacity: self.capacity })),
             };
-            match self.make_room(&mut g, len + align as usize) {
-                Ok(true) => continue,
-                Ok(false) => {}
+            match self.make_room(&mut g, size, align) {
+                Ok(Some(off)) => return (g, Ok(off as usize)),
+                Ok(None) => {}
                 Err(e) => return (g, Err(e)),
             }
             let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.full_wait);
@@ -429,15 +430,15 @@ impl Store {
         }
     }
 
-    /// Frees memory until a block of `need` bytes may exist (and at least a 32nd of the
-    /// store, so that a stream of puts under pressure does not pay a scan each): unreferenced
-    /// objects first, then referenced ones are spilled, least recently used first. Returns
-    /// whether anything was freed.
-    fn make_room(&self, g: &mut Inner, need: usize) -> Result<bool, StoreError> {
+    /// Frees memory until `size` bytes at `align` can be allocated, and allocates them:
+    /// unreferenced objects go first, then referenced ones are spilled, least recently used
+    /// first. Once the allocation succeeds it goes on until a 32nd of the store is free, so
+    /// that a stream of puts under pressure does not pay a scan each. `None` when everything
+    /// that may go has gone and the allocation still fails.
+    fn make_room(&self, g: &mut Inner, size: u64, align: u64) -> Result<Option<u64>, StoreError> {
         self.sweep_locked(g);
-        let target = need.max(self.capacity / 32).min(self.capacity);
-        if g.alloc.largest_free() as usize >= target {
-            return Ok(true);
+        if let Ok(off) = g.alloc.alloc(size, align) {
+            return Ok(Some(off));
         }
         let mut victims: Vec<(bool, u64, u32)> = g
             .live
@@ -447,9 +448,13 @@ impl Store {
             .filter(|&(_, _, slot)| !self.table.pinned(slot))
             .collect();
         victims.sort_unstable();
-        let mut freed = false;
+        let slack = (self.capacity / 32) as u64;
+        let mut got = None;
         let mut failure = None;
         for (held, _, slot) in victims {
+            if got.is_some() && g.alloc.free_bytes() >= slack {
+                break;
+            }
             if !self.table.try_exclusive(slot) {
                 continue;
             }
@@ -463,15 +468,14 @@ impl Store {
                 self.delete(g, slot);
                 self.evicted.fetch_add(1, Ordering::Relaxed);
             }
-            freed = true;
-            if g.alloc.largest_free() as usize >= target {
-                break;
+            if got.is_none() {
+                got = g.alloc.alloc(size, align).ok();
             }
         }
         self.table.bump_clock();
-        match failure {
-            Some(e) if !freed => Err(e),
-            _ => Ok(freed),
+        match (got, failure) {
+            (None, Some(e)) => Err(e),
+            (got, _) => Ok(got),
         }
     }
 
@@ -620,6 +624,16 @@ impl Store {
         }
         self.sweep_locked(&mut g);
         g.clients &= !(1 << client);
+    }
+
+    /// Entries client `client` pins (0 once a gone client has been reclaimed).
+    pub fn pins_of(&self, client: u32) -> usize {
+        (0..self.table.slots() as u32).filter(|&s| self.table.pinned_by(s, client)).count()
+    }
+
+    /// Whether client index `client` is connected (0, this process, always is).
+    pub fn client_connected(&self, client: u32) -> bool {
+        client < 128 && self.lock().clients & (1 << client) != 0
     }
 
     pub(crate) fn table(&self) -> &Table {

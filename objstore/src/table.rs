@@ -273,6 +273,12 @@ impl Table {
         (0..PIN_WORDS).any(|i| self.e(slot, PIN + i).load(Ordering::Acquire) != 0)
     }
 
+    /// Whether `client`'s bit is set on `slot`.
+    pub fn pinned_by(&self, slot: u32, client: u32) -> bool {
+        let (w, bit) = pin_bit(client);
+        self.e(slot, w).load(Ordering::Acquire) & bit != 0
+    }
+
     // ---- the writer's side: only the store, under its own lock ----
 
     /// Takes the entry exclusively: fails (changing nothing) when any client pins it.
