@@ -119,6 +119,28 @@ fn objects_over_capacity_fail_clearly_and_lose_nothing() {
 }
 
 #[test]
+fn a_small_store_spills_and_restores_what_does_not_fit() {
+    let spill = std::env::temp_dir().join(format!("rayhpc-test-spill2-{}", std::process::id()));
+    let rt = common::rt_with(Config { object_store_memory: Some(256 << 20), spill_dir: Some(spill.clone()), ..Config::default() });
+    // 1 GiB of referenced objects in a 256 MiB store, each 16 MiB with its own fill byte.
+    let refs: Vec<_> = (0..64u8).map(|i| rt.put_bytes(&vec![i; 16 << 20]).unwrap()).collect();
+    let (used, objects, cap) = rt.store_usage();
+    assert!(used <= cap && objects == 64, "{used} {objects} {cap}");
+    for (i, r) in refs.iter().enumerate() {
+        let v = rt.get_bytes(r).unwrap();
+        assert!(v.len() == 16 << 20 && v.iter().all(|&b| b == i as u8), "object {i} restored byte-exact");
+    }
+    // A task reading a spilled argument gets it restored.
+    let sum = rayhpc::function("o.sum_first", |b: Vec<u8>| b.iter().take(1000).map(|&x| x as u64).sum::<u64>());
+    let big = rt.put(&vec![5u8; 200_000]).unwrap();
+    drop(refs.iter().map(|r| rt.get_bytes(r).unwrap().len()).sum::<usize>()); // churn: spill `big`
+    assert_eq!(rt.get(&sum.remote(&rt, (&big,)).unwrap()).unwrap(), 5000);
+    drop((refs, big));
+    assert_eq!(rt.store_usage().0, 0);
+    rt.shutdown();
+}
+
+#[test]
 fn get_after_shutdown_of_pending_work_fails_instead_of_hanging() {
     let rt = common::rt_with(Config { executors: Some(1), num_cpus: Some(1.0), ..Config::default() });
     let slow = rayhpc::function("o.block", |ms: u64| std::thread::sleep(Duration::from_millis(ms)));
