@@ -133,7 +133,8 @@ fn a_small_store_spills_and_restores_what_does_not_fit() {
     // A task reading a spilled argument gets it restored.
     let sum = rayhpc::function("o.sum_first", |b: Vec<u8>| b.iter().take(1000).map(|&x| x as u64).sum::<u64>());
     let big = rt.put(&vec![5u8; 200_000]).unwrap();
-    drop(refs.iter().map(|r| rt.get_bytes(r).unwrap().len()).sum::<usize>()); // churn: spill `big`
+    let churned: usize = refs.iter().map(|r| rt.get_bytes(r).unwrap().len()).sum(); // spills `big`
+    assert_eq!(churned, 1 << 30);
     assert_eq!(rt.get(&sum.remote(&rt, (&big,)).unwrap()).unwrap(), 5000);
     drop((refs, big));
     assert_eq!(rt.store_usage().0, 0);
