@@ -37,6 +37,7 @@ pub use error::{Error, FailureKind, ResourceError, Result, TaskError};
 pub use function::{function, lookup, try_function, Arguments, Callable, IntoArg, IntoArgs, MethodCallable, RemoteFn};
 pub use object::{ObjectRef, ObjectView, Untyped};
 pub use options::{Options, DEFAULT_MAX_RETRIES};
+pub use rayhpc_objstore as objstore;
 pub use rayhpc_objstore::Hugepages;
 pub use rayhpc_sched::ResourceView;
 pub use runtime::{Config, Runtime, DEFAULT_INLINE_THRESHOLD};

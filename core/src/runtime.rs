@@ -255,6 +255,11 @@ impl Runtime {
         (s.used(), s.objects(), s.capacity())
     }
 
+    /// The node's object store (for tools and bindings that address it directly).
+    pub fn object_store(&self) -> &std::sync::Arc<Store> {
+        &self.inner.store
+    }
+
     /// What backs the object store's arena (`hugetlb-2M (memfd)`, `thp (madvise)`, ...), and
     /// why a better backing was not used, if it was not.
     pub fn store_backing(&self) -> (String, Option<String>) {

@@ -23,11 +23,23 @@ pub struct BenchParams {
     pub idle_window: Duration,
     /// Size of the large object for the bandwidth figures (0 skips them).
     pub object_bytes: usize,
+    /// Bytes spilled (and restored) through a store a quarter that size (0 skips it).
+    pub spill_bytes: usize,
+    /// Where the spill figure's store writes.
+    pub spill_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for BenchParams {
     fn default() -> Self {
-        BenchParams { tasks: 200_000, round_trips: 20_000, trials: 5, idle_window: Duration::from_secs(2), object_bytes: 1 << 30 }
+        BenchParams {
+            tasks: 200_000,
+            round_trips: 20_000,
+            trials: 5,
+            idle_window: Duration::from_secs(2),
+            object_bytes: 1 << 30,
+            spill_bytes: 1 << 30,
+            spill_dir: None,
+        }
     }
 }
 
@@ -44,9 +56,13 @@ pub struct BenchReport {
     pub actor_calls_async_per_s: f64,
     /// Median µs of `get(actor.m.remote())`.
     pub actor_calls_sync_us: f64,
-    /// `put` of a small value, per second.
+    /// `put` of a small value (kept inline with its owner), per second.
+    pub put_inline_per_s: f64,
+    /// `get` of a small, ready inline object, per second.
+    pub get_inline_per_s: f64,
+    /// 1 KiB objects put through the shared-memory store (create, copy, seal), per second.
     pub put_small_per_s: f64,
-    /// `get` of a small, ready object, per second.
+    /// Zero-copy gets of 1 KiB objects from the store (look up, pin, read, unpin), per second.
     pub get_small_per_s: f64,
     /// Milliseconds to reduce 1024 leaves pairwise by tasks (a binary tree of 2047 tasks).
     pub tree_reduce_1024_ms: f64,
@@ -68,6 +84,12 @@ pub struct BenchReport {
     pub object_bytes: usize,
     /// What backs the object store's arena.
     pub store_backing: String,
+    /// Spilling referenced objects to disk when the store is full (write time only), GiB/s.
+    pub spill_gib_per_s: f64,
+    /// Restoring them on the next read (read time only), GiB/s.
+    pub restore_gib_per_s: f64,
+    /// Bytes spilled for those figures.
+    pub spilled_bytes: u64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -155,19 +177,43 @@ pub fn run(config: Config, p: &BenchParams) -> Result<BenchReport> {
     let actor_calls_sync_us = latency_us(p.round_trips, || Ok(rt.get(&ping.remote(&a, ())?)?))?;
     rt.kill(&a);
 
-    let put_small_per_s = rate(p.trials, n, || {
+    let put_inline_per_s = rate(p.trials, n, || {
         for i in 0..n as u64 {
             std::hint::black_box(rt.put(&i)?);
         }
         Ok(())
     })?;
     let small = rt.put(&12345u64)?;
-    let get_small_per_s = rate(p.trials, n, || {
+    let get_inline_per_s = rate(p.trials, n, || {
         for _ in 0..n {
             std::hint::black_box(rt.get(&small)?);
         }
         Ok(())
     })?;
+
+    // Small objects through the shared-memory store itself, under keys of their own.
+    let store = rt.object_store().clone();
+    let payload = [7u8; 1024];
+    let small_n = n.min(50_000);
+    let mut held = Vec::with_capacity(small_n);
+    let mut round = 0u128;
+    let key = |round: u128, i: usize| (0xbe9c_u128 << 112) | (round << 32) | i as u128;
+    let put_small_per_s = rate(p.trials, small_n, || {
+        held.clear();
+        round += 1;
+        for i in 0..small_n {
+            held.push(store.put(key(round, i), &payload)?);
+        }
+        Ok(())
+    })?;
+    let get_small_per_s = rate(p.trials, small_n, || {
+        for i in 0..small_n {
+            let v = store.get(key(round, i))?.context("a small object vanished")?;
+            std::hint::black_box(v[1023]);
+        }
+        Ok(())
+    })?;
+    drop(held);
 
     let mut trees = Vec::new();
     for _ in 0..p.trials {
@@ -234,6 +280,7 @@ pub fn run(config: Config, p: &BenchParams) -> Result<BenchReport> {
         get_gib_per_s = median(v);
     }
     let store_backing = rt.store_backing().0;
+    let (spill_gib_per_s, restore_gib_per_s, spilled_bytes) = spill_figures(p)?;
 
     // Idle: let the executors finish spinning and park, then watch.
     std::thread::sleep(Duration::from_millis(200));
@@ -250,6 +297,8 @@ pub fn run(config: Config, p: &BenchParams) -> Result<BenchReport> {
         tasks_sync_us,
         actor_calls_async_per_s,
         actor_calls_sync_us,
+        put_inline_per_s,
+        get_inline_per_s,
         put_small_per_s,
         get_small_per_s,
         tree_reduce_1024_ms,
@@ -262,18 +311,47 @@ pub fn run(config: Config, p: &BenchParams) -> Result<BenchReport> {
         get_gib_per_s,
         object_bytes: ob,
         store_backing,
+        spill_gib_per_s,
+        restore_gib_per_s,
+        spilled_bytes,
     })
+}
+
+/// A store a quarter of `spill_bytes` receives `spill_bytes` of referenced 16 MiB objects,
+/// which are then all read back: the store's own clocks around its disk writes and reads.
+fn spill_figures(p: &BenchParams) -> Result<(f64, f64, u64)> {
+    use rayhpc::objstore::{Store, StoreConfig};
+    if p.spill_bytes == 0 {
+        return Ok((0.0, 0.0, 0));
+    }
+    let obj = 16usize << 20;
+    let count = p.spill_bytes.div_ceil(obj).max(8);
+    let mut cfg = StoreConfig::new((count * obj / 4).max(4 * obj));
+    cfg.spill_dir = p.spill_dir.as_ref().map(|d| d.join(format!("rayhpc-bench-spill-{}", std::process::id())));
+    let store = Store::new(&cfg).context("creating the spill benchmark's store")?;
+    let fill: Vec<u8> = (0..obj).map(|i| (i % 253) as u8).collect();
+    let objects = (0..count).map(|k| store.put(k as u128, &fill)).collect::<Result<Vec<_>, _>>()?;
+    for o in &objects {
+        let v = o.view()?;
+        anyhow::ensure!(v.len() == obj && v[obj - 1] == fill[obj - 1] && v[12345] == fill[12345], "a restored object differs");
+    }
+    let s = store.stats();
+    anyhow::ensure!(s.spilled > 0 && s.restored > 0, "the spill benchmark did not spill ({s:?})");
+    let gib = |bytes: u64, nanos: u64| bytes as f64 / (1u64 << 30) as f64 / (nanos.max(1) as f64 / 1e9);
+    Ok((gib(s.spilled_bytes, s.spill_nanos), gib(s.restored_bytes, s.restore_nanos), s.spilled_bytes))
 }
 
 /// The report as a readable table.
 pub fn table(r: &BenchReport) -> String {
-    let rows: [(&str, String); 14] = [
+    let rows: [(&str, String); 18] = [
         ("empty tasks, batch submit then get", format!("{:>14.0} tasks/s", r.tasks_async_per_s)),
         ("empty task, sync round trip (median)", format!("{:>14.2} µs", r.tasks_sync_us)),
         ("actor calls, batch on one actor", format!("{:>14.0} calls/s", r.actor_calls_async_per_s)),
         ("actor call, sync round trip (median)", format!("{:>14.2} µs", r.actor_calls_sync_us)),
-        ("put, small value", format!("{:>14.0} ops/s", r.put_small_per_s)),
-        ("get, small ready object", format!("{:>14.0} ops/s", r.get_small_per_s)),
+        ("put, small value (inline)", format!("{:>14.0} ops/s", r.put_inline_per_s)),
+        ("get, small ready object (inline)", format!("{:>14.0} ops/s", r.get_inline_per_s)),
+        ("put, 1 KiB object into the store", format!("{:>14.0} ops/s", r.put_small_per_s)),
+        ("get, 1 KiB object from the store", format!("{:>14.0} ops/s", r.get_small_per_s)),
         ("tree reduce of 1024 leaves", format!("{:>14.2} ms", r.tree_reduce_1024_ms)),
         ("wait on 1k refs (Ray's pattern)", format!("{:>14.0} µs", r.wait_1k_refs_us)),
         ("idle runtime CPU use", format!("{:>14.2} %", r.idle_cpu_percent)),
@@ -282,6 +360,8 @@ pub fn table(r: &BenchReport) -> String {
         ("put, large object (first touch)", format!("{:>14.2} GiB/s", r.put_cold_gib_per_s)),
         ("get, large object (zero-copy view)", format!("{:>14.0} GiB/s", r.get_gib_per_s)),
         ("object store backing", format!("{:>14}", r.store_backing)),
+        ("spill to disk, store full", format!("{:>14.2} GiB/s", r.spill_gib_per_s)),
+        ("restore from disk, on read", format!("{:>14.2} GiB/s", r.restore_gib_per_s)),
     ];
     let mut s = format!(
         "rayhpc bench — embedded runtime, {} executors, batches of {}, large object {} MiB\n",

@@ -46,21 +46,33 @@ enum Cmd {
         /// Size of the large object for the bandwidth figures, in MiB (0 skips them).
         #[arg(long, default_value_t = 1024)]
         object_mib: usize,
+        /// Object store size in MiB (default: twice the large object, plus 512).
+        #[arg(long)]
+        store_mib: Option<usize>,
+        /// MiB spilled through a store a quarter that size for the spill figures (0 skips them).
+        #[arg(long, default_value_t = 1024)]
+        spill_mib: usize,
+        /// Directory for the spill figures' files (default: the temporary directory).
+        #[arg(long)]
+        spill_dir: Option<std::path::PathBuf>,
     },
 }
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Bench { json, tasks, round_trips, trials, idle_secs, executors, object_mib } => {
+        Cmd::Bench { json, tasks, round_trips, trials, idle_secs, executors, object_mib, store_mib, spill_mib, spill_dir } => {
             anyhow::ensure!(tasks > 0 && round_trips > 0 && trials > 0, "--tasks, --round-trips and --trials must be positive");
             anyhow::ensure!(idle_secs.is_finite() && idle_secs > 0.0, "--idle-secs must be a positive number");
-            let config = rayhpc::Config { executors, ..rayhpc::Config::default() };
+            let store = store_mib.unwrap_or(2 * object_mib + 512) << 20;
+            let config = rayhpc::Config { executors, object_store_memory: Some(store), ..rayhpc::Config::default() };
             let params = bench::BenchParams {
                 tasks,
                 round_trips,
                 trials,
                 idle_window: Duration::from_secs_f64(idle_secs),
                 object_bytes: object_mib << 20,
+                spill_bytes: spill_mib << 20,
+                spill_dir,
             };
             let report = bench::run(config, &params)?;
             if json {

@@ -15,7 +15,7 @@
 //!
 //! Nothing here touches the arena's memory; this is bookkeeping over `[0, capacity)`.
 
-use std::collections::HashMap;
+use crate::IntMap;
 
 /// Allocation unit and minimum alignment, in bytes.
 pub const GRANULE: u64 = 64;
@@ -68,7 +68,7 @@ pub enum AllocError {
 #[derive(Debug)]
 pub struct Tlsf {
     capacity: u64,
-    blocks: HashMap<u64, Block>,
+    blocks: IntMap<u64, Block>,
     heads: Vec<[u64; SL_COUNT]>,
     fl_bitmap: u64,
     sl_bitmap: [u32; FL_COUNT],
@@ -104,7 +104,7 @@ impl Tlsf {
         let capacity = capacity / GRANULE * GRANULE;
         let mut t = Tlsf {
             capacity,
-            blocks: HashMap::new(),
+            blocks: IntMap::default(),
             heads: vec![[NIL; SL_COUNT]; FL_COUNT],
             fl_bitmap: 0,
             sl_bitmap: [0; FL_COUNT],

@@ -13,7 +13,7 @@
 //! the space is needed, then is evicted, least recently used first. Pages are never given
 //! back to the kernel on free: a re-faulted page costs far more than the copy into it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io;
 use std::ops::Deref;
 use std::path::PathBuf;
@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use crate::alloc::{AllocError, Tlsf, GRANULE};
 use crate::shm::{Arena, Backing, Hugepages};
 use crate::table::{self, InsertError, Pin, Pins, State, Table, MAX_CLIENTS};
+use crate::{IntMap, IntSet};
 
 /// Objects at least this large are 4 KiB aligned (page-aligned I/O and registration).
 pub const LARGE: usize = 64 * 1024;
@@ -134,9 +135,9 @@ struct Info {
 
 struct Inner {
     alloc: Tlsf,
-    live: HashMap<u32, Info>,
+    live: IntMap<u32, Info>,
     /// Nobody holds them; delete when unpinned.
-    doomed: HashSet<u32>,
+    doomed: IntSet<u32>,
     /// Bit `i`: client index `i` is in use (0 is this process).
     clients: u128,
     spill_dir_made: bool,
@@ -155,6 +156,10 @@ pub struct StoreStats {
     pub restored_bytes: u64,
     /// Cached objects evicted.
     pub evicted: u64,
+    /// Time spent writing spilled objects, in nanoseconds.
+    pub spill_nanos: u64,
+    /// Time spent reading them back, in nanoseconds.
+    pub restore_nanos: u64,
 }
 
 /// The object store of one node.
@@ -176,6 +181,8 @@ pub struct Store {
     restored: AtomicU64,
     restored_bytes: AtomicU64,
     evicted: AtomicU64,
+    spill_nanos: AtomicU64,
+    restore_nanos: AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -202,8 +209,13 @@ impl Store {
         table.h(table::H_CAPACITY).store(capacity as u64, Ordering::Relaxed);
         table.h(table::H_ARENA_LEN).store(arena.len() as u64, Ordering::Relaxed);
         table.h(table::H_BACKING).store(arena.backing().code(), Ordering::Relaxed);
-        let inner =
-            Inner { alloc: Tlsf::new(capacity as u64), live: HashMap::new(), doomed: HashSet::new(), clients: 1, spill_dir_made: false };
+        let inner = Inner {
+            alloc: Tlsf::new(capacity as u64),
+            live: IntMap::default(),
+            doomed: IntSet::default(),
+            clients: 1,
+            spill_dir_made: false,
+        };
         Ok(Arc::new(Store {
             arena,
             table,
@@ -221,6 +233,8 @@ impl Store {
             restored: AtomicU64::new(0),
             restored_bytes: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
+            spill_nanos: AtomicU64::new(0),
+            restore_nanos: AtomicU64::new(0),
         }))
     }
 
@@ -267,11 +281,9 @@ impl Store {
         if len > self.capacity {
             return Err(StoreError::TooLarge { size: len, capacity: self.capacity });
         }
-        let g = self.lock();
-        if self.table.lookup(key).is_some() {
-            return Err(StoreError::Exists { key });
-        }
-        let (mut g, off) = self.room(g, len);
+        // (A live key is refused by the insert below, after the allocation: rare, and cheaper
+        // than a second probe on every create.)
+        let (mut g, off) = self.room(self.lock(), len);
         let off = off?;
         match self.table.insert(key, off, len, client) {
             Ok(slot) => {
@@ -373,6 +385,7 @@ impl Store {
         }
         self.objects.fetch_sub(1, Ordering::Relaxed);
         self.table.remove(slot);
+        self.table.maybe_clean();
         self.publish();
     }
 
@@ -498,7 +511,10 @@ impl Store {
         // SAFETY: the object is sealed (nobody writes it) and held exclusively (nobody frees
         // or moves it) until this function returns.
         let bytes = unsafe { self.arena.bytes(off, len) };
-        crate::spill::write(&path, bytes).map_err(|e| StoreError::Spill(format!("writing {len} bytes to {}: {e}", path.display())))?;
+        let t = Instant::now();
+        let written = crate::spill::write(&path, bytes);
+        self.spill_nanos.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        written.map_err(|e| StoreError::Spill(format!("writing {len} bytes to {}: {e}", path.display())))?;
         g.alloc.free(off as u64);
         let info = g.live.get_mut(&slot).expect("victim is live");
         info.life = Life::Spilled;
@@ -528,7 +544,10 @@ impl Store {
         // SAFETY: `off..off+len` was just allocated and is not yet published: nobody else
         // reads or writes it.
         let buf = unsafe { self.arena.bytes_mut(off, len) };
-        if let Err(e) = crate::spill::read(&path, buf) {
+        let t = Instant::now();
+        let read = crate::spill::read(&path, buf);
+        self.restore_nanos.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        if let Err(e) = read {
             g.alloc.free(off as u64);
             return (g, Err(StoreError::Spill(format!("reading {len} bytes from {}: {e}", path.display()))));
         }
@@ -664,6 +683,8 @@ impl Store {
             restored: self.restored.load(Ordering::Relaxed),
             restored_bytes: self.restored_bytes.load(Ordering::Relaxed),
             evicted: self.evicted.load(Ordering::Relaxed),
+            spill_nanos: self.spill_nanos.load(Ordering::Relaxed),
+            restore_nanos: self.restore_nanos.load(Ordering::Relaxed),
         }
     }
     /// Capacity in bytes.

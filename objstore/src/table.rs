@@ -124,6 +124,8 @@ pub enum Pin {
 pub struct Table {
     meta: Arena,
     slots: usize,
+    /// Tombstones now (the writer's count; see [`Table::clean`]).
+    tombs: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Table {
@@ -152,7 +154,7 @@ impl Table {
     pub fn create(slots: usize) -> io::Result<Table> {
         let slots = slots.max(16).next_power_of_two();
         let meta = Arena::plain((HEADER + slots * W) * 8, "rayhpc-objtable")?;
-        let t = Table { meta, slots };
+        let t = Table { meta, slots, tombs: Default::default() };
         t.h(H_SLOTS).store(slots as u64, Ordering::Relaxed);
         t.h(H_VERSION).store(VERSION, Ordering::Relaxed);
         t.h(H_MAGIC).store(MAGIC, Ordering::Release);
@@ -176,7 +178,7 @@ impl Table {
         if !slots.is_power_of_two() || HEADER + slots * W > words.len() {
             return Err(bad("slot count does not fit the mapping"));
         }
-        Ok(Table { meta, slots })
+        Ok(Table { meta, slots, tombs: Default::default() })
     }
 
     /// The mapping (to pass to clients).
@@ -316,6 +318,11 @@ impl Table {
 
     fn write_state(&self, slot: u32, st: State, creator: u32) -> u64 {
         let old = self.e(slot, STATE).load(Ordering::Relaxed);
+        match (State::of(old) == State::Tomb, st == State::Tomb) {
+            (false, true) => _ = self.tombs.fetch_add(1, Ordering::Relaxed),
+            (true, false) => _ = self.tombs.fetch_sub(1, Ordering::Relaxed),
+            _ => {}
+        }
         let gen = (old >> 32).wrapping_add(1) & 0xffff_ffff;
         let word = st.code() | ((creator as u64 & 0xff) << 8) | (gen << 32);
         self.e(slot, STATE).store(word, Ordering::Release);
@@ -372,9 +379,67 @@ impl Table {
         self.write_state(slot, State::Spilled, 0);
     }
 
-    /// Removes a held entry (it stays held until reused).
+    /// Removes a held entry (it stays held until reused). A tombstone followed by an empty
+    /// entry ends no probe early, so it and the tombstones before it become empty again:
+    /// without that, a table with churn fills with tombstones and every miss walks it all.
+    /// Readers are unaffected (a probe that reached the run stopped at the empty entry after
+    /// it anyway), and only this writer ever makes an entry live.
     pub(crate) fn remove(&self, slot: u32) {
-        self.write_state(slot, State::Tomb, 0);
+        let mask = self.slots as u32 - 1;
+        if State::of(self.state((slot + 1) & mask)) != State::Empty {
+            self.write_state(slot, State::Tomb, 0);
+            return;
+        }
+        let mut s = slot;
+        loop {
+            self.write_state(s, State::Empty, 0);
+            s = s.wrapping_sub(1) & mask;
+            if State::of(self.state(s)) != State::Tomb {
+                break;
+            }
+        }
+    }
+
+    /// Tombstones now.
+    pub fn tombstones(&self) -> usize {
+        self.tombs.load(Ordering::Relaxed)
+    }
+
+    /// Empties every tombstone no live entry's probe path crosses, once they pass an eighth of
+    /// the table (so O(1) amortized per removal). A tombstone is needed only between a live
+    /// entry and its home slot; for the others, a probe that now stops there would have found
+    /// nothing further on. Entries never move, so readers and handles are unaffected.
+    pub(crate) fn maybe_clean(&self) {
+        if self.tombstones() <= self.slots / 8 {
+            return;
+        }
+        let mask = self.slots - 1;
+        let Some(start) = (0..self.slots).find(|&s| State::of(self.state(s as u32)) == State::Empty) else { return };
+        let mut run: Vec<u32> = Vec::new();
+        for i in 1..=self.slots {
+            let slot = ((start + i) & mask) as u32;
+            if State::of(self.state(slot)) != State::Empty {
+                run.push(slot);
+                continue;
+            }
+            // `run` is a maximal stretch of non-empty entries; walk it backwards, tracking the
+            // earliest home (as a position in the run) of the live entries after each point.
+            let mut reach = usize::MAX;
+            for j in (0..run.len()).rev() {
+                let s = run[j];
+                match State::of(self.state(s)) {
+                    State::Tomb if reach > j => {
+                        self.write_state(s, State::Empty, 0);
+                    }
+                    st if st.live() => {
+                        let home = hash(self.key(s)) as usize & mask;
+                        reach = reach.min(home.wrapping_sub(run[0] as usize) & mask);
+                    }
+                    _ => {}
+                }
+            }
+            run.clear();
+        }
     }
 
     /// Advances the LRU clock.
@@ -500,11 +565,42 @@ mod tests {
         assert_eq!(t.try_pin(s, 1, w), Pin::Busy);
         t.remove(s);
         assert_eq!(t.lookup(7), None);
-        // The tombstone is reused and probes go past it.
         let a = t.insert(7, 0, 1, 2).unwrap();
         assert_eq!(a, s);
         assert_eq!(creator_of(t.state(a)), 2);
         assert_eq!(t.lookup(8), None);
+    }
+
+    #[test]
+    fn tombstones_mid_chain_stay_and_trailing_ones_are_cleared() {
+        let t = Table::create(16).unwrap();
+        // Keys that collide: same home slot, so they form one chain.
+        let home = |k: u128| hash(k) as usize & 15;
+        let keys: Vec<u128> = (0..10_000u128).filter(|&k| home(k) == home(0)).take(3).collect();
+        let slots: Vec<u32> = keys.iter().map(|&k| t.insert(k, 0, 1, 0).unwrap()).collect();
+        t.remove(slots[1]);
+        assert_eq!(state_of(t.state(slots[1])), State::Tomb, "mid-chain: the probe for the third must go on");
+        assert!(t.lookup(keys[2]).is_some());
+        t.remove(slots[2]);
+        assert_eq!(state_of(t.state(slots[2])), State::Empty);
+        assert_eq!(state_of(t.state(slots[1])), State::Empty, "the run of tombstones before it goes too");
+        assert!(t.lookup(keys[0]).is_some());
+        // Churn with live entries around does not fill the table with tombstones.
+        let t = Table::create(1024).unwrap();
+        let mut live: Vec<(u128, u32)> = Vec::new();
+        for k in 1..200_000u128 {
+            live.push((k, t.insert(k, 0, 1, 0).unwrap()));
+            if live.len() > 300 {
+                let (_, s) = live.swap_remove((k as usize * 7919) % live.len());
+                t.remove(s);
+                t.maybe_clean();
+            }
+        }
+        assert!(t.tombstones() <= 1024 / 8 + 1, "{} tombstones", t.tombstones());
+        for &(k, s) in &live {
+            assert_eq!(t.lookup(k).map(|x| x.0), Some(s), "every live key is still found");
+        }
+        assert_eq!(t.lookup(u128::MAX), None);
     }
 
     #[test]
