@@ -10,6 +10,7 @@ pub mod alloc;
 pub mod client;
 pub mod fdpass;
 pub mod proto;
+pub mod protocol;
 pub mod server;
 pub mod shm;
 mod spill;

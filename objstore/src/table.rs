@@ -39,8 +39,8 @@ const PIN: usize = 6;
 /// Pin words per entry.
 const PIN_WORDS: usize = 2;
 
-/// Bit 63 of a pin word: the store holds the entry exclusively.
-pub const EXCL: u64 = 1 << 63;
+use crate::protocol;
+pub use crate::protocol::{Pin, EXCL};
 /// Client indices are `0..MAX_CLIENTS`; 0 is the store's own process.
 pub const MAX_CLIENTS: u32 = 63 * PIN_WORDS as u32;
 
@@ -109,17 +109,6 @@ pub fn creator_of(word: u64) -> u32 {
     ((word >> 8) & 0xff) as u32
 }
 
-/// How a pin attempt ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pin {
-    /// Pinned: the entry cannot change until unpinned.
-    Pinned,
-    /// The store holds the entry (spilling, evicting): ask it.
-    Busy,
-    /// The entry changed since it was looked up.
-    Stale,
-}
-
 /// The shared table, mapped in this process.
 pub struct Table {
     meta: Arena,
@@ -143,7 +132,8 @@ fn hash(key: u128) -> u64 {
 }
 
 fn pin_bit(client: u32) -> (usize, u64) {
-    (PIN + client as usize / 63, 1 << (client % 63))
+    let (w, bit) = protocol::bit(client);
+    (PIN + w, bit)
 }
 
 impl Table {
@@ -249,25 +239,22 @@ impl Table {
     /// Sets `client`'s pin bit on `slot` if the entry still has state word `expect` and the
     /// store does not hold it. The caller keeps its own count: one bit per client and entry.
     pub fn try_pin(&self, slot: u32, client: u32, expect: u64) -> Pin {
-        let (w, bit) = pin_bit(client);
-        let prev = self.e(slot, w).fetch_or(bit, Ordering::AcqRel);
-        if prev & EXCL != 0 {
-            self.e(slot, w).fetch_and(!bit, Ordering::AcqRel);
-            return Pin::Busy;
+        let r = protocol::try_pin(self.pins(slot), self.e(slot, STATE), client, expect);
+        if r == Pin::Pinned {
+            self.e(slot, TICK).store(self.h(H_CLOCK).load(Ordering::Relaxed), Ordering::Relaxed);
         }
-        if self.e(slot, STATE).load(Ordering::Acquire) != expect {
-            self.e(slot, w).fetch_and(!bit, Ordering::AcqRel);
-            return Pin::Stale;
-        }
-        self.e(slot, TICK).store(self.h(H_CLOCK).load(Ordering::Relaxed), Ordering::Relaxed);
-        Pin::Pinned
+        r
     }
 
     /// Clears `client`'s pin bit on `slot`.
     pub fn unpin(&self, slot: u32, client: u32) {
-        let (w, bit) = pin_bit(client);
         self.e(slot, TICK).store(self.h(H_CLOCK).load(Ordering::Relaxed), Ordering::Relaxed);
-        self.e(slot, w).fetch_and(!bit, Ordering::Release);
+        protocol::unpin(self.pins(slot), client);
+    }
+
+    fn pins(&self, slot: u32) -> &[AtomicU64] {
+        let base = HEADER + slot as usize * W + PIN;
+        &self.meta.words()[base..base + PIN_WORDS]
     }
 
     /// Whether any client pins `slot` (or the store holds it).
@@ -285,22 +272,12 @@ impl Table {
 
     /// Takes the entry exclusively: fails (changing nothing) when any client pins it.
     pub(crate) fn try_exclusive(&self, slot: u32) -> bool {
-        for i in 0..PIN_WORDS {
-            if self.e(slot, PIN + i).compare_exchange(0, EXCL, Ordering::AcqRel, Ordering::Relaxed).is_err() {
-                for j in 0..i {
-                    self.e(slot, PIN + j).fetch_and(!EXCL, Ordering::AcqRel);
-                }
-                return false;
-            }
-        }
-        true
+        protocol::try_exclusive(self.pins(slot))
     }
 
     /// Gives the entry back to readers.
     pub(crate) fn release_exclusive(&self, slot: u32) {
-        for i in 0..PIN_WORDS {
-            self.e(slot, PIN + i).fetch_and(!EXCL, Ordering::AcqRel);
-        }
+        protocol::release_exclusive(self.pins(slot));
     }
 
     /// Sets `client`'s bit for it (the store pins on a client's behalf, under its lock, with
