@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use rayhpc::objstore::SpillIo;
 use rayhpc::{Config, Runtime};
 use serde::Serialize;
 
@@ -90,6 +91,12 @@ pub struct BenchReport {
     pub restore_gib_per_s: f64,
     /// Bytes spilled for those figures.
     pub spilled_bytes: u64,
+    /// As `spill_gib_per_s` with direct I/O (io_uring, `O_DIRECT`): the disk's speed.
+    pub spill_direct_gib_per_s: f64,
+    /// As `restore_gib_per_s` with direct I/O.
+    pub restore_direct_gib_per_s: f64,
+    /// How the direct figures were measured (`direct (io_uring)`, or why it fell back).
+    pub spill_direct_io: String,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -280,7 +287,8 @@ pub fn run(config: Config, p: &BenchParams) -> Result<BenchReport> {
         get_gib_per_s = median(v);
     }
     let store_backing = rt.store_backing().0;
-    let (spill_gib_per_s, restore_gib_per_s, spilled_bytes) = spill_figures(p)?;
+    let (spill_gib_per_s, restore_gib_per_s, spilled_bytes, _) = spill_figures(p, SpillIo::Buffered)?;
+    let (spill_direct_gib_per_s, restore_direct_gib_per_s, _, spill_direct_io) = spill_figures(p, SpillIo::Direct)?;
 
     // Idle: let the executors finish spinning and park, then watch.
     std::thread::sleep(Duration::from_millis(200));
@@ -314,19 +322,23 @@ pub fn run(config: Config, p: &BenchParams) -> Result<BenchReport> {
         spill_gib_per_s,
         restore_gib_per_s,
         spilled_bytes,
+        spill_direct_gib_per_s,
+        restore_direct_gib_per_s,
+        spill_direct_io,
     })
 }
 
 /// A store a quarter of `spill_bytes` receives `spill_bytes` of referenced 16 MiB objects,
 /// which are then all read back: the store's own clocks around its disk writes and reads.
-fn spill_figures(p: &BenchParams) -> Result<(f64, f64, u64)> {
+fn spill_figures(p: &BenchParams, io: SpillIo) -> Result<(f64, f64, u64, String)> {
     use rayhpc::objstore::{Store, StoreConfig};
     if p.spill_bytes == 0 {
-        return Ok((0.0, 0.0, 0));
+        return Ok((0.0, 0.0, 0, String::new()));
     }
     let obj = 16usize << 20;
     let count = p.spill_bytes.div_ceil(obj).max(8);
     let mut cfg = StoreConfig::new((count * obj / 4).max(4 * obj));
+    cfg.spill_io = io;
     cfg.spill_dir = p.spill_dir.as_ref().map(|d| d.join(format!("rayhpc-bench-spill-{}", std::process::id())));
     let store = Store::new(&cfg).context("creating the spill benchmark's store")?;
     let fill: Vec<u8> = (0..obj).map(|i| (i % 253) as u8).collect();
@@ -338,12 +350,16 @@ fn spill_figures(p: &BenchParams) -> Result<(f64, f64, u64)> {
     let s = store.stats();
     anyhow::ensure!(s.spilled > 0 && s.restored > 0, "the spill benchmark did not spill ({s:?})");
     let gib = |bytes: u64, nanos: u64| bytes as f64 / (1u64 << 30) as f64 / (nanos.max(1) as f64 / 1e9);
-    Ok((gib(s.spilled_bytes, s.spill_nanos), gib(s.restored_bytes, s.restore_nanos), s.spilled_bytes))
+    let io = match store.spill_backend() {
+        (b, None) => b.to_string(),
+        (b, Some(why)) => format!("{b}: {why}"),
+    };
+    Ok((gib(s.spilled_bytes, s.spill_nanos), gib(s.restored_bytes, s.restore_nanos), s.spilled_bytes, io))
 }
 
 /// The report as a readable table.
 pub fn table(r: &BenchReport) -> String {
-    let rows: [(&str, String); 18] = [
+    let rows: [(&str, String); 20] = [
         ("empty tasks, batch submit then get", format!("{:>14.0} tasks/s", r.tasks_async_per_s)),
         ("empty task, sync round trip (median)", format!("{:>14.2} µs", r.tasks_sync_us)),
         ("actor calls, batch on one actor", format!("{:>14.0} calls/s", r.actor_calls_async_per_s)),
@@ -360,8 +376,10 @@ pub fn table(r: &BenchReport) -> String {
         ("put, large object (first touch)", format!("{:>14.2} GiB/s", r.put_cold_gib_per_s)),
         ("get, large object (zero-copy view)", format!("{:>14.0} GiB/s", r.get_gib_per_s)),
         ("object store backing", format!("{:>14}", r.store_backing)),
-        ("spill to disk, store full", format!("{:>14.2} GiB/s", r.spill_gib_per_s)),
-        ("restore from disk, on read", format!("{:>14.2} GiB/s", r.restore_gib_per_s)),
+        ("spill to disk, store full (buffered)", format!("{:>14.2} GiB/s", r.spill_gib_per_s)),
+        ("restore from disk, on read (buffered)", format!("{:>14.2} GiB/s", r.restore_gib_per_s)),
+        ("spill, direct I/O", format!("{:>14.2} GiB/s ({})", r.spill_direct_gib_per_s, r.spill_direct_io)),
+        ("restore, direct I/O", format!("{:>14.2} GiB/s", r.restore_direct_gib_per_s)),
     ];
     let mut s = format!(
         "rayhpc bench — embedded runtime, {} executors, batches of {}, large object {} MiB\n",

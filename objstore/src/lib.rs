@@ -13,13 +13,14 @@ pub mod proto;
 pub mod protocol;
 pub mod server;
 pub mod shm;
-mod spill;
+pub mod spill;
 pub mod store;
 pub mod table;
 
 pub use client::{Client, ClientAllocation, ClientView};
 pub use server::Server;
 pub use shm::{Backing, Hugepages};
+pub use spill::SpillIo;
 pub use store::{Allocation, Object, Store, StoreConfig, StoreError, StoreStats, View};
 
 /// A hasher for the store's own maps, keyed by offsets and slot numbers (small integers the

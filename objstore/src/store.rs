@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::alloc::{AllocError, Tlsf, GRANULE};
 use crate::shm::{Arena, Backing, Hugepages};
+use crate::spill::{SpillIo, Spiller};
 use crate::table::{self, InsertError, Pin, Pins, State, Table, MAX_CLIENTS};
 use crate::{IntMap, IntSet};
 
@@ -44,6 +45,8 @@ pub struct StoreConfig {
     pub spill_dir: Option<PathBuf>,
     /// How long a create waits for pinned objects to be released when the store is full.
     pub full_wait: Duration,
+    /// How spill files are written and read.
+    pub spill_io: SpillIo,
 }
 
 impl StoreConfig {
@@ -56,6 +59,7 @@ impl StoreConfig {
             max_objects: 0,
             spill_dir: None,
             full_wait: Duration::from_secs(5),
+            spill_io: SpillIo::Buffered,
         }
     }
 }
@@ -141,6 +145,7 @@ struct Inner {
     /// Bit `i`: client index `i` is in use (0 is this process).
     clients: u128,
     spill_dir_made: bool,
+    spiller: Spiller,
 }
 
 /// Counters since start.
@@ -215,6 +220,7 @@ impl Store {
             doomed: IntSet::default(),
             clients: 1,
             spill_dir_made: false,
+            spiller: Spiller::new(config.spill_io),
         };
         Ok(Arc::new(Store {
             arena,
@@ -512,7 +518,7 @@ impl Store {
         // or moves it) until this function returns.
         let bytes = unsafe { self.arena.bytes(off, len) };
         let t = Instant::now();
-        let written = crate::spill::write(&path, bytes);
+        let written = g.spiller.write(&path, bytes);
         self.spill_nanos.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
         written.map_err(|e| StoreError::Spill(format!("writing {len} bytes to {}: {e}", path.display())))?;
         g.alloc.free(off as u64);
@@ -545,7 +551,7 @@ impl Store {
         // reads or writes it.
         let buf = unsafe { self.arena.bytes_mut(off, len) };
         let t = Instant::now();
-        let read = crate::spill::read(&path, buf);
+        let read = g.spiller.read(&path, buf);
         self.restore_nanos.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
         if let Err(e) = read {
             g.alloc.free(off as u64);
@@ -699,6 +705,14 @@ impl Store {
     pub fn fallback_reason(&self) -> Option<&str> {
         self.arena.fallback_reason()
     }
+    /// How spill files are written (`buffered`, `direct (io_uring)`), and why not direct when
+    /// it was asked for.
+    pub fn spill_backend(&self) -> (&'static str, Option<String>) {
+        let g = self.lock();
+        let (b, why) = g.spiller.backend();
+        (b, why.map(str::to_string))
+    }
+
     /// The spill directory (created on the first spill, removed with the store).
     pub fn spill_dir(&self) -> &std::path::Path {
         &self.spill_dir
