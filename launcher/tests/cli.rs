@@ -9,7 +9,22 @@ fn rayhpc() -> Command {
 #[test]
 fn bench_json_reports_every_figure() {
     let out = rayhpc()
-        .args(["bench", "--json", "--tasks", "5000", "--round-trips", "200", "--trials", "1", "--idle-secs", "0.2", "--object-mib", "2"])
+        .args([
+            "bench",
+            "--json",
+            "--tasks",
+            "5000",
+            "--round-trips",
+            "200",
+            "--trials",
+            "1",
+            "--idle-secs",
+            "0.2",
+            "--object-mib",
+            "2",
+            "--spill-mib",
+            "128",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -27,6 +42,12 @@ fn bench_json_reports_every_figure() {
         "put_gib_per_s",
         "put_cold_gib_per_s",
         "get_gib_per_s",
+        "put_inline_per_s",
+        "get_inline_per_s",
+        "spill_gib_per_s",
+        "restore_gib_per_s",
+        "spill_direct_gib_per_s",
+        "restore_direct_gib_per_s",
     ] {
         let x = v[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {v}"));
         assert!(x.is_finite() && x > 0.0, "{key} = {x}");
@@ -37,12 +58,28 @@ fn bench_json_reports_every_figure() {
     assert_eq!(v["object_bytes"].as_u64(), Some(2 << 20));
     let backing = v["store_backing"].as_str().unwrap();
     assert!(["hugetlb", "thp", "4k"].iter().any(|b| backing.contains(b)), "{backing}");
+    assert!(v["spilled_bytes"].as_u64().unwrap() >= 64 << 20, "a 32 MiB store holding 128 MiB spills");
+    assert!(v["spill_direct_io"].as_str().unwrap().contains("direct") || v["spill_direct_io"].as_str().unwrap().contains("buffered"));
 }
 
 #[test]
 fn bench_table_is_readable() {
     let out = rayhpc()
-        .args(["bench", "--tasks", "2000", "--round-trips", "100", "--trials", "1", "--idle-secs", "0.1", "--object-mib", "4"])
+        .args([
+            "bench",
+            "--tasks",
+            "2000",
+            "--round-trips",
+            "100",
+            "--trials",
+            "1",
+            "--idle-secs",
+            "0.1",
+            "--object-mib",
+            "4",
+            "--spill-mib",
+            "0",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -79,6 +116,10 @@ fn executors_follow_the_affinity_mask() {
             "1",
             "--idle-secs",
             "0.1",
+            "--object-mib",
+            "4",
+            "--spill-mib",
+            "0",
         ])
         .output()
     else {

@@ -77,7 +77,7 @@ impl Spiller {
     /// Writes `bytes` to a new file at `path`.
     pub(crate) fn write(&mut self, path: &Path, bytes: &[u8]) -> io::Result<()> {
         let f = File::create(path)?;
-        let bulk = if bytes.as_ptr() as usize % BLOCK == 0 { bytes.len() / BLOCK * BLOCK } else { 0 };
+        let bulk = if (bytes.as_ptr() as usize).is_multiple_of(BLOCK) { bytes.len() / BLOCK * BLOCK } else { 0 };
         let mut done = 0;
         if bulk > 0 && self.ring.is_some() {
             if let Some(d) = self.open_direct(path, true)? {
@@ -98,7 +98,7 @@ impl Spiller {
         if len != buf.len() as u64 {
             return Err(io::Error::new(io::ErrorKind::InvalidData, format!("spill file holds {len} bytes, the object {}", buf.len())));
         }
-        let bulk = if buf.as_ptr() as usize % BLOCK == 0 { buf.len() / BLOCK * BLOCK } else { 0 };
+        let bulk = if (buf.as_ptr() as usize).is_multiple_of(BLOCK) { buf.len() / BLOCK * BLOCK } else { 0 };
         let mut done = 0;
         if bulk > 0 && self.ring.is_some() {
             if let Some(d) = self.open_direct(path, false)? {
