@@ -94,7 +94,14 @@ fn read_frame(s: &mut UnixStream) -> Option<[u64; 4]> {
 }
 
 fn serve_client(store: &Arc<Store>, mut s: UnixStream) {
-    let Some([op, version, _pid, _]) = read_frame(&mut s) else { return };
+    serve_connection(store, &mut s);
+    // The server keeps a clone of every stream (to cut them at stop): close this end for the
+    // peer now, not when the clone goes.
+    let _ = s.shutdown(std::net::Shutdown::Both);
+}
+
+fn serve_connection(store: &Arc<Store>, s: &mut UnixStream) {
+    let Some([op, version, _pid, _]) = read_frame(s) else { return };
     if op != proto::HELLO || version != proto::VERSION {
         let _ = s.write_all(&proto::encode([proto::E_PROTOCOL, proto::VERSION, 0, 0]));
         return;
@@ -106,8 +113,8 @@ fn serve_client(store: &Arc<Store>, mut s: UnixStream) {
     // References this client holds, by slot: dropped if it goes away.
     let mut refs: HashMap<u32, u32> = HashMap::new();
     let hello = proto::encode([proto::OK, client as u64, store.backing().code(), 0]);
-    if crate::fdpass::send(&s, &hello, &[store.arena().fd(), store.table().arena().fd()]).is_ok() {
-        while let Some(req) = read_frame(&mut s) {
+    if crate::fdpass::send(s, &hello, &[store.arena().fd(), store.table().arena().fd()]).is_ok() {
+        while let Some(req) = read_frame(s) {
             let answer = match handle(store, client, &mut refs, req) {
                 Ok(a) => a,
                 Err(e) => proto::error_frame(&e),
