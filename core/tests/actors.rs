@@ -116,9 +116,15 @@ fn kill_fails_queued_and_later_calls_and_frees_the_name() {
     let rt = common::rt(2);
     let class = rayhpc::actor("a.Sleeper", || ());
     let nap = class.method("nap", |_: &mut (), ms: u64| std::thread::sleep(Duration::from_millis(ms)));
+    let started = common::Started::default();
+    let s = started.clone();
+    let long_nap = class.method("long_nap", move |_: &mut ()| {
+        s.raise();
+        std::thread::sleep(Duration::from_millis(100));
+    });
     let h = class.remote_with(&rt, &Options::new().name("sleepy"), ()).unwrap();
-    let first = nap.remote(&h, (100u64,)).unwrap();
-    std::thread::sleep(Duration::from_millis(30));
+    let first = long_nap.remote(&h, ()).unwrap();
+    started.wait();
     let queued: Vec<_> = (0..10).map(|_| nap.remote(&h, (1u64,)).unwrap()).collect();
     rt.kill(&h);
     assert!(h.is_dead());

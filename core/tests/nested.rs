@@ -117,10 +117,15 @@ fn a_waiting_caller_runs_a_task_inline_only_with_its_resources_free() {
     // queued CPU task must not run it inline (that would be a second CPU); the executor
     // runs it after the long one.
     let rt = common::rt_with(Config { executors: Some(1), num_cpus: Some(1.0), ..Config::default() });
-    let long = rayhpc::function("n.long", || std::thread::sleep(Duration::from_millis(200)));
+    let started = common::Started::default();
+    let s = started.clone();
+    let long = rayhpc::function("n.long", move || {
+        s.raise();
+        std::thread::sleep(Duration::from_millis(200));
+    });
     let whoami = rayhpc::function("n.whoami", || std::thread::current().name().unwrap_or("unnamed").to_string());
     let l = long.remote(&rt, ()).unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    started.wait();
     let w = whoami.remote(&rt, ()).unwrap();
     assert_eq!(rt.get(&w).unwrap(), "rayhpc-exec-0");
     rt.get(&l).unwrap();

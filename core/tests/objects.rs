@@ -145,13 +145,19 @@ fn a_small_store_spills_and_restores_what_does_not_fit() {
 fn get_after_shutdown_of_pending_work_fails_instead_of_hanging() {
     let rt = common::rt_with(Config { executors: Some(1), num_cpus: Some(1.0), ..Config::default() });
     let slow = rayhpc::function("o.block", |ms: u64| std::thread::sleep(Duration::from_millis(ms)));
-    let first = slow.remote(&rt, (200u64,)).unwrap();
+    let started = common::Started::default();
+    let s = started.clone();
+    let first_task = rayhpc::function("o.block_first", move || {
+        s.raise();
+        std::thread::sleep(Duration::from_millis(200));
+    });
+    let first = first_task.remote(&rt, ()).unwrap();
+    started.wait();
     let queued: Vec<_> = (0..20).map(|_| slow.remote(&rt, (200u64,)).unwrap()).collect();
-    std::thread::sleep(Duration::from_millis(50));
     rt.shutdown();
     assert_eq!(rt.get(&first), Ok(()));
     let failed = queued.iter().filter(|r| rt.get(r) == Err(Error::Shutdown)).count();
-    assert!(failed >= 19, "only {failed} of the queued tasks were cancelled");
+    assert_eq!(failed, 20, "only {failed} of the queued tasks were cancelled");
     assert!(matches!(slow.remote(&rt, (1u64,)), Err(Error::Shutdown)));
     assert!(matches!(rt.put(&1u8), Err(Error::Shutdown)));
 }

@@ -250,7 +250,10 @@ fn shutdown_cancels_queued_jobs_and_joins_threads() {
     }
     let p2 = p.clone();
     let stopper = std::thread::spawn(move || p2.shutdown());
-    std::thread::sleep(Duration::from_millis(50));
+    // Open the gate only once shutdown has begun: executors take nothing new after that.
+    while !p.is_shutdown() {
+        std::thread::yield_now();
+    }
     gate.wait();
     stopper.join().unwrap();
     assert_eq!(ran.load(Ordering::SeqCst) + cancelled.load(Ordering::SeqCst), 51);
