@@ -22,7 +22,7 @@ use rayhpc_sched::ClassId;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, FailureKind, Result};
-use crate::function::{decode_args, encode_result, ArgSpec, Arguments, Callable, Failure, IntoArgs, MethodCallable};
+use crate::function::{decode_args, encode_result, ArgSpec, Arguments, Callable, Failure, IntoArgs, MethodCallable, Output};
 use crate::ids::{ActorId, FunctionId};
 use crate::object::{Notify, ObjectRef, Slot, Waiter};
 use crate::options::Options;
@@ -33,7 +33,7 @@ use crate::task::{guarded, task_error, with_inputs, CoreJob};
 pub const BATCH: usize = 256;
 
 type Ctor = dyn Fn(&[&[u8]]) -> std::result::Result<Box<dyn Any + Send>, Failure> + Send + Sync;
-type MethodInvoke = dyn Fn(&mut (dyn Any + Send), &[&[u8]]) -> std::result::Result<Vec<u8>, Failure> + Send + Sync;
+type MethodInvoke = dyn Fn(&mut (dyn Any + Send), &[&[u8]]) -> std::result::Result<Output, Failure> + Send + Sync;
 
 pub(crate) struct ClassEntry {
     pub(crate) name: Arc<str>,
@@ -398,7 +398,7 @@ impl ActorCell {
             let state = r.state.as_deref_mut().expect("a live, constructed actor has state");
             let out = with_inputs(&call.args, |inp| guarded(|| (call.method.invoke)(state, inp)))
                 .and_then(|r| r.map_err(|f| task_error(&call.method.name, f, 1)));
-            call.ret.complete(out.and_then(|b| self.rt.inner.seal(call.ret.id, b)));
+            call.ret.complete(out.and_then(|b| self.rt.inner.seal_output(call.ret.id, b)));
         }
         if self.dead.get().is_some() {
             // Killed: the state's destructor runs here, on the actor's own turn.

@@ -19,6 +19,8 @@ pub enum FailureKind {
     BadArguments,
     /// Its result could not be encoded.
     BadResult,
+    /// The worker process running it died (a system failure, retried under `max_retries`).
+    WorkerDied,
 }
 
 /// A task (or actor method) that failed: which function, how, and the message.
@@ -32,6 +34,9 @@ pub struct TaskError {
     pub message: String,
     /// How many times it ran (1 + retries).
     pub attempts: u32,
+    /// Opaque bytes a language binding attached to the failure (Python: the pickled
+    /// exception, so that `get` raises the task's own exception class).
+    pub payload: Option<Arc<[u8]>>,
 }
 
 impl fmt::Display for TaskError {
@@ -41,6 +46,7 @@ impl fmt::Display for TaskError {
             FailureKind::Error => "returned an error",
             FailureKind::BadArguments => "got arguments it cannot decode",
             FailureKind::BadResult => "produced a result that cannot be encoded",
+            FailureKind::WorkerDied => "lost its worker process",
         };
         write!(f, "task '{}' {how}: {}", self.function, self.message)?;
         if self.attempts > 1 {

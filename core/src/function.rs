@@ -33,15 +33,25 @@ pub(crate) enum ArgSpec {
 pub(crate) struct Failure {
     pub kind: FailureKind,
     pub message: String,
+    /// Bytes a language binding attaches (Python: the pickled exception), handed back with
+    /// the error unchanged.
+    pub payload: Option<Arc<[u8]>>,
 }
 
 impl Failure {
     pub(crate) fn new(kind: FailureKind, message: impl Into<String>) -> Self {
-        Failure { kind, message: message.into() }
+        Failure { kind, message: message.into(), payload: None }
     }
 }
 
-pub(crate) type Invoke = dyn Fn(&[&[u8]]) -> std::result::Result<Vec<u8>, Failure> + Send + Sync;
+/// What an invocation produced: bytes to seal (inline or into the store), or an object a
+/// worker process already sealed into the store itself.
+pub(crate) enum Output {
+    Bytes(Vec<u8>),
+    Stored(rayhpc_objstore::Object),
+}
+
+pub(crate) type Invoke = dyn Fn(&[&[u8]]) -> std::result::Result<Output, Failure> + Send + Sync;
 
 /// A registered function as the runtime sees it.
 pub(crate) struct FnEntry {
@@ -65,7 +75,7 @@ pub fn lookup(name: &str) -> Option<FunctionId> {
 /// Registered functions live as long as the process (they are registered once, like Ray's
 /// `@ray.remote` at module level): a task refers to its entry without a reference count, so
 /// no counter bounces between the submitting and the executing CPU.
-fn register(name: &str, invoke: Box<Invoke>) -> &'static FnEntry {
+pub(crate) fn register(name: &str, invoke: Box<Invoke>) -> &'static FnEntry {
     let e: &'static FnEntry = Box::leak(Box::new(FnEntry { name: name.into(), id: FunctionId::of(name), invoke }));
     // Registering a name again replaces the entry for lookups by id; handles already made
     // keep the entry they were made with.
@@ -191,8 +201,8 @@ pub(crate) fn decode_args<Args: Arguments>(inputs: &[&[u8]]) -> std::result::Res
     Args::decode(inputs).map_err(|m| Failure::new(FailureKind::BadArguments, m))
 }
 
-pub(crate) fn encode_result<R: Serialize>(r: &R) -> std::result::Result<Vec<u8>, Failure> {
-    codec::encode(r).map_err(|e| Failure::new(FailureKind::BadResult, e.to_string()))
+pub(crate) fn encode_result<R: Serialize>(r: &R) -> std::result::Result<Output, Failure> {
+    codec::encode(r).map(Output::Bytes).map_err(|e| Failure::new(FailureKind::BadResult, e.to_string()))
 }
 
 /// A registered remote function: `Args` is the tuple of its parameter types, `R` its result.

@@ -28,6 +28,7 @@ mod function;
 pub mod ids;
 mod object;
 mod options;
+pub mod raw;
 mod runtime;
 mod store;
 mod task;

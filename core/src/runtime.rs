@@ -582,6 +582,14 @@ impl RuntimeInner {
         })
     }
 
+    /// Seals what an invocation produced as object `id`.
+    pub(crate) fn seal_output(&self, id: ObjectId, out: crate::function::Output) -> Outcome {
+        match out {
+            crate::function::Output::Bytes(b) => self.seal(id, b),
+            crate::function::Output::Stored(o) => Ok(Blob::Stored(o)),
+        }
+    }
+
     /// Seals result bytes of object `id`: inline when small, else into the store.
     pub(crate) fn seal(&self, id: ObjectId, bytes: Vec<u8>) -> Outcome {
         if bytes.len() <= self.inline_threshold {

@@ -180,7 +180,7 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 }
 
 pub(crate) fn task_error(function: &Arc<str>, f: Failure, attempts: u32) -> Error {
-    Error::Task(Box::new(TaskError { function: function.clone(), kind: f.kind, message: f.message, attempts }))
+    Error::Task(Box::new(TaskError { function: function.clone(), kind: f.kind, message: f.message, attempts, payload: f.payload }))
 }
 
 pub(crate) fn execute(mut t: Box<TaskSpec>, rt: &RuntimeInner) {
@@ -193,11 +193,18 @@ pub(crate) fn execute(mut t: Box<TaskSpec>, rt: &RuntimeInner) {
         Ok(out) => out,
     };
     match outcome {
-        Ok(bytes) => {
-            t.ret.complete(rt.seal(t.ret.id, bytes));
+        Ok(out) => {
+            t.ret.complete(rt.seal_output(t.ret.id, out));
         }
         Err(f) => {
-            let retry = t.retry_exceptions && t.retries_left != 0 && f.kind != FailureKind::BadArguments;
+            // A lost worker is a system failure: retried up to `max_retries` whatever
+            // `retry_exceptions` says (Ray's rule); application errors only with it.
+            let retryable = match f.kind {
+                FailureKind::WorkerDied => true,
+                FailureKind::BadArguments => false,
+                _ => t.retry_exceptions,
+            };
+            let retry = retryable && t.retries_left != 0;
             if retry && !rt.is_shutdown() {
                 if t.retries_left > 0 {
                     t.retries_left -= 1;

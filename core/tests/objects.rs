@@ -94,7 +94,9 @@ fn objects_over_capacity_fail_clearly_and_lose_nothing() {
     }
     // A second object that does not fit beside the first: the first is spilled to disk.
     let second = rt.put(&vec![2u8; 600_000]).unwrap();
-    assert!(spill.read_dir().unwrap().count() == 1, "one object on disk");
+    let own: Vec<_> = spill.read_dir().unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(own.len(), 1, "the store made one spill directory of its own: {own:?}");
+    assert!(own[0].read_dir().unwrap().count() == 1, "one object on disk");
     // Reading the first restores it (spilling the second).
     let pinned = rt.get_bytes(&keep).unwrap();
     assert!(pinned[8..].iter().all(|&b| b == 1));
@@ -115,7 +117,9 @@ fn objects_over_capacity_fail_clearly_and_lose_nothing() {
     drop((keep, second));
     rt.shutdown();
     drop(rt);
-    assert!(!spill.exists(), "the spill directory goes with the store");
+    assert!(!own[0].exists(), "the store's spill directory goes with it");
+    assert_eq!(spill.read_dir().unwrap().count(), 0);
+    std::fs::remove_dir(&spill).unwrap();
 }
 
 #[test]
@@ -139,6 +143,8 @@ fn a_small_store_spills_and_restores_what_does_not_fit() {
     drop((refs, big));
     assert_eq!(rt.store_usage().0, 0);
     rt.shutdown();
+    drop(rt);
+    std::fs::remove_dir(&spill).expect("only the store's own directory was in it, and it is gone");
 }
 
 #[test]

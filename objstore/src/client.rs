@@ -145,7 +145,7 @@ impl Client {
             let Some((slot, word)) = self.table.lookup(key) else { return Ok(None) };
             match table::state_of(word) {
                 State::Sealed => match self.pins.pin(&self.table, slot, word) {
-                    Pin::Pinned => return Ok(Some(self.view(slot))),
+                    Pin::Pinned => return self.view(slot).map(Some),
                     Pin::Stale => continue,
                     Pin::Busy => {}
                 },
@@ -156,7 +156,13 @@ impl Client {
             // cannot unpin the entry (its shard is locked by `pin_with`).
             let (lo, hi) = proto::split(key);
             match self.pins.pin_with(slot, || self.call([proto::GET, lo, hi, slot as u64]).map(|[_, w, _, _]| w)) {
-                Ok(_) => return Ok(Some(self.view(slot))),
+                // This process may already have pinned the slot for another key (the entry
+                // was reused since the lookup): the pin holds the key still, so check it.
+                Ok(_) if self.table.key(slot) != key => {
+                    self.pins.unpin(&self.table, slot);
+                    continue;
+                }
+                Ok(_) => return self.view(slot).map(Some),
                 Err(StoreError::NotFound { .. }) => continue,
                 Err(e) => return Err(e),
             }
@@ -164,9 +170,15 @@ impl Client {
         Err(StoreError::Protocol(format!("object {key:032x} kept changing while being looked up")))
     }
 
-    fn view(&self, slot: u32) -> ClientView<'_> {
+    /// The view of a slot this process has pinned. The range is checked against the arena:
+    /// the table is shared memory, and a range past the mapping must be an error, not a read.
+    fn view(&self, slot: u32) -> Result<ClientView<'_>, StoreError> {
         let (off, len) = self.table.place(slot);
-        ClientView { client: self, slot, off, len }
+        if off.checked_add(len).is_none_or(|end| end > self.arena.len()) {
+            self.pins.unpin(&self.table, slot);
+            return Err(StoreError::Protocol(format!("object range {off}+{len} lies outside the arena")));
+        }
+        Ok(ClientView { client: self, slot, off, len })
     }
 
     /// This client's index (1 and up; 0 is the store's process).

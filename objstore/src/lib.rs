@@ -11,6 +11,7 @@ pub mod client;
 pub mod fdpass;
 pub mod proto;
 pub mod protocol;
+pub mod ring;
 pub mod server;
 pub mod shm;
 pub mod spill;

@@ -162,6 +162,7 @@ fn handle(store: &Store, client: u32, refs: &mut HashMap<u32, u32>, [op, a, b, c
                 refs.remove(&slot);
             }
             store.unref(slot);
+            store.sweep();
             Ok([proto::OK, 0, 0, 0])
         }
         proto::ADDREF => {

@@ -88,6 +88,8 @@ pub struct Arena {
     backing: Backing,
     /// Why a preferred backing was not used, for the start-up log line.
     fallback: Option<String>,
+    /// Mapped with write access (an atomic read-modify-write on a read-only mapping faults).
+    writable: bool,
 }
 
 // SAFETY: the arena is plain shared memory; the mapping stays valid until drop. Which bytes
@@ -174,7 +176,7 @@ impl Arena {
             let fd = memfd("rayhpc-arena", libc::MFD_HUGETLB | flags)?;
             size_fd(&fd, len)?;
             let base = map(&fd, len, true)?;
-            Ok(Arena { base, len, fd, backing, fallback: None })
+            Ok(Arena { base, len, fd, backing, fallback: None, writable: true })
         };
         if pages == Hugepages::Prefer1G {
             match huge(libc::MFD_HUGE_1GB, GB1, Backing::Hugetlb1G) {
@@ -214,7 +216,7 @@ impl Arena {
                 backing = Backing::Thp;
             }
         }
-        let arena = Arena { base, len, fd, backing, fallback: (!why.is_empty()).then(|| why.join("; ")) };
+        let arena = Arena { base, len, fd, backing, fallback: (!why.is_empty()).then(|| why.join("; ")), writable: true };
         if populate {
             arena.populate();
         }
@@ -230,7 +232,7 @@ impl Arena {
         let len = len.next_multiple_of(MB2);
         size_fd(&fd, len)?;
         let base = map(&fd, len, true)?;
-        Ok(Arena { base, len, fd, backing: Backing::HugetlbFs, fallback: None })
+        Ok(Arena { base, len, fd, backing: Backing::HugetlbFs, fallback: None, writable: true })
     }
 
     /// A small shared mapping of plain pages, zeroed and faulted in (the object table).
@@ -242,7 +244,7 @@ impl Arena {
         let fd = memfd(name, 0)?;
         size_fd(&fd, len)?;
         let base = map(&fd, len, true)?;
-        Ok(Arena { base, len, fd, backing: Backing::Small, fallback: None })
+        Ok(Arena { base, len, fd, backing: Backing::Small, fallback: None, writable: true })
     }
 
     /// Maps an arena another process created, whole (its size is the file's), read-write or
@@ -257,12 +259,16 @@ impl Arena {
         }
         let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
         let base = map_prot(&fd, len, false, prot)?;
-        Ok(Arena { base, len, fd, backing, fallback: None })
+        Ok(Arena { base, len, fd, backing, fallback: None, writable })
     }
 
     /// The mapping as 64-bit atomic words: how the object table is shared between processes,
     /// which touch it only through atomic operations.
+    ///
+    /// # Panics
+    /// On a read-only mapping (the atomics would fault).
     pub fn words(&self) -> &[AtomicU64] {
+        assert!(self.writable, "atomic words of a read-only mapping");
         // SAFETY: the mapping is page-aligned (so 8-byte aligned), `len / 8` words long, and
         // lives as long as `&self`. Every process maps it shared and accesses it only through
         // atomics, which is what `AtomicU64` requires of memory that others write concurrently.
@@ -271,7 +277,8 @@ impl Arena {
     }
 
     /// Faults every page in by writing one byte per 4 KiB (a no-op for content: zeroes).
-    pub fn populate(&self) {
+    /// Only for a fresh arena that nothing uses yet, hence private.
+    fn populate(&self) {
         for off in (0..self.len).step_by(4096) {
             // SAFETY: `off < len`, inside the mapping; the arena is fresh, nobody reads it yet.
             unsafe { self.base.as_ptr().add(off).write_volatile(0) };

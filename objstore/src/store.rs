@@ -41,7 +41,9 @@ pub struct StoreConfig {
     pub populate: bool,
     /// Most objects held at once (in memory or spilled); 0 derives it from the capacity.
     pub max_objects: usize,
-    /// Where spilled objects go; `None`: a per-job directory under the temporary directory.
+    /// The directory under which the store makes its own spill directory (named by job,
+    /// process and store, and removed with the store; the parent itself is left alone);
+    /// `None`: the temporary directory.
     pub spill_dir: Option<PathBuf>,
     /// How long a create waits for pinned objects to be released when the store is full.
     pub full_wait: Duration,
@@ -196,9 +198,12 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn default_spill_dir() -> PathBuf {
+/// This store's own spill directory under `parent`: never a directory someone else made, so
+/// removing it with the store removes nothing but spill files.
+fn own_spill_dir(parent: Option<&std::path::Path>) -> PathBuf {
     let job = std::env::var("SLURM_JOB_ID").map(|j| format!("job{j}-")).unwrap_or_default();
-    std::env::temp_dir().join(format!("rayhpc-spill-{job}{}-{}", std::process::id(), crate::unique()))
+    let parent = parent.map_or_else(std::env::temp_dir, std::path::Path::to_path_buf);
+    parent.join(format!("rayhpc-spill-{job}{}-{}", std::process::id(), crate::unique()))
 }
 
 impl Store {
@@ -227,7 +232,7 @@ impl Store {
             table,
             capacity,
             full_wait: config.full_wait,
-            spill_dir: config.spill_dir.clone().unwrap_or_else(default_spill_dir),
+            spill_dir: own_spill_dir(config.spill_dir.as_deref()),
             inner: Mutex::new(inner),
             pins: Pins::new(0),
             used: AtomicUsize::new(0),
@@ -291,6 +296,12 @@ impl Store {
         // than a second probe on every create.)
         let (mut g, off) = self.room(self.lock(), len);
         let off = off?;
+        // Released objects whose last pins were other processes' (they unpin without telling
+        // the store) are deleted here: so a key released everywhere can be created again,
+        // and the figures do not count the dead.
+        if self.doomed.load(Ordering::Relaxed) > 0 {
+            self.sweep_locked(&mut g);
+        }
         match self.table.insert(key, off, len, client) {
             Ok(slot) => {
                 g.live.insert(slot, Info { key, len, off, refs: 0, creator: client, life: Life::Creating, cached: false });
@@ -509,7 +520,11 @@ impl Store {
             (i.key, i.off, i.len)
         };
         if !g.spill_dir_made {
-            std::fs::create_dir_all(&self.spill_dir)
+            if let Some(parent) = self.spill_dir.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| StoreError::Spill(format!("cannot create {}: {e}", parent.display())))?;
+            }
+            // `create_dir`, not `create_dir_all`: the directory must be new, hence ours.
+            std::fs::create_dir(&self.spill_dir)
                 .map_err(|e| StoreError::Spill(format!("cannot create {}: {e}", self.spill_dir.display())))?;
             g.spill_dir_made = true;
         }
@@ -520,7 +535,11 @@ impl Store {
         let t = Instant::now();
         let written = g.spiller.write(&path, bytes);
         self.spill_nanos.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        written.map_err(|e| StoreError::Spill(format!("writing {len} bytes to {}: {e}", path.display())))?;
+        if let Err(e) = written {
+            // A partial file (a full disk) must not keep its space.
+            let _ = std::fs::remove_file(&path);
+            return Err(StoreError::Spill(format!("writing {len} bytes to {}: {e}", path.display())));
+        }
         g.alloc.free(off as u64);
         let info = g.live.get_mut(&slot).expect("victim is live");
         info.life = Life::Spilled;
@@ -575,16 +594,24 @@ impl Store {
         let w = self.table.state(slot);
         if table::state_of(w) == State::Sealed && self.table.key(slot) == key && self.pins.pin(&self.table, slot, w) == Pin::Pinned {
             let (off, len) = self.table.place(slot);
-            return Ok(View { store: self.clone(), slot, off, len });
+            // The table is shared memory that clients map writable: a range it gives must
+            // lie in the arena before it is read (the slow path uses the store's own record).
+            if off.checked_add(len).is_some_and(|end| end <= self.arena.len()) {
+                return Ok(View { store: self.clone(), slot, off, len });
+            }
+            self.pins.unpin(&self.table, slot);
         }
         // Slow path: under the lock nobody else can spill or move the entry.
         let g = self.lock();
-        let (_g, r) = self.make_resident(g, slot, key);
+        let (g, r) = self.make_resident(g, slot, key);
         r?;
         let w = self.table.state(slot);
         match self.pins.pin(&self.table, slot, w) {
             Pin::Pinned => {
-                let (off, len) = self.table.place(slot);
+                let (off, len) = {
+                    let i = &g.live[&slot];
+                    (i.off, i.len)
+                };
                 Ok(View { store: self.clone(), slot, off, len })
             }
             other => Err(StoreError::Protocol(format!("pin of a resident object failed under the store lock ({other:?})"))),
@@ -611,10 +638,13 @@ impl Store {
     /// word, offset and length.
     pub(crate) fn pin_for(&self, slot: u32, key: u128, client: u32) -> Result<(u64, usize, usize), StoreError> {
         let g = self.lock();
-        let (_g, r) = self.make_resident(g, slot, key);
+        let (g, r) = self.make_resident(g, slot, key);
         r?;
         self.table.pin_for(slot, client);
-        let (off, len) = self.table.place(slot);
+        let (off, len) = {
+            let i = &g.live[&slot];
+            (i.off, i.len)
+        };
         Ok((self.table.state(slot), off, len))
     }
 

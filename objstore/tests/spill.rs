@@ -37,7 +37,12 @@ fn spill_and_restore(count: u128, io: SpillIo) {
     cfg.hugepages = Hugepages::Never;
     cfg.spill_dir = Some(dir.clone());
     cfg.full_wait = Duration::from_millis(200);
+    // A file of the user's in the parent: it must survive the store.
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("user-file"), b"mine").unwrap();
     let store = Store::new(&cfg).unwrap();
+    let own = store.spill_dir().to_path_buf();
+    assert_eq!(own.parent(), Some(dir.as_path()));
     let mut expect = vec![0u8; 4096];
     let objects: Vec<_> = (0..count)
         .map(|k| {
@@ -70,7 +75,9 @@ fn spill_and_restore(count: u128, io: SpillIo) {
     assert!(stats.restored_bytes as usize >= count as usize * OBJ * 3 / 4, "{stats:?}");
     drop(objects);
     assert_eq!((store.used(), store.objects(), store.spilled_bytes()), (0, 0, 0));
-    assert_eq!(std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0), 0, "no spill file is left");
+    assert_eq!(std::fs::read_dir(&own).map(|d| d.count()).unwrap_or(0), 0, "no spill file is left");
     drop(store);
-    assert!(!dir.exists());
+    assert!(!own.exists(), "the store's own spill directory goes with it");
+    assert_eq!(std::fs::read(dir.join("user-file")).unwrap(), b"mine", "the parent's files stay");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
