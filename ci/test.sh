@@ -18,6 +18,9 @@ pkgs=()
 have cc || pkgs+=(gcc libc6-dev)
 have pkg-config || pkgs+=(pkg-config)
 { have pkg-config && pkg-config --exists hwloc libudev; } || pkgs+=(libhwloc-dev libudev-dev)
+# Python 3 with venv and pip: the Python package is built (maturin, from PyPI) and tested.
+have python3 || pkgs+=(python3)
+{ have python3 && python3 -c "import ensurepip, venv" >/dev/null 2>&1; } || pkgs+=(python3-venv python3-pip)
 if [ ${#pkgs[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}"
@@ -53,6 +56,14 @@ if [ "$(id -u)" = 0 ] && [ -w /proc/sys/vm/nr_hugepages ]; then
 else
   echo "not root: the arena test ran once above with the machine's hugepage pool as it is"
 fi
+
+step "the Python package: pip install ./bindings/python, then its pytest suite"
+# A venv of the project's own (Debian's system Python refuses pip installs); pip builds the
+# extension with maturin in release mode, into this workspace's target directory.
+[ -x target/venv/bin/python ] || python3 -m venv target/venv
+target/venv/bin/python -m pip install -q --upgrade pip
+target/venv/bin/python -m pip install -q './bindings/python[test]'
+target/venv/bin/python -m pytest -q bindings/python/tests
 
 [ "${1:-}" = quick ] && exit 0
 

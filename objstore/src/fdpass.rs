@@ -1,5 +1,6 @@
 //! Descriptors over a Unix socket (`SCM_RIGHTS`): how a client process receives the arena
-//! and the object table. The only other `unsafe` of this crate, kept to two functions.
+//! and the object table; and descriptors inherited across `exec` (how a worker process
+//! receives its ring channel).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -93,6 +94,41 @@ pub fn recv(sock: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd
     Ok((n, fds))
 }
 
+/// A duplicate of `fd` that a child process inherits across `exec` (no `FD_CLOEXEC`), at
+/// descriptor number `at_least` or above. Close it (drop) once the child is spawned; spawn
+/// while holding a lock so that no other child of this process inherits it by accident.
+///
+/// # Errors
+/// The process is out of descriptors.
+pub fn inheritable_dup(fd: BorrowedFd<'_>, at_least: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD on a valid, borrowed descriptor returns a new descriptor (without
+    // FD_CLOEXEC) that nobody else owns.
+    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD, at_least) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `n` was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// Takes ownership of descriptor `n` that this process inherited (named by its parent, say in
+/// an environment variable), marking it close-on-exec so it goes no further.
+///
+/// # Errors
+/// `n` is not an open descriptor.
+pub fn claim_inherited(n: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD only reads the flags of descriptor `n` (an error if it is not open).
+    if n < 0 || unsafe { libc::fcntl(n, libc::F_GETFD) } < 0 {
+        return Err(io::Error::new(io::ErrorKind::NotFound, format!("descriptor {n} is not open in this process")));
+    }
+    // SAFETY: `n` is open, and the caller's parent passed it for this process to own: nothing
+    // else in this process refers to it.
+    let fd = unsafe { OwnedFd::from_raw_fd(n) };
+    // SAFETY: F_SETFD on an open descriptor only changes its flags.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok(fd)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +162,22 @@ mod tests {
         let f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&p).unwrap();
         std::fs::remove_file(&p).unwrap();
         f
+    }
+
+    #[test]
+    fn an_inheritable_duplicate_is_claimed_back_close_on_exec() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let dup = inheritable_dup(a.as_fd(), 10).unwrap();
+        let n = dup.as_raw_fd();
+        assert!(n >= 10);
+        // SAFETY: F_GETFD only reads flags of an open descriptor.
+        assert_eq!(unsafe { libc::fcntl(n, libc::F_GETFD) } & libc::FD_CLOEXEC, 0, "inheritable");
+        std::mem::forget(dup); // ownership passes to claim_inherited, as in a child process
+        let owned = claim_inherited(n).unwrap();
+        // SAFETY: as above.
+        assert_ne!(unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_GETFD) } & libc::FD_CLOEXEC, 0);
+        drop(owned);
+        assert!(claim_inherited(n).is_err(), "closed now");
+        assert!(claim_inherited(-1).is_err());
     }
 }

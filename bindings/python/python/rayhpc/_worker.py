@@ -1,0 +1,59 @@
+"""The loop of a Python worker process: started by the node runtime, attached to it by a
+shared-memory ring channel, it runs the calls it is sent until the channel closes."""
+
+import os
+import pickle
+import sys
+import traceback
+
+
+def _extend_path():
+    # Import what the driver imports: its sys.path, where this one lacks an entry.
+    extra = os.environ.get("RAYHPC_SYS_PATH", "")
+    have = set(sys.path)
+    for p in extra.split(os.pathsep):
+        if p and p not in have:
+            sys.path.append(p)
+
+
+def main():
+    _extend_path()
+    import cloudpickle
+    from rayhpc import _native
+    from rayhpc._serial import dumps, loads, error_payload
+
+    link = _native.WorkerLink.from_env()
+    functions = {}
+    DEFINE, CALL = 1, 2
+    while True:
+        req = link.recv()
+        if req is None:
+            break
+        op, key, body = req
+        if op == DEFINE:
+            try:
+                functions[key] = (cloudpickle.loads(body), None)
+            except BaseException as e:  # noqa: BLE001 - reported at the call
+                functions[key] = (None, e)
+            continue
+        fn, load_error = functions.get(key, (None, None))
+        try:
+            if fn is None:
+                if load_error is not None:
+                    raise load_error
+                raise RuntimeError("this worker was never sent the function")
+            layout = body[0]
+            values = [loads(b) for b in body[1:]]
+            if layout:
+                npos, names = pickle.loads(layout)
+                result = fn(*values[:npos], **dict(zip(names, values[npos:])))
+            else:
+                result = fn(*values)
+            out = dumps(result)
+        except BaseException as e:  # noqa: BLE001 - every failure goes back to the caller
+            name = getattr(fn, "__qualname__", "task")
+            # The traceback from the task's own frames on (this loop's frame left out).
+            tb = "".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next if e.__traceback__ else None))
+            link.send_err(f"{type(e).__name__}: {e}", error_payload(e, name, tb))
+            continue
+        link.send_ok(out)

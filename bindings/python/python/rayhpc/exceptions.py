@@ -1,0 +1,92 @@
+"""Ray's exception classes, with Ray's names and meaning."""
+
+
+class RayError(Exception):
+    """Base of every rayhpc error."""
+
+
+class RaySystemError(RayError):
+    """The runtime itself failed (not the task)."""
+
+
+class RayTaskError(RayError):
+    """A task raised. `get` raises an instance that is also an instance of the task's own
+    exception class (as Ray does), so `except ValueError` catches a remote ValueError."""
+
+    def __init__(self, function_name="", traceback_str="", cause=None, proctitle="", pid=None, ip=None):
+        self.function_name = function_name
+        self.traceback_str = traceback_str
+        self.cause = cause
+        self.pid = pid
+        super().__init__(self._message())
+
+    def _message(self):
+        head = f"{type(self.cause).__name__ if self.cause is not None else 'Error'} in {self.function_name}()"
+        return f"{head}\n{self.traceback_str}".rstrip()
+
+    def __str__(self):
+        return self._message()
+
+    def as_instanceof_cause(self):
+        """This error as an instance of both RayTaskError and the cause's class."""
+        cause = self.cause
+        if cause is None or isinstance(cause, RayTaskError):
+            return self
+        cause_cls = type(cause)
+        try:
+            cls = _dual_classes.get(cause_cls)
+            if cls is None:
+                cls = type(f"RayTaskError({cause_cls.__name__})", (RayTaskError, cause_cls), {
+                    "__init__": _dual_init,
+                    "__getattr__": lambda self, name: getattr(self.cause, name),
+                    "__str__": RayTaskError.__str__,
+                })
+                cls.__module__ = cause_cls.__module__
+                _dual_classes[cause_cls] = cls
+            return cls(self.function_name, self.traceback_str, cause)
+        except TypeError:
+            # A class that cannot be mixed in (a layout conflict): the plain error.
+            return self
+
+
+def _dual_init(self, function_name, traceback_str, cause):
+    self.function_name = function_name
+    self.traceback_str = traceback_str
+    self.cause = cause
+    self.pid = None
+    self.args = (cause,)
+
+
+_dual_classes = {}
+
+
+class TaskCancelledError(RayError):
+    """The task was cancelled."""
+
+
+class WorkerCrashedError(RayError):
+    """The worker process running the task died (after its retries)."""
+
+
+class RayActorError(RayError):
+    """The actor died or was killed: its calls fail with this."""
+
+
+class ActorDiedError(RayActorError):
+    """The actor is dead."""
+
+
+class ObjectLostError(RayError):
+    """An object's value is gone."""
+
+
+class ObjectStoreFullError(RayError):
+    """The object store could not take an object."""
+
+
+class GetTimeoutError(RayError, TimeoutError):
+    """`get` timed out."""
+
+
+class OutOfMemoryError(RayError):
+    """The node ran out of memory."""

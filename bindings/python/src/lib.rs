@@ -1,0 +1,31 @@
+//! `rayhpc._native`: the Python extension module of rayhpc. The Python package around it
+//! (`python/rayhpc/`) gives Ray Core's API; this module holds the embedded node runtime
+//! (`driver`), its Python worker processes (`pool`), the worker's end of their channel
+//! (`worker`) and the messages between them (`wire`).
+#![forbid(unsafe_code)]
+#![allow(missing_docs)] // the Python-facing docs live in the Python package
+
+use pyo3::prelude::*;
+
+mod driver;
+mod pool;
+mod wire;
+mod worker;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<driver::PyObjectRef>()?;
+    m.add_class::<driver::TaskOptions>()?;
+    m.add_class::<worker::WorkerLink>()?;
+    m.add_function(wrap_pyfunction!(driver::init, m)?)?;
+    m.add_function(wrap_pyfunction!(driver::shutdown, m)?)?;
+    m.add_function(wrap_pyfunction!(driver::is_initialized, m)?)?;
+    m.add_function(wrap_pyfunction!(driver::register_function, m)?)?;
+    m.add_function(wrap_pyfunction!(driver::submit, m)?)?;
+    m.add_function(wrap_pyfunction!(driver::put, m)?)?;
+    m.add_function(wrap_pyfunction!(driver::get, m)?)?;
+    m.add_function(wrap_pyfunction!(driver::wait, m)?)?;
+    m.add_function(wrap_pyfunction!(driver::resources, m)?)?;
+    m.add_function(wrap_pyfunction!(driver::workers, m)?)?;
+    Ok(())
+}

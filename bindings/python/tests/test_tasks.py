@@ -1,0 +1,226 @@
+"""Tasks, objects and errors through `import rayhpc as ray`, as Ray Core programs use them."""
+
+import os
+import pickle
+import signal
+import threading
+import time
+
+import pytest
+
+import rayhpc as ray
+from rayhpc import exceptions
+
+
+@ray.remote
+def add(a, b=10):
+    return a + b
+
+
+@ray.remote
+def echo(x):
+    return x
+
+
+@ray.remote
+def fails(msg):
+    raise ValueError(msg)
+
+
+def test_tasks_return_futures_and_get_reads_one_or_many(ray_start):
+    r = add.remote(1, 2)
+    assert isinstance(r, ray.ObjectRef)
+    assert ray.get(r) == 3
+    assert ray.get([add.remote(i, i) for i in range(50)]) == [2 * i for i in range(50)]
+    assert ray.get((add.remote(1), add.remote(1, b=2))) == [11, 3]
+    assert ray.get(add.remote(a=5, b=6)) == 11
+
+
+def test_refs_as_arguments_are_resolved_and_chain_into_a_dag(ray_start):
+    x = ray.put(41)
+    assert ray.get(add.remote(x, 1)) == 42
+    # A chain: each task waits for the previous one's result.
+    r = ray.put(0)
+    for _ in range(20):
+        r = add.remote(r, 1)
+    assert ray.get(r) == 20
+    # A tree: sums of sums.
+    leaves = [echo.remote(i) for i in range(16)]
+    while len(leaves) > 1:
+        leaves = [add.remote(leaves[i], leaves[i + 1]) for i in range(0, len(leaves), 2)]
+    assert ray.get(leaves[0]) == sum(range(16))
+
+
+def test_values_of_many_kinds_round_trip(ray_start):
+    class Point:  # defined here: travels by value (cloudpickle)
+        def __init__(self, x, y):
+            self.x, self.y = x, y
+
+    values = [None, True, 3, 2.5, "text", b"bytes", [1, [2]], {"k": (1, 2)}, set([1, 2]), b"x" * 200_000]
+    for v in values:
+        assert ray.get(echo.remote(v)) == v
+        assert ray.get(ray.put(v)) == v
+    p = ray.get(echo.remote(Point(1, 2)))
+    assert (p.x, p.y) == (1, 2)
+    assert ray.get(ray.remote(lambda: "lambda")
+                   .remote()) == "lambda"
+
+
+def test_an_exception_comes_back_as_its_own_class_and_as_a_task_error(ray_start):
+    with pytest.raises(ValueError) as info:
+        ray.get(fails.remote("bad input"))
+    e = info.value
+    assert isinstance(e, exceptions.RayTaskError)
+    assert isinstance(e.cause, ValueError) and e.cause.args == ("bad input",)
+    assert "fails" in str(e) and "bad input" in str(e)
+    assert "in fails" in e.traceback_str and "ValueError: bad input" in e.traceback_str, e.traceback_str
+    assert "_worker.py" not in e.traceback_str, "the worker's own frame is left out"
+    # A task depending on a failed object fails with the same error, without running.
+    with pytest.raises(ValueError, match="bad input"):
+        ray.get(add.remote(fails.remote("bad input"), 1))
+    # A list get raises the first failure.
+    with pytest.raises(ValueError):
+        ray.get([add.remote(1, 1), fails.remote("x")])
+
+
+def test_bad_calls_fail_at_the_call_with_clear_errors(ray_start):
+    with pytest.raises(TypeError, match="cannot be called directly"):
+        add(1, 2)
+    with pytest.raises(TypeError):
+        add.remote()  # missing a
+    with pytest.raises(TypeError):
+        add.remote(1, 2, 3)
+    with pytest.raises(TypeError):
+        add.remote(1, c=2)
+    with pytest.raises(TypeError, match="serialize"):
+        echo.remote(threading.Lock())
+    with pytest.raises(TypeError):
+        ray.put(ray.put(1))
+    with pytest.raises(ValueError):
+        ray.get("not a ref")
+    with pytest.raises(ValueError, match="Invalid option"):
+        add.options(no_such_option=1)
+    with pytest.raises(RuntimeError, match="twice"):
+        ray.init()
+    ray.init(ignore_reinit_error=True)
+
+
+def test_an_unpicklable_result_fails_at_get(ray_start):
+    @ray.remote
+    def make_lock():
+        return threading.Lock()
+
+    with pytest.raises(exceptions.RayTaskError, match="lock"):
+        ray.get(make_lock.remote())
+
+
+def test_get_with_a_timeout_raises_get_timeout_error(ray_start):
+    @ray.remote
+    def slow():
+        time.sleep(1.0)
+        return 1
+
+    r = slow.remote()
+    t = time.monotonic()
+    with pytest.raises(exceptions.GetTimeoutError):
+        ray.get(r, timeout=0.1)
+    assert time.monotonic() - t < 0.9
+    assert isinstance(exceptions.GetTimeoutError("x"), TimeoutError)
+    assert ray.get(r) == 1
+
+
+def test_wait_splits_ready_from_pending_in_order(ray_start):
+    @ray.remote
+    def sleep_then(s, v):
+        time.sleep(s)
+        return v
+
+    fast = [sleep_then.remote(0, i) for i in range(3)]
+    slow = sleep_then.remote(2.0, "slow")
+    ready, rest = ray.wait(fast + [slow], num_returns=3, timeout=1.5)
+    assert ready == fast and rest == [slow]
+    ready, rest = ray.wait([slow], timeout=0.05)
+    assert (ready, rest) == ([], [slow])
+    with pytest.raises(ValueError):
+        ray.wait([slow, slow])
+    with pytest.raises(ValueError):
+        ray.wait(fast, num_returns=4)
+    with pytest.raises(TypeError):
+        ray.wait(slow)
+    assert ray.get(slow) == "slow"  # leave no task running for the next test
+
+
+def test_a_worker_killed_mid_task_is_retried_then_reported(ray_start, tmp_path):
+    marker = tmp_path / "crashed-once"
+
+    @ray.remote(max_retries=2)
+    def crash_once(path):
+        if not os.path.exists(path):
+            open(path, "w").close()
+            os._exit(1)
+        return "second attempt"
+
+    assert ray.get(crash_once.remote(str(marker))) == "second attempt"
+
+    @ray.remote(max_retries=0)
+    def always_crash():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    with pytest.raises(exceptions.WorkerCrashedError, match="died"):
+        ray.get(always_crash.remote())
+
+    @ray.remote(max_retries=1)
+    def crash_twice():
+        os._exit(3)
+
+    with pytest.raises(exceptions.WorkerCrashedError, match="2 attempt"):
+        ray.get(crash_twice.remote())
+    # The runtime goes on.
+    assert ray.get(add.remote(1, 1)) == 2
+
+
+def test_application_errors_are_retried_only_with_retry_exceptions(ray_start, tmp_path):
+    counter = tmp_path / "count"
+
+    @ray.remote(max_retries=3, retry_exceptions=True)
+    def flaky(path):
+        n = int(open(path).read()) if os.path.exists(path) else 0
+        open(path, "w").write(str(n + 1))
+        if n < 2:
+            raise RuntimeError(f"attempt {n}")
+        return n
+
+    assert ray.get(flaky.remote(str(counter))) == 2
+    counter.unlink()
+    with pytest.raises(RuntimeError, match="attempt 0"):
+        ray.get(flaky.options(retry_exceptions=False).remote(str(counter)))
+
+
+def test_resources_bound_how_many_tasks_run_at_once(ray_start):
+    @ray.remote
+    def span(s):
+        t = time.monotonic()
+        time.sleep(s)
+        return (t, time.monotonic(), os.getpid())
+
+    # Two CPUs: two 1-CPU tasks overlap, two 2-CPU tasks do not.
+    a, b = ray.get([span.remote(0.3), span.remote(0.3)])
+    assert a[0] < b[1] and b[0] < a[1], "1-CPU tasks ran one after the other"
+    assert a[2] != b[2], "in two worker processes"
+    a, b = ray.get([span.options(num_cpus=2).remote(0.2), span.options(num_cpus=2).remote(0.2)])
+    assert a[1] <= b[0] or b[1] <= a[0], "2-CPU tasks overlapped on 2 CPUs"
+    # More than the node has: refused at submit.
+    with pytest.raises(RuntimeError, match="CPU"):
+        span.options(num_cpus=3).remote(0)
+    assert ray.cluster_resources()["CPU"] == 2
+    assert ray.available_resources().get("CPU") == 2
+
+
+def test_workers_are_reused_and_bounded_by_concurrency(ray_start):
+    @ray.remote
+    def pid():
+        return os.getpid()
+
+    pids = set(ray.get([pid.remote() for _ in range(200)]))
+    live, _ = ray._native.workers()
+    assert pids <= set(live) and len(pids) <= 3, (pids, live)
