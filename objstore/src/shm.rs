@@ -235,7 +235,8 @@ impl Arena {
         Ok(Arena { base, len, fd, backing: Backing::HugetlbFs, fallback: None, writable: true })
     }
 
-    /// A small shared mapping of plain pages, zeroed and faulted in (the object table).
+    /// A shared mapping of plain pages, zero until written and faulted in on first touch
+    /// (the object table, ring channels): only the pages used count in anyone's memory.
     ///
     /// # Errors
     /// The memfd could not be created, sized or mapped.
@@ -243,7 +244,7 @@ impl Arena {
         let len = len.max(1).next_multiple_of(4096);
         let fd = memfd(name, 0)?;
         size_fd(&fd, len)?;
-        let base = map(&fd, len, true)?;
+        let base = map(&fd, len, false)?;
         Ok(Arena { base, len, fd, backing: Backing::Small, fallback: None, writable: true })
     }
 
