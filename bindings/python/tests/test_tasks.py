@@ -224,3 +224,19 @@ def test_workers_are_reused_and_bounded_by_concurrency(ray_start):
     pids = set(ray.get([pid.remote() for _ in range(200)]))
     live, _ = ray._native.workers()
     assert pids <= set(live) and len(pids) <= 3, (pids, live)
+
+
+def test_a_task_error_exposes_the_cause_and_its_attributes(ray_start):
+    class Coded(Exception):
+        def __init__(self, code):
+            super().__init__(f"code {code}")
+            self.code = code
+
+    @ray.remote
+    def raise_coded():
+        raise Coded(7)
+
+    with pytest.raises(Coded) as info:
+        ray.get(raise_coded.remote())
+    assert info.value.code == 7 and isinstance(info.value, exceptions.RayTaskError)
+    assert type(info.value).__name__ == "RayTaskError(Coded)"

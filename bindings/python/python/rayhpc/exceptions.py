@@ -38,7 +38,7 @@ class RayTaskError(RayError):
             if cls is None:
                 cls = type(f"RayTaskError({cause_cls.__name__})", (RayTaskError, cause_cls), {
                     "__init__": _dual_init,
-                    "__getattr__": lambda self, name: getattr(self.cause, name),
+                    "__getattr__": _cause_attr,
                     "__str__": RayTaskError.__str__,
                 })
                 cls.__module__ = cause_cls.__module__
@@ -47,6 +47,14 @@ class RayTaskError(RayError):
         except TypeError:
             # A class that cannot be mixed in (a layout conflict): the plain error.
             return self
+
+
+def _cause_attr(self, name):
+    # Attributes the error lacks are the cause's (its fields, say). `cause` itself must not
+    # recurse when it is not set yet.
+    if name == "cause":
+        raise AttributeError(name)
+    return getattr(self.cause, name)
 
 
 def _dual_init(self, function_name, traceback_str, cause):
