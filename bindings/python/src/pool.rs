@@ -188,31 +188,27 @@ impl Pool {
     ) -> Result<Result<RawOutput, RawFailure>, RingError> {
         let Worker { child, tx, rx, defined, .. } = w;
         let mut alive = || matches!(child.try_wait(), Ok(None));
+        // A message over the ring's limit is the call's own failure, not a lost worker.
+        let mut send = |parts: &[&[u8]], too_large: &dyn Fn(usize, usize) -> String| match tx.send(parts, None, &mut alive) {
+            Ok(()) => Ok(None),
+            Err(RingError::TooLarge { size, limit }) => Ok(Some(failure(FailureKind::BadArguments, too_large(size, limit)))),
+            Err(e) => Err(e),
+        };
         if !defined.contains(key) {
-            match tx.send(&[&wire::define_header(key), blob], None, &mut alive) {
-                Ok(()) => {}
-                Err(RingError::TooLarge { size, limit }) => {
-                    return Ok(Err(failure(
-                        FailureKind::BadArguments,
-                        format!("the pickled function is {size} bytes, over the limit of {limit}"),
-                    )));
-                }
-                Err(e) => return Err(e),
+            if let Some(f) = send(&[&wire::define_header(key), blob], &|size, limit| {
+                format!("the pickled function is {size} bytes, over the limit of {limit}")
+            })? {
+                return Ok(Err(f));
             }
             defined.insert(*key);
         }
         let mut parts: Vec<&[u8]> = Vec::with_capacity(args.len() + 1);
         parts.push(header);
         parts.extend_from_slice(args);
-        match tx.send(&parts, None, &mut alive) {
-            Ok(()) => {}
-            Err(RingError::TooLarge { size, limit }) => {
-                return Ok(Err(failure(
-                    FailureKind::BadArguments,
-                    format!("the call's arguments are {size} bytes, over the current limit of {limit} bytes per call"),
-                )));
-            }
-            Err(e) => return Err(e),
+        if let Some(f) =
+            send(&parts, &|size, limit| format!("the call's arguments are {size} bytes, over the current limit of {limit} bytes per call"))?
+        {
+            return Ok(Err(f));
         }
         let m = rx.recv(None, &mut alive)?;
         Ok(match wire::parse_response(&m) {

@@ -240,3 +240,13 @@ def test_a_task_error_exposes_the_cause_and_its_attributes(ray_start):
         ray.get(raise_coded.remote())
     assert info.value.code == 7 and isinstance(info.value, exceptions.RayTaskError)
     assert type(info.value).__name__ == "RayTaskError(Coded)"
+
+
+def test_arguments_over_the_per_call_limit_fail_clearly_and_the_worker_goes_on(ray_start):
+    @ray.remote
+    def size(x):
+        return len(x)
+
+    with pytest.raises(exceptions.RayTaskError, match="over the current limit"):
+        ray.get(size.remote(b"x" * (20 << 20)))
+    assert ray.get(size.remote(b"x" * 1000)) == 1000
