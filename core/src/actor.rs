@@ -32,8 +32,8 @@ use crate::task::{guarded, task_error, with_inputs, CoreJob};
 /// Calls one turn runs before it lets other work use the executor.
 pub const BATCH: usize = 256;
 
-type Ctor = dyn Fn(&[&[u8]]) -> std::result::Result<Box<dyn Any + Send>, Failure> + Send + Sync;
-type MethodInvoke = dyn Fn(&mut (dyn Any + Send), &[&[u8]]) -> std::result::Result<Output, Failure> + Send + Sync;
+pub(crate) type Ctor = dyn Fn(&[&[u8]]) -> std::result::Result<Box<dyn Any + Send>, Failure> + Send + Sync;
+pub(crate) type MethodInvoke = dyn Fn(&mut (dyn Any + Send), &[&[u8]]) -> std::result::Result<Output, Failure> + Send + Sync;
 
 pub(crate) struct ClassEntry {
     pub(crate) name: Arc<str>,
@@ -119,6 +119,20 @@ where
     }
 }
 
+/// A class whose constructor is given already as an untyped closure (the raw API).
+pub(crate) fn class_of_ctor<A: Send + 'static>(name: &str, ctor: Box<Ctor>) -> ActorClass<A, ()> {
+    ActorClass {
+        entry: Arc::new(ClassEntry { name: name.into(), type_id: TypeId::of::<A>(), ctor }),
+        defaults: Options::default(),
+        _p: PhantomData,
+    }
+}
+
+/// The live actor of this process with id `id`, whatever its class.
+pub(crate) fn cell_by_id(id: ActorId) -> Option<Arc<ActorCell>> {
+    directory().lock().unwrap_or_else(|e| e.into_inner()).get(&id).and_then(Weak::upgrade)
+}
+
 fn downcast<A: 'static>(s: &mut (dyn Any + Send)) -> std::result::Result<&mut A, Failure> {
     s.downcast_mut::<A>().ok_or_else(|| Failure::new(FailureKind::BadArguments, "actor state has another type"))
 }
@@ -159,6 +173,18 @@ impl<A: Send + 'static, CArgs> ActorClass<A, CArgs> {
             }
         });
         self.make_method(name, invoke)
+    }
+
+    /// A method whose invocation is given already as an untyped closure (the raw API).
+    pub(crate) fn raw_method(&self, name: &str, invoke: Box<MethodInvoke>) -> Method<A, (), ()> {
+        self.make_method(name, invoke)
+    }
+
+    /// Creates an actor from arguments already in the runtime's form (the raw API).
+    pub(crate) fn remote_specs(&self, rt: &Runtime, options: &Options, args: Vec<ArgSpec>) -> Result<ActorHandle<A>> {
+        let o = self.defaults.merged(options);
+        let cell = rt.create_actor(self.entry.clone(), &o, args)?;
+        Ok(ActorHandle { cell, _p: PhantomData })
     }
 
     fn make_method<Args, R>(&self, name: &str, invoke: Box<MethodInvoke>) -> Method<A, Args, R> {
@@ -282,6 +308,11 @@ impl<A: Send + 'static, Args, R> Method<A, Args, R> {
         let args: Vec<ArgSpec> = args.into_args()?.into_iter().map(|a| a.0).collect();
         actor.cell.call(self.entry, args).map(ObjectRef::from_slot)
     }
+
+    /// Calls the method with arguments already in the runtime's form (the raw API).
+    pub(crate) fn remote_specs<T>(&self, actor: &ActorHandle<A>, args: Vec<ArgSpec>) -> Result<ObjectRef<T>> {
+        actor.cell.call(self.entry, args).map(ObjectRef::from_slot)
+    }
 }
 
 pub(crate) struct ActorCall {
@@ -396,8 +427,18 @@ impl ActorCell {
                 return;
             }
             let state = r.state.as_deref_mut().expect("a live, constructed actor has state");
-            let out = with_inputs(&call.args, |inp| guarded(|| (call.method.invoke)(state, inp)))
+            let mut out = with_inputs(&call.args, |inp| guarded(|| (call.method.invoke)(state, inp)))
                 .and_then(|r| r.map_err(|f| task_error(&call.method.name, f, 1)));
+            if let Err(Error::Task(t)) = &out {
+                if t.kind == FailureKind::ActorDied {
+                    // The invocation says the actor itself is gone: this call and all later
+                    // ones fail as calls to a dead actor.
+                    let e = self.died(format!("its process died: {}", t.message).into());
+                    self.kill(e.clone());
+                    self.rt.forget_actor(self);
+                    out = Err(e);
+                }
+            }
             call.ret.complete(out.and_then(|b| self.rt.inner.seal_output(call.ret.id, b)));
         }
         if self.dead.get().is_some() {
@@ -409,6 +450,11 @@ impl ActorCell {
         if more || !self.mailbox.is_empty() || self.scheduled.finish(|| !self.mailbox.is_empty()) {
             self.submit_turn();
         }
+    }
+
+    /// The [`Error::ActorDied`] of this actor, for `reason`.
+    pub(crate) fn died(&self, reason: Arc<str>) -> Error {
+        Error::ActorDied { class: self.class.name.clone(), actor: self.id.to_string(), reason }
     }
 
     /// The pool shut down with a turn queued: fail every queued call.

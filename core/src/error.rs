@@ -21,6 +21,10 @@ pub enum FailureKind {
     BadResult,
     /// The worker process running it died (a system failure, retried under `max_retries`).
     WorkerDied,
+    /// An actor method's invocation found its actor gone for good (a raw actor whose process
+    /// died with no restart left): the actor is killed, and this call and every later one
+    /// fail with [`Error::ActorDied`].
+    ActorDied,
 }
 
 /// A task (or actor method) that failed: which function, how, and the message.
@@ -47,6 +51,7 @@ impl fmt::Display for TaskError {
             FailureKind::BadArguments => "got arguments it cannot decode",
             FailureKind::BadResult => "produced a result that cannot be encoded",
             FailureKind::WorkerDied => "lost its worker process",
+            FailureKind::ActorDied => "lost its actor",
         };
         write!(f, "task '{}' {how}: {}", self.function, self.message)?;
         if self.attempts > 1 {

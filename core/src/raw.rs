@@ -7,10 +7,13 @@
 //! tasks — is the typed API's machinery, unchanged: a raw function is registered in the same
 //! registry and its tasks are the same task specs.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
+use crate::actor::{cell_by_id, class_of_ctor, ActorClass, ActorHandle, Method};
 use crate::error::{FailureKind, Result};
 use crate::function::{register, ArgSpec, ArgSpecPub, Failure, FnEntry, Output};
+use crate::ids::ActorId;
 use crate::object::{ObjectRef, Untyped};
 use crate::options::Options;
 use crate::runtime::Runtime;
@@ -57,12 +60,115 @@ pub fn raw_function<F>(name: &str, f: F) -> RawFn
 where
     F: Fn(&[&[u8]]) -> std::result::Result<RawOutput, RawFailure> + Send + Sync + 'static,
 {
-    let invoke = Box::new(move |inputs: &[&[u8]]| match f(inputs) {
-        Ok(RawOutput::Bytes(b)) => Ok(Output::Bytes(b)),
-        Ok(RawOutput::Stored(o)) => Ok(Output::Stored(o)),
-        Err(e) => Err(Failure { kind: e.kind, message: e.message, payload: e.payload }),
-    });
+    let invoke = Box::new(move |inputs: &[&[u8]]| f(inputs).map(into_output).map_err(into_failure));
     RawFn { entry: register(name, invoke) }
+}
+
+fn specs(args: Vec<RawArg>) -> Vec<ArgSpec> {
+    args.into_iter()
+        .map(|a| match a {
+            RawArg::Bytes(b) => ArgSpec::Value(b),
+            RawArg::Ref(r) => ArgSpec::Ref(r.slot),
+        })
+        .collect()
+}
+
+fn into_failure(e: RawFailure) -> Failure {
+    Failure { kind: e.kind, message: e.message, payload: e.payload }
+}
+
+fn into_output(o: RawOutput) -> Output {
+    match o {
+        RawOutput::Bytes(b) => Output::Bytes(b),
+        RawOutput::Stored(o) => Output::Stored(o),
+    }
+}
+
+/// The state of a raw actor, as its binding implements it (Python: a worker process of its
+/// own). Calls come one at a time, in submission order, on an executor thread.
+pub trait RawActor: Send + 'static {
+    /// Runs `method` on `inputs`. A [`FailureKind::ActorDied`] failure kills the actor: this
+    /// call and every later one fail with [`crate::Error::ActorDied`].
+    ///
+    /// # Errors
+    /// The method's own failure, reported to whoever reads the call's result.
+    fn call(&mut self, method: &str, inputs: &[&[u8]]) -> std::result::Result<RawOutput, RawFailure>;
+}
+
+/// The state type of every raw actor (the typed API's `A`).
+pub struct RawState(Box<dyn RawActor>);
+
+/// A handle to a raw actor: the typed API's handle (kill it with [`Runtime::kill`], find it by
+/// name with [`Runtime::get_actor`]).
+pub type RawActorHandle = ActorHandle<RawState>;
+
+/// A registered raw actor class: a constructor over argument bytes, and methods by name.
+pub struct RawClass {
+    class: ActorClass<RawState, ()>,
+    methods: Mutex<HashMap<String, Method<RawState, (), ()>>>,
+}
+
+/// Registers a raw actor class: `ctor` builds the state from the creation arguments (a
+/// failure kills the actor: its calls fail with [`crate::Error::ActorDied`]).
+pub fn raw_actor<F>(name: &str, ctor: F) -> RawClass
+where
+    F: Fn(&[&[u8]]) -> std::result::Result<Box<dyn RawActor>, RawFailure> + Send + Sync + 'static,
+{
+    let ctor = Box::new(move |inp: &[&[u8]]| match ctor(inp) {
+        Ok(state) => Ok(Box::new(RawState(state)) as Box<dyn std::any::Any + Send>),
+        Err(e) => Err(into_failure(e)),
+    });
+    RawClass { class: class_of_ctor(name, ctor), methods: Mutex::new(HashMap::new()) }
+}
+
+/// The live raw actor of this process with id `id` (how a handle that travelled as an id
+/// finds its actor again).
+pub fn raw_actor_by_id(id: ActorId) -> Option<RawActorHandle> {
+    cell_by_id(id).and_then(ActorHandle::from_cell)
+}
+
+impl RawClass {
+    /// The registered name.
+    pub fn name(&self) -> &str {
+        self.class.name()
+    }
+
+    /// Creates an actor: the constructor runs once its argument refs are ready, with the
+    /// resources of `options` held for the actor's life (none by default).
+    ///
+    /// # Errors
+    /// An infeasible resource request, a name already taken, or a runtime that is shut down.
+    pub fn remote(&self, rt: &Runtime, args: Vec<RawArg>, options: &Options) -> Result<RawActorHandle> {
+        self.class.remote_specs(rt, options, specs(args))
+    }
+
+    /// Calls `method` on `actor` (a handle of this class). Calls run one at a time, in
+    /// submission order.
+    ///
+    /// # Errors
+    /// A runtime that is shut down. A dead actor is reported by `get` on the result.
+    pub fn call(&self, actor: &RawActorHandle, method: &str, args: Vec<RawArg>) -> Result<ObjectRef<Untyped>> {
+        let m = {
+            let mut methods = self.methods.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(m) = methods.get(method) {
+                m.clone()
+            } else {
+                let name: Arc<str> = method.into();
+                let invoke = Box::new(move |s: &mut (dyn std::any::Any + Send), inp: &[&[u8]]| {
+                    let Some(RawState(state)) = s.downcast_mut::<RawState>() else {
+                        return Err(Failure::new(FailureKind::BadArguments, "actor state has another type"));
+                    };
+                    state.call(&name, inp).map(into_output).map_err(into_failure)
+                });
+                // Like typed methods, a raw method entry lives as long as the process: one
+                // per (class, method name) ever called.
+                let m = self.class.raw_method(method, invoke);
+                methods.insert(method.to_string(), m.clone());
+                m
+            }
+        };
+        m.remote_specs(actor, specs(args))
+    }
 }
 
 impl RawFn {
@@ -76,14 +182,7 @@ impl RawFn {
     /// # Errors
     /// The runtime is shut down, or the options ask for resources it can never provide.
     pub fn remote(&self, rt: &Runtime, args: Vec<RawArg>, options: &Options) -> Result<ObjectRef<Untyped>> {
-        let args = args
-            .into_iter()
-            .map(|a| match a {
-                RawArg::Bytes(b) => ArgSpecPub(ArgSpec::Value(b)),
-                RawArg::Ref(r) => ArgSpecPub(ArgSpec::Ref(r.slot)),
-            })
-            .collect();
-        rt.submit_task(self.entry, args, options)
+        rt.submit_task(self.entry, specs(args).into_iter().map(ArgSpecPub).collect(), options)
     }
 }
 
@@ -149,6 +248,59 @@ mod tests {
             Err(Error::Task(t)) => assert_eq!((t.kind.clone(), t.attempts), (FailureKind::WorkerDied, 2)),
             other => panic!("{other:?}"),
         }
+        rt.shutdown();
+    }
+
+    struct Acc {
+        total: Vec<u8>,
+        lives: u32,
+    }
+
+    impl RawActor for Acc {
+        fn call(&mut self, method: &str, inputs: &[&[u8]]) -> std::result::Result<RawOutput, RawFailure> {
+            match method {
+                "push" => {
+                    self.total.extend_from_slice(inputs[0]);
+                    Ok(RawOutput::Bytes(self.total.clone()))
+                }
+                "crash" if self.lives > 0 => {
+                    self.lives -= 1;
+                    Err(RawFailure { kind: FailureKind::WorkerDied, message: "restarted".into(), payload: None })
+                }
+                "crash" => Err(RawFailure { kind: FailureKind::ActorDied, message: "no restarts left".into(), payload: None }),
+                other => Err(RawFailure { kind: FailureKind::Error, message: format!("no method {other}"), payload: None }),
+            }
+        }
+    }
+
+    #[test]
+    fn raw_actor_calls_run_in_order_and_an_actor_death_fails_every_later_call() {
+        let rt = rt();
+        let class = raw_actor("raw.Acc", |inp: &[&[u8]]| Ok(Box::new(Acc { total: inp[0].to_vec(), lives: 1 }) as Box<dyn RawActor>));
+        let a = class.remote(&rt, vec![RawArg::Bytes(b">".to_vec())], &Options::new().name("acc")).unwrap();
+        let refs: Vec<_> = (b'a'..=b'e').map(|c| class.call(&a, "push", vec![RawArg::Bytes(vec![c])]).unwrap()).collect();
+        assert_eq!(&*rt.get_bytes(&refs[4]).unwrap(), b">abcde");
+        let same = raw_actor_by_id(a.id()).expect("found by id");
+        assert_eq!(&*rt.get_bytes(&class.call(&same, "push", vec![RawArg::Bytes(b"f".to_vec())]).unwrap()).unwrap(), b">abcdef");
+        match rt.get_bytes(&class.call(&a, "nope", vec![]).unwrap()) {
+            Err(Error::Task(t)) => assert_eq!((&*t.function, t.message.as_str()), ("raw.Acc.nope", "no method nope")),
+            other => panic!("{other:?}"),
+        }
+        // A lost life fails that call only; the last one kills the actor.
+        assert!(
+            matches!(rt.get_bytes(&class.call(&a, "crash", vec![]).unwrap()), Err(Error::Task(t)) if t.kind == FailureKind::WorkerDied)
+        );
+        assert!(rt.get_bytes(&class.call(&a, "push", vec![RawArg::Bytes(b"g".to_vec())]).unwrap()).is_ok());
+        let dead = class.call(&a, "crash", vec![]).unwrap();
+        let after = class.call(&a, "push", vec![RawArg::Bytes(b"h".to_vec())]).unwrap();
+        for r in [dead, after] {
+            match rt.get_bytes(&r) {
+                Err(Error::ActorDied { reason, .. }) => assert!(reason.contains("no restarts left"), "{reason}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(a.is_dead());
+        assert!(matches!(rt.get_actor::<RawState>("acc"), Err(Error::NoSuchActor(_))), "a dead actor's name is freed");
         rt.shutdown();
     }
 

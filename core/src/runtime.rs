@@ -486,6 +486,15 @@ impl Runtime {
         Ok(ObjectRef::from_slot(ret))
     }
 
+    /// Runs `f`, which waits for work done outside the runtime's threads on behalf of the
+    /// running task or actor call (a language binding's worker process): the job keeps its
+    /// resources, and on an executor another thread takes over the executor's other work
+    /// meanwhile (actor turns, tasks that fit in the resources left). Elsewhere it just runs
+    /// `f`.
+    pub fn block_holding<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.inner.pool().block_holding(f)
+    }
+
     /// Blocks the calling thread in `f`; on an executor, its CPU goes to other work meanwhile.
     fn block<R>(&self, f: impl FnOnce() -> R) -> R {
         self.inner.pool().block_in_place(f)

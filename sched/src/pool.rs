@@ -425,6 +425,22 @@ impl<J: Job> Pool<J> {
         out
     }
 
+    /// Runs `f`, which waits for work done outside the pool's threads on behalf of the running
+    /// job (a worker process running the job's code): unlike [`Pool::block_in_place`] the
+    /// job keeps its resources (that work uses them), but another thread is woken or started
+    /// so that jobs which fit in what is left (free jobs such as actor turns) still run.
+    pub fn block_holding<R>(&self, f: impl FnOnce() -> R) -> R {
+        let sh = &self.shared;
+        if with_local::<J, _>(sh.id, |_| ()).is_none() {
+            return f();
+        }
+        sh.blocked.fetch_add(1, Ordering::SeqCst);
+        self.compensate();
+        let out = f();
+        sh.blocked.fetch_sub(1, Ordering::SeqCst);
+        out
+    }
+
     /// Runs a job's body `f` on the calling thread, now, with the resources of `class`: for a
     /// thread about to wait for that very job's result (Ray would block the caller; running
     /// the job here avoids both the wait and a compensation thread per level of nesting).

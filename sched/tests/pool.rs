@@ -188,6 +188,39 @@ fn blocking_jobs_are_compensated_so_nothing_deadlocks() {
 }
 
 #[test]
+fn a_job_blocked_holding_its_cpu_lets_free_jobs_run_but_no_cpu_job() {
+    // One executor and one CPU: a CPU job waits (holding its CPU) for a free job submitted
+    // after it, which a compensation thread runs; a CPU job submitted meanwhile must wait
+    // for the CPU (the blocked job never gave it back).
+    let p = pool(1, &[("CPU", 1.0)]);
+    let cpu = p.class(&[("CPU", 1.0)]).unwrap();
+    let c = Arc::new(AtomicUsize::new(0));
+    let overlap = Arc::new(AtomicUsize::new(0));
+    let (done_tx, done_rx) = mpsc::channel();
+    let (p2, c2, o2, done2) = (p.clone(), c.clone(), overlap.clone(), done_tx.clone());
+    p.submit(
+        job(&c, move || {
+            o2.fetch_add(1, Ordering::SeqCst);
+            let (tx, rx) = mpsc::channel();
+            let (o3, done3) = (o2.clone(), done2.clone());
+            // A CPU job: runs only after this one returns its CPU.
+            p2.submit(job(&c2, move || done3.send(("cpu", o3.load(Ordering::SeqCst))).unwrap()), cpu);
+            p2.submit(job(&c2, move || tx.send(7).unwrap()), ClassId::FREE);
+            let v = p2.block_holding(|| rx.recv_timeout(Duration::from_secs(30)).expect("the free job never ran"));
+            o2.fetch_sub(1, Ordering::SeqCst);
+            done2.send(("blocked", v)).unwrap();
+        }),
+        cpu,
+    );
+    let first = done_rx.recv_timeout(Duration::from_secs(30)).expect("deadlock");
+    let second = done_rx.recv_timeout(Duration::from_secs(30)).expect("the CPU job never ran");
+    assert_eq!(first, ("blocked", 7));
+    assert_eq!(second, ("cpu", 0), "the CPU job ran while the blocked job held the only CPU");
+    assert!(settles(&p), "{:?}", p.resources());
+    p.shutdown();
+}
+
+#[test]
 fn executors_are_pinned_to_their_cpus() {
     let p = pool(Topology::detect().unwrap().len(), &[]);
     let c = Arc::new(AtomicUsize::new(0));

@@ -1,50 +1,118 @@
-//! The driver's side: the embedded runtime of this process, and the calls `rayhpc/__init__.py`
-//! makes into it. Every call that can block releases the GIL while it waits.
+//! The calls `rayhpc/__init__.py` makes: in the driver, into the embedded runtime of this
+//! process; in a worker process, as requests to the runtime that started it (`worker.rs`).
+//! Every call that can block releases the GIL while it waits.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
-use rayhpc::raw::{raw_function, RawArg, RawFn};
-use rayhpc::{Config, Error, FailureKind, Options, Runtime, Untyped};
+use rayhpc::ids::ActorId;
+use rayhpc::raw::{raw_actor_by_id, raw_function, RawActorHandle, RawArg, RawState};
+use rayhpc::{Config, Error, Runtime, Untyped};
 
-use crate::pool::{Pool, WorkerConfig};
+use crate::pool::{failure_of, fetch, to_options, wait_indices, Pool, Services, WorkerConfig};
+use crate::wire::{Call, Key, Reply, WireArg, WireFailure, WireOptions};
+use crate::worker;
 
 struct State {
     rt: Runtime,
     pool: Arc<Pool>,
-    task: RawFn,
 }
 
 static STATE: Mutex<Option<Arc<State>>> = Mutex::new(None);
 
-fn state() -> PyResult<Arc<State>> {
-    STATE
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone()
-        .ok_or_else(|| PyRuntimeError::new_err("rayhpc is not initialized: call rayhpc.init()"))
+/// Where the API's calls go.
+enum Mode {
+    /// This process is the driver: its embedded runtime.
+    Driver(Arc<State>),
+    /// This process is a worker: requests to its runtime.
+    Worker,
+}
+
+fn mode() -> PyResult<Mode> {
+    if let Some(s) = STATE.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        return Ok(Mode::Driver(s));
+    }
+    if worker::in_worker() {
+        return Ok(Mode::Worker);
+    }
+    Err(PyRuntimeError::new_err("rayhpc is not initialized: call rayhpc.init()"))
+}
+
+/// A ref a worker holds: the runtime keeps the object until the worker drops it.
+pub struct RemoteId(u128);
+
+impl Drop for RemoteId {
+    fn drop(&mut self) {
+        worker::released(self.0);
+    }
+}
+
+pub enum RefInner {
+    Local(rayhpc::ObjectRef<Untyped>),
+    Remote(RemoteId),
 }
 
 /// A future: the handle to an object of the runtime.
 #[pyclass(frozen, module = "rayhpc._native", name = "ObjectRef")]
 pub struct PyObjectRef {
-    pub(crate) r: rayhpc::ObjectRef<Untyped>,
+    inner: RefInner,
+    /// Made by an actor call (a lost process then reads as the actor's death).
+    actor: bool,
+}
+
+impl PyObjectRef {
+    fn id(&self) -> u128 {
+        match &self.inner {
+            RefInner::Local(r) => r.id().0,
+            RefInner::Remote(r) => r.0,
+        }
+    }
+
+    fn local(r: rayhpc::ObjectRef<Untyped>, actor: bool) -> Self {
+        PyObjectRef { inner: RefInner::Local(r), actor }
+    }
+
+    fn from_reply(reply: Reply, actor: bool) -> PyResult<Self> {
+        match reply {
+            Reply::Ref(id) => Ok(PyObjectRef { inner: RefInner::Remote(RemoteId(id)), actor }),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn unexpected(r: Reply) -> PyErr {
+    match r {
+        Reply::Failed(kind, message) => failed(&kind, message),
+        other => PyRuntimeError::new_err(format!("unexpected reply from the runtime: {other:?}")),
+    }
+}
+
+fn failed(kind: &str, message: String) -> PyErr {
+    match kind {
+        "value" => PyValueError::new_err(message),
+        _ => PyRuntimeError::new_err(message),
+    }
 }
 
 #[pymethods]
 impl PyObjectRef {
     /// The object's id as hex.
     fn hex(&self) -> String {
-        format!("{:032x}", self.r.id().0)
+        format!("{:032x}", self.id())
     }
 
     /// True once the object is computed (or failed): `get` will not block.
-    fn is_ready(&self) -> bool {
-        self.r.is_ready()
+    fn is_ready(&self, py: Python<'_>) -> PyResult<bool> {
+        match &self.inner {
+            RefInner::Local(r) => Ok(r.is_ready()),
+            RefInner::Remote(r) => match worker::request(py, Call::Wait { ids: vec![r.0], num_returns: 1, timeout: Some(0.0) })? {
+                Reply::Ready(v) => Ok(!v.is_empty()),
+                other => Err(unexpected(other)),
+            },
+        }
     }
 
     fn __repr__(&self) -> String {
@@ -52,12 +120,12 @@ impl PyObjectRef {
     }
 
     fn __hash__(&self) -> u64 {
-        let id = self.r.id().0;
+        let id = self.id();
         (id as u64) ^ ((id >> 64) as u64)
     }
 
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
-        other.cast::<PyObjectRef>().is_ok_and(|o| o.get().r.id() == self.r.id())
+        other.cast::<PyObjectRef>().is_ok_and(|o| o.get().id() == self.id())
     }
 
     fn __reduce__(&self) -> PyResult<()> {
@@ -67,16 +135,58 @@ impl PyObjectRef {
     }
 }
 
-/// Task options, built once per function or `.options()` call and reused by every submit.
+pub enum ActorInner {
+    Local(RawActorHandle),
+    Remote(u128),
+}
+
+/// A handle to an actor (the Python `ActorHandle` wraps it with its class's methods).
+#[pyclass(frozen, module = "rayhpc._native", name = "ActorRef")]
+pub struct PyActorRef {
+    inner: ActorInner,
+    key: Key,
+}
+
+impl PyActorRef {
+    fn id(&self) -> u128 {
+        match &self.inner {
+            ActorInner::Local(h) => h.id().0,
+            ActorInner::Remote(id) => *id,
+        }
+    }
+}
+
+#[pymethods]
+impl PyActorRef {
+    /// The actor's id as hex.
+    fn hex(&self) -> String {
+        format!("{:032x}", self.id())
+    }
+
+    /// The actor's id, 16 bytes.
+    fn id_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.id().to_le_bytes())
+    }
+
+    /// The key of the actor's class.
+    fn class_key<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.key)
+    }
+}
+
+/// Task and actor options, built once per function, class or `.options()` call and reused
+/// by every submit.
 #[pyclass(frozen, module = "rayhpc._native")]
 pub struct TaskOptions {
-    o: Options,
+    w: WireOptions,
+    task: rayhpc::Options,
 }
 
 #[pymethods]
 impl TaskOptions {
     #[new]
-    #[pyo3(signature = (name, num_cpus=None, num_gpus=None, resources=None, max_retries=None, retry_exceptions=None))]
+    #[pyo3(signature = (name, num_cpus=None, num_gpus=None, resources=None, max_retries=None, retry_exceptions=None, max_restarts=None, max_task_retries=None, actor_name=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         name: &str,
         num_cpus: Option<f64>,
@@ -84,40 +194,34 @@ impl TaskOptions {
         resources: Option<HashMap<String, f64>>,
         max_retries: Option<i32>,
         retry_exceptions: Option<bool>,
+        max_restarts: Option<i32>,
+        max_task_retries: Option<i32>,
+        actor_name: Option<String>,
     ) -> Self {
-        let mut o = Options::new().name(name);
-        if let Some(n) = num_cpus {
-            o = o.num_cpus(n);
-        }
-        if let Some(n) = num_gpus {
-            o = o.num_gpus(n);
-        }
-        for (k, v) in resources.unwrap_or_default() {
-            o = o.resource(&k, v);
-        }
-        if let Some(n) = max_retries {
-            o = o.max_retries(n);
-        }
-        if let Some(b) = retry_exceptions {
-            o = o.retry_exceptions(b);
-        }
-        TaskOptions { o }
+        let mut resources: Vec<(String, f64)> = resources.unwrap_or_default().into_iter().collect();
+        resources.sort_by(|a, b| a.0.cmp(&b.0));
+        let w = WireOptions {
+            name: name.into(),
+            num_cpus,
+            num_gpus,
+            resources,
+            max_retries,
+            retry_exceptions,
+            max_restarts,
+            max_task_retries,
+            actor_name,
+        };
+        TaskOptions { task: to_options(&w, false), w }
     }
 }
 
-fn refs_of(list: &Bound<'_, PyList>) -> PyResult<Vec<rayhpc::ObjectRef<Untyped>>> {
-    let mut out = Vec::with_capacity(list.len());
-    for r in list.iter() {
-        match r.cast::<PyObjectRef>() {
-            Ok(r) => out.push(r.get().r.clone()),
-            Err(_) => return Err(PyTypeError::new_err(format!("expected an ObjectRef, got {}", r.get_type().name()?))),
-        }
-    }
-    Ok(out)
+fn key_of(key: &[u8]) -> PyResult<Key> {
+    key.try_into().map_err(|_| PyValueError::new_err("a function or class key is 16 bytes"))
 }
 
 fn py_err(e: Error) -> PyErr {
-    PyRuntimeError::new_err(e.to_string())
+    let f = failure_of(e, false);
+    failed(&f.kind, f.message)
 }
 
 /// Starts the embedded runtime of this process.
@@ -131,6 +235,9 @@ pub fn init(
     resources: Option<HashMap<String, f64>>,
     object_store_memory: Option<usize>,
 ) -> PyResult<()> {
+    if worker::in_worker() {
+        return Err(PyRuntimeError::new_err("rayhpc.init() inside a task or actor: the worker is already attached to its runtime"));
+    }
     let mut g = STATE.lock().unwrap_or_else(|e| e.into_inner());
     if g.is_some() {
         return Err(PyRuntimeError::new_err("rayhpc is already initialized"));
@@ -155,7 +262,8 @@ pub fn init(
     let pool = Pool::new(WorkerConfig { python: python.into(), sys_path });
     let p = pool.clone();
     let task = raw_function("py.task", move |inputs: &[&[u8]]| p.call(inputs));
-    *g = Some(Arc::new(State { rt, pool, task }));
+    pool.set_services(Services { rt: rt.clone(), task });
+    *g = Some(Arc::new(State { rt, pool }));
     Ok(())
 }
 
@@ -171,105 +279,287 @@ pub fn shutdown(py: Python<'_>) {
     }
 }
 
+/// True in an initialized driver, and in a worker process.
 #[pyfunction]
 pub fn is_initialized() -> bool {
-    STATE.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    STATE.lock().unwrap_or_else(|e| e.into_inner()).is_some() || worker::in_worker()
+}
+
+/// "driver", "worker", or None when not initialized.
+#[pyfunction]
+pub fn mode_name() -> Option<&'static str> {
+    match mode() {
+        Ok(Mode::Driver(_)) => Some("driver"),
+        Ok(Mode::Worker) => Some("worker"),
+        Err(_) => None,
+    }
 }
 
 /// Registers a pickled function under its 16-byte key.
 #[pyfunction]
-pub fn register_function(key: &[u8], blob: &[u8]) -> PyResult<()> {
-    let key = key.try_into().map_err(|_| PyValueError::new_err("a function key is 16 bytes"))?;
-    state()?.pool.define(key, blob);
+pub fn register_function(py: Python<'_>, key: &[u8], blob: &[u8]) -> PyResult<()> {
+    let key = key_of(key)?;
+    match mode()? {
+        Mode::Driver(s) => s.pool.define(key, blob),
+        Mode::Worker => worker::define(py, key, blob, None)?,
+    }
     Ok(())
+}
+
+/// Registers a pickled class under its 16-byte key.
+#[pyfunction]
+pub fn register_class(py: Python<'_>, key: &[u8], blob: &[u8], name: &str) -> PyResult<()> {
+    let key = key_of(key)?;
+    match mode()? {
+        Mode::Driver(s) => {
+            s.pool.define(key, blob);
+            s.pool.class(key, name);
+        }
+        Mode::Worker => worker::define(py, key, blob, Some(name.to_string()))?,
+    }
+    Ok(())
+}
+
+/// The arguments of a call: each pickled bytes or an ObjectRef (resolved before the call).
+fn raw_args(args: &Bound<'_, PyList>) -> PyResult<Vec<RawArg>> {
+    let mut raw = Vec::with_capacity(args.len());
+    for a in args.iter() {
+        if let Ok(b) = a.cast::<PyBytes>() {
+            raw.push(RawArg::Bytes(b.as_bytes().to_vec()));
+        } else if let Ok(r) = a.cast::<PyObjectRef>() {
+            match &r.get().inner {
+                RefInner::Local(r) => raw.push(RawArg::Ref(r.clone())),
+                RefInner::Remote(_) => return Err(PyValueError::new_err("an ObjectRef of a worker used in the driver")),
+            }
+        } else {
+            return Err(PyTypeError::new_err("a task argument is pickled bytes or an ObjectRef"));
+        }
+    }
+    Ok(raw)
+}
+
+fn wire_args(args: &Bound<'_, PyList>) -> PyResult<Vec<WireArg>> {
+    let mut out = Vec::with_capacity(args.len());
+    for a in args.iter() {
+        if let Ok(b) = a.cast::<PyBytes>() {
+            out.push(WireArg::Value(b.as_bytes().to_vec()));
+        } else if let Ok(r) = a.cast::<PyObjectRef>() {
+            out.push(WireArg::Ref(r.get().id()));
+        } else {
+            return Err(PyTypeError::new_err("a task argument is pickled bytes or an ObjectRef"));
+        }
+    }
+    Ok(out)
 }
 
 /// Submits a call of function `key`: `args` holds the layout (bytes) then one entry per
 /// argument, each pickled bytes or an ObjectRef (resolved before the call).
 #[pyfunction]
-pub fn submit(key: &Bound<'_, PyBytes>, args: &Bound<'_, PyList>, options: &Bound<'_, TaskOptions>) -> PyResult<PyObjectRef> {
-    let s = state()?;
-    let mut raw = Vec::with_capacity(args.len() + 1);
-    raw.push(RawArg::Bytes(key.as_bytes().to_vec()));
-    for a in args.iter() {
-        if let Ok(b) = a.cast::<PyBytes>() {
-            raw.push(RawArg::Bytes(b.as_bytes().to_vec()));
-        } else if let Ok(r) = a.cast::<PyObjectRef>() {
-            raw.push(RawArg::Ref(r.get().r.clone()));
-        } else {
-            return Err(PyTypeError::new_err("a task argument is pickled bytes or an ObjectRef"));
+pub fn submit(
+    py: Python<'_>,
+    key: &Bound<'_, PyBytes>,
+    args: &Bound<'_, PyList>,
+    options: &Bound<'_, TaskOptions>,
+) -> PyResult<PyObjectRef> {
+    match mode()? {
+        Mode::Driver(s) => {
+            let mut raw = vec![RawArg::Bytes(key.as_bytes().to_vec())];
+            raw.extend(raw_args(args)?);
+            let services = s.pool.services_task();
+            let r = services.remote(&s.rt, raw, &options.get().task).map_err(py_err)?;
+            Ok(PyObjectRef::local(r, false))
+        }
+        Mode::Worker => {
+            let call = Call::Submit { key: key_of(key.as_bytes())?, options: options.get().w.clone(), args: wire_args(args)? };
+            PyObjectRef::from_reply(worker::request(py, call)?, false)
         }
     }
-    let r = s.task.remote(&s.rt, raw, &options.get().o).map_err(py_err)?;
-    Ok(PyObjectRef { r })
+}
+
+/// Creates an actor of class `key` with constructor arguments as for `submit`.
+#[pyfunction]
+pub fn create_actor(py: Python<'_>, key: &[u8], args: &Bound<'_, PyList>, options: &Bound<'_, TaskOptions>) -> PyResult<PyActorRef> {
+    let key = key_of(key)?;
+    match mode()? {
+        Mode::Driver(s) => {
+            let raw = raw_args(args)?;
+            let h = s.pool.create_actor(key, &options.get().w, raw).map_err(py_err)?;
+            Ok(PyActorRef { inner: ActorInner::Local(h), key })
+        }
+        Mode::Worker => match worker::request(py, Call::CreateActor { key, options: options.get().w.clone(), args: wire_args(args)? })? {
+            Reply::Actor(id, key) => Ok(PyActorRef { inner: ActorInner::Remote(id), key }),
+            other => Err(unexpected(other)),
+        },
+    }
+}
+
+/// Calls `method` of an actor with arguments as for `submit`.
+#[pyfunction]
+pub fn actor_call(py: Python<'_>, actor: &Bound<'_, PyActorRef>, method: &str, args: &Bound<'_, PyList>) -> PyResult<PyObjectRef> {
+    let a = actor.get();
+    match (mode()?, &a.inner) {
+        (Mode::Driver(s), ActorInner::Local(h)) => {
+            let r = s.pool.call_actor(h, method, raw_args(args)?).map_err(py_err)?;
+            Ok(PyObjectRef::local(r, true))
+        }
+        (Mode::Driver(s), ActorInner::Remote(id)) => {
+            let r = s.pool.call_actor_id(*id, method, raw_args(args)?).map_err(py_err)?;
+            Ok(PyObjectRef::local(r, true))
+        }
+        (Mode::Worker, _) => {
+            let call = Call::Method { actor: a.id(), method: method.to_string(), args: wire_args(args)? };
+            PyObjectRef::from_reply(worker::request(py, call)?, true)
+        }
+    }
+}
+
+/// Kills an actor: its process stops now, later calls raise RayActorError.
+#[pyfunction]
+pub fn kill(py: Python<'_>, actor: &Bound<'_, PyActorRef>) -> PyResult<()> {
+    let id = actor.get().id();
+    match mode()? {
+        Mode::Driver(s) => py.detach(|| s.pool.kill_id(id)),
+        Mode::Worker => {
+            worker::request(py, Call::Kill { actor: id })?;
+        }
+    }
+    Ok(())
+}
+
+/// The live actor named `name`.
+#[pyfunction]
+pub fn get_actor(py: Python<'_>, name: &str) -> PyResult<PyActorRef> {
+    match mode()? {
+        Mode::Driver(s) => {
+            let h =
+                s.rt.get_actor::<RawState>(name)
+                    .map_err(|_| PyValueError::new_err(format!("Failed to look up actor with name '{name}'")))?;
+            let key =
+                s.pool.actor_key(h.id().0).ok_or_else(|| PyValueError::new_err(format!("Failed to look up actor with name '{name}'")))?;
+            Ok(PyActorRef { inner: ActorInner::Local(h), key })
+        }
+        Mode::Worker => match worker::request(py, Call::GetActor { name: name.to_string() })? {
+            Reply::Actor(id, key) => Ok(PyActorRef { inner: ActorInner::Remote(id), key }),
+            Reply::Failed(..) => Err(PyValueError::new_err(format!("Failed to look up actor with name '{name}'"))),
+            other => Err(unexpected(other)),
+        },
+    }
+}
+
+/// Keeps the actor alive while its handle travels inside a value (until kill or shutdown).
+#[pyfunction]
+pub fn actor_pin(py: Python<'_>, actor: &Bound<'_, PyActorRef>) -> PyResult<()> {
+    let a = actor.get();
+    match (mode()?, &a.inner) {
+        (Mode::Driver(s), ActorInner::Local(h)) => s.pool.pin_actor(h),
+        (Mode::Driver(_), ActorInner::Remote(_)) => {}
+        (Mode::Worker, _) => {
+            worker::request(py, Call::PinActor { actor: a.id() })?;
+        }
+    }
+    Ok(())
+}
+
+/// The handle of the actor with id `id` (16 bytes) and class `key`, as unpickled.
+#[pyfunction]
+pub fn actor_from_id(id: &[u8], key: &[u8]) -> PyResult<PyActorRef> {
+    let id = u128::from_le_bytes(id.try_into().map_err(|_| PyValueError::new_err("an actor id is 16 bytes"))?);
+    let key = key_of(key)?;
+    match mode()? {
+        Mode::Driver(_) => match raw_actor_by_id(ActorId(id)) {
+            Some(h) => Ok(PyActorRef { inner: ActorInner::Local(h), key }),
+            // Gone already: calls through this handle fail as calls to a dead actor.
+            None => Ok(PyActorRef { inner: ActorInner::Remote(id), key }),
+        },
+        Mode::Worker => Ok(PyActorRef { inner: ActorInner::Remote(id), key }),
+    }
 }
 
 /// Stores pickled bytes as an object.
 #[pyfunction]
 pub fn put(py: Python<'_>, data: &[u8]) -> PyResult<PyObjectRef> {
-    let s = state()?;
-    let r = py.detach(|| s.rt.put_bytes(data)).map_err(py_err)?;
-    Ok(PyObjectRef { r })
-}
-
-/// What one `get` found: bytes, or a tuple describing the failure
-/// `(kind, function, message, payload, attempts)`; kinds: "task", "worker_died", "timeout",
-/// "shutdown", "store", "system".
-fn outcome<'py>(py: Python<'py>, r: Result<rayhpc::ObjectView, Error>) -> PyResult<Bound<'py, PyAny>> {
-    let none = || py.None().into_bound(py);
-    let tuple = |kind: &str, function: &str, message: String, payload: Option<&[u8]>, attempts: u32| -> PyResult<Bound<'py, PyAny>> {
-        let payload = payload.map_or_else(none, |p| PyBytes::new(py, p).into_any());
-        Ok(PyTuple::new(
-            py,
-            [
-                kind.into_pyobject(py)?.into_any(),
-                function.into_pyobject(py)?.into_any(),
-                message.into_pyobject(py)?.into_any(),
-                payload,
-                attempts.into_pyobject(py)?.into_any(),
-            ],
-        )?
-        .into_any())
-    };
-    match r {
-        Ok(v) => Ok(PyBytes::new(py, &v).into_any()),
-        Err(Error::Task(t)) => {
-            let kind = if t.kind == FailureKind::WorkerDied { "worker_died" } else { "task" };
-            tuple(kind, &t.function, t.message.clone(), t.payload.as_deref(), t.attempts)
+    match mode()? {
+        Mode::Driver(s) => {
+            let r = py.detach(|| s.rt.put_bytes(data)).map_err(py_err)?;
+            Ok(PyObjectRef::local(r, false))
         }
-        Err(e @ Error::Timeout(_)) => tuple("timeout", "", e.to_string(), None, 0),
-        Err(e @ Error::Shutdown) => tuple("shutdown", "", e.to_string(), None, 0),
-        Err(e @ (Error::ObjectTooLarge { .. } | Error::StoreFull { .. })) => tuple("store", "", e.to_string(), None, 0),
-        Err(e) => tuple("system", "", e.to_string(), None, 0),
+        Mode::Worker => PyObjectRef::from_reply(worker::request(py, Call::Put { bytes: data.to_vec() })?, false),
     }
 }
 
-/// Reads objects: one result per ref (see `outcome`), waiting at most `timeout` seconds in
-/// all (forever with `None`).
+/// A failed object as Python reads it: `(kind, function, message, payload, attempts)`.
+fn failure_tuple<'py>(py: Python<'py>, f: &WireFailure) -> PyResult<Bound<'py, PyAny>> {
+    let payload = match &f.payload {
+        Some(p) => PyBytes::new(py, p).into_any(),
+        None => py.None().into_bound(py),
+    };
+    Ok(PyTuple::new(
+        py,
+        [
+            f.kind.as_str().into_pyobject(py)?.into_any(),
+            f.function.as_str().into_pyobject(py)?.into_any(),
+            f.message.as_str().into_pyobject(py)?.into_any(),
+            payload,
+            f.attempts.into_pyobject(py)?.into_any(),
+        ],
+    )?
+    .into_any())
+}
+
+fn refs_list(list: &Bound<'_, PyList>) -> PyResult<Vec<Py<PyObjectRef>>> {
+    list.iter()
+        .map(|r| {
+            r.cast::<PyObjectRef>().map(|r| r.clone().unbind()).map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "expected an ObjectRef, got {}",
+                    r.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                ))
+            })
+        })
+        .collect()
+}
+
+fn locals(refs: &[Py<PyObjectRef>]) -> PyResult<Vec<rayhpc::ObjectRef<Untyped>>> {
+    refs.iter()
+        .map(|r| match &r.get().inner {
+            RefInner::Local(r) => Ok(r.clone()),
+            RefInner::Remote(_) => Err(PyValueError::new_err("an ObjectRef of a worker used in the driver")),
+        })
+        .collect()
+}
+
+/// Reads objects: one result per ref, bytes or a failure tuple (see `failure_tuple`),
+/// waiting at most `timeout` seconds in all (forever with `None`).
 #[pyfunction]
 #[pyo3(signature = (refs, timeout=None))]
 pub fn get<'py>(py: Python<'py>, refs: &Bound<'py, PyList>, timeout: Option<f64>) -> PyResult<Bound<'py, PyList>> {
-    let s = state()?;
-    let refs = refs_of(refs)?;
-    let deadline = timeout.map(|t| std::time::Instant::now() + Duration::from_secs_f64(t.max(0.0)));
-    let views: Vec<Result<rayhpc::ObjectView, Error>> = py.detach(|| {
-        refs.iter()
-            .map(|r| {
-                if let Some(d) = deadline {
-                    let left = d.saturating_duration_since(std::time::Instant::now());
-                    match s.rt.wait(std::slice::from_ref(r), 1, Some(left)) {
-                        Ok((ready, _)) if ready.is_empty() => return Err(Error::Timeout(Duration::from_secs_f64(timeout.unwrap_or(0.0)))),
-                        Err(e) => return Err(e),
-                        Ok(_) => {}
+    let list = refs_list(refs)?;
+    let out = PyList::empty(py);
+    match mode()? {
+        Mode::Driver(s) => {
+            let rs = locals(&list)?;
+            let views = py.detach(|| fetch(&s.rt, &rs, timeout));
+            for (v, r) in views.into_iter().zip(&list) {
+                match v {
+                    Ok(v) => out.append(PyBytes::new(py, &v))?,
+                    Err(e) => out.append(failure_tuple(py, &failure_of(e, r.get().actor))?)?,
+                }
+            }
+        }
+        Mode::Worker => {
+            let ids = list.iter().map(|r| r.get().id()).collect();
+            match worker::request(py, Call::Get { ids, timeout })? {
+                Reply::Values(vs) => {
+                    for v in vs {
+                        match v {
+                            Ok(b) => out.append(PyBytes::new(py, &b))?,
+                            Err(f) => out.append(failure_tuple(py, &f)?)?,
+                        }
                     }
                 }
-                s.rt.get_bytes(r)
-            })
-            .collect()
-    });
-    let out = PyList::empty(py);
-    for v in views {
-        out.append(outcome(py, v)?)?;
+                other => return Err(unexpected(other)),
+            }
+        }
     }
     Ok(out)
 }
@@ -278,25 +568,40 @@ pub fn get<'py>(py: Python<'py>, refs: &Bound<'py, PyList>, timeout: Option<f64>
 /// indices of the ready ones, in order.
 #[pyfunction]
 #[pyo3(signature = (refs, num_returns, timeout=None))]
-pub fn wait(py: Python<'_>, refs: &Bound<'_, PyList>, num_returns: usize, timeout: Option<f64>) -> PyResult<Vec<usize>> {
-    let s = state()?;
-    let refs = refs_of(refs)?;
-    let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
-    let (ready, _) = py.detach(|| s.rt.wait(&refs, num_returns, timeout)).map_err(py_err)?;
-    let ready: std::collections::HashSet<_> = ready.iter().map(|r| r.id()).collect();
-    Ok(refs.iter().enumerate().filter(|(_, r)| ready.contains(&r.id())).map(|(i, _)| i).collect())
+pub fn wait(py: Python<'_>, refs: &Bound<'_, PyList>, num_returns: usize, timeout: Option<f64>) -> PyResult<Vec<u32>> {
+    let list = refs_list(refs)?;
+    match mode()? {
+        Mode::Driver(s) => {
+            let rs = locals(&list)?;
+            py.detach(|| wait_indices(&s.rt, &rs, num_returns, timeout)).map_err(py_err)
+        }
+        Mode::Worker => {
+            let ids = list.iter().map(|r| r.get().id()).collect();
+            match worker::request(py, Call::Wait { ids, num_returns, timeout })? {
+                Reply::Ready(v) => Ok(v),
+                other => Err(unexpected(other)),
+            }
+        }
+    }
 }
 
 /// Total and available amount of every resource: `{name: (total, available)}`.
 #[pyfunction]
-pub fn resources() -> PyResult<HashMap<String, (f64, f64)>> {
-    let s = state()?;
-    Ok(s.rt.resources().into_iter().map(|v| (v.name.to_string(), (v.total, v.available))).collect())
+pub fn resources(py: Python<'_>) -> PyResult<HashMap<String, (f64, f64)>> {
+    match mode()? {
+        Mode::Driver(s) => Ok(s.rt.resources().into_iter().map(|v| (v.name.to_string(), (v.total, v.available))).collect()),
+        Mode::Worker => match worker::request(py, Call::Resources)? {
+            Reply::Resources(v) => Ok(v.into_iter().map(|(n, t, a)| (n, (t, a))).collect()),
+            other => Err(unexpected(other)),
+        },
+    }
 }
 
-/// Process ids of the live worker processes, and how many were started in all.
+/// Process ids of the live worker processes, and how many were started in all (driver only).
 #[pyfunction]
 pub fn workers() -> PyResult<(Vec<u32>, usize)> {
-    let s = state()?;
-    Ok((s.pool.live(), s.pool.started()))
+    match mode()? {
+        Mode::Driver(s) => Ok((s.pool.live(), s.pool.started())),
+        Mode::Worker => Err(PyRuntimeError::new_err("workers() is only available in the driver")),
+    }
 }

@@ -16,7 +16,7 @@ mod worker;
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<driver::PyObjectRef>()?;
     m.add_class::<driver::TaskOptions>()?;
-    m.add_class::<worker::WorkerLink>()?;
+    m.add_class::<driver::PyActorRef>()?;
     m.add_function(wrap_pyfunction!(driver::init, m)?)?;
     m.add_function(wrap_pyfunction!(driver::shutdown, m)?)?;
     m.add_function(wrap_pyfunction!(driver::is_initialized, m)?)?;
@@ -27,5 +27,17 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(driver::wait, m)?)?;
     m.add_function(wrap_pyfunction!(driver::resources, m)?)?;
     m.add_function(wrap_pyfunction!(driver::workers, m)?)?;
+    m.add_function(wrap_pyfunction!(driver::mode_name, m)?)?;
+    m.add_function(wrap_pyfunction!(driver::register_class, m)?)?;
+    m.add_function(wrap_pyfunction!(driver::create_actor, m)?)?;
+    m.add_function(wrap_pyfunction!(driver::actor_call, m)?)?;
+    m.add_function(wrap_pyfunction!(driver::kill, m)?)?;
+    m.add_function(wrap_pyfunction!(driver::get_actor, m)?)?;
+    m.add_function(wrap_pyfunction!(driver::actor_pin, m)?)?;
+    m.add_function(wrap_pyfunction!(driver::actor_from_id, m)?)?;
+    m.add_function(wrap_pyfunction!(worker::worker_attach, m)?)?;
+    m.add_function(wrap_pyfunction!(worker::worker_recv, m)?)?;
+    m.add_function(wrap_pyfunction!(worker::worker_ok, m)?)?;
+    m.add_function(wrap_pyfunction!(worker::worker_err, m)?)?;
     Ok(())
 }

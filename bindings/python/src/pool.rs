@@ -1,5 +1,6 @@
 //! The node runtime's Python worker processes: started on demand (as many as tasks run at
-//! once, which the scheduler bounds by the CPUs), reused, each attached by a ring channel.
+//! once, which the scheduler bounds by the CPUs), reused, each attached by a ring channel;
+//! and one dedicated worker process per actor.
 //!
 //! A Python task is a raw function of the core runtime (`py.task`) whose body runs on an
 //! executor thread: it takes an idle worker (or starts one), sends it the function once and
@@ -7,23 +8,39 @@
 //! time, so the scheduler's admission bounds the Python workers too. A worker that dies
 //! mid-call (os._exit, SIGKILL, a crash) is noticed while waiting, discarded, and the call
 //! fails as `WorkerDied`, which the core retries under `max_retries`.
+//!
+//! A Python actor is a raw actor of the core runtime whose state ([`PyActor`]) owns a worker
+//! process: the core runs its calls one at a time in submission order, each a round trip on
+//! that worker's channel. A process that dies is restarted (class sent again, constructor run
+//! again) while `max_restarts` allows, and the call it was running is retried while
+//! `max_task_retries` allows; after that the actor is dead.
+//!
+//! While a call runs, its worker may send requests (nested tasks, actor calls, `get`…): the
+//! executor waiting for the answer serves them ([`Pool::serve`]). Refs handed to a worker are
+//! kept in that worker's table until it says it dropped them, or dies.
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::time::{Duration, Instant};
 
+use rayhpc::ids::{ActorId, ObjectId};
 use rayhpc::objstore::fdpass;
 use rayhpc::objstore::ring::{Channel, Consumer, Producer, RingError};
-use rayhpc::raw::{RawFailure, RawOutput};
-use rayhpc::FailureKind;
+use rayhpc::raw::{raw_actor, raw_actor_by_id, RawActor, RawActorHandle, RawArg, RawClass, RawFailure, RawFn, RawOutput, RawState};
+use rayhpc::{Error, FailureKind, ObjectRef, ObjectView, Options, Runtime, Untyped};
 
-use crate::wire::{self, Key, Response};
+use crate::wire::{self, Call, Envelope, Key, Reply, Response, WireArg, WireFailure, WireOptions};
 
 /// Bytes of each ring of a worker's channel (pages are faulted only as used).
 const RING: usize = 32 << 20;
+
+/// How long a waiting executor spins on the ring before it lets another thread take over its
+/// other work (most calls answer well within this).
+const SPIN: Duration = Duration::from_micros(200);
 
 /// How workers are started.
 pub struct WorkerConfig {
@@ -33,12 +50,20 @@ pub struct WorkerConfig {
     pub sys_path: String,
 }
 
+/// The runtime a pool serves its workers' requests with (set once, just after the pool).
+pub struct Services {
+    pub rt: Runtime,
+    pub task: RawFn,
+}
+
 struct Worker {
     child: Child,
     ch: Arc<Channel>,
     tx: Producer,
     rx: Consumer,
     defined: HashSet<Key>,
+    /// Refs this worker holds: (the object, whether an actor call made it).
+    borrowed: HashMap<u128, (ObjectRef<Untyped>, bool)>,
 }
 
 impl Drop for Worker {
@@ -46,9 +71,9 @@ impl Drop for Worker {
         self.ch.close();
         if matches!(self.child.try_wait(), Ok(None)) {
             // Closing the channel ends an idle worker's loop; one still busy is killed.
-            let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
-            while std::time::Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-                std::thread::sleep(std::time::Duration::from_millis(2));
+            let deadline = Instant::now() + Duration::from_millis(200);
+            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(2));
             }
             let _ = self.child.kill();
             let _ = self.child.wait();
@@ -56,39 +81,186 @@ impl Drop for Worker {
     }
 }
 
+/// What the pool knows of one actor, shared with its state.
+struct ActorControl {
+    /// The channel of its current process: closing it ends a running call at once.
+    ch: Mutex<Option<Arc<Channel>>>,
+    /// Set by `kill`: the process is not restarted.
+    killed: AtomicBool,
+}
+
+struct ActorEntry {
+    class: Arc<RawClass>,
+    key: Key,
+    control: Arc<ActorControl>,
+    /// A handle kept while the actor may be reached by id only (its handle travelled inside
+    /// a value, or a worker created it): such an actor lives until killed or shutdown.
+    pinned: Option<RawActorHandle>,
+}
+
 /// The worker pool of one runtime.
 pub struct Pool {
     config: WorkerConfig,
+    me: Weak<Pool>,
+    services: OnceLock<Services>,
     idle: Mutex<Vec<Worker>>,
     /// Spawns one at a time: a descriptor made inheritable for one child reaches no other.
     spawn: Mutex<()>,
     functions: RwLock<HashMap<Key, Arc<[u8]>>>,
+    classes: Mutex<HashMap<Key, Arc<RawClass>>>,
+    actors: Mutex<HashMap<u128, ActorEntry>>,
+    /// Actors being constructed, by the token their constructor finds them with.
+    pending: Mutex<HashMap<u64, Arc<ActorControl>>>,
+    next_token: AtomicU64,
     /// Channels of every live worker, busy or idle, to close them all at shutdown.
     channels: Mutex<HashMap<u32, Arc<Channel>>>,
     closed: AtomicBool,
-    started: std::sync::atomic::AtomicUsize,
+    started: AtomicUsize,
 }
 
-fn failure(kind: FailureKind, message: impl Into<String>) -> RawFailure {
+pub fn failure(kind: FailureKind, message: impl Into<String>) -> RawFailure {
     RawFailure { kind, message: message.into(), payload: None }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Options as the core takes them: a task's are named by its function, an actor's by its
+/// registered name (anonymous without one).
+pub fn to_options(w: &WireOptions, actor: bool) -> Options {
+    let mut o = Options::new();
+    if !actor {
+        o = o.name(&w.name);
+    }
+    if let Some(n) = w.num_cpus {
+        o = o.num_cpus(n);
+    }
+    if let Some(n) = w.num_gpus {
+        o = o.num_gpus(n);
+    }
+    for (k, v) in &w.resources {
+        o = o.resource(k, *v);
+    }
+    if let Some(n) = w.max_retries {
+        o = o.max_retries(n);
+    }
+    if let Some(b) = w.retry_exceptions {
+        o = o.retry_exceptions(b);
+    }
+    match &w.actor_name {
+        Some(n) if actor => o.name(n),
+        _ => o,
+    }
+}
+
+/// How a failed object reads, for Python: kinds "task", "worker_died", "actor_died",
+/// "timeout", "shutdown", "store", "no_actor", "system".
+pub fn failure_of(e: Error, from_actor: bool) -> WireFailure {
+    let plain = |kind: &str, e: &Error| WireFailure {
+        kind: kind.into(),
+        function: String::new(),
+        message: e.to_string(),
+        payload: None,
+        attempts: 0,
+    };
+    match e {
+        Error::Task(t) => {
+            let kind = match t.kind {
+                FailureKind::WorkerDied if from_actor => "actor_died",
+                FailureKind::WorkerDied => "worker_died",
+                FailureKind::ActorDied => "actor_died",
+                _ => "task",
+            };
+            WireFailure {
+                kind: kind.into(),
+                function: t.function.to_string(),
+                message: t.message.clone(),
+                payload: t.payload.as_deref().map(<[u8]>::to_vec),
+                attempts: t.attempts,
+            }
+        }
+        e @ Error::ActorDied { .. } => plain("actor_died", &e),
+        e @ Error::Timeout(_) => plain("timeout", &e),
+        e @ Error::Shutdown => plain("shutdown", &e),
+        e @ (Error::ObjectTooLarge { .. } | Error::StoreFull { .. }) => plain("store", &e),
+        e @ Error::NoSuchActor(_) => plain("no_actor", &e),
+        e @ (Error::NameTaken(_) | Error::Invalid(_) | Error::Resources(_)) => plain("value", &e),
+        e => plain("system", &e),
+    }
+}
+
+/// Reads `refs` in order, waiting at most `timeout` seconds in all (forever with `None`).
+pub fn fetch(rt: &Runtime, refs: &[ObjectRef<Untyped>], timeout: Option<f64>) -> Vec<Result<ObjectView, Error>> {
+    let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)));
+    refs.iter()
+        .map(|r| {
+            if let Some(d) = deadline {
+                let left = d.saturating_duration_since(Instant::now());
+                match rt.wait(std::slice::from_ref(r), 1, Some(left)) {
+                    Ok((ready, _)) if ready.is_empty() => return Err(Error::Timeout(Duration::from_secs_f64(timeout.unwrap_or(0.0)))),
+                    Err(e) => return Err(e),
+                    Ok(_) => {}
+                }
+            }
+            rt.get_bytes(r)
+        })
+        .collect()
+}
+
+/// The indices of the refs `wait` found ready, in order.
+pub fn wait_indices(rt: &Runtime, refs: &[ObjectRef<Untyped>], n: usize, timeout: Option<f64>) -> Result<Vec<u32>, Error> {
+    let (ready, _) = rt.wait(refs, n, timeout.map(|t| Duration::from_secs_f64(t.max(0.0))))?;
+    let ready: HashSet<ObjectId> = ready.iter().map(|r| r.id()).collect();
+    Ok(refs.iter().enumerate().filter(|(_, r)| ready.contains(&r.id())).map(|(i, _)| i as u32).collect())
+}
+
+/// One round of a worker's answer.
+enum Answer {
+    Done(Result<RawOutput, RawFailure>),
+    Request(Vec<u8>),
 }
 
 impl Pool {
     pub fn new(config: WorkerConfig) -> Arc<Pool> {
-        Arc::new(Pool {
+        Arc::new_cyclic(|me| Pool {
             config,
+            me: me.clone(),
+            services: OnceLock::new(),
             idle: Mutex::new(Vec::new()),
             spawn: Mutex::new(()),
             functions: RwLock::new(HashMap::new()),
+            classes: Mutex::new(HashMap::new()),
+            actors: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            next_token: AtomicU64::new(1),
             channels: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             started: Default::default(),
         })
     }
 
-    /// Registers a pickled function under its key (once per function, from the driver).
+    /// Sets the runtime the pool serves requests with (once).
+    pub fn set_services(&self, s: Services) {
+        let _ = self.services.set(s);
+    }
+
+    fn services(&self) -> &Services {
+        self.services.get().expect("set right after the pool is made")
+    }
+
+    /// The raw function every Python task runs as.
+    pub fn services_task(&self) -> &RawFn {
+        &self.services().task
+    }
+
+    /// Registers a pickled function or class under its key (once per key).
     pub fn define(&self, key: Key, blob: &[u8]) {
         self.functions.write().unwrap_or_else(|e| e.into_inner()).entry(key).or_insert_with(|| Arc::from(blob));
+    }
+
+    fn blob(&self, key: &Key) -> Option<Arc<[u8]>> {
+        self.functions.read().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
     }
 
     /// Workers started so far.
@@ -96,15 +268,18 @@ impl Pool {
         self.started.load(Ordering::Relaxed)
     }
 
-    /// Live worker processes (busy or idle).
+    /// Live worker processes (busy or idle, actors' included).
     pub fn live(&self) -> Vec<u32> {
-        self.channels.lock().unwrap_or_else(|e| e.into_inner()).keys().copied().collect()
+        lock(&self.channels).keys().copied().collect()
     }
 
     fn spawn(&self) -> std::io::Result<Worker> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(std::io::Error::other("the runtime is shutting down"));
+        }
         let ch = Channel::create(RING)?;
         let child = {
-            let _one = self.spawn.lock().unwrap_or_else(|e| e.into_inner());
+            let _one = lock(&self.spawn);
             let fd = fdpass::inheritable_dup(ch.fd(), 3)?;
             Command::new(&self.config.python)
                 .args(["-c", "import rayhpc._worker as w; w.main()"])
@@ -115,16 +290,16 @@ impl Pool {
             // `fd` closes here: only the child holds the inherited copy.
         };
         self.started.fetch_add(1, Ordering::Relaxed);
-        self.channels.lock().unwrap_or_else(|e| e.into_inner()).insert(child.id(), ch.clone());
+        lock(&self.channels).insert(child.id(), ch.clone());
         let (tx, rx) = ch.creator_ends();
-        Ok(Worker { child, ch, tx, rx, defined: HashSet::new() })
+        Ok(Worker { child, ch, tx, rx, defined: HashSet::new(), borrowed: HashMap::new() })
     }
 
     fn checkout(&self) -> Result<Worker, RawFailure> {
         if self.closed.load(Ordering::Acquire) {
             return Err(failure(FailureKind::Error, "the runtime is shutting down"));
         }
-        if let Some(w) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+        if let Some(w) = lock(&self.idle).pop() {
             return Ok(w);
         }
         self.spawn()
@@ -132,106 +307,477 @@ impl Pool {
     }
 
     fn retire(&self, w: Worker) {
-        self.channels.lock().unwrap_or_else(|e| e.into_inner()).remove(&w.child.id());
+        lock(&self.channels).remove(&w.child.id());
         drop(w);
     }
 
-    /// Runs one call: `inputs[0]` is the function key, the rest the call's arguments (the
-    /// layout first).
+    /// Why a worker was lost, for the failure's message.
+    fn lost(&self, w: Worker, e: &RingError, what: &str) -> String {
+        let mut w = w;
+        let pid = w.child.id();
+        let status = w.child.try_wait().ok().flatten();
+        self.retire(w);
+        let how = match status {
+            Some(s) => format!("exited with {s}"),
+            None => format!("stopped answering ({e})"),
+        };
+        format!("the worker process (pid {pid}) running {what} died: it {how}")
+    }
+
+    /// Runs one task call: `inputs[0]` is the function key, the rest the call's arguments
+    /// (the layout first).
     pub fn call(&self, inputs: &[&[u8]]) -> Result<RawOutput, RawFailure> {
         let Some((key, args)) = inputs.split_first() else {
             return Err(failure(FailureKind::BadArguments, "a Python call without its function"));
         };
         let header = wire::call_header(key, args).map_err(|m| failure(FailureKind::BadArguments, m))?;
         let key: Key = (*key).try_into().expect("checked by call_header");
-        let blob = if let Some(b) = self.functions.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            b.clone()
-        } else {
+        let Some(blob) = self.blob(&key) else {
             return Err(failure(FailureKind::BadArguments, "unknown function (not registered in this runtime)"));
         };
         let mut w = self.checkout()?;
-        let out = self.exchange(&mut w, &key, &blob, &header, args);
+        let out = self.define_in(&mut w, &key, &blob).and_then(|d| match d {
+            Some(f) => Ok(Err(f)),
+            None => self.exchange(&mut w, &header, args, "the pickled arguments"),
+        });
         match out {
             Ok(r) => {
                 if !self.closed.load(Ordering::Acquire) {
-                    self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(w);
+                    lock(&self.idle).push(w);
                 } else {
                     self.retire(w);
                 }
                 r
             }
             Err(e) => {
-                let pid = w.child.id();
-                let status = w.child.try_wait().ok().flatten();
-                self.retire(w);
+                let msg = self.lost(w, &e, "this task");
                 if self.closed.load(Ordering::Acquire) {
                     return Err(failure(FailureKind::Error, "the runtime shut down while the task ran"));
                 }
-                let how = match status {
-                    Some(s) => format!("exited with {s}"),
-                    None => format!("stopped answering ({e})"),
-                };
-                Err(failure(FailureKind::WorkerDied, format!("the worker process (pid {pid}) running this task died: it {how}")))
+                Err(failure(FailureKind::WorkerDied, msg))
             }
         }
     }
 
-    /// Sends the function (first time on this worker) and the call, and reads the answer.
-    /// The outer `Err` is a lost worker; the inner result is the call's own outcome.
-    fn exchange(
-        &self,
-        w: &mut Worker,
-        key: &Key,
-        blob: &[u8],
-        header: &[u8],
-        args: &[&[u8]],
-    ) -> Result<Result<RawOutput, RawFailure>, RingError> {
-        let Worker { child, tx, rx, defined, .. } = w;
-        let mut alive = || matches!(child.try_wait(), Ok(None));
-        // A message over the ring's limit is the call's own failure, not a lost worker.
-        let mut send = |parts: &[&[u8]], too_large: &dyn Fn(usize, usize) -> String| match tx.send(parts, None, &mut alive) {
-            Ok(()) => Ok(None),
-            Err(RingError::TooLarge { size, limit }) => Ok(Some(failure(FailureKind::BadArguments, too_large(size, limit)))),
-            Err(e) => Err(e),
-        };
-        if !defined.contains(key) {
-            if let Some(f) = send(&[&wire::define_header(key), blob], &|size, limit| {
-                format!("the pickled function is {size} bytes, over the limit of {limit}")
-            })? {
-                return Ok(Err(f));
-            }
-            defined.insert(*key);
+    /// Sends a function or class to a worker that has not seen it. `Ok(Some)` is the call's
+    /// own failure (the pickle is over the ring's limit); `Err` is a lost worker.
+    fn define_in(&self, w: &mut Worker, key: &Key, blob: &[u8]) -> Result<Option<RawFailure>, RingError> {
+        if w.defined.contains(key) {
+            return Ok(None);
         }
+        if let Some(f) = send(w, &[&wire::define_header(key), blob], &|size, limit| {
+            format!("the pickled function or class is {size} bytes, over the limit of {limit}")
+        })? {
+            return Ok(Some(f));
+        }
+        w.defined.insert(*key);
+        Ok(None)
+    }
+
+    /// Sends a call-shaped message (its header, then `args`) and serves the worker's requests
+    /// until it answers. The outer `Err` is a lost worker; the inner result is the call's own
+    /// outcome.
+    fn exchange(&self, w: &mut Worker, header: &[u8], args: &[&[u8]], what: &str) -> Result<Result<RawOutput, RawFailure>, RingError> {
         let mut parts: Vec<&[u8]> = Vec::with_capacity(args.len() + 1);
         parts.push(header);
         parts.extend_from_slice(args);
         if let Some(f) =
-            send(&parts, &|size, limit| format!("the call's arguments are {size} bytes, over the current limit of {limit} bytes per call"))?
+            send(w, &parts, &|size, limit| format!("{what} are {size} bytes, over the current limit of {limit} bytes per call"))?
         {
             return Ok(Err(f));
         }
-        let m = rx.recv(None, &mut alive)?;
+        loop {
+            match self.answer(w)? {
+                Answer::Done(r) => return Ok(r),
+                Answer::Request(body) => {
+                    let reply = self.serve(w, &body);
+                    let encoded = wire::encode(&reply);
+                    let sent = w.tx.send(&[&wire::reply_header(), &encoded], None, &mut alive_fn(&mut w.child));
+                    match sent {
+                        Err(RingError::TooLarge { size, limit }) => {
+                            let r = Reply::Failed(
+                                "value".into(),
+                                format!("the reply is {size} bytes, over the limit of {limit} bytes per message"),
+                            );
+                            w.tx.send(&[&wire::reply_header(), &wire::encode(&r)], None, &mut alive_fn(&mut w.child))?;
+                        }
+                        other => other?,
+                    }
+                }
+            }
+        }
+    }
+
+    /// The worker's next message: spins a moment, then waits holding the job's resources
+    /// while another thread runs the executor's other work.
+    fn answer(&self, w: &mut Worker) -> Result<Answer, RingError> {
+        let Worker { child, rx, .. } = w;
+        let mut alive = alive_fn(child);
+        let m = match rx.recv(Some(Instant::now() + SPIN), &mut alive).map(|m| m.to_vec()) {
+            Err(RingError::Timeout) => match self.services.get() {
+                Some(s) => s.rt.block_holding(|| rx.recv(None, &mut alive).map(|m| m.to_vec()))?,
+                None => rx.recv(None, &mut alive).map(|m| m.to_vec())?,
+            },
+            other => other?,
+        };
         Ok(match wire::parse_response(&m) {
-            Ok(Response::Ok(bytes)) => Ok(RawOutput::Bytes(bytes.to_vec())),
-            Ok(Response::Err { message, payload }) => Err(RawFailure {
+            Ok(Response::Ok(bytes)) => Answer::Done(Ok(RawOutput::Bytes(bytes.to_vec()))),
+            Ok(Response::Err { message, payload }) => Answer::Done(Err(RawFailure {
                 kind: FailureKind::Error,
                 message: message.to_string(),
                 payload: (!payload.is_empty()).then(|| Arc::from(payload)),
-            }),
-            Err(e) => Err(failure(FailureKind::Error, format!("malformed answer from the worker: {e}"))),
+            })),
+            Ok(Response::Request(body)) => Answer::Request(body.to_vec()),
+            Err(e) => Answer::Done(Err(failure(FailureKind::Error, format!("malformed answer from the worker: {e}")))),
         })
     }
 
+    /// Serves one request of a worker, on the executor running its call.
+    fn serve(&self, w: &mut Worker, body: &[u8]) -> Reply {
+        let env: Envelope = match wire::decode(body) {
+            Ok(e) => e,
+            Err(m) => return Reply::Failed("system".into(), m),
+        };
+        for id in env.release {
+            w.borrowed.remove(&id);
+        }
+        match self.serve_call(w, env.call) {
+            Ok(r) => r,
+            Err(e) => {
+                let f = failure_of(e, false);
+                Reply::Failed(f.kind, f.message)
+            }
+        }
+    }
+
+    fn serve_call(&self, w: &mut Worker, call: Call) -> Result<Reply, Error> {
+        let s = self.services();
+        let lend = |w: &mut Worker, r: ObjectRef<Untyped>, actor: bool| {
+            let id = r.id().0;
+            w.borrowed.insert(id, (r, actor));
+            Reply::Ref(id)
+        };
+        Ok(match call {
+            Call::Define { key, blob, class_name } => {
+                self.define(key, &blob);
+                if let Some(n) = class_name {
+                    self.class(key, &n);
+                }
+                Reply::Done
+            }
+            Call::Submit { key, options, args } => {
+                if self.blob(&key).is_none() {
+                    return Err(Error::Invalid("unknown function (not registered in this runtime)".into()));
+                }
+                let mut raw = vec![RawArg::Bytes(key.to_vec())];
+                raw.extend(args_of(w, args)?);
+                let r = s.task.remote(&s.rt, raw, &to_options(&options, false))?;
+                lend(w, r, false)
+            }
+            Call::CreateActor { key, options, args } => {
+                let args = args_of(w, args)?;
+                let h = self.create_actor(key, &options, args)?;
+                let id = h.id().0;
+                self.pin_actor(&h);
+                Reply::Actor(id, key)
+            }
+            Call::Method { actor, method, args } => {
+                let args = args_of(w, args)?;
+                let r = self.call_actor_id(actor, &method, args)?;
+                lend(w, r, true)
+            }
+            Call::Put { bytes } => {
+                let r = s.rt.put_bytes(&bytes)?;
+                lend(w, r, false)
+            }
+            Call::Get { ids, timeout } => {
+                let refs = refs_of(w, &ids)?;
+                let views = fetch(&s.rt, &refs.iter().map(|(r, _)| r.clone()).collect::<Vec<_>>(), timeout);
+                Reply::Values(
+                    views.into_iter().zip(&refs).map(|(v, (_, actor))| v.map(|v| v.to_vec()).map_err(|e| failure_of(e, *actor))).collect(),
+                )
+            }
+            Call::Wait { ids, num_returns, timeout } => {
+                let refs: Vec<_> = refs_of(w, &ids)?.into_iter().map(|(r, _)| r).collect();
+                Reply::Ready(wait_indices(&s.rt, &refs, num_returns, timeout)?)
+            }
+            Call::Kill { actor } => {
+                self.kill_id(actor);
+                Reply::Done
+            }
+            Call::GetActor { name } => {
+                let h = s.rt.get_actor::<RawState>(&name)?;
+                let key = lock(&self.actors).get(&h.id().0).map(|e| e.key).ok_or_else(|| Error::NoSuchActor(name.clone()))?;
+                self.pin_actor(&h);
+                Reply::Actor(h.id().0, key)
+            }
+            Call::PinActor { actor } => {
+                if let Some(h) = raw_actor_by_id(ActorId(actor)) {
+                    self.pin_actor(&h);
+                }
+                Reply::Done
+            }
+            Call::Resources => Reply::Resources(s.rt.resources().into_iter().map(|v| (v.name.to_string(), v.total, v.available)).collect()),
+        })
+    }
+
+    /// The raw class of Python class `key` (made on first use).
+    pub fn class(&self, key: Key, name: &str) -> Arc<RawClass> {
+        let mut classes = lock(&self.classes);
+        if let Some(c) = classes.get(&key) {
+            return c.clone();
+        }
+        let pool = self.me.clone();
+        let class = Arc::new(raw_actor(name, move |inputs: &[&[u8]]| {
+            let pool = pool.upgrade().ok_or_else(|| failure(FailureKind::ActorDied, "the runtime is shut down"))?;
+            PyActor::start(&pool, key, inputs).map(|a| Box::new(a) as Box<dyn RawActor>)
+        }));
+        classes.insert(key, class.clone());
+        class
+    }
+
+    /// Creates an actor of class `key` (registered with `define` and `class`).
+    pub fn create_actor(&self, key: Key, options: &WireOptions, args: Vec<RawArg>) -> Result<RawActorHandle, Error> {
+        let class = lock(&self.classes)
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| Error::Invalid("unknown actor class (not registered in this runtime)".into()))?;
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let control = Arc::new(ActorControl { ch: Mutex::new(None), killed: AtomicBool::new(false) });
+        lock(&self.pending).insert(token, control.clone());
+        let mut config = Vec::with_capacity(16);
+        config.extend_from_slice(&token.to_le_bytes());
+        config.extend_from_slice(&options.max_restarts.unwrap_or(0).to_le_bytes());
+        config.extend_from_slice(&options.max_task_retries.unwrap_or(0).to_le_bytes());
+        let mut raw = vec![RawArg::Bytes(config)];
+        raw.extend(args);
+        let h = match class.remote(&self.services().rt, raw, &to_options(options, true)) {
+            Ok(h) => h,
+            Err(e) => {
+                lock(&self.pending).remove(&token);
+                return Err(e);
+            }
+        };
+        lock(&self.actors).insert(h.id().0, ActorEntry { class, key, control, pinned: None });
+        Ok(h)
+    }
+
+    /// Calls `method` on the actor with id `actor`.
+    pub fn call_actor_id(&self, actor: u128, method: &str, args: Vec<RawArg>) -> Result<ObjectRef<Untyped>, Error> {
+        let class = lock(&self.actors).get(&actor).map(|e| e.class.clone());
+        let h = raw_actor_by_id(ActorId(actor));
+        match (class, h) {
+            (Some(c), Some(h)) => c.call(&h, method, args),
+            _ => Err(Error::ActorDied { class: "?".into(), actor: format!("{actor:032x}"), reason: "no live actor has this id".into() }),
+        }
+    }
+
+    /// Calls `method` on the actor of handle `h`.
+    pub fn call_actor(&self, h: &RawActorHandle, method: &str, args: Vec<RawArg>) -> Result<ObjectRef<Untyped>, Error> {
+        let class = lock(&self.actors).get(&h.id().0).map(|e| e.class.clone());
+        match class {
+            Some(c) => c.call(h, method, args),
+            None => Err(Error::Invalid("not an actor of this runtime".into())),
+        }
+    }
+
+    /// The class key of actor `actor`.
+    pub fn actor_key(&self, actor: u128) -> Option<Key> {
+        lock(&self.actors).get(&actor).map(|e| e.key)
+    }
+
+    /// Keeps the actor alive while it may be reached by id only.
+    pub fn pin_actor(&self, h: &RawActorHandle) {
+        if let Some(e) = lock(&self.actors).get_mut(&h.id().0) {
+            if e.pinned.is_none() && !h.is_dead() {
+                e.pinned = Some(h.clone());
+            }
+        }
+    }
+
+    /// Kills the actor with id `actor`: later calls fail with `ActorDied`; a call running
+    /// now ends at once (its process is stopped); it is not restarted.
+    pub fn kill_id(&self, actor: u128) {
+        let (control, pinned) = match lock(&self.actors).get_mut(&actor) {
+            Some(e) => (Some(e.control.clone()), e.pinned.take()),
+            None => (None, None),
+        };
+        let h = pinned.or_else(|| raw_actor_by_id(ActorId(actor)));
+        if let Some(c) = &control {
+            c.killed.store(true, Ordering::SeqCst);
+        }
+        if let Some(h) = h {
+            self.services().rt.kill(&h);
+        }
+        if let Some(c) = control {
+            if let Some(ch) = lock(&c.ch).as_ref() {
+                ch.close();
+            }
+        }
+    }
+
     /// Stops every worker: idle ones end, busy ones have their channel closed (their caller
-    /// gets an error) and are killed.
+    /// gets an error) and are killed. Pinned actors are let go.
     pub fn shutdown(&self) {
         self.closed.store(true, Ordering::Release);
-        for ch in self.channels.lock().unwrap_or_else(|e| e.into_inner()).values() {
+        for ch in lock(&self.channels).values() {
             ch.close();
         }
-        let idle: Vec<Worker> = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        let idle: Vec<Worker> = std::mem::take(&mut *lock(&self.idle));
         for w in idle {
             self.retire(w);
+        }
+        let pinned: Vec<_> = lock(&self.actors).values_mut().filter_map(|e| e.pinned.take()).collect();
+        drop(pinned);
+    }
+}
+
+fn alive_fn(child: &mut Child) -> impl FnMut() -> bool + '_ {
+    move || matches!(child.try_wait(), Ok(None))
+}
+
+/// Sends a message; a message over the ring's limit is the call's own failure (`Ok(Some)`),
+/// not a lost worker.
+fn send(w: &mut Worker, parts: &[&[u8]], too_large: &dyn Fn(usize, usize) -> String) -> Result<Option<RawFailure>, RingError> {
+    match w.tx.send(parts, None, &mut alive_fn(&mut w.child)) {
+        Ok(()) => Ok(None),
+        Err(RingError::TooLarge { size, limit }) => Ok(Some(failure(FailureKind::BadArguments, too_large(size, limit)))),
+        Err(e) => Err(e),
+    }
+}
+
+fn args_of(w: &Worker, args: Vec<WireArg>) -> Result<Vec<RawArg>, Error> {
+    args.into_iter()
+        .map(|a| match a {
+            WireArg::Value(b) => Ok(RawArg::Bytes(b)),
+            WireArg::Ref(id) => w.borrowed.get(&id).map(|(r, _)| RawArg::Ref(r.clone())).ok_or_else(|| unknown_ref(id)),
+        })
+        .collect()
+}
+
+fn refs_of(w: &Worker, ids: &[u128]) -> Result<Vec<(ObjectRef<Untyped>, bool)>, Error> {
+    ids.iter().map(|id| w.borrowed.get(id).cloned().ok_or_else(|| unknown_ref(*id))).collect()
+}
+
+fn unknown_ref(id: u128) -> Error {
+    Error::Invalid(format!("ObjectRef({id:032x}) is not held by this worker"))
+}
+
+/// A Python actor's state: its own worker process, and what it takes to restart it.
+struct PyActor {
+    pool: Arc<Pool>,
+    control: Arc<ActorControl>,
+    worker: Option<Worker>,
+    key: Key,
+    /// The constructor's arguments (the layout first), kept for restarts.
+    ctor_args: Vec<Vec<u8>>,
+    /// Restarts left (negative: unlimited).
+    restarts_left: i32,
+    max_task_retries: i32,
+}
+
+impl PyActor {
+    /// The constructor: `inputs[0]` is (token, max_restarts, max_task_retries), the rest the
+    /// arguments (the layout first).
+    fn start(pool: &Arc<Pool>, key: Key, inputs: &[&[u8]]) -> Result<PyActor, RawFailure> {
+        let bad = || failure(FailureKind::BadArguments, "malformed actor construction");
+        let (config, args) = inputs.split_first().ok_or_else(bad)?;
+        let config: &[u8; 16] = (*config).try_into().map_err(|_| bad())?;
+        let token = u64::from_le_bytes(config[..8].try_into().expect("8 bytes"));
+        let restarts = i32::from_le_bytes(config[8..12].try_into().expect("4 bytes"));
+        let retries = i32::from_le_bytes(config[12..].try_into().expect("4 bytes"));
+        let control = lock(&pool.pending).remove(&token).ok_or_else(bad)?;
+        let mut a = PyActor {
+            pool: pool.clone(),
+            control,
+            worker: None,
+            key,
+            ctor_args: args.iter().map(|a| a.to_vec()).collect(),
+            restarts_left: restarts,
+            max_task_retries: retries,
+        };
+        a.construct()?;
+        Ok(a)
+    }
+
+    /// Starts a process and runs the constructor in it. A constructor that raises fails
+    /// with its error; a process lost on the way fails as `ActorDied`.
+    fn construct(&mut self) -> Result<(), RawFailure> {
+        let pool = self.pool.clone();
+        let Some(blob) = pool.blob(&self.key) else {
+            return Err(failure(FailureKind::BadArguments, "unknown actor class (not registered in this runtime)"));
+        };
+        let mut w = pool.spawn().map_err(|e| failure(FailureKind::ActorDied, format!("cannot start the actor's process: {e}")))?;
+        *lock(&self.control.ch) = Some(w.ch.clone());
+        if self.control.killed.load(Ordering::SeqCst) {
+            w.ch.close();
+        }
+        let args: Vec<&[u8]> = self.ctor_args.iter().map(Vec::as_slice).collect();
+        let header = wire::op_header(wire::NEW, &self.key, &args).map_err(|m| failure(FailureKind::BadArguments, m))?;
+        let out = pool.define_in(&mut w, &self.key, &blob).and_then(|d| match d {
+            Some(f) => Ok(Err(f)),
+            None => pool.exchange(&mut w, &header, &args, "the constructor's pickled arguments"),
+        });
+        match out {
+            Ok(Ok(_)) => {
+                self.worker = Some(w);
+                Ok(())
+            }
+            Ok(Err(f)) => {
+                pool.retire(w);
+                Err(f)
+            }
+            Err(e) => Err(failure(FailureKind::ActorDied, pool.lost(w, &e, "the actor's constructor"))),
+        }
+    }
+}
+
+impl RawActor for PyActor {
+    fn call(&mut self, method: &str, inputs: &[&[u8]]) -> Result<RawOutput, RawFailure> {
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(inputs.len() + 1);
+        parts.push(method.as_bytes());
+        parts.extend_from_slice(inputs);
+        let header = wire::op_header(wire::METHOD, &[0; 16], &parts).map_err(|m| failure(FailureKind::BadArguments, m))?;
+        let mut retries_left = self.max_task_retries;
+        loop {
+            let Some(w) = self.worker.as_mut() else {
+                return Err(failure(FailureKind::ActorDied, "its process is gone"));
+            };
+            let e = match self.pool.exchange(w, &header, &parts, "the call's pickled arguments") {
+                Ok(r) => return r,
+                Err(e) => e,
+            };
+            let w = self.worker.take().expect("taken above");
+            let msg = self.pool.lost(w, &e, "this actor");
+            if self.control.killed.load(Ordering::SeqCst) {
+                return Err(failure(FailureKind::ActorDied, "it was killed by kill()"));
+            }
+            if self.pool.closed.load(Ordering::Acquire) {
+                return Err(failure(FailureKind::ActorDied, "the runtime shut down"));
+            }
+            if self.restarts_left == 0 {
+                return Err(failure(FailureKind::ActorDied, msg));
+            }
+            if self.restarts_left > 0 {
+                self.restarts_left -= 1;
+            }
+            if let Err(f) = self.construct() {
+                return Err(failure(FailureKind::ActorDied, format!("{msg}; its restart failed: {}", f.message)));
+            }
+            if retries_left == 0 {
+                return Err(failure(FailureKind::WorkerDied, format!("{msg} (the actor was restarted)")));
+            }
+            if retries_left > 0 {
+                retries_left -= 1;
+            }
+        }
+    }
+}
+
+impl Drop for PyActor {
+    fn drop(&mut self) {
+        if let Some(w) = self.worker.take() {
+            self.pool.retire(w);
         }
     }
 }

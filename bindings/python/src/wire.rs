@@ -3,34 +3,178 @@
 //!
 //! | message | layout |
 //! |---|---|
-//! | define (runtime → worker) | `[1, 0 × 7][key: 16][pickled function]` |
+//! | define (runtime → worker) | `[1, 0 × 7][key: 16][pickled function or class]` |
 //! | call (runtime → worker) | `[2, 0 × 3][n: u32][key: 16][len: u32 × n][argument bytes …]` |
+//! | new (runtime → actor worker) | as call, op 3: construct the actor of class `key` |
+//! | method (runtime → actor worker) | as call, op 4, key zero: the first argument is the method's name |
+//! | reply (runtime → worker) | `[5, 0 × 7][postcard Reply]`: the answer to the worker's request |
 //! | ok (worker → runtime) | `[1, 0 × 7][result bytes]` |
 //! | error (worker → runtime) | `[2, 0 × 3][m: u32][message: m bytes, UTF-8][payload]` |
+//! | request (worker → runtime) | `[3, 0 × 7][postcard Envelope]`: a nested call of the API |
 //!
-//! The first argument of a call is the call's layout (how the rest map onto positional and
-//! keyword parameters, pickled by the driver; empty for positional-only calls); every other
-//! argument is one pickled value. Parsing checks every length: a malformed message is an
-//! error, never a read past its end.
+//! The first argument of a call (after a method's name) is the call's layout (how the rest
+//! map onto positional and keyword parameters, pickled by the driver; empty for
+//! positional-only calls); every other argument is one pickled value. While a call runs, the
+//! worker may send requests (a task submitting tasks, calling actors, `get`…); each gets one
+//! reply before the call's own answer. Parsing checks every length: a malformed message is
+//! an error, never a read past its end.
+
+use serde::{Deserialize, Serialize};
 
 /// A function's key: a 16-byte hash of its pickled bytes.
 pub type Key = [u8; 16];
 
 pub const DEFINE: u8 = 1;
 pub const CALL: u8 = 2;
+pub const NEW: u8 = 3;
+pub const METHOD: u8 = 4;
+pub const REPLY: u8 = 5;
 pub const OK: u8 = 1;
 pub const ERR: u8 = 2;
+pub const REQUEST: u8 = 3;
 
-/// A request as the worker reads it.
+/// A message as the worker reads it.
 pub enum Request<'a> {
-    Define { key: Key, blob: &'a [u8] },
-    Call { key: Key, args: Vec<&'a [u8]> },
+    Define {
+        key: Key,
+        blob: &'a [u8],
+    },
+    /// A call (op CALL), an actor's construction (NEW) or an actor method (METHOD).
+    Call {
+        op: u8,
+        key: Key,
+        args: Vec<&'a [u8]>,
+    },
+    Reply(&'a [u8]),
 }
 
-/// A response as the runtime reads it.
+/// A message as the runtime reads it.
 pub enum Response<'a> {
     Ok(&'a [u8]),
     Err { message: &'a str, payload: &'a [u8] },
+    Request(&'a [u8]),
+}
+
+/// Task or actor options as a worker sends them.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct WireOptions {
+    pub name: String,
+    pub num_cpus: Option<f64>,
+    pub num_gpus: Option<f64>,
+    pub resources: Vec<(String, f64)>,
+    pub max_retries: Option<i32>,
+    pub retry_exceptions: Option<bool>,
+    pub max_restarts: Option<i32>,
+    pub max_task_retries: Option<i32>,
+    /// An actor's name (None: anonymous).
+    pub actor_name: Option<String>,
+}
+
+/// One argument of a nested call: pickled bytes, or an object the worker holds a ref to.
+#[derive(Serialize, Deserialize, Debug)]
+pub enum WireArg {
+    Value(Vec<u8>),
+    Ref(u128),
+}
+
+/// A nested call of the API, from a worker.
+#[derive(Serialize, Deserialize, Debug)]
+pub enum Call {
+    /// Registers a pickled function or class (defined inside a task) under its key; a
+    /// class has its name.
+    Define {
+        key: Key,
+        blob: Vec<u8>,
+        class_name: Option<String>,
+    },
+    /// Submits a task of function `key`: args are the layout then the values.
+    Submit {
+        key: Key,
+        options: WireOptions,
+        args: Vec<WireArg>,
+    },
+    /// Creates an actor of class `key`.
+    CreateActor {
+        key: Key,
+        options: WireOptions,
+        args: Vec<WireArg>,
+    },
+    /// Calls a method of an actor.
+    Method {
+        actor: u128,
+        method: String,
+        args: Vec<WireArg>,
+    },
+    Put {
+        bytes: Vec<u8>,
+    },
+    Get {
+        ids: Vec<u128>,
+        timeout: Option<f64>,
+    },
+    Wait {
+        ids: Vec<u128>,
+        num_returns: usize,
+        timeout: Option<f64>,
+    },
+    Kill {
+        actor: u128,
+    },
+    GetActor {
+        name: String,
+    },
+    /// Keeps an actor alive while a handle to it travels in a value.
+    PinActor {
+        actor: u128,
+    },
+    Resources,
+}
+
+/// A request: the call, and the refs the worker dropped since its last request.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Envelope {
+    pub release: Vec<u128>,
+    pub call: Call,
+}
+
+/// A failed object as a worker sees it.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct WireFailure {
+    pub kind: String,
+    pub function: String,
+    pub message: String,
+    pub payload: Option<Vec<u8>>,
+    pub attempts: u32,
+}
+
+/// The answer to a request.
+#[derive(Serialize, Deserialize, Debug)]
+pub enum Reply {
+    Done,
+    Ref(u128),
+    /// An actor: id, class key.
+    Actor(u128, Key),
+    Values(Vec<Result<Vec<u8>, WireFailure>>),
+    Ready(Vec<u32>),
+    Resources(Vec<(String, f64, f64)>),
+    /// The request failed as a whole: (exception kind, message); kinds as `WireFailure`.
+    Failed(String, String),
+}
+
+pub fn request_header() -> [u8; 8] {
+    [REQUEST, 0, 0, 0, 0, 0, 0, 0]
+}
+
+pub fn reply_header() -> [u8; 8] {
+    [REPLY, 0, 0, 0, 0, 0, 0, 0]
+}
+
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_stdvec(v).expect("wire types always encode")
+}
+
+pub fn decode<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T, String> {
+    postcard::from_bytes(b).map_err(|e| format!("malformed message: {e}"))
 }
 
 pub fn define_header(key: &Key) -> [u8; 24] {
@@ -42,10 +186,15 @@ pub fn define_header(key: &Key) -> [u8; 24] {
 
 /// The header of a call with `args` (the layout first): op, count, key and lengths.
 pub fn call_header(key: &[u8], args: &[&[u8]]) -> Result<Vec<u8>, String> {
+    op_header(CALL, key, args)
+}
+
+/// The header of a call-shaped message (CALL, NEW, METHOD).
+pub fn op_header(op: u8, key: &[u8], args: &[&[u8]]) -> Result<Vec<u8>, String> {
     let key: &Key = key.try_into().map_err(|_| format!("function key of {} bytes, not 16", key.len()))?;
     let n = u32::try_from(args.len()).map_err(|_| "too many arguments".to_string())?;
     let mut h = Vec::with_capacity(24 + 4 * args.len());
-    h.extend_from_slice(&[CALL, 0, 0, 0]);
+    h.extend_from_slice(&[op, 0, 0, 0]);
     h.extend_from_slice(&n.to_le_bytes());
     h.extend_from_slice(key);
     for a in args {
@@ -76,7 +225,8 @@ fn key_at(m: &[u8], at: usize) -> Result<Key, String> {
 pub fn parse_request(m: &[u8]) -> Result<Request<'_>, String> {
     match m.first() {
         Some(&DEFINE) => Ok(Request::Define { key: key_at(m, 8)?, blob: m.get(24..).ok_or("message cut short")? }),
-        Some(&CALL) => {
+        Some(&REPLY) => Ok(Request::Reply(m.get(8..).ok_or("message cut short")?)),
+        Some(&op @ (CALL | NEW | METHOD)) => {
             let n = u32_at(m, 4)?;
             let key = key_at(m, 8)?;
             let mut at = 24usize.checked_add(n.checked_mul(4).ok_or("argument count overflows")?).ok_or("argument count overflows")?;
@@ -90,7 +240,7 @@ pub fn parse_request(m: &[u8]) -> Result<Request<'_>, String> {
                 args.push(&m[at..end]);
                 at = end;
             }
-            Ok(Request::Call { key, args })
+            Ok(Request::Call { op, key, args })
         }
         other => Err(format!("unknown request {other:?}")),
     }
@@ -105,6 +255,7 @@ pub fn parse_response(m: &[u8]) -> Result<Response<'_>, String> {
             let message = std::str::from_utf8(&m[8..end]).map_err(|_| "error message is not UTF-8".to_string())?;
             Ok(Response::Err { message, payload: &m[end..] })
         }
+        Some(&REQUEST) => Ok(Response::Request(m.get(8..).ok_or("request cut short")?)),
         other => Err(format!("unknown response {other:?}")),
     }
 }

@@ -209,8 +209,8 @@ def test_resources_bound_how_many_tasks_run_at_once(ray_start):
     assert a[2] != b[2], "in two worker processes"
     a, b = ray.get([span.options(num_cpus=2).remote(0.2), span.options(num_cpus=2).remote(0.2)])
     assert a[1] <= b[0] or b[1] <= a[0], "2-CPU tasks overlapped on 2 CPUs"
-    # More than the node has: refused at submit.
-    with pytest.raises(RuntimeError, match="CPU"):
+    # More than the node has: refused at submit (a bad request: ValueError).
+    with pytest.raises(ValueError, match="CPU"):
         span.options(num_cpus=3).remote(0)
     assert ray.cluster_resources()["CPU"] == 2
     # Executors give their CPU leases back once idle, a moment after the last task.

@@ -1,8 +1,10 @@
 """rayhpc: Ray Core's API (`import rayhpc as ray`) on a native runtime.
 
 `init()` starts an embedded node runtime in this process; tasks run in Python worker
-processes it starts (as many as run at once, bounded by the CPUs), attached to it by
-shared-memory rings. Values travel pickled (protocol 5, through cloudpickle).
+processes it starts (as many as run at once, bounded by the CPUs), each actor in a worker
+process of its own, all attached to it by shared-memory rings. Values travel pickled
+(protocol 5, through cloudpickle). Code running in a worker uses the same API: its calls go
+to the runtime that started it.
 """
 
 import atexit
@@ -17,6 +19,7 @@ from . import _native, exceptions
 from ._native import ObjectRef
 from ._serial import dumps, loads
 from .exceptions import (
+    ActorDiedError,
     GetTimeoutError,
     ObjectStoreFullError,
     RayActorError,
@@ -27,9 +30,9 @@ from .exceptions import (
 )
 
 __all__ = [
-    "init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "method",
-    "cluster_resources", "available_resources", "nodes", "get_runtime_context",
-    "ObjectRef", "exceptions",
+    "init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "kill", "get_actor",
+    "method", "cluster_resources", "available_resources", "nodes", "get_runtime_context",
+    "ObjectRef", "ActorHandle", "ActorClass", "exceptions",
 ]
 __version__ = "0.1.0"
 
@@ -97,6 +100,33 @@ def _auto_init():
         init()
 
 
+def _key_of(blob):
+    return hashlib.blake2b(blob, digest_size=16).digest()
+
+
+def _arity(fn, skip=0):
+    """(min, max) positional arguments of a plain function (minus `skip` leading ones), or
+    None when it takes *args or **kwargs (the full signature check then runs)."""
+    code = getattr(fn, "__code__", None)
+    if code is None or code.co_flags & 0x0C:
+        return None
+    defaults = len(getattr(fn, "__defaults__", None) or ())
+    return (code.co_argcount - defaults - skip, code.co_argcount - skip)
+
+
+def _call_parts(args, kwargs):
+    """The layout and pickled values of a call's arguments (ObjectRefs passed as they are)."""
+    if kwargs:
+        parts = [pickle.dumps((len(args), tuple(kwargs)), protocol=5)]
+        values = list(args) + list(kwargs.values())
+    else:
+        parts = [b""]
+        values = args
+    for v in values:
+        parts.append(v if type(v) is ObjectRef else _dumps_arg(v))
+    return parts
+
+
 # ---------------------------------------------------------------------------- tasks
 
 _TASK_OPTIONS = {
@@ -141,12 +171,7 @@ class RemoteFunction:
         self._shared = {"epoch": None, "key": None, "blob": None}
         self._native_options = None
         self._native_epoch = None
-        code = getattr(fn, "__code__", None)
-        if code is not None and not (code.co_flags & 0x0C):  # no *args, no **kwargs
-            defaults = len(fn.__defaults__ or ())
-            self._arity = (code.co_argcount - defaults, code.co_argcount)
-        else:
-            self._arity = None
+        self._arity = _arity(fn)
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", "task")
         self.__wrapped__ = fn
@@ -163,6 +188,15 @@ class RemoteFunction:
         f._shared = self._shared  # one pickled function for every variant
         return f
 
+    def __getstate__(self):
+        # Sent inside a task (a task that calls another): the native options and the
+        # registration stay behind; the worker registers the function with its runtime.
+        state = dict(self.__dict__)
+        state["_native_options"] = None
+        state["_native_epoch"] = None
+        state["_shared"] = {"epoch": None, "key": self._shared["key"], "blob": self._shared["blob"]}
+        return state
+
     def _register(self):
         s = self._shared
         if s["blob"] is None:
@@ -171,7 +205,7 @@ class RemoteFunction:
                 s["blob"] = cloudpickle.dumps(self._function, protocol=5)
             except Exception as e:
                 raise TypeError(f"Could not serialize the function {self._name}: {e}") from e
-            s["key"] = hashlib.blake2b(s["blob"], digest_size=16).digest()
+            s["key"] = _key_of(s["blob"])
         _native.register_function(s["key"], s["blob"])
         s["epoch"] = _epoch
 
@@ -196,15 +230,7 @@ class RemoteFunction:
         if kwargs or self._arity is None or not (self._arity[0] <= len(args) <= self._arity[1]):
             # Ray checks the call against the signature at submit: a TypeError here.
             inspect.signature(self._function).bind(*args, **kwargs)
-        if kwargs:
-            parts = [pickle.dumps((len(args), tuple(kwargs)), protocol=5)]
-            values = list(args) + list(kwargs.values())
-        else:
-            parts = [b""]
-            values = args
-        for v in values:
-            parts.append(v if type(v) is ObjectRef else _dumps_arg(v))
-        return _native.submit(self._shared["key"], parts, self._native_options)
+        return _native.submit(self._shared["key"], _call_parts(args, kwargs), self._native_options)
 
 
 def _dumps_arg(v):
@@ -214,8 +240,230 @@ def _dumps_arg(v):
         raise TypeError(f"Could not serialize the argument {v!r} of type {type(v).__name__}: {e}") from e
 
 
+# ---------------------------------------------------------------------------- actors
+
+_ACTOR_OPTIONS = {
+    "num_cpus", "num_gpus", "resources", "max_restarts", "max_task_retries", "name",
+    "namespace", "lifetime", "get_if_exists", "max_concurrency", "memory",
+    "scheduling_strategy", "runtime_env", "max_pending_calls", "concurrency_groups",
+    "accelerator_type", "label_selector", "_metadata", "placement_group",
+    "placement_group_bundle_index", "placement_group_capture_child_tasks",
+    "enable_task_events", "allow_out_of_order_execution",
+}
+
+
+def _method_table(cls):
+    """{name: (arity, options)} of the methods an actor of `cls` can be called with."""
+    table = {}
+    for name in dir(cls):
+        if name.startswith("__") and name != "__call__":
+            continue
+        member = inspect.getattr_static(cls, name, None)
+        if isinstance(member, (staticmethod, classmethod)):
+            fn, skip = member.__func__, (0 if isinstance(member, staticmethod) else 1)
+        elif inspect.isfunction(member):
+            fn, skip = member, 1
+        else:
+            continue
+        opts = dict(getattr(fn, "__rayhpc_method_options__", {}))
+        if opts.get("num_returns", 1) != 1:
+            raise NotImplementedError("num_returns other than 1 is not supported yet")
+        table[name] = (_arity(fn, skip), opts)
+    return table
+
+
+class ActorClass:
+    """A class made remote with `@rayhpc.remote`: create an actor with `.remote(...)`."""
+
+    def __init__(self, cls, options):
+        for k in options:
+            if k not in _ACTOR_OPTIONS:
+                raise ValueError(f"Invalid option keyword {k} for actors.")
+        _check_options({k: v for k, v in options.items() if k in ("num_cpus", "num_gpus", "resources")}, _TASK_OPTIONS)
+        for k in ("max_restarts", "max_task_retries"):
+            v = options.get(k)
+            if v is not None and (not isinstance(v, int) or v < -1):
+                raise ValueError(f"The keyword '{k}' only accepts -1, 0 or a positive integer, got {v!r}")
+        if options.get("max_concurrency", 1) != 1:
+            raise NotImplementedError("max_concurrency other than 1 (threaded actors) is not supported yet")
+        self._cls = cls
+        self._options = dict(options)
+        self._name = getattr(cls, "__qualname__", cls.__name__)
+        self._methods = _method_table(cls)
+        self._shared = {"epoch": None, "key": None, "blob": None}
+        self._native_options = None
+        self._native_epoch = None
+        self.__doc__ = cls.__doc__
+        self.__name__ = cls.__name__
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(
+            f"Actors cannot be instantiated directly. Instead of '{self.__name__}()', "
+            f"use '{self.__name__}.remote()'.")
+
+    def options(self, **options):
+        merged = dict(self._options)
+        merged.update(options)
+        c = ActorClass(self._cls, merged)
+        c._shared = self._shared
+        return c
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_native_options"] = None
+        state["_native_epoch"] = None
+        state["_shared"] = {"epoch": None, "key": self._shared["key"], "blob": self._shared["blob"]}
+        return state
+
+    def _prepare(self):
+        _auto_init()
+        s = self._shared
+        if s["epoch"] != _epoch:
+            if s["blob"] is None:
+                import cloudpickle
+                try:
+                    s["blob"] = cloudpickle.dumps(self._cls, protocol=5)
+                except Exception as e:
+                    raise TypeError(f"Could not serialize the class {self._name}: {e}") from e
+                s["key"] = _key_of(s["blob"])
+            _native.register_class(s["key"], s["blob"], self._name)
+            _class_meta[s["key"]] = (self._methods, self._name)
+            s["epoch"] = _epoch
+        if self._native_epoch != _epoch:
+            o = self._options
+            self._native_options = _native.TaskOptions(
+                self._name,
+                num_cpus=None if o.get("num_cpus") is None else float(o["num_cpus"]),
+                num_gpus=None if o.get("num_gpus") is None else float(o["num_gpus"]),
+                resources={k: float(v) for k, v in (o.get("resources") or {}).items()},
+                max_restarts=o.get("max_restarts"),
+                max_task_retries=o.get("max_task_retries"),
+                actor_name=o.get("name"))
+            self._native_epoch = _epoch
+
+    def remote(self, *args, **kwargs):
+        self._prepare()
+        name = self._options.get("name")
+        if name is not None and self._options.get("get_if_exists"):
+            try:
+                return get_actor(name)
+            except ValueError:
+                pass
+        init_fn = inspect.getattr_static(self._cls, "__init__", None)
+        if inspect.isfunction(init_fn):
+            sig = inspect.signature(init_fn)
+            sig.bind(None, *args, **kwargs)
+        elif args or kwargs:
+            raise TypeError(f"{self._name}() takes no arguments")
+        ref = _native.create_actor(self._shared["key"], _call_parts(args, kwargs), self._native_options)
+        return ActorHandle(ref, self._methods, self._name)
+
+
+class ActorHandle:
+    """A handle to an actor: `handle.method.remote(...)` calls it. It can be passed to tasks
+    and to other actors."""
+
+    def __init__(self, ref, methods, class_name):
+        self._ref = ref
+        self._methods = methods
+        self._class_name = class_name
+        self._bound = {}
+
+    def __getattr__(self, name):
+        if name.startswith("__") and name != "__call__":
+            raise AttributeError(name)
+        m = self._bound.get(name)
+        if m is not None:
+            return m
+        methods = self._methods
+        if methods is not None and name not in methods:
+            raise AttributeError(f"'ActorHandle' object has no attribute '{name}'")
+        m = ActorMethod(self, name, methods[name][0] if methods is not None else None)
+        self._bound[name] = m
+        return m
+
+    def __reduce__(self):
+        # The actor must outlive the driver's handle while this copy travels.
+        _native.actor_pin(self._ref)
+        return (_rebuild_actor, (self._ref.id_bytes(), self._ref.class_key(), self._methods, self._class_name))
+
+    def __repr__(self):
+        return f"Actor({self._class_name}, {self._ref.hex()})"
+
+    def __eq__(self, other):
+        return isinstance(other, ActorHandle) and other._ref.hex() == self._ref.hex()
+
+    def __hash__(self):
+        return hash(self._ref.hex())
+
+
+def _rebuild_actor(actor_id, class_key, methods, class_name):
+    return ActorHandle(_native.actor_from_id(actor_id, class_key), methods, class_name)
+
+
+class ActorMethod:
+    """A method of an actor: call it with `.remote(...)`."""
+
+    def __init__(self, handle, name, arity):
+        self._handle = handle
+        self._name = name
+        self._arity = arity
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(
+            f"Actor methods cannot be called directly. Instead of running 'object.{self._name}()', "
+            f"try 'object.{self._name}.remote()'.")
+
+    def options(self, **options):
+        for k in options:
+            if k not in ("num_returns", "name", "concurrency_group", "enable_task_events", "_metadata"):
+                raise ValueError(f"Invalid option keyword {k} for actor methods.")
+        if options.get("num_returns", 1) != 1:
+            raise NotImplementedError("num_returns other than 1 is not supported yet")
+        return self
+
+    def remote(self, *args, **kwargs):
+        a = self._arity
+        if kwargs or a is None or not (a[0] <= len(args) <= a[1]):
+            self._check(args, kwargs)
+        return _native.actor_call(self._handle._ref, self._name, _call_parts(args, kwargs))
+
+    def _check(self, args, kwargs):
+        methods = self._handle._methods
+        if methods is None:
+            return
+        # The class is not at hand (only its method table): check against the arity.
+        a = methods[self._name][0]
+        if a is not None and not kwargs and not (a[0] <= len(args) <= a[1]):
+            raise TypeError(
+                f"{self._handle._class_name}.{self._name}() takes {a[0]}"
+                f"{'' if a[0] == a[1] else f' to {a[1]}'} positional argument(s) but {len(args)} were given")
+
+
+def kill(actor, *, no_restart=True):
+    """Kills an actor now: a call it is running fails, later calls raise RayActorError."""
+    if not isinstance(actor, ActorHandle):
+        raise ValueError(f"ray.kill() only supported for actors. For tasks, try ray.cancel(). Got: {actor}.")
+    _native.kill(actor._ref)
+
+
+def get_actor(name, namespace=None):
+    """The live actor created with `name`; ValueError when there is none."""
+    if not isinstance(name, str) or not name:
+        raise ValueError("Please supply a non-empty value to get_actor")
+    _auto_init()
+    ref = _native.get_actor(name)
+    meta = _class_meta.get(bytes(ref.class_key()))
+    if meta is None:
+        return ActorHandle(ref, None, "Actor")
+    return ActorHandle(ref, meta[0], meta[1])
+
+
+_class_meta = {}  # class key -> (method table, class name), for get_actor
+
+
 def remote(*args, **kwargs):
-    """`@rayhpc.remote` or `@rayhpc.remote(num_cpus=..., ...)` on a function."""
+    """`@rayhpc.remote` or `@rayhpc.remote(num_cpus=..., ...)` on a function or a class."""
     if len(args) == 1 and not kwargs and callable(args[0]):
         return _make_remote(args[0], {})
     if args:
@@ -228,7 +476,7 @@ def remote(*args, **kwargs):
 
 def _make_remote(obj, options):
     if inspect.isclass(obj):
-        raise NotImplementedError("actors (@remote on a class) are not supported yet")
+        return ActorClass(obj, options)
     if not callable(obj):
         raise TypeError("The @rayhpc.remote decorator must be applied to a function or a class")
     return RemoteFunction(obj, options)
@@ -258,6 +506,10 @@ def _raise_for(failure):
         raise RayTaskError(function, message, RuntimeError(message)).as_instanceof_cause()
     if kind == "worker_died":
         raise WorkerCrashedError(f"task {function} failed after {attempts} attempt(s): {message}")
+    if kind == "actor_died":
+        raise ActorDiedError(message)
+    if kind in ("value", "no_actor"):
+        raise ValueError(message)
     if kind == "timeout":
         raise GetTimeoutError(message)
     if kind == "store":

@@ -22,11 +22,13 @@ def main():
     from rayhpc import _native
     from rayhpc._serial import dumps, loads, error_payload
 
-    link = _native.WorkerLink.from_env()
+    _native.worker_attach()
     functions = {}
-    DEFINE, CALL = 1, 2
+    instance = None  # the actor this worker hosts, once constructed
+    class_name = "Actor"
+    DEFINE, CALL, NEW, METHOD = 1, 2, 3, 4
     while True:
-        req = link.recv()
+        req = _native.worker_recv()
         if req is None:
             break
         op, key, body = req
@@ -36,12 +38,26 @@ def main():
             except BaseException as e:  # noqa: BLE001 - reported at the call
                 functions[key] = (None, e)
             continue
-        fn, load_error = functions.get(key, (None, None))
+        fn = None
+        name = "task"
         try:
-            if fn is None:
-                if load_error is not None:
-                    raise load_error
-                raise RuntimeError("this worker was never sent the function")
+            if op == METHOD:
+                mname = body[0].decode()
+                name = f"{class_name}.{mname}"
+                if instance is None:
+                    raise RuntimeError("this worker hosts no actor")
+                fn = getattr(instance, mname)
+                body = body[1:]
+            else:
+                fn, load_error = functions.get(key, (None, None))
+                if fn is None:
+                    if load_error is not None:
+                        raise load_error
+                    raise RuntimeError("this worker was never sent the function or class")
+                name = getattr(fn, "__qualname__", "task")
+                if op == NEW:
+                    class_name = name
+                    name = f"{class_name}.__init__"
             layout = body[0]
             values = [loads(b) for b in body[1:]]
             if layout:
@@ -49,11 +65,12 @@ def main():
                 result = fn(*values[:npos], **dict(zip(names, values[npos:])))
             else:
                 result = fn(*values)
+            if op == NEW:
+                instance, result = result, None
             out = dumps(result)
         except BaseException as e:  # noqa: BLE001 - every failure goes back to the caller
-            name = getattr(fn, "__qualname__", "task")
-            # The traceback from the task's own frames on (this loop's frame left out).
+            # The traceback from the call's own frames on (this loop's frame left out).
             tb = "".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next if e.__traceback__ else None))
-            link.send_err(f"{type(e).__name__}: {e}", error_payload(e, name, tb))
+            _native.worker_err(f"{type(e).__name__}: {e}", error_payload(e, name, tb))
             continue
-        link.send_ok(out)
+        _native.worker_ok(out)

@@ -1,0 +1,276 @@
+"""Actors: state in a worker process of their own, methods in submission order, handles that
+travel into tasks and other actors, kill, names, restarts, and errors as Ray raises them."""
+
+import os
+import threading
+import time
+
+import pytest
+
+import rayhpc as ray
+from rayhpc.exceptions import RayActorError, RayTaskError
+
+
+@ray.remote
+class Counter:
+    def __init__(self, start=0, *, step=1):
+        self.value = start
+        self.step = step
+
+    def increment(self):
+        self.value += self.step
+        return self.value
+
+    def get_value(self):
+        return self.value
+
+    def add(self, x, y=0):
+        self.value += x + y
+        return self.value
+
+    def pid(self):
+        return os.getpid()
+
+    def fail(self, message):
+        raise ValueError(message)
+
+    def crash(self):
+        os._exit(3)
+
+    def sleep(self, s):
+        time.sleep(s)
+        return s
+
+
+def test_methods_run_in_submission_order_on_the_actors_state(ray_start):
+    c = Counter.remote(10, step=2)
+    refs = [c.increment.remote() for _ in range(200)]
+    assert ray.get(refs) == list(range(12, 411, 2))
+    assert ray.get(c.add.remote(1, y=2)) == 413
+    assert ray.get(c.get_value.remote()) == 413
+
+
+def test_each_actor_has_its_own_process(ray_start):
+    a, b = Counter.remote(), Counter.remote()
+    pa, pb = ray.get([a.pid.remote(), b.pid.remote()])
+    assert pa != pb and os.getpid() not in (pa, pb)
+    assert ray.get(a.pid.remote()) == pa
+
+
+def test_a_method_error_raises_the_task_error_and_the_actor_lives_on(ray_start):
+    c = Counter.remote()
+    with pytest.raises(ValueError, match="bad input") as info:
+        ray.get(c.fail.remote("bad input"))
+    assert isinstance(info.value, RayTaskError)
+    assert "Counter.fail" in str(info.value)
+    assert ray.get(c.increment.remote()) == 1
+
+
+def test_bad_calls_fail_at_the_call(ray_start):
+    c = Counter.remote()
+    with pytest.raises(AttributeError, match="no_such_method"):
+        c.no_such_method.remote()
+    with pytest.raises(TypeError):
+        c.add.remote()
+    with pytest.raises(TypeError):
+        c.increment.remote(1, 2, 3)
+    with pytest.raises(TypeError, match="remote"):
+        Counter()
+    with pytest.raises(TypeError, match="remote"):
+        c.increment()
+    with pytest.raises(TypeError):
+        Counter.remote(1, 2, 3)
+    with pytest.raises(ValueError, match="Invalid option"):
+        Counter.options(no_such_option=1)
+
+
+def test_handles_pass_into_tasks_and_other_actors(ray_start):
+    c = Counter.remote()
+
+    @ray.remote
+    def bump(counter, n):
+        refs = [counter.increment.remote() for _ in range(n)]
+        return ray.get(refs)[-1]
+
+    @ray.remote
+    class Relay:
+        def __init__(self, counter):
+            self.counter = counter
+
+        def bump(self):
+            return ray.get(self.counter.increment.remote())
+
+    last = ray.get(bump.remote(c, 5))
+    assert last == 5
+    r = Relay.remote(c)
+    assert ray.get(r.bump.remote()) == 6
+    assert ray.get(c.get_value.remote()) == 6
+
+
+def test_tasks_submit_tasks_and_put_and_wait_inside_workers(ray_start):
+    @ray.remote
+    def square(x):
+        return x * x
+
+    @ray.remote
+    def fan_out(n):
+        refs = [square.remote(i) for i in range(n)]
+        ready, rest = ray.wait(refs, num_returns=n, timeout=30)
+        assert not rest
+        box = ray.put({"sum": sum(ray.get(ready))})
+        return ray.get(box)["sum"]
+
+    assert ray.get(fan_out.remote(10)) == sum(i * i for i in range(10))
+
+
+def test_kill_fails_queued_and_later_calls_and_stops_a_running_call(ray_start):
+    c = Counter.remote()
+    assert ray.get(c.increment.remote()) == 1
+    running = c.sleep.remote(60)
+    queued = c.increment.remote()
+    time.sleep(0.3)
+    t = time.perf_counter()
+    ray.kill(c)
+    for r in (running, queued, c.increment.remote()):
+        with pytest.raises(RayActorError):
+            ray.get(r, timeout=30)
+    assert time.perf_counter() - t < 20, "kill waited for the running call"
+    with pytest.raises(ValueError, match="only supported for actors"):
+        ray.kill("not an actor")
+
+
+def test_named_actors_are_found_by_name(ray_start):
+    c = Counter.options(name="the-counter").remote(5)
+    same = ray.get_actor("the-counter")
+    assert ray.get(same.increment.remote()) == 6
+    again = Counter.options(name="the-counter", get_if_exists=True).remote()
+    assert ray.get(again.get_value.remote()) == 6
+    with pytest.raises(ValueError):
+        Counter.options(name="the-counter").remote()
+    with pytest.raises(ValueError, match="no-such"):
+        ray.get_actor("no-such")
+
+    @ray.remote
+    def by_name():
+        return ray.get(ray.get_actor("the-counter").increment.remote())
+
+    assert ray.get(by_name.remote()) == 7
+    ray.kill(c)
+    with pytest.raises(ValueError):
+        ray.get_actor("the-counter")
+
+
+def test_a_dead_actor_process_raises_actor_error_without_restarts(ray_start):
+    c = Counter.remote()
+    assert ray.get(c.increment.remote()) == 1
+    with pytest.raises(RayActorError):
+        ray.get(c.crash.remote())
+    with pytest.raises(RayActorError):
+        ray.get(c.increment.remote())
+
+
+def test_an_actor_restarts_up_to_max_restarts(ray_start):
+    c = Counter.options(max_restarts=1).remote(100)
+    pid = ray.get(c.pid.remote())
+    ray.get(c.increment.remote())
+    # The call that lost the process fails; the actor comes back with fresh state.
+    with pytest.raises(RayActorError):
+        ray.get(c.crash.remote())
+    assert ray.get(c.increment.remote()) == 101
+    assert ray.get(c.pid.remote()) != pid
+    with pytest.raises(RayActorError):
+        ray.get(c.crash.remote())
+    with pytest.raises(RayActorError):
+        ray.get(c.increment.remote())
+
+
+def test_max_task_retries_reruns_the_lost_call_on_the_restarted_actor(ray_start):
+    @ray.remote(max_restarts=-1, max_task_retries=2)
+    class Flaky:
+        def __init__(self, marker):
+            self.marker = marker
+
+        def once(self):
+            # The first run kills the process; the rerun (a new process) finds the marker.
+            if not os.path.exists(self.marker):
+                open(self.marker, "w").close()
+                os._exit(1)
+            return "second time lucky"
+
+    marker = f"/tmp/rayhpc-flaky-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        f = Flaky.remote(marker)
+        assert ray.get(f.once.remote(), timeout=60) == "second time lucky"
+    finally:
+        if os.path.exists(marker):
+            os.remove(marker)
+
+
+def test_a_constructor_that_raises_makes_every_call_raise_actor_error(ray_start):
+    @ray.remote
+    class Broken:
+        def __init__(self):
+            raise RuntimeError("cannot build")
+
+        def f(self):
+            return 1
+
+    b = Broken.remote()
+    with pytest.raises(RayActorError, match="cannot build"):
+        ray.get(b.f.remote())
+
+
+def test_an_actor_holds_the_resources_it_asks_for_while_it_lives(ray_start):
+    total = ray.cluster_resources()["CPU"]
+    c = Counter.options(num_cpus=1).remote()
+    ray.get(c.increment.remote())
+
+    def available():
+        return ray.available_resources().get("CPU", 0)
+
+    deadline = time.time() + 5
+    while available() != total - 1 and time.time() < deadline:
+        time.sleep(0.02)
+    assert available() == total - 1
+    ray.kill(c)
+    deadline = time.time() + 5
+    while available() != total and time.time() < deadline:
+        time.sleep(0.02)
+    assert available() == total
+
+
+def test_an_unpicklable_result_fails_at_get(ray_start):
+    @ray.remote
+    class Holder:
+        def __init__(self):
+            self.lock = threading.Lock()
+
+        def get_lock(self):
+            return self.lock
+
+        def ok(self):
+            return "still alive"
+
+    h = Holder.remote()
+    with pytest.raises(RayTaskError, match="pickle"):
+        ray.get(h.get_lock.remote())
+    assert ray.get(h.ok.remote()) == "still alive"
+
+
+def test_long_actor_calls_leave_the_executors_to_other_work(ray_start):
+    # Two actors sleeping in their methods on a 2-CPU runtime: tasks and a third actor still
+    # run, because a waiting executor hands its other work to another thread.
+    sleepers = [Counter.remote() for _ in range(2)]
+    busy = [s.sleep.remote(3) for s in sleepers]
+    time.sleep(0.3)
+    c = Counter.remote()
+    t = time.perf_counter()
+    assert ray.get(c.increment.remote(), timeout=30) == 1
+
+    @ray.remote
+    def one():
+        return 1
+
+    assert ray.get(one.remote(), timeout=30) == 1
+    assert time.perf_counter() - t < 2.5, "work waited for the sleeping actors"
+    assert ray.get(busy) == [3, 3]
