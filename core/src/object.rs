@@ -277,6 +277,12 @@ impl ObjectView {
     pub fn is_stored(&self) -> bool {
         self.view.is_some()
     }
+
+    /// The key another process of the node reads the object by in the store, when it lives
+    /// there.
+    pub fn stored_key(&self) -> Option<u128> {
+        self.view.as_ref().map(|v| v.key())
+    }
 }
 
 impl Deref for ObjectView {

@@ -30,6 +30,13 @@ pub struct RawFailure {
     pub payload: Option<Arc<[u8]>>,
 }
 
+/// The store keys of the inputs of the raw call running on this thread, one per input:
+/// `Some` for an input read in place from the node's store (another process of the node may
+/// read it there by key), `None` for one passed inline. Empty outside a call.
+pub fn stored_inputs() -> Vec<Option<u128>> {
+    crate::task::stored_inputs()
+}
+
 /// What a raw invocation produced.
 pub enum RawOutput {
     /// Result bytes: kept inline when small, else copied into the store.
@@ -301,6 +308,41 @@ mod tests {
         }
         assert!(a.is_dead());
         assert!(matches!(rt.get_actor::<RawState>("acc"), Err(Error::NoSuchActor(_))), "a dead actor's name is freed");
+        rt.shutdown();
+    }
+
+    #[test]
+    fn a_call_sees_which_inputs_are_in_the_store_and_put_with_writes_in_place() {
+        let rt = rt();
+        let keys = raw_function("raw.keys", |inp: &[&[u8]]| {
+            let k = stored_inputs();
+            assert_eq!(k.len(), inp.len());
+            Ok(RawOutput::Bytes(k.iter().map(|k| u8::from(k.is_some())).collect()))
+        });
+        let big = rt.put_with(1 << 20, |b: &mut [u8]| -> Result<()> {
+            b.fill(5);
+            Ok(())
+        });
+        let big = big.unwrap();
+        let small = rt.put_with(10, |b: &mut [u8]| -> Result<()> {
+            b.fill(6);
+            Ok(())
+        });
+        let small = small.unwrap();
+        assert!(rt.get_bytes(&big).unwrap().stored_key().is_some());
+        assert_eq!(&*rt.get_bytes(&small).unwrap(), &[6; 10]);
+        let r = keys.remote(&rt, vec![RawArg::Ref(big.clone()), RawArg::Ref(small), RawArg::Bytes(vec![1])], &Options::new()).unwrap();
+        assert_eq!(&*rt.get_bytes(&r).unwrap(), &[1, 0, 0]);
+        assert!(stored_inputs().is_empty(), "nothing outside a call");
+        // An object sealed by another party and adopted becomes an object of the runtime.
+        let store = rt.object_store().clone();
+        drop(store.put(0xabc, &[9; 100_000]).unwrap());
+        let mut a = store.create(0xabd, 100_000).unwrap();
+        a.as_mut_slice().fill(8);
+        let sealed = a.seal();
+        let adopted = rt.put_object(store.adopt(0xabd).unwrap()).unwrap();
+        drop(sealed);
+        assert_eq!(rt.get_bytes(&adopted).unwrap()[99_999], 8);
         rt.shutdown();
     }
 

@@ -285,6 +285,45 @@ impl Runtime {
         Ok(ObjectRef::from_slot(Slot::ready(id, Ok(blob))))
     }
 
+    /// Stores an object of `len` bytes that `fill` writes in place (inline when small, else
+    /// straight into the arena): one copy from wherever `fill` reads.
+    ///
+    /// # Errors
+    /// As [`Runtime::put_bytes`]; `fill`'s own error is returned as it is.
+    pub fn put_with<E: From<Error>>(
+        &self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> std::result::Result<(), E>,
+    ) -> std::result::Result<ObjectRef<crate::object::Untyped>, E> {
+        if self.is_shutdown() {
+            return Err(Error::Shutdown.into());
+        }
+        let id = self.next_task_id().object(0);
+        let blob = if len <= self.inner.inline_threshold {
+            let mut b = vec![0; len];
+            fill(&mut b)?;
+            Blob::Inline(b)
+        } else {
+            let mut a = self.inner.store.create(id.0, len).map_err(|e| E::from(crate::store::store_error(e)))?;
+            fill(a.as_mut_slice())?;
+            Blob::Stored(a.seal())
+        };
+        Ok(ObjectRef::from_slot(Slot::ready(id, Ok(blob))))
+    }
+
+    /// An object of this runtime for `object`, sealed into the node's store by another
+    /// process and adopted ([`rayhpc_objstore::Store::adopt`]).
+    ///
+    /// # Errors
+    /// The runtime is shut down.
+    pub fn put_object(&self, object: rayhpc_objstore::Object) -> Result<ObjectRef<crate::object::Untyped>> {
+        if self.is_shutdown() {
+            return Err(Error::Shutdown);
+        }
+        let id = self.next_task_id().object(0);
+        Ok(ObjectRef::from_slot(Slot::ready(id, Ok(Blob::Stored(object)))))
+    }
+
     pub(crate) fn next_task_id(&self) -> TaskId {
         self.inner.next_task_id()
     }

@@ -142,6 +142,17 @@ pub(crate) fn submit_when_ready(rt: &Arc<RuntimeInner>, job: Work, class: ClassI
     p.notify();
 }
 
+thread_local! {
+    /// The store keys of the inputs of the call running on this thread (see
+    /// [`crate::raw::stored_inputs`]).
+    static STORED_INPUTS: std::cell::RefCell<Vec<Option<u128>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The store keys of the running call's inputs, as `with_inputs` saw them.
+pub(crate) fn stored_inputs() -> Vec<Option<u128>> {
+    STORED_INPUTS.with(|s| s.borrow().clone())
+}
+
 /// Resolves argument bytes and runs `f` over them (stored arguments stay pinned meanwhile).
 /// `Err` carries the error of the first failed argument, which becomes the task's own result
 /// (Ray's propagation).
@@ -158,7 +169,18 @@ pub(crate) fn with_inputs<R>(args: &[ArgSpec], f: impl FnOnce(&[&[u8]]) -> R) ->
         })
         .collect::<Result<Vec<Bytes<'_>>, Error>>()?;
     let slices: Vec<&[u8]> = held.iter().map(|b| &**b).collect();
-    Ok(f(&slices))
+    let keys: Vec<Option<u128>> = held
+        .iter()
+        .map(|b| match b {
+            Bytes::Stored(v) => Some(v.key()),
+            Bytes::Inline(_) => None,
+        })
+        .collect();
+    // Nested calls (a blocked call lending its thread) save and restore the outer call's.
+    let outer = STORED_INPUTS.with(|s| std::mem::replace(&mut *s.borrow_mut(), keys));
+    let out = f(&slices);
+    STORED_INPUTS.with(|s| *s.borrow_mut() = outer);
+    Ok(out)
 }
 
 /// Runs `f`, turning a panic into a [`Failure`].

@@ -288,6 +288,31 @@ impl Store {
         }
     }
 
+    /// A handle of this process to the sealed object `key`, which another process (a client)
+    /// created: the object then stays in the store while the handle lives, whatever that
+    /// process does with its own reference.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when `key` is absent or not sealed.
+    pub fn adopt(self: &Arc<Self>, key: u128) -> Result<Object, StoreError> {
+        let (slot, _) = self.table.lookup(key).ok_or(StoreError::NotFound { key })?;
+        let len = {
+            let mut g = self.lock();
+            match g.live.get_mut(&slot) {
+                Some(i) if i.key == key && i.life != Life::Creating => {
+                    i.refs += 1;
+                    let len = i.len;
+                    if i.refs == 1 && g.doomed.remove(&slot) {
+                        self.doomed.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    len
+                }
+                _ => return Err(StoreError::NotFound { key }),
+            }
+        };
+        Ok(Object(Arc::new(Held { store: self.clone(), slot, key, len })))
+    }
+
     pub(crate) fn create_for(&self, key: u128, len: usize, client: u32) -> Result<(u32, usize), StoreError> {
         if len > self.capacity {
             return Err(StoreError::TooLarge { size: len, capacity: self.capacity });
@@ -597,7 +622,7 @@ impl Store {
             // The table is shared memory that clients map writable: a range it gives must
             // lie in the arena before it is read (the slow path uses the store's own record).
             if off.checked_add(len).is_some_and(|end| end <= self.arena.len()) {
-                return Ok(View { store: self.clone(), slot, off, len });
+                return Ok(View { store: self.clone(), slot, key, off, len });
             }
             self.pins.unpin(&self.table, slot);
         }
@@ -612,7 +637,7 @@ impl Store {
                     let i = &g.live[&slot];
                     (i.off, i.len)
                 };
-                Ok(View { store: self.clone(), slot, off, len })
+                Ok(View { store: self.clone(), slot, key, off, len })
             }
             other => Err(StoreError::Protocol(format!("pin of a resident object failed under the store lock ({other:?})"))),
         }
@@ -866,6 +891,7 @@ impl std::fmt::Debug for Object {
 pub struct View {
     store: Arc<Store>,
     slot: u32,
+    key: u128,
     off: usize,
     len: usize,
 }
@@ -883,6 +909,10 @@ impl View {
     /// Its offset in the arena (what a remote reader asks for).
     pub fn offset(&self) -> usize {
         self.off
+    }
+    /// The object's key (what another process of the node reads it by).
+    pub fn key(&self) -> u128 {
+        self.key
     }
 }
 

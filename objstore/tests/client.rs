@@ -127,3 +127,24 @@ fn an_object_released_while_another_process_reads_it_goes_once_the_reader_is_don
     assert_eq!((s.objects(), s.used()), (1, 1000));
     assert_eq!(b.get(21).unwrap().unwrap()[0], 6);
 }
+
+#[test]
+fn the_store_adopts_what_a_client_created_and_keeps_it_after_the_client_lets_go() {
+    let (s, sock) = store();
+    let _server = s.serve(&sock).unwrap();
+    let c = Client::connect(&sock).unwrap();
+    assert!(matches!(s.adopt(31), Err(StoreError::NotFound { key: 31 })));
+    let a = c.create(31, 70_000).unwrap();
+    assert!(matches!(s.adopt(31), Err(StoreError::NotFound { key: 31 })), "an unsealed object is not adopted");
+    let mut a = a;
+    a.as_mut_slice().fill(3);
+    a.seal().unwrap();
+    let o = s.adopt(31).unwrap();
+    assert_eq!((o.key(), o.len()), (31, 70_000));
+    c.release(31).unwrap();
+    drop(c);
+    assert_eq!(o.view().unwrap()[69_999], 3);
+    assert_eq!(s.objects(), 1);
+    drop(o);
+    wait_until(|| s.objects() == 0);
+}

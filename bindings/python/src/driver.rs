@@ -5,13 +5,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 use rayhpc::ids::ActorId;
 use rayhpc::raw::{raw_actor_by_id, raw_function, RawActorHandle, RawArg, RawState};
 use rayhpc::{Config, Error, Runtime, Untyped};
 
+use crate::buffer::{Held, Pinned};
 use crate::pool::{failure_of, fetch, to_options, wait_indices, Pool, Services, WorkerConfig};
 use crate::wire::{Call, Key, Reply, WireArg, WireFailure, WireOptions};
 use crate::worker;
@@ -19,6 +20,26 @@ use crate::worker;
 struct State {
     rt: Runtime,
     pool: Arc<Pool>,
+    /// The store's socket for this runtime's workers, and the session directory holding it.
+    server: Mutex<Option<rayhpc::objstore::Server>>,
+    dir: std::path::PathBuf,
+}
+
+/// A fresh session directory of this process, private to its user: under
+/// `$RAYHPC_RUNTIME_DIR`, else `$TMPDIR/rayhpc-<uid>`.
+fn session_dir() -> std::io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let base = match std::env::var_os("RAYHPC_RUNTIME_DIR") {
+        Some(d) => std::path::PathBuf::from(d),
+        None => std::env::temp_dir().join(format!("rayhpc-{}", std::fs::metadata("/proc/self")?.uid())),
+    };
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&base)?;
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = base.join(format!("session-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir); // a stale one of a process that had this pid
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(dir)
 }
 
 static STATE: Mutex<Option<Arc<State>>> = Mutex::new(None);
@@ -93,6 +114,7 @@ fn unexpected(r: Reply) -> PyErr {
 fn failed(kind: &str, message: String) -> PyErr {
     match kind {
         "value" => PyValueError::new_err(message),
+        "store" => PyMemoryError::new_err(message),
         _ => PyRuntimeError::new_err(message),
     }
 }
@@ -219,6 +241,15 @@ fn key_of(key: &[u8]) -> PyResult<Key> {
     key.try_into().map_err(|_| PyValueError::new_err("a function or class key is 16 bytes"))
 }
 
+/// The error for a store refusal: ObjectStoreFullError's kind when it is about room.
+pub fn store_py_err(message: &str, room: bool) -> PyErr {
+    if room {
+        PyMemoryError::new_err(message.to_string())
+    } else {
+        PyRuntimeError::new_err(message.to_string())
+    }
+}
+
 fn py_err(e: Error) -> PyErr {
     let f = failure_of(e, false);
     failed(&f.kind, f.message)
@@ -258,12 +289,22 @@ pub fn init(
         c = c.resource(&k, v);
     }
     c.object_store_memory = object_store_memory;
+    let dir = session_dir().map_err(|e| PyRuntimeError::new_err(format!("cannot make the session directory: {e}")))?;
     let rt = Runtime::init(c).map_err(py_err)?;
+    let socket = dir.join("store.sock");
+    let server = match rt.object_store().serve(&socket) {
+        Ok(s) => s,
+        Err(e) => {
+            rt.shutdown();
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(PyRuntimeError::new_err(format!("cannot serve the object store at {}: {e}", socket.display())));
+        }
+    };
     let pool = Pool::new(WorkerConfig { python: python.into(), sys_path });
     let p = pool.clone();
     let task = raw_function("py.task", move |inputs: &[&[u8]]| p.call(inputs));
-    pool.set_services(Services { rt: rt.clone(), task });
-    *g = Some(Arc::new(State { rt, pool }));
+    pool.set_services(Services { rt: rt.clone(), task, store_socket: socket });
+    *g = Some(Arc::new(State { rt, pool, server: Mutex::new(Some(server)), dir }));
     Ok(())
 }
 
@@ -275,6 +316,8 @@ pub fn shutdown(py: Python<'_>) {
         py.detach(|| {
             s.pool.shutdown();
             s.rt.shutdown();
+            drop(s.server.lock().unwrap_or_else(|e| e.into_inner()).take());
+            let _ = std::fs::remove_dir_all(&s.dir);
         });
     }
 }
@@ -475,15 +518,37 @@ pub fn actor_from_id(id: &[u8], key: &[u8]) -> PyResult<PyActorRef> {
     }
 }
 
-/// Stores pickled bytes as an object.
+/// Stores a value, given as the parts of its pickle (see `_serial.dumps`), as an object:
+/// copied once, straight into the store when large.
 #[pyfunction]
-pub fn put(py: Python<'_>, data: &[u8]) -> PyResult<PyObjectRef> {
+pub fn put(py: Python<'_>, parts: &Bound<'_, PyList>) -> PyResult<PyObjectRef> {
+    let total = worker::total_len(parts)?;
     match mode()? {
         Mode::Driver(s) => {
-            let r = py.detach(|| s.rt.put_bytes(data)).map_err(py_err)?;
+            let r = s.rt.put_with(total, |buf| worker::copy_parts(py, parts, buf).map_err(StoreFill::Py)).map_err(|e| match e {
+                StoreFill::Py(e) => e,
+                StoreFill::Rt(e) => py_err(e),
+            })?;
             Ok(PyObjectRef::local(r, false))
         }
-        Mode::Worker => PyObjectRef::from_reply(worker::request(py, Call::Put { bytes: data.to_vec() })?, false),
+        Mode::Worker if worker::put_goes_to_store(total) => PyObjectRef::from_reply(worker::put_stored(py, parts, total)?, false),
+        Mode::Worker => {
+            let mut bytes = vec![0u8; total];
+            worker::copy_parts(py, parts, &mut bytes)?;
+            PyObjectRef::from_reply(worker::request(py, Call::Put { bytes })?, false)
+        }
+    }
+}
+
+/// A `put_with` failure: the runtime's, or the copy's.
+enum StoreFill {
+    Rt(Error),
+    Py(PyErr),
+}
+
+impl From<Error> for StoreFill {
+    fn from(e: Error) -> Self {
+        StoreFill::Rt(e)
     }
 }
 
@@ -541,6 +606,8 @@ pub fn get<'py>(py: Python<'py>, refs: &Bound<'py, PyList>, timeout: Option<f64>
             let views = py.detach(|| fetch(&s.rt, &rs, timeout));
             for (v, r) in views.into_iter().zip(&list) {
                 match v {
+                    // A stored object is read in place (zero-copy), pinned while Python uses it.
+                    Ok(v) if v.is_stored() => out.append(Pinned::new(Held::Local(v)))?,
                     Ok(v) => out.append(PyBytes::new(py, &v))?,
                     Err(e) => out.append(failure_tuple(py, &failure_of(e, r.get().actor))?)?,
                 }

@@ -2,11 +2,12 @@
 //! (`python/rayhpc/`) gives Ray Core's API; this module holds the embedded node runtime
 //! (`driver`), its Python worker processes (`pool`), the worker's end of their channel
 //! (`worker`) and the messages between them (`wire`).
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // but for the buffer protocol's one fill, in `buffer`
 #![allow(missing_docs)] // the Python-facing docs live in the Python package
 
 use pyo3::prelude::*;
 
+mod buffer;
 mod driver;
 mod pool;
 mod wire;
@@ -17,6 +18,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<driver::PyObjectRef>()?;
     m.add_class::<driver::TaskOptions>()?;
     m.add_class::<driver::PyActorRef>()?;
+    m.add_class::<buffer::Pinned>()?;
+    m.add_function(wrap_pyfunction!(worker::stored, m)?)?;
     m.add_function(wrap_pyfunction!(driver::init, m)?)?;
     m.add_function(wrap_pyfunction!(driver::shutdown, m)?)?;
     m.add_function(wrap_pyfunction!(driver::is_initialized, m)?)?;

@@ -30,7 +30,10 @@ use std::time::{Duration, Instant};
 use rayhpc::ids::{ActorId, ObjectId};
 use rayhpc::objstore::fdpass;
 use rayhpc::objstore::ring::{Channel, Consumer, Producer, RingError};
-use rayhpc::raw::{raw_actor, raw_actor_by_id, RawActor, RawActorHandle, RawArg, RawClass, RawFailure, RawFn, RawOutput, RawState};
+use rayhpc::objstore::Object;
+use rayhpc::raw::{
+    raw_actor, raw_actor_by_id, stored_inputs, RawActor, RawActorHandle, RawArg, RawClass, RawFailure, RawFn, RawOutput, RawState,
+};
 use rayhpc::{Error, FailureKind, ObjectRef, ObjectView, Options, Runtime, Untyped};
 
 use crate::wire::{self, Call, Envelope, Key, Reply, Response, WireArg, WireFailure, WireOptions};
@@ -54,6 +57,8 @@ pub struct WorkerConfig {
 pub struct Services {
     pub rt: Runtime,
     pub task: RawFn,
+    /// The store's socket, which workers connect to for large values.
+    pub store_socket: PathBuf,
 }
 
 struct Worker {
@@ -64,6 +69,8 @@ struct Worker {
     defined: HashSet<Key>,
     /// Refs this worker holds: (the object, whether an actor call made it).
     borrowed: HashMap<u128, (ObjectRef<Untyped>, bool)>,
+    /// Objects the worker sealed into the store as its running call's result, by key.
+    adopted: HashMap<u128, Object>,
 }
 
 impl Drop for Worker {
@@ -285,6 +292,7 @@ impl Pool {
                 .args(["-c", "import rayhpc._worker as w; w.main()"])
                 .env("RAYHPC_WORKER_FD", fd.as_raw_fd().to_string())
                 .env("RAYHPC_SYS_PATH", &self.config.sys_path)
+                .env("RAYHPC_STORE_SOCKET", &self.services().store_socket)
                 .stdin(Stdio::null())
                 .spawn()?
             // `fd` closes here: only the child holds the inherited copy.
@@ -292,7 +300,7 @@ impl Pool {
         self.started.fetch_add(1, Ordering::Relaxed);
         lock(&self.channels).insert(child.id(), ch.clone());
         let (tx, rx) = ch.creator_ends();
-        Ok(Worker { child, ch, tx, rx, defined: HashSet::new(), borrowed: HashMap::new() })
+        Ok(Worker { child, ch, tx, rx, defined: HashSet::new(), borrowed: HashMap::new(), adopted: HashMap::new() })
     }
 
     fn checkout(&self) -> Result<Worker, RawFailure> {
@@ -330,7 +338,9 @@ impl Pool {
         let Some((key, args)) = inputs.split_first() else {
             return Err(failure(FailureKind::BadArguments, "a Python call without its function"));
         };
-        let header = wire::call_header(key, args).map_err(|m| failure(FailureKind::BadArguments, m))?;
+        let markers = by_key(&stored_inputs(), inputs);
+        let args: Vec<&[u8]> = args.iter().enumerate().map(|(i, a)| markers.get(&(i + 1)).map_or(*a, |m| m.as_slice())).collect();
+        let header = wire::call_header(key, &args).map_err(|m| failure(FailureKind::BadArguments, m))?;
         let key: Key = (*key).try_into().expect("checked by call_header");
         let Some(blob) = self.blob(&key) else {
             return Err(failure(FailureKind::BadArguments, "unknown function (not registered in this runtime)"));
@@ -338,7 +348,7 @@ impl Pool {
         let mut w = self.checkout()?;
         let out = self.define_in(&mut w, &key, &blob).and_then(|d| match d {
             Some(f) => Ok(Err(f)),
-            None => self.exchange(&mut w, &header, args, "the pickled arguments"),
+            None => self.exchange(&mut w, &header, &args, "the pickled arguments"),
         });
         match out {
             Ok(r) => {
@@ -411,7 +421,7 @@ impl Pool {
     /// The worker's next message: spins a moment, then waits holding the job's resources
     /// while another thread runs the executor's other work.
     fn answer(&self, w: &mut Worker) -> Result<Answer, RingError> {
-        let Worker { child, rx, .. } = w;
+        let Worker { child, rx, adopted, .. } = w;
         let mut alive = alive_fn(child);
         let m = match rx.recv(Some(Instant::now() + SPIN), &mut alive).map(|m| m.to_vec()) {
             Err(RingError::Timeout) => match self.services.get() {
@@ -421,7 +431,17 @@ impl Pool {
             other => other?,
         };
         Ok(match wire::parse_response(&m) {
-            Ok(Response::Ok(bytes)) => Answer::Done(Ok(RawOutput::Bytes(bytes.to_vec()))),
+            Ok(Response::Ok(bytes)) => match wire::parse_key_marker(bytes) {
+                // A result the worker sealed into the store (adopted just before).
+                Some((key, _)) => match adopted.remove(&key) {
+                    Some(o) => Answer::Done(Ok(RawOutput::Stored(o))),
+                    None => Answer::Done(Err(failure(
+                        FailureKind::Error,
+                        format!("the worker's result names object {key:032x}, which it never handed over"),
+                    ))),
+                },
+                None => Answer::Done(Ok(RawOutput::Bytes(bytes.to_vec()))),
+            },
             Ok(Response::Err { message, payload }) => Answer::Done(Err(RawFailure {
                 kind: FailureKind::Error,
                 message: message.to_string(),
@@ -493,9 +513,23 @@ impl Pool {
             Call::Get { ids, timeout } => {
                 let refs = refs_of(w, &ids)?;
                 let views = fetch(&s.rt, &refs.iter().map(|(r, _)| r.clone()).collect::<Vec<_>>(), timeout);
-                Reply::Values(
-                    views.into_iter().zip(&refs).map(|(v, (_, actor))| v.map(|v| v.to_vec()).map_err(|e| failure_of(e, *actor))).collect(),
-                )
+                // A stored object goes by key: the worker reads it in place, pinned by the ref
+                // it holds until it has its own pin.
+                let value = |v: ObjectView| match v.stored_key() {
+                    Some(key) => wire::key_marker(key, v.len() as u64).to_vec(),
+                    None => v.to_vec(),
+                };
+                Reply::Values(views.into_iter().zip(&refs).map(|(v, (_, actor))| v.map(value).map_err(|e| failure_of(e, *actor))).collect())
+            }
+            Call::Adopt { key, as_ref } => {
+                let o = s.rt.object_store().adopt(key).map_err(|e| Error::Invalid(format!("object {key:032x} to adopt: {e}")))?;
+                if as_ref {
+                    let r = s.rt.put_object(o)?;
+                    lend(w, r, false)
+                } else {
+                    w.adopted.insert(key, o);
+                    Reply::Done
+                }
             }
             Call::Wait { ids, num_returns, timeout } => {
                 let refs: Vec<_> = refs_of(w, &ids)?.into_iter().map(|(r, _)| r).collect();
@@ -646,6 +680,12 @@ fn send(w: &mut Worker, parts: &[&[u8]], too_large: &dyn Fn(usize, usize) -> Str
     }
 }
 
+/// Markers for the call's inputs that live in the store, by input index: a worker reads them
+/// in place by key instead of receiving their bytes.
+fn by_key(keys: &[Option<u128>], inputs: &[&[u8]]) -> HashMap<usize, [u8; 32]> {
+    keys.iter().zip(inputs).enumerate().filter_map(|(i, (k, b))| k.map(|k| (i, wire::key_marker(k, b.len() as u64)))).collect()
+}
+
 fn args_of(w: &Worker, args: Vec<WireArg>) -> Result<Vec<RawArg>, Error> {
     args.into_iter()
         .map(|a| match a {
@@ -734,9 +774,10 @@ impl PyActor {
 
 impl RawActor for PyActor {
     fn call(&mut self, method: &str, inputs: &[&[u8]]) -> Result<RawOutput, RawFailure> {
+        let markers = by_key(&stored_inputs(), inputs);
         let mut parts: Vec<&[u8]> = Vec::with_capacity(inputs.len() + 1);
         parts.push(method.as_bytes());
-        parts.extend_from_slice(inputs);
+        parts.extend(inputs.iter().enumerate().map(|(i, a)| markers.get(&i).map_or(*a, |m| m.as_slice())));
         let header = wire::op_header(wire::METHOD, &[0; 16], &parts).map_err(|m| failure(FailureKind::BadArguments, m))?;
         let mut retries_left = self.max_task_retries;
         loop {

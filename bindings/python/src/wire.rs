@@ -127,6 +127,13 @@ pub enum Call {
     PinActor {
         actor: u128,
     },
+    /// The runtime takes a reference to `key`, which the worker sealed into the store: as a
+    /// new object (`as_ref`, a put: the reply is its ref), or as the result of the running
+    /// call (the reply is `Done`; the call's answer then names the key).
+    Adopt {
+        key: u128,
+        as_ref: bool,
+    },
     Resources,
 }
 
@@ -159,6 +166,25 @@ pub enum Reply {
     Resources(Vec<(String, f64, f64)>),
     /// The request failed as a whole: (exception kind, message); kinds as `WireFailure`.
     Failed(String, String),
+}
+
+/// A value that lives in the node's store, named in place of its bytes: the magic, the key
+/// and the length, little-endian. (Pickled values start with 0x80: never with the magic.)
+pub const KEY_MAGIC: &[u8; 8] = b"RHPCKEY\x01";
+
+pub fn key_marker(key: u128, len: u64) -> [u8; 32] {
+    let mut m = [0u8; 32];
+    m[..8].copy_from_slice(KEY_MAGIC);
+    m[8..24].copy_from_slice(&key.to_le_bytes());
+    m[24..].copy_from_slice(&len.to_le_bytes());
+    m
+}
+
+pub fn parse_key_marker(b: &[u8]) -> Option<(u128, u64)> {
+    if b.len() != 32 || &b[..8] != KEY_MAGIC {
+        return None;
+    }
+    Some((u128::from_le_bytes(b[8..24].try_into().ok()?), u64::from_le_bytes(b[24..].try_into().ok()?)))
 }
 
 pub fn request_header() -> [u8; 8] {

@@ -8,16 +8,23 @@
 //! worker therefore waits while the worker is idle (it goes through once a call arrives).
 
 use std::collections::HashSet;
+use std::hash::{BuildHasher, Hasher};
 use std::os::fd::RawFd;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
+use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 use rayhpc::objstore::fdpass;
 use rayhpc::objstore::ring::{Channel, Consumer, Producer, RingError};
+use rayhpc::objstore::{Client, StoreError};
 
+use crate::buffer::{Held, Pinned};
 use crate::wire::{self, Call, Envelope, Key, Reply, Request};
+
+/// Values up to this size go through the ring; larger ones through the store.
+pub const RING_VALUE_MAX: usize = 1 << 20;
 
 struct Link {
     tx: Producer,
@@ -112,10 +119,118 @@ fn send(py: Python<'_>, parts: &[&[u8]]) -> PyResult<()> {
     .map_err(ring_err)
 }
 
-/// Answers the current call with its pickled result.
+/// Answers the current call with its pickled result, given as parts (see `_serial.dumps`):
+/// through the ring when small, else sealed into the store and handed over by key.
 #[pyfunction]
-pub fn worker_ok(py: Python<'_>, result: &[u8]) -> PyResult<()> {
-    send(py, &[&wire::ok_header(), result])
+pub fn worker_ok(py: Python<'_>, parts: &Bound<'_, PyList>) -> PyResult<()> {
+    let total = total_len(parts)?;
+    if total <= RING_VALUE_MAX {
+        let bytes = gather(py, parts, total)?;
+        return send(py, &[&wire::ok_header(), &bytes]);
+    }
+    let key = store_parts(py, parts, total)?;
+    let adopted = request(py, Call::Adopt { key, as_ref: false });
+    // The runtime holds its own reference now (or refused): this one goes either way.
+    let _ = client()?.release(key);
+    match adopted? {
+        Reply::Done => send(py, &[&wire::ok_header(), &wire::key_marker(key, total as u64)]),
+        Reply::Failed(_, m) => Err(PyRuntimeError::new_err(m)),
+        other => Err(PyRuntimeError::new_err(format!("unexpected reply {other:?}"))),
+    }
+}
+
+/// The store client of this worker (connected on first use).
+fn client() -> PyResult<&'static Client> {
+    static CLIENT: OnceLock<Result<Client, String>> = OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            let path = std::env::var_os("RAYHPC_STORE_SOCKET").ok_or("RAYHPC_STORE_SOCKET is not set")?;
+            Client::connect(std::path::Path::new(&path)).map_err(|e| format!("cannot connect to the node's store: {e}"))
+        })
+        .as_ref()
+        .map_err(|e| PyRuntimeError::new_err(e.clone()))
+}
+
+fn store_err(e: StoreError) -> PyErr {
+    crate::driver::store_py_err(&e.to_string(), matches!(e, StoreError::TooLarge { .. } | StoreError::Full { .. }))
+}
+
+pub fn total_len(parts: &Bound<'_, PyList>) -> PyResult<usize> {
+    let mut total = 0usize;
+    for p in parts.iter() {
+        total += PyBuffer::<u8>::get(&p)?.len_bytes();
+    }
+    Ok(total)
+}
+
+/// Copies the parts, in order, into `out` (exactly their total length).
+pub fn copy_parts(py: Python<'_>, parts: &Bound<'_, PyList>, out: &mut [u8]) -> PyResult<()> {
+    let mut at = 0;
+    for p in parts.iter() {
+        let b = PyBuffer::<u8>::get(&p)?;
+        let n = b.len_bytes();
+        b.copy_to_slice(py, &mut out[at..at + n])?;
+        at += n;
+    }
+    Ok(())
+}
+
+fn gather(py: Python<'_>, parts: &Bound<'_, PyList>, total: usize) -> PyResult<Vec<u8>> {
+    let mut v = vec![0u8; total];
+    copy_parts(py, parts, &mut v)?;
+    Ok(v)
+}
+
+fn fresh_key() -> u128 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u64(N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let hi = h.finish();
+    h.write_u64(hi);
+    ((hi as u128) << 64) | h.finish() as u128
+}
+
+/// Seals the parts into the store as one object under a fresh key; this worker holds one
+/// reference to it.
+fn store_parts(py: Python<'_>, parts: &Bound<'_, PyList>, total: usize) -> PyResult<u128> {
+    let c = client()?;
+    for _ in 0..4 {
+        let key = fresh_key();
+        let mut a = match c.create(key, total) {
+            Ok(a) => a,
+            Err(StoreError::Exists { .. }) => continue,
+            Err(e) => return Err(store_err(e)),
+        };
+        copy_parts(py, parts, a.as_mut_slice())?;
+        a.seal().map_err(store_err)?;
+        return Ok(key);
+    }
+    Err(PyRuntimeError::new_err("no free object key after 4 tries"))
+}
+
+/// A worker's `put` of a large value: sealed into the store, then adopted by the runtime as
+/// a new object; returns its id.
+pub fn put_stored(py: Python<'_>, parts: &Bound<'_, PyList>, total: usize) -> PyResult<Reply> {
+    let key = store_parts(py, parts, total)?;
+    let r = request(py, Call::Adopt { key, as_ref: true });
+    let _ = client()?.release(key);
+    r
+}
+
+/// Whether a worker's `put` of `total` bytes goes through the store.
+pub fn put_goes_to_store(total: usize) -> bool {
+    total > RING_VALUE_MAX
+}
+
+/// The pinned bytes of the stored object named by a key marker, read in place.
+#[pyfunction]
+pub fn stored(marker: &[u8]) -> PyResult<Pinned> {
+    let (key, _) = wire::parse_key_marker(marker).ok_or_else(|| PyValueError::new_err("not a key marker"))?;
+    match client()?.get(key).map_err(store_err)? {
+        Some(v) => Ok(Pinned::new(Held::Client(v))),
+        None => Err(PyRuntimeError::new_err(format!("object {key:032x} is not in the node's store"))),
+    }
 }
 
 /// Answers the current call with an error: its text and the pickled exception.

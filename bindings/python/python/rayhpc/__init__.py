@@ -17,7 +17,7 @@ import threading
 
 from . import _native, exceptions
 from ._native import ObjectRef
-from ._serial import dumps, loads
+from ._serial import dumps, loads, size as _size
 from .exceptions import (
     ActorDiedError,
     GetTimeoutError,
@@ -233,11 +233,21 @@ class RemoteFunction:
         return _native.submit(self._shared["key"], _call_parts(args, kwargs), self._native_options)
 
 
+# Arguments up to this size travel with the call; larger ones are put into the store first
+# and passed by reference (read in place by the worker).
+_ARG_INLINE_MAX = 1 << 20
+
+
 def _dumps_arg(v):
     try:
-        return dumps(v)
+        parts = dumps(v)
     except Exception as e:
         raise TypeError(f"Could not serialize the argument {v!r} of type {type(v).__name__}: {e}") from e
+    if len(parts) == 1 and len(parts[0]) <= _ARG_INLINE_MAX:
+        return parts[0]
+    if _size(parts) <= _ARG_INLINE_MAX:
+        return b"".join(parts)
+    return _native.put(parts)
 
 
 # ---------------------------------------------------------------------------- actors
@@ -521,7 +531,7 @@ def get(object_refs, *, timeout=None):
     """The value of an ObjectRef, or the values of a list of them (blocks until ready)."""
     if type(object_refs) is ObjectRef:
         r = _native.get([object_refs], timeout)[0]
-        if type(r) is bytes:
+        if type(r) is not tuple:
             return loads(r)
         _raise_for(r)
     if not isinstance(object_refs, (list, tuple)):
@@ -534,7 +544,7 @@ def get(object_refs, *, timeout=None):
     out = _native.get(refs, timeout)
     values = []
     for r in out:
-        if type(r) is bytes:
+        if type(r) is not tuple:
             values.append(loads(r))
         else:
             _raise_for(r)
@@ -548,10 +558,13 @@ def put(value):
                         "you can wrap the ObjectRef in a list and call 'put' on it.")
     _auto_init()
     try:
-        data = dumps(value)
+        parts = dumps(value)
     except Exception as e:
         raise TypeError(f"Could not serialize the put value {value!r}: {e}") from e
-    return _native.put(data)
+    try:
+        return _native.put(parts)
+    except MemoryError as e:
+        raise ObjectStoreFullError(str(e)) from None
 
 
 def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):

@@ -1,9 +1,26 @@
 """How values become bytes and back: pickle protocol 5 through cloudpickle (functions,
-lambdas and classes defined in __main__ travel by value)."""
+lambdas and classes defined in __main__ travel by value).
+
+Large buffers (numpy arrays, bytes-like objects of 64 KiB and more) are taken out of band
+(pickle 5's buffer_callback): a value with any is a *container*
+
+    magic "RHPCOOB\x01" | n: u64 | in-band length: u64 | n buffer lengths: u64 each |
+    in-band pickle | each buffer, at an offset aligned to 64 bytes
+
+so that a container in the node's store unpickles with its buffers pointing into the store
+(zero-copy, read-only). A value living in the store may also be named by a key marker
+("RHPCKEY\x01", key, length), which a worker reads in place.
+"""
 
 import pickle
+import struct
 
 import cloudpickle
+
+OOB_MAGIC = b"RHPCOOB\x01"
+KEY_MAGIC = b"RHPCKEY\x01"
+OOB_MIN = 64 * 1024
+_ALIGN = 64
 
 _NONE = pickle.dumps(None, protocol=5)
 # Values of these exact types pickle the same through the C pickler, which is several times
@@ -12,15 +29,69 @@ _PLAIN = (int, float, str, bytes, bool, complex)
 
 
 def dumps(value):
+    """The pickle of `value` as a list of parts, to be sent or stored one after the other: one
+    bytes object, or a container's header, in-band pickle, padding and buffers."""
     if value is None:
-        return _NONE
+        return [_NONE]
     if type(value) in _PLAIN:
-        return pickle.dumps(value, protocol=5)
-    return cloudpickle.dumps(value, protocol=5)
+        return [pickle.dumps(value, protocol=5)]
+    bufs = []
+
+    def take(pb):
+        m = pb.raw()
+        if m.nbytes < OOB_MIN:
+            return True  # small: stays in band
+        bufs.append(m)
+        return False
+
+    try:
+        inband = cloudpickle.dumps(value, protocol=5, buffer_callback=take)
+    except BufferError:
+        # A buffer that is not contiguous: pickled in band.
+        bufs.clear()
+        inband = cloudpickle.dumps(value, protocol=5)
+    if not bufs:
+        return [inband]
+    header = OOB_MAGIC + struct.pack(f"<QQ{len(bufs)}Q", len(bufs), len(inband), *(b.nbytes for b in bufs))
+    parts = [header, inband]
+    at = len(header) + len(inband)
+    for b in bufs:
+        pad = -at % _ALIGN
+        if pad:
+            parts.append(bytes(pad))
+            at += pad
+        parts.append(b)
+        at += b.nbytes
+    return parts
+
+
+def size(parts):
+    return sum(memoryview(p).nbytes for p in parts)
 
 
 def loads(data):
-    return pickle.loads(data)
+    """The value of a pickle given as bytes, a memoryview or a pinned store object."""
+    if type(data) is bytes:
+        head = data[:8]
+        if head == KEY_MAGIC:
+            from . import _native
+            return loads(_native.stored(data))
+        if head != OOB_MAGIC:
+            return pickle.loads(data)
+    mv = memoryview(data)
+    if mv[:8] != OOB_MAGIC:
+        return pickle.loads(mv)
+    n, inband_len = struct.unpack_from("<QQ", mv, 8)
+    lens = struct.unpack_from(f"<{n}Q", mv, 24)
+    at = 24 + 8 * n
+    inband = mv[at:at + inband_len]
+    at += inband_len
+    buffers = []
+    for ln in lens:
+        at += -at % _ALIGN
+        buffers.append(mv[at:at + ln])
+        at += ln
+    return pickle.loads(inband, buffers=buffers)
 
 
 def error_payload(exc, function_name, tb):

@@ -73,4 +73,13 @@ def main():
             tb = "".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next if e.__traceback__ else None))
             _native.worker_err(f"{type(e).__name__}: {e}", error_payload(e, name, tb))
             continue
-        _native.worker_ok(out)
+        try:
+            _native.worker_ok(out)
+        except ConnectionError:
+            break
+        except Exception as e:  # noqa: BLE001 - a result the store refused: the call's error
+            if isinstance(e, MemoryError):
+                from rayhpc.exceptions import ObjectStoreFullError
+                e = ObjectStoreFullError(f"the result of {name}: {e}")
+            tb = "".join(traceback.format_exception_only(type(e), e))
+            _native.worker_err(f"{type(e).__name__}: {e}", error_payload(e, name, tb))
