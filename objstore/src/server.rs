@@ -139,6 +139,7 @@ fn handle(store: &Store, client: u32, refs: &mut HashMap<u32, u32>, [op, a, b, c
         proto::CREATE => {
             let len = usize::try_from(c).map_err(|_| StoreError::TooLarge { size: usize::MAX, capacity: store.capacity() })?;
             let (slot, off) = store.create_for(proto::key(a, b), len, client)?;
+            store.prefault(off, len);
             Ok([proto::OK, slot as u64, off as u64, 0])
         }
         proto::SEAL => {

@@ -30,6 +30,9 @@ use crate::{IntMap, IntSet};
 /// Objects at least this large are 4 KiB aligned (page-aligned I/O and registration).
 pub const LARGE: usize = 64 * 1024;
 
+/// Buffers from this size up are faulted in by the store before they are written.
+const PREFAULT_MIN: usize = 1 << 20;
+
 /// How to build a [`Store`].
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -261,6 +264,7 @@ impl Store {
     /// [`StoreError::Full`] when nothing more can be evicted or spilled within the wait.
     pub fn create(self: &Arc<Self>, key: u128, len: usize) -> Result<Allocation, StoreError> {
         let (slot, off) = self.create_for(key, len, 0)?;
+        self.prefault(off, len);
         Ok(Allocation { store: self.clone(), slot, off, len, key, done: false })
     }
 
@@ -311,6 +315,13 @@ impl Store {
             }
         };
         Ok(Object(Arc::new(Held { store: self.clone(), slot, key, len })))
+    }
+
+    /// Faults in the pages of a large new buffer before it is written (outside the lock).
+    pub(crate) fn prefault(&self, off: usize, len: usize) {
+        if len >= PREFAULT_MIN {
+            self.arena.prefault(off, len);
+        }
     }
 
     pub(crate) fn create_for(&self, key: u128, len: usize, client: u32) -> Result<(u32, usize), StoreError> {

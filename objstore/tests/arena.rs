@@ -58,3 +58,42 @@ fn backings_are_chosen_in_order_and_reported() {
 
     assert!(Arena::create(0, Hugepages::Auto, false).is_err());
 }
+
+/// Resident KiB of the mapping that starts at `base`, from /proc/self/smaps (so that other
+/// tests' arenas do not count).
+fn rss_kib(base: usize) -> usize {
+    let s = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut lines = s.lines();
+    while let Some(l) = lines.next() {
+        let start = l.split('-').next().and_then(|h| usize::from_str_radix(h, 16).ok());
+        if start == Some(base) {
+            return lines.find(|l| l.starts_with("Rss:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap();
+        }
+    }
+    panic!("no mapping at {base:#x}");
+}
+
+#[test]
+fn prefault_makes_a_range_resident_without_changing_its_bytes() {
+    let a = Arena::create(16 << 20, Hugepages::Never, false).unwrap();
+    // SAFETY: this test owns the whole arena; the ranges are in bounds and not aliased.
+    let base = unsafe { a.bytes(0, 1).as_ptr() } as usize;
+    // SAFETY: as above.
+    unsafe { a.bytes_mut(5 << 20, 8).copy_from_slice(b"12345678") };
+    let rss_shmem_kib = || rss_kib(base);
+    let before = rss_shmem_kib();
+    a.prefault(4 << 20, 8 << 20);
+    let after = rss_shmem_kib();
+    // 8 MiB asked, covering four 2 MiB chunks (one page of which was resident already).
+    assert!(after >= before + 7 * 1024, "RssShmem went from {before} to {after} KiB");
+    // SAFETY: as above.
+    unsafe {
+        assert_eq!(a.bytes(5 << 20, 8), b"12345678");
+        assert!(a.bytes(4 << 20, 4096).iter().all(|&b| b == 0));
+    }
+    // Done chunks, empty and out-of-range requests are no-ops.
+    a.prefault(4 << 20, 8 << 20);
+    a.prefault(0, 0);
+    a.prefault(15 << 20, 4 << 20);
+    assert!(rss_shmem_kib() < after + 4 * 1024);
+}

@@ -9,7 +9,7 @@ import sys
 def test_the_microbenchmark_prints_rays_metric_names_with_rates(tmp_path):
     out = tmp_path / "figures.json"
     p = subprocess.run(
-        [sys.executable, "-m", "rayhpc.microbenchmark", "--only", "tasks_sync", "--only", "get_calls",
+        [sys.executable, "-m", "rayhpc.microbenchmark", "--trial-seconds", "0.2", "--only", "tasks_sync", "--only", "get_calls",
          "--json", str(out)],
         capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
