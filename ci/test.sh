@@ -21,6 +21,8 @@ have pkg-config || pkgs+=(pkg-config)
 # Python 3 with venv and pip: the Python package is built (maturin, from PyPI) and tested.
 have python3 || pkgs+=(python3)
 { have python3 && python3 -c "import ensurepip, venv" >/dev/null 2>&1; } || pkgs+=(python3-venv python3-pip)
+# libpython to link against: the extension's own Rust unit tests are a program that embeds it.
+{ have python3 && python3 -c "import os, sysconfig as s; v = s.get_config_var; raise SystemExit(not os.path.exists(os.path.join(v('LIBDIR'), v('LDLIBRARY'))))" 2>/dev/null; } || pkgs+=(python3-dev)
 if [ ${#pkgs[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}"

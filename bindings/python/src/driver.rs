@@ -303,7 +303,8 @@ pub fn init(
     let pool = Pool::new(WorkerConfig { python: python.into(), sys_path });
     let p = pool.clone();
     let task = raw_function("py.task", move |inputs: &[&[u8]]| p.call(inputs));
-    pool.set_services(Services { rt: rt.clone(), task, store_socket: socket });
+    let item = raw_function("py.item", crate::pool::item);
+    pool.set_services(Services { rt: rt.clone(), task, item, store_socket: socket });
     *g = Some(Arc::new(State { rt, pool, server: Mutex::new(Some(server)), dir }));
     Ok(())
 }
@@ -453,6 +454,25 @@ pub fn actor_call(py: Python<'_>, actor: &Bound<'_, PyActorRef>, method: &str, a
             let call = Call::Method { actor: a.id(), method: method.to_string(), args: wire_args(args)? };
             PyObjectRef::from_reply(worker::request(py, call)?, true)
         }
+    }
+}
+
+/// The `n` refs of a call with several returns, from the call's own ref.
+#[pyfunction]
+pub fn items(py: Python<'_>, r: &Bound<'_, PyObjectRef>, n: u32) -> PyResult<Vec<PyObjectRef>> {
+    let r = r.get();
+    match (mode()?, &r.inner) {
+        (Mode::Driver(s), RefInner::Local(local)) => {
+            let refs = crate::pool::items(s.pool.services(), local, n).map_err(py_err)?;
+            Ok(refs.into_iter().map(|x| PyObjectRef::local(x, r.actor)).collect())
+        }
+        (Mode::Driver(_), RefInner::Remote(_)) => Err(PyValueError::new_err("an ObjectRef of a worker used in the driver")),
+        (Mode::Worker, _) => match worker::request(py, Call::Items { id: r.id(), n })? {
+            Reply::Refs(ids) => {
+                Ok(ids.into_iter().map(|id| PyObjectRef { inner: RefInner::Remote(RemoteId(id)), actor: r.actor }).collect())
+            }
+            other => Err(unexpected(other)),
+        },
     }
 }
 

@@ -35,6 +35,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(driver::create_actor, m)?)?;
     m.add_function(wrap_pyfunction!(driver::actor_call, m)?)?;
     m.add_function(wrap_pyfunction!(driver::kill, m)?)?;
+    m.add_function(wrap_pyfunction!(driver::items, m)?)?;
     m.add_function(wrap_pyfunction!(driver::get_actor, m)?)?;
     m.add_function(wrap_pyfunction!(driver::actor_pin, m)?)?;
     m.add_function(wrap_pyfunction!(driver::actor_from_id, m)?)?;

@@ -57,6 +57,8 @@ pub struct WorkerConfig {
 pub struct Services {
     pub rt: Runtime,
     pub task: RawFn,
+    /// Splits a result of several returns (`py.item`, a native task: no Python involved).
+    pub item: RawFn,
     /// The store's socket, which workers connect to for large values.
     pub store_socket: PathBuf,
 }
@@ -252,7 +254,7 @@ impl Pool {
         let _ = self.services.set(s);
     }
 
-    fn services(&self) -> &Services {
+    pub fn services(&self) -> &Services {
         self.services.get().expect("set right after the pool is made")
     }
 
@@ -551,6 +553,11 @@ impl Pool {
                 }
                 Reply::Done
             }
+            Call::Items { id, n } => {
+                let (r, actor) = w.borrowed.get(&id).cloned().ok_or_else(|| unknown_ref(id))?;
+                let refs = items(s, &r, n)?;
+                Reply::Refs(refs.into_iter().map(|r| lend_id(w, r, actor)).collect())
+            }
             Call::Resources => Reply::Resources(s.rt.resources().into_iter().map(|v| (v.name.to_string(), v.total, v.available)).collect()),
         })
     }
@@ -678,6 +685,27 @@ fn send(w: &mut Worker, parts: &[&[u8]], too_large: &dyn Fn(usize, usize) -> Str
         Err(RingError::TooLarge { size, limit }) => Ok(Some(failure(FailureKind::BadArguments, too_large(size, limit)))),
         Err(e) => Err(e),
     }
+}
+
+/// The `n` objects of a result of several returns: one `py.item` task each, needing no
+/// resources, depending on the call's result (whose failure they share).
+pub fn items(s: &Services, r: &ObjectRef<Untyped>, n: u32) -> Result<Vec<ObjectRef<Untyped>>, Error> {
+    let o = Options::new().num_cpus(0.0).max_retries(0).name("py.item");
+    (0..n).map(|i| s.item.remote(&s.rt, vec![RawArg::Ref(r.clone()), RawArg::Bytes(i.to_le_bytes().to_vec())], &o)).collect()
+}
+
+/// The body of `py.item`: item `inputs[1]` (u32) of the result `inputs[0]`.
+pub fn item(inputs: &[&[u8]]) -> Result<RawOutput, RawFailure> {
+    let bad = |m: String| failure(FailureKind::BadArguments, m);
+    let [result, index] = inputs else { return Err(bad(format!("py.item takes 2 inputs, got {}", inputs.len()))) };
+    let i = u32::from_le_bytes((*index).try_into().map_err(|_| bad("py.item's index is 4 bytes".into()))?);
+    wire::item_of(result, i as usize).map(|b| RawOutput::Bytes(b.to_vec())).map_err(bad)
+}
+
+fn lend_id(w: &mut Worker, r: ObjectRef<Untyped>, actor: bool) -> u128 {
+    let id = r.id().0;
+    w.borrowed.insert(id, (r, actor));
+    id
 }
 
 /// Markers for the call's inputs that live in the store, by input index: a worker reads them

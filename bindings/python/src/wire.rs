@@ -123,6 +123,11 @@ pub enum Call {
     GetActor {
         name: String,
     },
+    /// Splits the result of `id` (a call with several returns) into `n` objects.
+    Items {
+        id: u128,
+        n: u32,
+    },
     /// Keeps an actor alive while a handle to it travels in a value.
     PinActor {
         actor: u128,
@@ -159,6 +164,7 @@ pub struct WireFailure {
 pub enum Reply {
     Done,
     Ref(u128),
+    Refs(Vec<u128>),
     /// An actor: id, class key.
     Actor(u128, Key),
     Values(Vec<Result<Vec<u8>, WireFailure>>),
@@ -185,6 +191,32 @@ pub fn parse_key_marker(b: &[u8]) -> Option<(u128, u64)> {
         return None;
     }
     Some((u128::from_le_bytes(b[8..24].try_into().ok()?), u64::from_le_bytes(b[24..].try_into().ok()?)))
+}
+
+/// The result of a call with several returns: the magic, n: u64, n lengths: u64, then the
+/// items' pickles one after the other (written by `_serial.dumps_items`).
+pub const ITEMS_MAGIC: &[u8; 8] = b"RHPCITM\x01";
+
+/// Item `i` of an items container.
+pub fn item_of(b: &[u8], i: usize) -> Result<&[u8], String> {
+    let bad = || "not a result of several items".to_string();
+    if b.get(..8) != Some(&ITEMS_MAGIC[..]) {
+        return Err(bad());
+    }
+    let word = |k: usize| -> Result<usize, String> {
+        let at = 8 + 8 * k;
+        b.get(at..at + 8).map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")) as usize).ok_or_else(bad)
+    };
+    let n = word(0)?;
+    if i >= n {
+        return Err(format!("item {i} of a result of {n}"));
+    }
+    let mut at = 16usize.checked_add(n.checked_mul(8).ok_or_else(bad)?).ok_or_else(bad)?;
+    for k in 0..i {
+        at = at.checked_add(word(k + 1)?).ok_or_else(bad)?;
+    }
+    let len = word(i + 1)?;
+    at.checked_add(len).and_then(|end| b.get(at..end)).ok_or_else(|| format!("item {i} runs past the result"))
 }
 
 pub fn request_header() -> [u8; 8] {
@@ -283,5 +315,47 @@ pub fn parse_response(m: &[u8]) -> Result<Response<'_>, String> {
         }
         Some(&REQUEST) => Ok(Response::Request(m.get(8..).ok_or("request cut short")?)),
         other => Err(format!("unknown response {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items(parts: &[&[u8]]) -> Vec<u8> {
+        let mut b = ITEMS_MAGIC.to_vec();
+        b.extend_from_slice(&(parts.len() as u64).to_le_bytes());
+        for p in parts {
+            b.extend_from_slice(&(p.len() as u64).to_le_bytes());
+        }
+        for p in parts {
+            b.extend_from_slice(p);
+        }
+        b
+    }
+
+    #[test]
+    fn items_are_found_and_a_malformed_container_is_an_error() {
+        let b = items(&[b"a", b"", b"ccc"]);
+        assert_eq!(item_of(&b, 0).unwrap(), b"a");
+        assert_eq!(item_of(&b, 1).unwrap(), b"");
+        assert_eq!(item_of(&b, 2).unwrap(), b"ccc");
+        assert!(item_of(&b, 3).unwrap_err().contains("item 3 of a result of 3"));
+        assert!(item_of(&b[..b.len() - 1], 2).unwrap_err().contains("runs past"));
+        assert!(item_of(b"\x80\x05junk", 0).is_err());
+        let mut huge = ITEMS_MAGIC.to_vec();
+        huge.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(item_of(&huge, 0).is_err(), "a count that overflows is refused, not trusted");
+        let mut long = items(&[b"x"]);
+        long[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(item_of(&long, 0).is_err());
+    }
+
+    #[test]
+    fn key_markers_round_trip_and_pickles_are_never_markers() {
+        let m = key_marker(0xdead_beef, 42);
+        assert_eq!(parse_key_marker(&m), Some((0xdead_beef, 42)));
+        assert_eq!(parse_key_marker(b"\x80\x05\x95"), None);
+        assert_eq!(parse_key_marker(&m[..31]), None);
     }
 }

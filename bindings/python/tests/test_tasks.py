@@ -257,3 +257,52 @@ def test_arguments_over_the_per_call_limit_fail_clearly_and_the_worker_goes_on(r
         ray.get(size.remote(*[b"x" * ((1 << 20) - 100)] * 20))
     assert ray.get(size.remote(b"x" * 1000)) == 1000
     assert ray.get(size.remote(b"x" * (20 << 20))) == 20 << 20
+
+
+def test_num_returns_gives_one_ref_per_item(ray_start):
+    @ray.remote(num_returns=3)
+    def three(x):
+        return x, x + 1, [x + 2]
+
+    a, b, c = three.remote(1)
+    assert ray.get([a, b, c]) == [1, 2, [3]]
+
+    @ray.remote
+    def pair(n):
+        import numpy as np
+        return np.arange(n), "label"
+
+    arr, label = pair.options(num_returns=2).remote(1 << 20)  # one big item and one small
+    assert ray.get(label) == "label"
+    assert ray.get(arr)[-1] == (1 << 20) - 1
+    # The wrong number of items fails every ref with the same error.
+    refs = three.options(num_returns=2).remote(5)
+    for r in refs:
+        with pytest.raises(ValueError, match="returned 3 objects, but num_returns=2"):
+            ray.get(r)
+    with pytest.raises(ValueError, match="num_returns"):
+        three.options(num_returns=0)
+    with pytest.raises(NotImplementedError):
+        three.options(num_returns="dynamic")
+
+    @ray.remote
+    class Splitter:
+        @ray.method(num_returns=2)
+        def split(self, s):
+            return s[:1], s[1:]
+
+        def whole(self, s):
+            return s
+
+    sp = Splitter.remote()
+    h, t = sp.split.remote("abc")
+    assert ray.get([h, t]) == ["a", "bc"]
+    u, v = sp.whole.options(num_returns=2).remote(("u", "v"))
+    assert ray.get([u, v]) == ["u", "v"]
+
+    @ray.remote
+    def nested():
+        p, q = pair.options(num_returns=2).remote(3)
+        return list(ray.get(p)), ray.get(q)
+
+    assert ray.get(nested.remote()) == ([0, 1, 2], "label")

@@ -114,10 +114,12 @@ def _arity(fn, skip=0):
     return (code.co_argcount - defaults - skip, code.co_argcount - skip)
 
 
-def _call_parts(args, kwargs):
-    """The layout and pickled values of a call's arguments (ObjectRefs passed as they are)."""
-    if kwargs:
-        parts = [pickle.dumps((len(args), tuple(kwargs)), protocol=5)]
+def _call_parts(args, kwargs, num_returns=1):
+    """The layout and pickled values of a call's arguments (ObjectRefs passed as they are).
+    The layout is empty for positional arguments and one return, else the pickle of
+    (positional count, keyword names, number of returns)."""
+    if kwargs or num_returns != 1:
+        parts = [pickle.dumps((len(args), tuple(kwargs), num_returns), protocol=5)]
         values = list(args) + list(kwargs.values())
     else:
         parts = [b""]
@@ -152,12 +154,24 @@ def _check_options(opts, allowed):
         for k in ("CPU", "GPU"):
             if k in r:
                 raise ValueError(f"Use the '{k.lower()}s' argument, not resources['{k}']")
-    n = opts.get("num_returns", 1)
-    if n != 1:
-        raise NotImplementedError("num_returns other than 1 is not supported yet")
+    _check_num_returns(opts.get("num_returns", 1))
     rx = opts.get("retry_exceptions")
     if rx is not None and not isinstance(rx, bool):
         raise NotImplementedError("retry_exceptions as a list of exception classes is not supported yet; use True or False")
+
+
+def _check_num_returns(n):
+    if n in ("dynamic", "streaming"):
+        raise NotImplementedError(f"num_returns={n!r} (generators) is not supported yet")
+    if type(n) is not int or n < 1:
+        raise ValueError(f"num_returns must be a positive integer, got {n!r}")
+
+
+def _returns(ref, n, actor=False):
+    """The call's ref, or its `n` refs: one per item of the returned sequence."""
+    if n == 1:
+        return ref
+    return _native.items(ref, n)
 
 
 class RemoteFunction:
@@ -172,6 +186,7 @@ class RemoteFunction:
         self._native_options = None
         self._native_epoch = None
         self._arity = _arity(fn)
+        self._num_returns = self._options.get("num_returns", 1)
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", "task")
         self.__wrapped__ = fn
@@ -230,7 +245,10 @@ class RemoteFunction:
         if kwargs or self._arity is None or not (self._arity[0] <= len(args) <= self._arity[1]):
             # Ray checks the call against the signature at submit: a TypeError here.
             inspect.signature(self._function).bind(*args, **kwargs)
-        return _native.submit(self._shared["key"], _call_parts(args, kwargs), self._native_options)
+        n = self._num_returns
+        if n == 1:
+            return _native.submit(self._shared["key"], _call_parts(args, kwargs), self._native_options)
+        return _returns(_native.submit(self._shared["key"], _call_parts(args, kwargs, n), self._native_options), n)
 
 
 # Arguments up to this size travel with the call; larger ones are put into the store first
@@ -276,8 +294,7 @@ def _method_table(cls):
         else:
             continue
         opts = dict(getattr(fn, "__rayhpc_method_options__", {}))
-        if opts.get("num_returns", 1) != 1:
-            raise NotImplementedError("num_returns other than 1 is not supported yet")
+        _check_num_returns(opts.get("num_returns", 1))
         table[name] = (_arity(fn, skip), opts)
     return table
 
@@ -388,7 +405,11 @@ class ActorHandle:
         methods = self._methods
         if methods is not None and name not in methods:
             raise AttributeError(f"'ActorHandle' object has no attribute '{name}'")
-        m = ActorMethod(self, name, methods[name][0] if methods is not None else None)
+        if methods is None:
+            m = ActorMethod(self, name, None)
+        else:
+            arity, opts = methods[name]
+            m = ActorMethod(self, name, arity, opts.get("num_returns", 1))
         self._bound[name] = m
         return m
 
@@ -414,10 +435,11 @@ def _rebuild_actor(actor_id, class_key, methods, class_name):
 class ActorMethod:
     """A method of an actor: call it with `.remote(...)`."""
 
-    def __init__(self, handle, name, arity):
+    def __init__(self, handle, name, arity, num_returns=1):
         self._handle = handle
         self._name = name
         self._arity = arity
+        self._num_returns = num_returns
 
     def __call__(self, *args, **kwargs):
         raise TypeError(
@@ -428,15 +450,16 @@ class ActorMethod:
         for k in options:
             if k not in ("num_returns", "name", "concurrency_group", "enable_task_events", "_metadata"):
                 raise ValueError(f"Invalid option keyword {k} for actor methods.")
-        if options.get("num_returns", 1) != 1:
-            raise NotImplementedError("num_returns other than 1 is not supported yet")
-        return self
+        n = options.get("num_returns", self._num_returns)
+        _check_num_returns(n)
+        return ActorMethod(self._handle, self._name, self._arity, n)
 
     def remote(self, *args, **kwargs):
         a = self._arity
         if kwargs or a is None or not (a[0] <= len(args) <= a[1]):
             self._check(args, kwargs)
-        return _native.actor_call(self._handle._ref, self._name, _call_parts(args, kwargs))
+        n = self._num_returns
+        return _returns(_native.actor_call(self._handle._ref, self._name, _call_parts(args, kwargs, n)), n)
 
     def _check(self, args, kwargs):
         methods = self._handle._methods
@@ -493,7 +516,7 @@ def _make_remote(obj, options):
 
 
 def method(*args, **kwargs):
-    """`@rayhpc.method(num_returns=...)` on an actor method (accepted; only 1 return yet)."""
+    """`@rayhpc.method(num_returns=...)` on an actor method."""
     def decorator(m):
         m.__rayhpc_method_options__ = kwargs
         return m

@@ -18,6 +18,7 @@ import struct
 import cloudpickle
 
 OOB_MAGIC = b"RHPCOOB\x01"
+ITEMS_MAGIC = b"RHPCITM\x01"
 KEY_MAGIC = b"RHPCKEY\x01"
 OOB_MIN = 64 * 1024
 _ALIGN = 64
@@ -63,6 +64,22 @@ def dumps(value):
         parts.append(b)
         at += b.nbytes
     return parts
+
+
+def dumps_items(result, n):
+    """The result of a call with `num_returns=n`: each of its `n` items pickled on its own,
+    after a header (magic, n, the items' lengths), for the runtime to split into n objects."""
+    try:
+        items = list(result)
+    except TypeError:
+        raise ValueError(f"Task returned a {type(result).__name__}, not {n} objects (num_returns={n}).") from None
+    if len(items) != n:
+        raise ValueError(f"Task returned {len(items)} objects, but num_returns={n}.")
+    blobs = []
+    for v in items:
+        parts = dumps(v)
+        blobs.append(parts[0] if len(parts) == 1 else b"".join(parts))
+    return [ITEMS_MAGIC + struct.pack(f"<Q{n}Q", n, *(len(b) for b in blobs)), *blobs]
 
 
 def size(parts):

@@ -20,7 +20,7 @@ def main():
     _extend_path()
     import cloudpickle
     from rayhpc import _native
-    from rayhpc._serial import dumps, loads, error_payload
+    from rayhpc._serial import dumps, dumps_items, loads, error_payload
 
     _native.worker_attach()
     functions = {}
@@ -60,14 +60,15 @@ def main():
                     name = f"{class_name}.__init__"
             layout = body[0]
             values = [loads(b) for b in body[1:]]
+            returns = 1
             if layout:
-                npos, names = pickle.loads(layout)
+                npos, names, returns = pickle.loads(layout)
                 result = fn(*values[:npos], **dict(zip(names, values[npos:])))
             else:
                 result = fn(*values)
             if op == NEW:
                 instance, result = result, None
-            out = dumps(result)
+            out = dumps(result) if returns == 1 else dumps_items(result, returns)
         except BaseException as e:  # noqa: BLE001 - every failure goes back to the caller
             # The traceback from the call's own frames on (this loop's frame left out).
             tb = "".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next if e.__traceback__ else None))
