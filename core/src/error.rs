@@ -21,6 +21,8 @@ pub enum FailureKind {
     BadResult,
     /// The worker process running it died (a system failure, retried under `max_retries`).
     WorkerDied,
+    /// The task was cancelled (by its binding, on the user's request): never retried.
+    Cancelled,
     /// An actor method's invocation found its actor gone for good (a raw actor whose process
     /// died with no restart left): the actor is killed, and this call and every later one
     /// fail with [`Error::ActorDied`].
@@ -52,6 +54,7 @@ impl fmt::Display for TaskError {
             FailureKind::BadResult => "produced a result that cannot be encoded",
             FailureKind::WorkerDied => "lost its worker process",
             FailureKind::ActorDied => "lost its actor",
+            FailureKind::Cancelled => "was cancelled",
         };
         write!(f, "task '{}' {how}: {}", self.function, self.message)?;
         if self.attempts > 1 {

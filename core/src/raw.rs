@@ -37,6 +37,12 @@ pub fn stored_inputs() -> Vec<Option<u128>> {
     crate::task::stored_inputs()
 }
 
+/// The result object of the task running on this thread (`None` outside a task, and in an
+/// actor method): how a binding tells which call a cancellation is for.
+pub fn current_task() -> Option<crate::ids::ObjectId> {
+    crate::task::current_task()
+}
+
 /// What a raw invocation produced.
 pub enum RawOutput {
     /// Result bytes: kept inline when small, else copied into the store.

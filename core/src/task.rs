@@ -16,7 +16,7 @@ use rayhpc_sched::{ClassId, Job};
 use crate::actor::{ActorCell, CreateSpec};
 use crate::error::{Error, FailureKind, TaskError};
 use crate::function::{ArgSpec, Failure, FnEntry};
-use crate::ids::TaskId;
+use crate::ids::{ObjectId, TaskId};
 use crate::object::{Notify, Slot, Waiter};
 use crate::runtime::{with_current, RuntimeInner};
 use crate::store::Bytes;
@@ -205,9 +205,23 @@ pub(crate) fn task_error(function: &Arc<str>, f: Failure, attempts: u32) -> Erro
     Error::Task(Box::new(TaskError { function: function.clone(), kind: f.kind, message: f.message, attempts, payload: f.payload }))
 }
 
+thread_local! {
+    /// The result object of the task running on this thread (see [`crate::raw::current_task`]).
+    static CURRENT_TASK: std::cell::Cell<Option<ObjectId>> = const { std::cell::Cell::new(None) };
+}
+
+/// The result object of the task running on this thread.
+pub(crate) fn current_task() -> Option<ObjectId> {
+    CURRENT_TASK.get()
+}
+
 pub(crate) fn execute(mut t: Box<TaskSpec>, rt: &RuntimeInner) {
     t.attempts += 1;
-    let outcome = match with_inputs(&t.args, |inp| guarded(|| (t.func.invoke)(inp))) {
+    // Inline runs nest on one thread: the outer task's id comes back after.
+    let outer = CURRENT_TASK.replace(Some(t.ret.id));
+    let outcome = with_inputs(&t.args, |inp| guarded(|| (t.func.invoke)(inp)));
+    CURRENT_TASK.set(outer);
+    let outcome = match outcome {
         Err(e) => {
             t.ret.complete(Err(e));
             return;
@@ -223,7 +237,7 @@ pub(crate) fn execute(mut t: Box<TaskSpec>, rt: &RuntimeInner) {
             // `retry_exceptions` says (Ray's rule); application errors only with it.
             let retryable = match f.kind {
                 FailureKind::WorkerDied => true,
-                FailureKind::BadArguments => false,
+                FailureKind::BadArguments | FailureKind::Cancelled => false,
                 _ => t.retry_exceptions,
             };
             let retry = retryable && t.retries_left != 0;

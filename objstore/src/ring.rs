@@ -140,6 +140,11 @@ impl Channel {
         HEADER + ring * self.cap
     }
 
+    /// True once either side closed the channel.
+    pub fn closed(&self) -> bool {
+        (0..2).any(|ring| self.is_closed(ring))
+    }
+
     /// Marks both directions closed and wakes whoever sleeps on them.
     pub fn close(&self) {
         for ring in 0..2 {

@@ -35,6 +35,17 @@ fn session_dir() -> std::io::Result<std::path::PathBuf> {
         None => std::env::temp_dir().join(format!("rayhpc-{}", std::fs::metadata("/proc/self")?.uid())),
     };
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&base)?;
+    // Sessions of processes that are gone (killed before their shutdown) are swept.
+    for e in std::fs::read_dir(&base)?.flatten() {
+        let name = e.file_name();
+        let pid =
+            name.to_str().and_then(|n| n.strip_prefix("session-")).and_then(|n| n.split('-').next()).and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = base.join(format!("session-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir); // a stale one of a process that had this pid
@@ -115,6 +126,10 @@ fn failed(kind: &str, message: String) -> PyErr {
     match kind {
         "value" => PyValueError::new_err(message),
         "store" => PyMemoryError::new_err(message),
+        "actor_died" => Python::attach(|py| match py.import("rayhpc.exceptions").and_then(|m| m.getattr("ActorDiedError")) {
+            Ok(cls) => PyErr::from_type(cls.cast_into().expect("a class"), message),
+            Err(e) => e,
+        }),
         _ => PyRuntimeError::new_err(message),
     }
 }
@@ -290,7 +305,13 @@ pub fn init(
     }
     c.object_store_memory = object_store_memory;
     let dir = session_dir().map_err(|e| PyRuntimeError::new_err(format!("cannot make the session directory: {e}")))?;
-    let rt = Runtime::init(c).map_err(py_err)?;
+    let rt = match Runtime::init(c) {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(py_err(e));
+        }
+    };
     let socket = dir.join("store.sock");
     let server = match rt.object_store().serve(&socket) {
         Ok(s) => s,
@@ -301,8 +322,13 @@ pub fn init(
         }
     };
     let pool = Pool::new(WorkerConfig { python: python.into(), sys_path });
-    let p = pool.clone();
-    let task = raw_function("py.task", move |inputs: &[&[u8]]| p.call(inputs));
+    // Weak: the function lives in the process-wide registry for good, the pool (and through
+    // it the runtime and its store) must not.
+    let p = Arc::downgrade(&pool);
+    let task = raw_function("py.task", move |inputs: &[&[u8]]| match p.upgrade() {
+        Some(p) => p.call(inputs),
+        None => Err(crate::pool::failure(rayhpc::FailureKind::Error, "the runtime is shut down")),
+    });
     let item = raw_function("py.item", crate::pool::item);
     pool.set_services(Services { rt: rt.clone(), task, item, store_socket: socket });
     *g = Some(Arc::new(State { rt, pool, server: Mutex::new(Some(server)), dir }));
@@ -454,6 +480,30 @@ pub fn actor_call(py: Python<'_>, actor: &Bound<'_, PyActorRef>, method: &str, a
             let call = Call::Method { actor: a.id(), method: method.to_string(), args: wire_args(args)? };
             PyObjectRef::from_reply(worker::request(py, call)?, true)
         }
+    }
+}
+
+/// Cancels the task of `r` (see `Pool::cancel`); a no-op for a task already done.
+#[pyfunction]
+pub fn cancel(py: Python<'_>, r: &Bound<'_, PyObjectRef>, force: bool) -> PyResult<()> {
+    let r = r.get();
+    if r.actor {
+        return Err(pyo3::exceptions::PyNotImplementedError::new_err(
+            "cancelling an actor call is not supported yet: kill the actor instead",
+        ));
+    }
+    match (mode()?, &r.inner) {
+        (Mode::Driver(s), RefInner::Local(local)) => {
+            if !local.is_ready() {
+                s.pool.cancel(local.id().0, force);
+            }
+            Ok(())
+        }
+        (Mode::Driver(_), RefInner::Remote(_)) => Err(PyValueError::new_err("an ObjectRef of a worker used in the driver")),
+        (Mode::Worker, _) => match worker::request(py, Call::Cancel { id: r.id(), force })? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        },
     }
 }
 
@@ -681,6 +731,15 @@ pub fn resources(py: Python<'_>) -> PyResult<HashMap<String, (f64, f64)>> {
             Reply::Resources(v) => Ok(v.into_iter().map(|(n, t, a)| (n, (t, a))).collect()),
             other => Err(unexpected(other)),
         },
+    }
+}
+
+/// Objects in the node's store now (driver only; for tests and diagnostics).
+#[pyfunction]
+pub fn store_objects() -> PyResult<usize> {
+    match mode()? {
+        Mode::Driver(s) => Ok(s.rt.object_store().objects()),
+        Mode::Worker => Err(PyRuntimeError::new_err("store_objects() is only available in the driver")),
     }
 }
 

@@ -2,7 +2,7 @@
 //! (`python/rayhpc/`) gives Ray Core's API; this module holds the embedded node runtime
 //! (`driver`), its Python worker processes (`pool`), the worker's end of their channel
 //! (`worker`) and the messages between them (`wire`).
-#![deny(unsafe_code)] // but for the buffer protocol's one fill, in `buffer`
+#![deny(unsafe_code)] // but for the buffer protocol's fill (`buffer`) and kill(2) (`signal`)
 #![allow(missing_docs)] // the Python-facing docs live in the Python package
 
 use pyo3::prelude::*;
@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 mod buffer;
 mod driver;
 mod pool;
+mod signal;
 mod wire;
 mod worker;
 
@@ -36,6 +37,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(driver::actor_call, m)?)?;
     m.add_function(wrap_pyfunction!(driver::kill, m)?)?;
     m.add_function(wrap_pyfunction!(driver::items, m)?)?;
+    m.add_function(wrap_pyfunction!(driver::cancel, m)?)?;
+    m.add_function(wrap_pyfunction!(driver::store_objects, m)?)?;
     m.add_function(wrap_pyfunction!(driver::get_actor, m)?)?;
     m.add_function(wrap_pyfunction!(driver::actor_pin, m)?)?;
     m.add_function(wrap_pyfunction!(driver::actor_from_id, m)?)?;

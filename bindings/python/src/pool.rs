@@ -32,7 +32,8 @@ use rayhpc::objstore::fdpass;
 use rayhpc::objstore::ring::{Channel, Consumer, Producer, RingError};
 use rayhpc::objstore::Object;
 use rayhpc::raw::{
-    raw_actor, raw_actor_by_id, stored_inputs, RawActor, RawActorHandle, RawArg, RawClass, RawFailure, RawFn, RawOutput, RawState,
+    current_task, raw_actor, raw_actor_by_id, stored_inputs, RawActor, RawActorHandle, RawArg, RawClass, RawFailure, RawFn, RawOutput,
+    RawState,
 };
 use rayhpc::{Error, FailureKind, ObjectRef, ObjectView, Options, Runtime, Untyped};
 
@@ -125,6 +126,14 @@ pub struct Pool {
     channels: Mutex<HashMap<u32, Arc<Channel>>>,
     closed: AtomicBool,
     started: AtomicUsize,
+    /// Tasks asked to be cancelled (by result id), until their call sees it.
+    cancelled: Mutex<HashSet<u128>>,
+    /// The worker process running each task now (by result id).
+    running: Mutex<HashMap<u128, u32>>,
+}
+
+fn cancelled() -> RawFailure {
+    failure(FailureKind::Cancelled, "the task was cancelled (rayhpc.cancel)")
 }
 
 pub fn failure(kind: FailureKind, message: impl Into<String>) -> RawFailure {
@@ -179,6 +188,7 @@ pub fn failure_of(e: Error, from_actor: bool) -> WireFailure {
                 FailureKind::WorkerDied if from_actor => "actor_died",
                 FailureKind::WorkerDied => "worker_died",
                 FailureKind::ActorDied => "actor_died",
+                FailureKind::Cancelled => "cancelled",
                 _ => "task",
             };
             WireFailure {
@@ -228,6 +238,7 @@ pub fn wait_indices(rt: &Runtime, refs: &[ObjectRef<Untyped>], n: usize, timeout
 enum Answer {
     Done(Result<RawOutput, RawFailure>),
     Request(Vec<u8>),
+    Released,
 }
 
 impl Pool {
@@ -246,6 +257,8 @@ impl Pool {
             channels: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             started: Default::default(),
+            cancelled: Mutex::new(HashSet::new()),
+            running: Mutex::new(HashMap::new()),
         })
     }
 
@@ -347,10 +360,23 @@ impl Pool {
         let Some(blob) = self.blob(&key) else {
             return Err(failure(FailureKind::BadArguments, "unknown function (not registered in this runtime)"));
         };
+        let me = current_task().map(|id| id.0);
+        if me.is_some_and(|id| lock(&self.cancelled).remove(&id)) {
+            return Err(cancelled());
+        }
         let mut w = self.checkout()?;
+        if let Some(id) = me {
+            lock(&self.running).insert(id, w.child.id());
+        }
         let out = self.define_in(&mut w, &key, &blob).and_then(|d| match d {
             Some(f) => Ok(Err(f)),
             None => self.exchange(&mut w, &header, &args, "the pickled arguments"),
+        });
+        // Off the running list before the worker can be reaped (its pid then reused).
+        let was_cancelled = me.is_some_and(|id| {
+            let mut running = lock(&self.running);
+            running.remove(&id);
+            lock(&self.cancelled).remove(&id)
         });
         match out {
             Ok(r) => {
@@ -359,7 +385,14 @@ impl Pool {
                 } else {
                     self.retire(w);
                 }
+                if was_cancelled {
+                    return Err(cancelled());
+                }
                 r
+            }
+            Err(_) if was_cancelled => {
+                self.retire(w);
+                Err(cancelled())
             }
             Err(e) => {
                 let msg = self.lost(w, &e, "this task");
@@ -368,6 +401,19 @@ impl Pool {
                 }
                 Err(failure(FailureKind::WorkerDied, msg))
             }
+        }
+    }
+
+    /// Cancels the task whose result is `id`: one not started yet fails when it would start;
+    /// a running one is interrupted (SIGINT: KeyboardInterrupt in its Python code) or, with
+    /// `force`, its worker is killed. Either way its result is a `Cancelled` failure. A task
+    /// already done is left as it is.
+    pub fn cancel(&self, id: u128, force: bool) {
+        let running = lock(&self.running);
+        lock(&self.cancelled).insert(id);
+        if let Some(&pid) = running.get(&id) {
+            // Under the running list's lock: the worker is not reaped meanwhile.
+            let _ = crate::signal::send(pid, if force { crate::signal::KILL } else { crate::signal::INTERRUPT });
         }
     }
 
@@ -401,6 +447,7 @@ impl Pool {
         loop {
             match self.answer(w)? {
                 Answer::Done(r) => return Ok(r),
+                Answer::Released => {}
                 Answer::Request(body) => {
                     let reply = self.serve(w, &body);
                     let encoded = wire::encode(&reply);
@@ -423,7 +470,7 @@ impl Pool {
     /// The worker's next message: spins a moment, then waits holding the job's resources
     /// while another thread runs the executor's other work.
     fn answer(&self, w: &mut Worker) -> Result<Answer, RingError> {
-        let Worker { child, rx, adopted, .. } = w;
+        let Worker { child, rx, adopted, borrowed, .. } = w;
         let mut alive = alive_fn(child);
         let m = match rx.recv(Some(Instant::now() + SPIN), &mut alive).map(|m| m.to_vec()) {
             Err(RingError::Timeout) => match self.services.get() {
@@ -450,6 +497,16 @@ impl Pool {
                 payload: (!payload.is_empty()).then(|| Arc::from(payload)),
             })),
             Ok(Response::Request(body)) => Answer::Request(body.to_vec()),
+            Ok(Response::Release(body)) => {
+                // Refs the worker dropped: let go of them now (not at its next request, which
+                // an idle worker may never make).
+                if let Ok(ids) = wire::decode::<Vec<u128>>(body) {
+                    for id in ids {
+                        borrowed.remove(&id);
+                    }
+                }
+                Answer::Released
+            }
             Err(e) => Answer::Done(Err(failure(FailureKind::Error, format!("malformed answer from the worker: {e}")))),
         })
     }
@@ -514,7 +571,13 @@ impl Pool {
             }
             Call::Get { ids, timeout } => {
                 let refs = refs_of(w, &ids)?;
-                let views = fetch(&s.rt, &refs.iter().map(|(r, _)| r.clone()).collect::<Vec<_>>(), timeout);
+                let plain: Vec<_> = refs.iter().map(|(r, _)| r.clone()).collect();
+                // Wait in slices, so that a kill of this worker's actor or a shutdown (both
+                // close its channel) ends the wait instead of hanging the executor.
+                if let Some(stop) = self.wait_or_stop(w, &plain, plain.len(), timeout)? {
+                    return Ok(stop);
+                }
+                let views = fetch(&s.rt, &plain, Some(0.0));
                 // A stored object goes by key: the worker reads it in place, pinned by the ref
                 // it holds until it has its own pin.
                 let value = |v: ObjectView| match v.stored_key() {
@@ -535,7 +598,10 @@ impl Pool {
             }
             Call::Wait { ids, num_returns, timeout } => {
                 let refs: Vec<_> = refs_of(w, &ids)?.into_iter().map(|(r, _)| r).collect();
-                Reply::Ready(wait_indices(&s.rt, &refs, num_returns, timeout)?)
+                if let Some(stop) = self.wait_or_stop(w, &refs, num_returns.min(refs.len()), timeout)? {
+                    return Ok(stop);
+                }
+                Reply::Ready(wait_indices(&s.rt, &refs, num_returns, Some(0.0))?)
             }
             Call::Kill { actor } => {
                 self.kill_id(actor);
@@ -553,6 +619,13 @@ impl Pool {
                 }
                 Reply::Done
             }
+            Call::Cancel { id, force } => {
+                let (r, _) = w.borrowed.get(&id).ok_or_else(|| unknown_ref(id))?;
+                if !r.is_ready() {
+                    self.cancel(id, force);
+                }
+                Reply::Done
+            }
             Call::Items { id, n } => {
                 let (r, actor) = w.borrowed.get(&id).cloned().ok_or_else(|| unknown_ref(id))?;
                 let refs = items(s, &r, n)?;
@@ -560,6 +633,30 @@ impl Pool {
             }
             Call::Resources => Reply::Resources(s.rt.resources().into_iter().map(|v| (v.name.to_string(), v.total, v.available)).collect()),
         })
+    }
+
+    /// Waits until `n` of `refs` are ready or `timeout` seconds pass, in slices of 50 ms;
+    /// `Some(reply)` when the worker's channel was closed meanwhile (its actor killed, the
+    /// runtime shut down), with the failure to answer.
+    fn wait_or_stop(&self, w: &Worker, refs: &[ObjectRef<Untyped>], n: usize, timeout: Option<f64>) -> Result<Option<Reply>, Error> {
+        let rt = &self.services().rt;
+        let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)));
+        loop {
+            let slice = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()).min(Duration::from_millis(50)),
+                None => Duration::from_millis(50),
+            };
+            let (ready, _) = rt.wait(refs, n, Some(slice))?;
+            if ready.len() >= n || deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(None);
+            }
+            if w.ch.closed() || self.closed.load(Ordering::Acquire) {
+                return Ok(Some(Reply::Failed(
+                    "system".into(),
+                    "the worker's actor was killed or the runtime shut down while it waited".into(),
+                )));
+            }
+        }
     }
 
     /// The raw class of Python class `key` (made on first use).
@@ -639,6 +736,8 @@ impl Pool {
     /// Kills the actor with id `actor`: later calls fail with `ActorDied`; a call running
     /// now ends at once (its process is stopped); it is not restarted.
     pub fn kill_id(&self, actor: u128) {
+        // The entry stays (calls through other handles still find the class, and then the
+        // core's ActorDied); only its pin goes.
         let (control, pinned) = match lock(&self.actors).get_mut(&actor) {
             Some(e) => (Some(e.control.clone()), e.pinned.take()),
             None => (None, None),
@@ -668,8 +767,8 @@ impl Pool {
         for w in idle {
             self.retire(w);
         }
-        let pinned: Vec<_> = lock(&self.actors).values_mut().filter_map(|e| e.pinned.take()).collect();
-        drop(pinned);
+        let actors = std::mem::take(&mut *lock(&self.actors));
+        drop(actors);
     }
 }
 
@@ -733,7 +832,8 @@ fn unknown_ref(id: u128) -> Error {
 
 /// A Python actor's state: its own worker process, and what it takes to restart it.
 struct PyActor {
-    pool: Arc<Pool>,
+    /// Weak: the actor's state lives in the runtime, which the pool's services hold.
+    pool: Weak<Pool>,
     control: Arc<ActorControl>,
     worker: Option<Worker>,
     key: Key,
@@ -745,6 +845,10 @@ struct PyActor {
 }
 
 impl PyActor {
+    fn pool(&self) -> Result<Arc<Pool>, RawFailure> {
+        self.pool.upgrade().ok_or_else(|| failure(FailureKind::ActorDied, "the runtime is shut down"))
+    }
+
     /// The constructor: `inputs[0]` is (token, max_restarts, max_task_retries), the rest the
     /// arguments (the layout first).
     fn start(pool: &Arc<Pool>, key: Key, inputs: &[&[u8]]) -> Result<PyActor, RawFailure> {
@@ -756,7 +860,7 @@ impl PyActor {
         let retries = i32::from_le_bytes(config[12..].try_into().expect("4 bytes"));
         let control = lock(&pool.pending).remove(&token).ok_or_else(bad)?;
         let mut a = PyActor {
-            pool: pool.clone(),
+            pool: Arc::downgrade(pool),
             control,
             worker: None,
             key,
@@ -771,7 +875,7 @@ impl PyActor {
     /// Starts a process and runs the constructor in it. A constructor that raises fails
     /// with its error; a process lost on the way fails as `ActorDied`.
     fn construct(&mut self) -> Result<(), RawFailure> {
-        let pool = self.pool.clone();
+        let pool = self.pool()?;
         let Some(blob) = pool.blob(&self.key) else {
             return Err(failure(FailureKind::BadArguments, "unknown actor class (not registered in this runtime)"));
         };
@@ -808,20 +912,21 @@ impl RawActor for PyActor {
         parts.extend(inputs.iter().enumerate().map(|(i, a)| markers.get(&i).map_or(*a, |m| m.as_slice())));
         let header = wire::op_header(wire::METHOD, &[0; 16], &parts).map_err(|m| failure(FailureKind::BadArguments, m))?;
         let mut retries_left = self.max_task_retries;
+        let pool = self.pool()?;
         loop {
             let Some(w) = self.worker.as_mut() else {
                 return Err(failure(FailureKind::ActorDied, "its process is gone"));
             };
-            let e = match self.pool.exchange(w, &header, &parts, "the call's pickled arguments") {
+            let e = match pool.exchange(w, &header, &parts, "the call's pickled arguments") {
                 Ok(r) => return r,
                 Err(e) => e,
             };
             let w = self.worker.take().expect("taken above");
-            let msg = self.pool.lost(w, &e, "this actor");
+            let msg = pool.lost(w, &e, "this actor");
             if self.control.killed.load(Ordering::SeqCst) {
                 return Err(failure(FailureKind::ActorDied, "it was killed by kill()"));
             }
-            if self.pool.closed.load(Ordering::Acquire) {
+            if pool.closed.load(Ordering::Acquire) {
                 return Err(failure(FailureKind::ActorDied, "the runtime shut down"));
             }
             if self.restarts_left == 0 {
@@ -846,7 +951,10 @@ impl RawActor for PyActor {
 impl Drop for PyActor {
     fn drop(&mut self) {
         if let Some(w) = self.worker.take() {
-            self.pool.retire(w);
+            match self.pool.upgrade() {
+                Some(p) => p.retire(w),
+                None => drop(w), // closes the channel, ends or kills the process
+            }
         }
     }
 }

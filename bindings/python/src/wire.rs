@@ -11,6 +11,7 @@
 //! | ok (worker → runtime) | `[1, 0 × 7][result bytes]` |
 //! | error (worker → runtime) | `[2, 0 × 3][m: u32][message: m bytes, UTF-8][payload]` |
 //! | request (worker → runtime) | `[3, 0 × 7][postcard Envelope]`: a nested call of the API |
+//! | release (worker → runtime) | `[4, 0 × 7][postcard Vec<u128>]`: refs the worker dropped (no reply) |
 //!
 //! The first argument of a call (after a method's name) is the call's layout (how the rest
 //! map onto positional and keyword parameters, pickled by the driver; empty for
@@ -32,6 +33,7 @@ pub const REPLY: u8 = 5;
 pub const OK: u8 = 1;
 pub const ERR: u8 = 2;
 pub const REQUEST: u8 = 3;
+pub const RELEASE: u8 = 4;
 
 /// A message as the worker reads it.
 pub enum Request<'a> {
@@ -53,6 +55,7 @@ pub enum Response<'a> {
     Ok(&'a [u8]),
     Err { message: &'a str, payload: &'a [u8] },
     Request(&'a [u8]),
+    Release(&'a [u8]),
 }
 
 /// Task or actor options as a worker sends them.
@@ -122,6 +125,11 @@ pub enum Call {
     },
     GetActor {
         name: String,
+    },
+    /// Cancels the task whose result is `id`.
+    Cancel {
+        id: u128,
+        force: bool,
     },
     /// Splits the result of `id` (a call with several returns) into `n` objects.
     Items {
@@ -223,6 +231,10 @@ pub fn request_header() -> [u8; 8] {
     [REQUEST, 0, 0, 0, 0, 0, 0, 0]
 }
 
+pub fn release_header() -> [u8; 8] {
+    [RELEASE, 0, 0, 0, 0, 0, 0, 0]
+}
+
 pub fn reply_header() -> [u8; 8] {
     [REPLY, 0, 0, 0, 0, 0, 0, 0]
 }
@@ -314,6 +326,7 @@ pub fn parse_response(m: &[u8]) -> Result<Response<'_>, String> {
             Ok(Response::Err { message, payload: &m[end..] })
         }
         Some(&REQUEST) => Ok(Response::Request(m.get(8..).ok_or("request cut short")?)),
+        Some(&RELEASE) => Ok(Response::Release(m.get(8..).ok_or("release cut short")?)),
         other => Err(format!("unknown response {other:?}")),
     }
 }

@@ -123,6 +123,7 @@ fn send(py: Python<'_>, parts: &[&[u8]]) -> PyResult<()> {
 /// through the ring when small, else sealed into the store and handed over by key.
 #[pyfunction]
 pub fn worker_ok(py: Python<'_>, parts: &Bound<'_, PyList>) -> PyResult<()> {
+    flush_released(py)?;
     let total = total_len(parts)?;
     if total <= RING_VALUE_MAX {
         let bytes = gather(py, parts, total)?;
@@ -236,9 +237,31 @@ pub fn stored(marker: &[u8]) -> PyResult<Pinned> {
 /// Answers the current call with an error: its text and the pickled exception.
 #[pyfunction]
 pub fn worker_err(py: Python<'_>, message: &str, payload: &[u8]) -> PyResult<()> {
+    flush_released(py)?;
     let limit = 64 << 10;
     let message = if message.len() > limit { &message[..message.floor_char_boundary(limit)] } else { message };
-    send(py, &[&wire::err_header(message), message.as_bytes(), payload])
+    let sent = py.detach(|| {
+        let mut g = lock(&LINK);
+        let link = g.as_mut().ok_or(RingError::Closed)?;
+        let mut alive = alive(link.parent);
+        match link.tx.send(&[&wire::err_header(message), message.as_bytes(), payload], None, &mut alive) {
+            // An exception too large to send whole goes as its text alone (the caller then
+            // raises a RayTaskError with that text).
+            Err(RingError::TooLarge { .. }) => link.tx.send(&[&wire::err_header(message), message.as_bytes()], None, &mut alive),
+            other => other,
+        }
+    });
+    sent.map_err(ring_err)
+}
+
+/// Tells the runtime which refs this worker dropped (before the call's answer, so that an
+/// idle worker holds nothing it no longer uses).
+fn flush_released(py: Python<'_>) -> PyResult<()> {
+    let ids = std::mem::take(&mut *lock(&RELEASED));
+    if ids.is_empty() {
+        return Ok(());
+    }
+    send(py, &[&wire::release_header(), &wire::encode(&ids)])
 }
 
 /// Sends a function or class to the runtime once per worker (`class_name` for a class).

@@ -274,3 +274,76 @@ def test_long_actor_calls_leave_the_executors_to_other_work(ray_start):
     assert ray.get(one.remote(), timeout=30) == 1
     assert time.perf_counter() - t < 2.5, "work waited for the sleeping actors"
     assert ray.get(busy) == [3, 3]
+
+
+def test_kill_ends_an_actor_blocked_on_its_own_call(ray_start):
+    @ray.remote
+    class Selfish:
+        def __init__(self):
+            self.me = None
+
+        def set_me(self, h):
+            self.me = h
+
+        def deadlock(self):
+            # Waits for a call queued behind this one: only a kill ends it.
+            return ray.get(self.me.ping.remote())
+
+        def ping(self):
+            return "pong"
+
+    a = Selfish.remote()
+    ray.get(a.set_me.remote(a))
+    r = a.deadlock.remote()
+    time.sleep(0.3)
+    ray.kill(a)
+    with pytest.raises(RayActorError):
+        ray.get(r, timeout=30)
+    # The runtime goes on (and its executors are free again).
+    c = Counter.remote()
+    assert ray.get(c.increment.remote(), timeout=30) == 1
+
+
+def test_a_call_through_a_handle_of_a_killed_actor_raises_actor_error(ray_start):
+    @ray.remote
+    class Holder:
+        def __init__(self, other):
+            self.other = other
+
+        def poke(self):
+            return ray.get(self.other.increment.remote())
+
+    c = Counter.remote()
+    h = Holder.remote(c)
+    assert ray.get(h.poke.remote()) == 1
+    ray.kill(c)
+    with pytest.raises(RayActorError):
+        ray.get(h.poke.remote(), timeout=30)
+
+
+def test_shutdown_ends_an_actor_blocked_on_its_own_call():
+    import subprocess
+    import sys
+
+    script = """
+import time, rayhpc as ray
+ray.init(num_cpus=2)
+@ray.remote
+class Selfish:
+    def set_me(self, h):
+        self.me = h
+    def deadlock(self):
+        return ray.get(self.me.ping.remote())
+    def ping(self):
+        return 1
+a = Selfish.remote()
+ray.get(a.set_me.remote(a))
+r = a.deadlock.remote()
+time.sleep(0.3)
+t = time.perf_counter()
+ray.shutdown()
+print("shutdown took", round(time.perf_counter() - t, 1))
+"""
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "shutdown took" in p.stdout

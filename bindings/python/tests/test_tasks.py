@@ -306,3 +306,71 @@ def test_num_returns_gives_one_ref_per_item(ray_start):
         return list(ray.get(p)), ray.get(q)
 
     assert ray.get(nested.remote()) == ([0, 1, 2], "label")
+
+
+def test_cancel_stops_queued_and_running_tasks(ray_start):
+    @ray.remote
+    def slow(s):
+        time.sleep(s)
+        return s
+
+    @ray.remote
+    def after(x):
+        return x
+
+    # Running: interrupted (KeyboardInterrupt in the task), or its worker killed with force.
+    for force in (False, True):
+        r = slow.remote(60)
+        time.sleep(0.5)
+        t = time.perf_counter()
+        ray.cancel(r, force=force)
+        with pytest.raises(exceptions.TaskCancelledError):
+            ray.get(r, timeout=30)
+        assert time.perf_counter() - t < 20
+    # Queued behind two running tasks on two CPUs: never runs; a dependent task fails too.
+    busy = [slow.remote(1) for _ in range(2)]
+    queued = slow.remote(30)
+    dependent = after.remote(queued)
+    ray.cancel(queued)
+    with pytest.raises(exceptions.TaskCancelledError):
+        ray.get(queued, timeout=30)
+    with pytest.raises(exceptions.TaskCancelledError):
+        ray.get(dependent, timeout=30)
+    assert ray.get(busy) == [1, 1]
+    # Done already: nothing changes; workers are fine afterwards.
+    done = slow.remote(0)
+    assert ray.get(done) == 0
+    ray.cancel(done)
+    assert ray.get(done) == 0
+    assert ray.get([slow.remote(0) for _ in range(4)]) == [0] * 4
+    with pytest.raises(TypeError):
+        ray.cancel("not a ref")
+
+
+def test_a_huge_exception_reaches_get_as_a_task_error(ray_start):
+    @ray.remote(max_retries=2)
+    def boom():
+        raise ValueError(b"x" * (20 << 20))
+
+    with pytest.raises(exceptions.RayTaskError, match="ValueError"):
+        ray.get(boom.remote(), timeout=60)
+
+
+def test_an_idle_worker_holds_no_store_object(ray_start):
+    import numpy as np
+
+    @ray.remote
+    def keep_nothing(a):
+        inner = ray.put(np.ones(1 << 20))
+        ray.get(inner)
+        return float(a[0])
+
+    big = ray.put(np.ones(4 << 20))
+    assert ray.get(keep_nothing.remote(big)) == 1.0
+    del big
+    # Everything the call touched goes once the call is done: the store empties.
+    store = ray._native.store_objects
+    deadline = time.time() + 10
+    while store() != 0 and time.time() < deadline:
+        time.sleep(0.05)
+    assert store() == 0

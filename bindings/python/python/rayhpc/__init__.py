@@ -20,6 +20,7 @@ from ._native import ObjectRef
 from ._serial import dumps, loads, size as _size
 from .exceptions import (
     ActorDiedError,
+    TaskCancelledError,
     GetTimeoutError,
     ObjectStoreFullError,
     RayActorError,
@@ -30,7 +31,7 @@ from .exceptions import (
 )
 
 __all__ = [
-    "init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "kill", "get_actor",
+    "init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "kill", "cancel", "get_actor",
     "method", "cluster_resources", "available_resources", "nodes", "get_runtime_context",
     "ObjectRef", "ActorHandle", "ActorClass", "exceptions",
 ]
@@ -480,6 +481,15 @@ def kill(actor, *, no_restart=True):
     _native.kill(actor._ref)
 
 
+def cancel(object_ref, *, force=False, recursive=True):
+    """Cancels the task of `object_ref`: one not started yet never runs; a running one gets
+    KeyboardInterrupt (or, with `force`, its worker process is killed). `get` then raises
+    TaskCancelledError. A task already finished is left as it is."""
+    if type(object_ref) is not ObjectRef:
+        raise TypeError(f"ray.cancel() only supported for object refs. For actors, try ray.kill(). Got: {type(object_ref)}.")
+    _native.cancel(object_ref, bool(force))
+
+
 def get_actor(name, namespace=None):
     """The live actor created with `name`; ValueError when there is none."""
     if not isinstance(name, str) or not name:
@@ -541,6 +551,8 @@ def _raise_for(failure):
         raise WorkerCrashedError(f"task {function} failed after {attempts} attempt(s): {message}")
     if kind == "actor_died":
         raise ActorDiedError(message)
+    if kind == "cancelled":
+        raise TaskCancelledError(f"task {function} was cancelled")
     if kind in ("value", "no_actor"):
         raise ValueError(message)
     if kind == "timeout":

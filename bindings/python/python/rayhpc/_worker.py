@@ -16,12 +16,27 @@ def _extend_path():
             sys.path.append(p)
 
 
+class _Interrupt:
+    """SIGINT (a cancelled task) interrupts the running call only: between calls it is
+    ignored, so it never breaks the loop's own work."""
+
+    in_call = False
+
+    @classmethod
+    def handler(cls, signum, frame):
+        if cls.in_call:
+            raise KeyboardInterrupt
+
+
 def main():
     _extend_path()
+    import signal
+
     import cloudpickle
     from rayhpc import _native
     from rayhpc._serial import dumps, dumps_items, loads, error_payload
 
+    signal.signal(signal.SIGINT, _Interrupt.handler)
     _native.worker_attach()
     functions = {}
     instance = None  # the actor this worker hosts, once constructed
@@ -32,6 +47,7 @@ def main():
         if req is None:
             break
         op, key, body = req
+        req = None
         if op == DEFINE:
             try:
                 functions[key] = (cloudpickle.loads(body), None)
@@ -40,6 +56,7 @@ def main():
             continue
         fn = None
         name = "task"
+        out = err = None
         try:
             if op == METHOD:
                 mname = body[0].decode()
@@ -60,27 +77,42 @@ def main():
                     name = f"{class_name}.__init__"
             layout = body[0]
             values = [loads(b) for b in body[1:]]
+            body = None
             returns = 1
+            _Interrupt.in_call = True
             if layout:
                 npos, names, returns = pickle.loads(layout)
                 result = fn(*values[:npos], **dict(zip(names, values[npos:])))
             else:
                 result = fn(*values)
+            _Interrupt.in_call = False
+            values = None
             if op == NEW:
                 instance, result = result, None
             out = dumps(result) if returns == 1 else dumps_items(result, returns)
+            result = None
         except BaseException as e:  # noqa: BLE001 - every failure goes back to the caller
+            _Interrupt.in_call = False
             # The traceback from the call's own frames on (this loop's frame left out).
             tb = "".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next if e.__traceback__ else None))
-            _native.worker_err(f"{type(e).__name__}: {e}", error_payload(e, name, tb))
-            continue
+            err = (f"{type(e).__name__}: {e}", error_payload(e, name, tb))
+        # Nothing of the call stays alive while this worker waits for the next one: its
+        # arguments may pin objects of the store.
+        fn = values = result = body = None
         try:
-            _native.worker_ok(out)
+            if err is None:
+                try:
+                    _native.worker_ok(out)
+                except ConnectionError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - a result the store refused: the call's error
+                    if isinstance(e, MemoryError):
+                        from rayhpc.exceptions import ObjectStoreFullError
+                        e = ObjectStoreFullError(f"the result of {name}: {e}")
+                    tb = "".join(traceback.format_exception_only(type(e), e))
+                    _native.worker_err(f"{type(e).__name__}: {e}", error_payload(e, name, tb))
+            else:
+                _native.worker_err(*err)
         except ConnectionError:
             break
-        except Exception as e:  # noqa: BLE001 - a result the store refused: the call's error
-            if isinstance(e, MemoryError):
-                from rayhpc.exceptions import ObjectStoreFullError
-                e = ObjectStoreFullError(f"the result of {name}: {e}")
-            tb = "".join(traceback.format_exception_only(type(e), e))
-            _native.worker_err(f"{type(e).__name__}: {e}", error_payload(e, name, tb))
+        out = err = None
