@@ -165,10 +165,32 @@ impl PyObjectRef {
         other.cast::<PyObjectRef>().is_ok_and(|o| o.get().id() == self.id())
     }
 
-    fn __reduce__(&self) -> PyResult<()> {
-        Err(PyTypeError::new_err(
-            "an ObjectRef inside another value cannot be sent to a task yet: pass it as a direct argument (it is then resolved), or get() it first",
-        ))
+    /// A ref inside a value travels as a ref (Ray's rule): pickled as its id, with its object
+    /// kept alive by the runtime until shutdown.
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>, bool))> {
+        match (mode()?, &self.inner) {
+            (Mode::Driver(s), RefInner::Local(r)) => s.pool.escape(r, self.actor),
+            (Mode::Driver(_), RefInner::Remote(_)) => return Err(PyValueError::new_err("an ObjectRef of a worker used in the driver")),
+            (Mode::Worker, _) => match worker::request(py, Call::PinRef { id: self.id() })? {
+                Reply::Done => {}
+                other => return Err(unexpected(other)),
+            },
+        }
+        let rebuild = py.import("rayhpc._native")?.getattr("ref_from_id")?;
+        Ok((rebuild, (PyBytes::new(py, &self.id().to_le_bytes()), self.actor)))
+    }
+}
+
+/// An ObjectRef unpickled from a value (see `ObjectRef.__reduce__`).
+#[pyfunction]
+pub fn ref_from_id(id: &[u8], actor: bool) -> PyResult<PyObjectRef> {
+    let id = u128::from_le_bytes(id.try_into().map_err(|_| PyValueError::new_err("an object id is 16 bytes"))?);
+    match mode()? {
+        Mode::Driver(s) => match s.pool.escaped(id) {
+            Some((r, actor)) => Ok(PyObjectRef::local(r, actor)),
+            None => Err(PyValueError::new_err(format!("ObjectRef({id:032x}) is not known to this runtime"))),
+        },
+        Mode::Worker => Ok(PyObjectRef { inner: RefInner::Remote(RemoteId(id)), actor }),
     }
 }
 

@@ -126,6 +126,9 @@ pub struct Pool {
     channels: Mutex<HashMap<u32, Arc<Channel>>>,
     closed: AtomicBool,
     started: AtomicUsize,
+    /// Objects a ref to which travelled inside a value (pickled): kept until shutdown, and
+    /// found by id by whoever unpickles the ref.
+    escaped: Mutex<HashMap<u128, (ObjectRef<Untyped>, bool)>>,
     /// Tasks asked to be cancelled (by result id), until their call sees it.
     cancelled: Mutex<HashSet<u128>>,
     /// The worker process running each task now (by result id).
@@ -257,6 +260,7 @@ impl Pool {
             channels: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             started: Default::default(),
+            escaped: Mutex::new(HashMap::new()),
             cancelled: Mutex::new(HashSet::new()),
             running: Mutex::new(HashMap::new()),
         })
@@ -404,6 +408,37 @@ impl Pool {
         }
     }
 
+    /// A ref the worker holds: lent to it, or unpickled from a value (escaped).
+    fn borrowed_or_escaped(&self, w: &Worker, id: u128) -> Result<(ObjectRef<Untyped>, bool), Error> {
+        match w.borrowed.get(&id) {
+            Some(r) => Ok(r.clone()),
+            None => self.escaped(id).ok_or_else(|| unknown_ref(id)),
+        }
+    }
+
+    fn args_of(&self, w: &Worker, args: Vec<WireArg>) -> Result<Vec<RawArg>, Error> {
+        args.into_iter()
+            .map(|a| match a {
+                WireArg::Value(b) => Ok(RawArg::Bytes(b)),
+                WireArg::Ref(id) => self.borrowed_or_escaped(w, id).map(|(r, _)| RawArg::Ref(r)),
+            })
+            .collect()
+    }
+
+    fn refs_of(&self, w: &Worker, ids: &[u128]) -> Result<Vec<(ObjectRef<Untyped>, bool)>, Error> {
+        ids.iter().map(|id| self.borrowed_or_escaped(w, *id)).collect()
+    }
+
+    /// Keeps `r` alive while a ref to it travels inside a value (until shutdown).
+    pub fn escape(&self, r: &ObjectRef<Untyped>, actor: bool) {
+        lock(&self.escaped).entry(r.id().0).or_insert_with(|| (r.clone(), actor));
+    }
+
+    /// The object of an escaped ref, by id.
+    pub fn escaped(&self, id: u128) -> Option<(ObjectRef<Untyped>, bool)> {
+        lock(&self.escaped).get(&id).cloned()
+    }
+
     /// Cancels the task whose result is `id`: one not started yet fails when it would start;
     /// a running one is interrupted (SIGINT: KeyboardInterrupt in its Python code) or, with
     /// `force`, its worker is killed. Either way its result is a `Cancelled` failure. A task
@@ -549,19 +584,19 @@ impl Pool {
                     return Err(Error::Invalid("unknown function (not registered in this runtime)".into()));
                 }
                 let mut raw = vec![RawArg::Bytes(key.to_vec())];
-                raw.extend(args_of(w, args)?);
+                raw.extend(self.args_of(w, args)?);
                 let r = s.task.remote(&s.rt, raw, &to_options(&options, false))?;
                 lend(w, r, false)
             }
             Call::CreateActor { key, options, args } => {
-                let args = args_of(w, args)?;
+                let args = self.args_of(w, args)?;
                 let h = self.create_actor(key, &options, args)?;
                 let id = h.id().0;
                 self.pin_actor(&h);
                 Reply::Actor(id, key)
             }
             Call::Method { actor, method, args } => {
-                let args = args_of(w, args)?;
+                let args = self.args_of(w, args)?;
                 let r = self.call_actor_id(actor, &method, args)?;
                 lend(w, r, true)
             }
@@ -570,7 +605,7 @@ impl Pool {
                 lend(w, r, false)
             }
             Call::Get { ids, timeout } => {
-                let refs = refs_of(w, &ids)?;
+                let refs = self.refs_of(w, &ids)?;
                 let plain: Vec<_> = refs.iter().map(|(r, _)| r.clone()).collect();
                 // Wait in slices, so that a kill of this worker's actor or a shutdown (both
                 // close its channel) ends the wait instead of hanging the executor.
@@ -597,7 +632,7 @@ impl Pool {
                 }
             }
             Call::Wait { ids, num_returns, timeout } => {
-                let refs: Vec<_> = refs_of(w, &ids)?.into_iter().map(|(r, _)| r).collect();
+                let refs: Vec<_> = self.refs_of(w, &ids)?.into_iter().map(|(r, _)| r).collect();
                 if let Some(stop) = self.wait_or_stop(w, &refs, num_returns.min(refs.len()), timeout)? {
                     return Ok(stop);
                 }
@@ -619,15 +654,20 @@ impl Pool {
                 }
                 Reply::Done
             }
+            Call::PinRef { id } => {
+                let (r, actor) = self.borrowed_or_escaped(w, id)?;
+                self.escape(&r, actor);
+                Reply::Done
+            }
             Call::Cancel { id, force } => {
-                let (r, _) = w.borrowed.get(&id).ok_or_else(|| unknown_ref(id))?;
+                let (r, _) = self.borrowed_or_escaped(w, id)?;
                 if !r.is_ready() {
                     self.cancel(id, force);
                 }
                 Reply::Done
             }
             Call::Items { id, n } => {
-                let (r, actor) = w.borrowed.get(&id).cloned().ok_or_else(|| unknown_ref(id))?;
+                let (r, actor) = self.borrowed_or_escaped(w, id)?;
                 let refs = items(s, &r, n)?;
                 Reply::Refs(refs.into_iter().map(|r| lend_id(w, r, actor)).collect())
             }
@@ -769,6 +809,8 @@ impl Pool {
         }
         let actors = std::mem::take(&mut *lock(&self.actors));
         drop(actors);
+        let escaped = std::mem::take(&mut *lock(&self.escaped));
+        drop(escaped);
     }
 }
 
@@ -811,19 +853,6 @@ fn lend_id(w: &mut Worker, r: ObjectRef<Untyped>, actor: bool) -> u128 {
 /// in place by key instead of receiving their bytes.
 fn by_key(keys: &[Option<u128>], inputs: &[&[u8]]) -> HashMap<usize, [u8; 32]> {
     keys.iter().zip(inputs).enumerate().filter_map(|(i, (k, b))| k.map(|k| (i, wire::key_marker(k, b.len() as u64)))).collect()
-}
-
-fn args_of(w: &Worker, args: Vec<WireArg>) -> Result<Vec<RawArg>, Error> {
-    args.into_iter()
-        .map(|a| match a {
-            WireArg::Value(b) => Ok(RawArg::Bytes(b)),
-            WireArg::Ref(id) => w.borrowed.get(&id).map(|(r, _)| RawArg::Ref(r.clone())).ok_or_else(|| unknown_ref(id)),
-        })
-        .collect()
-}
-
-fn refs_of(w: &Worker, ids: &[u128]) -> Result<Vec<(ObjectRef<Untyped>, bool)>, Error> {
-    ids.iter().map(|id| w.borrowed.get(id).cloned().ok_or_else(|| unknown_ref(*id))).collect()
 }
 
 fn unknown_ref(id: u128) -> Error {

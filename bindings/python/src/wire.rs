@@ -126,6 +126,10 @@ pub enum Call {
     GetActor {
         name: String,
     },
+    /// Keeps object `id` alive while a ref to it travels inside a value.
+    PinRef {
+        id: u128,
+    },
     /// Cancels the task whose result is `id`.
     Cancel {
         id: u128,

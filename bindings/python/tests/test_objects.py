@@ -103,3 +103,29 @@ def test_a_value_over_the_store_capacity_is_refused_clearly(ray_start):
     finally:
         ray.shutdown()
         ray.init(num_cpus=2)
+
+
+def test_refs_inside_values_travel_as_refs(ray_start):
+    @ray.remote
+    def make(i):
+        return i * 10
+
+    @ray.remote
+    def total(box):
+        # Refs nested in an argument arrive as refs (not resolved), as in Ray.
+        assert all(isinstance(r, ray.ObjectRef) for r in box["refs"])
+        return sum(ray.get(box["refs"]))
+
+    refs = [make.remote(i) for i in range(5)]
+    assert ray.get(total.remote({"refs": refs})) == 100
+
+    @ray.remote
+    def producer(n):
+        return [ray.put(i) for i in range(n)]  # refs made in a worker, returned in a value
+
+    inner = ray.get(producer.remote(100))
+    assert ray.get(inner) == list(range(100))
+    # A ref inside a put value, and one passed on again into another task.
+    outer = ray.put([refs[0]])
+    assert ray.get(ray.get(outer)[0]) == 0
+    assert ray.get(total.remote({"refs": inner[:3]})) == 3

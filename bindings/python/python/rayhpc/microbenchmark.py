@@ -136,7 +136,14 @@ def main(argv=None):
 
     b.timeit("multi_client_put_gigabytes", lambda: ray.get([do_put.remote() for _ in range(10)]), 10 * 8 * 0.1)
 
-    b.unsupported("single_client_get_object_containing_10k_refs", "ObjectRefs nested in values are not supported yet")
+    if b.wanted("single_client_get_object_containing_10k_refs"):
+
+        @ray.remote
+        def create_object_containing_ref():
+            return [ray.put(1) for _ in range(10000)]
+
+        obj_containing_ref = create_object_containing_ref.remote()
+        b.timeit("single_client_get_object_containing_10k_refs", lambda: ray.get(obj_containing_ref))
 
     def wait_multiple_refs():
         not_ready = [small_value.remote() for _ in range(1000)]
