@@ -167,7 +167,7 @@ impl PyObjectRef {
 
     /// A ref inside a value travels as a ref (Ray's rule): pickled as its id, with its object
     /// kept alive by the runtime until shutdown.
-    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>, bool))> {
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Reduced<'py>> {
         match (mode()?, &self.inner) {
             (Mode::Driver(s), RefInner::Local(r)) => s.pool.escape(r, self.actor),
             (Mode::Driver(_), RefInner::Remote(_)) => return Err(PyValueError::new_err("an ObjectRef of a worker used in the driver")),
@@ -180,6 +180,9 @@ impl PyObjectRef {
         Ok((rebuild, (PyBytes::new(py, &self.id().to_le_bytes()), self.actor)))
     }
 }
+
+/// What `ObjectRef.__reduce__` returns: `ref_from_id` and its arguments.
+type Reduced<'py> = (Bound<'py, PyAny>, (Bound<'py, PyBytes>, bool));
 
 /// An ObjectRef unpickled from a value (see `ObjectRef.__reduce__`).
 #[pyfunction]
