@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod launch;
 
 /// The runtime allocates a task spec and a result slot per task on the submitting thread and
 /// frees them on an executor; glibc's malloc serialises such cross-thread frees on its arena
@@ -23,6 +24,32 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Start a node runtime (Python tasks and actors); with a command, run it once the node is
+    /// up (`RAYHPC_ADDRESS` in its environment), then stop the node and exit with its code.
+    Launch {
+        /// The Python that runs the node runtime, with rayhpc installed (default:
+        /// $RAYHPC_PYTHON, else python3).
+        #[arg(long)]
+        python: Option<String>,
+        /// Logical CPUs of the node (default: the CPUs of the affinity mask).
+        #[arg(long)]
+        num_cpus: Option<f64>,
+        /// GPUs of the node.
+        #[arg(long)]
+        num_gpus: Option<f64>,
+        /// Custom resources, as JSON: '{"disk": 2}'.
+        #[arg(long)]
+        resources: Option<String>,
+        /// Object store size in bytes.
+        #[arg(long)]
+        object_store_memory: Option<u64>,
+        /// Seconds to wait for the node to come up.
+        #[arg(long, default_value_t = 60.0)]
+        startup_timeout: f64,
+        /// The driver command (after `--`).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Measure the runtime like `ray microbenchmark`, on an embedded single-node runtime.
     Bench {
         /// Print one JSON object instead of a table.
@@ -60,6 +87,19 @@ enum Cmd {
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
+        Cmd::Launch { python, num_cpus, num_gpus, resources, object_store_memory, startup_timeout, command } => {
+            let python = python.or_else(|| std::env::var("RAYHPC_PYTHON").ok()).unwrap_or_else(|| "python3".into());
+            let code = launch::launch(launch::LaunchArgs {
+                python,
+                num_cpus,
+                num_gpus,
+                resources,
+                object_store_memory,
+                startup_timeout: Duration::from_secs_f64(startup_timeout),
+                command,
+            })?;
+            std::process::exit(code);
+        }
         Cmd::Bench { json, tasks, round_trips, trials, idle_secs, executors, object_mib, store_mib, spill_mib, spill_dir } => {
             anyhow::ensure!(tasks > 0 && round_trips > 0 && trials > 0, "--tasks, --round-trips and --trials must be positive");
             anyhow::ensure!(idle_secs.is_finite() && idle_secs > 0.0, "--idle-secs must be a positive number");

@@ -23,6 +23,8 @@ struct State {
     /// The store's socket for this runtime's workers, and the session directory holding it.
     server: Mutex<Option<rayhpc::objstore::Server>>,
     dir: std::path::PathBuf,
+    /// Where drivers attach, once this process serves as a node runtime (`node_listen`).
+    listener: Mutex<Option<std::os::unix::net::UnixListener>>,
 }
 
 /// A fresh session directory of this process, private to its user: under
@@ -356,7 +358,7 @@ pub fn init(
     });
     let item = raw_function("py.item", crate::pool::item);
     pool.set_services(Services { rt: rt.clone(), task, item, store_socket: socket });
-    *g = Some(Arc::new(State { rt, pool, server: Mutex::new(Some(server)), dir }));
+    *g = Some(Arc::new(State { rt, pool, server: Mutex::new(Some(server)), dir, listener: Mutex::new(None) }));
     Ok(())
 }
 
@@ -371,6 +373,61 @@ pub fn shutdown(py: Python<'_>) {
             drop(s.server.lock().unwrap_or_else(|e| e.into_inner()).take());
             let _ = std::fs::remove_dir_all(&s.dir);
         });
+    }
+}
+
+/// Attaches this process as a driver to the node runtime of session directory `dir`.
+#[pyfunction]
+pub fn attach(dir: std::path::PathBuf) -> PyResult<()> {
+    if is_initialized() {
+        return Err(PyRuntimeError::new_err("rayhpc is already initialized"));
+    }
+    worker::attach(&dir)
+}
+
+/// Detaches an attached driver; a no-op otherwise.
+#[pyfunction]
+pub fn detach() {
+    worker::detach();
+}
+
+/// Makes this process's runtime a node runtime that drivers attach to: listens on
+/// `node.sock` in its session directory, which it returns (the address).
+#[pyfunction]
+pub fn node_listen() -> PyResult<String> {
+    let Mode::Driver(s) = mode()? else {
+        return Err(PyRuntimeError::new_err("node_listen() needs an embedded runtime (init() first)"));
+    };
+    let path = s.dir.join("node.sock");
+    let l = std::os::unix::net::UnixListener::bind(&path)
+        .map_err(|e| PyRuntimeError::new_err(format!("cannot listen on {}: {e}", path.display())))?;
+    l.set_nonblocking(true)?;
+    *s.listener.lock().unwrap_or_else(|e| e.into_inner()) = Some(l);
+    Ok(s.dir.to_string_lossy().into_owned())
+}
+
+/// Serves attaching drivers until a signal handler raises (SIGTERM, SIGINT) or the runtime
+/// shuts down; checks for signals every 50 ms.
+#[pyfunction]
+pub fn node_serve(py: Python<'_>) -> PyResult<()> {
+    loop {
+        py.check_signals()?;
+        let Ok(Mode::Driver(s)) = mode() else { return Ok(()) };
+        let accepted = {
+            let l = s.listener.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(l) = l.as_ref() else { return Err(PyRuntimeError::new_err("node_listen() first")) };
+            l.accept()
+        };
+        match accepted {
+            Ok((conn, _)) => {
+                // A connection that is not a driver is refused with a log line; the node goes on.
+                if let Err(e) = py.detach(|| s.pool.attach_driver(conn)) {
+                    eprintln!("rayhpc node: refused a connection: {e}");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => py.detach(|| std::thread::sleep(std::time::Duration::from_millis(50))),
+            Err(e) => return Err(PyRuntimeError::new_err(format!("accept: {e}"))),
+        }
     }
 }
 

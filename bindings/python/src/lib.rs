@@ -40,6 +40,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(driver::cancel, m)?)?;
     m.add_function(wrap_pyfunction!(driver::store_objects, m)?)?;
     m.add_function(wrap_pyfunction!(driver::ref_from_id, m)?)?;
+    m.add_function(wrap_pyfunction!(driver::attach, m)?)?;
+    m.add_function(wrap_pyfunction!(driver::detach, m)?)?;
+    m.add_function(wrap_pyfunction!(driver::node_listen, m)?)?;
+    m.add_function(wrap_pyfunction!(driver::node_serve, m)?)?;
     m.add_function(wrap_pyfunction!(driver::get_actor, m)?)?;
     m.add_function(wrap_pyfunction!(driver::actor_pin, m)?)?;
     m.add_function(wrap_pyfunction!(driver::actor_from_id, m)?)?;

@@ -64,8 +64,50 @@ pub struct Services {
     pub store_socket: PathBuf,
 }
 
+/// The process at the other end of a channel.
+enum Peer {
+    /// A worker process this pool started.
+    Child(Child),
+    /// A driver process attached to this node runtime; its connection closes when it goes.
+    Driver { conn: std::os::unix::net::UnixStream, pid: u32 },
+}
+
+impl Peer {
+    fn id(&self) -> u32 {
+        match self {
+            Peer::Child(c) => c.id(),
+            Peer::Driver { pid, .. } => *pid,
+        }
+    }
+
+    fn alive(&mut self) -> bool {
+        match self {
+            Peer::Child(c) => matches!(c.try_wait(), Ok(None)),
+            Peer::Driver { conn, .. } => {
+                // Non-blocking, and the driver sends nothing more on it: a read of 0 bytes
+                // is its end.
+                use std::io::Read;
+                let mut b = [0u8; 1];
+                match conn.read(&mut b) {
+                    Ok(0) => false,
+                    Ok(_) => true,
+                    Err(e) => e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::Interrupted,
+                }
+            }
+        }
+    }
+
+    /// How it ended, if it did.
+    fn status(&mut self) -> Option<String> {
+        match self {
+            Peer::Child(c) => c.try_wait().ok().flatten().map(|s| s.to_string()),
+            Peer::Driver { .. } => (!self.alive()).then(|| "disconnected".to_string()),
+        }
+    }
+}
+
 struct Worker {
-    child: Child,
+    child: Peer,
     ch: Arc<Channel>,
     tx: Producer,
     rx: Consumer,
@@ -79,14 +121,15 @@ struct Worker {
 impl Drop for Worker {
     fn drop(&mut self) {
         self.ch.close();
-        if matches!(self.child.try_wait(), Ok(None)) {
+        let Peer::Child(child) = &mut self.child else { return };
+        if matches!(child.try_wait(), Ok(None)) {
             // Closing the channel ends an idle worker's loop; one still busy is killed.
             let deadline = Instant::now() + Duration::from_millis(200);
-            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
                 std::thread::sleep(Duration::from_millis(2));
             }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
@@ -126,6 +169,8 @@ pub struct Pool {
     channels: Mutex<HashMap<u32, Arc<Channel>>>,
     closed: AtomicBool,
     started: AtomicUsize,
+    /// Channels of attached drivers, closed at shutdown.
+    drivers: Mutex<Vec<Arc<Channel>>>,
     /// Objects a ref to which travelled inside a value (pickled): kept until shutdown, and
     /// found by id by whoever unpickles the ref.
     escaped: Mutex<HashMap<u128, (ObjectRef<Untyped>, bool)>>,
@@ -261,6 +306,7 @@ impl Pool {
             closed: AtomicBool::new(false),
             started: Default::default(),
             escaped: Mutex::new(HashMap::new()),
+            drivers: Mutex::new(Vec::new()),
             cancelled: Mutex::new(HashSet::new()),
             running: Mutex::new(HashMap::new()),
         })
@@ -319,7 +365,7 @@ impl Pool {
         self.started.fetch_add(1, Ordering::Relaxed);
         lock(&self.channels).insert(child.id(), ch.clone());
         let (tx, rx) = ch.creator_ends();
-        Ok(Worker { child, ch, tx, rx, defined: HashSet::new(), borrowed: HashMap::new(), adopted: HashMap::new() })
+        Ok(Worker { child: Peer::Child(child), ch, tx, rx, defined: HashSet::new(), borrowed: HashMap::new(), adopted: HashMap::new() })
     }
 
     fn checkout(&self) -> Result<Worker, RawFailure> {
@@ -342,7 +388,7 @@ impl Pool {
     fn lost(&self, w: Worker, e: &RingError, what: &str) -> String {
         let mut w = w;
         let pid = w.child.id();
-        let status = w.child.try_wait().ok().flatten();
+        let status = w.child.status();
         self.retire(w);
         let how = match status {
             Some(s) => format!("exited with {s}"),
@@ -483,23 +529,66 @@ impl Pool {
             match self.answer(w)? {
                 Answer::Done(r) => return Ok(r),
                 Answer::Released => {}
-                Answer::Request(body) => {
-                    let reply = self.serve(w, &body);
-                    let encoded = wire::encode(&reply);
-                    let sent = w.tx.send(&[&wire::reply_header(), &encoded], None, &mut alive_fn(&mut w.child));
-                    match sent {
-                        Err(RingError::TooLarge { size, limit }) => {
-                            let r = Reply::Failed(
-                                "value".into(),
-                                format!("the reply is {size} bytes, over the limit of {limit} bytes per message"),
-                            );
-                            w.tx.send(&[&wire::reply_header(), &wire::encode(&r)], None, &mut alive_fn(&mut w.child))?;
-                        }
-                        other => other?,
-                    }
-                }
+                Answer::Request(body) => self.reply(w, &body)?,
             }
         }
+    }
+
+    /// Serves one request and sends its reply.
+    fn reply(&self, w: &mut Worker, body: &[u8]) -> Result<(), RingError> {
+        let reply = self.serve(w, body);
+        let encoded = wire::encode(&reply);
+        let sent = w.tx.send(&[&wire::reply_header(), &encoded], None, &mut alive_fn(&mut w.child));
+        match sent {
+            Err(RingError::TooLarge { size, limit }) => {
+                let r = Reply::Failed("value".into(), format!("the reply is {size} bytes, over the limit of {limit} bytes per message"));
+                w.tx.send(&[&wire::reply_header(), &wire::encode(&r)], None, &mut alive_fn(&mut w.child))
+            }
+            other => other,
+        }
+    }
+
+    /// Serves a driver process that connected to this node runtime (`init(address=...)`):
+    /// reads its hello (magic and pid), hands it a channel (the descriptor over the
+    /// connection) and answers its requests, on a thread of its own, until it goes. Its refs
+    /// are let go when it does.
+    pub fn attach_driver(self: &Arc<Self>, conn: std::os::unix::net::UnixStream) -> std::io::Result<()> {
+        use std::io::Read;
+        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut hello = [0u8; 12];
+        (&conn).read_exact(&mut hello)?;
+        if &hello[..8] != wire::DRIVER_MAGIC {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not a rayhpc driver"));
+        }
+        let pid = u32::from_le_bytes(hello[8..].try_into().expect("4 bytes"));
+        let ch = Channel::create(RING)?;
+        fdpass::send(&conn, wire::NODE_MAGIC, &[ch.fd()])?;
+        conn.set_nonblocking(true)?;
+        let (tx, rx) = ch.creator_ends();
+        lock(&self.drivers).push(ch.clone());
+        let mut w = Worker {
+            child: Peer::Driver { conn, pid },
+            ch,
+            tx,
+            rx,
+            defined: HashSet::new(),
+            borrowed: HashMap::new(),
+            adopted: HashMap::new(),
+        };
+        let pool = Arc::downgrade(self);
+        std::thread::Builder::new().name(format!("rayhpc-driver-{pid}")).spawn(move || loop {
+            let Some(p) = pool.upgrade() else { break };
+            match p.answer(&mut w) {
+                Ok(Answer::Request(body)) => {
+                    if p.reply(&mut w, &body).is_err() {
+                        break;
+                    }
+                }
+                Ok(Answer::Released | Answer::Done(_)) => {}
+                Err(_) => break, // gone, or the runtime shut down
+            }
+        })?;
+        Ok(())
     }
 
     /// The worker's next message: spins a moment, then waits holding the job's resources
@@ -803,6 +892,9 @@ impl Pool {
         for ch in lock(&self.channels).values() {
             ch.close();
         }
+        for ch in lock(&self.drivers).drain(..) {
+            ch.close();
+        }
         let idle: Vec<Worker> = std::mem::take(&mut *lock(&self.idle));
         for w in idle {
             self.retire(w);
@@ -814,8 +906,8 @@ impl Pool {
     }
 }
 
-fn alive_fn(child: &mut Child) -> impl FnMut() -> bool + '_ {
-    move || matches!(child.try_wait(), Ok(None))
+fn alive_fn(child: &mut Peer) -> impl FnMut() -> bool + '_ {
+    move || child.alive()
 }
 
 /// Sends a message; a message over the ring's limit is the call's own failure (`Ok(Some)`),

@@ -186,6 +186,11 @@ pub enum Reply {
     Failed(String, String),
 }
 
+/// A driver's hello to a node runtime (then its pid, u32), and the node's answer (with the
+/// channel's descriptor).
+pub const DRIVER_MAGIC: &[u8; 8] = b"RHPCDRV\x01";
+pub const NODE_MAGIC: &[u8; 8] = b"RHPCNOD\x01";
+
 /// A value that lives in the node's store, named in place of its bytes: the magic, the key
 /// and the length, little-endian. (Pickled values start with 0x80: never with the magic.)
 pub const KEY_MAGIC: &[u8; 8] = b"RHPCKEY\x01";

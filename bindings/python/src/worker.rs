@@ -29,7 +29,34 @@ pub const RING_VALUE_MAX: usize = 1 << 20;
 struct Link {
     tx: Producer,
     rx: Consumer,
-    parent: u32,
+    peer: Liveness,
+    ch: std::sync::Arc<Channel>,
+}
+
+/// How a link tells that the runtime at the other end is still there.
+enum Liveness {
+    /// A worker: the runtime is its parent process.
+    Parent(u32),
+    /// An attached driver: the connection the channel came over (the node closes it when it
+    /// goes). Non-blocking; the node sends nothing more on it.
+    Conn(std::os::unix::net::UnixStream),
+}
+
+impl Liveness {
+    fn check(&self) -> bool {
+        match self {
+            Liveness::Parent(p) => std::os::unix::process::parent_id() == *p,
+            Liveness::Conn(c) => {
+                use std::io::Read;
+                let mut b = [0u8; 1];
+                match (&*c).read(&mut b) {
+                    Ok(0) => false,
+                    Ok(_) => true,
+                    Err(e) => matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted),
+                }
+            }
+        }
+    }
 }
 
 static LINK: Mutex<Option<Link>> = Mutex::new(None);
@@ -59,8 +86,8 @@ fn ring_err(e: RingError) -> PyErr {
     }
 }
 
-fn alive(parent: u32) -> impl FnMut() -> bool {
-    move || std::os::unix::process::parent_id() == parent
+fn alive(peer: &Liveness) -> impl FnMut() -> bool + '_ {
+    move || peer.check()
 }
 
 /// Attaches this process to the channel named by `RAYHPC_WORKER_FD`.
@@ -73,7 +100,7 @@ pub fn worker_attach() -> PyResult<()> {
     let fd = fdpass::claim_inherited(n).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
     let ch = Channel::attach(fd).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
     let (tx, rx) = ch.peer_ends();
-    *lock(&LINK) = Some(Link { tx, rx, parent: std::os::unix::process::parent_id() });
+    *lock(&LINK) = Some(Link { tx, rx, peer: Liveness::Parent(std::os::unix::process::parent_id()), ch });
     Ok(())
 }
 
@@ -85,7 +112,7 @@ pub fn worker_recv(py: Python<'_>) -> PyResult<Option<Bound<'_, PyTuple>>> {
     let got = py.detach(|| {
         let mut g = lock(&LINK);
         let link = g.as_mut().ok_or(RingError::Closed)?;
-        let mut alive = alive(link.parent);
+        let mut alive = alive(&link.peer);
         link.rx.recv(None, &mut alive).map(|m| m.to_vec())
     });
     let m = match got {
@@ -113,7 +140,7 @@ fn send(py: Python<'_>, parts: &[&[u8]]) -> PyResult<()> {
     py.detach(|| {
         let mut g = lock(&LINK);
         let link = g.as_mut().ok_or(RingError::Closed)?;
-        let mut alive = alive(link.parent);
+        let mut alive = alive(&link.peer);
         link.tx.send(parts, None, &mut alive)
     })
     .map_err(ring_err)
@@ -140,12 +167,49 @@ pub fn worker_ok(py: Python<'_>, parts: &Bound<'_, PyList>) -> PyResult<()> {
     }
 }
 
-/// The store client of this worker (connected on first use).
+/// The store socket of the node runtime an attached driver attached to.
+static STORE_SOCKET: Mutex<Option<std::path::PathBuf>> = Mutex::new(None);
+
+/// Attaches this process, as a driver, to the node runtime serving in session directory
+/// `dir` (`init(address=...)`): the API's calls then go to it, as a worker's do.
+pub fn attach(dir: &std::path::Path) -> PyResult<()> {
+    use std::io::Write;
+    let sock = dir.join("node.sock");
+    let conn = std::os::unix::net::UnixStream::connect(&sock)
+        .map_err(|e| PyConnectionError::new_err(format!("cannot reach the rayhpc node runtime at {}: {e}", sock.display())))?;
+    let mut hello = wire::DRIVER_MAGIC.to_vec();
+    hello.extend_from_slice(&std::process::id().to_le_bytes());
+    (&conn).write_all(&hello)?;
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let mut buf = [0u8; 8];
+    let (n, mut fds) = fdpass::recv(&conn, &mut buf)?;
+    if n != 8 || &buf != wire::NODE_MAGIC || fds.len() != 1 {
+        return Err(PyConnectionError::new_err(format!("{} did not answer as a rayhpc node runtime", sock.display())));
+    }
+    let ch = Channel::attach(fds.remove(0)).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    conn.set_nonblocking(true)?;
+    let (tx, rx) = ch.peer_ends();
+    *lock(&STORE_SOCKET) = Some(dir.join("store.sock"));
+    *lock(&LINK) = Some(Link { tx, rx, peer: Liveness::Conn(conn), ch });
+    Ok(())
+}
+
+/// Detaches an attached driver (the node runtime lets go of its refs).
+pub fn detach() {
+    if let Some(link) = lock(&LINK).take() {
+        link.ch.close();
+    }
+}
+
+/// The store client of this process (connected on first use).
 fn client() -> PyResult<&'static Client> {
     static CLIENT: OnceLock<Result<Client, String>> = OnceLock::new();
     CLIENT
         .get_or_init(|| {
-            let path = std::env::var_os("RAYHPC_STORE_SOCKET").ok_or("RAYHPC_STORE_SOCKET is not set")?;
+            let path = match lock(&STORE_SOCKET).clone() {
+                Some(p) => p.into_os_string(),
+                None => std::env::var_os("RAYHPC_STORE_SOCKET").ok_or("RAYHPC_STORE_SOCKET is not set")?,
+            };
             Client::connect(std::path::Path::new(&path)).map_err(|e| format!("cannot connect to the node's store: {e}"))
         })
         .as_ref()
@@ -243,7 +307,7 @@ pub fn worker_err(py: Python<'_>, message: &str, payload: &[u8]) -> PyResult<()>
     let sent = py.detach(|| {
         let mut g = lock(&LINK);
         let link = g.as_mut().ok_or(RingError::Closed)?;
-        let mut alive = alive(link.parent);
+        let mut alive = alive(&link.peer);
         match link.tx.send(&[&wire::err_header(message), message.as_bytes(), payload], None, &mut alive) {
             // An exception too large to send whole goes as its text alone (the caller then
             // raises a RayTaskError with that text).
@@ -282,7 +346,7 @@ pub fn request(py: Python<'_>, call: Call) -> PyResult<Reply> {
     let got = py.detach(|| {
         let mut g = lock(&LINK);
         let link = g.as_mut().ok_or(RingError::Closed)?;
-        let mut alive = alive(link.parent);
+        let mut alive = alive(&link.peer);
         link.tx.send(&[&wire::request_header(), &body], None, &mut alive)?;
         link.rx.recv(None, &mut alive).map(|m| m.to_vec())
     });

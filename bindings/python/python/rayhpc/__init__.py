@@ -66,10 +66,19 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None,
                 "Maybe you called rayhpc.init twice by accident? This error can be suppressed "
                 "by passing in 'ignore_reinit_error=True' or by calling 'rayhpc.shutdown()' "
                 "prior to 'rayhpc.init()'.")
+        if address is None:
+            address = os.environ.get("RAYHPC_ADDRESS") or None
         if address not in (None, "local"):
-            raise NotImplementedError(
-                f"init(address={address!r}): attaching to a running node runtime is not built "
-                "yet; init() with no address starts an embedded runtime")
+            # Attach to a running node runtime (`rayhpc launch`, `python -m rayhpc.node`).
+            if num_cpus is not None or num_gpus is not None or resources is not None or object_store_memory is not None:
+                raise ValueError("When connecting to an existing cluster, num_cpus, num_gpus, resources and "
+                                 "object_store_memory must not be provided.")
+            _native.attach(_find_address(address))
+            _epoch += 1
+            if not _atexit_registered:
+                atexit.register(shutdown)
+                _atexit_registered = True
+            return RayContext(address_info={"address": address})
         if resources is not None:
             for k in ("CPU", "GPU"):
                 if k in resources:
@@ -87,9 +96,31 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None,
 
 
 def shutdown(_exiting_interpreter=False):
-    """Stops the workers and the runtime (a no-op when not initialized)."""
+    """Stops the workers and the runtime (a no-op when not initialized); a driver attached to
+    a node runtime detaches (the node runs on)."""
     with _lock:
         _native.shutdown()
+        _native.detach()
+
+
+def _find_address(address):
+    """The session directory of the node runtime to attach to: `address` itself, or with
+    "auto" the address recorded for this job (see `rayhpc.node.address_file`)."""
+    from .node import address_file
+    if address == "auto":
+        path = address_file()
+        try:
+            with open(path) as f:
+                address = f.read().strip()
+        except OSError:
+            raise ConnectionError(
+                f"Could not find any running rayhpc instance for this job (no {path}). Start one with "
+                "`rayhpc launch`, or call init() with no address for an embedded runtime.") from None
+    if os.path.basename(address) == "node.sock":
+        address = os.path.dirname(address)
+    if not os.path.exists(os.path.join(address, "node.sock")):
+        raise ConnectionError(f"No rayhpc node runtime at {address!r} (no node.sock there).")
+    return address
 
 
 def is_initialized():
