@@ -69,11 +69,13 @@ target/venv/bin/python -m pytest -q bindings/python/tests
 
 [ "${1:-}" = quick ] && exit 0
 
-step "loom model check of the executors' idle protocol and the object table's pins"
+step "loom model check of the executors' idle protocol, the object table's pins and the rings' sleep handshake"
 RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom \
   cargo test -p rayhpc-sched --release --locked --test loom_sleep --test loom_signal
 RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom \
   cargo test -p rayhpc-objstore --release --locked --test loom_pin
+RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 CARGO_TARGET_DIR=target/loom \
+  cargo test -p rayhpc-objstore --release --locked --test loom_ring
 
 step "criterion benches, each run once as a test"
 cargo bench --workspace --locked -- --test

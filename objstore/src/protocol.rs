@@ -7,8 +7,14 @@ use std::sync::atomic::Ordering;
 /// Bit 63 of a pin word: the store holds the entry exclusively.
 pub const EXCL: u64 = 1 << 63;
 
-/// The atomic operations the protocol uses.
+/// The atomic operations the protocols use.
 pub trait Word {
+    /// `store`.
+    fn store(&self, v: u64, o: Ordering);
+    /// `swap`.
+    fn swap(&self, v: u64, o: Ordering) -> u64;
+    /// A `SeqCst` fence of the same atomics' world (std's, or loom's in the model).
+    fn fence_seqcst();
     /// `fetch_or`.
     fn fetch_or(&self, v: u64, o: Ordering) -> u64;
     /// `fetch_and`.
@@ -20,8 +26,17 @@ pub trait Word {
 }
 
 macro_rules! word {
-    ($t:ty) => {
+    ($t:ty, $fence:path) => {
         impl Word for $t {
+            fn store(&self, v: u64, o: Ordering) {
+                <$t>::store(self, v, o)
+            }
+            fn swap(&self, v: u64, o: Ordering) -> u64 {
+                <$t>::swap(self, v, o)
+            }
+            fn fence_seqcst() {
+                $fence(Ordering::SeqCst)
+            }
             fn fetch_or(&self, v: u64, o: Ordering) -> u64 {
                 <$t>::fetch_or(self, v, o)
             }
@@ -38,9 +53,41 @@ macro_rules! word {
     };
 }
 
-word!(std::sync::atomic::AtomicU64);
+word!(std::sync::atomic::AtomicU64, std::sync::atomic::fence);
 #[cfg(loom)]
-word!(loom::sync::atomic::AtomicU64);
+word!(loom::sync::atomic::AtomicU64, loom::sync::atomic::fence);
+
+/// The sleep handshake of the ring channels (`crate::ring`), over a waiter's sleep flag:
+/// a waiter announces itself and re-checks its condition before it sleeps; a publisher, after
+/// publishing its position, takes the flag down and wakes the waiter if it was up. Each side
+/// has a `SeqCst` fence between its store and its load, so at least one of the two loads sees
+/// the other side's store: either the waiter sees the new position or the publisher sees the
+/// flag — no lost wake-up (`objstore/tests/loom_ring.rs`; the fences are what the model can
+/// check: it treats `SeqCst` loads and stores as acquire/release, too weak for this).
+pub mod handshake {
+    use super::Word;
+    use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+
+    /// The waiter's side: raises `flag`, then re-checks `ready`. True when it may sleep (on
+    /// `flag` == 1); false when the condition already holds (the flag is lowered again).
+    pub fn announce<W: Word>(flag: &W, ready: impl FnOnce() -> bool) -> bool {
+        flag.store(1, SeqCst);
+        W::fence_seqcst();
+        if ready() {
+            flag.store(0, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// The publisher's side, after its `SeqCst` store of the new position: true when a waiter
+    /// announced itself and must be woken.
+    pub fn must_wake<W: Word>(flag: &W) -> bool {
+        W::fence_seqcst();
+        // Most publishes find nobody asleep: a load, not a read-modify-write, then.
+        flag.load(Relaxed) == 1 && flag.swap(0, SeqCst) == 1
+    }
+}
 
 /// How a pin attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

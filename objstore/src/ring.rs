@@ -13,12 +13,13 @@
 //! of the data is preceded by a padding record that fills the rest, so every payload is
 //! contiguous and a reader borrows it in place.
 //!
-//! Waking (no lost wake-up, the same handshake on both sides): a waiter spins briefly, then
-//! stores its sleep flag = 1 and re-reads the other side's position (both `SeqCst`), and only
-//! then sleeps in `futex_wait(flag, 1)`; a publisher stores its position, then swaps the
-//! flag to 0 (both `SeqCst`) and wakes if it was 1. Of the two store-then-load pairs at least
-//! one sees the other's store, so either the waiter sees the new data or the publisher sees
-//! the flag. Sleeps are sliced so that the waiter can check that its peer is alive.
+//! Waking (no lost wake-up, the same handshake on both sides, `protocol::handshake`,
+//! model-checked in `tests/loom_ring.rs`): a waiter spins briefly, then stores its sleep
+//! flag = 1 and re-reads the other side's position (both `SeqCst`), and only then sleeps in
+//! `futex_wait(flag, 1)`; a publisher stores its position, then swaps the flag to 0 (both
+//! `SeqCst`) and wakes if it was 1. Of the two store-then-load pairs at least one sees the
+//! other's store, so either the waiter sees the new data or the publisher sees the flag.
+//! Sleeps are sliced so that the waiter can check that its peer is alive.
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -26,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering::*};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::protocol::handshake;
 use crate::shm::{Arena, Backing};
 
 const HEADER: usize = 4096;
@@ -185,9 +187,7 @@ fn wait_until(
         }
     }
     loop {
-        flag.store(1, SeqCst);
-        if ready() {
-            flag.store(0, Relaxed);
+        if !handshake::announce(flag, &mut ready) {
             return Ok(());
         }
         if ch.is_closed(ring) {
@@ -286,7 +286,7 @@ fn record_header(len: u64, flags: u32) -> [u8; 8] {
 }
 
 fn wake(flag: &AtomicU64) {
-    if flag.swap(0, SeqCst) == 1 {
+    if handshake::must_wake(flag) {
         futex_wake(flag);
     }
 }
