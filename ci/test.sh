@@ -21,6 +21,9 @@ have pkg-config || pkgs+=(pkg-config)
 # Python 3 with venv and pip: the Python package is built (maturin, from PyPI) and tested.
 have python3 || pkgs+=(python3)
 { have python3 && python3 -c "import ensurepip, venv" >/dev/null 2>&1; } || pkgs+=(python3-venv python3-pip)
+# valgrind: the C examples are checked for memory errors and leaks.
+have valgrind || pkgs+=(valgrind)
+have c++ || pkgs+=(g++)
 # libpython to link against: the extension's own Rust unit tests are a program that embeds it.
 { have python3 && python3 -c "import os, sysconfig as s; v = s.get_config_var; raise SystemExit(not os.path.exists(os.path.join(v('LIBDIR'), v('LDLIBRARY'))))" 2>/dev/null; } || pkgs+=(python3-dev)
 if [ ${#pkgs[@]} -gt 0 ]; then
@@ -68,6 +71,9 @@ target/venv/bin/python -m pip install -q './bindings/python[test]'
 target/venv/bin/python -m pytest -q bindings/python/tests
 
 [ "${1:-}" = quick ] && exit 0
+
+step "the C API: header, install, examples, bad inputs, valgrind"
+bash ci/c-api.sh
 
 step "loom model check of the executors' idle protocol, the object table's pins and the rings' sleep handshake"
 RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom \

@@ -1,0 +1,890 @@
+//! librayhpc: the C API of rayhpc. `include/rayhpc.h` is generated from this file by
+//! cbindgen (see `cbindgen.toml`); the documentation comments here are the header's.
+//!
+//! Design:
+//! - One runtime per process (`rayhpc_init` … `rayhpc_shutdown`), embedded in it.
+//! - Objects and views are *handles* (`uint64_t`), not pointers: an index and a generation
+//!   in a table, so a handle used after its release, or never made, is reported
+//!   (`RAYHPC_E_BAD_HANDLE`) instead of being undefined behaviour.
+//! - Task functions are C functions registered by name, taking argument bytes and writing
+//!   their result into an output the runtime provides; `library:symbol` names are loaded
+//!   with `dlopen` on first use.
+//! - Every entry point checks its pointers, catches panics, and returns a status; the text
+//!   of the last error is thread-local (`rayhpc_last_error`).
+//!
+//! The `unsafe` here is what FFI is: reading C pointers the caller passes (each place says
+//! what the caller guarantees), and `dlopen`/`dlsym`.
+#![allow(unsafe_code)]
+#![allow(non_camel_case_types)]
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
+
+use rayhpc::raw::{raw_function, RawArg, RawFailure, RawFn, RawOutput};
+use rayhpc::{Config, Error, FailureKind, ObjectRef, ObjectView, Options, Runtime, Untyped};
+
+/// What every call returns. `RAYHPC_OK` is 0; on any other status `rayhpc_last_error()`
+/// explains it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum rayhpc_status {
+    /// Success.
+    RAYHPC_OK = 0,
+    /// A pointer the call needs is NULL.
+    RAYHPC_E_NULL = 1,
+    /// A malformed argument: text that is not UTF-8, a bad option or resource string.
+    RAYHPC_E_INVALID = 2,
+    /// `rayhpc_init` was not called, or `rayhpc_shutdown` already was.
+    RAYHPC_E_NOT_INITIALIZED = 3,
+    /// `rayhpc_init` was called twice.
+    RAYHPC_E_ALREADY_INITIALIZED = 4,
+    /// No function is registered under that name (and it is not a loadable
+    /// `library:symbol`).
+    RAYHPC_E_UNKNOWN_FUNCTION = 5,
+    /// The call gives another number of arguments than the function was registered with.
+    RAYHPC_E_ARG_COUNT = 6,
+    /// A handle that was released already, or never made.
+    RAYHPC_E_BAD_HANDLE = 7,
+    /// The timeout passed before the object was ready. Nothing is lost: ask again.
+    RAYHPC_E_TIMEOUT = 8,
+    /// The task failed (or a task it depended on): the message names the function.
+    RAYHPC_E_TASK = 9,
+    /// The object store refused the object (larger than the store, or full).
+    RAYHPC_E_STORE = 10,
+    /// A buffer the caller passed is too small; the size needed is reported.
+    RAYHPC_E_TOO_SMALL = 11,
+    /// A resource request the runtime can never satisfy.
+    RAYHPC_E_RESOURCES = 12,
+    /// The runtime shut down while the call waited.
+    RAYHPC_E_SHUTDOWN = 13,
+    /// A bug of rayhpc (a panic caught at the boundary): the process can go on.
+    RAYHPC_E_INTERNAL = 14,
+}
+
+use rayhpc_status::*;
+
+/// An object: the future result of a task, or a value put into the store. 0 is never a
+/// valid handle. Release it with `rayhpc_ref_release`.
+pub type rayhpc_ref = u64;
+
+/// A read-only, zero-copy view of an object's bytes, valid until `rayhpc_view_release`.
+pub type rayhpc_view = u64;
+
+/// Bytes the caller owns: `len` bytes at `data` (`data` may be NULL when `len` is 0).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct rayhpc_bytes {
+    /// The first byte.
+    pub data: *const u8,
+    /// How many.
+    pub len: usize,
+}
+
+/// What one argument of a call is.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum rayhpc_arg_kind {
+    /// `bytes`, copied at the call.
+    RAYHPC_ARG_BYTES = 0,
+    /// The object `ref`: the task waits for it and gets its bytes (a failed object fails the
+    /// task with the same error, without running it).
+    RAYHPC_ARG_REF = 1,
+}
+
+/// One argument of a call.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct rayhpc_arg {
+    /// Which of `bytes` and `ref` it is.
+    pub kind: rayhpc_arg_kind,
+    /// The bytes, for `RAYHPC_ARG_BYTES`.
+    pub bytes: rayhpc_bytes,
+    /// The object, for `RAYHPC_ARG_REF`.
+    pub r#ref: rayhpc_ref,
+}
+
+/// Options of a call. Start from `rayhpc_options_default()`; negative numbers and NULL
+/// strings mean "the default".
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct rayhpc_options {
+    /// CPUs the task holds while it runs (default 1).
+    pub num_cpus: f64,
+    /// GPUs it holds (default 0).
+    pub num_gpus: f64,
+    /// Custom resources, `"name=amount,name=amount"`, or NULL.
+    pub resources: *const c_char,
+    /// Times a failed task is run again (default 3; -1 forever). Crashes are retried; errors
+    /// only with `retry_exceptions`.
+    pub max_retries: i32,
+    /// Non-zero: errors the function returns are retried too.
+    pub retry_exceptions: i32,
+}
+
+/// How to start the runtime. Start from `rayhpc_config_default()`; negative numbers, zero
+/// sizes and NULL strings mean "the default".
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct rayhpc_config {
+    /// Logical CPUs (default: the CPUs of the process's affinity mask).
+    pub num_cpus: f64,
+    /// GPUs (default 0).
+    pub num_gpus: f64,
+    /// Custom resources, `"name=amount,..."`, or NULL.
+    pub resources: *const c_char,
+    /// Object store size in bytes (default 30 % of memory).
+    pub object_store_memory: usize,
+}
+
+/// Where a task function writes its result: see `rayhpc_output_set`, `rayhpc_output_alloc`
+/// and `rayhpc_output_error`. Valid only during the call it was passed to.
+pub struct rayhpc_output {
+    result: Vec<u8>,
+    error: Option<String>,
+}
+
+/// A task function: `nargs` arguments (their bytes, valid during the call), and the output
+/// to write the result into. Returns 0 on success; anything else fails the task (with the
+/// message set by `rayhpc_output_error`, if any). Called on the runtime's threads, possibly
+/// several at once: it must be thread-safe, as must `user`.
+pub type rayhpc_task_fn =
+    Option<unsafe extern "C" fn(args: *const rayhpc_bytes, nargs: usize, out: *mut rayhpc_output, user: *mut c_void) -> i32>;
+
+thread_local! {
+    static LAST: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_error(msg: impl Into<String>) {
+    let msg = msg.into().replace('\0', " ");
+    LAST.with(|l| *l.borrow_mut() = CString::new(msg).expect("NULs replaced"));
+}
+
+/// Records `e` as this thread's last error and returns its status.
+fn fail(status: rayhpc_status, msg: impl Into<String>) -> rayhpc_status {
+    set_error(msg);
+    status
+}
+
+fn from_error(e: &Error) -> rayhpc_status {
+    let status = match e {
+        Error::Task(_) | Error::ActorDied { .. } => RAYHPC_E_TASK,
+        Error::Timeout(_) => RAYHPC_E_TIMEOUT,
+        Error::Shutdown => RAYHPC_E_SHUTDOWN,
+        Error::ObjectTooLarge { .. } | Error::StoreFull { .. } => RAYHPC_E_STORE,
+        Error::Resources(_) => RAYHPC_E_RESOURCES,
+        _ => RAYHPC_E_INVALID,
+    };
+    fail(status, e.to_string())
+}
+
+/// Runs an entry point's body: a panic becomes `RAYHPC_E_INTERNAL`; success clears nothing
+/// (the last error stays the last error).
+fn guard(f: impl FnOnce() -> rayhpc_status) -> rayhpc_status {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(s) => s,
+        Err(p) => {
+            let what = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
+            fail(RAYHPC_E_INTERNAL, format!("internal error (a bug of rayhpc): {what}"))
+        }
+    }
+}
+
+/// A table of handles: index + 1 in the low 32 bits, generation in the high 32, so that a
+/// released handle never names the slot's next occupant.
+struct Table<T> {
+    slots: Vec<(u32, Option<T>)>,
+    free: Vec<u32>,
+}
+
+impl<T> Table<T> {
+    const fn new() -> Self {
+        Table { slots: Vec::new(), free: Vec::new() }
+    }
+
+    fn insert(&mut self, v: T) -> u64 {
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize].1 = Some(v);
+                i
+            }
+            None => {
+                self.slots.push((1, Some(v)));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        ((self.slots[i as usize].0 as u64) << 32) | (i as u64 + 1)
+    }
+
+    fn slot(&self, h: u64) -> Option<usize> {
+        let i = (h & 0xffff_ffff) as usize;
+        let gen = (h >> 32) as u32;
+        (i >= 1 && i <= self.slots.len() && self.slots[i - 1].0 == gen && self.slots[i - 1].1.is_some()).then(|| i - 1)
+    }
+
+    fn get(&self, h: u64) -> Option<&T> {
+        self.slot(h).and_then(|i| self.slots[i].1.as_ref())
+    }
+
+    fn remove(&mut self, h: u64) -> Option<T> {
+        let i = self.slot(h)?;
+        let v = self.slots[i].1.take();
+        self.slots[i].0 = self.slots[i].0.wrapping_add(1).max(1);
+        self.free.push(i as u32);
+        v
+    }
+}
+
+static RT: RwLock<Option<Runtime>> = RwLock::new(None);
+static REFS: Mutex<Table<ObjectRef<Untyped>>> = Mutex::new(Table::new());
+static VIEWS: Mutex<Table<ObjectView>> = Mutex::new(Table::new());
+
+struct Func {
+    raw: RawFn,
+    nargs: i32,
+}
+
+static FUNCS: RwLock<Option<HashMap<String, Func>>> = RwLock::new(None);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn runtime() -> Result<Runtime, rayhpc_status> {
+    RT.read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .ok_or_else(|| fail(RAYHPC_E_NOT_INITIALIZED, "rayhpc is not initialized: call rayhpc_init() first"))
+}
+
+/// The text of a C string argument.
+///
+/// # Safety
+/// `p` is NULL or points to a NUL-terminated string that stays valid during the call.
+unsafe fn text<'a>(p: *const c_char, what: &str) -> Result<&'a str, rayhpc_status> {
+    if p.is_null() {
+        return Err(fail(RAYHPC_E_NULL, format!("{what} is NULL")));
+    }
+    // SAFETY: non-null, and the caller guarantees a NUL-terminated string alive for the call.
+    unsafe { CStr::from_ptr(p) }.to_str().map_err(|_| fail(RAYHPC_E_INVALID, format!("{what} is not UTF-8")))
+}
+
+/// `len` bytes at `data`.
+///
+/// # Safety
+/// `data` points to `len` readable bytes that stay valid during the call (or `len` is 0).
+unsafe fn bytes<'a>(data: *const u8, len: usize, what: &str) -> Result<&'a [u8], rayhpc_status> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if data.is_null() {
+        return Err(fail(RAYHPC_E_NULL, format!("{what} is NULL with a length of {len}")));
+    }
+    // SAFETY: non-null; the caller guarantees `len` readable bytes for the call's duration.
+    Ok(unsafe { std::slice::from_raw_parts(data, len) })
+}
+
+/// Writes `v` to the caller's `out`.
+///
+/// # Safety
+/// `out` is NULL or points to writable memory for a `T`.
+unsafe fn put_out<T>(out: *mut T, v: T, what: &str) -> Result<(), rayhpc_status> {
+    if out.is_null() {
+        return Err(fail(RAYHPC_E_NULL, format!("{what} is NULL")));
+    }
+    // SAFETY: non-null, writable for a T (the caller's contract).
+    unsafe { out.write(v) };
+    Ok(())
+}
+
+fn resources_of(s: &str) -> Result<Vec<(String, f64)>, rayhpc_status> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').ok_or_else(|| fail(RAYHPC_E_INVALID, format!("resource {p:?} is not name=amount")))?;
+            let v: f64 = v.trim().parse().map_err(|_| fail(RAYHPC_E_INVALID, format!("resource amount {v:?} is not a number")))?;
+            Ok((k.trim().to_string(), v))
+        })
+        .collect()
+}
+
+fn status_of(r: Result<(), rayhpc_status>) -> rayhpc_status {
+    match r {
+        Ok(()) => RAYHPC_OK,
+        Err(s) => s,
+    }
+}
+
+/// The text of the last error of this thread (valid until this thread's next call).
+/// Never NULL.
+#[no_mangle]
+pub extern "C" fn rayhpc_last_error() -> *const c_char {
+    LAST.with(|l| l.borrow().as_ptr())
+}
+
+/// The name of a status, e.g. "RAYHPC_E_TIMEOUT". Never NULL.
+#[no_mangle]
+pub extern "C" fn rayhpc_status_name(s: rayhpc_status) -> *const c_char {
+    let name: &'static [u8] = match s {
+        RAYHPC_OK => b"RAYHPC_OK\0",
+        RAYHPC_E_NULL => b"RAYHPC_E_NULL\0",
+        RAYHPC_E_INVALID => b"RAYHPC_E_INVALID\0",
+        RAYHPC_E_NOT_INITIALIZED => b"RAYHPC_E_NOT_INITIALIZED\0",
+        RAYHPC_E_ALREADY_INITIALIZED => b"RAYHPC_E_ALREADY_INITIALIZED\0",
+        RAYHPC_E_UNKNOWN_FUNCTION => b"RAYHPC_E_UNKNOWN_FUNCTION\0",
+        RAYHPC_E_ARG_COUNT => b"RAYHPC_E_ARG_COUNT\0",
+        RAYHPC_E_BAD_HANDLE => b"RAYHPC_E_BAD_HANDLE\0",
+        RAYHPC_E_TIMEOUT => b"RAYHPC_E_TIMEOUT\0",
+        RAYHPC_E_TASK => b"RAYHPC_E_TASK\0",
+        RAYHPC_E_STORE => b"RAYHPC_E_STORE\0",
+        RAYHPC_E_TOO_SMALL => b"RAYHPC_E_TOO_SMALL\0",
+        RAYHPC_E_RESOURCES => b"RAYHPC_E_RESOURCES\0",
+        RAYHPC_E_SHUTDOWN => b"RAYHPC_E_SHUTDOWN\0",
+        RAYHPC_E_INTERNAL => b"RAYHPC_E_INTERNAL\0",
+    };
+    name.as_ptr().cast()
+}
+
+/// A config that asks for every default.
+#[no_mangle]
+pub extern "C" fn rayhpc_config_default() -> rayhpc_config {
+    rayhpc_config { num_cpus: -1.0, num_gpus: -1.0, resources: std::ptr::null(), object_store_memory: 0 }
+}
+
+/// Options that ask for every default.
+#[no_mangle]
+pub extern "C" fn rayhpc_options_default() -> rayhpc_options {
+    rayhpc_options { num_cpus: -1.0, num_gpus: -1.0, resources: std::ptr::null(), max_retries: -2, retry_exceptions: 0 }
+}
+
+/// Starts the runtime embedded in this process. `config` may be NULL (every default).
+/// Once per process at a time: `RAYHPC_E_ALREADY_INITIALIZED` otherwise.
+///
+/// # Safety
+/// `config` is NULL or points to a valid `rayhpc_config` whose strings are NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn rayhpc_init(config: *const rayhpc_config) -> rayhpc_status {
+    guard(|| {
+        status_of((|| {
+            let mut rt = RT.write().unwrap_or_else(|e| e.into_inner());
+            if rt.is_some() {
+                return Err(fail(RAYHPC_E_ALREADY_INITIALIZED, "rayhpc is already initialized"));
+            }
+            let mut c = Config::default();
+            if !config.is_null() {
+                // SAFETY: non-null; the caller guarantees a valid config for the call.
+                let cfg = unsafe { &*config };
+                if cfg.num_cpus >= 0.0 {
+                    c.num_cpus = Some(cfg.num_cpus);
+                }
+                if cfg.num_gpus >= 0.0 {
+                    c.num_gpus = cfg.num_gpus;
+                }
+                if !cfg.resources.is_null() {
+                    // SAFETY: non-null NUL-terminated string (the caller's contract).
+                    for (k, v) in resources_of(unsafe { text(cfg.resources, "config.resources") }?)? {
+                        c = c.resource(&k, v);
+                    }
+                }
+                if cfg.object_store_memory > 0 {
+                    c.object_store_memory = Some(cfg.object_store_memory);
+                }
+            }
+            *rt = Some(Runtime::init(c).map_err(|e| from_error(&e))?);
+            Ok(())
+        })())
+    })
+}
+
+/// Stops the runtime: queued tasks fail with `RAYHPC_E_SHUTDOWN`, running ones finish.
+/// Handles made before are released. `RAYHPC_E_NOT_INITIALIZED` when not running.
+#[no_mangle]
+pub extern "C" fn rayhpc_shutdown() -> rayhpc_status {
+    guard(|| {
+        let rt = RT.write().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(rt) = rt else { return fail(RAYHPC_E_NOT_INITIALIZED, "rayhpc is not initialized") };
+        rt.shutdown();
+        *lock(&VIEWS) = Table::new();
+        *lock(&REFS) = Table::new();
+        RAYHPC_OK
+    })
+}
+
+struct CFn {
+    f: unsafe extern "C" fn(*const rayhpc_bytes, usize, *mut rayhpc_output, *mut c_void) -> i32,
+    user: *mut c_void,
+}
+
+// SAFETY: the caller of `rayhpc_register` promises that the function and its `user` data
+// may be used from any thread (the header says so); the runtime calls them from its threads.
+unsafe impl Send for CFn {}
+// SAFETY: as above: concurrent calls are the caller's promise.
+unsafe impl Sync for CFn {}
+
+impl CFn {
+    fn call(&self, name: &str, inputs: &[&[u8]]) -> Result<RawOutput, RawFailure> {
+        let args: Vec<rayhpc_bytes> = inputs.iter().map(|b| rayhpc_bytes { data: b.as_ptr(), len: b.len() }).collect();
+        let mut out = rayhpc_output { result: Vec::new(), error: None };
+        // SAFETY: `args` holds `inputs.len()` valid descriptors of bytes alive for the call;
+        // `out` is a valid output for the call; `f` and `user` are what the caller registered
+        // (its contract: a function of this signature, thread-safe).
+        let rc = unsafe { (self.f)(args.as_ptr(), args.len(), &mut out, self.user) };
+        if rc == 0 {
+            Ok(RawOutput::Bytes(out.result))
+        } else {
+            let message = out.error.unwrap_or_else(|| format!("{name} returned {rc}"));
+            Err(RawFailure { kind: FailureKind::Error, message, payload: None })
+        }
+    }
+}
+
+fn register_fn(name: &str, f: CFn, nargs: i32) {
+    let owned = name.to_string();
+    let raw = raw_function(name, move |inputs: &[&[u8]]| f.call(&owned, inputs));
+    let mut funcs = FUNCS.write().unwrap_or_else(|e| e.into_inner());
+    funcs.get_or_insert_with(HashMap::new).insert(name.to_string(), Func { raw, nargs });
+}
+
+/// Registers task function `f` under `name`, taking exactly `nargs` arguments (-1: any
+/// number). Registering a name again replaces the function for later calls. May be called
+/// before `rayhpc_init`. `f` and `user` must be usable from any thread, for as long as the
+/// process runs.
+///
+/// # Safety
+/// `name` is a NUL-terminated string; `f` is a function of the `rayhpc_task_fn` signature.
+#[no_mangle]
+pub unsafe extern "C" fn rayhpc_register(name: *const c_char, f: rayhpc_task_fn, user: *mut c_void, nargs: i32) -> rayhpc_status {
+    guard(|| {
+        status_of((|| {
+            // SAFETY: the caller's contract (NUL-terminated or NULL).
+            let name = unsafe { text(name, "name") }?;
+            let Some(f) = f else { return Err(fail(RAYHPC_E_NULL, "the function is NULL")) };
+            if nargs < -1 {
+                return Err(fail(RAYHPC_E_INVALID, format!("nargs {nargs}: a count, or -1 for any")));
+            }
+            if name.is_empty() {
+                return Err(fail(RAYHPC_E_INVALID, "an empty function name"));
+            }
+            register_fn(name, CFn { f, user }, nargs);
+            Ok(())
+        })())
+    })
+}
+
+/// Loads `library:symbol` (a shared library's path or name, and a function in it of the
+/// `rayhpc_task_fn` signature) and registers it under that name, taking any number of
+/// arguments. The library stays loaded.
+fn load(name: &str) -> Result<(), rayhpc_status> {
+    let (lib, sym) = name.rsplit_once(':').ok_or_else(|| fail(RAYHPC_E_UNKNOWN_FUNCTION, format!("no function registered as {name:?}")))?;
+    let clib = CString::new(lib).map_err(|_| fail(RAYHPC_E_INVALID, "library path with a NUL"))?;
+    let csym = CString::new(sym).map_err(|_| fail(RAYHPC_E_INVALID, "symbol with a NUL"))?;
+    // SAFETY: a valid NUL-terminated path; dlopen has no other precondition. Loading runs the
+    // library's constructors: the caller named the library to run code from it.
+    let h = unsafe { libc::dlopen(clib.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+    if h.is_null() {
+        // SAFETY: dlerror takes nothing and returns NULL or a NUL-terminated string valid
+        // until the next dl call on this thread.
+        let why = unsafe { libc::dlerror() };
+        let why = if why.is_null() {
+            String::new()
+        } else {
+            // SAFETY: non-null, NUL-terminated, and no dl call happens before it is copied.
+            unsafe { CStr::from_ptr(why) }.to_string_lossy().into_owned()
+        };
+        return Err(fail(RAYHPC_E_UNKNOWN_FUNCTION, format!("no function {name:?}: cannot load {lib:?}: {why}")));
+    }
+    // SAFETY: a handle dlopen returned, and a valid NUL-terminated symbol name.
+    let p = unsafe { libc::dlsym(h, csym.as_ptr()) };
+    if p.is_null() {
+        return Err(fail(RAYHPC_E_UNKNOWN_FUNCTION, format!("no function {name:?}: {lib:?} has no symbol {sym:?}")));
+    }
+    // SAFETY: the caller promises (by naming it) that the symbol is a function of the
+    // `rayhpc_task_fn` signature; function and data pointers have the same size here.
+    let f: unsafe extern "C" fn(*const rayhpc_bytes, usize, *mut rayhpc_output, *mut c_void) -> i32 = unsafe { std::mem::transmute(p) };
+    register_fn(name, CFn { f, user: std::ptr::null_mut() }, -1);
+    Ok(())
+}
+
+fn function(name: &str) -> Result<(RawFn, i32), rayhpc_status> {
+    {
+        let funcs = FUNCS.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = funcs.as_ref().and_then(|m| m.get(name)) {
+            return Ok((f.raw, f.nargs));
+        }
+    }
+    load(name)?;
+    let funcs = FUNCS.read().unwrap_or_else(|e| e.into_inner());
+    let f = funcs.as_ref().and_then(|m| m.get(name)).expect("just registered");
+    Ok((f.raw, f.nargs))
+}
+
+fn options_of(o: &rayhpc_options) -> Result<Options, rayhpc_status> {
+    let mut opts = Options::new();
+    if o.num_cpus >= 0.0 {
+        opts = opts.num_cpus(o.num_cpus);
+    }
+    if o.num_gpus >= 0.0 {
+        opts = opts.num_gpus(o.num_gpus);
+    }
+    if !o.resources.is_null() {
+        // SAFETY: non-null; the caller's contract says NUL-terminated.
+        for (k, v) in resources_of(unsafe { text(o.resources, "options.resources") }?)? {
+            opts = opts.resource(&k, v);
+        }
+    }
+    if o.max_retries >= -1 {
+        opts = opts.max_retries(o.max_retries);
+    }
+    if o.retry_exceptions != 0 {
+        opts = opts.retry_exceptions(true);
+    }
+    Ok(opts)
+}
+
+/// Submits a call of function `name` with `nargs` arguments; `*out` is the handle of its
+/// result, at once. `options` may be NULL (every default).
+///
+/// # Safety
+/// `name` is NUL-terminated; `args` points to `nargs` valid `rayhpc_arg`s (or `nargs` is 0);
+/// `options` is NULL or valid; `out` points to a writable `rayhpc_ref`.
+#[no_mangle]
+pub unsafe extern "C" fn rayhpc_submit(
+    name: *const c_char,
+    args: *const rayhpc_arg,
+    nargs: usize,
+    options: *const rayhpc_options,
+    out: *mut rayhpc_ref,
+) -> rayhpc_status {
+    guard(|| {
+        status_of((|| {
+            if out.is_null() {
+                return Err(fail(RAYHPC_E_NULL, "out is NULL"));
+            }
+            // SAFETY: the caller's contract.
+            let name = unsafe { text(name, "name") }?;
+            let rt = runtime()?;
+            let (raw, want) = function(name)?;
+            if want >= 0 && want as usize != nargs {
+                return Err(fail(RAYHPC_E_ARG_COUNT, format!("{name} takes {want} argument(s), {nargs} given")));
+            }
+            if nargs > 0 && args.is_null() {
+                return Err(fail(RAYHPC_E_NULL, format!("args is NULL with {nargs} argument(s)")));
+            }
+            // SAFETY: non-null (checked) and `nargs` long (the caller's contract).
+            let args = if nargs == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(args, nargs) } };
+            let mut raw_args = Vec::with_capacity(nargs);
+            {
+                let refs = lock(&REFS);
+                for (i, a) in args.iter().enumerate() {
+                    match a.kind {
+                        rayhpc_arg_kind::RAYHPC_ARG_BYTES => {
+                            // SAFETY: the caller's contract for argument bytes.
+                            let b = unsafe { bytes(a.bytes.data, a.bytes.len, "argument bytes") }?;
+                            raw_args.push(RawArg::Bytes(b.to_vec()));
+                        }
+                        rayhpc_arg_kind::RAYHPC_ARG_REF => match refs.get(a.r#ref) {
+                            Some(r) => raw_args.push(RawArg::Ref(r.clone())),
+                            None => {
+                                return Err(fail(
+                                    RAYHPC_E_BAD_HANDLE,
+                                    format!("argument {i}: ref {:#x} is released or was never made", a.r#ref),
+                                ))
+                            }
+                        },
+                    }
+                }
+            }
+            let opts = if options.is_null() {
+                Options::new()
+            } else {
+                // SAFETY: non-null; the caller's contract.
+                options_of(unsafe { &*options })?
+            };
+            let r = raw.remote(&rt, raw_args, &opts).map_err(|e| from_error(&e))?;
+            let h = lock(&REFS).insert(r);
+            // SAFETY: checked non-null above; writable (the caller's contract).
+            unsafe { out.write(h) };
+            Ok(())
+        })())
+    })
+}
+
+/// Stores `len` bytes as an object (copied once).
+///
+/// # Safety
+/// `data` points to `len` readable bytes (or `len` is 0); `out` to a writable `rayhpc_ref`.
+#[no_mangle]
+pub unsafe extern "C" fn rayhpc_put(data: *const c_void, len: usize, out: *mut rayhpc_ref) -> rayhpc_status {
+    guard(|| {
+        status_of((|| {
+            if out.is_null() {
+                return Err(fail(RAYHPC_E_NULL, "out is NULL"));
+            }
+            // SAFETY: the caller's contract.
+            let b = unsafe { bytes(data.cast(), len, "data") }?;
+            let rt = runtime()?;
+            let r = rt.put_bytes(b).map_err(|e| from_error(&e))?;
+            let h = lock(&REFS).insert(r);
+            // SAFETY: non-null, writable.
+            unsafe { put_out(out, h, "out") }
+        })())
+    })
+}
+
+fn ref_of(h: rayhpc_ref) -> Result<ObjectRef<Untyped>, rayhpc_status> {
+    lock(&REFS).get(h).cloned().ok_or_else(|| fail(RAYHPC_E_BAD_HANDLE, format!("ref {h:#x} is released or was never made")))
+}
+
+fn timeout_of(t: f64) -> Option<Duration> {
+    (t >= 0.0).then(|| Duration::from_secs_f64(t))
+}
+
+/// Waits for the object (at most `timeout_s` seconds; negative: forever) and gives a
+/// zero-copy, read-only view of its bytes in `*out`. A failed task gives `RAYHPC_E_TASK`
+/// with its function's name and message.
+///
+/// # Safety
+/// `out` points to a writable `rayhpc_view`.
+#[no_mangle]
+pub unsafe extern "C" fn rayhpc_get(r: rayhpc_ref, timeout_s: f64, out: *mut rayhpc_view) -> rayhpc_status {
+    guard(|| {
+        status_of((|| {
+            if out.is_null() {
+                return Err(fail(RAYHPC_E_NULL, "out is NULL"));
+            }
+            let rt = runtime()?;
+            let r = ref_of(r)?;
+            if let Some(t) = timeout_of(timeout_s) {
+                let (ready, _) = rt.wait(std::slice::from_ref(&r), 1, Some(t)).map_err(|e| from_error(&e))?;
+                if ready.is_empty() {
+                    return Err(fail(RAYHPC_E_TIMEOUT, format!("the object was not ready within {timeout_s} s")));
+                }
+            }
+            let v = rt.get_bytes(&r).map_err(|e| from_error(&e))?;
+            let h = lock(&VIEWS).insert(v);
+            // SAFETY: non-null, writable.
+            unsafe { put_out(out, h, "out") }
+        })())
+    })
+}
+
+/// The bytes of a view: `*data` (valid until the view is released) and `*len`.
+///
+/// # Safety
+/// `data` and `len` point to writable locations.
+#[no_mangle]
+pub unsafe extern "C" fn rayhpc_view_data(v: rayhpc_view, data: *mut *const u8, len: *mut usize) -> rayhpc_status {
+    guard(|| {
+        status_of((|| {
+            if data.is_null() || len.is_null() {
+                return Err(fail(RAYHPC_E_NULL, "data or len is NULL"));
+            }
+            let views = lock(&VIEWS);
+            let view = views.get(v).ok_or_else(|| fail(RAYHPC_E_BAD_HANDLE, format!("view {v:#x} is released or was never made")))?;
+            // SAFETY: both non-null and writable. The bytes stay in place while the view is
+            // held in the table (a pinned store object, or inline bytes its slot owns).
+            unsafe {
+                data.write(view.as_ptr());
+                len.write(view.len());
+            }
+            Ok(())
+        })())
+    })
+}
+
+/// Copies the object's bytes into `buf` (capacity `cap`), waiting as `rayhpc_get` does;
+/// `*len` is the object's size. `RAYHPC_E_TOO_SMALL` (nothing copied, `*len` set) when
+/// `cap` is less than that.
+///
+/// # Safety
+/// `buf` points to `cap` writable bytes (or `cap` is 0); `len` to a writable `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn rayhpc_get_into(r: rayhpc_ref, timeout_s: f64, buf: *mut c_void, cap: usize, len: *mut usize) -> rayhpc_status {
+    guard(|| {
+        status_of((|| {
+            if len.is_null() {
+                return Err(fail(RAYHPC_E_NULL, "len is NULL"));
+            }
+            let mut v = 0;
+            // SAFETY: a local out location.
+            let s = unsafe { rayhpc_get(r, timeout_s, &mut v) };
+            if s != RAYHPC_OK {
+                return Err(s);
+            }
+            let view = lock(&VIEWS).remove(v).expect("just made");
+            // SAFETY: non-null, writable.
+            unsafe { len.write(view.len()) };
+            if view.len() > cap {
+                return Err(fail(RAYHPC_E_TOO_SMALL, format!("the object is {} bytes, the buffer {cap}", view.len())));
+            }
+            if !view.is_empty() {
+                if buf.is_null() {
+                    return Err(fail(RAYHPC_E_NULL, "buf is NULL"));
+                }
+                // SAFETY: `buf` has `cap >= view.len()` writable bytes (the caller's
+                // contract) that do not overlap the store's.
+                unsafe { std::ptr::copy_nonoverlapping(view.as_ptr(), buf.cast::<u8>(), view.len()) };
+            }
+            Ok(())
+        })())
+    })
+}
+
+/// Releases a view (its bytes may go once no one holds them).
+#[no_mangle]
+pub extern "C" fn rayhpc_view_release(v: rayhpc_view) -> rayhpc_status {
+    guard(|| match lock(&VIEWS).remove(v) {
+        Some(_) => RAYHPC_OK,
+        None => fail(RAYHPC_E_BAD_HANDLE, format!("view {v:#x} is released or was never made")),
+    })
+}
+
+/// Releases a ref (the object goes once nothing else needs it).
+#[no_mangle]
+pub extern "C" fn rayhpc_ref_release(r: rayhpc_ref) -> rayhpc_status {
+    guard(|| match lock(&REFS).remove(r) {
+        Some(_) => RAYHPC_OK,
+        None => fail(RAYHPC_E_BAD_HANDLE, format!("ref {r:#x} is released or was never made")),
+    })
+}
+
+/// Waits until `num_returns` of the `n` objects are ready or `timeout_s` passes (negative:
+/// forever). `ready[i]` (n bytes) is set to 1 for each ready object, 0 otherwise;
+/// `*num_ready` is how many are. A timeout is not an error here.
+///
+/// # Safety
+/// `refs` points to `n` handles; `ready` to `n` writable bytes; `num_ready` is NULL or
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn rayhpc_wait(
+    refs: *const rayhpc_ref,
+    n: usize,
+    num_returns: usize,
+    timeout_s: f64,
+    ready: *mut u8,
+    num_ready: *mut usize,
+) -> rayhpc_status {
+    guard(|| {
+        status_of((|| {
+            if n > 0 && (refs.is_null() || ready.is_null()) {
+                return Err(fail(RAYHPC_E_NULL, "refs or ready is NULL"));
+            }
+            if num_returns > n {
+                return Err(fail(RAYHPC_E_INVALID, format!("num_returns {num_returns} is more than the {n} refs")));
+            }
+            let rt = runtime()?;
+            // SAFETY: non-null and `n` long (the caller's contract).
+            let hs = if n == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(refs, n) } };
+            let objs = hs.iter().map(|&h| ref_of(h)).collect::<Result<Vec<_>, _>>()?;
+            let (done, _) = rt.wait(&objs, num_returns, timeout_of(timeout_s)).map_err(|e| from_error(&e))?;
+            let ids: std::collections::HashSet<_> = done.iter().map(|r| r.id()).collect();
+            let mut count = 0;
+            for (i, o) in objs.iter().enumerate() {
+                let is = ids.contains(&o.id());
+                count += usize::from(is);
+                // SAFETY: `ready` has `n` writable bytes (the caller's contract).
+                unsafe { ready.add(i).write(u8::from(is)) };
+            }
+            if !num_ready.is_null() {
+                // SAFETY: non-null, writable.
+                unsafe { num_ready.write(count) };
+            }
+            Ok(())
+        })())
+    })
+}
+
+/// Sets the result of the running task to a copy of `len` bytes at `data`.
+///
+/// # Safety
+/// `out` is the output passed to the running task function; `data` has `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn rayhpc_output_set(out: *mut rayhpc_output, data: *const c_void, len: usize) -> rayhpc_status {
+    guard(|| {
+        status_of((|| {
+            if out.is_null() {
+                return Err(fail(RAYHPC_E_NULL, "out is NULL"));
+            }
+            // SAFETY: the caller's contract.
+            let b = unsafe { bytes(data.cast(), len, "data") }?;
+            // SAFETY: non-null; a live output of the running call (the caller's contract).
+            let o = unsafe { &mut *out };
+            o.result.clear();
+            o.result.extend_from_slice(b);
+            Ok(())
+        })())
+    })
+}
+
+/// Makes the result of the running task a buffer of `len` bytes (zeroed) for the function
+/// to write into: `*buf`, valid until the function returns.
+///
+/// # Safety
+/// `out` is the output passed to the running task function; `buf` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn rayhpc_output_alloc(out: *mut rayhpc_output, len: usize, buf: *mut *mut c_void) -> rayhpc_status {
+    guard(|| {
+        status_of((|| {
+            if out.is_null() || buf.is_null() {
+                return Err(fail(RAYHPC_E_NULL, "out or buf is NULL"));
+            }
+            // SAFETY: non-null; a live output of the running call (the caller's contract).
+            let o = unsafe { &mut *out };
+            o.result = vec![0; len];
+            // SAFETY: non-null, writable.
+            unsafe { buf.write(o.result.as_mut_ptr().cast()) };
+            Ok(())
+        })())
+    })
+}
+
+/// Sets the error message of the running task (used when the function returns non-zero).
+///
+/// # Safety
+/// `out` is the output passed to the running task function; `message` is NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn rayhpc_output_error(out: *mut rayhpc_output, message: *const c_char) -> rayhpc_status {
+    guard(|| {
+        status_of((|| {
+            if out.is_null() {
+                return Err(fail(RAYHPC_E_NULL, "out is NULL"));
+            }
+            // SAFETY: the caller's contract.
+            let m = unsafe { text(message, "message") }?;
+            // SAFETY: non-null; a live output of the running call.
+            unsafe { (*out).error = Some(m.to_string()) };
+            Ok(())
+        })())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_are_refused_after_release_and_slots_are_reused_with_a_new_generation() {
+        let mut t: Table<u32> = Table::new();
+        let a = t.insert(1);
+        assert_eq!(t.get(a), Some(&1));
+        assert_eq!(t.remove(a), Some(1));
+        assert_eq!(t.get(a), None);
+        assert_eq!(t.remove(a), None);
+        let b = t.insert(2);
+        assert_ne!(a, b, "the slot is reused under a new generation");
+        assert_eq!(t.get(b), Some(&2));
+        assert_eq!(t.get(0), None);
+        assert_eq!(t.get(u64::MAX), None);
+    }
+
+    #[test]
+    fn resource_strings_parse_or_fail_clearly() {
+        assert_eq!(resources_of("disk=2, gpu_mem = 0.5").unwrap(), vec![("disk".into(), 2.0), ("gpu_mem".into(), 0.5)]);
+        assert_eq!(resources_of("").unwrap(), vec![]);
+        assert_eq!(resources_of("disk").unwrap_err(), RAYHPC_E_INVALID);
+        assert_eq!(resources_of("disk=x").unwrap_err(), RAYHPC_E_INVALID);
+    }
+}

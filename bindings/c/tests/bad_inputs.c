@@ -1,0 +1,135 @@
+#define _POSIX_C_SOURCE 200809L
+/* Every bad input of the C API gets its own status and a message, and the process goes on:
+ * NULL pointers, unknown names, wrong argument counts, buffers too small, handles used after
+ * release, calls before init and after shutdown, a failing task, a timeout. Exits non-zero
+ * on the first expectation that does not hold. */
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <rayhpc.h>
+
+static int failures = 0;
+
+static void expect(const char *what, rayhpc_status got, rayhpc_status want, const char *needle) {
+  const char *msg = rayhpc_last_error();
+  int ok = got == want && (needle == NULL || strstr(msg, needle) != NULL);
+  printf("%s %-44s %s: %s\n", ok ? "ok  " : "FAIL", what, rayhpc_status_name(got), got == RAYHPC_OK ? "" : msg);
+  if (!ok) {
+    printf("     wanted %s%s%s\n", rayhpc_status_name(want), needle ? " with " : "", needle ? needle : "");
+    failures++;
+  }
+}
+
+static int32_t echo(const rayhpc_bytes *args, size_t nargs, rayhpc_output *out, void *user) {
+  (void)user;
+  return nargs == 1 && rayhpc_output_set(out, args[0].data, args[0].len) == RAYHPC_OK ? 0 : 1;
+}
+
+static int32_t boom(const rayhpc_bytes *args, size_t nargs, rayhpc_output *out, void *user) {
+  (void)args; (void)nargs; (void)user;
+  rayhpc_output_error(out, "boom: it failed on purpose");
+  return 7;
+}
+
+static int32_t nap(const rayhpc_bytes *args, size_t nargs, rayhpc_output *out, void *user) {
+  (void)args; (void)nargs; (void)out; (void)user;
+  struct timespec t = {0, 300000000};
+  nanosleep(&t, NULL);
+  return 0;
+}
+
+int main(void) {
+  rayhpc_ref r = 0, r2 = 0;
+  rayhpc_view v = 0;
+  size_t len = 0;
+  char small[2];
+  rayhpc_arg one = {RAYHPC_ARG_BYTES, {(const uint8_t *)"hello", 5}, 0};
+
+  expect("submit before init", rayhpc_submit("echo", &one, 1, NULL, &r), RAYHPC_E_NOT_INITIALIZED, "rayhpc_init");
+  expect("shutdown before init", rayhpc_shutdown(), RAYHPC_E_NOT_INITIALIZED, NULL);
+  expect("register NULL name", rayhpc_register(NULL, echo, NULL, 1), RAYHPC_E_NULL, "name");
+  expect("register NULL function", rayhpc_register("x", NULL, NULL, 1), RAYHPC_E_NULL, "function");
+  expect("register bad nargs", rayhpc_register("x", echo, NULL, -5), RAYHPC_E_INVALID, "nargs");
+  expect("register echo", rayhpc_register("echo", echo, NULL, 1), RAYHPC_OK, NULL);
+  expect("register boom", rayhpc_register("boom", boom, NULL, 0), RAYHPC_OK, NULL);
+  expect("register nap", rayhpc_register("nap", nap, NULL, 0), RAYHPC_OK, NULL);
+
+  rayhpc_config cfg = rayhpc_config_default();
+  cfg.resources = "disk";
+  expect("init with a bad resource string", rayhpc_init(&cfg), RAYHPC_E_INVALID, "name=amount");
+  cfg.resources = "disk=2";
+  cfg.num_cpus = 2;
+  expect("init", rayhpc_init(&cfg), RAYHPC_OK, NULL);
+  expect("init twice", rayhpc_init(NULL), RAYHPC_E_ALREADY_INITIALIZED, NULL);
+
+  expect("submit unknown function", rayhpc_submit("nope", NULL, 0, NULL, &r), RAYHPC_E_UNKNOWN_FUNCTION, "nope");
+  expect("submit unloadable library:symbol", rayhpc_submit("libnope.so:f", NULL, 0, NULL, &r), RAYHPC_E_UNKNOWN_FUNCTION, "cannot load");
+  expect("submit missing symbol", rayhpc_submit("libc.so.6:no_such_symbol_here", NULL, 0, NULL, &r), RAYHPC_E_UNKNOWN_FUNCTION, "no symbol");
+  expect("submit NULL name", rayhpc_submit(NULL, NULL, 0, NULL, &r), RAYHPC_E_NULL, "name");
+  expect("submit NULL out", rayhpc_submit("echo", &one, 1, NULL, NULL), RAYHPC_E_NULL, "out");
+  expect("submit wrong argument count", rayhpc_submit("echo", NULL, 0, NULL, &r), RAYHPC_E_ARG_COUNT, "takes 1");
+  expect("submit NULL args with a count", rayhpc_submit("boom", NULL, 3, NULL, &r), RAYHPC_E_ARG_COUNT, NULL);
+  rayhpc_arg dangling = {RAYHPC_ARG_REF, {NULL, 0}, 12345};
+  expect("submit with a ref never made", rayhpc_submit("echo", &dangling, 1, NULL, &r), RAYHPC_E_BAD_HANDLE, "never made");
+  rayhpc_options o = rayhpc_options_default();
+  o.num_cpus = 64;
+  expect("submit asking for 64 CPUs of 2", rayhpc_submit("echo", &one, 1, &o, &r), RAYHPC_E_RESOURCES, "CPU");
+  o = rayhpc_options_default();
+  o.resources = "disk=x";
+  expect("submit with a bad resource amount", rayhpc_submit("echo", &one, 1, &o, &r), RAYHPC_E_INVALID, "number");
+
+  expect("submit echo", rayhpc_submit("echo", &one, 1, NULL, &r), RAYHPC_OK, NULL);
+  expect("get_into a buffer too small", rayhpc_get_into(r, 10, small, sizeof small, &len), RAYHPC_E_TOO_SMALL, "5 bytes");
+  printf("     (len = %zu)\n", len);
+  if (len != 5) failures++;
+  expect("get NULL out", rayhpc_get(r, 10, NULL), RAYHPC_E_NULL, NULL);
+  expect("get", rayhpc_get(r, 10, &v), RAYHPC_OK, NULL);
+  expect("view_data NULL", rayhpc_view_data(v, NULL, &len), RAYHPC_E_NULL, NULL);
+  expect("view release", rayhpc_view_release(v), RAYHPC_OK, NULL);
+  const uint8_t *data;
+  expect("view_data after release", rayhpc_view_data(v, &data, &len), RAYHPC_E_BAD_HANDLE, "released");
+  expect("view release twice", rayhpc_view_release(v), RAYHPC_E_BAD_HANDLE, NULL);
+  expect("ref release", rayhpc_ref_release(r), RAYHPC_OK, NULL);
+  expect("get after release", rayhpc_get(r, 1, &v), RAYHPC_E_BAD_HANDLE, "released");
+  expect("ref release twice", rayhpc_ref_release(r), RAYHPC_E_BAD_HANDLE, NULL);
+
+  expect("submit boom", rayhpc_submit("boom", NULL, 0, NULL, &r), RAYHPC_OK, NULL);
+  expect("get of a failed task", rayhpc_get(r, 10, &v), RAYHPC_E_TASK, "boom: it failed on purpose");
+  rayhpc_arg dep = {RAYHPC_ARG_REF, {NULL, 0}, r};
+  expect("a task depending on it", rayhpc_submit("echo", &dep, 1, NULL, &r2), RAYHPC_OK, NULL);
+  expect("fails with the same error", rayhpc_get(r2, 10, &v), RAYHPC_E_TASK, "'boom'");
+  rayhpc_ref_release(r);
+  rayhpc_ref_release(r2);
+
+  expect("submit nap", rayhpc_submit("nap", NULL, 0, NULL, &r), RAYHPC_OK, NULL);
+  expect("get with a short timeout", rayhpc_get(r, 0.01, &v), RAYHPC_E_TIMEOUT, "not ready");
+  uint8_t ready = 9;
+  size_t nready = 9;
+  expect("wait with a short timeout", rayhpc_wait(&r, 1, 1, 0.01, &ready, &nready), RAYHPC_OK, NULL);
+  if (ready != 0 || nready != 0) { printf("FAIL wait reported ready\n"); failures++; }
+  expect("wait num_returns > n", rayhpc_wait(&r, 1, 2, 0.01, &ready, &nready), RAYHPC_E_INVALID, NULL);
+  expect("wait NULL refs", rayhpc_wait(NULL, 1, 1, 0.01, &ready, &nready), RAYHPC_E_NULL, NULL);
+  expect("wait until ready", rayhpc_wait(&r, 1, 1, -1, &ready, &nready), RAYHPC_OK, NULL);
+  if (ready != 1 || nready != 1) { printf("FAIL wait did not report ready\n"); failures++; }
+  rayhpc_ref_release(r);
+
+  expect("put NULL data with a length", rayhpc_put(NULL, 10, &r), RAYHPC_E_NULL, NULL);
+  expect("put empty", rayhpc_put(NULL, 0, &r), RAYHPC_OK, NULL);
+  expect("get_into of an empty object", rayhpc_get_into(r, 1, NULL, 0, &len), RAYHPC_OK, NULL);
+  rayhpc_ref_release(r);
+  expect("output_set NULL out", rayhpc_output_set(NULL, "x", 1), RAYHPC_E_NULL, NULL);
+
+  expect("a name of the statuses", strcmp(rayhpc_status_name(RAYHPC_E_STORE), "RAYHPC_E_STORE") == 0 ? RAYHPC_OK : RAYHPC_E_INTERNAL, RAYHPC_OK, NULL);
+  expect("shutdown", rayhpc_shutdown(), RAYHPC_OK, NULL);
+  expect("submit after shutdown", rayhpc_submit("echo", &one, 1, NULL, &r), RAYHPC_E_NOT_INITIALIZED, NULL);
+  expect("put after shutdown", rayhpc_put("x", 1, &r), RAYHPC_E_NOT_INITIALIZED, NULL);
+  expect("shutdown twice", rayhpc_shutdown(), RAYHPC_E_NOT_INITIALIZED, NULL);
+  expect("init again after shutdown", rayhpc_init(NULL), RAYHPC_OK, NULL);
+  expect("submit on the new runtime", rayhpc_submit("echo", &one, 1, NULL, &r), RAYHPC_OK, NULL);
+  expect("get on the new runtime", rayhpc_get_into(r, 10, small, 0, &len), RAYHPC_E_TOO_SMALL, NULL);
+  rayhpc_ref_release(r);
+  expect("final shutdown", rayhpc_shutdown(), RAYHPC_OK, NULL);
+  printf("%s: %d failure(s)\n", failures ? "FAILED" : "all bad inputs handled", failures);
+  return failures ? 1 : 0;
+}

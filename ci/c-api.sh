@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The C API from the outside, as a user gets it: the header regenerated and compared, the
+# documented install into a prefix, every example and the bad-input test built with
+# pkg-config and run, the small ones under valgrind, and the throughput example next to
+# `rayhpc bench` (figures for the log). Called by ci/test.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# The header is generated from the code: it must be what cbindgen makes of it now.
+have cbindgen || cargo install --locked cbindgen --version 0.29.4
+cbindgen --quiet --config bindings/c/cbindgen.toml --crate rayhpc-c --output target/rayhpc.h.generated bindings/c
+if ! diff -u bindings/c/include/rayhpc.h target/rayhpc.h.generated; then
+  echo "bindings/c/include/rayhpc.h is not what cbindgen makes of bindings/c/src/lib.rs: regenerate it" >&2
+  exit 1
+fi
+
+prefix="$PWD/target/c-prefix"
+rm -rf "$prefix"
+bindings/c/install.sh "$prefix"
+export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
+out="$PWD/target/c-examples"
+mkdir -p "$out"
+for src in examples/c/hello.c examples/c/tree.c examples/c/bench.c bindings/c/tests/bad_inputs.c; do
+  name="$(basename "$src" .c)"
+  # The documented command (warnings as errors, and as C++ too: the header is for both).
+  cc -std=c99 -Wall -Wextra -Werror "$src" $(pkg-config --cflags --libs rayhpc) -o "$out/$name"
+done
+c++ -x c++ -fsyntax-only -Wall -Werror $(pkg-config --cflags rayhpc) - <<<'#include <rayhpc.h>
+int main() { return rayhpc_status_name(RAYHPC_OK) == nullptr; }'
+
+"$out/hello" | tee "$out/hello.txt"
+grep -qx '40 + 2 = 42' "$out/hello.txt"
+"$out/tree" 1024 | tee "$out/tree.txt"
+grep -qx 'sum of 1..1024 = 524800 by 1023 tasks' "$out/tree.txt"
+"$out/bad_inputs" > "$out/bad_inputs.txt" || { cat "$out/bad_inputs.txt"; exit 1; }
+tail -1 "$out/bad_inputs.txt"
+
+# No memory error, no leak (definite or indirect) in the examples and the bad-input test.
+for run in "hello" "tree 128" "bad_inputs"; do
+  valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite,indirect \
+    "$out"/$run > "$out/valgrind.txt" 2>&1 || { cat "$out/valgrind.txt"; echo "valgrind: $run" >&2; exit 1; }
+  echo "valgrind clean: $run"
+done
+
+# The throughput example beside `rayhpc bench` in the same run (figures, not asserted).
+"$out/bench" 200000 5
+cargo run --release --locked -q -p rayhpc-launcher -- bench --json --object-mib 0 --spill-mib 0 --trials 5 | tr ',' '\n' | grep tasks_async_per_s
