@@ -16,9 +16,9 @@ pub struct Options {
 pub const DEFAULT_MAX_RETRIES: i32 = 3;
 
 impl Options {
-    /// No options set.
-    pub fn new() -> Self {
-        Self::default()
+    /// No options set (a `const fn`: usable in statics).
+    pub const fn new() -> Self {
+        Options { num_cpus: None, num_gpus: None, resources: Vec::new(), max_retries: None, retry_exceptions: None, name: None }
     }
     /// Logical CPUs the task holds while it runs (default 1 for tasks, 0 for actors).
     pub fn num_cpus(mut self, n: f64) -> Self {

@@ -204,6 +204,12 @@ typedef struct {
 } rayhpc_arg;
 
 /**
+ * A registered function, looked up once (`rayhpc_lookup`) and called many times
+ * (`rayhpc_call`) without a lookup by name each time. 0 is never valid.
+ */
+typedef uint64_t rayhpc_fn;
+
+/**
  * A read-only, zero-copy view of an object's bytes, valid until `rayhpc_view_release`.
  */
 typedef uint64_t rayhpc_view;
@@ -272,6 +278,27 @@ rayhpc_status rayhpc_submit(const char *name,
                             size_t nargs,
                             const rayhpc_options *options,
                             rayhpc_ref *out);
+
+/**
+ * The function registered as `name` (or loadable as `library:symbol`), as a handle for
+ * `rayhpc_call`. The handle keeps the function it found, even if `name` is registered again.
+ *
+ * # Safety
+ * `name` is NUL-terminated; `out` points to a writable `rayhpc_fn`.
+ */
+rayhpc_status rayhpc_lookup(const char *name, rayhpc_fn *out);
+
+/**
+ * `rayhpc_submit` of a function looked up with `rayhpc_lookup`.
+ *
+ * # Safety
+ * As `rayhpc_submit`.
+ */
+rayhpc_status rayhpc_call(rayhpc_fn f,
+                          const rayhpc_arg *args,
+                          size_t nargs,
+                          const rayhpc_options *options,
+                          rayhpc_ref *out);
 
 /**
  * Stores `len` bytes as an object (copied once).

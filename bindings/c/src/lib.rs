@@ -242,9 +242,11 @@ static RT: RwLock<Option<Runtime>> = RwLock::new(None);
 static REFS: Mutex<Table<ObjectRef<Untyped>>> = Mutex::new(Table::new());
 static VIEWS: Mutex<Table<ObjectView>> = Mutex::new(Table::new());
 
+#[derive(Clone)]
 struct Func {
     raw: RawFn,
     nargs: i32,
+    name: std::sync::Arc<str>,
 }
 
 static FUNCS: RwLock<Option<HashMap<String, Func>>> = RwLock::new(None);
@@ -445,7 +447,7 @@ fn register_fn(name: &str, f: CFn, nargs: i32) {
     let owned = name.to_string();
     let raw = raw_function(name, move |inputs: &[&[u8]]| f.call(&owned, inputs));
     let mut funcs = FUNCS.write().unwrap_or_else(|e| e.into_inner());
-    funcs.get_or_insert_with(HashMap::new).insert(name.to_string(), Func { raw, nargs });
+    funcs.get_or_insert_with(HashMap::new).insert(name.to_string(), Func { raw, nargs, name: name.into() });
 }
 
 /// Registers task function `f` under `name`, taking exactly `nargs` arguments (-1: any
@@ -508,17 +510,16 @@ fn load(name: &str) -> Result<(), rayhpc_status> {
     Ok(())
 }
 
-fn function(name: &str) -> Result<(RawFn, i32), rayhpc_status> {
+fn function(name: &str) -> Result<Func, rayhpc_status> {
     {
         let funcs = FUNCS.read().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = funcs.as_ref().and_then(|m| m.get(name)) {
-            return Ok((f.raw, f.nargs));
+            return Ok(f.clone());
         }
     }
     load(name)?;
     let funcs = FUNCS.read().unwrap_or_else(|e| e.into_inner());
-    let f = funcs.as_ref().and_then(|m| m.get(name)).expect("just registered");
-    Ok((f.raw, f.nargs))
+    Ok(funcs.as_ref().and_then(|m| m.get(name)).expect("just registered").clone())
 }
 
 fn options_of(o: &rayhpc_options) -> Result<Options, rayhpc_status> {
@@ -565,52 +566,130 @@ pub unsafe extern "C" fn rayhpc_submit(
             }
             // SAFETY: the caller's contract.
             let name = unsafe { text(name, "name") }?;
-            let rt = runtime()?;
-            let (raw, want) = function(name)?;
-            if want >= 0 && want as usize != nargs {
-                return Err(fail(RAYHPC_E_ARG_COUNT, format!("{name} takes {want} argument(s), {nargs} given")));
+            if RT.read().unwrap_or_else(|e| e.into_inner()).is_none() {
+                return Err(fail(RAYHPC_E_NOT_INITIALIZED, "rayhpc is not initialized: call rayhpc_init() first"));
             }
-            if nargs > 0 && args.is_null() {
-                return Err(fail(RAYHPC_E_NULL, format!("args is NULL with {nargs} argument(s)")));
-            }
-            // SAFETY: non-null (checked) and `nargs` long (the caller's contract).
-            let args = if nargs == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(args, nargs) } };
-            let mut raw_args = Vec::with_capacity(nargs);
-            {
-                let refs = lock(&REFS);
-                for (i, a) in args.iter().enumerate() {
-                    match a.kind {
-                        rayhpc_arg_kind::RAYHPC_ARG_BYTES => {
-                            // SAFETY: the caller's contract for argument bytes.
-                            let b = unsafe { bytes(a.bytes.data, a.bytes.len, "argument bytes") }?;
-                            raw_args.push(RawArg::Bytes(b.to_vec()));
-                        }
-                        rayhpc_arg_kind::RAYHPC_ARG_REF => match refs.get(a.r#ref) {
-                            Some(r) => raw_args.push(RawArg::Ref(r.clone())),
-                            None => {
-                                return Err(fail(
-                                    RAYHPC_E_BAD_HANDLE,
-                                    format!("argument {i}: ref {:#x} is released or was never made", a.r#ref),
-                                ))
-                            }
-                        },
-                    }
-                }
-            }
-            let opts = if options.is_null() {
-                Options::new()
-            } else {
-                // SAFETY: non-null; the caller's contract.
-                options_of(unsafe { &*options })?
-            };
-            let r = raw.remote(&rt, raw_args, &opts).map_err(|e| from_error(&e))?;
-            let h = lock(&REFS).insert(r);
-            // SAFETY: checked non-null above; writable (the caller's contract).
-            unsafe { out.write(h) };
-            Ok(())
+            let f = function(name)?;
+            // SAFETY: the caller's contract, passed on.
+            unsafe { submit_to(&f, args, nargs, options, out) }
         })())
     })
 }
+
+/// A registered function, looked up once (`rayhpc_lookup`) and called many times
+/// (`rayhpc_call`) without a lookup by name each time. 0 is never valid.
+pub type rayhpc_fn = u64;
+
+/// Every function looked up, by `rayhpc_fn` - 1 (they are never removed).
+static LOOKED_UP: RwLock<Vec<Func>> = RwLock::new(Vec::new());
+
+/// The function registered as `name` (or loadable as `library:symbol`), as a handle for
+/// `rayhpc_call`. The handle keeps the function it found, even if `name` is registered again.
+///
+/// # Safety
+/// `name` is NUL-terminated; `out` points to a writable `rayhpc_fn`.
+#[no_mangle]
+pub unsafe extern "C" fn rayhpc_lookup(name: *const c_char, out: *mut rayhpc_fn) -> rayhpc_status {
+    guard(|| {
+        status_of((|| {
+            // SAFETY: the caller's contract.
+            let name = unsafe { text(name, "name") }?;
+            let f = function(name)?;
+            let mut table = LOOKED_UP.write().unwrap_or_else(|e| e.into_inner());
+            table.push(f);
+            let h = table.len() as u64;
+            // SAFETY: the caller's contract.
+            unsafe { put_out(out, h, "out") }
+        })())
+    })
+}
+
+/// `rayhpc_submit` of a function looked up with `rayhpc_lookup`.
+///
+/// # Safety
+/// As `rayhpc_submit`.
+#[no_mangle]
+pub unsafe extern "C" fn rayhpc_call(
+    f: rayhpc_fn,
+    args: *const rayhpc_arg,
+    nargs: usize,
+    options: *const rayhpc_options,
+    out: *mut rayhpc_ref,
+) -> rayhpc_status {
+    guard(|| {
+        status_of((|| {
+            if out.is_null() {
+                return Err(fail(RAYHPC_E_NULL, "out is NULL"));
+            }
+            let table = LOOKED_UP.read().unwrap_or_else(|e| e.into_inner());
+            let func = (f as usize)
+                .checked_sub(1)
+                .and_then(|i| table.get(i))
+                .ok_or_else(|| fail(RAYHPC_E_BAD_HANDLE, format!("function handle {f:#x} was never made")))?;
+            // SAFETY: the caller's contract, passed on.
+            unsafe { submit_to(func, args, nargs, options, out) }
+        })())
+    })
+}
+
+/// The body of a submit, once the function is known.
+///
+/// # Safety
+/// As `rayhpc_submit` for `args`, `options`; `out` is non-null and writable.
+unsafe fn submit_to(
+    f: &Func,
+    args: *const rayhpc_arg,
+    nargs: usize,
+    options: *const rayhpc_options,
+    out: *mut rayhpc_ref,
+) -> Result<(), rayhpc_status> {
+    if f.nargs >= 0 && f.nargs as usize != nargs {
+        return Err(fail(RAYHPC_E_ARG_COUNT, format!("{} takes {} argument(s), {nargs} given", f.name, f.nargs)));
+    }
+    if nargs > 0 && args.is_null() {
+        return Err(fail(RAYHPC_E_NULL, format!("args is NULL with {nargs} argument(s)")));
+    }
+    // SAFETY: non-null (checked) and `nargs` long (the caller's contract).
+    let args = if nargs == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(args, nargs) } };
+    let mut raw_args = Vec::with_capacity(nargs);
+    let mut refs = None;
+    for (i, a) in args.iter().enumerate() {
+        match a.kind {
+            rayhpc_arg_kind::RAYHPC_ARG_BYTES => {
+                // SAFETY: the caller's contract for argument bytes.
+                let b = unsafe { bytes(a.bytes.data, a.bytes.len, "argument bytes") }?;
+                raw_args.push(RawArg::Bytes(b.to_vec()));
+            }
+            rayhpc_arg_kind::RAYHPC_ARG_REF => {
+                let refs = refs.get_or_insert_with(|| lock(&REFS));
+                match refs.get(a.r#ref) {
+                    Some(r) => raw_args.push(RawArg::Ref(r.clone())),
+                    None => {
+                        return Err(fail(RAYHPC_E_BAD_HANDLE, format!("argument {i}: ref {:#x} is released or was never made", a.r#ref)))
+                    }
+                }
+            }
+        }
+    }
+    drop(refs);
+    let opts = if options.is_null() {
+        None
+    } else {
+        // SAFETY: non-null; the caller's contract.
+        Some(options_of(unsafe { &*options })?)
+    };
+    let r = {
+        let rt = RT.read().unwrap_or_else(|e| e.into_inner());
+        let rt = rt.as_ref().ok_or_else(|| fail(RAYHPC_E_NOT_INITIALIZED, "rayhpc is not initialized: call rayhpc_init() first"))?;
+        f.raw.remote(rt, raw_args, opts.as_ref().unwrap_or(&DEFAULT_OPTIONS)).map_err(|e| from_error(&e))?
+    };
+    let h = lock(&REFS).insert(r);
+    // SAFETY: non-null, writable (the caller's contract).
+    unsafe { out.write(h) };
+    Ok(())
+}
+
+static DEFAULT_OPTIONS: Options = Options::new();
 
 /// Stores `len` bytes as an object (copied once).
 ///
@@ -708,13 +787,15 @@ pub unsafe extern "C" fn rayhpc_get_into(r: rayhpc_ref, timeout_s: f64, buf: *mu
             if len.is_null() {
                 return Err(fail(RAYHPC_E_NULL, "len is NULL"));
             }
-            let mut v = 0;
-            // SAFETY: a local out location.
-            let s = unsafe { rayhpc_get(r, timeout_s, &mut v) };
-            if s != RAYHPC_OK {
-                return Err(s);
+            let rt = runtime()?;
+            let r = ref_of(r)?;
+            if let Some(t) = timeout_of(timeout_s) {
+                let (ready, _) = rt.wait(std::slice::from_ref(&r), 1, Some(t)).map_err(|e| from_error(&e))?;
+                if ready.is_empty() {
+                    return Err(fail(RAYHPC_E_TIMEOUT, format!("the object was not ready within {timeout_s} s")));
+                }
             }
-            let view = lock(&VIEWS).remove(v).expect("just made");
+            let view = rt.get_bytes(&r).map_err(|e| from_error(&e))?;
             // SAFETY: non-null, writable.
             unsafe { len.write(view.len()) };
             if view.len() > cap {

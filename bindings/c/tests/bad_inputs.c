@@ -67,6 +67,14 @@ int main(void) {
   expect("submit unloadable library:symbol", rayhpc_submit("libnope.so:f", NULL, 0, NULL, &r), RAYHPC_E_UNKNOWN_FUNCTION, "cannot load");
   expect("submit missing symbol", rayhpc_submit("libc.so.6:no_such_symbol_here", NULL, 0, NULL, &r), RAYHPC_E_UNKNOWN_FUNCTION, "no symbol");
   expect("submit NULL name", rayhpc_submit(NULL, NULL, 0, NULL, &r), RAYHPC_E_NULL, "name");
+  rayhpc_fn fe = 0;
+  expect("lookup unknown", rayhpc_lookup("nope", &fe), RAYHPC_E_UNKNOWN_FUNCTION, "nope");
+  expect("lookup echo", rayhpc_lookup("echo", &fe), RAYHPC_OK, NULL);
+  expect("call by handle", rayhpc_call(fe, &one, 1, NULL, &r), RAYHPC_OK, NULL);
+  expect("get of a call by handle", rayhpc_get_into(r, 10, small, 0, &len), RAYHPC_E_TOO_SMALL, "5 bytes");
+  rayhpc_ref_release(r);
+  expect("call a handle never made", rayhpc_call(fe + 100, &one, 1, NULL, &r), RAYHPC_E_BAD_HANDLE, "never made");
+  expect("call with the wrong count", rayhpc_call(fe, NULL, 0, NULL, &r), RAYHPC_E_ARG_COUNT, NULL);
   expect("submit NULL out", rayhpc_submit("echo", &one, 1, NULL, NULL), RAYHPC_E_NULL, "out");
   expect("submit wrong argument count", rayhpc_submit("echo", NULL, 0, NULL, &r), RAYHPC_E_ARG_COUNT, "takes 1");
   expect("submit NULL args with a count", rayhpc_submit("boom", NULL, 3, NULL, &r), RAYHPC_E_ARG_COUNT, NULL);
