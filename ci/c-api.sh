@@ -22,7 +22,7 @@ bindings/c/install.sh "$prefix"
 export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
 out="$PWD/target/c-examples"
 mkdir -p "$out"
-for src in examples/c/hello.c examples/c/tree.c examples/c/bench.c bindings/c/tests/bad_inputs.c; do
+for src in examples/c/hello.c examples/c/tree.c examples/c/counter.c examples/c/bench.c bindings/c/tests/bad_inputs.c; do
   name="$(basename "$src" .c)"
   # The documented command (warnings as errors, and as C++ too: the header is for both).
   cc -std=c99 -Wall -Wextra -Werror "$src" $(pkg-config --cflags --libs rayhpc) -o "$out/$name"
@@ -34,11 +34,13 @@ int main() { return rayhpc_status_name(RAYHPC_OK) == nullptr; }'
 grep -qx '40 + 2 = 42' "$out/hello.txt"
 "$out/tree" 1024 | tee "$out/tree.txt"
 grep -qx 'sum of 1..1024 = 524800 by 1023 tasks' "$out/tree.txt"
+"$out/counter" | tee "$out/counter.txt"
+grep -qx 'a call after kill: RAYHPC_E_ACTOR_DIED' "$out/counter.txt"
 "$out/bad_inputs" > "$out/bad_inputs.txt" || { cat "$out/bad_inputs.txt"; exit 1; }
 tail -1 "$out/bad_inputs.txt"
 
 # No memory error, no leak (definite or indirect) in the examples and the bad-input test.
-for run in "hello" "tree 128" "bad_inputs"; do
+for run in "hello" "tree 128" "counter" "bad_inputs"; do
   valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite,indirect \
     "$out"/$run > "$out/valgrind.txt" 2>&1 || { cat "$out/valgrind.txt"; echo "valgrind: $run" >&2; exit 1; }
   echo "valgrind clean: $run"

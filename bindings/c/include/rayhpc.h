@@ -80,6 +80,10 @@ typedef enum {
    * A bug of rayhpc (a panic caught at the boundary): the process can go on.
    */
   RAYHPC_E_INTERNAL = 14,
+  /**
+   * The actor is dead (killed, or its constructor failed): the call did not run.
+   */
+  RAYHPC_E_ACTOR_DIED = 15,
 } rayhpc_status;
 
 /**
@@ -213,6 +217,54 @@ typedef uint64_t rayhpc_fn;
  * A read-only, zero-copy view of an object's bytes, valid until `rayhpc_view_release`.
  */
 typedef uint64_t rayhpc_view;
+
+/**
+ * An actor's constructor: builds the state (`*state`) from the creation arguments. Returns
+ * 0 on success; anything else kills the actor (its message set with `rayhpc_output_error`).
+ */
+typedef int32_t (*rayhpc_ctor_fn)(const rayhpc_bytes *args,
+                                  size_t nargs,
+                                  void **state,
+                                  rayhpc_output *out,
+                                  void *user);
+
+/**
+ * Frees an actor's state when the actor ends (killed, or its last handle released).
+ */
+typedef void (*rayhpc_dtor_fn)(void *state, void *user);
+
+/**
+ * An actor method: runs on the state, one call at a time per actor, in submission order
+ * (possibly on different threads over time). As a task function otherwise.
+ */
+typedef int32_t (*rayhpc_method_fn)(void *state,
+                                    const rayhpc_bytes *args,
+                                    size_t nargs,
+                                    rayhpc_output *out,
+                                    void *user);
+
+/**
+ * One method of an actor class.
+ */
+typedef struct {
+  /**
+   * Its name (copied at registration).
+   */
+  const char *name;
+  /**
+   * The function.
+   */
+  rayhpc_method_fn call;
+  /**
+   * Its number of arguments (-1: any).
+   */
+  int32_t nargs;
+} rayhpc_method;
+
+/**
+ * A live actor. 0 is never valid. Release it with `rayhpc_actor_release`.
+ */
+typedef uint64_t rayhpc_actor;
 
 #ifdef __cplusplus
 extern "C" {
@@ -386,6 +438,60 @@ rayhpc_status rayhpc_output_alloc(rayhpc_output *out, size_t len, void **buf);
  * `out` is the output passed to the running task function; `message` is NUL-terminated.
  */
 rayhpc_status rayhpc_output_error(rayhpc_output *out, const char *message);
+
+/**
+ * Registers actor class `name`: its constructor, destructor (may be NULL) and `nmethods`
+ * methods. `user` is passed to all of them; they must be usable from any thread.
+ *
+ * # Safety
+ * `name` and every method name are NUL-terminated; `methods` points to `nmethods` entries.
+ */
+rayhpc_status rayhpc_register_class(const char *name,
+                                    rayhpc_ctor_fn ctor,
+                                    rayhpc_dtor_fn dtor,
+                                    const rayhpc_method *methods,
+                                    size_t nmethods,
+                                    void *user);
+
+/**
+ * Creates an actor of class `class_name` (its constructor runs once the argument refs are
+ * ready). `options` may be NULL; its resources are held for the actor's life.
+ *
+ * # Safety
+ * `class_name` is NUL-terminated; `args` has `nargs` entries; `options` is NULL or valid;
+ * `out` is writable.
+ */
+rayhpc_status rayhpc_actor_create(const char *class_name,
+                                  const rayhpc_arg *args,
+                                  size_t nargs,
+                                  const rayhpc_options *options,
+                                  rayhpc_actor *out);
+
+/**
+ * Calls `method` on the actor; `*out` is the handle of its result. Calls to one actor run
+ * one at a time, in the order they were made.
+ *
+ * # Safety
+ * `method` is NUL-terminated; `args` has `nargs` entries; `out` is writable.
+ */
+rayhpc_status rayhpc_actor_call(rayhpc_actor actor,
+                                const char *method,
+                                const rayhpc_arg *args,
+                                size_t nargs,
+                                rayhpc_ref *out);
+
+/**
+ * Kills the actor: calls not run yet (and later ones) fail with `RAYHPC_E_ACTOR_DIED`; a
+ * call running now finishes; the destructor runs after it. The handle stays valid (release
+ * it still).
+ */
+rayhpc_status rayhpc_actor_kill(rayhpc_actor actor);
+
+/**
+ * Releases an actor handle; the actor ends (destructor run) once no handle and no queued
+ * call needs it.
+ */
+rayhpc_status rayhpc_actor_release(rayhpc_actor actor);
 
 #ifdef __cplusplus
 }  // extern "C"

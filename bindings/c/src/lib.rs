@@ -24,7 +24,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
-use rayhpc::raw::{raw_function, RawArg, RawFailure, RawFn, RawOutput};
+use rayhpc::raw::{raw_actor, raw_function, RawActor, RawActorHandle, RawArg, RawClass, RawFailure, RawFn, RawOutput};
 use rayhpc::{Config, Error, FailureKind, ObjectRef, ObjectView, Options, Runtime, Untyped};
 
 /// What every call returns. `RAYHPC_OK` is 0; on any other status `rayhpc_last_error()`
@@ -63,6 +63,8 @@ pub enum rayhpc_status {
     RAYHPC_E_SHUTDOWN = 13,
     /// A bug of rayhpc (a panic caught at the boundary): the process can go on.
     RAYHPC_E_INTERNAL = 14,
+    /// The actor is dead (killed, or its constructor failed): the call did not run.
+    RAYHPC_E_ACTOR_DIED = 15,
 }
 
 use rayhpc_status::*;
@@ -171,7 +173,9 @@ fn fail(status: rayhpc_status, msg: impl Into<String>) -> rayhpc_status {
 
 fn from_error(e: &Error) -> rayhpc_status {
     let status = match e {
-        Error::Task(_) | Error::ActorDied { .. } => RAYHPC_E_TASK,
+        Error::Task(_) => RAYHPC_E_TASK,
+        Error::ActorDied { .. } => RAYHPC_E_ACTOR_DIED,
+        Error::NoSuchActor(_) => RAYHPC_E_BAD_HANDLE,
         Error::Timeout(_) => RAYHPC_E_TIMEOUT,
         Error::Shutdown => RAYHPC_E_SHUTDOWN,
         Error::ObjectTooLarge { .. } | Error::StoreFull { .. } => RAYHPC_E_STORE,
@@ -346,6 +350,7 @@ pub extern "C" fn rayhpc_status_name(s: rayhpc_status) -> *const c_char {
         RAYHPC_E_RESOURCES => b"RAYHPC_E_RESOURCES\0",
         RAYHPC_E_SHUTDOWN => b"RAYHPC_E_SHUTDOWN\0",
         RAYHPC_E_INTERNAL => b"RAYHPC_E_INTERNAL\0",
+        RAYHPC_E_ACTOR_DIED => b"RAYHPC_E_ACTOR_DIED\0",
     };
     name.as_ptr().cast()
 }
@@ -411,6 +416,8 @@ pub extern "C" fn rayhpc_shutdown() -> rayhpc_status {
         rt.shutdown();
         *lock(&VIEWS) = Table::new();
         *lock(&REFS) = Table::new();
+        let actors = std::mem::replace(&mut *lock(&ACTORS), Table::new());
+        drop(actors);
         RAYHPC_OK
     })
 }
@@ -939,6 +946,313 @@ pub unsafe extern "C" fn rayhpc_output_error(out: *mut rayhpc_output, message: *
             unsafe { (*out).error = Some(m.to_string()) };
             Ok(())
         })())
+    })
+}
+
+// ---------------------------------------------------------------------------- actors
+
+/// An actor's constructor: builds the state (`*state`) from the creation arguments. Returns
+/// 0 on success; anything else kills the actor (its message set with `rayhpc_output_error`).
+pub type rayhpc_ctor_fn = Option<
+    unsafe extern "C" fn(
+        args: *const rayhpc_bytes,
+        nargs: usize,
+        state: *mut *mut c_void,
+        out: *mut rayhpc_output,
+        user: *mut c_void,
+    ) -> i32,
+>;
+
+/// An actor method: runs on the state, one call at a time per actor, in submission order
+/// (possibly on different threads over time). As a task function otherwise.
+pub type rayhpc_method_fn = Option<
+    unsafe extern "C" fn(state: *mut c_void, args: *const rayhpc_bytes, nargs: usize, out: *mut rayhpc_output, user: *mut c_void) -> i32,
+>;
+
+/// Frees an actor's state when the actor ends (killed, or its last handle released).
+pub type rayhpc_dtor_fn = Option<unsafe extern "C" fn(state: *mut c_void, user: *mut c_void)>;
+
+/// One method of an actor class.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct rayhpc_method {
+    /// Its name (copied at registration).
+    pub name: *const c_char,
+    /// The function.
+    pub call: rayhpc_method_fn,
+    /// Its number of arguments (-1: any).
+    pub nargs: i32,
+}
+
+/// A live actor. 0 is never valid. Release it with `rayhpc_actor_release`.
+pub type rayhpc_actor = u64;
+
+type CtorPtr = unsafe extern "C" fn(*const rayhpc_bytes, usize, *mut *mut c_void, *mut rayhpc_output, *mut c_void) -> i32;
+type MethodPtr = unsafe extern "C" fn(*mut c_void, *const rayhpc_bytes, usize, *mut rayhpc_output, *mut c_void) -> i32;
+type DtorPtr = unsafe extern "C" fn(*mut c_void, *mut c_void);
+
+struct CClass {
+    name: String,
+    ctor: CtorPtr,
+    dtor: Option<DtorPtr>,
+    methods: HashMap<String, (MethodPtr, i32)>,
+    user: *mut c_void,
+}
+
+// SAFETY: the caller of `rayhpc_register_class` promises that its functions and `user` may
+// be used from any thread (one call at a time per actor state).
+unsafe impl Send for CClass {}
+// SAFETY: as above.
+unsafe impl Sync for CClass {}
+
+struct CActor {
+    class: std::sync::Arc<CClass>,
+    state: *mut c_void,
+}
+
+// SAFETY: an actor's state is used by one call at a time (the core runs an actor's calls one
+// after another), from whichever executor thread runs its turn: the class's contract.
+unsafe impl Send for CActor {}
+
+impl RawActor for CActor {
+    fn call(&mut self, method: &str, inputs: &[&[u8]]) -> Result<RawOutput, RawFailure> {
+        let Some(&(f, _)) = self.class.methods.get(method) else {
+            return Err(RawFailure {
+                kind: FailureKind::BadArguments,
+                message: format!("{} has no method {method}", self.class.name),
+                payload: None,
+            });
+        };
+        let args: Vec<rayhpc_bytes> = inputs.iter().map(|b| rayhpc_bytes { data: b.as_ptr(), len: b.len() }).collect();
+        let mut out = rayhpc_output { result: Vec::new(), error: None };
+        // SAFETY: the state is this actor's (made by its constructor, used by one call at a
+        // time); `args` describe bytes alive for the call; `out` is valid for it.
+        let rc = unsafe { f(self.state, args.as_ptr(), args.len(), &mut out, self.class.user) };
+        if rc == 0 {
+            Ok(RawOutput::Bytes(out.result))
+        } else {
+            Err(RawFailure {
+                kind: FailureKind::Error,
+                message: out.error.unwrap_or_else(|| format!("{}.{method} returned {rc}", self.class.name)),
+                payload: None,
+            })
+        }
+    }
+}
+
+impl Drop for CActor {
+    fn drop(&mut self) {
+        if let Some(d) = self.class.dtor {
+            // SAFETY: the state the constructor made, dropped once, after its last call.
+            unsafe { d(self.state, self.class.user) };
+        }
+    }
+}
+
+struct ActorEntry {
+    handle: RawActorHandle,
+    class: std::sync::Arc<CClass>,
+    raw: std::sync::Arc<RawClass>,
+}
+
+static CLASSES: RwLock<Option<HashMap<String, (std::sync::Arc<CClass>, std::sync::Arc<RawClass>)>>> = RwLock::new(None);
+static ACTORS: Mutex<Table<ActorEntry>> = Mutex::new(Table::new());
+
+/// Registers actor class `name`: its constructor, destructor (may be NULL) and `nmethods`
+/// methods. `user` is passed to all of them; they must be usable from any thread.
+///
+/// # Safety
+/// `name` and every method name are NUL-terminated; `methods` points to `nmethods` entries.
+#[no_mangle]
+pub unsafe extern "C" fn rayhpc_register_class(
+    name: *const c_char,
+    ctor: rayhpc_ctor_fn,
+    dtor: rayhpc_dtor_fn,
+    methods: *const rayhpc_method,
+    nmethods: usize,
+    user: *mut c_void,
+) -> rayhpc_status {
+    guard(|| {
+        status_of((|| {
+            // SAFETY: the caller's contract.
+            let name = unsafe { text(name, "name") }?;
+            let Some(ctor) = ctor else { return Err(fail(RAYHPC_E_NULL, "the constructor is NULL")) };
+            if nmethods > 0 && methods.is_null() {
+                return Err(fail(RAYHPC_E_NULL, "methods is NULL"));
+            }
+            // SAFETY: non-null and `nmethods` long (the caller's contract).
+            let ms = if nmethods == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(methods, nmethods) } };
+            let mut table = HashMap::new();
+            for m in ms {
+                // SAFETY: the caller's contract.
+                let mname = unsafe { text(m.name, "a method name") }?;
+                let Some(f) = m.call else { return Err(fail(RAYHPC_E_NULL, format!("method {mname} is NULL"))) };
+                if m.nargs < -1 {
+                    return Err(fail(RAYHPC_E_INVALID, format!("method {mname}: nargs {}", m.nargs)));
+                }
+                table.insert(mname.to_string(), (f, m.nargs));
+            }
+            let class = std::sync::Arc::new(CClass { name: name.to_string(), ctor, dtor, methods: table, user });
+            let c2 = class.clone();
+            let raw = std::sync::Arc::new(raw_actor(name, move |inputs: &[&[u8]]| {
+                let args: Vec<rayhpc_bytes> = inputs.iter().map(|b| rayhpc_bytes { data: b.as_ptr(), len: b.len() }).collect();
+                let mut out = rayhpc_output { result: Vec::new(), error: None };
+                let mut state: *mut c_void = std::ptr::null_mut();
+                // SAFETY: the registered constructor, with argument bytes alive for the call
+                // and a state location and output valid for it.
+                let rc = unsafe { (c2.ctor)(args.as_ptr(), args.len(), &mut state, &mut out, c2.user) };
+                if rc != 0 {
+                    return Err(RawFailure {
+                        kind: FailureKind::Error,
+                        message: out.error.unwrap_or_else(|| format!("{}'s constructor returned {rc}", c2.name)),
+                        payload: None,
+                    });
+                }
+                Ok(Box::new(CActor { class: c2.clone(), state }) as Box<dyn RawActor>)
+            }));
+            CLASSES.write().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).insert(name.to_string(), (class, raw));
+            Ok(())
+        })())
+    })
+}
+
+fn raw_args_of(args: *const rayhpc_arg, nargs: usize) -> Result<Vec<RawArg>, rayhpc_status> {
+    if nargs > 0 && args.is_null() {
+        return Err(fail(RAYHPC_E_NULL, format!("args is NULL with {nargs} argument(s)")));
+    }
+    // SAFETY: non-null and `nargs` long (the public callers' contract).
+    let args = if nargs == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(args, nargs) } };
+    let mut out = Vec::with_capacity(nargs);
+    for (i, a) in args.iter().enumerate() {
+        match a.kind {
+            rayhpc_arg_kind::RAYHPC_ARG_BYTES => {
+                // SAFETY: the callers' contract for argument bytes.
+                let b = unsafe { bytes(a.bytes.data, a.bytes.len, "argument bytes") }?;
+                out.push(RawArg::Bytes(b.to_vec()));
+            }
+            rayhpc_arg_kind::RAYHPC_ARG_REF => match lock(&REFS).get(a.r#ref) {
+                Some(r) => out.push(RawArg::Ref(r.clone())),
+                None => return Err(fail(RAYHPC_E_BAD_HANDLE, format!("argument {i}: ref {:#x} is released or was never made", a.r#ref))),
+            },
+        }
+    }
+    Ok(out)
+}
+
+/// Creates an actor of class `class_name` (its constructor runs once the argument refs are
+/// ready). `options` may be NULL; its resources are held for the actor's life.
+///
+/// # Safety
+/// `class_name` is NUL-terminated; `args` has `nargs` entries; `options` is NULL or valid;
+/// `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn rayhpc_actor_create(
+    class_name: *const c_char,
+    args: *const rayhpc_arg,
+    nargs: usize,
+    options: *const rayhpc_options,
+    out: *mut rayhpc_actor,
+) -> rayhpc_status {
+    guard(|| {
+        status_of((|| {
+            if out.is_null() {
+                return Err(fail(RAYHPC_E_NULL, "out is NULL"));
+            }
+            // SAFETY: the caller's contract.
+            let name = unsafe { text(class_name, "class_name") }?;
+            let rt = runtime()?;
+            let (class, raw) = CLASSES
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .and_then(|m| m.get(name).cloned())
+                .ok_or_else(|| fail(RAYHPC_E_UNKNOWN_FUNCTION, format!("no actor class registered as {name:?}")))?;
+            let args = raw_args_of(args, nargs)?;
+            let opts = if options.is_null() {
+                Options::new()
+            } else {
+                // SAFETY: non-null; the caller's contract.
+                options_of(unsafe { &*options })?
+            };
+            let handle = raw.remote(&rt, args, &opts).map_err(|e| from_error(&e))?;
+            let h = lock(&ACTORS).insert(ActorEntry { handle, class, raw });
+            // SAFETY: non-null, writable.
+            unsafe { out.write(h) };
+            Ok(())
+        })())
+    })
+}
+
+/// Calls `method` on the actor; `*out` is the handle of its result. Calls to one actor run
+/// one at a time, in the order they were made.
+///
+/// # Safety
+/// `method` is NUL-terminated; `args` has `nargs` entries; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn rayhpc_actor_call(
+    actor: rayhpc_actor,
+    method: *const c_char,
+    args: *const rayhpc_arg,
+    nargs: usize,
+    out: *mut rayhpc_ref,
+) -> rayhpc_status {
+    guard(|| {
+        status_of((|| {
+            if out.is_null() {
+                return Err(fail(RAYHPC_E_NULL, "out is NULL"));
+            }
+            // SAFETY: the caller's contract.
+            let method = unsafe { text(method, "method") }?;
+            runtime()?;
+            let (handle, class, raw) = {
+                let actors = lock(&ACTORS);
+                let e = actors
+                    .get(actor)
+                    .ok_or_else(|| fail(RAYHPC_E_BAD_HANDLE, format!("actor {actor:#x} is released or was never made")))?;
+                (e.handle.clone(), e.class.clone(), e.raw.clone())
+            };
+            let &(_, want) = class
+                .methods
+                .get(method)
+                .ok_or_else(|| fail(RAYHPC_E_UNKNOWN_FUNCTION, format!("{} has no method {method:?}", class.name)))?;
+            if want >= 0 && want as usize != nargs {
+                return Err(fail(RAYHPC_E_ARG_COUNT, format!("{}.{method} takes {want} argument(s), {nargs} given", class.name)));
+            }
+            let args = raw_args_of(args, nargs)?;
+            let r = raw.call(&handle, method, args).map_err(|e| from_error(&e))?;
+            let h = lock(&REFS).insert(r);
+            // SAFETY: non-null, writable.
+            unsafe { out.write(h) };
+            Ok(())
+        })())
+    })
+}
+
+/// Kills the actor: calls not run yet (and later ones) fail with `RAYHPC_E_ACTOR_DIED`; a
+/// call running now finishes; the destructor runs after it. The handle stays valid (release
+/// it still).
+#[no_mangle]
+pub extern "C" fn rayhpc_actor_kill(actor: rayhpc_actor) -> rayhpc_status {
+    guard(|| {
+        status_of((|| {
+            let rt = runtime()?;
+            let handle = lock(&ACTORS)
+                .get(actor)
+                .map(|e| e.handle.clone())
+                .ok_or_else(|| fail(RAYHPC_E_BAD_HANDLE, format!("actor {actor:#x} is released or was never made")))?;
+            rt.kill(&handle);
+            Ok(())
+        })())
+    })
+}
+
+/// Releases an actor handle; the actor ends (destructor run) once no handle and no queued
+/// call needs it.
+#[no_mangle]
+pub extern "C" fn rayhpc_actor_release(actor: rayhpc_actor) -> rayhpc_status {
+    guard(|| match lock(&ACTORS).remove(actor) {
+        Some(_) => RAYHPC_OK,
+        None => fail(RAYHPC_E_BAD_HANDLE, format!("actor {actor:#x} is released or was never made")),
     })
 }
 

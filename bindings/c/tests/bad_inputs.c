@@ -32,6 +32,17 @@ static int32_t boom(const rayhpc_bytes *args, size_t nargs, rayhpc_output *out, 
   return 7;
 }
 
+static int32_t nothing_new(const rayhpc_bytes *args, size_t nargs, void **state, rayhpc_output *out, void *user) {
+  (void)args; (void)user; (void)state;
+  if (nargs > 0) { rayhpc_output_error(out, "this constructor refuses arguments"); return 3; }
+  return 0;
+}
+
+static int32_t nothing_m(void *state, const rayhpc_bytes *args, size_t nargs, rayhpc_output *out, void *user) {
+  (void)state; (void)args; (void)nargs; (void)out; (void)user;
+  return 0;
+}
+
 static int32_t nap(const rayhpc_bytes *args, size_t nargs, rayhpc_output *out, void *user) {
   (void)args; (void)nargs; (void)out; (void)user;
   struct timespec t = {0, 300000000};
@@ -121,6 +132,33 @@ int main(void) {
   expect("wait until ready", rayhpc_wait(&r, 1, 1, -1, &ready, &nready), RAYHPC_OK, NULL);
   if (ready != 1 || nready != 1) { printf("FAIL wait did not report ready\n"); failures++; }
   rayhpc_ref_release(r);
+
+  rayhpc_method ms[] = {{"m", nothing_m, 0}};
+  rayhpc_method bad_ms[] = {{"m", NULL, 0}};
+  expect("register class NULL ctor", rayhpc_register_class("K", NULL, NULL, ms, 1, NULL), RAYHPC_E_NULL, "constructor");
+  expect("register class NULL method", rayhpc_register_class("K", nothing_new, NULL, bad_ms, 1, NULL), RAYHPC_E_NULL, "method m");
+  expect("register class NULL methods", rayhpc_register_class("K", nothing_new, NULL, NULL, 1, NULL), RAYHPC_E_NULL, "methods");
+  expect("register class", rayhpc_register_class("K", nothing_new, NULL, ms, 1, NULL), RAYHPC_OK, NULL);
+  rayhpc_actor act = 0;
+  expect("create of an unknown class", rayhpc_actor_create("NoSuch", NULL, 0, NULL, &act), RAYHPC_E_UNKNOWN_FUNCTION, "NoSuch");
+  expect("create", rayhpc_actor_create("K", NULL, 0, NULL, &act), RAYHPC_OK, NULL);
+  expect("call an unknown method", rayhpc_actor_call(act, "nope", NULL, 0, &r), RAYHPC_E_UNKNOWN_FUNCTION, "nope");
+  expect("call with the wrong count", rayhpc_actor_call(act, "m", &one, 1, &r), RAYHPC_E_ARG_COUNT, "takes 0");
+  expect("call", rayhpc_actor_call(act, "m", NULL, 0, &r), RAYHPC_OK, NULL);
+  expect("its result", rayhpc_get_into(r, 10, small, 0, &len), RAYHPC_OK, NULL);
+  rayhpc_ref_release(r);
+  expect("kill", rayhpc_actor_kill(act), RAYHPC_OK, NULL);
+  expect("call after kill", rayhpc_actor_call(act, "m", NULL, 0, &r), RAYHPC_OK, NULL);
+  expect("fails as a dead actor", rayhpc_get_into(r, 10, small, 0, &len), RAYHPC_E_ACTOR_DIED, "killed");
+  rayhpc_ref_release(r);
+  expect("actor release", rayhpc_actor_release(act), RAYHPC_OK, NULL);
+  expect("call after release", rayhpc_actor_call(act, "m", NULL, 0, &r), RAYHPC_E_BAD_HANDLE, "released");
+  expect("release twice", rayhpc_actor_release(act), RAYHPC_E_BAD_HANDLE, NULL);
+  expect("create with a refusing constructor", rayhpc_actor_create("K", &one, 1, NULL, &act), RAYHPC_OK, NULL);
+  expect("call", rayhpc_actor_call(act, "m", NULL, 0, &r), RAYHPC_OK, NULL);
+  expect("fails: the constructor failed", rayhpc_get_into(r, 10, small, 0, &len), RAYHPC_E_ACTOR_DIED, "refuses arguments");
+  rayhpc_ref_release(r);
+  rayhpc_actor_release(act);
 
   expect("put NULL data with a length", rayhpc_put(NULL, 10, &r), RAYHPC_E_NULL, NULL);
   expect("put empty", rayhpc_put(NULL, 0, &r), RAYHPC_OK, NULL);
