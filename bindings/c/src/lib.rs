@@ -1055,7 +1055,10 @@ struct ActorEntry {
     raw: std::sync::Arc<RawClass>,
 }
 
-static CLASSES: RwLock<Option<HashMap<String, (std::sync::Arc<CClass>, std::sync::Arc<RawClass>)>>> = RwLock::new(None);
+/// A registered class: its C functions, and the core's raw class made of them.
+type ClassEntry = (std::sync::Arc<CClass>, std::sync::Arc<RawClass>);
+
+static CLASSES: RwLock<Option<HashMap<String, ClassEntry>>> = RwLock::new(None);
 static ACTORS: Mutex<Table<ActorEntry>> = Mutex::new(Table::new());
 
 /// Registers actor class `name`: its constructor, destructor (may be NULL) and `nmethods`
