@@ -24,6 +24,14 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
+/// The library's own (Rust) allocations go through mimalloc, as the launcher's do: a task's
+/// spec and result slot are allocated on the submitting thread and freed on an executor, and
+/// glibc's malloc serialises such cross-thread frees. Measured with `examples/c/bench.c`
+/// (alternating builds, quiet machine): 1.2–1.4 M tasks/s with glibc's malloc, 2.3 M with
+/// mimalloc. The C program's own malloc is untouched.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use rayhpc::raw::{raw_actor, raw_function, RawActor, RawActorHandle, RawArg, RawClass, RawFailure, RawFn, RawOutput};
 use rayhpc::{Config, Error, FailureKind, ObjectRef, ObjectView, Options, Runtime, Untyped};
 
