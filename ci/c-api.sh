@@ -53,4 +53,4 @@ readelf -d "$out/hello" | grep -q RUNPATH || { echo "the examples' rpath is not 
 
 # The throughput example beside `rayhpc bench` in the same run (figures, not asserted).
 "$out/bench" 200000 5
-cargo run --release --locked -q -p rayhpc-launcher -- bench --json --object-mib 0 --spill-mib 0 --trials 5 | tr ',' '\n' | grep tasks_async_per_s
+cargo run --release --locked -q -p rayhpc-launcher -- bench --json --object-mib 0 --spill-mib 0 --trials 5 --round-trips 1000 | tr ',' '\n' | grep tasks_async_per_s

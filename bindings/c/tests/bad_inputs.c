@@ -86,6 +86,14 @@ int main(void) {
   rayhpc_ref_release(r);
   expect("call a handle never made", rayhpc_call(fe + 100, &one, 1, NULL, &r), RAYHPC_E_BAD_HANDLE, "never made");
   expect("call with the wrong count", rayhpc_call(fe, NULL, 0, NULL, &r), RAYHPC_E_ARG_COUNT, NULL);
+  rayhpc_call_spec specs[3] = {{fe, &one, 1, NULL}, {fe, &one, 1, NULL}, {fe, NULL, 0, NULL}};
+  rayhpc_ref batch[3] = {0, 0, 0};
+  expect("a batch with one bad call", rayhpc_call_batch(specs, 3, batch), RAYHPC_E_ARG_COUNT, NULL);
+  if (batch[0] != 0) { printf("FAIL a refused batch made refs\n"); failures++; }
+  expect("a batch NULL", rayhpc_call_batch(NULL, 3, batch), RAYHPC_E_NULL, NULL);
+  expect("a batch of two", rayhpc_call_batch(specs, 2, batch), RAYHPC_OK, NULL);
+  expect("release the batch", rayhpc_ref_release_batch(batch, 2), RAYHPC_OK, NULL);
+  expect("release it again", rayhpc_ref_release_batch(batch, 2), RAYHPC_E_BAD_HANDLE, "released");
   expect("submit NULL out", rayhpc_submit("echo", &one, 1, NULL, NULL), RAYHPC_E_NULL, "out");
   expect("submit wrong argument count", rayhpc_submit("echo", NULL, 0, NULL, &r), RAYHPC_E_ARG_COUNT, "takes 1");
   expect("submit NULL args with a count", rayhpc_submit("boom", NULL, 3, NULL, &r), RAYHPC_E_ARG_COUNT, NULL);
