@@ -499,6 +499,18 @@ impl Runtime {
         Ok(cell)
     }
 
+    /// Checks that a task with options `o` could ever run here (what a submit would refuse:
+    /// malformed or infeasible resources), without submitting anything.
+    ///
+    /// # Errors
+    /// [`Error::Resources`] as a submit would return it; [`Error::Shutdown`].
+    pub fn check_task_options(&self, o: &Options) -> Result<()> {
+        if self.is_shutdown() {
+            return Err(Error::Shutdown);
+        }
+        self.inner.pool().class(&o.request(1.0)).map(drop).map_err(Error::from)
+    }
+
     pub(crate) fn submit_task<R>(&self, func: &'static FnEntry, args: Vec<ArgSpecPub>, o: &Options) -> Result<ObjectRef<R>> {
         let inner = &self.inner;
         if inner.is_shutdown() {

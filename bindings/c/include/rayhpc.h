@@ -131,8 +131,8 @@ typedef struct {
 } rayhpc_config;
 
 /**
- * Options of a call. Start from `rayhpc_options_default()`; negative numbers and NULL
- * strings mean "the default".
+ * Options of a call. Start from `rayhpc_options_default()`; negative amounts, NULL strings
+ * and a `max_retries` below -1 mean "the default".
  */
 typedef struct {
   /**
@@ -148,8 +148,8 @@ typedef struct {
    */
   const char *resources;
   /**
-   * Times a failed task is run again (default 3; -1 forever). Crashes are retried; errors
-   * only with `retry_exceptions`.
+   * Times a failed task is run again (default 3, asked for by -2 or less; -1 retries
+   * forever). Crashes are retried; errors only with `retry_exceptions`.
    */
   int32_t max_retries;
   /**
@@ -176,7 +176,9 @@ typedef struct {
  * A task function: `nargs` arguments (their bytes, valid during the call), and the output
  * to write the result into. Returns 0 on success; anything else fails the task (with the
  * message set by `rayhpc_output_error`, if any). Called on the runtime's threads, possibly
- * several at once: it must be thread-safe, as must `user`.
+ * several at once, or on the thread of a `rayhpc_get`/`rayhpc_get_into` waiting without a
+ * timeout for a task nobody started yet (it then runs it): it must be thread-safe, as must
+ * `user`, and must not take a lock its caller of `rayhpc_get` may hold.
  */
 typedef int32_t (*rayhpc_task_fn)(const rayhpc_bytes *args,
                                   size_t nargs,
@@ -194,9 +196,10 @@ typedef uint64_t rayhpc_ref;
  */
 typedef struct {
   /**
-   * Which of `bytes` and `ref` it is.
+   * Which of `bytes` and `ref` it is: a `rayhpc_arg_kind` (any other value is
+   * `RAYHPC_E_INVALID`).
    */
-  rayhpc_arg_kind kind;
+  int32_t kind;
   /**
    * The bytes, for `RAYHPC_ARG_BYTES`.
    */
@@ -299,9 +302,10 @@ extern "C" {
 const char *rayhpc_last_error(void);
 
 /**
- * The name of a status, e.g. "RAYHPC_E_TIMEOUT". Never NULL.
+ * The name of a status, e.g. "RAYHPC_E_TIMEOUT" ("RAYHPC_UNKNOWN_STATUS" for a value
+ * that is none). Never NULL.
  */
-const char *rayhpc_status_name(rayhpc_status s);
+const char *rayhpc_status_name(int32_t status);
 
 /**
  * A config that asks for every default.
@@ -441,8 +445,9 @@ rayhpc_status rayhpc_ref_release(rayhpc_ref r);
 
 /**
  * Waits until `num_returns` of the `n` objects are ready or `timeout_s` passes (negative:
- * forever). `ready[i]` (n bytes) is set to 1 for each ready object, 0 otherwise;
- * `*num_ready` is how many are. A timeout is not an error here.
+ * forever). `ready[i]` (n bytes) is set to 1 for each object ready when the call returns
+ * (there may be more than `num_returns`), 0 otherwise; `*num_ready` is how many are. A
+ * timeout is not an error here.
  *
  * # Safety
  * `refs` points to `n` handles; `ready` to `n` writable bytes; `num_ready` is NULL or
@@ -465,7 +470,8 @@ rayhpc_status rayhpc_output_set(rayhpc_output *out, const void *data, size_t len
 
 /**
  * Makes the result of the running task a buffer of `len` bytes (zeroed) for the function
- * to write into: `*buf`, valid until the function returns.
+ * to write into: `*buf`, valid until the function returns or calls another `rayhpc_output_*`
+ * function on this output (`rayhpc_output_set` may take a range of it as its data).
  *
  * # Safety
  * `out` is the output passed to the running task function; `buf` is writable.

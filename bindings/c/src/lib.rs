@@ -107,20 +107,24 @@ pub enum rayhpc_arg_kind {
     RAYHPC_ARG_REF = 1,
 }
 
+const ARG_BYTES: i32 = rayhpc_arg_kind::RAYHPC_ARG_BYTES as i32;
+const ARG_REF: i32 = rayhpc_arg_kind::RAYHPC_ARG_REF as i32;
+
 /// One argument of a call.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct rayhpc_arg {
-    /// Which of `bytes` and `ref` it is.
-    pub kind: rayhpc_arg_kind,
+    /// Which of `bytes` and `ref` it is: a `rayhpc_arg_kind` (any other value is
+    /// `RAYHPC_E_INVALID`).
+    pub kind: i32,
     /// The bytes, for `RAYHPC_ARG_BYTES`.
     pub bytes: rayhpc_bytes,
     /// The object, for `RAYHPC_ARG_REF`.
     pub r#ref: rayhpc_ref,
 }
 
-/// Options of a call. Start from `rayhpc_options_default()`; negative numbers and NULL
-/// strings mean "the default".
+/// Options of a call. Start from `rayhpc_options_default()`; negative amounts, NULL strings
+/// and a `max_retries` below -1 mean "the default".
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct rayhpc_options {
@@ -130,8 +134,8 @@ pub struct rayhpc_options {
     pub num_gpus: f64,
     /// Custom resources, `"name=amount,name=amount"`, or NULL.
     pub resources: *const c_char,
-    /// Times a failed task is run again (default 3; -1 forever). Crashes are retried; errors
-    /// only with `retry_exceptions`.
+    /// Times a failed task is run again (default 3, asked for by -2 or less; -1 retries
+    /// forever). Crashes are retried; errors only with `retry_exceptions`.
     pub max_retries: i32,
     /// Non-zero: errors the function returns are retried too.
     pub retry_exceptions: i32,
@@ -162,7 +166,9 @@ pub struct rayhpc_output {
 /// A task function: `nargs` arguments (their bytes, valid during the call), and the output
 /// to write the result into. Returns 0 on success; anything else fails the task (with the
 /// message set by `rayhpc_output_error`, if any). Called on the runtime's threads, possibly
-/// several at once: it must be thread-safe, as must `user`.
+/// several at once, or on the thread of a `rayhpc_get`/`rayhpc_get_into` waiting without a
+/// timeout for a task nobody started yet (it then runs it): it must be thread-safe, as must
+/// `user`, and must not take a lock its caller of `rayhpc_get` may hold.
 pub type rayhpc_task_fn =
     Option<unsafe extern "C" fn(args: *const rayhpc_bytes, nargs: usize, out: *mut rayhpc_output, user: *mut c_void) -> i32>;
 
@@ -172,7 +178,13 @@ thread_local! {
 
 fn set_error(msg: impl Into<String>) {
     let msg = msg.into().replace('\0', " ");
-    LAST.with(|l| *l.borrow_mut() = CString::new(msg).expect("NULs replaced"));
+    // A call from a thread whose Rust thread-locals are gone (a pthread key destructor) keeps
+    // its status; only the message is lost.
+    let _ = LAST.try_with(|l| {
+        if let Ok(mut l) = l.try_borrow_mut() {
+            *l = CString::new(msg).unwrap_or_default();
+        }
+    });
 }
 
 /// Records `e` as this thread's last error and returns its status.
@@ -241,6 +253,19 @@ impl<T> Table<T> {
 
     fn get(&self, h: u64) -> Option<&T> {
         self.slot(h).and_then(|i| self.slots[i].1.as_ref())
+    }
+
+    /// Takes every entry out; handles made before stay invalid (generations go on).
+    fn drain(&mut self) -> Vec<T> {
+        let mut out = Vec::new();
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if let Some(v) = slot.1.take() {
+                slot.0 = slot.0.wrapping_add(1).max(1);
+                self.free.push(i as u32);
+                out.push(v);
+            }
+        }
+        out
     }
 
     fn remove(&mut self, h: u64) -> Option<T> {
@@ -338,12 +363,40 @@ fn status_of(r: Result<(), rayhpc_status>) -> rayhpc_status {
 /// Never NULL.
 #[no_mangle]
 pub extern "C" fn rayhpc_last_error() -> *const c_char {
-    LAST.with(|l| l.borrow().as_ptr())
+    LAST.try_with(|l| l.try_borrow().map(|c| c.as_ptr()).unwrap_or(EMPTY.as_ptr().cast())).unwrap_or(EMPTY.as_ptr().cast())
 }
 
-/// The name of a status, e.g. "RAYHPC_E_TIMEOUT". Never NULL.
+static EMPTY: [u8; 1] = [0];
+
+/// The status an integer from C names, if any (C may pass any int where a Rust enum takes
+/// only its values).
+fn status_from(v: i32) -> Option<rayhpc_status> {
+    const ALL: [rayhpc_status; 16] = [
+        RAYHPC_OK,
+        RAYHPC_E_NULL,
+        RAYHPC_E_INVALID,
+        RAYHPC_E_NOT_INITIALIZED,
+        RAYHPC_E_ALREADY_INITIALIZED,
+        RAYHPC_E_UNKNOWN_FUNCTION,
+        RAYHPC_E_ARG_COUNT,
+        RAYHPC_E_BAD_HANDLE,
+        RAYHPC_E_TIMEOUT,
+        RAYHPC_E_TASK,
+        RAYHPC_E_STORE,
+        RAYHPC_E_TOO_SMALL,
+        RAYHPC_E_RESOURCES,
+        RAYHPC_E_SHUTDOWN,
+        RAYHPC_E_INTERNAL,
+        RAYHPC_E_ACTOR_DIED,
+    ];
+    ALL.into_iter().find(|s| *s as i32 == v)
+}
+
+/// The name of a status, e.g. "RAYHPC_E_TIMEOUT" ("RAYHPC_UNKNOWN_STATUS" for a value
+/// that is none). Never NULL.
 #[no_mangle]
-pub extern "C" fn rayhpc_status_name(s: rayhpc_status) -> *const c_char {
+pub extern "C" fn rayhpc_status_name(status: i32) -> *const c_char {
+    let Some(s) = status_from(status) else { return b"RAYHPC_UNKNOWN_STATUS\0".as_ptr().cast() };
     let name: &'static [u8] = match s {
         RAYHPC_OK => b"RAYHPC_OK\0",
         RAYHPC_E_NULL => b"RAYHPC_E_NULL\0",
@@ -421,13 +474,16 @@ pub unsafe extern "C" fn rayhpc_init(config: *const rayhpc_config) -> rayhpc_sta
 #[no_mangle]
 pub extern "C" fn rayhpc_shutdown() -> rayhpc_status {
     guard(|| {
-        let rt = RT.write().unwrap_or_else(|e| e.into_inner()).take();
-        let Some(rt) = rt else { return fail(RAYHPC_E_NOT_INITIALIZED, "rayhpc is not initialized") };
+        // Under the runtime's lock: an init racing this shutdown sees its handles untouched.
+        let mut g = RT.write().unwrap_or_else(|e| e.into_inner());
+        let Some(rt) = g.take() else { return fail(RAYHPC_E_NOT_INITIALIZED, "rayhpc is not initialized") };
         rt.shutdown();
-        *lock(&VIEWS) = Table::new();
-        *lock(&REFS) = Table::new();
-        let actors = std::mem::replace(&mut *lock(&ACTORS), Table::new());
-        drop(actors);
+        let views = lock(&VIEWS).drain();
+        let refs = lock(&REFS).drain();
+        let actors = lock(&ACTORS).drain();
+        drop(g);
+        // Dropped outside every lock (an actor's destructor is user code).
+        drop((views, refs, actors));
         RAYHPC_OK
     })
 }
@@ -695,12 +751,12 @@ unsafe fn prepare(
     let mut refs = None;
     for (i, a) in args.iter().enumerate() {
         match a.kind {
-            rayhpc_arg_kind::RAYHPC_ARG_BYTES => {
+            ARG_BYTES => {
                 // SAFETY: the caller's contract for argument bytes.
                 let b = unsafe { bytes(a.bytes.data, a.bytes.len, "argument bytes") }?;
                 raw_args.push(RawArg::Bytes(b.to_vec()));
             }
-            rayhpc_arg_kind::RAYHPC_ARG_REF => {
+            ARG_REF => {
                 let refs = refs.get_or_insert_with(|| lock(&REFS));
                 match refs.get(a.r#ref) {
                     Some(r) => raw_args.push(RawArg::Ref(r.clone())),
@@ -709,6 +765,7 @@ unsafe fn prepare(
                     }
                 }
             }
+            k => return Err(fail(RAYHPC_E_INVALID, format!("argument {i}: kind {k} is neither RAYHPC_ARG_BYTES nor RAYHPC_ARG_REF"))),
         }
     }
     drop(refs);
@@ -772,6 +829,15 @@ pub unsafe extern "C" fn rayhpc_call_batch(calls: *const rayhpc_call_spec, n: us
                 let rt = RT.read().unwrap_or_else(|e| e.into_inner());
                 let rt =
                     rt.as_ref().ok_or_else(|| fail(RAYHPC_E_NOT_INITIALIZED, "rayhpc is not initialized: call rayhpc_init() first"))?;
+                // Resources too are checked before anything is submitted.
+                for (i, (_, _, opts)) in prepared.iter().enumerate() {
+                    if let Some(o) = opts {
+                        rt.check_task_options(o).map_err(|e| {
+                            let s = from_error(&e);
+                            fail(s, format!("call {i}: {e}"))
+                        })?;
+                    }
+                }
                 for (raw, args, opts) in prepared {
                     made.push(raw.remote(rt, args, opts.as_ref().unwrap_or(&DEFAULT_OPTIONS)).map_err(|e| from_error(&e))?);
                 }
@@ -851,8 +917,16 @@ fn ref_of(h: rayhpc_ref) -> Result<ObjectRef<Untyped>, rayhpc_status> {
     lock(&REFS).get(h).cloned().ok_or_else(|| fail(RAYHPC_E_BAD_HANDLE, format!("ref {h:#x} is released or was never made")))
 }
 
-fn timeout_of(t: f64) -> Option<Duration> {
-    (t >= 0.0).then(|| Duration::from_secs_f64(t))
+/// A timeout in seconds: negative or infinite waits forever (as do values past ten years);
+/// NaN is refused.
+fn timeout_of(t: f64) -> Result<Option<Duration>, rayhpc_status> {
+    if t.is_nan() {
+        return Err(fail(RAYHPC_E_INVALID, "the timeout is NaN"));
+    }
+    if t < 0.0 || t > 10.0 * 365.0 * 86400.0 {
+        return Ok(None);
+    }
+    Ok(Some(Duration::from_secs_f64(t)))
 }
 
 /// Waits for the object (at most `timeout_s` seconds; negative: forever) and gives a
@@ -870,7 +944,7 @@ pub unsafe extern "C" fn rayhpc_get(r: rayhpc_ref, timeout_s: f64, out: *mut ray
             }
             let rt = runtime()?;
             let r = ref_of(r)?;
-            if let Some(t) = timeout_of(timeout_s) {
+            if let Some(t) = timeout_of(timeout_s)? {
                 let (ready, _) = rt.wait(std::slice::from_ref(&r), 1, Some(t)).map_err(|e| from_error(&e))?;
                 if ready.is_empty() {
                     return Err(fail(RAYHPC_E_TIMEOUT, format!("the object was not ready within {timeout_s} s")));
@@ -923,7 +997,7 @@ pub unsafe extern "C" fn rayhpc_get_into(r: rayhpc_ref, timeout_s: f64, buf: *mu
             }
             let rt = runtime()?;
             let r = ref_of(r)?;
-            if let Some(t) = timeout_of(timeout_s) {
+            if let Some(t) = timeout_of(timeout_s)? {
                 let (ready, _) = rt.wait(std::slice::from_ref(&r), 1, Some(t)).map_err(|e| from_error(&e))?;
                 if ready.is_empty() {
                     return Err(fail(RAYHPC_E_TIMEOUT, format!("the object was not ready within {timeout_s} s")));
@@ -951,7 +1025,7 @@ pub unsafe extern "C" fn rayhpc_get_into(r: rayhpc_ref, timeout_s: f64, buf: *mu
 /// Releases a view (its bytes may go once no one holds them).
 #[no_mangle]
 pub extern "C" fn rayhpc_view_release(v: rayhpc_view) -> rayhpc_status {
-    guard(|| match lock(&VIEWS).remove(v) {
+    guard(|| match { lock(&VIEWS).remove(v) } {
         Some(_) => RAYHPC_OK,
         None => fail(RAYHPC_E_BAD_HANDLE, format!("view {v:#x} is released or was never made")),
     })
@@ -960,15 +1034,16 @@ pub extern "C" fn rayhpc_view_release(v: rayhpc_view) -> rayhpc_status {
 /// Releases a ref (the object goes once nothing else needs it).
 #[no_mangle]
 pub extern "C" fn rayhpc_ref_release(r: rayhpc_ref) -> rayhpc_status {
-    guard(|| match lock(&REFS).remove(r) {
+    guard(|| match { lock(&REFS).remove(r) } {
         Some(_) => RAYHPC_OK,
         None => fail(RAYHPC_E_BAD_HANDLE, format!("ref {r:#x} is released or was never made")),
     })
 }
 
 /// Waits until `num_returns` of the `n` objects are ready or `timeout_s` passes (negative:
-/// forever). `ready[i]` (n bytes) is set to 1 for each ready object, 0 otherwise;
-/// `*num_ready` is how many are. A timeout is not an error here.
+/// forever). `ready[i]` (n bytes) is set to 1 for each object ready when the call returns
+/// (there may be more than `num_returns`), 0 otherwise; `*num_ready` is how many are. A
+/// timeout is not an error here.
 ///
 /// # Safety
 /// `refs` points to `n` handles; `ready` to `n` writable bytes; `num_ready` is NULL or
@@ -1001,11 +1076,11 @@ pub unsafe extern "C" fn rayhpc_wait(
                     })
                     .collect::<Result<Vec<_>, _>>()?
             };
-            let (done, _) = rt.wait(&objs, num_returns, timeout_of(timeout_s)).map_err(|e| from_error(&e))?;
-            let ids: std::collections::HashSet<_> = done.iter().map(|r| r.id()).collect();
+            let (_, _) = rt.wait(&objs, num_returns, timeout_of(timeout_s)?).map_err(|e| from_error(&e))?;
+            // Every object ready at return is marked (more than `num_returns` may be).
             let mut count = 0;
             for (i, o) in objs.iter().enumerate() {
-                let is = ids.contains(&o.id());
+                let is = o.is_ready();
                 count += usize::from(is);
                 // SAFETY: `ready` has `n` writable bytes (the caller's contract).
                 unsafe { ready.add(i).write(u8::from(is)) };
@@ -1030,19 +1105,35 @@ pub unsafe extern "C" fn rayhpc_output_set(out: *mut rayhpc_output, data: *const
             if out.is_null() {
                 return Err(fail(RAYHPC_E_NULL, "out is NULL"));
             }
-            // SAFETY: the caller's contract.
-            let b = unsafe { bytes(data.cast(), len, "data") }?;
+            if len > 0 && data.is_null() {
+                return Err(fail(RAYHPC_E_NULL, format!("data is NULL with a length of {len}")));
+            }
             // SAFETY: non-null; a live output of the running call (the caller's contract).
             let o = unsafe { &mut *out };
-            o.result.clear();
-            o.result.extend_from_slice(b);
+            let (start, end) = (o.result.as_ptr() as usize, o.result.as_ptr() as usize + o.result.len());
+            let src = data as usize;
+            if len > 0 && src >= start && src + len <= end {
+                // `data` is (part of) the buffer `rayhpc_output_alloc` gave: move within it.
+                let from = src - start;
+                o.result.copy_within(from..from + len, 0);
+                o.result.truncate(len);
+            } else {
+                // SAFETY: `len` readable bytes at `data` (the caller's contract), outside
+                // `o.result` (checked above), so no reference to them aliases the output.
+                let b = unsafe { bytes(data.cast(), len, "data") }?;
+                let mut v = Vec::new();
+                v.try_reserve_exact(len).map_err(|_| fail(RAYHPC_E_STORE, format!("cannot allocate {len} bytes for the result")))?;
+                v.extend_from_slice(b);
+                o.result = v;
+            }
             Ok(())
         })())
     })
 }
 
 /// Makes the result of the running task a buffer of `len` bytes (zeroed) for the function
-/// to write into: `*buf`, valid until the function returns.
+/// to write into: `*buf`, valid until the function returns or calls another `rayhpc_output_*`
+/// function on this output (`rayhpc_output_set` may take a range of it as its data).
 ///
 /// # Safety
 /// `out` is the output passed to the running task function; `buf` is writable.
@@ -1055,7 +1146,10 @@ pub unsafe extern "C" fn rayhpc_output_alloc(out: *mut rayhpc_output, len: usize
             }
             // SAFETY: non-null; a live output of the running call (the caller's contract).
             let o = unsafe { &mut *out };
-            o.result = vec![0; len];
+            let mut v = Vec::new();
+            v.try_reserve_exact(len).map_err(|_| fail(RAYHPC_E_STORE, format!("cannot allocate {len} bytes for the result")))?;
+            v.resize(len, 0);
+            o.result = v;
             // SAFETY: non-null, writable.
             unsafe { buf.write(o.result.as_mut_ptr().cast()) };
             Ok(())
@@ -1262,15 +1356,16 @@ fn raw_args_of(args: *const rayhpc_arg, nargs: usize) -> Result<Vec<RawArg>, ray
     let mut out = Vec::with_capacity(nargs);
     for (i, a) in args.iter().enumerate() {
         match a.kind {
-            rayhpc_arg_kind::RAYHPC_ARG_BYTES => {
+            ARG_BYTES => {
                 // SAFETY: the callers' contract for argument bytes.
                 let b = unsafe { bytes(a.bytes.data, a.bytes.len, "argument bytes") }?;
                 out.push(RawArg::Bytes(b.to_vec()));
             }
-            rayhpc_arg_kind::RAYHPC_ARG_REF => match lock(&REFS).get(a.r#ref) {
+            ARG_REF => match lock(&REFS).get(a.r#ref) {
                 Some(r) => out.push(RawArg::Ref(r.clone())),
                 None => return Err(fail(RAYHPC_E_BAD_HANDLE, format!("argument {i}: ref {:#x} is released or was never made", a.r#ref))),
             },
+            k => return Err(fail(RAYHPC_E_INVALID, format!("argument {i}: kind {k} is neither RAYHPC_ARG_BYTES nor RAYHPC_ARG_REF"))),
         }
     }
     Ok(out)
@@ -1387,9 +1482,17 @@ pub extern "C" fn rayhpc_actor_kill(actor: rayhpc_actor) -> rayhpc_status {
 /// call needs it.
 #[no_mangle]
 pub extern "C" fn rayhpc_actor_release(actor: rayhpc_actor) -> rayhpc_status {
-    guard(|| match lock(&ACTORS).remove(actor) {
-        Some(_) => RAYHPC_OK,
-        None => fail(RAYHPC_E_BAD_HANDLE, format!("actor {actor:#x} is released or was never made")),
+    // The entry is dropped after the lock: the actor's destructor (user code, which may call
+    // this API) can run right then.
+    guard(|| {
+        let e = lock(&ACTORS).remove(actor); // the guard is gone at the end of this statement
+        match e {
+            Some(e) => {
+                drop(e);
+                RAYHPC_OK
+            }
+            None => fail(RAYHPC_E_BAD_HANDLE, format!("actor {actor:#x} is released or was never made")),
+        }
     })
 }
 

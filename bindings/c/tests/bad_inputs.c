@@ -4,9 +4,13 @@
  * release, calls before init and after shutdown, a failing task, a timeout. Exits non-zero
  * on the first expectation that does not hold. */
 #include <stdint.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+#include <math.h>
+#include <stdatomic.h>
 #include <rayhpc.h>
 
 static int failures = 0;
@@ -41,6 +45,47 @@ static int32_t nothing_new(const rayhpc_bytes *args, size_t nargs, void **state,
 static int32_t nothing_m(void *state, const rayhpc_bytes *args, size_t nargs, rayhpc_output *out, void *user) {
   (void)state; (void)args; (void)nargs; (void)out; (void)user;
   return 0;
+}
+
+static atomic_int runs;
+
+static int32_t counted(const rayhpc_bytes *args, size_t nargs, rayhpc_output *out, void *user) {
+  (void)args; (void)nargs; (void)out; (void)user;
+  atomic_fetch_add(&runs, 1);
+  return 0;
+}
+
+/* Writes 16 bytes with rayhpc_output_alloc, then sets the result to 8 of them (a range of
+ * that very buffer): the result must be bytes 4..12. */
+static int32_t overlap(const rayhpc_bytes *args, size_t nargs, rayhpc_output *out, void *user) {
+  (void)args; (void)nargs; (void)user;
+  void *b;
+  if (rayhpc_output_alloc(out, 16, &b) != RAYHPC_OK) return 1;
+  for (int i = 0; i < 16; i++) ((uint8_t *)b)[i] = (uint8_t)i;
+  return rayhpc_output_set(out, (uint8_t *)b + 4, 8) == RAYHPC_OK ? 0 : 2;
+}
+
+static int32_t huge(const rayhpc_bytes *args, size_t nargs, rayhpc_output *out, void *user) {
+  (void)args; (void)nargs; (void)user;
+  void *b;
+  rayhpc_status s = rayhpc_output_alloc(out, (size_t)0x7ffffffffff0, &b);
+  return s == RAYHPC_E_STORE ? 0 : 1; /* refused, and the task goes on */
+}
+
+/* A parent actor whose state is a child actor, released by the parent's destructor. */
+static int32_t parent_new(const rayhpc_bytes *args, size_t nargs, void **state, rayhpc_output *out, void *user) {
+  (void)user; (void)out;
+  rayhpc_actor *child = malloc(sizeof *child);
+  if (nargs != 1 || args[0].len != sizeof *child) { free(child); return 1; }
+  memcpy(child, args[0].data, sizeof *child);
+  *state = child;
+  return 0;
+}
+
+static void parent_free(void *state, void *user) {
+  (void)user;
+  rayhpc_actor_release(*(rayhpc_actor *)state); /* calls the API from a destructor */
+  free(state);
 }
 
 static int32_t nap(const rayhpc_bytes *args, size_t nargs, rayhpc_output *out, void *user) {
@@ -168,6 +213,49 @@ int main(void) {
   rayhpc_ref_release(r);
   rayhpc_actor_release(act);
 
+  /* Values C may pass where the API takes an enum. */
+  rayhpc_arg weird = {7, {NULL, 0}, 0};
+  expect("an argument kind that is neither", rayhpc_submit("echo", &weird, 1, NULL, &r), RAYHPC_E_INVALID, "kind 7");
+  if (strcmp(rayhpc_status_name(2016), "RAYHPC_UNKNOWN_STATUS") != 0) { printf("FAIL status_name(2016)\n"); failures++; }
+  expect("put", rayhpc_put("abc", 3, &r), RAYHPC_OK, NULL);
+  expect("get with a NaN timeout", rayhpc_get(r, NAN, &v), RAYHPC_E_INVALID, "NaN");
+  expect("get with an infinite timeout", rayhpc_get_into(r, INFINITY, small, 0, &len), RAYHPC_E_TOO_SMALL, NULL);
+  expect("get with a 1e300 s timeout", rayhpc_get_into(r, 1e300, small, 0, &len), RAYHPC_E_TOO_SMALL, NULL);
+  rayhpc_ref_release(r);
+  expect("register overlap", rayhpc_register("overlap", overlap, NULL, 0), RAYHPC_OK, NULL);
+  expect("submit overlap", rayhpc_submit("overlap", NULL, 0, NULL, &r), RAYHPC_OK, NULL);
+  uint8_t eight[8];
+  expect("output_set from its own buffer", rayhpc_get_into(r, 10, eight, sizeof eight, &len), RAYHPC_OK, NULL);
+  if (len != 8 || eight[0] != 4 || eight[7] != 11) { printf("FAIL overlap result\n"); failures++; }
+  rayhpc_ref_release(r);
+  expect("register huge", rayhpc_register("huge", huge, NULL, 0), RAYHPC_OK, NULL);
+  expect("submit huge", rayhpc_submit("huge", NULL, 0, NULL, &r), RAYHPC_OK, NULL);
+  expect("an output_alloc too large is refused", rayhpc_get_into(r, 10, small, 0, &len), RAYHPC_OK, NULL);
+  rayhpc_ref_release(r);
+  expect("register counted", rayhpc_register("counted", counted, NULL, 0), RAYHPC_OK, NULL);
+  rayhpc_fn fc = 0;
+  expect("lookup counted", rayhpc_lookup("counted", &fc), RAYHPC_OK, NULL);
+  rayhpc_options gpu = rayhpc_options_default();
+  gpu.num_gpus = 1;
+  rayhpc_call_spec infeasible[3] = {{fc, NULL, 0, NULL}, {fc, NULL, 0, NULL}, {fc, NULL, 0, &gpu}};
+  rayhpc_ref three[3] = {0, 0, 0};
+  expect("a batch with an infeasible call", rayhpc_call_batch(infeasible, 3, three), RAYHPC_E_RESOURCES, "call 2");
+  struct timespec settle = {0, 100000000};
+  nanosleep(&settle, NULL);
+  if (atomic_load(&runs) != 0) { printf("FAIL a refused batch ran %d task(s)\n", atomic_load(&runs)); failures++; }
+  rayhpc_actor child = 0, parent = 0;
+  expect("create the child", rayhpc_actor_create("K", NULL, 0, NULL, &child), RAYHPC_OK, NULL);
+  rayhpc_method none[1] = {{"m", nothing_m, 0}};
+  expect("register Parent", rayhpc_register_class("Parent", parent_new, parent_free, none, 1, NULL), RAYHPC_OK, NULL);
+  rayhpc_arg ca = {RAYHPC_ARG_BYTES, {(const uint8_t *)&child, sizeof child}, 0};
+  expect("create the parent", rayhpc_actor_create("Parent", &ca, 1, NULL, &parent), RAYHPC_OK, NULL);
+  expect("a call on the parent", rayhpc_actor_call(parent, "m", NULL, 0, &r), RAYHPC_OK, NULL);
+  expect("its result", rayhpc_get_into(r, 10, small, 0, &len), RAYHPC_OK, NULL);
+  rayhpc_ref_release(r);
+  alarm(20); /* a deadlock here would hang: fail instead */
+  expect("release the parent (its destructor releases the child)", rayhpc_actor_release(parent), RAYHPC_OK, NULL);
+  alarm(0);
+
   expect("put NULL data with a length", rayhpc_put(NULL, 10, &r), RAYHPC_E_NULL, NULL);
   expect("put empty", rayhpc_put(NULL, 0, &r), RAYHPC_OK, NULL);
   expect("get_into of an empty object", rayhpc_get_into(r, 1, NULL, 0, &len), RAYHPC_OK, NULL);
@@ -175,11 +263,18 @@ int main(void) {
   expect("output_set NULL out", rayhpc_output_set(NULL, "x", 1), RAYHPC_E_NULL, NULL);
 
   expect("a name of the statuses", strcmp(rayhpc_status_name(RAYHPC_E_STORE), "RAYHPC_E_STORE") == 0 ? RAYHPC_OK : RAYHPC_E_INTERNAL, RAYHPC_OK, NULL);
+  rayhpc_ref stale = 0;
+  expect("a ref to outlive the runtime", rayhpc_put("old", 3, &stale), RAYHPC_OK, NULL);
   expect("shutdown", rayhpc_shutdown(), RAYHPC_OK, NULL);
   expect("submit after shutdown", rayhpc_submit("echo", &one, 1, NULL, &r), RAYHPC_E_NOT_INITIALIZED, NULL);
   expect("put after shutdown", rayhpc_put("x", 1, &r), RAYHPC_E_NOT_INITIALIZED, NULL);
   expect("shutdown twice", rayhpc_shutdown(), RAYHPC_E_NOT_INITIALIZED, NULL);
   expect("init again after shutdown", rayhpc_init(NULL), RAYHPC_OK, NULL);
+  rayhpc_ref fresh = 0;
+  expect("a ref of the new runtime", rayhpc_put("new", 3, &fresh), RAYHPC_OK, NULL);
+  expect("the old ref is not the new one", rayhpc_get(stale, 1, &v), RAYHPC_E_BAD_HANDLE, NULL);
+  expect("the new ref is fine", rayhpc_get_into(fresh, 1, small, 0, &len), RAYHPC_E_TOO_SMALL, NULL);
+  rayhpc_ref_release(fresh);
   expect("submit on the new runtime", rayhpc_submit("echo", &one, 1, NULL, &r), RAYHPC_OK, NULL);
   expect("get on the new runtime", rayhpc_get_into(r, 10, small, 0, &len), RAYHPC_E_TOO_SMALL, NULL);
   rayhpc_ref_release(r);
