@@ -396,7 +396,7 @@ fn status_from(v: i32) -> Option<rayhpc_status> {
 /// that is none). Never NULL.
 #[no_mangle]
 pub extern "C" fn rayhpc_status_name(status: i32) -> *const c_char {
-    let Some(s) = status_from(status) else { return b"RAYHPC_UNKNOWN_STATUS\0".as_ptr().cast() };
+    let Some(s) = status_from(status) else { return c"RAYHPC_UNKNOWN_STATUS".as_ptr() };
     let name: &'static [u8] = match s {
         RAYHPC_OK => b"RAYHPC_OK\0",
         RAYHPC_E_NULL => b"RAYHPC_E_NULL\0",
@@ -923,7 +923,7 @@ fn timeout_of(t: f64) -> Result<Option<Duration>, rayhpc_status> {
     if t.is_nan() {
         return Err(fail(RAYHPC_E_INVALID, "the timeout is NaN"));
     }
-    if t < 0.0 || t > 10.0 * 365.0 * 86400.0 {
+    if !(0.0..=10.0 * 365.0 * 86400.0).contains(&t) {
         return Ok(None);
     }
     Ok(Some(Duration::from_secs_f64(t)))
@@ -1025,18 +1025,20 @@ pub unsafe extern "C" fn rayhpc_get_into(r: rayhpc_ref, timeout_s: f64, buf: *mu
 /// Releases a view (its bytes may go once no one holds them).
 #[no_mangle]
 pub extern "C" fn rayhpc_view_release(v: rayhpc_view) -> rayhpc_status {
-    guard(|| match { lock(&VIEWS).remove(v) } {
-        Some(_) => RAYHPC_OK,
-        None => fail(RAYHPC_E_BAD_HANDLE, format!("view {v:#x} is released or was never made")),
+    guard(|| {
+        // Taken out under the lock, dropped after it.
+        let view = lock(&VIEWS).remove(v);
+        view.map_or_else(|| fail(RAYHPC_E_BAD_HANDLE, format!("view {v:#x} is released or was never made")), |_| RAYHPC_OK)
     })
 }
 
 /// Releases a ref (the object goes once nothing else needs it).
 #[no_mangle]
 pub extern "C" fn rayhpc_ref_release(r: rayhpc_ref) -> rayhpc_status {
-    guard(|| match { lock(&REFS).remove(r) } {
-        Some(_) => RAYHPC_OK,
-        None => fail(RAYHPC_E_BAD_HANDLE, format!("ref {r:#x} is released or was never made")),
+    guard(|| {
+        // Taken out under the lock, dropped after it.
+        let r2 = lock(&REFS).remove(r);
+        r2.map_or_else(|| fail(RAYHPC_E_BAD_HANDLE, format!("ref {r:#x} is released or was never made")), |_| RAYHPC_OK)
     })
 }
 
