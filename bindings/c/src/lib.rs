@@ -474,16 +474,20 @@ pub unsafe extern "C" fn rayhpc_init(config: *const rayhpc_config) -> rayhpc_sta
 #[no_mangle]
 pub extern "C" fn rayhpc_shutdown() -> rayhpc_status {
     guard(|| {
-        // Under the runtime's lock: an init racing this shutdown sees its handles untouched.
-        let mut g = RT.write().unwrap_or_else(|e| e.into_inner());
-        let Some(rt) = g.take() else { return fail(RAYHPC_E_NOT_INITIALIZED, "rayhpc is not initialized") };
+        // The handles are taken out under the runtime's lock (an init racing this shutdown then
+        // sees its own handles untouched); the runtime is stopped after the lock is let go, as a
+        // running task may still call the API (and take the lock) before it finishes.
+        let (rt, handles) = {
+            let mut g = RT.write().unwrap_or_else(|e| e.into_inner());
+            let Some(rt) = g.take() else { return fail(RAYHPC_E_NOT_INITIALIZED, "rayhpc is not initialized") };
+            let views = lock(&VIEWS).drain();
+            let refs = lock(&REFS).drain();
+            let actors = lock(&ACTORS).drain();
+            (rt, (views, refs, actors))
+        };
         rt.shutdown();
-        let views = lock(&VIEWS).drain();
-        let refs = lock(&REFS).drain();
-        let actors = lock(&ACTORS).drain();
-        drop(g);
         // Dropped outside every lock (an actor's destructor is user code).
-        drop((views, refs, actors));
+        drop(handles);
         RAYHPC_OK
     })
 }

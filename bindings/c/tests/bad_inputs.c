@@ -88,6 +88,18 @@ static void parent_free(void *state, void *user) {
   free(state);
 }
 
+/* A task that submits a task (the API from inside a task function), slowly: a shutdown
+ * that comes meanwhile must not deadlock with it. */
+static int32_t nested(const rayhpc_bytes *args, size_t nargs, rayhpc_output *out, void *user) {
+  (void)args; (void)nargs; (void)out; (void)user;
+  struct timespec t = {0, 200000000};
+  nanosleep(&t, NULL);
+  rayhpc_ref r;
+  rayhpc_status s = rayhpc_submit("counted", NULL, 0, NULL, &r);
+  if (s == RAYHPC_OK) rayhpc_ref_release(r);
+  return 0;
+}
+
 static int32_t nap(const rayhpc_bytes *args, size_t nargs, rayhpc_output *out, void *user) {
   (void)args; (void)nargs; (void)out; (void)user;
   struct timespec t = {0, 300000000};
@@ -263,9 +275,16 @@ int main(void) {
   expect("output_set NULL out", rayhpc_output_set(NULL, "x", 1), RAYHPC_E_NULL, NULL);
 
   expect("a name of the statuses", strcmp(rayhpc_status_name(RAYHPC_E_STORE), "RAYHPC_E_STORE") == 0 ? RAYHPC_OK : RAYHPC_E_INTERNAL, RAYHPC_OK, NULL);
+  expect("register nested", rayhpc_register("nested", nested, NULL, 0), RAYHPC_OK, NULL);
+  rayhpc_ref nest = 0;
+  expect("submit a task that submits", rayhpc_submit("nested", NULL, 0, NULL, &nest), RAYHPC_OK, NULL);
+  struct timespec started = {0, 50000000};
+  nanosleep(&started, NULL);
   rayhpc_ref stale = 0;
   expect("a ref to outlive the runtime", rayhpc_put("old", 3, &stale), RAYHPC_OK, NULL);
+  alarm(20); /* the nested task calls the API while shutdown waits for it: no deadlock */
   expect("shutdown", rayhpc_shutdown(), RAYHPC_OK, NULL);
+  alarm(0);
   expect("submit after shutdown", rayhpc_submit("echo", &one, 1, NULL, &r), RAYHPC_E_NOT_INITIALIZED, NULL);
   expect("put after shutdown", rayhpc_put("x", 1, &r), RAYHPC_E_NOT_INITIALIZED, NULL);
   expect("shutdown twice", rayhpc_shutdown(), RAYHPC_E_NOT_INITIALIZED, NULL);
