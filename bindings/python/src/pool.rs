@@ -960,6 +960,9 @@ struct PyActor {
     key: Key,
     /// The constructor's arguments (the layout first), kept for restarts.
     ctor_args: Vec<Vec<u8>>,
+    /// The store objects of arguments passed by key, kept for restarts.
+    #[allow(dead_code)] // held, never read: its reference keeps the objects in the store
+    ctor_objects: Vec<Object>,
     /// Restarts left (negative: unlimited).
     restarts_left: i32,
     max_task_retries: i32,
@@ -980,12 +983,33 @@ impl PyActor {
         let restarts = i32::from_le_bytes(config[8..12].try_into().expect("4 bytes"));
         let retries = i32::from_le_bytes(config[12..].try_into().expect("4 bytes"));
         let control = lock(&pool.pending).remove(&token).ok_or_else(bad)?;
+        // Arguments that live in the store go by key (read in place by the worker), and the
+        // actor keeps its own reference to them for restarts; the others are copied.
+        let keys = stored_inputs();
+        let mut ctor_args = Vec::with_capacity(args.len());
+        let mut ctor_objects = Vec::new();
+        for (i, a) in args.iter().enumerate() {
+            match keys.get(i + 1).copied().flatten() {
+                Some(k) => {
+                    let o = pool
+                        .services()
+                        .rt
+                        .object_store()
+                        .adopt(k)
+                        .map_err(|e| failure(FailureKind::Error, format!("constructor argument {i}: {e}")))?;
+                    ctor_args.push(wire::key_marker(k, a.len() as u64).to_vec());
+                    ctor_objects.push(o);
+                }
+                None => ctor_args.push(a.to_vec()),
+            }
+        }
         let mut a = PyActor {
             pool: Arc::downgrade(pool),
             control,
             worker: None,
             key,
-            ctor_args: args.iter().map(|a| a.to_vec()).collect(),
+            ctor_args,
+            ctor_objects,
             restarts_left: restarts,
             max_task_retries: retries,
         };

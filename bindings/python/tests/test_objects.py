@@ -75,6 +75,30 @@ def test_large_arguments_and_results_of_tasks_and_actors(ray_start):
     assert ray.get(k.echo.remote()).shape == (3_000_000,)
 
 
+def test_large_constructor_arguments_go_through_the_store_and_survive_restarts(ray_start):
+    import os
+
+    @ray.remote(max_restarts=1)
+    class Holder:
+        def __init__(self, data):
+            self.total = int(data.sum())
+
+        def total_(self):
+            return self.total
+
+        def crash(self):
+            os._exit(1)
+
+    big = np.ones(3_000_000, dtype=np.int64)  # 24 MB: over the ring's limit per message
+    h = Holder.remote(big)
+    del big
+    assert ray.get(h.total_.remote()) == 3_000_000
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(h.crash.remote())
+    # Restarted with the same (stored) argument.
+    assert ray.get(h.total_.remote(), timeout=60) == 3_000_000
+
+
 def test_a_worker_puts_large_values_into_the_store(ray_start):
     @ray.remote
     def putter(n):
