@@ -503,20 +503,38 @@ unsafe impl Send for CFn {}
 // SAFETY: as above: concurrent calls are the caller's promise.
 unsafe impl Sync for CFn {}
 
+/// Calls a C function (task, method or constructor) `f` with `inputs` as its argument
+/// descriptors and a fresh output: its result bytes, or its failure (its message, else
+/// "`what` returned rc").
+fn call_c(
+    inputs: &[&[u8]],
+    what: impl FnOnce() -> String,
+    f: impl FnOnce(*const rayhpc_bytes, usize, *mut rayhpc_output) -> i32,
+) -> Result<Vec<u8>, RawFailure> {
+    let args: Vec<rayhpc_bytes> = inputs.iter().map(|b| rayhpc_bytes { data: b.as_ptr(), len: b.len() }).collect();
+    let mut out = rayhpc_output { result: Vec::new(), error: None };
+    let rc = f(args.as_ptr(), args.len(), &mut out);
+    if rc == 0 {
+        Ok(out.result)
+    } else {
+        let message = out.error.unwrap_or_else(|| format!("{} returned {rc}", what()));
+        Err(RawFailure { kind: FailureKind::Error, message, payload: None })
+    }
+}
+
 impl CFn {
     fn call(&self, name: &str, inputs: &[&[u8]]) -> Result<RawOutput, RawFailure> {
-        let args: Vec<rayhpc_bytes> = inputs.iter().map(|b| rayhpc_bytes { data: b.as_ptr(), len: b.len() }).collect();
-        let mut out = rayhpc_output { result: Vec::new(), error: None };
-        // SAFETY: `args` holds `inputs.len()` valid descriptors of bytes alive for the call;
-        // `out` is a valid output for the call; `f` and `user` are what the caller registered
-        // (its contract: a function of this signature, thread-safe).
-        let rc = unsafe { (self.f)(args.as_ptr(), args.len(), &mut out, self.user) };
-        if rc == 0 {
-            Ok(RawOutput::Bytes(out.result))
-        } else {
-            let message = out.error.unwrap_or_else(|| format!("{name} returned {rc}"));
-            Err(RawFailure { kind: FailureKind::Error, message, payload: None })
-        }
+        call_c(
+            inputs,
+            || name.to_string(),
+            |args, n, out| {
+                // SAFETY: `args` holds `n` valid descriptors of bytes alive for the call; `out` is
+                // a valid output for the call; `f` and `user` are what the caller registered (its
+                // contract: a function of this signature, thread-safe).
+                unsafe { (self.f)(args, n, out, self.user) }
+            },
+        )
+        .map(RawOutput::Bytes)
     }
 }
 
@@ -746,33 +764,7 @@ unsafe fn prepare(
     if f.nargs >= 0 && f.nargs as usize != nargs {
         return Err(fail(RAYHPC_E_ARG_COUNT, format!("{} takes {} argument(s), {nargs} given", f.name, f.nargs)));
     }
-    if nargs > 0 && args.is_null() {
-        return Err(fail(RAYHPC_E_NULL, format!("args is NULL with {nargs} argument(s)")));
-    }
-    // SAFETY: non-null (checked) and `nargs` long (the caller's contract).
-    let args = if nargs == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(args, nargs) } };
-    let mut raw_args = Vec::with_capacity(nargs);
-    let mut refs = None;
-    for (i, a) in args.iter().enumerate() {
-        match a.kind {
-            ARG_BYTES => {
-                // SAFETY: the caller's contract for argument bytes.
-                let b = unsafe { bytes(a.bytes.data, a.bytes.len, "argument bytes") }?;
-                raw_args.push(RawArg::Bytes(b.to_vec()));
-            }
-            ARG_REF => {
-                let refs = refs.get_or_insert_with(|| lock(&REFS));
-                match refs.get(a.r#ref) {
-                    Some(r) => raw_args.push(RawArg::Ref(r.clone())),
-                    None => {
-                        return Err(fail(RAYHPC_E_BAD_HANDLE, format!("argument {i}: ref {:#x} is released or was never made", a.r#ref)))
-                    }
-                }
-            }
-            k => return Err(fail(RAYHPC_E_INVALID, format!("argument {i}: kind {k} is neither RAYHPC_ARG_BYTES nor RAYHPC_ARG_REF"))),
-        }
-    }
-    drop(refs);
+    let raw_args = raw_args_of(args, nargs)?;
     let opts = if options.is_null() {
         None
     } else {
@@ -933,6 +925,20 @@ fn timeout_of(t: f64) -> Result<Option<Duration>, rayhpc_status> {
     Ok(Some(Duration::from_secs_f64(t)))
 }
 
+/// The bytes of object `h` once it is ready, waiting at most `timeout_s` seconds (see
+/// `timeout_of`): what `rayhpc_get` and `rayhpc_get_into` share.
+fn view_of(h: rayhpc_ref, timeout_s: f64) -> Result<ObjectView, rayhpc_status> {
+    let rt = runtime()?;
+    let r = ref_of(h)?;
+    if let Some(t) = timeout_of(timeout_s)? {
+        let (ready, _) = rt.wait(std::slice::from_ref(&r), 1, Some(t)).map_err(|e| from_error(&e))?;
+        if ready.is_empty() {
+            return Err(fail(RAYHPC_E_TIMEOUT, format!("the object was not ready within {timeout_s} s")));
+        }
+    }
+    rt.get_bytes(&r).map_err(|e| from_error(&e))
+}
+
 /// Waits for the object (at most `timeout_s` seconds; negative: forever) and gives a
 /// zero-copy, read-only view of its bytes in `*out`. A failed task gives `RAYHPC_E_TASK`
 /// with its function's name and message.
@@ -946,15 +952,7 @@ pub unsafe extern "C" fn rayhpc_get(r: rayhpc_ref, timeout_s: f64, out: *mut ray
             if out.is_null() {
                 return Err(fail(RAYHPC_E_NULL, "out is NULL"));
             }
-            let rt = runtime()?;
-            let r = ref_of(r)?;
-            if let Some(t) = timeout_of(timeout_s)? {
-                let (ready, _) = rt.wait(std::slice::from_ref(&r), 1, Some(t)).map_err(|e| from_error(&e))?;
-                if ready.is_empty() {
-                    return Err(fail(RAYHPC_E_TIMEOUT, format!("the object was not ready within {timeout_s} s")));
-                }
-            }
-            let v = rt.get_bytes(&r).map_err(|e| from_error(&e))?;
+            let v = view_of(r, timeout_s)?;
             let h = lock(&VIEWS).insert(v);
             // SAFETY: non-null, writable.
             unsafe { put_out(out, h, "out") }
@@ -999,15 +997,7 @@ pub unsafe extern "C" fn rayhpc_get_into(r: rayhpc_ref, timeout_s: f64, buf: *mu
             if len.is_null() {
                 return Err(fail(RAYHPC_E_NULL, "len is NULL"));
             }
-            let rt = runtime()?;
-            let r = ref_of(r)?;
-            if let Some(t) = timeout_of(timeout_s)? {
-                let (ready, _) = rt.wait(std::slice::from_ref(&r), 1, Some(t)).map_err(|e| from_error(&e))?;
-                if ready.is_empty() {
-                    return Err(fail(RAYHPC_E_TIMEOUT, format!("the object was not ready within {timeout_s} s")));
-                }
-            }
-            let view = rt.get_bytes(&r).map_err(|e| from_error(&e))?;
+            let view = view_of(r, timeout_s)?;
             // SAFETY: non-null, writable.
             unsafe { len.write(view.len()) };
             if view.len() > cap {
@@ -1257,20 +1247,17 @@ impl RawActor for CActor {
                 payload: None,
             });
         };
-        let args: Vec<rayhpc_bytes> = inputs.iter().map(|b| rayhpc_bytes { data: b.as_ptr(), len: b.len() }).collect();
-        let mut out = rayhpc_output { result: Vec::new(), error: None };
-        // SAFETY: the state is this actor's (made by its constructor, used by one call at a
-        // time); `args` describe bytes alive for the call; `out` is valid for it.
-        let rc = unsafe { f(self.state, args.as_ptr(), args.len(), &mut out, self.class.user) };
-        if rc == 0 {
-            Ok(RawOutput::Bytes(out.result))
-        } else {
-            Err(RawFailure {
-                kind: FailureKind::Error,
-                message: out.error.unwrap_or_else(|| format!("{}.{method} returned {rc}", self.class.name)),
-                payload: None,
-            })
-        }
+        let (state, class) = (self.state, &self.class);
+        call_c(
+            inputs,
+            || format!("{}.{method}", class.name),
+            |args, n, out| {
+                // SAFETY: the state is this actor's (made by its constructor, used by one call at
+                // a time); `args` describe `n` byte ranges alive for the call; `out` is valid for it.
+                unsafe { f(state, args, n, out, class.user) }
+            },
+        )
+        .map(RawOutput::Bytes)
     }
 }
 
@@ -1332,19 +1319,16 @@ pub unsafe extern "C" fn rayhpc_register_class(
             let class = std::sync::Arc::new(CClass { name: name.to_string(), ctor, dtor, methods: table, user });
             let c2 = class.clone();
             let raw = std::sync::Arc::new(raw_actor(name, move |inputs: &[&[u8]]| {
-                let args: Vec<rayhpc_bytes> = inputs.iter().map(|b| rayhpc_bytes { data: b.as_ptr(), len: b.len() }).collect();
-                let mut out = rayhpc_output { result: Vec::new(), error: None };
                 let mut state: *mut c_void = std::ptr::null_mut();
-                // SAFETY: the registered constructor, with argument bytes alive for the call
-                // and a state location and output valid for it.
-                let rc = unsafe { (c2.ctor)(args.as_ptr(), args.len(), &mut state, &mut out, c2.user) };
-                if rc != 0 {
-                    return Err(RawFailure {
-                        kind: FailureKind::Error,
-                        message: out.error.unwrap_or_else(|| format!("{}'s constructor returned {rc}", c2.name)),
-                        payload: None,
-                    });
-                }
+                call_c(
+                    inputs,
+                    || format!("{}'s constructor", c2.name),
+                    |args, n, out| {
+                        // SAFETY: the registered constructor, with `n` argument descriptors of
+                        // bytes alive for the call, and a state location and output valid for it.
+                        unsafe { (c2.ctor)(args, n, &mut state, out, c2.user) }
+                    },
+                )?;
                 Ok(Box::new(CActor { class: c2.clone(), state }) as Box<dyn RawActor>)
             }));
             CLASSES.write().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).insert(name.to_string(), (class, raw));
@@ -1360,6 +1344,8 @@ fn raw_args_of(args: *const rayhpc_arg, nargs: usize) -> Result<Vec<RawArg>, ray
     // SAFETY: non-null and `nargs` long (the public callers' contract).
     let args = if nargs == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(args, nargs) } };
     let mut out = Vec::with_capacity(nargs);
+    // Taken once, and only when some argument is a ref.
+    let mut refs = None;
     for (i, a) in args.iter().enumerate() {
         match a.kind {
             ARG_BYTES => {
@@ -1367,7 +1353,7 @@ fn raw_args_of(args: *const rayhpc_arg, nargs: usize) -> Result<Vec<RawArg>, ray
                 let b = unsafe { bytes(a.bytes.data, a.bytes.len, "argument bytes") }?;
                 out.push(RawArg::Bytes(b.to_vec()));
             }
-            ARG_REF => match lock(&REFS).get(a.r#ref) {
+            ARG_REF => match refs.get_or_insert_with(|| lock(&REFS)).get(a.r#ref) {
                 Some(r) => out.push(RawArg::Ref(r.clone())),
                 None => return Err(fail(RAYHPC_E_BAD_HANDLE, format!("argument {i}: ref {:#x} is released or was never made", a.r#ref))),
             },
