@@ -206,7 +206,27 @@ def _returns(ref, n, actor=False):
     return _native.items(ref, n)
 
 
-class RemoteFunction:
+class _Remote:
+    """What remote functions and actor classes share: variants made by `.options()` share
+    one pickle and registration, and pickling one (into a task) leaves the native state
+    behind (the receiving worker registers it with its runtime)."""
+
+    def options(self, **options):
+        merged = dict(self._options)
+        merged.update(options)
+        variant = type(self)(self._wrapped, merged)
+        variant._shared = self._shared  # one pickled function or class for every variant
+        return variant
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_native_options"] = None
+        state["_native_epoch"] = None
+        state["_shared"] = {"epoch": None, "key": self._shared["key"], "blob": self._shared["blob"]}
+        return state
+
+
+class RemoteFunction(_Remote):
     """A function made remote with `@rayhpc.remote`: call it with `.remote(...)`."""
 
     def __init__(self, fn, options):
@@ -228,21 +248,7 @@ class RemoteFunction:
             f"Remote functions cannot be called directly. Instead of running '{self.__name__}()', "
             f"try '{self.__name__}.remote()'.")
 
-    def options(self, **options):
-        merged = dict(self._options)
-        merged.update(options)
-        f = RemoteFunction(self._function, merged)
-        f._shared = self._shared  # one pickled function for every variant
-        return f
-
-    def __getstate__(self):
-        # Sent inside a task (a task that calls another): the native options and the
-        # registration stay behind; the worker registers the function with its runtime.
-        state = dict(self.__dict__)
-        state["_native_options"] = None
-        state["_native_epoch"] = None
-        state["_shared"] = {"epoch": None, "key": self._shared["key"], "blob": self._shared["blob"]}
-        return state
+    _wrapped = property(lambda self: self._function)
 
     def _register(self):
         s = self._shared
@@ -331,7 +337,7 @@ def _method_table(cls):
     return table
 
 
-class ActorClass:
+class ActorClass(_Remote):
     """A class made remote with `@rayhpc.remote`: create an actor with `.remote(...)`."""
 
     def __init__(self, cls, options):
@@ -360,19 +366,7 @@ class ActorClass:
             f"Actors cannot be instantiated directly. Instead of '{self.__name__}()', "
             f"use '{self.__name__}.remote()'.")
 
-    def options(self, **options):
-        merged = dict(self._options)
-        merged.update(options)
-        c = ActorClass(self._cls, merged)
-        c._shared = self._shared
-        return c
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_native_options"] = None
-        state["_native_epoch"] = None
-        state["_shared"] = {"epoch": None, "key": self._shared["key"], "blob": self._shared["blob"]}
-        return state
+    _wrapped = property(lambda self: self._cls)
 
     def _prepare(self):
         _auto_init()
