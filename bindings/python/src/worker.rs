@@ -109,12 +109,7 @@ pub fn worker_attach() -> PyResult<()> {
 /// `None` when the runtime closed the channel or went away.
 #[pyfunction]
 pub fn worker_recv(py: Python<'_>) -> PyResult<Option<Bound<'_, PyTuple>>> {
-    let got = py.detach(|| {
-        let mut g = lock(&LINK);
-        let link = g.as_mut().ok_or(RingError::Closed)?;
-        let mut alive = alive(&link.peer);
-        link.rx.recv(None, &mut alive).map(|m| m.to_vec())
-    });
+    let got = with_link(py, |_, rx, alive| rx.recv(None, alive).map(|m| m.to_vec()));
     let m = match got {
         Ok(m) => m,
         Err(RingError::Closed) => return Ok(None),
@@ -136,14 +131,22 @@ pub fn worker_recv(py: Python<'_>) -> PyResult<Option<Bound<'_, PyTuple>>> {
     }
 }
 
-fn send(py: Python<'_>, parts: &[&[u8]]) -> PyResult<()> {
+/// Runs `f` on the link's ends (and its liveness check), holding the link, with the GIL
+/// released.
+fn with_link<R: Send>(
+    py: Python<'_>,
+    f: impl FnOnce(&mut Producer, &mut Consumer, &mut dyn FnMut() -> bool) -> Result<R, RingError> + Send,
+) -> Result<R, RingError> {
     py.detach(|| {
         let mut g = lock(&LINK);
         let link = g.as_mut().ok_or(RingError::Closed)?;
         let mut alive = alive(&link.peer);
-        link.tx.send(parts, None, &mut alive)
+        f(&mut link.tx, &mut link.rx, &mut alive)
     })
-    .map_err(ring_err)
+}
+
+fn send(py: Python<'_>, parts: &[&[u8]]) -> PyResult<()> {
+    with_link(py, |tx, _, alive| tx.send(parts, None, alive)).map_err(ring_err)
 }
 
 /// Answers the current call with its pickled result, given as parts (see `_serial.dumps`):
@@ -304,16 +307,11 @@ pub fn worker_err(py: Python<'_>, message: &str, payload: &[u8]) -> PyResult<()>
     flush_released(py)?;
     let limit = 64 << 10;
     let message = if message.len() > limit { &message[..message.floor_char_boundary(limit)] } else { message };
-    let sent = py.detach(|| {
-        let mut g = lock(&LINK);
-        let link = g.as_mut().ok_or(RingError::Closed)?;
-        let mut alive = alive(&link.peer);
-        match link.tx.send(&[&wire::err_header(message), message.as_bytes(), payload], None, &mut alive) {
-            // An exception too large to send whole goes as its text alone (the caller then
-            // raises a RayTaskError with that text).
-            Err(RingError::TooLarge { .. }) => link.tx.send(&[&wire::err_header(message), message.as_bytes()], None, &mut alive),
-            other => other,
-        }
+    let sent = with_link(py, |tx, _, alive| match tx.send(&[&wire::err_header(message), message.as_bytes(), payload], None, alive) {
+        // An exception too large to send whole goes as its text alone (the caller then
+        // raises a RayTaskError with that text).
+        Err(RingError::TooLarge { .. }) => tx.send(&[&wire::err_header(message), message.as_bytes()], None, alive),
+        other => other,
     });
     sent.map_err(ring_err)
 }
@@ -343,12 +341,9 @@ pub fn define(py: Python<'_>, key: Key, blob: &[u8], class_name: Option<String>)
 pub fn request(py: Python<'_>, call: Call) -> PyResult<Reply> {
     let release = std::mem::take(&mut *lock(&RELEASED));
     let body = wire::encode(&Envelope { release, call });
-    let got = py.detach(|| {
-        let mut g = lock(&LINK);
-        let link = g.as_mut().ok_or(RingError::Closed)?;
-        let mut alive = alive(&link.peer);
-        link.tx.send(&[&wire::request_header(), &body], None, &mut alive)?;
-        link.rx.recv(None, &mut alive).map(|m| m.to_vec())
+    let got = with_link(py, |tx, rx, alive| {
+        tx.send(&[&wire::request_header(), &body], None, alive)?;
+        rx.recv(None, alive).map(|m| m.to_vec())
     });
     let m = got.map_err(|e| match e {
         RingError::TooLarge { size, limit } => {
