@@ -220,6 +220,27 @@ impl<T> ObjectRef<T> {
         self.slot.is_ready()
     }
 
+    /// Calls `f` with the object's bytes if it is ready and kept inline (small), without
+    /// waiting and without a runtime: `None` when it is not ready or lives in the store (then
+    /// [`crate::Runtime::get_bytes`] is the way); `Some(Err)` when its task failed. A fast
+    /// path for bindings, whose `get` can copy small results out without a view.
+    pub fn with_inline_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Option<Result<R, Error>> {
+        match self.slot.get()? {
+            Ok(Blob::Inline(b)) => Some(Ok(f(b))),
+            Ok(Blob::Stored(_)) => None,
+            Err(e) => Some(Err(e.clone())),
+        }
+    }
+
+    /// A zero-copy view of the object's bytes if it is ready, without waiting: `None` when it
+    /// is not; `Some(Err)` when its task failed or a spilled object could not be restored.
+    pub fn try_view(&self) -> Option<Result<ObjectView, Error>> {
+        match self.slot.get()? {
+            Ok(_) => Some(ObjectView::new(self.slot.clone())),
+            Err(e) => Some(Err(e.clone())),
+        }
+    }
+
     /// The same object, seen as raw bytes (for [`crate::Runtime::get_bytes`] and `wait` over
     /// refs of different types).
     pub fn untyped(&self) -> ObjectRef<Untyped> {

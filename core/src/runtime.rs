@@ -406,6 +406,25 @@ impl Runtime {
         num_returns: usize,
         timeout: Option<Duration>,
     ) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
+        self.wait_for(refs, num_returns, timeout)?;
+        let (mut ready, mut rest) = (Vec::with_capacity(num_returns), Vec::new());
+        for r in refs {
+            if ready.len() < num_returns && r.is_ready() {
+                ready.push(r.clone());
+            } else {
+                rest.push(r.clone());
+            }
+        }
+        Ok((ready, rest))
+    }
+
+    /// [`Runtime::wait`] without the two lists: returns once `num_returns` of `refs` are
+    /// ready or `timeout` passes (then [`ObjectRef::is_ready`] tells which are). A timeout is
+    /// not an error.
+    ///
+    /// # Errors
+    /// `num_returns` larger than the list ([`Error::Invalid`]).
+    pub fn wait_for<T>(&self, refs: &[ObjectRef<T>], num_returns: usize, timeout: Option<Duration>) -> Result<()> {
         if num_returns > refs.len() {
             return Err(Error::Invalid(format!("wait: num_returns {num_returns} is larger than the {} refs given", refs.len())));
         }
@@ -441,15 +460,7 @@ impl Runtime {
                 r.slot.forget_callback(&me);
             }
         }
-        let (mut ready, mut rest) = (Vec::with_capacity(num_returns), Vec::new());
-        for r in refs {
-            if ready.len() < num_returns && r.is_ready() {
-                ready.push(r.clone());
-            } else {
-                rest.push(r.clone());
-            }
-        }
-        Ok((ready, rest))
+        Ok(())
     }
 
     /// Kills an actor: calls not yet run fail with [`Error::ActorDied`], later calls too; the

@@ -167,3 +167,37 @@ fn get_after_shutdown_of_pending_work_fails_instead_of_hanging() {
     assert!(matches!(slow.remote(&rt, (1u64,)), Err(Error::Shutdown)));
     assert!(matches!(rt.put(&1u8), Err(Error::Shutdown)));
 }
+
+#[test]
+fn ready_only_reads_never_wait_and_tell_inline_stored_and_failed_apart() {
+    let rt = common::rt(2);
+    let gate = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let g = gate.clone();
+    let held = rayhpc::function("o.held", move || -> u32 {
+        g.wait();
+        7
+    });
+    let r = held.remote(&rt, ()).unwrap();
+    assert!(r.with_inline_bytes(|b| b.len()).is_none(), "not ready yet");
+    assert!(r.try_view().is_none());
+    rt.wait_for(std::slice::from_ref(&r), 1, Some(Duration::from_millis(20))).unwrap();
+    assert!(!r.is_ready(), "wait_for times out without an error");
+    gate.wait();
+    rt.wait_for(std::slice::from_ref(&r), 1, None).unwrap();
+    assert_eq!(r.with_inline_bytes(|b| b.to_vec()).unwrap().unwrap(), rayhpc::codec::encode(&7u32).unwrap());
+    assert!(!r.try_view().unwrap().unwrap().is_stored());
+
+    let big = rt.put_bytes(&vec![3u8; 1 << 20]).unwrap();
+    assert!(big.with_inline_bytes(|_| ()).is_none(), "a stored object is read through a view");
+    let v = big.try_view().unwrap().unwrap();
+    assert!(v.is_stored() && v.len() == 1 << 20 && v[12345] == 3);
+
+    let boom = rayhpc::try_function("o.boom", || -> Result<u32, String> { Err("boom".into()) });
+    let f = boom.remote(&rt, ()).unwrap();
+    rt.wait_for(std::slice::from_ref(&f), 1, None).unwrap();
+    assert!(matches!(f.with_inline_bytes(|_| ()), Some(Err(Error::Task(_)))));
+    assert!(matches!(f.try_view(), Some(Err(Error::Task(_)))));
+    assert!(matches!(rt.wait_for(std::slice::from_ref(&f), 2, None), Err(Error::Invalid(_))));
+    drop(v);
+    rt.shutdown();
+}

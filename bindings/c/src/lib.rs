@@ -21,7 +21,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 /// The library's own (Rust) allocations go through mimalloc, as the launcher's do: a task's
@@ -676,7 +676,45 @@ pub unsafe extern "C" fn rayhpc_submit(
 pub type rayhpc_fn = u64;
 
 /// Every function looked up, by `rayhpc_fn` - 1 (they are never removed).
-static LOOKED_UP: RwLock<Vec<Func>> = RwLock::new(Vec::new());
+static LOOKED_UP: FnList = FnList::new();
+
+/// An append-only list that is read without a lock (every `rayhpc_call` reads it): segment
+/// `k` holds `32 << k` entries, each set once.
+struct FnList {
+    segments: [OnceLock<Box<[OnceLock<Func>]>>; FnList::SEGMENTS],
+    len: Mutex<usize>,
+}
+
+impl FnList {
+    const SEGMENTS: usize = 26;
+
+    const fn new() -> Self {
+        FnList { segments: [const { OnceLock::new() }; FnList::SEGMENTS], len: Mutex::new(0) }
+    }
+
+    /// Segment and offset of entry `i`.
+    fn place(i: usize) -> (usize, usize) {
+        let j = i + 32;
+        let k = (usize::BITS - 1 - j.leading_zeros()) as usize - 5;
+        (k, j - (32 << k))
+    }
+
+    /// Appends `f`; its index, or `None` when the list is full (two billion lookups).
+    fn push(&self, f: Func) -> Option<usize> {
+        let mut len = lock(&self.len);
+        let i = *len;
+        let (k, off) = Self::place(i);
+        let seg = self.segments.get(k)?.get_or_init(|| (0..32usize << k).map(|_| OnceLock::new()).collect());
+        seg[off].set(f).ok()?;
+        *len += 1;
+        Some(i)
+    }
+
+    fn get(&self, i: usize) -> Option<&Func> {
+        let (k, off) = Self::place(i);
+        self.segments.get(k)?.get()?.get(off)?.get()
+    }
+}
 
 /// The function registered as `name` (or loadable as `library:symbol`), as a handle for
 /// `rayhpc_call`. The handle keeps the function it found, even if `name` is registered again.
@@ -690,9 +728,8 @@ pub unsafe extern "C" fn rayhpc_lookup(name: *const c_char, out: *mut rayhpc_fn)
             // SAFETY: the caller's contract.
             let name = unsafe { text(name, "name") }?;
             let f = function(name)?;
-            let mut table = LOOKED_UP.write().unwrap_or_else(|e| e.into_inner());
-            table.push(f);
-            let h = table.len() as u64;
+            let i = LOOKED_UP.push(f).ok_or_else(|| fail(RAYHPC_E_INVALID, "too many function lookups (over two billion)"))?;
+            let h = i as u64 + 1;
             // SAFETY: the caller's contract.
             unsafe { put_out(out, h, "out") }
         })())
@@ -716,10 +753,9 @@ pub unsafe extern "C" fn rayhpc_call(
             if out.is_null() {
                 return Err(fail(RAYHPC_E_NULL, "out is NULL"));
             }
-            let table = LOOKED_UP.read().unwrap_or_else(|e| e.into_inner());
             let func = (f as usize)
                 .checked_sub(1)
-                .and_then(|i| table.get(i))
+                .and_then(|i| LOOKED_UP.get(i))
                 .ok_or_else(|| fail(RAYHPC_E_BAD_HANDLE, format!("function handle {f:#x} was never made")))?;
             // SAFETY: the caller's contract, passed on.
             unsafe { submit_to(func, args, nargs, options, out) }
@@ -727,7 +763,8 @@ pub unsafe extern "C" fn rayhpc_call(
     })
 }
 
-/// The body of a submit, once the function is known.
+/// The body of a submit, once the function is known: one hold of the runtime's read lock
+/// and of the refs' lock (for the argument refs and the result's handle).
 ///
 /// # Safety
 /// As `rayhpc_submit` for `args`, `options`; `out` is non-null and writable.
@@ -739,39 +776,45 @@ unsafe fn submit_to(
     out: *mut rayhpc_ref,
 ) -> Result<(), rayhpc_status> {
     // SAFETY: the caller's contract, passed on.
-    let (raw_args, opts) = unsafe { prepare(f, args, nargs, options) }?;
-    let r = {
-        let rt = RT.read().unwrap_or_else(|e| e.into_inner());
-        let rt = rt.as_ref().ok_or_else(|| fail(RAYHPC_E_NOT_INITIALIZED, "rayhpc is not initialized: call rayhpc_init() first"))?;
-        f.raw.remote(rt, raw_args, opts.as_ref().unwrap_or(&DEFAULT_OPTIONS)).map_err(|e| from_error(&e))?
-    };
-    let h = lock(&REFS).insert(r);
+    let opts = unsafe { check_call(f, args, nargs, options) }?;
+    let rt = RT.read().unwrap_or_else(|e| e.into_inner());
+    let rt = rt.as_ref().ok_or_else(not_initialized)?;
+    let mut refs = lock(&REFS);
+    // SAFETY: the caller's contract, passed on.
+    let raw_args = unsafe { raw_args_in(args, nargs, &refs) }?;
+    let r = f.raw.remote(rt, raw_args, opts.as_ref().unwrap_or(&DEFAULT_OPTIONS)).map_err(|e| from_error(&e))?;
+    let h = refs.insert(r);
     // SAFETY: non-null, writable (the caller's contract).
     unsafe { out.write(h) };
     Ok(())
 }
 
-/// A call's checked arguments and options.
+fn not_initialized() -> rayhpc_status {
+    fail(RAYHPC_E_NOT_INITIALIZED, "rayhpc is not initialized: call rayhpc_init() first")
+}
+
+/// A call's argument count, and its options parsed.
 ///
 /// # Safety
-/// `args` points to `nargs` valid entries (or `nargs` is 0); `options` is NULL or valid.
-unsafe fn prepare(
+/// `options` is NULL or valid.
+unsafe fn check_call(
     f: &Func,
     args: *const rayhpc_arg,
     nargs: usize,
     options: *const rayhpc_options,
-) -> Result<(Vec<RawArg>, Option<Options>), rayhpc_status> {
+) -> Result<Option<Options>, rayhpc_status> {
     if f.nargs >= 0 && f.nargs as usize != nargs {
         return Err(fail(RAYHPC_E_ARG_COUNT, format!("{} takes {} argument(s), {nargs} given", f.name, f.nargs)));
     }
-    let raw_args = raw_args_of(args, nargs)?;
-    let opts = if options.is_null() {
-        None
+    if nargs > 0 && args.is_null() {
+        return Err(fail(RAYHPC_E_NULL, format!("args is NULL with {nargs} argument(s)")));
+    }
+    if options.is_null() {
+        Ok(None)
     } else {
         // SAFETY: non-null; the caller's contract.
-        Some(options_of(unsafe { &*options })?)
-    };
-    Ok((raw_args, opts))
+        Ok(Some(options_of(unsafe { &*options })?))
+    }
 }
 
 /// One call of a batch (`rayhpc_call_batch`).
@@ -807,42 +850,54 @@ pub unsafe extern "C" fn rayhpc_call_batch(calls: *const rayhpc_call_spec, n: us
             }
             // SAFETY: non-null and `n` long (the caller's contract).
             let specs = unsafe { std::slice::from_raw_parts(calls, n) };
-            let mut prepared = Vec::with_capacity(n);
-            {
-                let table = LOOKED_UP.read().unwrap_or_else(|e| e.into_inner());
-                for (i, c) in specs.iter().enumerate() {
-                    let f = (c.func as usize)
-                        .checked_sub(1)
-                        .and_then(|k| table.get(k))
-                        .ok_or_else(|| fail(RAYHPC_E_BAD_HANDLE, format!("call {i}: function handle {:#x} was never made", c.func)))?;
-                    // SAFETY: the caller's contract for each spec.
-                    let (args, opts) = unsafe { prepare(f, c.args, c.nargs, c.options) }?;
-                    prepared.push((f.raw, args, opts));
+            let func_of = |i: usize, c: &rayhpc_call_spec| {
+                (c.func as usize)
+                    .checked_sub(1)
+                    .and_then(|k| LOOKED_UP.get(k))
+                    .ok_or_else(|| fail(RAYHPC_E_BAD_HANDLE, format!("call {i}: function handle {:#x} was never made", c.func)))
+            };
+            let in_call = |i: usize, s: rayhpc_status| {
+                let msg = LAST.with(|m| m.borrow().to_string_lossy().into_owned());
+                fail(s, format!("call {i}: {msg}"))
+            };
+            // The runtime's read lock and the refs' lock are held for the whole batch: what
+            // the first pass checks, the second uses, and nothing in between can change it.
+            let rt = RT.read().unwrap_or_else(|e| e.into_inner());
+            let rt = rt.as_ref().ok_or_else(not_initialized)?;
+            let mut refs = lock(&REFS);
+            // Every call is checked first (function, arguments, options, resources).
+            for (i, c) in specs.iter().enumerate() {
+                let f = func_of(i, c)?;
+                // SAFETY: the caller's contract for each spec.
+                let opts = unsafe { check_call(f, c.args, c.nargs, c.options) }.map_err(|s| in_call(i, s))?;
+                // SAFETY: as above.
+                unsafe { check_args(c.args, c.nargs, &refs) }.map_err(|s| in_call(i, s))?;
+                if let Some(o) = opts {
+                    rt.check_task_options(&o).map_err(|e| in_call(i, from_error(&e)))?;
                 }
             }
-            let mut made = Vec::with_capacity(n);
-            {
-                let rt = RT.read().unwrap_or_else(|e| e.into_inner());
-                let rt =
-                    rt.as_ref().ok_or_else(|| fail(RAYHPC_E_NOT_INITIALIZED, "rayhpc is not initialized: call rayhpc_init() first"))?;
-                // Resources too are checked before anything is submitted.
-                for (i, (_, _, opts)) in prepared.iter().enumerate() {
-                    if let Some(o) = opts {
-                        rt.check_task_options(o).map_err(|e| {
-                            let s = from_error(&e);
-                            fail(s, format!("call {i}: {e}"))
-                        })?;
+            for (i, c) in specs.iter().enumerate() {
+                let made = (|| {
+                    let f = func_of(i, c)?;
+                    // SAFETY: the caller's contract for each spec (checked above).
+                    let opts = unsafe { check_call(f, c.args, c.nargs, c.options) }?;
+                    // SAFETY: as above.
+                    let args = unsafe { raw_args_in(c.args, c.nargs, &refs) }?;
+                    f.raw.remote(rt, args, opts.as_ref().unwrap_or(&DEFAULT_OPTIONS)).map_err(|e| from_error(&e))
+                })();
+                match made {
+                    // SAFETY: `out` has `n` writable entries (the caller's contract); i < n.
+                    Ok(r) => unsafe { out.add(i).write(refs.insert(r)) },
+                    Err(s) => {
+                        // Not expected (everything was checked), but then no ref is made: the
+                        // calls submitted so far run, their results unreachable.
+                        // SAFETY: the first `i` entries were written above.
+                        let gone: Vec<_> = (0..i).filter_map(|k| refs.remove(unsafe { out.add(k).read() })).collect();
+                        drop(refs);
+                        drop(gone);
+                        return Err(s);
                     }
                 }
-                for (raw, args, opts) in prepared {
-                    made.push(raw.remote(rt, args, opts.as_ref().unwrap_or(&DEFAULT_OPTIONS)).map_err(|e| from_error(&e))?);
-                }
-            }
-            let mut refs = lock(&REFS);
-            for (i, r) in made.into_iter().enumerate() {
-                let h = refs.insert(r);
-                // SAFETY: `out` has `n` writable entries (the caller's contract); i < n.
-                unsafe { out.add(i).write(h) };
             }
             Ok(())
         })())
@@ -928,9 +983,13 @@ fn timeout_of(t: f64) -> Result<Option<Duration>, rayhpc_status> {
 /// The bytes of object `h` once it is ready, waiting at most `timeout_s` seconds (see
 /// `timeout_of`): what `rayhpc_get` and `rayhpc_get_into` share.
 fn view_of(h: rayhpc_ref, timeout_s: f64) -> Result<ObjectView, rayhpc_status> {
+    let t = timeout_of(timeout_s)?;
     let rt = runtime()?;
     let r = ref_of(h)?;
-    if let Some(t) = timeout_of(timeout_s)? {
+    if let Some(v) = r.try_view() {
+        return v.map_err(|e| from_error(&e));
+    }
+    if let Some(t) = t {
         let (ready, _) = rt.wait(std::slice::from_ref(&r), 1, Some(t)).map_err(|e| from_error(&e))?;
         if ready.is_empty() {
             return Err(fail(RAYHPC_E_TIMEOUT, format!("the object was not ready within {timeout_s} s")));
@@ -997,21 +1056,32 @@ pub unsafe extern "C" fn rayhpc_get_into(r: rayhpc_ref, timeout_s: f64, buf: *mu
             if len.is_null() {
                 return Err(fail(RAYHPC_E_NULL, "len is NULL"));
             }
-            let view = view_of(r, timeout_s)?;
-            // SAFETY: non-null, writable.
-            unsafe { len.write(view.len()) };
-            if view.len() > cap {
-                return Err(fail(RAYHPC_E_TOO_SMALL, format!("the object is {} bytes, the buffer {cap}", view.len())));
-            }
-            if !view.is_empty() {
-                if buf.is_null() {
-                    return Err(fail(RAYHPC_E_NULL, "buf is NULL"));
+            let copy = |b: &[u8]| {
+                // SAFETY: non-null, writable.
+                unsafe { len.write(b.len()) };
+                if b.len() > cap {
+                    return Err(fail(RAYHPC_E_TOO_SMALL, format!("the object is {} bytes, the buffer {cap}", b.len())));
                 }
-                // SAFETY: `buf` has `cap >= view.len()` writable bytes (the caller's
-                // contract) that do not overlap the store's.
-                unsafe { std::ptr::copy_nonoverlapping(view.as_ptr(), buf.cast::<u8>(), view.len()) };
+                if !b.is_empty() {
+                    if buf.is_null() {
+                        return Err(fail(RAYHPC_E_NULL, "buf is NULL"));
+                    }
+                    // SAFETY: `buf` has `cap >= b.len()` writable bytes (the caller's
+                    // contract) that do not overlap the runtime's.
+                    unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), buf.cast::<u8>(), b.len()) };
+                }
+                Ok(())
+            };
+            // The common case, a small result already there, is copied under the handles'
+            // lock: no view, no runtime, no wait. (A handle that is not valid takes the full
+            // path, which tells a shutdown from a bad handle.)
+            if timeout_of(timeout_s).is_ok() {
+                let refs = lock(&REFS);
+                if let Some(done) = refs.get(r).and_then(|o| o.with_inline_bytes(copy)) {
+                    return done.map_err(|e| from_error(&e))?;
+                }
             }
-            Ok(())
+            copy(&view_of(r, timeout_s)?)
         })())
     })
 }
@@ -1072,7 +1142,7 @@ pub unsafe extern "C" fn rayhpc_wait(
                     })
                     .collect::<Result<Vec<_>, _>>()?
             };
-            let (_, _) = rt.wait(&objs, num_returns, timeout_of(timeout_s)?).map_err(|e| from_error(&e))?;
+            rt.wait_for(&objs, num_returns, timeout_of(timeout_s)?).map_err(|e| from_error(&e))?;
             // Every object ready at return is marked (more than `num_returns` may be).
             let mut count = 0;
             for (i, o) in objs.iter().enumerate() {
@@ -1342,10 +1412,24 @@ fn raw_args_of(args: *const rayhpc_arg, nargs: usize) -> Result<Vec<RawArg>, ray
         return Err(fail(RAYHPC_E_NULL, format!("args is NULL with {nargs} argument(s)")));
     }
     // SAFETY: non-null and `nargs` long (the public callers' contract).
-    let args = if nargs == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(args, nargs) } };
+    let any_ref = nargs > 0 && unsafe { std::slice::from_raw_parts(args, nargs) }.iter().any(|a| a.kind == ARG_REF);
+    if any_ref {
+        // SAFETY: as above.
+        unsafe { raw_args_in(args, nargs, &lock(&REFS)) }
+    } else {
+        // SAFETY: as above.
+        unsafe { raw_args_in(args, nargs, &Table::new()) }
+    }
+}
+
+/// The argument descriptors `args[..nargs]` of a call, their refs looked up in `refs`.
+///
+/// # Safety
+/// `args` points to `nargs` valid entries (or `nargs` is 0), whose bytes are readable.
+unsafe fn raw_args_in(args: *const rayhpc_arg, nargs: usize, refs: &Table<ObjectRef<Untyped>>) -> Result<Vec<RawArg>, rayhpc_status> {
+    // SAFETY: the caller's contract.
+    let args = unsafe { arg_slice(args, nargs) }?;
     let mut out = Vec::with_capacity(nargs);
-    // Taken once, and only when some argument is a ref.
-    let mut refs = None;
     for (i, a) in args.iter().enumerate() {
         match a.kind {
             ARG_BYTES => {
@@ -1353,14 +1437,49 @@ fn raw_args_of(args: *const rayhpc_arg, nargs: usize) -> Result<Vec<RawArg>, ray
                 let b = unsafe { bytes(a.bytes.data, a.bytes.len, "argument bytes") }?;
                 out.push(RawArg::Bytes(b.to_vec()));
             }
-            ARG_REF => match refs.get_or_insert_with(|| lock(&REFS)).get(a.r#ref) {
-                Some(r) => out.push(RawArg::Ref(r.clone())),
-                None => return Err(fail(RAYHPC_E_BAD_HANDLE, format!("argument {i}: ref {:#x} is released or was never made", a.r#ref))),
-            },
-            k => return Err(fail(RAYHPC_E_INVALID, format!("argument {i}: kind {k} is neither RAYHPC_ARG_BYTES nor RAYHPC_ARG_REF"))),
+            ARG_REF => out.push(RawArg::Ref(arg_ref(i, a, refs)?.clone())),
+            k => return Err(bad_kind(i, k)),
         }
     }
     Ok(out)
+}
+
+/// What `raw_args_in` checks, without making the arguments.
+///
+/// # Safety
+/// As `raw_args_in`.
+unsafe fn check_args(args: *const rayhpc_arg, nargs: usize, refs: &Table<ObjectRef<Untyped>>) -> Result<(), rayhpc_status> {
+    // SAFETY: the caller's contract.
+    for (i, a) in unsafe { arg_slice(args, nargs) }?.iter().enumerate() {
+        match a.kind {
+            // SAFETY: the callers' contract for argument bytes.
+            ARG_BYTES => drop(unsafe { bytes(a.bytes.data, a.bytes.len, "argument bytes") }?),
+            ARG_REF => drop(arg_ref(i, a, refs)?),
+            k => return Err(bad_kind(i, k)),
+        }
+    }
+    Ok(())
+}
+
+/// # Safety
+/// As `raw_args_in`.
+unsafe fn arg_slice<'a>(args: *const rayhpc_arg, nargs: usize) -> Result<&'a [rayhpc_arg], rayhpc_status> {
+    if nargs == 0 {
+        return Ok(&[]);
+    }
+    if args.is_null() {
+        return Err(fail(RAYHPC_E_NULL, format!("args is NULL with {nargs} argument(s)")));
+    }
+    // SAFETY: non-null and `nargs` long (the caller's contract).
+    Ok(unsafe { std::slice::from_raw_parts(args, nargs) })
+}
+
+fn arg_ref<'t>(i: usize, a: &rayhpc_arg, refs: &'t Table<ObjectRef<Untyped>>) -> Result<&'t ObjectRef<Untyped>, rayhpc_status> {
+    refs.get(a.r#ref).ok_or_else(|| fail(RAYHPC_E_BAD_HANDLE, format!("argument {i}: ref {:#x} is released or was never made", a.r#ref)))
+}
+
+fn bad_kind(i: usize, k: i32) -> rayhpc_status {
+    fail(RAYHPC_E_INVALID, format!("argument {i}: kind {k} is neither RAYHPC_ARG_BYTES nor RAYHPC_ARG_REF"))
 }
 
 /// Creates an actor of class `class_name` (its constructor runs once the argument refs are
