@@ -24,8 +24,6 @@ have python3 || pkgs+=(python3)
 # valgrind: the C examples are checked for memory errors and leaks.
 have valgrind || pkgs+=(valgrind)
 have c++ || pkgs+=(g++)
-# libpython to link against: the extension's own Rust unit tests are a program that embeds it.
-{ have python3 && python3 -c "import os, sysconfig as s; v = s.get_config_var; raise SystemExit(not os.path.exists(os.path.join(v('LIBDIR'), v('LDLIBRARY'))))" 2>/dev/null; } || pkgs+=(python3-dev)
 if [ ${#pkgs[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}"

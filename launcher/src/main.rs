@@ -27,8 +27,8 @@ enum Cmd {
     /// Start a node runtime (Python tasks and actors); with a command, run it once the node is
     /// up (`RAYHPC_ADDRESS` in its environment), then stop the node and exit with its code.
     Launch {
-        /// The Python that runs the node runtime, with rayhpc installed (default:
-        /// $RAYHPC_PYTHON, else python3).
+        /// The Python that runs the node's Python workers, with rayhpc installed (default:
+        /// $RAYHPC_PYTHON, else python3; without one, native tasks only).
         #[arg(long)]
         python: Option<String>,
         /// Logical CPUs of the node (default: the CPUs of the affinity mask).
@@ -43,9 +43,6 @@ enum Cmd {
         /// Object store size in bytes.
         #[arg(long)]
         object_store_memory: Option<u64>,
-        /// Seconds to wait for the node to come up.
-        #[arg(long, default_value_t = 60.0)]
-        startup_timeout: f64,
         /// The driver command (after `--`).
         #[arg(last = true)]
         command: Vec<String>,
@@ -87,17 +84,8 @@ enum Cmd {
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Launch { python, num_cpus, num_gpus, resources, object_store_memory, startup_timeout, command } => {
-            let python = python.or_else(|| std::env::var("RAYHPC_PYTHON").ok()).unwrap_or_else(|| "python3".into());
-            let code = launch::launch(launch::LaunchArgs {
-                python,
-                num_cpus,
-                num_gpus,
-                resources,
-                object_store_memory,
-                startup_timeout: Duration::from_secs_f64(startup_timeout),
-                command,
-            })?;
+        Cmd::Launch { python, num_cpus, num_gpus, resources, object_store_memory, command } => {
+            let code = launch::launch(launch::LaunchArgs { python, num_cpus, num_gpus, resources, object_store_memory, command })?;
             std::process::exit(code);
         }
         Cmd::Bench { json, tasks, round_trips, trials, idle_secs, executors, object_mib, store_mib, spill_mib, spill_dir } => {

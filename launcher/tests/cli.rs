@@ -129,3 +129,78 @@ fn executors_follow_the_affinity_mask() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["executors"].as_u64(), Some(1), "{v}");
 }
+
+/// A fresh runtime directory for one test (so that tests never share address files).
+fn runtime_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("rayhpc-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn launch_without_python_runs_a_native_node_the_command_sees_and_exits_with_its_code() {
+    let dir = runtime_dir("native");
+    // No python3 on this PATH: the node says it runs native tasks only, and still serves.
+    let out = rayhpc()
+        .args([
+            "launch",
+            "--num-cpus",
+            "1",
+            "--",
+            "/bin/sh",
+            "-c",
+            r#"test -S "$RAYHPC_ADDRESS/node.sock" && read -r a < "$RAYHPC_RUNTIME_DIR/job-local/address"; echo "$a"; exit 7"#,
+        ])
+        .env("RAYHPC_RUNTIME_DIR", &dir)
+        .env("PATH", "/nonexistent")
+        .env_remove("RAYHPC_PYTHON")
+        .env_remove("SLURM_JOB_ID")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{err}");
+    assert!(err.contains("native tasks only"), "{err}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("/session-"), "the address file names the session: {stdout:?} {err}");
+    // Stopped in order: no session directory, no address file.
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(!left.iter().any(|n| n.to_string_lossy().starts_with("session-")), "{left:?}");
+    assert!(!dir.join("job-local/address").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn launch_with_a_python_that_cannot_run_fails_clearly() {
+    let dir = runtime_dir("nopython");
+    let out = rayhpc().args(["launch", "--python", "/nonexistent/python", "--", "true"]).env("RAYHPC_RUNTIME_DIR", &dir).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("cannot start the node runtime") && err.contains("/nonexistent/python"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn launch_without_a_command_serves_until_sigterm_then_cleans_up() {
+    let dir = runtime_dir("serve");
+    let mut child = rayhpc()
+        .args(["launch", "--num-cpus", "1"])
+        .env("RAYHPC_RUNTIME_DIR", &dir)
+        .env("PATH", "/nonexistent")
+        .env_remove("SLURM_JOB_ID")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let address = dir.join("job-local/address");
+    let t = std::time::Instant::now();
+    while !address.exists() {
+        assert!(t.elapsed() < std::time::Duration::from_secs(30), "the node never published its address");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "it serves");
+    let kill = Command::new("/bin/kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "an orderly stop");
+    assert!(!address.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

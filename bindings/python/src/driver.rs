@@ -9,51 +9,17 @@ use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError}
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 use rayhpc::ids::ActorId;
-use rayhpc::raw::{raw_actor_by_id, raw_function, RawActorHandle, RawArg, RawState};
-use rayhpc::{Config, Error, Runtime, Untyped};
+use rayhpc::raw::{raw_actor_by_id, RawActorHandle, RawArg, RawState};
+use rayhpc::{Error, Untyped};
 
 use crate::buffer::{Held, Pinned};
-use crate::pool::{failure_of, fetch, to_options, wait_indices, Pool, Services, WorkerConfig};
-use crate::wire::{Call, Key, Reply, WireArg, WireFailure, WireOptions};
 use crate::worker;
+use rayhpc_node::pool::{failure_of, fetch, to_options, wait_indices};
+use rayhpc_node::wire::{Call, Key, Reply, WireArg, WireFailure, WireOptions};
+use rayhpc_node::{Node, NodeConfig};
 
-struct State {
-    rt: Runtime,
-    pool: Arc<Pool>,
-    /// The store's socket for this runtime's workers, and the session directory holding it.
-    server: Mutex<Option<rayhpc::objstore::Server>>,
-    dir: std::path::PathBuf,
-    /// Where drivers attach, once this process serves as a node runtime (`node_listen`).
-    listener: Mutex<Option<std::os::unix::net::UnixListener>>,
-}
-
-/// A fresh session directory of this process, private to its user: under
-/// `$RAYHPC_RUNTIME_DIR`, else `$TMPDIR/rayhpc-<uid>`.
-fn session_dir() -> std::io::Result<std::path::PathBuf> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let base = match std::env::var_os("RAYHPC_RUNTIME_DIR") {
-        Some(d) => std::path::PathBuf::from(d),
-        None => std::env::temp_dir().join(format!("rayhpc-{}", std::fs::metadata("/proc/self")?.uid())),
-    };
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&base)?;
-    // Sessions of processes that are gone (killed before their shutdown) are swept.
-    for e in std::fs::read_dir(&base)?.flatten() {
-        let name = e.file_name();
-        let pid =
-            name.to_str().and_then(|n| n.strip_prefix("session-")).and_then(|n| n.split('-').next()).and_then(|p| p.parse::<u32>().ok());
-        if let Some(pid) = pid {
-            if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-    }
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = base.join(format!("session-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir); // a stale one of a process that had this pid
-    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-    Ok(dir)
-}
+/// The embedded node runtime of a driver process.
+type State = Node;
 
 static STATE: Mutex<Option<Arc<State>>> = Mutex::new(None);
 
@@ -171,7 +137,7 @@ impl PyObjectRef {
     /// kept alive by the runtime until shutdown.
     fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Reduced<'py>> {
         match (mode()?, &self.inner) {
-            (Mode::Driver(s), RefInner::Local(r)) => s.pool.escape(r, self.actor),
+            (Mode::Driver(s), RefInner::Local(r)) => s.pool().escape(r, self.actor),
             (Mode::Driver(_), RefInner::Remote(_)) => return Err(PyValueError::new_err("an ObjectRef of a worker used in the driver")),
             (Mode::Worker, _) => match worker::request(py, Call::PinRef { id: self.id() })? {
                 Reply::Done => {}
@@ -191,7 +157,7 @@ type Reduced<'py> = (Bound<'py, PyAny>, (Bound<'py, PyBytes>, bool));
 pub fn ref_from_id(id: &[u8], actor: bool) -> PyResult<PyObjectRef> {
     let id = u128::from_le_bytes(id.try_into().map_err(|_| PyValueError::new_err("an object id is 16 bytes"))?);
     match mode()? {
-        Mode::Driver(s) => match s.pool.escaped(id) {
+        Mode::Driver(s) => match s.pool().escaped(id) {
             Some((r, actor)) => Ok(PyObjectRef::local(r, actor)),
             None => Err(PyValueError::new_err(format!("ObjectRef({id:032x}) is not known to this runtime"))),
         },
@@ -315,50 +281,14 @@ pub fn init(
     if g.is_some() {
         return Err(PyRuntimeError::new_err("rayhpc is already initialized"));
     }
-    let mut c = Config::default();
-    if let Some(n) = num_cpus {
-        if n < 0.0 {
-            return Err(PyValueError::new_err(format!("num_cpus must be >= 0, got {n}")));
-        }
-        c.num_cpus = Some(n);
-        // One executor per whole CPU asked for (at least one): each runs one Python task.
-        c.executors = Some((n.ceil() as usize).max(1));
-    }
-    if let Some(n) = num_gpus {
-        c.num_gpus = n;
-    }
-    for (k, v) in resources.unwrap_or_default() {
-        c = c.resource(&k, v);
-    }
-    c.object_store_memory = object_store_memory;
-    let dir = session_dir().map_err(|e| PyRuntimeError::new_err(format!("cannot make the session directory: {e}")))?;
-    let rt = match Runtime::init(c) {
-        Ok(rt) => rt,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(py_err(e));
-        }
-    };
-    let socket = dir.join("store.sock");
-    let server = match rt.object_store().serve(&socket) {
-        Ok(s) => s,
-        Err(e) => {
-            rt.shutdown();
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(PyRuntimeError::new_err(format!("cannot serve the object store at {}: {e}", socket.display())));
-        }
-    };
-    let pool = Pool::new(WorkerConfig { python: python.into(), sys_path });
-    // Weak: the function lives in the process-wide registry for good, the pool (and through
-    // it the runtime and its store) must not.
-    let p = Arc::downgrade(&pool);
-    let task = raw_function("py.task", move |inputs: &[&[u8]]| match p.upgrade() {
-        Some(p) => p.call(inputs),
-        None => Err(crate::pool::failure(rayhpc::FailureKind::Error, "the runtime is shut down")),
-    });
-    let item = raw_function("py.item", crate::pool::item);
-    pool.set_services(Services { rt: rt.clone(), task, item, store_socket: socket });
-    *g = Some(Arc::new(State { rt, pool, server: Mutex::new(Some(server)), dir, listener: Mutex::new(None) }));
+    let cfg =
+        NodeConfig { python: python.into(), sys_path, num_cpus, num_gpus, resources: resources.unwrap_or_default(), object_store_memory };
+    let node = Node::start(cfg).map_err(|e| match e {
+        rayhpc_node::NodeError::Runtime(e) => py_err(e),
+        rayhpc_node::NodeError::Invalid(m) => PyValueError::new_err(m),
+        e @ rayhpc_node::NodeError::Io(..) => PyRuntimeError::new_err(e.to_string()),
+    })?;
+    *g = Some(Arc::new(node));
     Ok(())
 }
 
@@ -367,12 +297,7 @@ pub fn init(
 pub fn shutdown(py: Python<'_>) {
     let s = STATE.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(s) = s {
-        py.detach(|| {
-            s.pool.shutdown();
-            s.rt.shutdown();
-            drop(s.server.lock().unwrap_or_else(|e| e.into_inner()).take());
-            let _ = std::fs::remove_dir_all(&s.dir);
-        });
+        py.detach(|| s.shutdown());
     }
 }
 
@@ -398,37 +323,27 @@ pub fn node_listen() -> PyResult<String> {
     let Mode::Driver(s) = mode()? else {
         return Err(PyRuntimeError::new_err("node_listen() needs an embedded runtime (init() first)"));
     };
-    let path = s.dir.join("node.sock");
-    let l = std::os::unix::net::UnixListener::bind(&path)
-        .map_err(|e| PyRuntimeError::new_err(format!("cannot listen on {}: {e}", path.display())))?;
-    l.set_nonblocking(true)?;
-    *s.listener.lock().unwrap_or_else(|e| e.into_inner()) = Some(l);
-    Ok(s.dir.to_string_lossy().into_owned())
+    let dir = s.listen().map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    Ok(dir.to_string_lossy().into_owned())
 }
 
 /// Serves attaching drivers until a signal handler raises (SIGTERM, SIGINT) or the runtime
 /// shuts down; checks for signals every 50 ms.
 #[pyfunction]
 pub fn node_serve(py: Python<'_>) -> PyResult<()> {
-    loop {
-        py.check_signals()?;
-        let Ok(Mode::Driver(s)) = mode() else { return Ok(()) };
-        let accepted = {
-            let l = s.listener.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(l) = l.as_ref() else { return Err(PyRuntimeError::new_err("node_listen() first")) };
-            l.accept()
-        };
-        match accepted {
-            Ok((conn, _)) => {
-                // A connection that is not a driver is refused with a log line; the node goes on.
-                if let Err(e) = py.detach(|| s.pool.attach_driver(conn)) {
-                    eprintln!("rayhpc node: refused a connection: {e}");
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => py.detach(|| std::thread::sleep(std::time::Duration::from_millis(50))),
-            Err(e) => return Err(PyRuntimeError::new_err(format!("accept: {e}"))),
-        }
+    let Mode::Driver(s) = mode()? else { return Ok(()) };
+    let mut signalled = None;
+    let served = py.detach(|| {
+        s.serve(|| {
+            // Signals are Python's to handle: look every round (50 ms), GIL taken briefly.
+            signalled = Python::attach(|py| py.check_signals().err());
+            signalled.is_none()
+        })
+    });
+    if let Some(e) = signalled {
+        return Err(e);
     }
+    served.map_err(|e| PyRuntimeError::new_err(e.to_string()))
 }
 
 /// True in an initialized driver, and in a worker process.
@@ -452,7 +367,7 @@ pub fn mode_name() -> Option<&'static str> {
 pub fn register_function(py: Python<'_>, key: &[u8], blob: &[u8]) -> PyResult<()> {
     let key = key_of(key)?;
     match mode()? {
-        Mode::Driver(s) => s.pool.define(key, blob),
+        Mode::Driver(s) => s.pool().define(key, blob),
         Mode::Worker => worker::define(py, key, blob, None)?,
     }
     Ok(())
@@ -464,8 +379,8 @@ pub fn register_class(py: Python<'_>, key: &[u8], blob: &[u8], name: &str) -> Py
     let key = key_of(key)?;
     match mode()? {
         Mode::Driver(s) => {
-            s.pool.define(key, blob);
-            s.pool.class(key, name);
+            s.pool().define(key, blob);
+            s.pool().class(key, name);
         }
         Mode::Worker => worker::define(py, key, blob, Some(name.to_string()))?,
     }
@@ -517,8 +432,8 @@ pub fn submit(
         Mode::Driver(s) => {
             let mut raw = vec![RawArg::Bytes(key.as_bytes().to_vec())];
             raw.extend(raw_args(args)?);
-            let services = s.pool.services_task();
-            let r = services.remote(&s.rt, raw, &options.get().task).map_err(py_err)?;
+            let services = s.pool().services_task();
+            let r = services.remote(s.runtime(), raw, &options.get().task).map_err(py_err)?;
             Ok(PyObjectRef::local(r, false))
         }
         Mode::Worker => {
@@ -535,7 +450,7 @@ pub fn create_actor(py: Python<'_>, key: &[u8], args: &Bound<'_, PyList>, option
     match mode()? {
         Mode::Driver(s) => {
             let raw = raw_args(args)?;
-            let h = s.pool.create_actor(key, &options.get().w, raw).map_err(py_err)?;
+            let h = s.pool().create_actor(key, &options.get().w, raw).map_err(py_err)?;
             Ok(PyActorRef { inner: ActorInner::Local(h), key })
         }
         Mode::Worker => match worker::request(py, Call::CreateActor { key, options: options.get().w.clone(), args: wire_args(args)? })? {
@@ -551,11 +466,11 @@ pub fn actor_call(py: Python<'_>, actor: &Bound<'_, PyActorRef>, method: &str, a
     let a = actor.get();
     match (mode()?, &a.inner) {
         (Mode::Driver(s), ActorInner::Local(h)) => {
-            let r = s.pool.call_actor(h, method, raw_args(args)?).map_err(py_err)?;
+            let r = s.pool().call_actor(h, method, raw_args(args)?).map_err(py_err)?;
             Ok(PyObjectRef::local(r, true))
         }
         (Mode::Driver(s), ActorInner::Remote(id)) => {
-            let r = s.pool.call_actor_id(*id, method, raw_args(args)?).map_err(py_err)?;
+            let r = s.pool().call_actor_id(*id, method, raw_args(args)?).map_err(py_err)?;
             Ok(PyObjectRef::local(r, true))
         }
         (Mode::Worker, _) => {
@@ -577,7 +492,7 @@ pub fn cancel(py: Python<'_>, r: &Bound<'_, PyObjectRef>, force: bool) -> PyResu
     match (mode()?, &r.inner) {
         (Mode::Driver(s), RefInner::Local(local)) => {
             if !local.is_ready() {
-                s.pool.cancel(local.id().0, force);
+                s.pool().cancel(local.id().0, force);
             }
             Ok(())
         }
@@ -595,7 +510,7 @@ pub fn items(py: Python<'_>, r: &Bound<'_, PyObjectRef>, n: u32) -> PyResult<Vec
     let r = r.get();
     match (mode()?, &r.inner) {
         (Mode::Driver(s), RefInner::Local(local)) => {
-            let refs = crate::pool::items(s.pool.services(), local, n).map_err(py_err)?;
+            let refs = rayhpc_node::pool::items(s.pool().services(), local, n).map_err(py_err)?;
             Ok(refs.into_iter().map(|x| PyObjectRef::local(x, r.actor)).collect())
         }
         (Mode::Driver(_), RefInner::Remote(_)) => Err(PyValueError::new_err("an ObjectRef of a worker used in the driver")),
@@ -613,7 +528,7 @@ pub fn items(py: Python<'_>, r: &Bound<'_, PyObjectRef>, n: u32) -> PyResult<Vec
 pub fn kill(py: Python<'_>, actor: &Bound<'_, PyActorRef>) -> PyResult<()> {
     let id = actor.get().id();
     match mode()? {
-        Mode::Driver(s) => py.detach(|| s.pool.kill_id(id)),
+        Mode::Driver(s) => py.detach(|| s.pool().kill_id(id)),
         Mode::Worker => {
             worker::request(py, Call::Kill { actor: id })?;
         }
@@ -626,11 +541,12 @@ pub fn kill(py: Python<'_>, actor: &Bound<'_, PyActorRef>) -> PyResult<()> {
 pub fn get_actor(py: Python<'_>, name: &str) -> PyResult<PyActorRef> {
     match mode()? {
         Mode::Driver(s) => {
-            let h =
-                s.rt.get_actor::<RawState>(name)
-                    .map_err(|_| PyValueError::new_err(format!("Failed to look up actor with name '{name}'")))?;
+            let h = s
+                .runtime()
+                .get_actor::<RawState>(name)
+                .map_err(|_| PyValueError::new_err(format!("Failed to look up actor with name '{name}'")))?;
             let key =
-                s.pool.actor_key(h.id().0).ok_or_else(|| PyValueError::new_err(format!("Failed to look up actor with name '{name}'")))?;
+                s.pool().actor_key(h.id().0).ok_or_else(|| PyValueError::new_err(format!("Failed to look up actor with name '{name}'")))?;
             Ok(PyActorRef { inner: ActorInner::Local(h), key })
         }
         Mode::Worker => match worker::request(py, Call::GetActor { name: name.to_string() })? {
@@ -646,7 +562,7 @@ pub fn get_actor(py: Python<'_>, name: &str) -> PyResult<PyActorRef> {
 pub fn actor_pin(py: Python<'_>, actor: &Bound<'_, PyActorRef>) -> PyResult<()> {
     let a = actor.get();
     match (mode()?, &a.inner) {
-        (Mode::Driver(s), ActorInner::Local(h)) => s.pool.pin_actor(h),
+        (Mode::Driver(s), ActorInner::Local(h)) => s.pool().pin_actor(h),
         (Mode::Driver(_), ActorInner::Remote(_)) => {}
         (Mode::Worker, _) => {
             worker::request(py, Call::PinActor { actor: a.id() })?;
@@ -677,7 +593,7 @@ pub fn put(py: Python<'_>, parts: &Bound<'_, PyList>) -> PyResult<PyObjectRef> {
     let total = worker::total_len(parts)?;
     match mode()? {
         Mode::Driver(s) => {
-            let r = s.rt.put_with(total, |buf| worker::copy_parts(py, parts, buf).map_err(StoreFill::Py)).map_err(|e| match e {
+            let r = s.runtime().put_with(total, |buf| worker::copy_parts(py, parts, buf).map_err(StoreFill::Py)).map_err(|e| match e {
                 StoreFill::Py(e) => e,
                 StoreFill::Rt(e) => py_err(e),
             })?;
@@ -755,7 +671,7 @@ pub fn get<'py>(py: Python<'py>, refs: &Bound<'py, PyList>, timeout: Option<f64>
     match mode()? {
         Mode::Driver(s) => {
             let rs = locals(&list)?;
-            let views = py.detach(|| fetch(&s.rt, &rs, timeout));
+            let views = py.detach(|| fetch(s.runtime(), &rs, timeout));
             for (v, r) in views.into_iter().zip(&list) {
                 match v {
                     // A stored object is read in place (zero-copy), pinned while Python uses it.
@@ -792,7 +708,7 @@ pub fn wait(py: Python<'_>, refs: &Bound<'_, PyList>, num_returns: usize, timeou
     match mode()? {
         Mode::Driver(s) => {
             let rs = locals(&list)?;
-            py.detach(|| wait_indices(&s.rt, &rs, num_returns, timeout)).map_err(py_err)
+            py.detach(|| wait_indices(s.runtime(), &rs, num_returns, timeout)).map_err(py_err)
         }
         Mode::Worker => {
             let ids = list.iter().map(|r| r.get().id()).collect();
@@ -808,7 +724,7 @@ pub fn wait(py: Python<'_>, refs: &Bound<'_, PyList>, num_returns: usize, timeou
 #[pyfunction]
 pub fn resources(py: Python<'_>) -> PyResult<HashMap<String, (f64, f64)>> {
     match mode()? {
-        Mode::Driver(s) => Ok(s.rt.resources().into_iter().map(|v| (v.name.to_string(), (v.total, v.available))).collect()),
+        Mode::Driver(s) => Ok(s.runtime().resources().into_iter().map(|v| (v.name.to_string(), (v.total, v.available))).collect()),
         Mode::Worker => match worker::request(py, Call::Resources)? {
             Reply::Resources(v) => Ok(v.into_iter().map(|(n, t, a)| (n, (t, a))).collect()),
             other => Err(unexpected(other)),
@@ -820,7 +736,7 @@ pub fn resources(py: Python<'_>) -> PyResult<HashMap<String, (f64, f64)>> {
 #[pyfunction]
 pub fn store_objects() -> PyResult<usize> {
     match mode()? {
-        Mode::Driver(s) => Ok(s.rt.object_store().objects()),
+        Mode::Driver(s) => Ok(s.runtime().object_store().objects()),
         Mode::Worker => Err(PyRuntimeError::new_err("store_objects() is only available in the driver")),
     }
 }
@@ -829,7 +745,7 @@ pub fn store_objects() -> PyResult<usize> {
 #[pyfunction]
 pub fn workers() -> PyResult<(Vec<u32>, usize)> {
     match mode()? {
-        Mode::Driver(s) => Ok((s.pool.live(), s.pool.started())),
+        Mode::Driver(s) => Ok((s.pool().live(), s.pool().started())),
         Mode::Worker => Err(PyRuntimeError::new_err("workers() is only available in the driver")),
     }
 }

@@ -1,17 +1,14 @@
 //! `rayhpc._native`: the Python extension module of rayhpc. The Python package around it
 //! (`python/rayhpc/`) gives Ray Core's API; this module holds the embedded node runtime
-//! (`driver`), its Python worker processes (`pool`), the worker's end of their channel
-//! (`worker`) and the messages between them (`wire`).
-#![deny(unsafe_code)] // but for the buffer protocol's fill (`buffer`) and kill(2) (`signal`)
+//! (`driver`, over the `rayhpc-node` crate, which also holds the Python worker pool and the
+//! messages to the workers) and the worker's end of their channel (`worker`).
+#![deny(unsafe_code)] // but for the buffer protocol's fill (`buffer`)
 #![allow(missing_docs)] // the Python-facing docs live in the Python package
 
 use pyo3::prelude::*;
 
 mod buffer;
 mod driver;
-mod pool;
-mod signal;
-mod wire;
 mod worker;
 
 #[pymodule]

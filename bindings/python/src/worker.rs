@@ -21,7 +21,7 @@ use rayhpc::objstore::ring::{Channel, Consumer, Producer, RingError};
 use rayhpc::objstore::{Client, StoreError};
 
 use crate::buffer::{Held, Pinned};
-use crate::wire::{self, Call, Envelope, Key, Reply, Request};
+use rayhpc_node::wire::{self, Call, Envelope, Key, Reply, Request};
 
 /// Values up to this size go through the ring; larger ones through the store.
 pub const RING_VALUE_MAX: usize = 1 << 20;

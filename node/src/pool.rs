@@ -56,7 +56,9 @@ pub struct WorkerConfig {
 
 /// The runtime a pool serves its workers' requests with (set once, just after the pool).
 pub struct Services {
+    /// The runtime.
     pub rt: Runtime,
+    /// `py.task`, the raw function every Python task runs as.
     pub task: RawFn,
     /// Splits a result of several returns (`py.item`, a native task: no Python involved).
     pub item: RawFn,
@@ -184,6 +186,7 @@ fn cancelled() -> RawFailure {
     failure(FailureKind::Cancelled, "the task was cancelled (rayhpc.cancel)")
 }
 
+/// A failure of `kind` with `message` and no payload.
 pub fn failure(kind: FailureKind, message: impl Into<String>) -> RawFailure {
     RawFailure { kind, message: message.into(), payload: None }
 }
@@ -290,6 +293,7 @@ enum Answer {
 }
 
 impl Pool {
+    /// An empty pool; [`Pool::set_services`] must follow at once.
     pub fn new(config: WorkerConfig) -> Arc<Pool> {
         Arc::new_cyclic(|me| Pool {
             config,
@@ -317,6 +321,7 @@ impl Pool {
         let _ = self.services.set(s);
     }
 
+    /// The runtime and functions set by [`Pool::set_services`].
     pub fn services(&self) -> &Services {
         self.services.get().expect("set right after the pool is made")
     }

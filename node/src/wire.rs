@@ -19,6 +19,10 @@
 //! worker may send requests (a task submitting tasks, calling actors, `get`…); each gets one
 //! reply before the call's own answer. Parsing checks every length: a malformed message is
 //! an error, never a read past its end.
+//!
+//! The table above is the documentation of the ops and fields below, which mirror it one
+//! for one; they are not documented item by item.
+#![allow(missing_docs)]
 
 use serde::{Deserialize, Serialize};
 

@@ -1,0 +1,294 @@
+//! The node runtime: what runs on each node of a rayhpc cluster, and what a driver embeds
+//! when it starts without one. A [`Node`] is the core runtime ([`rayhpc::Runtime`]) plus
+//! - the object store's Unix socket, which worker processes map the arena through;
+//! - the pool of Python worker processes ([`pool`]), started on demand, and one process per
+//!   Python actor;
+//! - when it serves as a node runtime ([`Node::listen`], [`Node::serve`]), the socket that
+//!   drivers attach to (`python -m rayhpc.node`, `rayhpc launch`), handing each a ring
+//!   channel of its own.
+//!
+//! Everything here is free of Python's C API: worker processes are plain children speaking
+//! [`wire`] over rings, so the `rayhpc` binary hosts a node without linking libpython, and
+//! the Python extension embeds the same code.
+#![deny(unsafe_code)] // but for kill(2) (`signal`)
+
+pub mod pool;
+pub mod signal;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rayhpc::raw::raw_function;
+use rayhpc::{Config, Error, FailureKind, Runtime};
+
+use crate::pool::{Pool, Services, WorkerConfig};
+
+/// What a node is started with.
+#[derive(Debug, Clone, Default)]
+pub struct NodeConfig {
+    /// The Python interpreter that runs workers.
+    pub python: PathBuf,
+    /// The `sys.path` workers start with (`os.pathsep`-separated; empty: Python's own).
+    pub sys_path: String,
+    /// Logical CPUs (default: the CPUs of the affinity mask). Also one executor per whole
+    /// CPU, at least one: each runs one Python task at a time.
+    pub num_cpus: Option<f64>,
+    /// GPUs (default none).
+    pub num_gpus: Option<f64>,
+    /// Custom resources.
+    pub resources: HashMap<String, f64>,
+    /// Bytes of the object store (default: the core's).
+    pub object_store_memory: Option<usize>,
+}
+
+/// Why a node could not start or serve.
+#[derive(Debug)]
+pub enum NodeError {
+    /// Bad configuration (a negative amount...).
+    Invalid(String),
+    /// The core runtime refused to start.
+    Runtime(Error),
+    /// A file, directory or socket of the node's session.
+    Io(String, std::io::Error),
+}
+
+impl std::fmt::Display for NodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeError::Invalid(m) => f.write_str(m),
+            NodeError::Runtime(e) => write!(f, "{e}"),
+            NodeError::Io(what, e) => write!(f, "{what}: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for NodeError {}
+
+/// A running node runtime (see the crate's docs). Stops on [`Node::shutdown`] (or drop).
+pub struct Node {
+    rt: Runtime,
+    pool: Arc<Pool>,
+    server: Mutex<Option<rayhpc::objstore::Server>>,
+    dir: PathBuf,
+    listener: Mutex<Option<UnixListener>>,
+    stopped: AtomicBool,
+}
+
+impl Node {
+    /// Starts the runtime, its store socket (in a fresh session directory, see
+    /// [`session_dir`]) and an empty worker pool.
+    ///
+    /// # Errors
+    /// A bad amount, a runtime that cannot start, or a session directory or socket that
+    /// cannot be made.
+    pub fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
+        let mut c = Config::default();
+        if let Some(n) = cfg.num_cpus {
+            if n.is_nan() || n < 0.0 {
+                return Err(NodeError::Invalid(format!("num_cpus must be >= 0, got {n}")));
+            }
+            c.num_cpus = Some(n);
+            c.executors = Some((n.ceil() as usize).max(1));
+        }
+        if let Some(n) = cfg.num_gpus {
+            if n.is_nan() || n < 0.0 {
+                return Err(NodeError::Invalid(format!("num_gpus must be >= 0, got {n}")));
+            }
+            c.num_gpus = n;
+        }
+        for (k, v) in &cfg.resources {
+            c = c.resource(k, *v);
+        }
+        c.object_store_memory = cfg.object_store_memory;
+        let dir = session_dir().map_err(|e| NodeError::Io("cannot make the session directory".into(), e))?;
+        let rt = match Runtime::init(c) {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(NodeError::Runtime(e));
+            }
+        };
+        let socket = dir.join("store.sock");
+        let server = match rt.object_store().serve(&socket) {
+            Ok(s) => s,
+            Err(e) => {
+                rt.shutdown();
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(NodeError::Io(format!("cannot serve the object store at {}", socket.display()), e));
+            }
+        };
+        let pool = Pool::new(WorkerConfig { python: cfg.python, sys_path: cfg.sys_path });
+        // Weak: the function lives in the process-wide registry for good, the pool (and
+        // through it the runtime and its store) must not.
+        let p = Arc::downgrade(&pool);
+        let task = raw_function("py.task", move |inputs: &[&[u8]]| match p.upgrade() {
+            Some(p) => p.call(inputs),
+            None => Err(pool::failure(FailureKind::Error, "the runtime is shut down")),
+        });
+        let item = raw_function("py.item", pool::item);
+        pool.set_services(Services { rt: rt.clone(), task, item, store_socket: socket });
+        Ok(Node { rt, pool, server: Mutex::new(Some(server)), dir, listener: Mutex::new(None), stopped: AtomicBool::new(false) })
+    }
+
+    /// The core runtime.
+    pub fn runtime(&self) -> &Runtime {
+        &self.rt
+    }
+
+    /// The worker pool.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// The session directory (also the node's address once it listens).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Listens on `node.sock` in the session directory for drivers; returns the address
+    /// (the directory).
+    ///
+    /// # Errors
+    /// The socket cannot be made.
+    pub fn listen(&self) -> Result<PathBuf, NodeError> {
+        let path = self.dir.join("node.sock");
+        let l = UnixListener::bind(&path).map_err(|e| NodeError::Io(format!("cannot listen on {}", path.display()), e))?;
+        l.set_nonblocking(true).map_err(|e| NodeError::Io("listener".into(), e))?;
+        *lock(&self.listener) = Some(l);
+        Ok(self.dir.clone())
+    }
+
+    /// Accepts attaching drivers (each then served on a thread of its own) until
+    /// `keep_going` says stop (asked every 50 ms) or the node is shut down. A connection that
+    /// is not a driver is refused with a log line; the node goes on.
+    ///
+    /// # Errors
+    /// [`Node::listen`] was not called, or accepting failed for good.
+    pub fn serve(&self, mut keep_going: impl FnMut() -> bool) -> Result<(), NodeError> {
+        while keep_going() && !self.stopped.load(Ordering::Acquire) {
+            let accepted = {
+                let l = lock(&self.listener);
+                let Some(l) = l.as_ref() else { return Err(NodeError::Invalid("serve() before listen()".into())) };
+                l.accept()
+            };
+            match accepted {
+                Ok((conn, _)) => {
+                    if let Err(e) = self.pool.attach_driver(conn) {
+                        eprintln!("rayhpc node: refused a connection: {e}");
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(50)),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(NodeError::Io("accept".into(), e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the workers, the runtime and the store socket, and removes the session
+    /// directory. Idempotent.
+    pub fn shutdown(&self) {
+        if self.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        drop(lock(&self.listener).take());
+        self.pool.shutdown();
+        self.rt.shutdown();
+        drop(lock(&self.server).take());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The directory of this user's rayhpc sessions: `$RAYHPC_RUNTIME_DIR`, else
+/// `$TMPDIR/rayhpc-<uid>`.
+///
+/// # Errors
+/// `/proc/self` cannot be read.
+pub fn runtime_base() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(match std::env::var_os("RAYHPC_RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => std::env::temp_dir().join(format!("rayhpc-{}", std::fs::metadata("/proc/self")?.uid())),
+    })
+}
+
+/// A fresh session directory of this process, private to its user (mode 0700), under
+/// [`runtime_base`]: `session-<pid>-<n>`. Sessions of processes that are gone (killed before
+/// their shutdown) are swept first.
+///
+/// # Errors
+/// A directory cannot be made or read.
+pub fn session_dir() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let base = runtime_base()?;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&base)?;
+    for e in std::fs::read_dir(&base)?.flatten() {
+        let name = e.file_name();
+        let pid =
+            name.to_str().and_then(|n| n.strip_prefix("session-")).and_then(|n| n.split('-').next()).and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let dir = base.join(format!("session-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir); // a stale one of a process that had this pid
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(dir)
+}
+
+/// The batch job this process belongs to (Slurm, then PBS, LSF, Flux), or "local": names
+/// the job's directory under [`runtime_base`]. (`rayhpc/node.py` reads it the same way.)
+pub fn job_id() -> String {
+    for var in ["SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "FLUX_JOB_ID"] {
+        if let Ok(v) = std::env::var(var) {
+            if !v.is_empty() {
+                return v.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+            }
+        }
+    }
+    "local".into()
+}
+
+/// Where the node runtime of this job records its address (what `init(address="auto")`
+/// reads): `<runtime base>/job-<job id>/address`, one per job, never a fixed global path.
+///
+/// # Errors
+/// As [`runtime_base`].
+pub fn address_file() -> std::io::Result<PathBuf> {
+    Ok(runtime_base()?.join(format!("job-{}", job_id())).join("address"))
+}
+
+/// Records `address` in [`address_file`] (written aside, then renamed: a reader never sees
+/// half of it); returns the file's path.
+///
+/// # Errors
+/// The directory or file cannot be written.
+pub fn publish_address(address: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let path = address_file()?;
+    let dir = path.parent().expect("a job directory");
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let tmp = dir.join(format!("address.{}", std::process::id()));
+    std::fs::write(&tmp, address.as_os_str().as_encoded_bytes())?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
