@@ -73,6 +73,13 @@ target/venv/bin/python -m pytest -q bindings/python/tests
 step "the C API: header, install, examples, bad inputs, valgrind"
 bash ci/c-api.sh
 
+step "a real Slurm cluster (munge, slurmctld, 3 slurmd in network namespaces) with Open MPI"
+if [ "$(id -u)" = 0 ]; then
+  bash slurm/smoke.sh
+else
+  echo "not root: network namespaces cannot be made; the Slurm cluster is not tested here"
+fi
+
 step "loom model check of the executors' idle protocol, the object table's pins and the rings' sleep handshake"
 RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom \
   cargo test -p rayhpc-sched --release --locked --test loom_sleep --test loom_signal
