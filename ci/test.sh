@@ -73,9 +73,11 @@ target/venv/bin/python -m pytest -q bindings/python/tests
 step "the C API: header, install, examples, bad inputs, valgrind"
 bash ci/c-api.sh
 
-step "a real Slurm cluster (munge, slurmctld, 3 slurmd in network namespaces) with Open MPI"
+step "a real Slurm cluster (munge, slurmctld, 3 slurmd in network namespaces) with Open MPI; rayhpc launch across it"
 if [ "$(id -u)" = 0 ]; then
   bash slurm/smoke.sh
+  cargo build --locked -q -p rayhpc-launcher
+  bash slurm/launch-test.sh
 else
   echo "not root: network namespaces cannot be made; the Slurm cluster is not tested here"
 fi

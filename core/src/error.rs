@@ -120,6 +120,9 @@ pub enum Error {
     /// A bad argument to an API call.
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// The object's only copy was lost (its node died) and it cannot be made again.
+    #[error("object lost: {0}")]
+    ObjectLost(String),
 }
 
 impl Error {

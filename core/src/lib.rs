@@ -41,4 +41,4 @@ pub use options::{Options, DEFAULT_MAX_RETRIES};
 pub use rayhpc_objstore as objstore;
 pub use rayhpc_objstore::Hugepages;
 pub use rayhpc_sched::ResourceView;
-pub use runtime::{Config, Runtime, DEFAULT_INLINE_THRESHOLD};
+pub use runtime::{Config, Promise, Runtime, DEFAULT_INLINE_THRESHOLD};

@@ -220,6 +220,22 @@ impl<T> ObjectRef<T> {
         self.slot.is_ready()
     }
 
+    /// Calls `f` once the object is ready (successfully or not): at once on this thread if
+    /// it is, else on the thread that completes it (an executor: `f` should be short and
+    /// must not block). For code that answers for an object elsewhere (another node).
+    pub fn on_ready(&self, f: impl FnOnce() + Send + 'static) {
+        struct Once<F>(std::sync::Mutex<Option<F>>);
+        impl<F: FnOnce() + Send> Notify for Once<F> {
+            fn notify(self: Arc<Self>) {
+                let f = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(f) = f {
+                    f();
+                }
+            }
+        }
+        self.slot.on_ready(Waiter::Callback(Arc::new(Once(std::sync::Mutex::new(Some(f))))));
+    }
+
     /// Calls `f` with the object's bytes if it is ready and kept inline (small), without
     /// waiting and without a runtime: `None` when it is not ready or lives in the store (then
     /// [`crate::Runtime::get_bytes`] is the way); `Some(Err)` when its task failed. A fast

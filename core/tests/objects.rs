@@ -201,3 +201,47 @@ fn ready_only_reads_never_wait_and_tell_inline_stored_and_failed_apart() {
     drop(v);
     rt.shutdown();
 }
+
+#[test]
+fn promises_complete_refs_from_outside_and_a_dropped_one_is_an_object_lost() {
+    let rt = common::rt(2);
+    let (small, p) = rt.promise().unwrap();
+    assert!(!small.is_ready());
+    let waiter = {
+        let (rt, r) = (rt.clone(), small.clone());
+        std::thread::spawn(move || rt.get_bytes(&r).map(|v| v.to_vec()))
+    };
+    p.fulfill(b"abc").unwrap();
+    assert_eq!(waiter.join().unwrap().unwrap(), b"abc");
+
+    let (big, p) = rt.promise().unwrap();
+    p.fulfill_with(1 << 20, |b| {
+        b.fill(9);
+        Ok(())
+    })
+    .unwrap();
+    let v = rt.get_bytes(&big).unwrap();
+    assert!(v.is_stored() && v.len() == 1 << 20 && v[777] == 9);
+
+    // A task that depends on a promise waits for it, and fails with its error.
+    let len = rayhpc::raw::raw_function("o.len", |inp: &[&[u8]]| Ok(rayhpc::raw::RawOutput::Bytes(vec![inp[0].len() as u8])));
+    let (dep, p) = rt.promise().unwrap();
+    let r = len.remote(&rt, vec![rayhpc::raw::RawArg::Ref(dep.clone())], &rayhpc::Options::new()).unwrap();
+    rt.wait_for(std::slice::from_ref(&r), 1, Some(Duration::from_millis(20))).unwrap();
+    assert!(!r.is_ready(), "the task waits for its promised argument");
+    p.fulfill_with(5, |b| {
+        b.fill(1);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(&*rt.get_bytes(&r).unwrap(), &[5]);
+
+    let (lost, p) = rt.promise().unwrap();
+    drop(p);
+    assert!(matches!(rt.get_bytes(&lost), Err(Error::ObjectLost(_))));
+    let (failed, p) = rt.promise().unwrap();
+    assert!(p.fulfill_with(100, |_| Err("the peer died".into())).is_err());
+    assert!(matches!(rt.get_bytes(&failed), Err(Error::ObjectLost(m)) if m.contains("the peer died")));
+    rt.shutdown();
+    assert!(matches!(rt.promise(), Err(Error::Shutdown)));
+}

@@ -10,25 +10,99 @@
 //! that modules beside the driver import. When no such Python is found, the node still runs
 //! native tasks, and says so.
 //!
-//! Single node for now: under Slurm or MPI every rank would start its own node runtime; the
-//! many-node bootstrap (head on rank 0, the others joining it) is the next stage.
+//! Many nodes: under `srun`, `mpirun` (Open MPI, MPICH) or PMIx, each rank reads its place
+//! in the launch ([`crate::bootstrap`]). One node runtime per host (a rank that is not the
+//! first of its host starts none and exits 0). Rank 0 is the head: it binds an ephemeral
+//! port on `--interface` (default: the address its host name resolves to), publishes that
+//! address and a fresh job secret in the launch's rendezvous directory
+//! (`rayhpc_node::cluster::rendezvous`), waits for every host's node to join, and only then
+//! runs the command. The other ranks find the head there, join it from the interface that
+//! routes to it, and serve until the head stops them (when the command exits) or is lost.
+//! `--head` and `--address HOST:PORT` (with `--secret-file`) do the same by hand.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use rayhpc_node::cluster::{rendezvous, Cluster, ClusterConfig, Role};
 use rayhpc_node::{Node, NodeConfig};
+
+use crate::bootstrap::{self, Placement};
 
 /// What to start.
 pub struct LaunchArgs {
     pub python: Option<String>,
+    /// Be the head whatever the launcher says.
+    pub head: bool,
+    /// Join the head at this address instead of finding it.
+    pub address: Option<String>,
+    /// The job secret's file, with `address`.
+    pub secret_file: Option<PathBuf>,
+    /// The interface address to bind.
+    pub interface: Option<IpAddr>,
+    /// How many nodes the head waits for (default: the launch's hosts).
+    pub nodes: Option<u32>,
+    /// How long the head waits for them, and the others for the head.
+    pub startup_timeout: Duration,
+    /// Where the rendezvous directory lives (default: see `rendezvous::base`).
+    pub rendezvous_dir: Option<PathBuf>,
+    /// Instead of a command, the head measures the links to the other nodes (`rayhpc bench
+    /// --across-nodes`).
+    pub bench: Option<BenchAcross>,
     pub num_cpus: Option<f64>,
     pub num_gpus: Option<f64>,
     pub resources: Option<String>,
     pub object_store_memory: Option<u64>,
     pub command: Vec<String>,
+}
+
+/// What `rayhpc bench --across-nodes` measures.
+pub struct BenchAcross {
+    /// Bytes of the object pulled and of the raw stream.
+    pub bytes: u64,
+    /// Best of this many.
+    pub trials: usize,
+    /// One JSON object instead of text.
+    pub json: bool,
+}
+
+/// The head's bench: cluster start time, then per node the raw TCP stream's rate and the
+/// object pull rate.
+fn bench_across(c: &Cluster, b: &BenchAcross, start_ms: f64) -> Result<i32> {
+    let rows = c.bench_pull(b.bytes, b.trials)?;
+    let gib = |x: f64| x / (1u64 << 30) as f64;
+    if b.json {
+        let nodes: Vec<_> = rows
+            .iter()
+            .map(|(rank, raw, pull)| {
+                serde_json::json!({"rank": rank, "raw_tcp_gib_per_s": gib(*raw), "pull_gib_per_s": gib(*pull), "pull_over_raw": pull / raw})
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "nodes": c.view().len(), "cluster_start_ms": start_ms, "object_bytes": b.bytes, "transport": "tcp",
+                "pull_streams": rayhpc_node::cluster::bulk::streams_for(b.bytes), "links": nodes,
+            })
+        );
+    } else {
+        println!("cluster of {} nodes up in {start_ms:.0} ms (transport: tcp)", c.view().len());
+        for (rank, raw, pull) in rows {
+            println!(
+                "head -> rank {rank}: raw TCP stream {:.2} GiB/s, object pull ({} MiB, {} stream(s)) {:.2} GiB/s = {:.2} x raw",
+                gib(raw),
+                b.bytes >> 20,
+                rayhpc_node::cluster::bulk::streams_for(b.bytes),
+                gib(pull),
+                pull / raw
+            );
+        }
+    }
+    Ok(0)
 }
 
 /// The exit code for a status (128 + signal for a command killed by a signal, as a shell).
@@ -58,8 +132,87 @@ fn resources_of(json: Option<&str>) -> Result<HashMap<String, f64>> {
     }
 }
 
+/// The cluster's resources: every live node's, summed.
+fn cluster_sum(view: &[rayhpc_node::cluster::control::NodeInfo]) -> Vec<(String, f64, f64)> {
+    let mut sum: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
+    for n in view.iter().filter(|n| n.alive) {
+        for (k, (t, a)) in &n.resources {
+            let e = sum.entry(k.clone()).or_default();
+            e.0 += t;
+            e.1 += a;
+        }
+    }
+    sum.into_iter().map(|(k, (t, a))| (k, t, a)).collect()
+}
+
+/// Joins (or heads) the cluster of this launch, when it spans more than one node.
+fn join(a: &LaunchArgs, place: &Placement, node: &Arc<Node>, t0: Instant) -> Result<Option<(Arc<Cluster>, Option<PathBuf>)>> {
+    let expected = a.nodes.unwrap_or(place.hosts);
+    if expected <= 1 && !a.head && a.address.is_none() {
+        return Ok(None);
+    }
+    let rdv = rendezvous::dir(&a.rendezvous_dir.clone().unwrap_or_else(rendezvous::base), &place.job_id);
+    let is_head = a.head || (a.address.is_none() && place.is_head());
+    if is_head {
+        let secret = rendezvous::new_secret().context("cannot make the job secret")?;
+        let cluster = Cluster::start(node.clone(), ClusterConfig { role: Role::Head, rank: 0, bind: a.interface, secret: secret.clone() })
+            .context("cannot start the head")?;
+        let cluster = Arc::new(cluster);
+        rendezvous::publish(&rdv, &cluster.address().to_string(), &secret)
+            .with_context(|| format!("cannot publish the head's address in {}", rdv.display()))?;
+        eprintln!("rayhpc launch: head at {} (rendezvous {}), waiting for {expected} nodes", cluster.address(), rdv.display());
+        match cluster.wait_nodes(expected as usize, a.startup_timeout) {
+            Ok(view) => eprintln!(
+                "rayhpc launch: cluster up: {} nodes, {} CPUs, in {:.0} ms",
+                view.iter().filter(|n| n.alive).count(),
+                cluster_sum(&view).iter().find(|r| r.0 == "CPU").map_or(0.0, |r| r.1),
+                t0.elapsed().as_secs_f64() * 1e3
+            ),
+            Err(e) => {
+                cluster.shutdown(Duration::from_secs(2));
+                rendezvous::remove(&rdv);
+                bail!("the cluster did not come up: {e}");
+            }
+        }
+        return Ok(Some((cluster, Some(rdv))));
+    }
+    // A member: the head's address by hand, or from the rendezvous directory. A stale
+    // directory (a head of an earlier launch that died) is retried until the timeout.
+    let deadline = Instant::now() + a.startup_timeout;
+    loop {
+        let (addr, secret) = match &a.address {
+            Some(addr) => {
+                let file = a.secret_file.clone().unwrap_or_else(|| rdv.join("secret"));
+                let secret = std::fs::read(&file).with_context(|| format!("cannot read the job secret {}", file.display()))?;
+                (addr.clone(), secret)
+            }
+            None => rendezvous::find(&rdv, deadline.saturating_duration_since(Instant::now()))
+                .with_context(|| format!("rank {} cannot find the head", place.rank))?,
+        };
+        let head: SocketAddr = addr.parse().with_context(|| format!("the head's address {addr:?} is not ip:port"))?;
+        let cfg = ClusterConfig { role: Role::Member { head }, rank: place.rank.max(1), bind: a.interface, secret };
+        match Cluster::start(node.clone(), cfg) {
+            Ok(c) => return Ok(Some((Arc::new(c), None))),
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("rayhpc launch: rank {}: {e}; retrying", place.rank);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => bail!("rank {} cannot join the head at {head}: {e}", place.rank),
+        }
+    }
+}
+
 pub fn launch(a: LaunchArgs) -> Result<i32> {
     let t0 = Instant::now();
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let place = bootstrap::placement(&env)?;
+    if place.local_rank > 0 && a.address.is_none() && !a.head {
+        eprintln!(
+            "rayhpc launch: rank {} is rank {} of its host; one node runtime per host (its first rank's): this rank starts none",
+            place.rank, place.local_rank
+        );
+        return Ok(0);
+    }
     let explicit = a.python.clone().or_else(|| std::env::var("RAYHPC_PYTHON").ok());
     let python = explicit.clone().unwrap_or_else(|| "python3".into());
     // Python starts in parallel with the node (it takes tens of milliseconds).
@@ -79,6 +232,7 @@ pub fn launch(a: LaunchArgs) -> Result<i32> {
             }
         }
         Err(e) if explicit.is_some() => return Err(e.context("cannot start the node runtime's Python workers")),
+        Err(_) if a.bench.is_some() => String::new(), // the bench runs no Python
         Err(e) => {
             eprintln!("rayhpc launch: no Python workers ({e:#}); native tasks only. Set --python or RAYHPC_PYTHON.");
             String::new()
@@ -87,7 +241,7 @@ pub fn launch(a: LaunchArgs) -> Result<i32> {
     let node = Node::start(NodeConfig {
         python: python.into(),
         sys_path,
-        num_cpus: a.num_cpus,
+        num_cpus: a.num_cpus.or(place.cpus_on_node.map(f64::from)),
         num_gpus: a.num_gpus,
         resources,
         object_store_memory: a.object_store_memory.map(|m| m as usize),
@@ -98,19 +252,50 @@ pub fn launch(a: LaunchArgs) -> Result<i32> {
     let published = rayhpc_node::publish_address(&address).context("cannot record the node's address")?;
     eprintln!("rayhpc launch: node runtime up at {} in {:.0} ms", address.display(), t0.elapsed().as_secs_f64() * 1e3);
 
+    let cluster = match join(&a, &place, &node, t0) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = std::fs::remove_file(&published);
+            node.shutdown();
+            return Err(e);
+        }
+    };
+    if let Some((c, _)) = &cluster {
+        let c = Arc::downgrade(c);
+        node.pool().set_cluster_resources(Box::new(move || c.upgrade().map(|c| cluster_sum(&c.view())).unwrap_or_default()));
+    }
+    let is_member = cluster.as_ref().is_some_and(|(_, rdv)| rdv.is_none());
+    let start_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let stop = {
+        let c = cluster.as_ref().map(|(c, _)| Arc::downgrade(c));
+        move || rayhpc_node::signal::termination().is_some() || c.as_ref().and_then(|c| c.upgrade()).is_some_and(|c| c.stopped().is_some())
+    };
+
     let server = {
         let node = node.clone();
         std::thread::Builder::new()
             .name("rayhpc-accept".into())
-            .spawn(move || node.serve(|| rayhpc_node::signal::termination().is_none()))
+            .spawn({
+                let stop = stop.clone();
+                move || node.serve(|| !stop())
+            })
             .context("cannot start the accept thread")?
     };
-    let code = if a.command.is_empty() {
-        // Serve until SIGINT or SIGTERM.
-        while rayhpc_node::signal::termination().is_none() && !server.is_finished() {
-            std::thread::sleep(Duration::from_millis(50));
+    let code = if let (Some(b), Some((c, _)), false) = (&a.bench, &cluster, is_member) {
+        bench_across(c, b, start_ms)
+    } else if a.command.is_empty() || is_member {
+        // Serve until SIGINT or SIGTERM, or (a member) until the head stops the cluster.
+        // (The command runs on the head's host only.)
+        while !stop() && !server.is_finished() {
+            std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(0)
+        match cluster.as_ref().and_then(|(c, _)| c.stopped()) {
+            Some(why) if is_member && why != "the head stopped the cluster" => {
+                eprintln!("rayhpc launch: rank {}: stopping: {why}", place.rank);
+                Ok(1)
+            }
+            _ => Ok(0),
+        }
     } else {
         Command::new(&a.command[0])
             .args(&a.command[1..])
@@ -121,6 +306,12 @@ pub fn launch(a: LaunchArgs) -> Result<i32> {
     };
     // Stop whatever happened to the command (a stale address must not outlive the node).
     let _ = std::fs::remove_file(&published);
+    if let Some((c, rdv)) = &cluster {
+        c.shutdown(Duration::from_secs(5));
+        if let Some(rdv) = rdv {
+            rendezvous::remove(rdv);
+        }
+    }
     node.shutdown();
     match server.join() {
         Ok(Err(e)) => eprintln!("rayhpc launch: the node stopped accepting drivers: {e}"),
@@ -128,4 +319,93 @@ pub fn launch(a: LaunchArgs) -> Result<i32> {
         Ok(Ok(())) => {}
     }
     code
+}
+
+/// Where `status` and `stop` find the head: `--address` with `--secret-file`, else the
+/// rendezvous directory of the job (`--job`, else this environment's job id).
+pub struct Target {
+    pub address: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    pub job: Option<String>,
+    pub rendezvous_dir: Option<PathBuf>,
+}
+
+fn head_of(t: &Target) -> Result<(SocketAddr, Vec<u8>)> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let job = t.job.clone().unwrap_or_else(|| bootstrap::job_id(&env));
+    let rdv = rendezvous::dir(&t.rendezvous_dir.clone().unwrap_or_else(rendezvous::base), &job);
+    let (addr, secret) = match &t.address {
+        Some(a) => {
+            let file = t.secret_file.clone().unwrap_or_else(|| rdv.join("secret"));
+            (a.clone(), std::fs::read(&file).with_context(|| format!("cannot read the job secret {}", file.display()))?)
+        }
+        None => rendezvous::find(&rdv, Duration::ZERO).with_context(|| format!("no running launch of job {job} found"))?,
+    };
+    Ok((addr.parse().with_context(|| format!("the head's address {addr:?} is not ip:port"))?, secret))
+}
+
+/// `rayhpc status`: the head's node table, as a table or JSON.
+pub fn status(t: &Target, json: bool) -> Result<()> {
+    use rayhpc_node::cluster::control::{Request, Response};
+    let (head, secret) = head_of(t)?;
+    let nodes = match rayhpc_node::cluster::query(head, &secret, &Request::View)? {
+        Response::View { nodes, .. } => nodes,
+        other => bail!("the head answered {other:?}"),
+    };
+    if json {
+        let v: Vec<_> = nodes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "id": n.id, "rank": n.rank, "host": n.host, "address": n.addr, "alive": n.alive,
+                    "resources": n.resources.iter().map(|(k, (t, a))| (k.clone(), serde_json::json!({"total": t, "used": t - a}))).collect::<serde_json::Map<_, _>>(),
+                    "store": {"used": n.store_used, "capacity": n.store_capacity, "objects": n.store_objects, "backing": n.store_backing},
+                    "transport": n.transport,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+        return Ok(());
+    }
+    let sum = cluster_sum(&nodes);
+    println!("cluster of {} nodes ({} alive), head {head}", nodes.len(), nodes.iter().filter(|n| n.alive).count());
+    for (k, t, a) in &sum {
+        if *t > 0.0 {
+            println!("  {k}: {:.1}/{:.1} used", t - a, t);
+        }
+    }
+    println!(
+        "{:<4} {:<5} {:<16} {:<22} {:<6} {:>11} {:>9} {:>24}  {:<20} transport",
+        "id", "rank", "host", "address", "state", "CPU", "GPU", "store used/capacity", "backing"
+    );
+    for n in &nodes {
+        let used = |k: &str| n.resources.get(k).map_or("-".into(), |(t, a)| format!("{:.1}/{:.1}", t - a, t));
+        println!(
+            "{:<4} {:<5} {:<16} {:<22} {:<6} {:>11} {:>9} {:>24}  {:<20} {}",
+            n.id,
+            n.rank,
+            n.host,
+            n.addr,
+            if n.alive { "alive" } else { "dead" },
+            used("CPU"),
+            used("GPU"),
+            format!("{} MiB/{} MiB ({} obj)", n.store_used >> 20, n.store_capacity >> 20, n.store_objects),
+            n.store_backing,
+            n.transport
+        );
+    }
+    Ok(())
+}
+
+/// `rayhpc stop`: asks the head to stop the cluster.
+pub fn stop(t: &Target) -> Result<()> {
+    use rayhpc_node::cluster::control::{Request, Response};
+    let (head, secret) = head_of(t)?;
+    match rayhpc_node::cluster::query(head, &secret, &Request::Shutdown)? {
+        Response::Ok => {
+            eprintln!("rayhpc stop: the head at {head} is stopping the cluster");
+            Ok(())
+        }
+        other => bail!("the head answered {other:?}"),
+    }
 }

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bootstrap;
 mod launch;
 
 /// The runtime allocates a task spec and a result slot per task on the submitting thread and
@@ -31,9 +32,34 @@ enum Cmd {
         /// $RAYHPC_PYTHON, else python3; without one, native tasks only).
         #[arg(long)]
         python: Option<String>,
-        /// Logical CPUs of the node (default: the CPUs of the affinity mask).
+        /// Logical CPUs of the node (default: Slurm's CPUs on this node, else the CPUs of
+        /// the affinity mask).
         #[arg(long)]
         num_cpus: Option<f64>,
+        /// Be the head (rank 0) whatever the launcher says.
+        #[arg(long, conflicts_with = "address")]
+        head: bool,
+        /// Join the head at HOST:PORT instead of finding it in the rendezvous directory.
+        #[arg(long)]
+        address: Option<String>,
+        /// The job secret's file, with --address (default: the rendezvous directory's).
+        #[arg(long)]
+        secret_file: Option<std::path::PathBuf>,
+        /// The interface address to listen on (default: the head, its host name's address;
+        /// the others, the address that routes to the head).
+        #[arg(long)]
+        interface: Option<std::net::IpAddr>,
+        /// How many nodes the head waits for before it runs the command (default: the
+        /// launch's hosts).
+        #[arg(long)]
+        nodes: Option<u32>,
+        /// Seconds the head waits for the nodes, and the nodes for the head.
+        #[arg(long, default_value_t = 60.0)]
+        startup_timeout: f64,
+        /// Where launches meet: a directory every node sees (default:
+        /// $RAYHPC_RENDEZVOUS_DIR, else $SLURM_SUBMIT_DIR/.rayhpc, else $HOME/.rayhpc).
+        #[arg(long)]
+        rendezvous_dir: Option<std::path::PathBuf>,
         /// GPUs of the node.
         #[arg(long)]
         num_gpus: Option<f64>,
@@ -46,6 +72,20 @@ enum Cmd {
         /// The driver command (after `--`).
         #[arg(last = true)]
         command: Vec<String>,
+    },
+    /// Show the cluster of a running launch: per node, resources used/total, the object
+    /// store's use and backing, the transport.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Stop the cluster of a running launch (every node, then the head).
+    Stop {
+        #[command(flatten)]
+        target: TargetArgs,
     },
     /// Measure the runtime like `ray microbenchmark`, on an embedded single-node runtime.
     Bench {
@@ -79,16 +119,98 @@ enum Cmd {
         /// Directory for the spill figures' files (default: the temporary directory).
         #[arg(long)]
         spill_dir: Option<std::path::PathBuf>,
+        /// Measure between the nodes of a launch instead (run it as `srun -N2 rayhpc bench
+        /// --across-nodes`): the cluster's start time, a raw TCP stream and an object pull of
+        /// --object-mib between the head and every other node, best of --trials.
+        #[arg(long)]
+        across_nodes: bool,
+        /// With --across-nodes: the interface address to listen on.
+        #[arg(long)]
+        interface: Option<std::net::IpAddr>,
     },
+}
+
+/// Which launch `status` and `stop` address.
+#[derive(clap::Args)]
+struct TargetArgs {
+    /// The head's HOST:PORT (with --secret-file), instead of the job's rendezvous directory.
+    #[arg(long)]
+    address: Option<String>,
+    /// The job secret's file.
+    #[arg(long)]
+    secret_file: Option<std::path::PathBuf>,
+    /// The job id (default: this environment's: $SLURM_JOB_ID..., else "local").
+    #[arg(long)]
+    job: Option<String>,
+    /// The rendezvous base directory (as given to launch).
+    #[arg(long)]
+    rendezvous_dir: Option<std::path::PathBuf>,
+}
+
+impl TargetArgs {
+    fn target(self) -> launch::Target {
+        launch::Target { address: self.address, secret_file: self.secret_file, job: self.job, rendezvous_dir: self.rendezvous_dir }
+    }
 }
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Launch { python, num_cpus, num_gpus, resources, object_store_memory, command } => {
-            let code = launch::launch(launch::LaunchArgs { python, num_cpus, num_gpus, resources, object_store_memory, command })?;
+        Cmd::Launch {
+            python,
+            num_cpus,
+            head,
+            address,
+            secret_file,
+            interface,
+            nodes,
+            startup_timeout,
+            rendezvous_dir,
+            num_gpus,
+            resources,
+            object_store_memory,
+            command,
+        } => {
+            anyhow::ensure!(startup_timeout.is_finite() && startup_timeout > 0.0, "--startup-timeout must be a positive number");
+            let code = launch::launch(launch::LaunchArgs {
+                python,
+                head,
+                address,
+                secret_file,
+                interface,
+                nodes,
+                startup_timeout: Duration::from_secs_f64(startup_timeout),
+                rendezvous_dir,
+                bench: None,
+                num_cpus,
+                num_gpus,
+                resources,
+                object_store_memory,
+                command,
+            })?;
             std::process::exit(code);
         }
-        Cmd::Bench { json, tasks, round_trips, trials, idle_secs, executors, object_mib, store_mib, spill_mib, spill_dir } => {
+        Cmd::Status { json, target } => launch::status(&target.target(), json)?,
+        Cmd::Stop { target } => launch::stop(&target.target())?,
+        Cmd::Bench { json, object_mib, trials, store_mib, across_nodes: true, interface, .. } => {
+            let code = launch::launch(launch::LaunchArgs {
+                python: None,
+                head: false,
+                address: None,
+                secret_file: None,
+                interface,
+                nodes: None,
+                startup_timeout: Duration::from_secs(60),
+                rendezvous_dir: None,
+                bench: Some(launch::BenchAcross { bytes: (object_mib as u64) << 20, trials, json }),
+                num_cpus: None,
+                num_gpus: None,
+                resources: None,
+                object_store_memory: Some(store_mib.unwrap_or(2 * object_mib + 512) as u64 * (1 << 20)),
+                command: Vec::new(),
+            })?;
+            std::process::exit(code);
+        }
+        Cmd::Bench { json, tasks, round_trips, trials, idle_secs, executors, object_mib, store_mib, spill_mib, spill_dir, .. } => {
             anyhow::ensure!(tasks > 0 && round_trips > 0 && trials > 0, "--tasks, --round-trips and --trials must be positive");
             anyhow::ensure!(idle_secs.is_finite() && idle_secs > 0.0, "--idle-secs must be a positive number");
             let store = store_mib.unwrap_or(2 * object_mib + 512) << 20;

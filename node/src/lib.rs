@@ -12,6 +12,7 @@
 //! the Python extension embeds the same code.
 #![deny(unsafe_code)] // but for kill(2) (`signal`)
 
+pub mod cluster;
 pub mod pool;
 pub mod signal;
 pub mod wire;

@@ -54,6 +54,25 @@ pub struct WorkerConfig {
     pub sys_path: String,
 }
 
+/// Decides whether a Python task runs on this node or another (the cluster layer).
+pub trait Router: Send + Sync {
+    /// Runs the task of function `key` (`args[0]` is the key's bytes) on some node and
+    /// returns its ref; `here` runs it on this one.
+    ///
+    /// # Errors
+    /// The task cannot be submitted at all.
+    fn route(
+        &self,
+        key: Key,
+        args: Vec<RawArg>,
+        options: &WireOptions,
+        here: &dyn Fn(Vec<RawArg>) -> Result<ObjectRef<Untyped>, Error>,
+    ) -> Result<ObjectRef<Untyped>, Error>;
+}
+
+/// What [`Pool::set_cluster_resources`] takes: the cluster's (name, total, available).
+pub type ClusterResources = Box<dyn Fn() -> Vec<(String, f64, f64)> + Send + Sync>;
+
 /// The runtime a pool serves its workers' requests with (set once, just after the pool).
 pub struct Services {
     /// The runtime.
@@ -176,6 +195,11 @@ pub struct Pool {
     /// Objects a ref to which travelled inside a value (pickled): kept until shutdown, and
     /// found by id by whoever unpickles the ref.
     escaped: Mutex<HashMap<u128, (ObjectRef<Untyped>, bool)>>,
+    /// The cluster's resources (name, total, available), when this node is part of one:
+    /// what a driver's `cluster_resources()` sees instead of this node's own.
+    cluster_resources: OnceLock<ClusterResources>,
+    /// Where tasks may go instead of this node (see [`Router`]).
+    router: OnceLock<Arc<dyn Router>>,
     /// Tasks asked to be cancelled (by result id), until their call sees it.
     cancelled: Mutex<HashSet<u128>>,
     /// The worker process running each task now (by result id).
@@ -255,6 +279,7 @@ pub fn failure_of(e: Error, from_actor: bool) -> WireFailure {
         e @ Error::Shutdown => plain("shutdown", &e),
         e @ (Error::ObjectTooLarge { .. } | Error::StoreFull { .. }) => plain("store", &e),
         e @ Error::NoSuchActor(_) => plain("no_actor", &e),
+        e @ Error::ObjectLost(_) => plain("object_lost", &e),
         e @ (Error::NameTaken(_) | Error::Invalid(_) | Error::Resources(_)) => plain("value", &e),
         e => plain("system", &e),
     }
@@ -310,6 +335,8 @@ impl Pool {
             closed: AtomicBool::new(false),
             started: Default::default(),
             escaped: Mutex::new(HashMap::new()),
+            cluster_resources: OnceLock::new(),
+            router: OnceLock::new(),
             drivers: Mutex::new(Vec::new()),
             cancelled: Mutex::new(HashSet::new()),
             running: Mutex::new(HashMap::new()),
@@ -319,6 +346,12 @@ impl Pool {
     /// Sets the runtime the pool serves requests with (once).
     pub fn set_services(&self, s: Services) {
         let _ = self.services.set(s);
+    }
+
+    /// Makes drivers' `cluster_resources()` answer with `f` (the cluster's sum) instead of
+    /// this node's resources (once).
+    pub fn set_cluster_resources(&self, f: ClusterResources) {
+        let _ = self.cluster_resources.set(f);
     }
 
     /// The runtime and functions set by [`Pool::set_services`].
@@ -334,6 +367,17 @@ impl Pool {
     /// Registers a pickled function or class under its key (once per key).
     pub fn define(&self, key: Key, blob: &[u8]) {
         self.functions.write().unwrap_or_else(|e| e.into_inner()).entry(key).or_insert_with(|| Arc::from(blob));
+    }
+
+    /// The pickled function or class of `key`, if this pool knows it.
+    pub fn function_blob(&self, key: &Key) -> Option<Arc<[u8]>> {
+        self.blob(key)
+    }
+
+    /// Makes tasks submitted through this pool (by drivers and workers) go through `r`
+    /// first, which may run them on another node (once).
+    pub fn set_router(&self, r: Arc<dyn Router>) {
+        let _ = self.router.set(r);
     }
 
     fn blob(&self, key: &Key) -> Option<Arc<[u8]>> {
@@ -679,7 +723,11 @@ impl Pool {
                 }
                 let mut raw = vec![RawArg::Bytes(key.to_vec())];
                 raw.extend(self.args_of(w, args)?);
-                let r = s.task.remote(&s.rt, raw, &to_options(&options, false))?;
+                let here = |raw: Vec<RawArg>| s.task.remote(&s.rt, raw, &to_options(&options, false));
+                let r = match self.router.get() {
+                    Some(router) => router.route(key, raw, &options, &here)?,
+                    None => here(raw)?,
+                };
                 lend(w, r, false)
             }
             Call::CreateActor { key, options, args } => {
@@ -765,7 +813,10 @@ impl Pool {
                 let refs = items(s, &r, n)?;
                 Reply::Refs(refs.into_iter().map(|r| lend_id(w, r, actor)).collect())
             }
-            Call::Resources => Reply::Resources(s.rt.resources().into_iter().map(|v| (v.name.to_string(), v.total, v.available)).collect()),
+            Call::Resources => Reply::Resources(match self.cluster_resources.get() {
+                Some(f) => f(),
+                None => s.rt.resources().into_iter().map(|v| (v.name.to_string(), v.total, v.available)).collect(),
+            }),
         })
     }
 

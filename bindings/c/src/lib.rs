@@ -200,7 +200,7 @@ fn from_error(e: &Error) -> rayhpc_status {
         Error::NoSuchActor(_) => RAYHPC_E_BAD_HANDLE,
         Error::Timeout(_) => RAYHPC_E_TIMEOUT,
         Error::Shutdown => RAYHPC_E_SHUTDOWN,
-        Error::ObjectTooLarge { .. } | Error::StoreFull { .. } => RAYHPC_E_STORE,
+        Error::ObjectTooLarge { .. } | Error::StoreFull { .. } | Error::ObjectLost(_) => RAYHPC_E_STORE,
         Error::Resources(_) => RAYHPC_E_RESOURCES,
         _ => RAYHPC_E_INVALID,
     };

@@ -22,6 +22,7 @@ from .exceptions import (
     ActorDiedError,
     TaskCancelledError,
     GetTimeoutError,
+    ObjectLostError,
     ObjectStoreFullError,
     RayActorError,
     RayError,
@@ -584,6 +585,8 @@ def _raise_for(failure):
         raise GetTimeoutError(message)
     if kind == "store":
         raise ObjectStoreFullError(message)
+    if kind == "object_lost":
+        raise ObjectLostError(message)
     raise RaySystemError(message)
 
 

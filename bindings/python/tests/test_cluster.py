@@ -1,0 +1,162 @@
+"""Three node runtimes as processes on loopback (`rayhpc launch` with the variables srun
+gives each task): they join the head, the driver on rank 0 sees the whole cluster, tasks
+spread when the head is busy, large values travel between nodes, a node killed with
+SIGKILL mid-run has its tasks re-run elsewhere, and `rayhpc status` / `rayhpc stop` work.
+The same under a real Slurm cluster is `slurm/launch-test.sh`."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from test_launch import rayhpc_binary
+
+NODES = 3
+
+
+def step_env(tmp_path, job, rank):
+    env = dict(os.environ)
+    env.pop("RAYHPC_ADDRESS", None)
+    env.update({
+        "SLURM_JOB_ID": job, "SLURM_STEP_ID": "0", "SLURM_PROCID": str(rank), "SLURM_LOCALID": "0",
+        "SLURM_STEP_NUM_TASKS": str(NODES), "SLURM_STEP_NUM_NODES": str(NODES),
+        "RAYHPC_RENDEZVOUS_DIR": str(tmp_path / "rdv"), "RAYHPC_RUNTIME_DIR": str(tmp_path / "rt"),
+    })
+    return env
+
+
+def launch(tmp_path, job, rank, *command):
+    args = [rayhpc_binary(), "launch", "--interface", "127.0.0.1", "--num-cpus", "1", "--python", sys.executable,
+            "--startup-timeout", "30"]
+    if command:
+        args += ["--", *command]
+    return subprocess.Popen(args, env=step_env(tmp_path, job, rank), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def run_cluster(tmp_path, job, driver, before=None):
+    """Ranks 1.. first, then rank 0 with the driver; returns (rank 0's result, members)."""
+    script = tmp_path / f"{job}.py"
+    script.write_text(driver)
+    members = [launch(tmp_path, job, r) for r in range(1, NODES)]
+    if before:
+        before(members)
+    head = launch(tmp_path, job, 0, sys.executable, str(script))
+    out, err = head.communicate(timeout=120)
+    codes = [m.wait(timeout=30) for m in members]
+    return head.returncode, out, err, codes, members
+
+
+SPREAD = """
+import os, time, collections
+import numpy as np
+import rayhpc as ray
+ray.init()
+print("CPUs", ray.cluster_resources()["CPU"])
+@ray.remote
+def where(i):
+    time.sleep(0.5)
+    return i, os.environ["RAYHPC_STORE_SOCKET"]
+got = ray.get([where.remote(i) for i in range(6)])
+assert sorted(i for i, _ in got) == list(range(6))
+print("spread", sorted(collections.Counter(w for _, w in got).values()))
+@ray.remote
+def big(n):
+    return np.arange(n, dtype=np.float64)
+@ray.remote
+def total(a):
+    return float(a.sum()), os.environ["RAYHPC_STORE_SOCKET"]
+refs = [big.remote(2_000_000) for _ in range(3)]
+want = float(np.arange(2_000_000, dtype=np.float64).sum())
+assert all(ray.get(r).sum() == want for r in refs)
+sums = ray.get([total.remote(r) for r in refs])
+assert all(s == want for s, _ in sums), sums
+print("big values ok on", len({w for _, w in sums}), "node(s)")
+@ray.remote
+def boom():
+    raise KeyError("on purpose")
+try:
+    ray.get([boom.remote() for _ in range(3)])
+except KeyError as e:
+    print("error surfaced:", type(e).__name__)
+"""
+
+
+def test_three_nodes_join_spread_tasks_and_move_large_values(tmp_path):
+    code, out, err, codes, _ = run_cluster(tmp_path, "spread", SPREAD)
+    assert code == 0, out + err
+    assert codes == [0] * (NODES - 1), err
+    lines = out.splitlines()
+    assert lines[0] == f"CPUs {float(NODES)}", out + err
+    # Six half-second tasks on three one-CPU nodes: two each.
+    assert lines[1] == "spread [2, 2, 2]", out + err
+    assert lines[2].startswith("big values ok on"), out + err
+    assert lines[3] == "error surfaced: RayTaskError(KeyError)", out + err
+    assert "cluster up: 3 nodes" in err
+    # Nothing left: no rendezvous directory, no session.
+    assert not os.listdir(tmp_path / "rdv"), os.listdir(tmp_path / "rdv")
+    assert not [n for n in os.listdir(tmp_path / "rt") if n.startswith("session-")]
+
+
+FAULT = """
+import os, time, signal
+import rayhpc as ray
+ray.init()
+@ray.remote
+def slow(i):
+    time.sleep(1.0)
+    return i * 10
+refs = [slow.remote(i) for i in range(6)]
+time.sleep(0.4)
+os.kill(int(open(os.environ["VICTIM"]).read()), signal.SIGKILL)
+print(sorted(ray.get(refs)))
+print("CPUs", ray.cluster_resources()["CPU"])
+"""
+
+
+def test_a_node_killed_mid_run_has_its_tasks_rerun_elsewhere(tmp_path):
+    victim = tmp_path / "victim"
+
+    def record(members):
+        victim.write_text(str(members[-1].pid))
+
+    os.environ["VICTIM"] = str(victim)
+    try:
+        code, out, err, codes, _ = run_cluster(tmp_path, "fault", FAULT, before=record)
+    finally:
+        del os.environ["VICTIM"]
+    assert code == 0, out + err
+    assert out.splitlines()[0] == str([i * 10 for i in range(6)]), out + err
+    assert out.splitlines()[1] == f"CPUs {float(NODES - 1)}", out + err
+    assert codes[-1] == -signal.SIGKILL and codes[0] == 0, codes
+
+
+def test_status_shows_every_node_and_stop_stops_them(tmp_path):
+    procs = [launch(tmp_path, "serve", r) for r in range(NODES)]
+    env = step_env(tmp_path, "serve", 0)
+    deadline = time.time() + 30
+    while True:
+        r = subprocess.run([rayhpc_binary(), "status", "--json"], env=env, capture_output=True, text=True, timeout=30)
+        if r.returncode == 0 and len([n for n in json.loads(r.stdout) if n["alive"]]) == NODES:
+            break
+        assert time.time() < deadline, r.stdout + r.stderr
+        time.sleep(0.1)
+    nodes = json.loads(r.stdout)
+    assert sorted(n["rank"] for n in nodes) == list(range(NODES))
+    assert all(n["resources"]["CPU"]["total"] == 1.0 and n["transport"] == "tcp" for n in nodes)
+    assert all(n["store"]["capacity"] > 0 and n["store"]["backing"] for n in nodes)
+    table = subprocess.run([rayhpc_binary(), "status"], env=env, capture_output=True, text=True, timeout=30).stdout
+    assert f"cluster of {NODES} nodes ({NODES} alive)" in table, table
+    # A wrong secret is refused, and the cluster goes on.
+    bad = tmp_path / "bad-secret"
+    bad.write_bytes(b"x" * 32)
+    head = nodes[0]["address"] if nodes[0]["rank"] == 0 else [n for n in nodes if n["rank"] == 0][0]["address"]
+    r = subprocess.run([rayhpc_binary(), "status", "--address", head, "--secret-file", str(bad)], env=env,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and "refused" in r.stderr, r.stderr
+    assert subprocess.run([rayhpc_binary(), "stop"], env=env, capture_output=True, timeout=30).returncode == 0
+    assert [p.wait(timeout=30) for p in procs] == [0] * NODES

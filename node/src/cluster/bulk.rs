@@ -1,0 +1,178 @@
+//! Bulk streams: large objects move between nodes on TCP connections of their own, read by
+//! the puller straight into its store (one copy, from the socket into the arena, as a raw
+//! stream), so that a pull runs at the link's rate and never stalls the control connection.
+//!
+//! 1. The puller asks the exporter, over their authenticated control connection, for a
+//!    ticket to object `id` (`BULK_TICKET`): 16 random bytes, good for one stream, and the
+//!    port of the exporter's bulk listener.
+//! 2. It connects there and sends the ticket (a connection without a valid one is closed,
+//!    and logged), then reads of `(offset, length)`: the exporter writes those bytes of the
+//!    object, in order. A large object is split across [`streams_for`] such streams.
+//!
+//! The `(offset, length)` reads are the shape a one-sided RDMA read will take.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rayhpc::{ObjectRef, Untyped};
+use rayhpc_transport::{Kind, Peer};
+use serde::{Deserialize, Serialize};
+
+/// Puller → exporter: a ticket for object `id` (answer: [`Ticket`]).
+pub const BULK_TICKET: Kind = Kind(0x114);
+/// A ticket unused this long is dropped.
+const TICKET_LIFE: Duration = Duration::from_secs(30);
+
+/// The answer to [`BULK_TICKET`].
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Ticket {
+    /// What the stream must start with.
+    pub ticket: [u8; 16],
+    /// The exporter's bulk port (same address as its endpoint).
+    pub port: u16,
+    /// The object's length.
+    pub len: u64,
+}
+
+/// How many streams a pull of `len` bytes uses: one up to 64 MiB, then one more per 256 MiB,
+/// at most 4.
+pub fn streams_for(len: u64) -> usize {
+    if len <= 64 << 20 {
+        1
+    } else {
+        (1 + (len >> 28) as usize).min(4)
+    }
+}
+
+/// Tickets given out: each names its object (kept alive meanwhile) and when it was given.
+type Tickets = HashMap<[u8; 16], (ObjectRef<Untyped>, Instant)>;
+
+/// A node's bulk listener and the tickets it gave out.
+pub struct BulkServer {
+    port: u16,
+    tickets: Mutex<Tickets>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl BulkServer {
+    /// Listens on `ip` (an ephemeral port) and serves streams on threads of their own.
+    ///
+    /// # Errors
+    /// The listener cannot be made.
+    pub fn start(ip: IpAddr) -> std::io::Result<Arc<BulkServer>> {
+        let l = TcpListener::bind((ip, 0))?;
+        let s = Arc::new(BulkServer { port: l.local_addr()?.port(), tickets: Mutex::new(HashMap::new()) });
+        let weak = Arc::downgrade(&s);
+        std::thread::Builder::new().name("rayhpc-bulk".into()).spawn(move || {
+            for conn in l.incoming() {
+                let Some(s) = weak.upgrade() else { break };
+                let Ok(conn) = conn else { continue };
+                let _ = std::thread::Builder::new().name("rayhpc-bulk-out".into()).spawn(move || s.serve(conn));
+            }
+        })?;
+        Ok(s)
+    }
+
+    /// The listener's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A ticket for one stream of `object`, which it keeps alive until then.
+    pub fn ticket(&self, object: ObjectRef<Untyped>) -> std::io::Result<[u8; 16]> {
+        let mut t = [0u8; 16];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut t)?;
+        let now = Instant::now();
+        let mut tickets = lock(&self.tickets);
+        tickets.retain(|_, (_, at)| now.duration_since(*at) < TICKET_LIFE);
+        tickets.insert(t, (object, now));
+        Ok(t)
+    }
+
+    fn serve(&self, mut conn: TcpStream) {
+        let peer = conn.peer_addr().map_or_else(|_| "?".into(), |a| a.to_string());
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut t = [0u8; 16];
+        if conn.read_exact(&mut t).is_err() {
+            eprintln!("rayhpc[bulk]: dropped {peer}: no ticket");
+            return;
+        }
+        // Constant time against the tickets given: a stranger learns nothing from timing.
+        let object = {
+            let mut tickets = lock(&self.tickets);
+            let found = tickets.keys().copied().find(|k| k.iter().zip(&t).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0);
+            found.and_then(|k| tickets.remove(&k)).map(|(o, _)| o)
+        };
+        let Some(object) = object else {
+            eprintln!("rayhpc[bulk]: dropped {peer}: not a valid ticket");
+            return;
+        };
+        let Some(Ok(view)) = object.try_view() else {
+            eprintln!("rayhpc[bulk]: dropped {peer}: the object cannot be read");
+            return;
+        };
+        let _ = conn.set_read_timeout(None);
+        let _ = conn.set_nodelay(true);
+        let mut req = [0u8; 16];
+        while conn.read_exact(&mut req).is_ok() {
+            let off = u64::from_le_bytes(req[..8].try_into().expect("8")) as usize;
+            let len = u64::from_le_bytes(req[8..].try_into().expect("8")) as usize;
+            let Some(bytes) = off.checked_add(len).and_then(|end| view.get(off..end)) else {
+                eprintln!("rayhpc[bulk]: dropped {peer}: a read of {off}+{len} of a {}-byte object", view.len());
+                return;
+            };
+            if conn.write_all(bytes).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Reads object `id` from the node at `peer` into `buf` (its whole length), over
+/// [`streams_for`] bulk streams, each reading its range straight into `buf`.
+///
+/// # Errors
+/// No ticket, a connection or read failure: the message says which.
+pub fn pull(peer: &Peer, id: u128, buf: &mut [u8]) -> Result<(), String> {
+    let total = buf.len() as u64;
+    let streams = streams_for(total);
+    let per = total.div_ceil(streams as u64).next_multiple_of(4096);
+    let mut work: Vec<(&mut [u8], u64)> = Vec::new();
+    let mut rest: &mut [u8] = buf;
+    let mut off = 0u64;
+    while !rest.is_empty() {
+        let n = per.min(rest.len() as u64) as usize;
+        let (a, b) = rest.split_at_mut(n);
+        work.push((a, off));
+        off += n as u64;
+        rest = b;
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = work.into_iter().map(|(part, off)| s.spawn(move || stream(peer, id, off, part))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a bulk stream panicked".into()))).collect::<Result<Vec<()>, String>>()
+    })
+    .map(drop)
+}
+
+/// One stream: a ticket, then bytes `[off, off + part.len())` into `part`.
+fn stream(peer: &Peer, id: u128, off: u64, part: &mut [u8]) -> Result<(), String> {
+    let what = || format!("bulk pull of {id:032x} from node {}", peer.node());
+    let ask = postcard::to_allocvec(&id).map_err(|e| e.to_string())?;
+    let f = peer.request(BULK_TICKET, &ask, Duration::from_secs(30)).map_err(|e| format!("{}: {e}", what()))?;
+    let t: Ticket = postcard::from_bytes(&f.payload).map_err(|e| format!("{}: a bad ticket: {e}", what()))?;
+    let mut s = TcpStream::connect(SocketAddr::new(peer.remote_addr().ip(), t.port)).map_err(|e| format!("{}: {e}", what()))?;
+    let _ = s.set_nodelay(true);
+    let mut req = Vec::with_capacity(32);
+    req.extend_from_slice(&t.ticket);
+    req.extend_from_slice(&off.to_le_bytes());
+    req.extend_from_slice(&(part.len() as u64).to_le_bytes());
+    s.write_all(&req).map_err(|e| format!("{}: {e}", what()))?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
+    s.read_exact(part).map_err(|e| format!("{}: {e}", what()))
+}

@@ -1,0 +1,374 @@
+//! The control store's messages (postcard, in transport frames of kind [`CONTROL`]) and the
+//! head's state: the node table with joins, leaves and heartbeats; the cluster resource view
+//! every node receives with each heartbeat's answer; a function table (Python functions by
+//! key, so that a node that never saw the driver can run them); named actors; a KV store with
+//! watches. None of it is on the per-task path: tasks and objects are tracked by their
+//! owners.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// The transport frame kind of control messages (requests and their answers).
+pub const CONTROL: u16 = 0x100;
+
+/// One node as the cluster sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Its index in the node table (0: the head), given at join.
+    pub id: u32,
+    /// Its rank in the launch (the head is rank 0).
+    pub rank: u32,
+    /// Its transport node id.
+    pub transport_id: u64,
+    /// Host name.
+    pub host: String,
+    /// Its transport endpoint, `ip:port`.
+    pub addr: String,
+    /// Resources: name → (total, available).
+    pub resources: BTreeMap<String, (f64, f64)>,
+    /// Object store: bytes used, capacity, objects, and its backing ("2 MiB hugetlb"...).
+    pub store_used: u64,
+    /// Object store capacity in bytes.
+    pub store_capacity: u64,
+    /// Objects in the store.
+    pub store_objects: u64,
+    /// How the store's arena is backed.
+    pub store_backing: String,
+    /// The transport in use towards this node ("tcp", later "fabric:<provider>").
+    pub transport: String,
+    /// False once it left or missed its heartbeats.
+    pub alive: bool,
+}
+
+/// What a node reports with each heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Load {
+    /// Resources: name → (total, available).
+    pub resources: BTreeMap<String, (f64, f64)>,
+    /// Store bytes used.
+    pub store_used: u64,
+    /// Objects in the store.
+    pub store_objects: u64,
+}
+
+/// A request to the head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// A node joins: its description (id and alive are the head's to set).
+    Join(NodeInfo),
+    /// A node's periodic report; answered with the view.
+    Heartbeat {
+        /// The node's id.
+        id: u32,
+        /// What it has free now.
+        load: Load,
+    },
+    /// A node leaves in order.
+    Leave {
+        /// The node's id.
+        id: u32,
+    },
+    /// The node table (for `rayhpc status` and drivers).
+    View,
+    /// Answered once `n` nodes have joined, or at the timeout with what has.
+    AwaitNodes {
+        /// How many.
+        n: u32,
+        /// Milliseconds to wait at most.
+        timeout_ms: u64,
+    },
+    /// Stores a value under a key (the KV store); watchers are told.
+    KvPut {
+        /// Key.
+        key: String,
+        /// Value.
+        value: Vec<u8>,
+    },
+    /// Reads a key.
+    KvGet {
+        /// Key.
+        key: String,
+    },
+    /// Deletes a key; watchers are told.
+    KvDel {
+        /// Key.
+        key: String,
+    },
+    /// Stores a function (a pickled Python function, by its 16-byte key).
+    FnPut {
+        /// Key.
+        key: [u8; 16],
+        /// The pickled function.
+        blob: Vec<u8>,
+    },
+    /// Reads a function.
+    FnGet {
+        /// Key.
+        key: [u8; 16],
+    },
+    /// Names an actor (fails if the name is taken by a live actor).
+    ActorName {
+        /// The name.
+        name: String,
+        /// The node that holds it.
+        node: u32,
+        /// Its id there.
+        actor: u128,
+    },
+    /// Where a named actor lives.
+    ActorLookup {
+        /// The name.
+        name: String,
+    },
+    /// Stops the cluster: every node is told to stop.
+    Shutdown,
+}
+
+/// The head's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// Joined: the node's id, and the view.
+    Joined {
+        /// The id given.
+        id: u32,
+        /// Every node.
+        view: Vec<NodeInfo>,
+    },
+    /// The view (version, every node).
+    View {
+        /// Bumped at every change of membership.
+        version: u64,
+        /// Every node.
+        nodes: Vec<NodeInfo>,
+    },
+    /// A value, if the key exists.
+    Value(Option<Vec<u8>>),
+    /// A named actor's place.
+    Actor(Option<(u32, u128)>),
+    /// Done.
+    Ok,
+    /// The stop is on: a node that gets this as a heartbeat's answer stops.
+    Stopping,
+    /// Refused, with the reason.
+    Error(String),
+}
+
+/// How long a node may stay silent before it is counted dead.
+pub const DEAD_AFTER: Duration = Duration::from_secs(3);
+
+/// The head's tables (its server answers requests from them).
+#[derive(Default)]
+pub struct Head {
+    nodes: Vec<(NodeInfo, Instant)>,
+    version: u64,
+    kv: HashMap<String, Vec<u8>>,
+    functions: HashMap<[u8; 16], Vec<u8>>,
+    actors: HashMap<String, (u32, u128)>,
+    stopping: bool,
+}
+
+impl Head {
+    /// Empty tables.
+    pub fn new() -> Head {
+        Head::default()
+    }
+
+    /// Nodes that joined and are alive.
+    pub fn alive(&self) -> usize {
+        self.nodes.iter().filter(|(n, _)| n.alive).count()
+    }
+
+    /// True once a shutdown was asked.
+    pub fn stopping(&self) -> bool {
+        self.stopping
+    }
+
+    /// The node table.
+    pub fn view(&self) -> Vec<NodeInfo> {
+        self.nodes.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    /// Marks the node of transport id `tid` dead (its connection ended); true if it was
+    /// alive.
+    pub fn disconnected(&mut self, tid: u64) -> bool {
+        let mut any = false;
+        for (n, _) in &mut self.nodes {
+            if n.transport_id == tid && n.alive && n.id != 0 {
+                n.alive = false;
+                any = true;
+            }
+        }
+        if any {
+            self.version += 1;
+        }
+        any
+    }
+
+    /// Marks nodes silent for longer than [`DEAD_AFTER`] dead; returns those newly dead.
+    pub fn expire(&mut self, now: Instant) -> Vec<u32> {
+        let mut dead = Vec::new();
+        for (n, seen) in &mut self.nodes {
+            if n.alive && n.id != 0 && now.duration_since(*seen) > DEAD_AFTER {
+                n.alive = false;
+                dead.push(n.id);
+            }
+        }
+        if !dead.is_empty() {
+            self.version += 1;
+        }
+        dead
+    }
+
+    /// Answers one request. (`AwaitNodes` is the server's to hold; here it answers with the
+    /// view at once.)
+    pub fn handle(&mut self, r: Request, now: Instant) -> Response {
+        match r {
+            Request::Join(mut info) => {
+                if self.stopping {
+                    return Response::Error("the cluster is stopping".into());
+                }
+                // A rank that joins again (a restarted node) takes a new id; the old entry
+                // stays, dead.
+                for (n, _) in &mut self.nodes {
+                    if n.rank == info.rank && n.alive && info.rank != 0 {
+                        n.alive = false;
+                    }
+                }
+                info.id = self.nodes.len() as u32;
+                info.alive = true;
+                let id = info.id;
+                self.nodes.push((info, now));
+                self.version += 1;
+                Response::Joined { id, view: self.view() }
+            }
+            Request::Heartbeat { id, load } => {
+                let Some((n, seen)) = self.nodes.get_mut(id as usize) else {
+                    return Response::Error(format!("no node {id}: join first"));
+                };
+                if !n.alive {
+                    return Response::Error(format!("node {id} was counted dead: join again"));
+                }
+                n.resources = load.resources;
+                n.store_used = load.store_used;
+                n.store_objects = load.store_objects;
+                *seen = now;
+                if self.stopping {
+                    return Response::Stopping;
+                }
+                Response::View { version: self.version, nodes: self.view() }
+            }
+            Request::Leave { id } => {
+                if let Some((n, _)) = self.nodes.get_mut(id as usize) {
+                    if n.alive {
+                        n.alive = false;
+                        self.version += 1;
+                    }
+                }
+                Response::Ok
+            }
+            Request::View | Request::AwaitNodes { .. } => Response::View { version: self.version, nodes: self.view() },
+            Request::KvPut { key, value } => {
+                self.kv.insert(key, value);
+                Response::Ok
+            }
+            Request::KvGet { key } => Response::Value(self.kv.get(&key).cloned()),
+            Request::KvDel { key } => {
+                self.kv.remove(&key);
+                Response::Ok
+            }
+            Request::FnPut { key, blob } => {
+                self.functions.entry(key).or_insert(blob);
+                Response::Ok
+            }
+            Request::FnGet { key } => Response::Value(self.functions.get(&key).cloned()),
+            Request::ActorName { name, node, actor } => {
+                let taken = self.actors.get(&name).is_some_and(|(n, _)| self.nodes.get(*n as usize).is_some_and(|(i, _)| i.alive));
+                if taken {
+                    return Response::Error(format!("the actor name {name:?} is taken"));
+                }
+                self.actors.insert(name, (node, actor));
+                Response::Ok
+            }
+            Request::ActorLookup { name } => {
+                Response::Actor(self.actors.get(&name).copied().filter(|(n, _)| self.nodes.get(*n as usize).is_some_and(|(i, _)| i.alive)))
+            }
+            Request::Shutdown => {
+                self.stopping = true;
+                Response::Ok
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(rank: u32) -> NodeInfo {
+        NodeInfo {
+            id: 99,
+            rank,
+            transport_id: rank as u64,
+            host: format!("node{rank}"),
+            addr: format!("10.0.0.{rank}:1"),
+            resources: [("CPU".to_string(), (2.0, 2.0))].into(),
+            store_used: 0,
+            store_capacity: 1 << 30,
+            store_objects: 0,
+            store_backing: "4 KiB pages".into(),
+            transport: "tcp".into(),
+            alive: false,
+        }
+    }
+
+    #[test]
+    fn joins_heartbeats_and_silence_make_the_view() {
+        let t0 = Instant::now();
+        let mut h = Head::new();
+        for rank in 0..3 {
+            let Response::Joined { id, view } = h.handle(Request::Join(node(rank)), t0) else { panic!() };
+            assert_eq!((id, view.len()), (rank, rank as usize + 1));
+            assert!(view.iter().all(|n| n.alive));
+        }
+        let load = Load { resources: [("CPU".to_string(), (2.0, 0.5))].into(), store_used: 10, store_objects: 1 };
+        let t1 = t0 + Duration::from_secs(2);
+        let Response::View { nodes, .. } = h.handle(Request::Heartbeat { id: 1, load: load.clone() }, t1) else { panic!() };
+        assert_eq!(nodes[1].resources["CPU"], (2.0, 0.5));
+        // Node 2 stays silent past DEAD_AFTER; node 1 spoke at t1; the head (0) never expires.
+        assert_eq!(h.expire(t0 + DEAD_AFTER + Duration::from_millis(1)), vec![2]);
+        assert_eq!(h.alive(), 2);
+        assert!(matches!(h.handle(Request::Heartbeat { id: 2, load: load.clone() }, t1), Response::Error(m) if m.contains("dead")));
+        assert!(matches!(h.handle(Request::Heartbeat { id: 7, load }, t1), Response::Error(m) if m.contains("join first")));
+        // It joins again under a new id.
+        let Response::Joined { id, .. } = h.handle(Request::Join(node(2)), t1) else { panic!() };
+        assert_eq!(id, 3);
+        assert_eq!(h.handle(Request::Leave { id: 3 }, t1), Response::Ok);
+        assert_eq!(h.alive(), 2);
+        // A closed connection counts a node dead at once.
+        assert!(h.disconnected(1));
+        assert!(!h.disconnected(1));
+        assert_eq!(h.alive(), 1);
+    }
+
+    #[test]
+    fn kv_functions_and_named_actors() {
+        let now = Instant::now();
+        let mut h = Head::new();
+        h.handle(Request::Join(node(0)), now);
+        assert_eq!(h.handle(Request::KvGet { key: "a".into() }, now), Response::Value(None));
+        h.handle(Request::KvPut { key: "a".into(), value: b"1".to_vec() }, now);
+        assert_eq!(h.handle(Request::KvGet { key: "a".into() }, now), Response::Value(Some(b"1".to_vec())));
+        h.handle(Request::KvDel { key: "a".into() }, now);
+        assert_eq!(h.handle(Request::KvGet { key: "a".into() }, now), Response::Value(None));
+        h.handle(Request::FnPut { key: [1; 16], blob: b"f".to_vec() }, now);
+        assert_eq!(h.handle(Request::FnGet { key: [1; 16] }, now), Response::Value(Some(b"f".to_vec())));
+        assert_eq!(h.handle(Request::ActorName { name: "c".into(), node: 0, actor: 5 }, now), Response::Ok);
+        assert!(matches!(h.handle(Request::ActorName { name: "c".into(), node: 0, actor: 6 }, now), Response::Error(_)));
+        assert_eq!(h.handle(Request::ActorLookup { name: "c".into() }, now), Response::Actor(Some((0, 5))));
+        h.handle(Request::Shutdown, now);
+        assert!(h.stopping());
+        assert!(matches!(h.handle(Request::Join(node(1)), now), Response::Error(_)));
+    }
+}

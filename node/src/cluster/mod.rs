@@ -1,0 +1,545 @@
+//! Many nodes: membership of a node runtime in its launch. The head (rank 0) serves the
+//! control store ([`control::Head`]) on its transport endpoint; every other node joins it,
+//! then reports its load with a heartbeat every [`HEARTBEAT`] and receives the cluster's
+//! view in the answer. The head counts a node dead when its connection ends or after
+//! [`control::DEAD_AFTER`] of silence. When the launch ends, the head tells every node to
+//! stop ([`STOP`]); a node that loses its head stops too.
+//!
+//! Nodes find the head through [`rendezvous`]; every connection proves the job's secret
+//! (see `rayhpc-transport`).
+
+pub mod bench;
+pub mod bulk;
+pub mod control;
+pub mod remote;
+pub mod rendezvous;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rayhpc_transport::{Config, Endpoint, Frame, Kind, NodeId, Peer};
+
+use self::control::{Head, Load, NodeInfo, Request, Response, CONTROL};
+use self::remote::{Candidate, Remote};
+use crate::pool::Router;
+use crate::wire::{Key, WireOptions};
+use crate::Node;
+use rayhpc::raw::RawArg;
+use rayhpc::{Error, ObjectRef, Untyped};
+
+/// One-way, head → node: stop now (the launch ended).
+pub const STOP: Kind = Kind(0x101);
+/// How often a node reports to the head.
+pub const HEARTBEAT: Duration = Duration::from_millis(500);
+/// How long a control request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the cluster layer failed.
+#[derive(Debug)]
+pub struct ClusterError(pub String);
+
+impl std::fmt::Display for ClusterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ClusterError {}
+
+fn err(m: impl Into<String>) -> ClusterError {
+    ClusterError(m.into())
+}
+
+/// This node's part.
+pub enum Role {
+    /// Rank 0: serves the control store.
+    Head,
+    /// Joins the head at this address.
+    Member {
+        /// The head's transport address.
+        head: SocketAddr,
+    },
+}
+
+/// How a node takes part.
+pub struct ClusterConfig {
+    /// Head or member.
+    pub role: Role,
+    /// Its rank in the launch.
+    pub rank: u32,
+    /// The interface address to bind (a member's default: the one that routes to the head).
+    pub bind: Option<IpAddr>,
+    /// The job's secret.
+    pub secret: Vec<u8>,
+}
+
+/// A node's membership (see the module's docs).
+pub struct Cluster {
+    inner: Arc<Inner>,
+    ticker: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct Inner {
+    node: Arc<Node>,
+    endpoint: OnceLock<Endpoint>,
+    id: AtomicU32,
+    rank: u32,
+    /// The control store, on the head.
+    head: Option<(Mutex<Head>, Condvar)>,
+    /// The connection to the head, on a member.
+    head_peer: Mutex<Option<Peer>>,
+    view: RwLock<Vec<NodeInfo>>,
+    /// Tasks and objects across nodes.
+    remote: Arc<Remote>,
+    stop: AtomicBool,
+    stop_reason: Mutex<Option<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// This machine's host name.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}
+
+/// The local address that routes to `to` (a UDP socket connected there: no packet is sent).
+///
+/// # Errors
+/// No route.
+pub fn route_to(to: SocketAddr) -> std::io::Result<IpAddr> {
+    let s = UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+    s.connect(to)?;
+    Ok(s.local_addr()?.ip())
+}
+
+/// The address other nodes reach this host at when no interface is named: what the host
+/// name resolves to, if not loopback; else loopback (a single-host launch).
+pub fn default_ip() -> IpAddr {
+    use std::net::ToSocketAddrs;
+    let resolved = (hostname().as_str(), 0).to_socket_addrs().ok().into_iter().flatten().map(|a| a.ip());
+    resolved.into_iter().find(|ip| ip.is_ipv4() && !ip.is_loopback()).unwrap_or(IpAddr::from([127, 0, 0, 1]))
+}
+
+fn load_of(node: &Node) -> Load {
+    let rt = node.runtime();
+    let (used, objects, _) = rt.store_usage();
+    Load {
+        resources: rt.resources().into_iter().map(|v| (v.name.to_string(), (v.total, v.available))).collect::<BTreeMap<_, _>>(),
+        store_used: used as u64,
+        store_objects: objects as u64,
+    }
+}
+
+fn encode(r: &Request) -> Vec<u8> {
+    postcard::to_allocvec(r).expect("control requests serialize")
+}
+
+/// Sends a control request and reads the answer.
+fn ask(peer: &Peer, r: &Request, timeout: Duration) -> Result<Response, ClusterError> {
+    let f = peer.request(Kind(CONTROL), &encode(r), timeout).map_err(|e| err(e.to_string()))?;
+    postcard::from_bytes(&f.payload).map_err(|e| err(format!("a malformed answer from the head: {e}")))
+}
+
+impl Cluster {
+    /// Takes `node` into the cluster: the head starts its control store, a member joins the
+    /// head. Returns once this node is in the node table.
+    ///
+    /// # Errors
+    /// The endpoint cannot bind; a member cannot reach or join the head.
+    pub fn start(node: Arc<Node>, cfg: ClusterConfig) -> Result<Cluster, ClusterError> {
+        let is_head = matches!(cfg.role, Role::Head);
+        let inner = Arc::new(Inner {
+            node: node.clone(),
+            endpoint: OnceLock::new(),
+            id: AtomicU32::new(0),
+            rank: cfg.rank,
+            head: is_head.then(|| (Mutex::new(Head::new()), Condvar::new())),
+            head_peer: Mutex::new(None),
+            view: RwLock::new(Vec::new()),
+            remote: Remote::new(node.pool(), NodeId(u64::from(cfg.rank))),
+            stop: AtomicBool::new(false),
+            stop_reason: Mutex::new(None),
+        });
+        let ip = match (&cfg.role, cfg.bind) {
+            (_, Some(ip)) => ip,
+            (Role::Head, None) => default_ip(),
+            (Role::Member { head }, None) => route_to(*head).map_err(|e| err(format!("no route to the head at {head}: {e}")))?,
+        };
+        // Transport ids: the rank, so that the lower rank arbitrates a pair's connection.
+        let weak = Arc::downgrade(&inner);
+        let w2 = weak.clone();
+        let config = Config::new(NodeId(u64::from(cfg.rank)), cfg.secret)
+            .on_message(move |peer, frame| {
+                if let Some(i) = weak.upgrade() {
+                    i.on_message(peer, frame);
+                }
+            })
+            .on_disconnect(move |peer, reason| {
+                if let Some(i) = w2.upgrade() {
+                    i.on_disconnect(peer, reason);
+                }
+            });
+        let endpoint = Endpoint::bind(SocketAddr::new(ip, 0), config).map_err(|e| err(format!("cannot listen on {ip}: {e}")))?;
+        let addr = endpoint.local_addr();
+        let _ = inner.endpoint.set(endpoint);
+        let bulk = bulk::BulkServer::start(ip).map_err(|e| err(format!("cannot listen for bulk streams on {ip}: {e}")))?;
+        inner.remote.set_bulk(bulk);
+        let me = inner.info(addr);
+        match cfg.role {
+            Role::Head => {
+                let (h, cv) = inner.head.as_ref().expect("the head's");
+                let Response::Joined { view, .. } = lock(h).handle(Request::Join(me), Instant::now()) else {
+                    return Err(err("the head could not enter itself in the node table"));
+                };
+                *inner.view.write().unwrap_or_else(|e| e.into_inner()) = view;
+                cv.notify_all();
+            }
+            Role::Member { head } => {
+                let ep = inner.endpoint.get().expect("set");
+                let peer = ep.connect(head).map_err(|e| err(format!("cannot reach the head at {head}: {e}")))?;
+                match ask(&peer, &Request::Join(me), REQUEST_TIMEOUT)? {
+                    Response::Joined { id, view } => {
+                        inner.id.store(id, Ordering::Release);
+                        *inner.view.write().unwrap_or_else(|e| e.into_inner()) = view;
+                    }
+                    Response::Error(m) => return Err(err(format!("the head refused this node: {m}"))),
+                    other => return Err(err(format!("the head answered a join with {other:?}"))),
+                }
+                *lock(&inner.head_peer) = Some(peer);
+            }
+        }
+        node.pool().set_router(Arc::new(RouterOf(Arc::downgrade(&inner))));
+        let i = inner.clone();
+        let ticker = std::thread::Builder::new()
+            .name("rayhpc-heartbeat".into())
+            .spawn(move || i.tick_loop())
+            .map_err(|e| err(format!("cannot start the heartbeat thread: {e}")))?;
+        Ok(Cluster { inner, ticker: Mutex::new(Some(ticker)) })
+    }
+
+    /// This node's transport address.
+    pub fn address(&self) -> SocketAddr {
+        self.inner.endpoint.get().expect("set").local_addr()
+    }
+
+    /// This node's id in the node table (0: the head).
+    pub fn id(&self) -> u32 {
+        self.inner.id.load(Ordering::Acquire)
+    }
+
+    /// The latest view of the cluster (the head's own table, or a member's last answer).
+    pub fn view(&self) -> Vec<NodeInfo> {
+        if let Some((h, _)) = &self.inner.head {
+            return lock(h).view();
+        }
+        self.inner.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The head: waits until `n` nodes are alive in the table, or `timeout`; returns the
+    /// view then.
+    ///
+    /// # Errors
+    /// Not the head, or fewer than `n` nodes joined in time (the message names who did).
+    pub fn wait_nodes(&self, n: usize, timeout: Duration) -> Result<Vec<NodeInfo>, ClusterError> {
+        let Some((h, cv)) = &self.inner.head else { return Err(err("only the head waits for nodes")) };
+        let deadline = Instant::now() + timeout;
+        let mut g = lock(h);
+        while g.alive() < n {
+            let now = Instant::now();
+            if now >= deadline {
+                let joined: Vec<_> = g.view().into_iter().filter(|x| x.alive).map(|x| format!("rank {} ({})", x.rank, x.host)).collect();
+                return Err(err(format!("{} of {n} nodes joined within {timeout:?}: {}", g.alive(), joined.join(", "))));
+            }
+            g = cv.wait_timeout(g, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        Ok(g.view())
+    }
+
+    /// The head: the raw TCP stream's rate and the object pull rate (bytes per second) to
+    /// each other node, `len` bytes each, best of `trials`: `(rank, raw, pull)`.
+    ///
+    /// # Errors
+    /// Not the head, or a measurement failed.
+    pub fn bench_pull(&self, len: u64, trials: usize) -> Result<Vec<(u32, f64, f64)>, ClusterError> {
+        if self.inner.head.is_none() {
+            return Err(err("only the head runs the bench"));
+        }
+        let rt = self.inner.node.runtime();
+        let object = rt
+            .put_with::<Error>(len as usize, |b| {
+                for (i, c) in b.chunks_mut(4096).enumerate() {
+                    c.fill(i as u8);
+                }
+                Ok(())
+            })
+            .map_err(|e| err(format!("cannot make the object: {e}")))?;
+        let mut out = Vec::new();
+        for c in self.inner.candidates() {
+            let rank = c.node.0 as u32;
+            let peer = self.inner.peer_of(&c).ok_or_else(|| err(format!("cannot reach node {}", c.node)))?;
+            let (mut raw, mut pull) = (0f64, 0f64);
+            for _ in 0..trials.max(1) {
+                raw = raw.max(bench::raw_stream(&peer, len).map_err(|e| err(format!("raw stream to rank {rank}: {e}")))?);
+                pull =
+                    pull.max(bench::pull(&self.inner.remote, &peer, &object, len).map_err(|e| err(format!("pull by rank {rank}: {e}")))?);
+            }
+            out.push((rank, raw, pull));
+        }
+        Ok(out)
+    }
+
+    /// Tasks this node sent to others, and ran for others.
+    pub fn task_counts(&self) -> (u64, u64) {
+        let r = &self.inner.remote;
+        (r.sent.load(Ordering::Relaxed), r.ran_for_others.load(Ordering::Relaxed))
+    }
+
+    /// Why this node must stop, once it must: the head said so, or the head is lost.
+    pub fn stopped(&self) -> Option<String> {
+        if self.inner.stop.load(Ordering::Acquire) {
+            return Some(lock(&self.inner.stop_reason).clone().unwrap_or_default());
+        }
+        None
+    }
+
+    /// Ends this node's part. The head tells every node to stop and waits (up to
+    /// `grace`) for them to leave; a member says it leaves.
+    pub fn shutdown(&self, grace: Duration) {
+        let inner = &self.inner;
+        if let Some((h, _)) = &inner.head {
+            lock(h).handle(Request::Shutdown, Instant::now());
+            let peers = inner.endpoint.get().map(|e| e.peers()).unwrap_or_default();
+            for p in &peers {
+                let _ = p.send(STOP, &[]);
+            }
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline && lock(h).alive() > 1 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        } else if let Some(p) = lock(&inner.head_peer).take() {
+            let _ = ask(&p, &Request::Leave { id: self.id() }, Duration::from_secs(2));
+        }
+        inner.set_stop("shut down");
+        if let Some(t) = lock(&self.ticker).take() {
+            let _ = t.join();
+        }
+        if let Some(e) = inner.endpoint.get() {
+            e.shutdown();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.inner.set_stop("dropped");
+        if let Some(e) = self.inner.endpoint.get() {
+            e.shutdown();
+        }
+    }
+}
+
+impl Inner {
+    fn info(&self, addr: SocketAddr) -> NodeInfo {
+        let load = load_of(&self.node);
+        let store = self.node.runtime().object_store();
+        NodeInfo {
+            id: 0,
+            rank: self.rank,
+            transport_id: u64::from(self.rank),
+            host: hostname(),
+            addr: addr.to_string(),
+            resources: load.resources,
+            store_used: load.store_used,
+            store_capacity: store.capacity() as u64,
+            store_objects: load.store_objects,
+            store_backing: store.backing().to_string(),
+            transport: "tcp".into(),
+            alive: true,
+        }
+    }
+
+    fn set_stop(&self, why: &str) {
+        let mut r = lock(&self.stop_reason);
+        if r.is_none() {
+            *r = Some(why.to_string());
+        }
+        self.stop.store(true, Ordering::Release);
+    }
+
+    /// The other live nodes, for placement.
+    fn candidates(&self) -> Vec<Candidate> {
+        let view = match &self.head {
+            Some((h, _)) => lock(h).view(),
+            None => self.view.read().unwrap_or_else(|e| e.into_inner()).clone(),
+        };
+        view.into_iter()
+            .filter(|n| n.alive && n.rank != self.rank)
+            .filter_map(|n| Some(Candidate { node: NodeId(n.transport_id), addr: n.addr.parse().ok()?, resources: n.resources }))
+            .collect()
+    }
+
+    /// The connection to a node (made on first use).
+    fn peer_of(&self, c: &Candidate) -> Option<Peer> {
+        let ep = self.endpoint.get()?;
+        if let Some(p) = ep.peer(c.node) {
+            return Some(p);
+        }
+        match ep.connect(c.addr) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("rayhpc node: cannot reach node {} at {}: {e}", c.node, c.addr);
+                None
+            }
+        }
+    }
+
+    /// Requests and messages from other nodes.
+    fn on_message(&self, peer: &Peer, frame: Frame) {
+        if self.remote.on_message(peer, frame.kind, frame.id, &frame.payload) {
+            return;
+        }
+        if bench::on_message(&self.remote, peer, frame.kind, frame.id, &frame.payload) {
+            return;
+        }
+        if frame.kind == STOP {
+            self.set_stop("the head stopped the cluster");
+            return;
+        }
+        if frame.kind != Kind(CONTROL) || frame.id == 0 {
+            return;
+        }
+        let Some((h, cv)) = &self.head else {
+            let _ = peer.refuse(frame.id, "not the head");
+            return;
+        };
+        let req: Request = match postcard::from_bytes(&frame.payload) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = peer.refuse(frame.id, &format!("a malformed control request: {e}"));
+                return;
+            }
+        };
+        let answer = match req {
+            Request::AwaitNodes { n, timeout_ms } => {
+                let deadline = Instant::now() + Duration::from_millis(timeout_ms.min(600_000));
+                let mut g = lock(h);
+                while g.alive() < n as usize && Instant::now() < deadline {
+                    g = cv.wait_timeout(g, deadline.saturating_duration_since(Instant::now())).unwrap_or_else(|e| e.into_inner()).0;
+                }
+                g.handle(Request::View, Instant::now())
+            }
+            req => {
+                let shutdown = matches!(req, Request::Shutdown);
+                let a = lock(h).handle(req, Instant::now());
+                cv.notify_all();
+                if shutdown {
+                    self.set_stop("stopped by a shutdown request (rayhpc stop)");
+                }
+                a
+            }
+        };
+        let _ = peer.respond(frame.id, Kind(CONTROL), &postcard::to_allocvec(&answer).expect("answers serialize"));
+    }
+
+    fn on_disconnect(&self, peer: &Peer, reason: &str) {
+        let nodes = self.candidates();
+        let nodes: Vec<_> = nodes.into_iter().filter(|c| c.node != peer.node()).collect();
+        let remote = self.remote.clone();
+        self.remote.on_disconnect(peer.node(), reason, |p| remote.resend(p, &nodes, |c| self.peer_of(c)));
+        if let Some((h, cv)) = &self.head {
+            lock(h).disconnected(peer.node().0);
+            cv.notify_all();
+        } else if peer.node() == NodeId(0) && !self.stop.load(Ordering::Acquire) {
+            self.set_stop("lost the connection to the head");
+        }
+    }
+
+    fn tick_loop(&self) {
+        while !self.stop.load(Ordering::Acquire) {
+            std::thread::sleep(HEARTBEAT);
+            if self.stop.load(Ordering::Acquire) {
+                break;
+            }
+            let load = load_of(&self.node);
+            if let Some((h, cv)) = &self.head {
+                let mut g = lock(h);
+                g.handle(Request::Heartbeat { id: 0, load }, Instant::now());
+                let dead = g.expire(Instant::now());
+                let view = g.view();
+                drop(g);
+                cv.notify_all();
+                for id in dead {
+                    eprintln!("rayhpc head: node {id} stopped answering: counted dead");
+                    // Its connection is closed, so that what was sent to it is sent again.
+                    let tid = view.iter().find(|n| n.id == id).map(|n| n.transport_id);
+                    if let (Some(tid), Some(ep)) = (tid, self.endpoint.get()) {
+                        if let Some(p) = ep.peer(NodeId(tid)) {
+                            p.close();
+                        }
+                    }
+                }
+                continue;
+            }
+            let peer = lock(&self.head_peer).clone();
+            let Some(peer) = peer else { break };
+            let id = self.id.load(Ordering::Acquire);
+            match ask(&peer, &Request::Heartbeat { id, load }, REQUEST_TIMEOUT) {
+                Ok(Response::View { nodes, .. }) => *self.view.write().unwrap_or_else(|e| e.into_inner()) = nodes,
+                Ok(Response::Stopping) => self.set_stop("the head stopped the cluster"),
+                Ok(other) => {
+                    eprintln!("rayhpc node: the head answered a heartbeat with {other:?}");
+                    self.set_stop("the head no longer counts this node");
+                }
+                Err(e) => self.set_stop(&format!("lost the head: {e}")),
+            }
+        }
+    }
+}
+
+/// The pool's [`Router`]: placement over the cluster's view.
+struct RouterOf(std::sync::Weak<Inner>);
+
+impl Router for RouterOf {
+    fn route(
+        &self,
+        key: Key,
+        args: Vec<RawArg>,
+        options: &WireOptions,
+        here: &dyn Fn(Vec<RawArg>) -> Result<ObjectRef<Untyped>, Error>,
+    ) -> Result<ObjectRef<Untyped>, Error> {
+        let Some(inner) = self.0.upgrade() else { return here(args) };
+        if inner.stop.load(Ordering::Acquire) {
+            return here(args);
+        }
+        let nodes = inner.candidates();
+        match inner.remote.place(options, &nodes) {
+            Some(c) => match inner.peer_of(&c) {
+                Some(peer) => inner.remote.submit(&peer, key, args, options.clone()),
+                None => inner.remote.run_here(args, options, here),
+            },
+            None => inner.remote.run_here(args, options, here),
+        }
+    }
+}
+
+/// Asks the head at `head` for the node table (what `rayhpc status` shows), from a
+/// short-lived endpoint of transport id `probe_id` (above every rank).
+///
+/// # Errors
+/// The head cannot be reached or refuses (a wrong secret).
+pub fn query(head: SocketAddr, secret: &[u8], request: &Request) -> Result<Response, ClusterError> {
+    let ip = route_to(head).map_err(|e| err(format!("no route to {head}: {e}")))?;
+    let probe = u64::MAX - u64::from(std::process::id());
+    let ep = Endpoint::bind(SocketAddr::new(ip, 0), Config::new(NodeId(probe), secret.to_vec()))
+        .map_err(|e| err(format!("cannot open an endpoint: {e}")))?;
+    let peer = ep.connect(head).map_err(|e| err(format!("cannot reach the head at {head}: {e}")))?;
+    let r = ask(&peer, request, REQUEST_TIMEOUT);
+    ep.shutdown();
+    r
+}

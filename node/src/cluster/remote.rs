@@ -1,0 +1,654 @@
+//! Tasks and objects across nodes.
+//!
+//! **Placement.** A Python task is submitted where its driver or worker runs. When this node
+//! lacks what the task asks for, or has none of it free now, [`Remote::route`] sends it to a
+//! node of the view that has (the most free; among equals the one holding the most of its
+//! input bytes); otherwise it stays here and queues. A node never forwards a task it got
+//! from another node (no ping-pong).
+//!
+//! **Messages** (one-way transport frames, so that no thread waits per task):
+//! - `TASK` owner → executor: the function's key and pickled body, the arguments (bytes, or
+//!   objects the owner exports for the executor to pull), the options, the owner's task number;
+//! - `TASK_DONE` executor → owner: the result inline, or an object the executor exports, or
+//!   the failure; the owner then drops its exports for that task;
+//! - `PULL` (a request): bytes `[offset, offset + len)` of an exported object; the puller
+//!   keeps [`IN_FLIGHT`] chunks of [`CHUNK`] bytes in flight and writes each where it
+//!   belongs in its own store. The shape is a read of a remote region, so that a one-sided
+//!   RDMA read can take its place;
+//! - `UNEXPORT`: the puller has its copy; the exporter lets its object go.
+//!
+//! **Failures.** When a node's connection ends, every task sent to it is sent again (to
+//! another node, or run here) while its `max_retries` allows, else fails as a lost worker;
+//! objects being pulled from it fail with [`Error::ObjectLost`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use rayhpc::raw::RawArg;
+use rayhpc::{Error, FailureKind, ObjectRef, Promise, TaskError, Untyped};
+use rayhpc_transport::{Kind, NodeId, Peer};
+use serde::{Deserialize, Serialize};
+
+use super::bulk::{self, BulkServer, Ticket, BULK_TICKET};
+use crate::pool::{failure_of, to_options, Pool};
+use crate::wire::{Key, WireFailure, WireOptions};
+
+/// Owner → executor: run this task.
+pub const TASK: Kind = Kind(0x110);
+/// Executor → owner: the task's outcome.
+pub const TASK_DONE: Kind = Kind(0x111);
+/// A request for a chunk of an exported object.
+pub const PULL: Kind = Kind(0x112);
+/// Puller → exporter: let the object go.
+pub const UNEXPORT: Kind = Kind(0x113);
+/// Bytes per pulled chunk.
+pub const CHUNK: usize = 4 << 20;
+/// Chunks in flight per pull.
+pub const IN_FLIGHT: usize = 8;
+
+/// An argument of a forwarded task.
+#[derive(Serialize, Deserialize, Debug)]
+enum Arg {
+    /// The argument's bytes.
+    Value(Vec<u8>),
+    /// An object the sender exports, to pull.
+    Object { id: u128, len: u64 },
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+struct TaskMsg {
+    seq: u64,
+    key: Key,
+    blob: Vec<u8>,
+    args: Vec<Arg>,
+    options: WireOptions,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+enum Outcome {
+    Inline(Vec<u8>),
+    Stored { id: u128, len: u64 },
+    Failed(WireFailure),
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+struct DoneMsg {
+    seq: u64,
+    outcome: Outcome,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+struct PullMsg {
+    id: u128,
+    offset: u64,
+    len: u32,
+}
+
+/// A task sent to another node, until its outcome is in.
+struct Pending {
+    node: NodeId,
+    key: Key,
+    args: Vec<RawArg>,
+    options: WireOptions,
+    promise: Promise,
+    /// The objects exported for it.
+    exported: Vec<u128>,
+    cpus: f64,
+    retries_left: i32,
+}
+
+/// What the placement needs to know about another node.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    /// Its transport id.
+    pub node: NodeId,
+    /// Its address.
+    pub addr: std::net::SocketAddr,
+    /// Resources: name → (total, available), as last reported.
+    pub resources: BTreeMap<String, (f64, f64)>,
+}
+
+/// The cross-node task and object service of one node.
+pub struct Remote {
+    pool: Weak<Pool>,
+    me: NodeId,
+    seq: AtomicU64,
+    pending: Mutex<HashMap<u64, Pending>>,
+    /// Objects this node lends to others: id → (the object, how many holders).
+    exports: Mutex<HashMap<u128, (ObjectRef<Untyped>, usize)>>,
+    /// Tasks in flight per node (placement counts them against its last report).
+    inflight: Mutex<HashMap<NodeId, f64>>,
+    /// Tasks run here for others (counted for `rayhpc status` and tests).
+    pub ran_for_others: AtomicU64,
+    /// Tasks sent to others.
+    pub sent: AtomicU64,
+    /// This node's bulk listener (large objects to pullers).
+    bulk: std::sync::OnceLock<Arc<BulkServer>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn request_of(o: &WireOptions) -> BTreeMap<String, f64> {
+    let mut r = BTreeMap::new();
+    r.insert("CPU".to_string(), o.num_cpus.unwrap_or(1.0));
+    if let Some(g) = o.num_gpus.filter(|g| *g > 0.0) {
+        r.insert("GPU".to_string(), g);
+    }
+    for (k, v) in &o.resources {
+        r.insert(k.clone(), *v);
+    }
+    r
+}
+
+fn kind_of(k: &str) -> FailureKind {
+    match k {
+        "worker_died" => FailureKind::WorkerDied,
+        "actor_died" => FailureKind::ActorDied,
+        "cancelled" => FailureKind::Cancelled,
+        _ => FailureKind::Error,
+    }
+}
+
+/// The error a failure reported by another node stands for.
+fn error_of(f: WireFailure) -> Error {
+    match f.kind.as_str() {
+        "task" | "worker_died" | "cancelled" | "actor_died" => Error::Task(Box::new(TaskError {
+            function: f.function.into(),
+            kind: kind_of(&f.kind),
+            message: f.message,
+            attempts: f.attempts,
+            payload: f.payload.map(Into::into),
+        })),
+        "object_lost" => Error::ObjectLost(f.message),
+        "store" => Error::Invalid(f.message),
+        _ => Error::Invalid(format!("on another node: {}", f.message)),
+    }
+}
+
+impl Remote {
+    /// The service of the node whose pool is `pool` and transport id `me`.
+    pub fn new(pool: &Arc<Pool>, me: NodeId) -> Arc<Remote> {
+        Arc::new(Remote {
+            pool: Arc::downgrade(pool),
+            me,
+            seq: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+            exports: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::new()),
+            ran_for_others: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            bulk: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Serves bulk streams of this node's exports from `server`.
+    pub fn set_bulk(&self, server: Arc<BulkServer>) {
+        let _ = self.bulk.set(server);
+    }
+
+    /// Where a task asking for `options` should run: `None` here, else the chosen node.
+    ///
+    /// Each node's load is what this node knows of it: the larger of the tasks this node
+    /// has placed there and not seen finish, and what it last reported busy. A task runs
+    /// here while it fits here; else on the node it fits best, the one least loaded for
+    /// its size (here again on a tie), even if every node is busy: it then queues there.
+    /// A node that lacks the resource altogether never gets it.
+    pub fn place(&self, options: &WireOptions, nodes: &[Candidate]) -> Option<Candidate> {
+        let pool = self.pool.upgrade()?;
+        let want = request_of(options);
+        let cpu = want.get("CPU").copied().unwrap_or(0.0);
+        let local: BTreeMap<String, (f64, f64)> =
+            pool.services().rt.resources().into_iter().map(|v| (v.name.to_string(), (v.total, v.available))).collect();
+        let inflight = lock(&self.inflight);
+        let has =
+            |res: &BTreeMap<String, (f64, f64)>| want.iter().all(|(k, v)| *v <= 0.0 || res.get(k).is_some_and(|(t, _)| t + 1e-9 >= *v));
+        // Load: the CPUs busy or promised, after this task, over the CPUs there.
+        let load = |res: &BTreeMap<String, (f64, f64)>, mine: f64| {
+            let (total, avail) = res.get("CPU").copied().unwrap_or((0.0, 0.0));
+            let busy = (total - avail).max(mine);
+            if total > 0.0 {
+                (busy + cpu) / total
+            } else if cpu > 0.0 {
+                f64::INFINITY
+            } else {
+                0.0
+            }
+        };
+        let here_mine = inflight.get(&self.me).copied().unwrap_or(0.0);
+        let here_ok = has(&local);
+        let here_load = if here_ok { load(&local, here_mine) } else { f64::INFINITY };
+        if here_load <= 1.0 + 1e-9 {
+            return None; // fits here now
+        }
+        let best = nodes
+            .iter()
+            .filter(|n| n.node != self.me && has(&n.resources))
+            .map(|n| (load(&n.resources, inflight.get(&n.node).copied().unwrap_or(0.0)), n))
+            .min_by(|a, b| a.0.total_cmp(&b.0));
+        match best {
+            Some((l, n)) if l < here_load => Some(n.clone()),
+            _ => None,
+        }
+    }
+
+    /// Runs a task on this node through `here`, counting it in this node's load until it
+    /// finishes.
+    ///
+    /// # Errors
+    /// As `here`.
+    pub fn run_here(
+        self: &Arc<Self>,
+        args: Vec<RawArg>,
+        options: &WireOptions,
+        here: &dyn Fn(Vec<RawArg>) -> Result<ObjectRef<Untyped>, Error>,
+    ) -> Result<ObjectRef<Untyped>, Error> {
+        let cpu = options.num_cpus.unwrap_or(1.0);
+        let r = here(args)?;
+        *lock(&self.inflight).entry(self.me).or_default() += cpu;
+        let me = Arc::downgrade(self);
+        let node = self.me;
+        r.on_ready(move || {
+            if let Some(me) = me.upgrade() {
+                if let Some(n) = lock(&me.inflight).get_mut(&node) {
+                    *n -= cpu;
+                }
+            }
+        });
+        Ok(r)
+    }
+
+    /// Sends the task (`args[0]` is the function key's bytes, as `py.task` takes them) to
+    /// `peer`; the returned ref is completed when its outcome comes back.
+    ///
+    /// # Errors
+    /// This runtime is shut down, or the function is unknown here.
+    pub fn submit(self: &Arc<Self>, peer: &Peer, key: Key, args: Vec<RawArg>, options: WireOptions) -> Result<ObjectRef<Untyped>, Error> {
+        let pool = self.pool.upgrade().ok_or(Error::Shutdown)?;
+        let (r, promise) = pool.services().rt.promise()?;
+        let retries_left = options.max_retries.unwrap_or(rayhpc::DEFAULT_MAX_RETRIES);
+        let cpus = options.num_cpus.unwrap_or(1.0);
+        let p = Pending { node: peer.node(), key, args, options, promise, exported: Vec::new(), cpus, retries_left };
+        self.send_when_ready(peer.clone(), p);
+        Ok(r)
+    }
+
+    /// Waits (without a thread) for the arguments to be ready, then sends.
+    fn send_when_ready(self: &Arc<Self>, peer: Peer, p: Pending) {
+        let unready: Vec<ObjectRef<Untyped>> =
+            p.args.iter().filter_map(|a| if let RawArg::Ref(r) = a { (!r.is_ready()).then(|| r.clone()) } else { None }).collect();
+        if let Some(first) = unready.first() {
+            let me = self.clone();
+            first.on_ready(move || me.send_when_ready(peer, p));
+            return;
+        }
+        self.send(&peer, p);
+    }
+
+    fn send(self: &Arc<Self>, peer: &Peer, mut p: Pending) {
+        let Some(pool) = self.pool.upgrade() else { return };
+        let Some(blob) = pool.function_blob(&p.key) else {
+            p.promise.fail(Error::Invalid("unknown function (not registered in this runtime)".into()));
+            return;
+        };
+        let mut args = Vec::with_capacity(p.args.len());
+        // The first argument is the key itself; `py.task` takes it as its first input.
+        for a in p.args.iter().skip(1) {
+            match a {
+                RawArg::Bytes(b) => args.push(Arg::Value(b.clone())),
+                RawArg::Ref(r) => match r.with_inline_bytes(<[u8]>::to_vec) {
+                    Some(Ok(b)) => args.push(Arg::Value(b)),
+                    Some(Err(e)) => {
+                        p.promise.fail(e); // Ray's propagation: the task does not run
+                        return;
+                    }
+                    None => match r.try_view() {
+                        Some(Ok(v)) => {
+                            let id = r.id().0;
+                            self.export(id, r.clone());
+                            p.exported.push(id);
+                            args.push(Arg::Object { id, len: v.len() as u64 });
+                        }
+                        Some(Err(e)) => {
+                            p.promise.fail(e);
+                            return;
+                        }
+                        None => unreachable!("every argument is ready"),
+                    },
+                },
+            }
+        }
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let msg = TaskMsg { seq, key: p.key, blob: blob.to_vec(), args, options: p.options.clone() };
+        let bytes = match postcard::to_allocvec(&msg) {
+            Ok(b) => b,
+            Err(e) => {
+                p.promise.fail(Error::Invalid(format!("cannot encode a task for another node: {e}")));
+                return;
+            }
+        };
+        *lock(&self.inflight).entry(peer.node()).or_default() += p.cpus;
+        lock(&self.pending).insert(seq, p);
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = peer.send(TASK, &bytes) {
+            // The connection is gone: the disconnect handler re-sends what was pending on it,
+            // this one included (unless it already ran).
+            eprintln!("rayhpc node: cannot send a task to node {}: {e}", peer.node());
+        }
+    }
+
+    fn export(&self, id: u128, r: ObjectRef<Untyped>) {
+        lock(&self.exports).entry(id).or_insert((r, 0)).1 += 1;
+    }
+
+    fn unexport(&self, id: u128) {
+        let mut ex = lock(&self.exports);
+        if let Some(e) = ex.get_mut(&id) {
+            e.1 -= 1;
+            if e.1 == 0 {
+                ex.remove(&id);
+            }
+        }
+    }
+
+    /// Handles a message of the kinds above; false if it is none of them.
+    pub fn on_message(self: &Arc<Self>, peer: &Peer, kind: Kind, id: u64, payload: &[u8]) -> bool {
+        match kind {
+            TASK => self.on_task(peer, payload),
+            TASK_DONE => self.on_done(peer, payload),
+            PULL => self.on_pull(peer, id, payload),
+            BULK_TICKET => self.on_ticket(peer, id, payload),
+            UNEXPORT => {
+                if let Ok(id) = postcard::from_bytes::<u128>(payload) {
+                    self.unexport(id);
+                }
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// A task from another node: pull its objects, run it here, answer when it is done.
+    fn on_task(self: &Arc<Self>, peer: &Peer, payload: &[u8]) {
+        let msg: TaskMsg = match postcard::from_bytes(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("rayhpc node: a malformed task from node {}: {e}", peer.node());
+                return;
+            }
+        };
+        let Some(pool) = self.pool.upgrade() else { return };
+        self.ran_for_others.fetch_add(1, Ordering::Relaxed);
+        let seq = msg.seq;
+        let answer = {
+            let peer = peer.clone();
+            move |outcome: Outcome| {
+                if let Ok(b) = postcard::to_allocvec(&DoneMsg { seq, outcome }) {
+                    let _ = peer.send(TASK_DONE, &b);
+                }
+            }
+        };
+        pool.define(msg.key, &msg.blob);
+        let rt = pool.services().rt.clone();
+        let mut args = vec![RawArg::Bytes(msg.key.to_vec())];
+        for a in msg.args {
+            match a {
+                Arg::Value(b) => args.push(RawArg::Bytes(b)),
+                Arg::Object { id, len } => match rt.promise() {
+                    Ok((r, promise)) => {
+                        self.pull(peer.clone(), id, len, promise);
+                        args.push(RawArg::Ref(r));
+                    }
+                    Err(e) => return answer(Outcome::Failed(failure_of(e, false))),
+                },
+            }
+        }
+        let mut options = to_options(&msg.options, false);
+        // Retries are the owner's: it sends the task again if this node dies.
+        options = options.max_retries(0);
+        let r = match pool.services().task.remote(&rt, args, &options) {
+            Ok(r) => r,
+            Err(e) => return answer(Outcome::Failed(failure_of(e, false))),
+        };
+        let me = self.clone();
+        let held = r.clone();
+        r.on_ready(move || {
+            let outcome = match held.with_inline_bytes(<[u8]>::to_vec) {
+                Some(Ok(b)) => Outcome::Inline(b),
+                Some(Err(e)) => Outcome::Failed(failure_of(e, false)),
+                None => match held.try_view() {
+                    Some(Ok(v)) => {
+                        let id = held.id().0;
+                        let len = v.len() as u64;
+                        drop(v);
+                        me.export(id, held.clone());
+                        Outcome::Stored { id, len }
+                    }
+                    Some(Err(e)) => Outcome::Failed(failure_of(e, false)),
+                    None => Outcome::Failed(failure_of(Error::Invalid("not ready when done".into()), false)),
+                },
+            };
+            answer(outcome);
+        });
+    }
+
+    /// The outcome of a task this node sent.
+    fn on_done(self: &Arc<Self>, peer: &Peer, payload: &[u8]) {
+        let Ok(msg) = postcard::from_bytes::<DoneMsg>(payload) else {
+            eprintln!("rayhpc node: a malformed task outcome from node {}", peer.node());
+            return;
+        };
+        let Some(p) = lock(&self.pending).remove(&msg.seq) else { return };
+        if let Some(n) = lock(&self.inflight).get_mut(&p.node) {
+            *n -= p.cpus;
+        }
+        for id in &p.exported {
+            self.unexport(*id);
+        }
+        match msg.outcome {
+            Outcome::Inline(b) => {
+                let _ = p.promise.fulfill(&b);
+            }
+            Outcome::Failed(f) => p.promise.fail(error_of(f)),
+            Outcome::Stored { id, len } => self.pull(peer.clone(), id, len, p.promise),
+        }
+    }
+
+    /// A ticket for a bulk stream of an exported object.
+    fn on_ticket(&self, peer: &Peer, id: u64, payload: &[u8]) {
+        let Ok(obj) = postcard::from_bytes::<u128>(payload) else {
+            let _ = peer.refuse(id, "a malformed ticket request");
+            return;
+        };
+        let r = lock(&self.exports).get(&obj).map(|(r, _)| r.clone());
+        let (Some(r), Some(server)) = (r, self.bulk.get()) else {
+            let _ = peer.refuse(id, &format!("object {obj:032x} is not exported here, or no bulk listener"));
+            return;
+        };
+        let len = match r.try_view() {
+            Some(Ok(v)) => v.len() as u64,
+            _ => {
+                let _ = peer.refuse(id, "the object cannot be read");
+                return;
+            }
+        };
+        match server.ticket(r) {
+            Ok(ticket) => {
+                let t = Ticket { ticket, port: server.port(), len };
+                let _ = peer.respond(id, BULK_TICKET, &postcard::to_allocvec(&t).expect("a ticket serializes"));
+            }
+            Err(e) => {
+                let _ = peer.refuse(id, &format!("no ticket: {e}"));
+            }
+        }
+    }
+
+    /// Serves a chunk of an exported object.
+    fn on_pull(&self, peer: &Peer, id: u64, payload: &[u8]) {
+        let Ok(m) = postcard::from_bytes::<PullMsg>(payload) else {
+            let _ = peer.refuse(id, "a malformed pull");
+            return;
+        };
+        let r = lock(&self.exports).get(&m.id).map(|(r, _)| r.clone());
+        let Some(r) = r else {
+            let _ = peer.refuse(id, &format!("object {:032x} is not exported here", m.id));
+            return;
+        };
+        match r.try_view() {
+            Some(Ok(v)) => {
+                let (a, b) = (m.offset as usize, m.offset as usize + m.len as usize);
+                match v.get(a..b) {
+                    Some(chunk) => {
+                        let _ = peer.respond(id, PULL, chunk);
+                    }
+                    None => {
+                        let _ = peer.refuse(id, &format!("bytes {a}..{b} of a {}-byte object", v.len()));
+                    }
+                }
+            }
+            _ => {
+                let _ = peer.refuse(id, "the object cannot be read");
+            }
+        }
+    }
+
+    /// Pulls object `id` (`len` bytes) from `peer` into this node's store, completing
+    /// `promise`; then tells the peer to let it go. On a thread of its own: a pull is
+    /// chunks in flight, each waited for in turn.
+    fn pull(self: &Arc<Self>, peer: Peer, id: u128, len: u64, promise: Promise) {
+        let spawned = std::thread::Builder::new().name("rayhpc-pull".into()).spawn(move || {
+            let r = promise.fulfill_with(len as usize, |buf| pull_into(&peer, id, buf));
+            if r.is_ok() {
+                if let Ok(b) = postcard::to_allocvec(&id) {
+                    let _ = peer.send(UNEXPORT, &b);
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            eprintln!("rayhpc node: cannot start a pull: {e}");
+        }
+    }
+
+    /// Pulls object `id` (`len` bytes) from `peer` into a new object of this node and lets
+    /// it go (what the bench measures: the transfer, into this node's store).
+    ///
+    /// # Errors
+    /// The pull failed (the message says why).
+    pub fn pull_blocking(&self, peer: &Peer, id: u128, len: u64) -> Result<(), String> {
+        let pool = self.pool.upgrade().ok_or("shut down")?;
+        let (r, promise) = pool.services().rt.promise().map_err(|e| e.to_string())?;
+        promise.fulfill_with(len as usize, |buf| pull_into(peer, id, buf)).map_err(|e| e.to_string())?;
+        drop(r);
+        Ok(())
+    }
+
+    /// Exports an object for the bench's pull.
+    pub fn export_for_bench(&self, id: u128, r: ObjectRef<Untyped>) {
+        self.export(id, r);
+    }
+
+    /// Ends [`Remote::export_for_bench`].
+    pub fn unexport_for_bench(&self, id: u128) {
+        self.unexport(id);
+    }
+
+    /// A node's connection ended: its tasks go elsewhere (or fail), its exports for it go.
+    pub fn on_disconnect(self: &Arc<Self>, node: NodeId, reason: &str, resend: impl Fn(Resend)) {
+        let lost: Vec<Pending> = {
+            let mut pending = lock(&self.pending);
+            let seqs: Vec<u64> = pending.iter().filter(|(_, p)| p.node == node).map(|(s, _)| *s).collect();
+            seqs.into_iter().filter_map(|s| pending.remove(&s)).collect()
+        };
+        lock(&self.inflight).remove(&node);
+        for mut p in lost {
+            for id in p.exported.drain(..) {
+                self.unexport(id);
+            }
+            if p.retries_left > 0 {
+                p.retries_left -= 1;
+                resend(Resend(p));
+            } else {
+                p.promise.fail(Error::Task(Box::new(TaskError {
+                    function: "py.task".into(),
+                    kind: FailureKind::WorkerDied,
+                    message: format!("node {node} died while running it ({reason})"),
+                    attempts: 1,
+                    payload: None,
+                })));
+            }
+        }
+    }
+
+    /// Runs a task that came back from a dead node: on another node, or here.
+    pub fn resend(self: &Arc<Self>, p: Resend, nodes: &[Candidate], peer_of: impl Fn(&Candidate) -> Option<Peer>) {
+        let mut p = p.0;
+        p.options.max_retries = Some(p.retries_left);
+        if let Some(c) = self.place(&p.options, nodes) {
+            if let Some(peer) = peer_of(&c) {
+                self.send_when_ready(peer, p);
+                return;
+            }
+        }
+        // Here: the local task completes the promise.
+        let Some(pool) = self.pool.upgrade() else { return };
+        let s = pool.services();
+        match s.task.remote(&s.rt, p.args, &to_options(&p.options, false)) {
+            Ok(r) => {
+                let (held, promise) = (r.clone(), p.promise);
+                r.on_ready(move || match held.try_view() {
+                    Some(Ok(v)) => {
+                        let _ = promise.fulfill(&v);
+                    }
+                    Some(Err(e)) => promise.fail(e),
+                    None => {}
+                });
+            }
+            Err(e) => p.promise.fail(e),
+        }
+    }
+}
+
+/// A task whose node died, to run again (opaque outside this module).
+pub struct Resend(Pending);
+
+/// Objects from this size up are pulled over bulk streams.
+const BULK_FROM: usize = 1 << 20;
+
+/// Reads `buf.len()` bytes of object `id` from `peer` into `buf`: over bulk streams when
+/// large (see `bulk`), else (or if those fail) in chunks on the control connection.
+fn pull_into(peer: &Peer, id: u128, buf: &mut [u8]) -> Result<(), String> {
+    if buf.len() >= BULK_FROM {
+        match bulk::pull(peer, id, buf) {
+            Ok(()) => return Ok(()),
+            Err(e) => eprintln!("rayhpc node: {e}; pulling through the control connection instead"),
+        }
+    }
+    pull_chunks(peer, id, buf)
+}
+
+/// Reads `buf.len()` bytes of object `id` from `peer` into `buf`, [`IN_FLIGHT`] chunks at a
+/// time, on the control connection.
+fn pull_chunks(peer: &Peer, id: u128, buf: &mut [u8]) -> Result<(), String> {
+    let total = buf.len();
+    let mut inflight = std::collections::VecDeque::new();
+    let mut next = 0usize;
+    let timeout = Duration::from_secs(60);
+    loop {
+        while inflight.len() < IN_FLIGHT && next < total {
+            let len = CHUNK.min(total - next);
+            let msg = postcard::to_allocvec(&PullMsg { id, offset: next as u64, len: len as u32 }).map_err(|e| e.to_string())?;
+            let pending = peer.start_request(PULL, &msg).map_err(|e| format!("pull of {id:032x} from node {}: {e}", peer.node()))?;
+            inflight.push_back((next, len, pending));
+            next += len;
+        }
+        let Some((off, len, pending)) = inflight.pop_front() else { return Ok(()) };
+        let f = pending.wait(timeout).map_err(|e| format!("pull of {id:032x} from node {}: {e}", peer.node()))?;
+        if f.payload.len() != len {
+            return Err(format!("pull of {id:032x}: {} bytes for a {len}-byte chunk", f.payload.len()));
+        }
+        buf[off..off + len].copy_from_slice(&f.payload);
+    }
+}

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# `rayhpc launch` across the nodes of a real Slurm cluster (cluster.sh: one network namespace
+# and one slurmd per node), started by srun and by Open MPI's mpirun inside an allocation:
+# every node joins the head, the driver runs once on rank 0 and sees the whole cluster, the
+# step ends with the driver's exit code and leaves nothing behind. Prints the time from srun
+# to the driver's first line (a figure, not asserted).
+#
+#   slurm/launch-test.sh            (root; RAYHPC_BIN, RAYHPC_PYTHON override the defaults)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+rayhpc=${RAYHPC_BIN:-$root/target/debug/rayhpc}
+python=${RAYHPC_PYTHON:-$root/target/venv/bin/python}
+cluster="$root/slurm/cluster.sh"
+nodes=3
+
+say() { echo "launch-test.sh: $*"; }
+die() { echo "launch-test.sh: FAILED: $*" >&2; exit 1; }
+[ -x "$rayhpc" ] || die "no rayhpc binary at $rayhpc (cargo build -p rayhpc-launcher)"
+"$python" -c "import rayhpc" 2>/dev/null || die "$python cannot import rayhpc (pip install ./bindings/python)"
+
+work=$(mktemp -d /tmp/rayhpc-launch-test.XXXXXX)
+chmod 755 "$work"
+trap 'bash "$cluster" down >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+bash "$cluster" up "$nodes" >/dev/null
+on_ctl() { (cd "$work" && bash "$cluster" exec ctl "$@"); }
+
+cat > "$work/driver.py" <<'EOF'
+import os, socket, sys, time
+print(f"first line at {time.time():.6f} on {socket.gethostname()}", flush=True)
+import rayhpc as ray
+ray.init()
+cpus = ray.cluster_resources()["CPU"]
+@ray.remote
+def f(x):
+    return x * 2
+print(f"cluster CPUs {cpus:g}, sum {sum(ray.get([f.remote(i) for i in range(100)]))}", flush=True)
+sys.exit(int(os.environ.get("EXIT_CODE", "0")))
+EOF
+
+# 1. srun, one launch per node: the driver runs once, on the head's node, and sees every
+#    node's CPUs (Slurm gives each task one CPU here).
+start=$(date +%s.%N)
+out=$(on_ctl env EXIT_CODE=3 srun -N"$nodes" --ntasks-per-node=1 --chdir="$work" \
+  "$rayhpc" launch --python "$python" -- "$python" "$work/driver.py" 2>"$work/srun.err") && rc=0 || rc=$?
+echo "$out"
+[ "$rc" = 3 ] || { cat "$work/srun.err"; die "srun exited $rc, not the driver's 3"; }
+[ "$(grep -c '^first line' <<<"$out")" = 1 ] || die "the driver did not run exactly once"
+grep -q "^first line at .* on node1$" <<<"$out" || die "the driver did not run on the head's node (node1)"
+grep -qx "cluster CPUs $nodes, sum 9900" <<<"$out" || { cat "$work/srun.err"; die "the driver did not see $nodes nodes"; }
+grep -q "cluster up: $nodes nodes" "$work/srun.err" || die "the head did not report the cluster up"
+first=$(sed -n 's/^first line at \([0-9.]*\) .*/\1/p' <<<"$out")
+srun_to_first=$(python3 -c "print(f'{$first - $start:.2f}')")
+say "srun -N$nodes: driver ran once on node1, saw $nodes CPUs, exit code 3 passed through"
+
+# Nothing left: no rendezvous directory, no node runtime process.
+[ -z "$(ls -A "$work/.rayhpc" 2>/dev/null)" ] || die "the rendezvous directory was left: $(ls -R "$work/.rayhpc")"
+if pgrep -f "$rayhpc launch" >/dev/null; then die "a node runtime outlived its step: $(pgrep -af "$rayhpc launch")"; fi
+
+# 2. More tasks than nodes: one node runtime per host, the other ranks start none.
+out=$(on_ctl srun -N"$nodes" --ntasks-per-node=2 --chdir="$work" \
+  "$rayhpc" launch --python "$python" -- "$python" "$work/driver.py" 2>"$work/srun2.err")
+grep -qx "cluster CPUs $((2 * nodes)), sum 9900" <<<"$out" || { echo "$out"; cat "$work/srun2.err"; die "2 tasks per node: not one runtime per host"; }
+[ "$(grep -c 'this rank starts none' "$work/srun2.err")" = "$nodes" ] || die "the second rank of each host did not stand aside"
+say "srun --ntasks-per-node=2: one node runtime per host ($((2 * nodes)) CPUs), the second ranks stood aside"
+
+# 3. Open MPI's mpirun inside an allocation (its ranks inherit srun's variables: the MPI
+#    ones must win). The batch allocation gives each node all of its CPUs (cluster.sh gives
+#    each node the machine's).
+cat > "$work/mpi.sbatch" <<EOF
+#!/bin/bash
+#SBATCH -N $nodes --ntasks-per-node=1 -o $work/mpi.out -e $work/mpi.err
+mpirun --allow-run-as-root --map-by ppr:1:node "$rayhpc" launch --python "$python" -- "$python" "$work/driver.py"
+EOF
+on_ctl sbatch --wait "$work/mpi.sbatch" >/dev/null || { cat "$work/mpi.out" "$work/mpi.err"; die "the mpirun job failed"; }
+grep -qx "cluster CPUs $((nodes * $(nproc))), sum 9900" "$work/mpi.out" || { cat "$work/mpi.out" "$work/mpi.err"; die "mpirun: the driver did not see $nodes nodes"; }
+[ "$(grep -c '^first line' "$work/mpi.out")" = 1 ] || die "mpirun: the driver did not run exactly once"
+say "mpirun -N$nodes (Open MPI, in sbatch): the driver saw $nodes nodes"
+
+# 4. The bench across two nodes: the cluster's start, a raw TCP stream and an object pull
+#    between node1 and node2 (figures for the log; the release binary when built).
+bench_bin=$root/target/release/rayhpc
+[ -x "$bench_bin" ] || bench_bin=$rayhpc
+on_ctl srun -N2 --ntasks-per-node=1 --chdir="$work" "$bench_bin" bench --across-nodes --object-mib 1024 --trials 3 2>"$work/bench.err" \
+  | tee "$work/bench.out" || { cat "$work/bench.err"; die "the bench across nodes failed"; }
+grep -q "object pull" "$work/bench.out" || { cat "$work/bench.err"; die "the bench printed no pull figure"; }
+
+say "OK   srun to the driver's first line on $nodes nodes: $srun_to_first s"
