@@ -22,7 +22,7 @@ bindings/c/install.sh "$prefix"
 export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
 out="$PWD/target/c-examples"
 mkdir -p "$out"
-for src in examples/c/hello.c examples/c/tree.c examples/c/counter.c examples/c/bench.c bindings/c/tests/bad_inputs.c; do
+for src in examples/c/hello.c examples/c/tree.c examples/c/counter.c examples/c/bench.c examples/c/cluster.c bindings/c/tests/bad_inputs.c; do
   name="$(basename "$src" .c)"
   # The documented command (warnings as errors, and as C++ too: the header is for both).
   cc -std=c99 -Wall -Wextra -Werror "$src" $(pkg-config --cflags --libs rayhpc) -o "$out/$name"
@@ -39,6 +39,14 @@ grep -qx 'a call after kill: RAYHPC_E_ACTOR_DIED' "$out/counter.txt"
 "$out/bad_inputs" > "$out/bad_inputs.txt" || { cat "$out/bad_inputs.txt"; exit 1; }
 tail -1 "$out/bad_inputs.txt"
 
+# A C driver attached to a node runtime (`rayhpc launch`), running library:symbol tasks the
+# node loads from a shared library built with the documented command.
+cc -std=c99 -Wall -Wextra -Werror -shared -fPIC examples/c/square.c $(pkg-config --cflags --libs rayhpc) -o "$out/libsquare.so"
+cargo build --locked -q -p rayhpc-launcher
+RAYHPC_RUNTIME_DIR="$out/rt" target/debug/rayhpc launch -- "$out/cluster" "$out/libsquare.so" 100 | tee "$out/cluster.txt"
+grep -qx 'sum of squares of 0..99 = 328350' "$out/cluster.txt"
+grep -qx "a bad call: RAYHPC_E_TASK: task '$out/libsquare.so:square' failed: square takes one 8-byte integer" "$out/cluster.txt"
+
 # No memory error, no leak (definite or indirect) in the examples and the bad-input test,
 # with the library built without mimalloc so that valgrind sees all of its allocations too
 # (found first through LD_LIBRARY_PATH: the examples' rpath is a RUNPATH).
@@ -49,6 +57,12 @@ for run in "hello" "tree 128" "counter" "bad_inputs"; do
     || { cat "$out/valgrind.txt"; echo "valgrind: $run" >&2; exit 1; }
   echo "valgrind clean: $run"
 done
+# The attached C driver too (the node is the rayhpc binary; valgrind watches the driver).
+RAYHPC_RUNTIME_DIR="$out/rt" target/debug/rayhpc launch -- env LD_LIBRARY_PATH="$PWD/target/c-valgrind/release" \
+  valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite,indirect "$out/cluster" "$out/libsquare.so" 20 \
+  > "$out/valgrind.txt" 2>&1 || { cat "$out/valgrind.txt"; echo "valgrind: cluster (attached)" >&2; exit 1; }
+grep -qx 'sum of squares of 0..19 = 2470' "$out/valgrind.txt" || { cat "$out/valgrind.txt"; exit 1; }
+echo "valgrind clean: cluster (attached to a node runtime)"
 readelf -d "$out/hello" | grep -q RUNPATH || { echo "the examples' rpath is not a RUNPATH: LD_LIBRARY_PATH would not win" >&2; exit 1; }
 
 # The throughput example beside `rayhpc bench` in the same run (figures, not asserted).

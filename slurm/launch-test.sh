@@ -63,6 +63,20 @@ grep -qx "cluster CPUs $((2 * nodes)), sum 9900" <<<"$out" || { echo "$out"; cat
 [ "$(grep -c 'this rank starts none' "$work/srun2.err")" = "$nodes" ] || die "the second rank of each host did not stand aside"
 say "srun --ntasks-per-node=2: one node runtime per host ($((2 * nodes)) CPUs), the second ranks stood aside"
 
+# 2b. A C driver: attached to the head's node, its library:symbol tasks spread over the nodes
+#     (each loads the library), the sum checked.
+if [ -n "${RAYHPC_C_PREFIX:-}" ]; then
+  export PKG_CONFIG_PATH="$RAYHPC_C_PREFIX/lib/pkgconfig"
+  cc -std=c99 -shared -fPIC "$root/examples/c/square.c" $(pkg-config --cflags --libs rayhpc) -o "$work/libsquare.so"
+  cc -std=c99 "$root/examples/c/cluster.c" $(pkg-config --cflags --libs rayhpc) -o "$work/cluster"
+  out=$(on_ctl srun -N"$nodes" --ntasks-per-node=1 --chdir="$work" "$rayhpc" launch -- "$work/cluster" "$work/libsquare.so" 300 2>"$work/c.err") \
+    || { cat "$work/c.err"; die "the C driver failed"; }
+  grep -qx "sum of squares of 0..299 = 8955050" <<<"$out" || { echo "$out"; cat "$work/c.err"; die "the C driver's sum is wrong"; }
+  say "srun -N$nodes with a C driver: library:symbol tasks, sum right"
+else
+  say "RAYHPC_C_PREFIX not set (bindings/c/install.sh PREFIX first): the C driver is not run"
+fi
+
 # 3. Open MPI's mpirun inside an allocation (its ranks inherit srun's variables: the MPI
 #    ones must win). The batch allocation gives each node all of its CPUs (cluster.sh gives
 #    each node the machine's).
@@ -83,5 +97,12 @@ bench_bin=$root/target/release/rayhpc
 on_ctl srun -N2 --ntasks-per-node=1 --chdir="$work" "$bench_bin" bench --across-nodes --object-mib 1024 --trials 3 2>"$work/bench.err" \
   | tee "$work/bench.out" || { cat "$work/bench.err"; die "the bench across nodes failed"; }
 grep -q "object pull" "$work/bench.out" || { cat "$work/bench.err"; die "the bench printed no pull figure"; }
+
+# 5. Every seed program (the Ray Core examples of the tutorials), unchanged, as the driver of
+#    a launch on 2 nodes (2 CPUs and a nominal GPU each: one seed asks for a GPU).
+seeds="$root/bindings/python/tests"
+RAYHPC_SEED_RUNNER="bash $cluster exec ctl srun -N2 --ntasks-per-node=1 --chdir=$seeds/seeds $rayhpc launch --python $python --num-cpus 2 --num-gpus 1 --" \
+  "$python" -m pytest -q -p no:cacheprovider "$seeds/test_seeds.py" || die "the seeds failed on the 2-node cluster"
+say "the seed programs pass unchanged on a 2-node cluster"
 
 say "OK   srun to the driver's first line on $nodes nodes: $srun_to_first s"

@@ -105,6 +105,37 @@ fn bench_across(c: &Cluster, b: &BenchAcross, start_ms: f64) -> Result<i32> {
     Ok(0)
 }
 
+/// Runs the driver command with the node's address; while it runs, a stop of this launch
+/// (SIGINT/SIGTERM, `rayhpc stop`) is passed on to it as SIGTERM, and SIGKILL follows after
+/// 10 s. Its exit code.
+fn run_driver(command: &[String], address: &std::path::Path, stop: &dyn Fn() -> bool) -> Result<i32> {
+    let mut child = Command::new(&command[0])
+        .args(&command[1..])
+        .env("RAYHPC_ADDRESS", address)
+        .spawn()
+        .with_context(|| format!("cannot run {:?}", command[0]))?;
+    let mut asked: Option<Instant> = None;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(code_of(status));
+        }
+        match asked {
+            None if stop() => {
+                eprintln!("rayhpc launch: stopping: passing SIGTERM on to the driver");
+                let _ = rayhpc_node::signal::send(child.id(), rayhpc_node::signal::TERMINATE);
+                asked = Some(Instant::now());
+            }
+            Some(t) if t.elapsed() > Duration::from_secs(10) => {
+                eprintln!("rayhpc launch: the driver did not end within 10 s of SIGTERM: killing it");
+                let _ = child.kill();
+                return Ok(code_of(child.wait()?));
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The exit code for a status (128 + signal for a command killed by a signal, as a shell).
 fn code_of(s: ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
@@ -146,7 +177,7 @@ fn cluster_sum(view: &[rayhpc_node::cluster::control::NodeInfo]) -> Vec<(String,
 }
 
 /// Joins (or heads) the cluster of this launch, when it spans more than one node.
-fn join(a: &LaunchArgs, place: &Placement, node: &Arc<Node>, t0: Instant) -> Result<Option<(Arc<Cluster>, Option<PathBuf>)>> {
+fn join(a: &LaunchArgs, place: &Placement, rank: u32, node: &Arc<Node>, t0: Instant) -> Result<Option<(Arc<Cluster>, Option<PathBuf>)>> {
     let expected = a.nodes.unwrap_or(place.hosts);
     if expected <= 1 && !a.head && a.address.is_none() {
         return Ok(None);
@@ -183,14 +214,14 @@ fn join(a: &LaunchArgs, place: &Placement, node: &Arc<Node>, t0: Instant) -> Res
         let (addr, secret) = match &a.address {
             Some(addr) => {
                 let file = a.secret_file.clone().unwrap_or_else(|| rdv.join("secret"));
-                let secret = std::fs::read(&file).with_context(|| format!("cannot read the job secret {}", file.display()))?;
+                let secret = rendezvous::read_secret(&file).with_context(|| format!("cannot read the job secret {}", file.display()))?;
                 (addr.clone(), secret)
             }
             None => rendezvous::find(&rdv, deadline.saturating_duration_since(Instant::now()))
                 .with_context(|| format!("rank {} cannot find the head", place.rank))?,
         };
         let head: SocketAddr = addr.parse().with_context(|| format!("the head's address {addr:?} is not ip:port"))?;
-        let cfg = ClusterConfig { role: Role::Member { head }, rank: place.rank.max(1), bind: a.interface, secret };
+        let cfg = ClusterConfig { role: Role::Member { head }, rank: rank.max(1), bind: a.interface, secret };
         match Cluster::start(node.clone(), cfg) {
             Ok(c) => return Ok(Some((Arc::new(c), None))),
             Err(e) if Instant::now() < deadline => {
@@ -221,6 +252,16 @@ pub fn launch(a: LaunchArgs) -> Result<i32> {
         std::thread::spawn(move || python_path(&python))
     };
     let resources = resources_of(a.resources.as_deref())?;
+    // This node's rank: the launcher's; by hand, 0 for the head and a random one above every
+    // launcher rank for a member (its transport id and id prefix must be its own).
+    let rank = if a.head {
+        0
+    } else if a.address.is_some() && place.source == "none" {
+        let r = rendezvous::new_secret().context("cannot draw a rank")?;
+        (1 << 20) | (u32::from_le_bytes([r[0], r[1], r[2], 0]) & 0xf_ffff)
+    } else {
+        place.rank
+    };
     rayhpc_node::signal::catch_termination().context("cannot catch SIGINT and SIGTERM")?;
     let sys_path = match probe.join().expect("the probe does not panic") {
         Ok(p) => {
@@ -242,9 +283,11 @@ pub fn launch(a: LaunchArgs) -> Result<i32> {
         python: python.into(),
         sys_path,
         num_cpus: a.num_cpus.or(place.cpus_on_node.map(f64::from)),
-        num_gpus: a.num_gpus,
+        // The GPUs the allocation names (Slurm, CUDA_VISIBLE_DEVICES), unless told.
+        num_gpus: a.num_gpus.or(place.gpus.as_ref().map(|g| g.len() as f64)),
         resources,
         object_store_memory: a.object_store_memory.map(|m| m as usize),
+        node_id: rank,
     })
     .context("cannot start the node runtime")?;
     let node = Arc::new(node);
@@ -252,7 +295,7 @@ pub fn launch(a: LaunchArgs) -> Result<i32> {
     let published = rayhpc_node::publish_address(&address).context("cannot record the node's address")?;
     eprintln!("rayhpc launch: node runtime up at {} in {:.0} ms", address.display(), t0.elapsed().as_secs_f64() * 1e3);
 
-    let cluster = match join(&a, &place, &node, t0) {
+    let cluster = match join(&a, &place, rank, &node, t0) {
         Ok(c) => c,
         Err(e) => {
             let _ = std::fs::remove_file(&published);
@@ -297,12 +340,7 @@ pub fn launch(a: LaunchArgs) -> Result<i32> {
             _ => Ok(0),
         }
     } else {
-        Command::new(&a.command[0])
-            .args(&a.command[1..])
-            .env("RAYHPC_ADDRESS", &address)
-            .status()
-            .map(code_of)
-            .with_context(|| format!("cannot run {:?}", a.command[0]))
+        run_driver(&a.command, &address, &stop)
     };
     // Stop whatever happened to the command (a stale address must not outlive the node).
     let _ = std::fs::remove_file(&published);
@@ -337,7 +375,7 @@ fn head_of(t: &Target) -> Result<(SocketAddr, Vec<u8>)> {
     let (addr, secret) = match &t.address {
         Some(a) => {
             let file = t.secret_file.clone().unwrap_or_else(|| rdv.join("secret"));
-            (a.clone(), std::fs::read(&file).with_context(|| format!("cannot read the job secret {}", file.display()))?)
+            (a.clone(), rendezvous::read_secret(&file).with_context(|| format!("cannot read the job secret {}", file.display()))?)
         }
         None => rendezvous::find(&rdv, Duration::ZERO).with_context(|| format!("no running launch of job {job} found"))?,
     };

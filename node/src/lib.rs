@@ -10,9 +10,11 @@
 //! Everything here is free of Python's C API: worker processes are plain children speaking
 //! [`wire`] over rings, so the `rayhpc` binary hosts a node without linking libpython, and
 //! the Python extension embeds the same code.
-#![deny(unsafe_code)] // but for kill(2) (`signal`)
+#![deny(unsafe_code)] // but for kill(2) and signal handlers (`signal`) and the C ABI (`native`)
 
+pub mod client;
 pub mod cluster;
+pub mod native;
 pub mod pool;
 pub mod signal;
 pub mod wire;
@@ -45,6 +47,9 @@ pub struct NodeConfig {
     pub resources: HashMap<String, f64>,
     /// Bytes of the object store (default: the core's).
     pub object_store_memory: Option<usize>,
+    /// This node's number in its cluster (its rank): part of every id it makes, so that ids
+    /// of different nodes never collide. 0 for a single node.
+    pub node_id: u32,
 }
 
 /// Why a node could not start or serve.
@@ -106,6 +111,7 @@ impl Node {
             c = c.resource(k, *v);
         }
         c.object_store_memory = cfg.object_store_memory;
+        c.node_id = cfg.node_id;
         let dir = session_dir().map_err(|e| NodeError::Io("cannot make the session directory".into(), e))?;
         let rt = match Runtime::init(c) {
             Ok(rt) => rt,

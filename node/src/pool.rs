@@ -54,20 +54,40 @@ pub struct WorkerConfig {
     pub sys_path: String,
 }
 
-/// Decides whether a Python task runs on this node or another (the cluster layer).
+/// The function of a task that may run on another node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskFn {
+    /// A Python function by key (its pickled body is in the pool); the task's first
+    /// argument is the key's bytes, as `py.task` takes them.
+    Python(Key),
+    /// A native `library:symbol` function, which every node loads itself.
+    Native(String),
+    /// A method of an actor that lives on another node (the call goes to that node).
+    Method {
+        /// The actor's id.
+        actor: u128,
+        /// The method's name.
+        method: String,
+    },
+}
+
+/// Decides whether a task runs on this node or another (the cluster layer).
 pub trait Router: Send + Sync {
-    /// Runs the task of function `key` (`args[0]` is the key's bytes) on some node and
-    /// returns its ref; `here` runs it on this one.
+    /// Runs a task of `func` on some node and returns its ref; `here` runs it on this one.
     ///
     /// # Errors
     /// The task cannot be submitted at all.
     fn route(
         &self,
-        key: Key,
+        func: TaskFn,
         args: Vec<RawArg>,
         options: &WireOptions,
         here: &dyn Fn(Vec<RawArg>) -> Result<ObjectRef<Untyped>, Error>,
     ) -> Result<ObjectRef<Untyped>, Error>;
+
+    /// Calls `method` on actor `actor` if it lives on another node of the cluster (its id
+    /// names the node that made it); `None` when it would live here.
+    fn actor_call(&self, actor: u128, method: &str, args: Vec<RawArg>) -> Option<Result<ObjectRef<Untyped>, Error>>;
 }
 
 /// What [`Pool::set_cluster_resources`] takes: the cluster's (name, total, available).
@@ -181,6 +201,8 @@ pub struct Pool {
     /// Spawns one at a time: a descriptor made inheritable for one child reaches no other.
     spawn: Mutex<()>,
     functions: RwLock<HashMap<Key, Arc<[u8]>>>,
+    /// Native functions loaded for drivers (`library:symbol`), by name.
+    natives: Mutex<HashMap<String, RawFn>>,
     classes: Mutex<HashMap<Key, Arc<RawClass>>>,
     actors: Mutex<HashMap<u128, ActorEntry>>,
     /// Actors being constructed, by the token their constructor finds them with.
@@ -223,7 +245,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// registered name (anonymous without one).
 pub fn to_options(w: &WireOptions, actor: bool) -> Options {
     let mut o = Options::new();
-    if !actor {
+    if !actor && !w.name.is_empty() {
         o = o.name(&w.name);
     }
     if let Some(n) = w.num_cpus {
@@ -327,6 +349,7 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             spawn: Mutex::new(()),
             functions: RwLock::new(HashMap::new()),
+            natives: Mutex::new(HashMap::new()),
             classes: Mutex::new(HashMap::new()),
             actors: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
@@ -367,6 +390,22 @@ impl Pool {
     /// Registers a pickled function or class under its key (once per key).
     pub fn define(&self, key: Key, blob: &[u8]) {
         self.functions.write().unwrap_or_else(|e| e.into_inner()).entry(key).or_insert_with(|| Arc::from(blob));
+    }
+
+    /// The native function `library:symbol`, loaded on first use.
+    ///
+    /// # Errors
+    /// The library or symbol cannot be loaded ([`Error::Invalid`] saying why).
+    pub fn native(&self, name: &str) -> Result<RawFn, Error> {
+        let mut natives = lock(&self.natives);
+        if let Some(f) = natives.get(name) {
+            return Ok(*f);
+        }
+        let f = crate::native::load(name).map_err(|e| Error::Invalid(format!("no native function {name:?}: {e}")))?;
+        let owned = name.to_string();
+        let raw = rayhpc::raw::raw_function(name, move |inputs: &[&[u8]]| crate::native::run(f, &owned, inputs).map(RawOutput::Bytes));
+        natives.insert(name.to_string(), raw);
+        Ok(raw)
     }
 
     /// The pickled function or class of `key`, if this pool knows it.
@@ -725,7 +764,17 @@ impl Pool {
                 raw.extend(self.args_of(w, args)?);
                 let here = |raw: Vec<RawArg>| s.task.remote(&s.rt, raw, &to_options(&options, false));
                 let r = match self.router.get() {
-                    Some(router) => router.route(key, raw, &options, &here)?,
+                    Some(router) => router.route(TaskFn::Python(key), raw, &options, &here)?,
+                    None => here(raw)?,
+                };
+                lend(w, r, false)
+            }
+            Call::SubmitNative { name, options, args } => {
+                let f = self.native(&name)?;
+                let raw = self.args_of(w, args)?;
+                let here = |raw: Vec<RawArg>| f.remote(&s.rt, raw, &to_options(&options, false));
+                let r = match self.router.get() {
+                    Some(router) => router.route(TaskFn::Native(name), raw, &options, &here)?,
                     None => here(raw)?,
                 };
                 lend(w, r, false)
@@ -889,9 +938,14 @@ impl Pool {
     pub fn call_actor_id(&self, actor: u128, method: &str, args: Vec<RawArg>) -> Result<ObjectRef<Untyped>, Error> {
         let class = lock(&self.actors).get(&actor).map(|e| e.class.clone());
         let h = raw_actor_by_id(ActorId(actor));
+        let gone = || Error::ActorDied { class: "?".into(), actor: format!("{actor:032x}"), reason: "no live actor has this id".into() };
         match (class, h) {
             (Some(c), Some(h)) => c.call(&h, method, args),
-            _ => Err(Error::ActorDied { class: "?".into(), actor: format!("{actor:032x}"), reason: "no live actor has this id".into() }),
+            // Not here: on another node, if it was made there.
+            _ => match self.router.get() {
+                Some(r) => r.actor_call(actor, method, args).unwrap_or_else(|| Err(gone())),
+                None => Err(gone()),
+            },
         }
     }
 

@@ -6,6 +6,8 @@
 pub const INTERRUPT: i32 = libc::SIGINT;
 /// SIGKILL.
 pub const KILL: i32 = libc::SIGKILL;
+/// SIGTERM: asks a process to end.
+pub const TERMINATE: i32 = libc::SIGTERM;
 
 /// Sends `sig` to process `pid` (one of this process's children, not yet reaped).
 pub fn send(pid: u32, sig: i32) -> std::io::Result<()> {

@@ -156,6 +156,13 @@ pub enum Call {
         as_ref: bool,
     },
     Resources,
+    /// Submits a native task: the C function `library:symbol` (loaded by the node on first
+    /// use), with the arguments' bytes as they are (no layout).
+    SubmitNative {
+        name: String,
+        options: WireOptions,
+        args: Vec<WireArg>,
+    },
 }
 
 /// A request: the call, and the refs the worker dropped since its last request.

@@ -128,6 +128,14 @@ typedef struct {
    * Object store size in bytes (default 30 % of memory).
    */
   size_t object_store_memory;
+  /**
+   * A node runtime to attach to instead of embedding one: its address (the session
+   * directory `rayhpc launch` puts in `$RAYHPC_ADDRESS`), or "auto" (this job's node), or
+   * "local" (embed one even under `rayhpc launch`). NULL: `$RAYHPC_ADDRESS` when set, else
+   * embedded. Attached, tasks are `library:symbol` functions the node loads, and the
+   * other fields are the node's business (ignored).
+   */
+  const char *address;
 } rayhpc_config;
 
 /**

@@ -22,6 +22,10 @@ use std::collections::HashMap;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Mutex, OnceLock, RwLock};
+
+use rayhpc_node::native::{self, NativeBytes, NativeOutput};
+
+mod attached;
 use std::time::Duration;
 
 /// The library's own (Rust) allocations go through mimalloc, as the launcher's do: a task's
@@ -154,14 +158,30 @@ pub struct rayhpc_config {
     pub resources: *const c_char,
     /// Object store size in bytes (default 30 % of memory).
     pub object_store_memory: usize,
+    /// A node runtime to attach to instead of embedding one: its address (the session
+    /// directory `rayhpc launch` puts in `$RAYHPC_ADDRESS`), or "auto" (this job's node), or
+    /// "local" (embed one even under `rayhpc launch`). NULL: `$RAYHPC_ADDRESS` when set, else
+    /// embedded. Attached, tasks are `library:symbol` functions the node loads, and the
+    /// other fields are the node's business (ignored).
+    pub address: *const c_char,
 }
 
 /// Where a task function writes its result: see `rayhpc_output_set`, `rayhpc_output_alloc`
 /// and `rayhpc_output_error`. Valid only during the call it was passed to.
 pub struct rayhpc_output {
-    result: Vec<u8>,
-    error: Option<String>,
+    // Opaque to C: the output of `rayhpc_node::native` (its maker's operations inside).
+    _private: [u8; 0],
 }
+
+fn native_out(out: *mut rayhpc_output) -> *mut NativeOutput {
+    out.cast()
+}
+
+/// The C API's `rayhpc_bytes` and the node's are the same `repr(C)` layout.
+const _: () = assert!(
+    std::mem::size_of::<rayhpc_bytes>() == std::mem::size_of::<NativeBytes>()
+        && std::mem::align_of::<rayhpc_bytes>() == std::mem::align_of::<NativeBytes>()
+);
 
 /// A task function: `nargs` arguments (their bytes, valid during the call), and the output
 /// to write the result into. Returns 0 on success; anything else fails the task (with the
@@ -219,8 +239,9 @@ fn guard(f: impl FnOnce() -> rayhpc_status) -> rayhpc_status {
     }
 }
 
-/// A table of handles: index + 1 in the low 32 bits, generation in the high 32, so that a
-/// released handle never names the slot's next occupant.
+/// A table of handles: index + 1 in the low 32 bits, generation in the next 31, so that a
+/// released handle never names the slot's next occupant (bit 63 marks the handles of an
+/// attached process, `attached::TAG`).
 struct Table<T> {
     slots: Vec<(u32, Option<T>)>,
     free: Vec<u32>,
@@ -260,7 +281,7 @@ impl<T> Table<T> {
         let mut out = Vec::new();
         for (i, slot) in self.slots.iter_mut().enumerate() {
             if let Some(v) = slot.1.take() {
-                slot.0 = slot.0.wrapping_add(1).max(1);
+                slot.0 = (slot.0.wrapping_add(1) & 0x7fff_ffff).max(1);
                 self.free.push(i as u32);
                 out.push(v);
             }
@@ -271,7 +292,7 @@ impl<T> Table<T> {
     fn remove(&mut self, h: u64) -> Option<T> {
         let i = self.slot(h)?;
         let v = self.slots[i].1.take();
-        self.slots[i].0 = self.slots[i].0.wrapping_add(1).max(1);
+        self.slots[i].0 = (self.slots[i].0.wrapping_add(1) & 0x7fff_ffff).max(1);
         self.free.push(i as u32);
         v
     }
@@ -283,7 +304,8 @@ static VIEWS: Mutex<Table<ObjectView>> = Mutex::new(Table::new());
 
 #[derive(Clone)]
 struct Func {
-    raw: RawFn,
+    /// `None`: looked up while attached, run by name at the node.
+    raw: Option<RawFn>,
     nargs: i32,
     name: std::sync::Arc<str>,
 }
@@ -421,7 +443,7 @@ pub extern "C" fn rayhpc_status_name(status: i32) -> *const c_char {
 /// A config that asks for every default.
 #[no_mangle]
 pub extern "C" fn rayhpc_config_default() -> rayhpc_config {
-    rayhpc_config { num_cpus: -1.0, num_gpus: -1.0, resources: std::ptr::null(), object_store_memory: 0 }
+    rayhpc_config { num_cpus: -1.0, num_gpus: -1.0, resources: std::ptr::null(), object_store_memory: 0, address: std::ptr::null() }
 }
 
 /// Options that ask for every default.
@@ -440,8 +462,19 @@ pub unsafe extern "C" fn rayhpc_init(config: *const rayhpc_config) -> rayhpc_sta
     guard(|| {
         status_of((|| {
             let mut rt = RT.write().unwrap_or_else(|e| e.into_inner());
-            if rt.is_some() {
+            if rt.is_some() || attached::on() {
                 return Err(fail(RAYHPC_E_ALREADY_INITIALIZED, "rayhpc is already initialized"));
+            }
+            // SAFETY: NULL or valid (the caller's contract).
+            let given = if config.is_null() { std::ptr::null() } else { unsafe { (*config).address } };
+            let address = if given.is_null() {
+                std::env::var("RAYHPC_ADDRESS").ok().filter(|a| !a.is_empty())
+            } else {
+                // SAFETY: non-null, NUL-terminated (the caller's contract).
+                Some(unsafe { text(given, "config.address") }?.to_string())
+            };
+            if let Some(a) = address.filter(|a| a != "local") {
+                return attached::attach(&a);
             }
             let mut c = Config::default();
             if !config.is_null() {
@@ -477,6 +510,10 @@ pub extern "C" fn rayhpc_shutdown() -> rayhpc_status {
         // The handles are taken out under the runtime's lock (an init racing this shutdown then
         // sees its own handles untouched); the runtime is stopped after the lock is let go, as a
         // running task may still call the API (and take the lock) before it finishes.
+        if attached::on() {
+            attached::detach();
+            return RAYHPC_OK;
+        }
         let (rt, handles) = {
             let mut g = RT.write().unwrap_or_else(|e| e.into_inner());
             let Some(rt) = g.take() else { return fail(RAYHPC_E_NOT_INITIALIZED, "rayhpc is not initialized") };
@@ -504,22 +541,13 @@ unsafe impl Send for CFn {}
 unsafe impl Sync for CFn {}
 
 /// Calls a C function (task, method or constructor) `f` with `inputs` as its argument
-/// descriptors and a fresh output: its result bytes, or its failure (its message, else
-/// "`what` returned rc").
+/// descriptors and a fresh output (see `rayhpc_node::native::call`).
 fn call_c(
     inputs: &[&[u8]],
     what: impl FnOnce() -> String,
     f: impl FnOnce(*const rayhpc_bytes, usize, *mut rayhpc_output) -> i32,
 ) -> Result<Vec<u8>, RawFailure> {
-    let args: Vec<rayhpc_bytes> = inputs.iter().map(|b| rayhpc_bytes { data: b.as_ptr(), len: b.len() }).collect();
-    let mut out = rayhpc_output { result: Vec::new(), error: None };
-    let rc = f(args.as_ptr(), args.len(), &mut out);
-    if rc == 0 {
-        Ok(out.result)
-    } else {
-        let message = out.error.unwrap_or_else(|| format!("{} returned {rc}", what()));
-        Err(RawFailure { kind: FailureKind::Error, message, payload: None })
-    }
+    native::call(inputs, what, |args, n, out| f(args.cast(), n, out.cast()))
 }
 
 impl CFn {
@@ -542,7 +570,7 @@ fn register_fn(name: &str, f: CFn, nargs: i32) {
     let owned = name.to_string();
     let raw = raw_function(name, move |inputs: &[&[u8]]| f.call(&owned, inputs));
     let mut funcs = FUNCS.write().unwrap_or_else(|e| e.into_inner());
-    funcs.get_or_insert_with(HashMap::new).insert(name.to_string(), Func { raw, nargs, name: name.into() });
+    funcs.get_or_insert_with(HashMap::new).insert(name.to_string(), Func { raw: Some(raw), nargs, name: name.into() });
 }
 
 /// Registers task function `f` under `name`, taking exactly `nargs` arguments (-1: any
@@ -575,32 +603,13 @@ pub unsafe extern "C" fn rayhpc_register(name: *const c_char, f: rayhpc_task_fn,
 /// `rayhpc_task_fn` signature) and registers it under that name, taking any number of
 /// arguments. The library stays loaded.
 fn load(name: &str) -> Result<(), rayhpc_status> {
-    let (lib, sym) = name.rsplit_once(':').ok_or_else(|| fail(RAYHPC_E_UNKNOWN_FUNCTION, format!("no function registered as {name:?}")))?;
-    let clib = CString::new(lib).map_err(|_| fail(RAYHPC_E_INVALID, "library path with a NUL"))?;
-    let csym = CString::new(sym).map_err(|_| fail(RAYHPC_E_INVALID, "symbol with a NUL"))?;
-    // SAFETY: a valid NUL-terminated path; dlopen has no other precondition. Loading runs the
-    // library's constructors: the caller named the library to run code from it.
-    let h = unsafe { libc::dlopen(clib.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
-    if h.is_null() {
-        // SAFETY: dlerror takes nothing and returns NULL or a NUL-terminated string valid
-        // until the next dl call on this thread.
-        let why = unsafe { libc::dlerror() };
-        let why = if why.is_null() {
-            String::new()
-        } else {
-            // SAFETY: non-null, NUL-terminated, and no dl call happens before it is copied.
-            unsafe { CStr::from_ptr(why) }.to_string_lossy().into_owned()
-        };
-        return Err(fail(RAYHPC_E_UNKNOWN_FUNCTION, format!("no function {name:?}: cannot load {lib:?}: {why}")));
+    if !name.contains(':') {
+        return Err(fail(RAYHPC_E_UNKNOWN_FUNCTION, format!("no function registered as {name:?}")));
     }
-    // SAFETY: a handle dlopen returned, and a valid NUL-terminated symbol name.
-    let p = unsafe { libc::dlsym(h, csym.as_ptr()) };
-    if p.is_null() {
-        return Err(fail(RAYHPC_E_UNKNOWN_FUNCTION, format!("no function {name:?}: {lib:?} has no symbol {sym:?}")));
-    }
-    // SAFETY: the caller promises (by naming it) that the symbol is a function of the
-    // `rayhpc_task_fn` signature; function and data pointers have the same size here.
-    let f: unsafe extern "C" fn(*const rayhpc_bytes, usize, *mut rayhpc_output, *mut c_void) -> i32 = unsafe { std::mem::transmute(p) };
+    let f = native::load(name).map_err(|e| fail(RAYHPC_E_UNKNOWN_FUNCTION, format!("no function {name:?}: {e}")))?;
+    // SAFETY: the same signature (the C API's `rayhpc_task_fn` is `NativeFn` with the C
+    // API's names for the same `repr(C)` types).
+    let f: unsafe extern "C" fn(*const rayhpc_bytes, usize, *mut rayhpc_output, *mut c_void) -> i32 = unsafe { std::mem::transmute(f) };
     register_fn(name, CFn { f, user: std::ptr::null_mut() }, -1);
     Ok(())
 }
@@ -661,6 +670,13 @@ pub unsafe extern "C" fn rayhpc_submit(
             }
             // SAFETY: the caller's contract.
             let name = unsafe { text(name, "name") }?;
+            if attached::on() {
+                // SAFETY: the caller's contract, passed on.
+                let h = unsafe { attached::submit(name, args, nargs, options) }?;
+                // SAFETY: non-null, writable.
+                unsafe { out.write(h) };
+                return Ok(());
+            }
             if RT.read().unwrap_or_else(|e| e.into_inner()).is_none() {
                 return Err(fail(RAYHPC_E_NOT_INITIALIZED, "rayhpc is not initialized: call rayhpc_init() first"));
             }
@@ -727,7 +743,17 @@ pub unsafe extern "C" fn rayhpc_lookup(name: *const c_char, out: *mut rayhpc_fn)
         status_of((|| {
             // SAFETY: the caller's contract.
             let name = unsafe { text(name, "name") }?;
-            let f = function(name)?;
+            let f = if attached::on() {
+                if !name.contains(':') {
+                    return Err(fail(
+                        RAYHPC_E_UNKNOWN_FUNCTION,
+                        format!("{name:?}: attached to a node runtime, only library:symbol functions run (the node loads them)"),
+                    ));
+                }
+                Func { raw: None, nargs: -1, name: name.into() }
+            } else {
+                function(name)?
+            };
             let i = LOOKED_UP.push(f).ok_or_else(|| fail(RAYHPC_E_INVALID, "too many function lookups (over two billion)"))?;
             let h = i as u64 + 1;
             // SAFETY: the caller's contract.
@@ -775,6 +801,17 @@ unsafe fn submit_to(
     options: *const rayhpc_options,
     out: *mut rayhpc_ref,
 ) -> Result<(), rayhpc_status> {
+    if attached::on() {
+        // SAFETY: the caller's contract, passed on.
+        let h = unsafe { attached::submit(&f.name, args, nargs, options) }?;
+        // SAFETY: non-null, writable (the caller's contract).
+        unsafe { out.write(h) };
+        return Ok(());
+    }
+    let raw = match f.raw {
+        Some(r) => r,
+        None => function(&f.name)?.raw.ok_or_else(|| fail(RAYHPC_E_UNKNOWN_FUNCTION, format!("no function {:?}", f.name)))?,
+    };
     // SAFETY: the caller's contract, passed on.
     let opts = unsafe { check_call(f, args, nargs, options) }?;
     let rt = RT.read().unwrap_or_else(|e| e.into_inner());
@@ -782,7 +819,7 @@ unsafe fn submit_to(
     let mut refs = lock(&REFS);
     // SAFETY: the caller's contract, passed on.
     let raw_args = unsafe { raw_args_in(args, nargs, &refs) }?;
-    let r = f.raw.remote(rt, raw_args, opts.as_ref().unwrap_or(&DEFAULT_OPTIONS)).map_err(|e| from_error(&e))?;
+    let r = raw.remote(rt, raw_args, opts.as_ref().unwrap_or(&DEFAULT_OPTIONS)).map_err(|e| from_error(&e))?;
     let h = refs.insert(r);
     // SAFETY: non-null, writable (the caller's contract).
     unsafe { out.write(h) };
@@ -860,6 +897,30 @@ pub unsafe extern "C" fn rayhpc_call_batch(calls: *const rayhpc_call_spec, n: us
                 let msg = LAST.with(|m| m.borrow().to_string_lossy().into_owned());
                 fail(s, format!("call {i}: {msg}"))
             };
+            if attached::on() {
+                // Each call is a request to the node; a failure midway leaves no ref made.
+                let mut made = Vec::with_capacity(n);
+                for (i, c) in specs.iter().enumerate() {
+                    let r = func_of(i, c).and_then(|f| {
+                        // SAFETY: the caller's contract for each spec.
+                        unsafe { attached::submit(&f.name, c.args, c.nargs, c.options) }.map_err(|s| in_call(i, s))
+                    });
+                    match r {
+                        Ok(h) => made.push(h),
+                        Err(s) => {
+                            for h in made {
+                                attached::ref_release(h);
+                            }
+                            return Err(s);
+                        }
+                    }
+                }
+                for (i, h) in made.into_iter().enumerate() {
+                    // SAFETY: `out` has `n` writable entries (the caller's contract).
+                    unsafe { out.add(i).write(h) };
+                }
+                return Ok(());
+            }
             // The runtime's read lock and the refs' lock are held for the whole batch: what
             // the first pass checks, the second uses, and nothing in between can change it.
             let rt = RT.read().unwrap_or_else(|e| e.into_inner());
@@ -883,7 +944,13 @@ pub unsafe extern "C" fn rayhpc_call_batch(calls: *const rayhpc_call_spec, n: us
                     let opts = unsafe { check_call(f, c.args, c.nargs, c.options) }?;
                     // SAFETY: as above.
                     let args = unsafe { raw_args_in(c.args, c.nargs, &refs) }?;
-                    f.raw.remote(rt, args, opts.as_ref().unwrap_or(&DEFAULT_OPTIONS)).map_err(|e| from_error(&e))
+                    let raw = match f.raw {
+                        Some(r) => r,
+                        None => {
+                            function(&f.name)?.raw.ok_or_else(|| fail(RAYHPC_E_UNKNOWN_FUNCTION, format!("no function {:?}", f.name)))?
+                        }
+                    };
+                    raw.remote(rt, args, opts.as_ref().unwrap_or(&DEFAULT_OPTIONS)).map_err(|e| from_error(&e))
                 })();
                 match made {
                     // SAFETY: `out` has `n` writable entries (the caller's contract); i < n.
@@ -919,6 +986,16 @@ pub unsafe extern "C" fn rayhpc_ref_release_batch(refs: *const rayhpc_ref, n: us
         }
         // SAFETY: non-null and `n` long (the caller's contract).
         let hs = unsafe { std::slice::from_raw_parts(refs, n) };
+        if hs.iter().any(|h| h & attached::TAG != 0) {
+            let mut status = RAYHPC_OK;
+            for &h in hs {
+                let s = attached::ref_release(h);
+                if status == RAYHPC_OK {
+                    status = s;
+                }
+            }
+            return status;
+        }
         let mut bad = None;
         let dropped: Vec<_> = {
             let mut table = lock(&REFS);
@@ -955,6 +1032,11 @@ pub unsafe extern "C" fn rayhpc_put(data: *const c_void, len: usize, out: *mut r
             }
             // SAFETY: the caller's contract.
             let b = unsafe { bytes(data.cast(), len, "data") }?;
+            if attached::on() {
+                let h = attached::put(b)?;
+                // SAFETY: non-null, writable.
+                return unsafe { put_out(out, h, "out") };
+            }
             let rt = runtime()?;
             let r = rt.put_bytes(b).map_err(|e| from_error(&e))?;
             let h = lock(&REFS).insert(r);
@@ -966,6 +1048,11 @@ pub unsafe extern "C" fn rayhpc_put(data: *const c_void, len: usize, out: *mut r
 
 fn ref_of(h: rayhpc_ref) -> Result<ObjectRef<Untyped>, rayhpc_status> {
     lock(&REFS).get(h).cloned().ok_or_else(|| fail(RAYHPC_E_BAD_HANDLE, format!("ref {h:#x} is released or was never made")))
+}
+
+/// A timeout as the node takes it: seconds, `None` for ever.
+fn wire_timeout(t: f64) -> Result<Option<f64>, rayhpc_status> {
+    Ok(timeout_of(t)?.map(|d| d.as_secs_f64()))
 }
 
 /// A timeout in seconds: negative or infinite waits forever (as do values past ten years);
@@ -1011,6 +1098,11 @@ pub unsafe extern "C" fn rayhpc_get(r: rayhpc_ref, timeout_s: f64, out: *mut ray
             if out.is_null() {
                 return Err(fail(RAYHPC_E_NULL, "out is NULL"));
             }
+            if attached::on() {
+                let h = attached::view(r, wire_timeout(timeout_s)?)?;
+                // SAFETY: non-null, writable.
+                return unsafe { put_out(out, h, "out") };
+            }
             let v = view_of(r, timeout_s)?;
             let h = lock(&VIEWS).insert(v);
             // SAFETY: non-null, writable.
@@ -1029,6 +1121,16 @@ pub unsafe extern "C" fn rayhpc_view_data(v: rayhpc_view, data: *mut *const u8, 
         status_of((|| {
             if data.is_null() || len.is_null() {
                 return Err(fail(RAYHPC_E_NULL, "data or len is NULL"));
+            }
+            if v & attached::TAG != 0 {
+                return attached::with_view(v, |b| {
+                    // SAFETY: both non-null and writable; the bytes stay in place while the view
+                    // is held in the table.
+                    unsafe {
+                        data.write(b.as_ptr());
+                        len.write(b.len());
+                    }
+                });
             }
             let views = lock(&VIEWS);
             let view = views.get(v).ok_or_else(|| fail(RAYHPC_E_BAD_HANDLE, format!("view {v:#x} is released or was never made")))?;
@@ -1072,6 +1174,9 @@ pub unsafe extern "C" fn rayhpc_get_into(r: rayhpc_ref, timeout_s: f64, buf: *mu
                 }
                 Ok(())
             };
+            if attached::on() {
+                return copy(&attached::value(r, wire_timeout(timeout_s)?)?);
+            }
             // The common case, a small result already there, is copied under the handles'
             // lock: no view, no runtime, no wait. (A handle that is not valid takes the full
             // path, which tells a shutdown from a bad handle.)
@@ -1090,6 +1195,9 @@ pub unsafe extern "C" fn rayhpc_get_into(r: rayhpc_ref, timeout_s: f64, buf: *mu
 #[no_mangle]
 pub extern "C" fn rayhpc_view_release(v: rayhpc_view) -> rayhpc_status {
     guard(|| {
+        if v & attached::TAG != 0 {
+            return attached::view_release(v);
+        }
         // Taken out under the lock, dropped after it.
         let view = lock(&VIEWS).remove(v);
         view.map_or_else(|| fail(RAYHPC_E_BAD_HANDLE, format!("view {v:#x} is released or was never made")), |_| RAYHPC_OK)
@@ -1100,6 +1208,9 @@ pub extern "C" fn rayhpc_view_release(v: rayhpc_view) -> rayhpc_status {
 #[no_mangle]
 pub extern "C" fn rayhpc_ref_release(r: rayhpc_ref) -> rayhpc_status {
     guard(|| {
+        if r & attached::TAG != 0 {
+            return attached::ref_release(r);
+        }
         // Taken out under the lock, dropped after it.
         let r2 = lock(&REFS).remove(r);
         r2.map_or_else(|| fail(RAYHPC_E_BAD_HANDLE, format!("ref {r:#x} is released or was never made")), |_| RAYHPC_OK)
@@ -1130,6 +1241,20 @@ pub unsafe extern "C" fn rayhpc_wait(
             }
             if num_returns > n {
                 return Err(fail(RAYHPC_E_INVALID, format!("num_returns {num_returns} is more than the {n} refs")));
+            }
+            if attached::on() {
+                // SAFETY: non-null and `n` long (the caller's contract).
+                let hs = if n == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(refs, n) } };
+                let got = attached::wait(hs, num_returns, wire_timeout(timeout_s)?)?;
+                for (i, r) in got.iter().enumerate() {
+                    // SAFETY: `ready` has `n` writable bytes (the caller's contract).
+                    unsafe { ready.add(i).write(u8::from(*r)) };
+                }
+                if !num_ready.is_null() {
+                    // SAFETY: non-null, writable.
+                    unsafe { num_ready.write(got.iter().filter(|r| **r).count()) };
+                }
+                return Ok(());
             }
             let rt = runtime()?;
             // SAFETY: non-null and `n` long (the caller's contract).
@@ -1167,33 +1292,13 @@ pub unsafe extern "C" fn rayhpc_wait(
 #[no_mangle]
 pub unsafe extern "C" fn rayhpc_output_set(out: *mut rayhpc_output, data: *const c_void, len: usize) -> rayhpc_status {
     guard(|| {
-        status_of((|| {
-            if out.is_null() {
-                return Err(fail(RAYHPC_E_NULL, "out is NULL"));
-            }
-            if len > 0 && data.is_null() {
-                return Err(fail(RAYHPC_E_NULL, format!("data is NULL with a length of {len}")));
-            }
-            // SAFETY: non-null; a live output of the running call (the caller's contract).
-            let o = unsafe { &mut *out };
-            let (start, end) = (o.result.as_ptr() as usize, o.result.as_ptr() as usize + o.result.len());
-            let src = data as usize;
-            if len > 0 && src >= start && src + len <= end {
-                // `data` is (part of) the buffer `rayhpc_output_alloc` gave: move within it.
-                let from = src - start;
-                o.result.copy_within(from..from + len, 0);
-                o.result.truncate(len);
-            } else {
-                // SAFETY: `len` readable bytes at `data` (the caller's contract), outside
-                // `o.result` (checked above), so no reference to them aliases the output.
-                let b = unsafe { bytes(data.cast(), len, "data") }?;
-                let mut v = Vec::new();
-                v.try_reserve_exact(len).map_err(|_| fail(RAYHPC_E_STORE, format!("cannot allocate {len} bytes for the result")))?;
-                v.extend_from_slice(b);
-                o.result = v;
-            }
-            Ok(())
-        })())
+        // SAFETY: the caller's contract: NULL or the output passed to the running task.
+        let ops = match unsafe { native::ops_of(native_out(out)) } {
+            Ok(o) => o,
+            Err(s) => return output_status(s, "out"),
+        };
+        // SAFETY: a live output (checked), the caller's contract for `data`.
+        output_status(unsafe { (ops.set)(native_out(out), data, len) }, "data")
     })
 }
 
@@ -1206,20 +1311,13 @@ pub unsafe extern "C" fn rayhpc_output_set(out: *mut rayhpc_output, data: *const
 #[no_mangle]
 pub unsafe extern "C" fn rayhpc_output_alloc(out: *mut rayhpc_output, len: usize, buf: *mut *mut c_void) -> rayhpc_status {
     guard(|| {
-        status_of((|| {
-            if out.is_null() || buf.is_null() {
-                return Err(fail(RAYHPC_E_NULL, "out or buf is NULL"));
-            }
-            // SAFETY: non-null; a live output of the running call (the caller's contract).
-            let o = unsafe { &mut *out };
-            let mut v = Vec::new();
-            v.try_reserve_exact(len).map_err(|_| fail(RAYHPC_E_STORE, format!("cannot allocate {len} bytes for the result")))?;
-            v.resize(len, 0);
-            o.result = v;
-            // SAFETY: non-null, writable.
-            unsafe { buf.write(o.result.as_mut_ptr().cast()) };
-            Ok(())
-        })())
+        // SAFETY: as in `rayhpc_output_set`.
+        let ops = match unsafe { native::ops_of(native_out(out)) } {
+            Ok(o) => o,
+            Err(s) => return output_status(s, "out"),
+        };
+        // SAFETY: a live output (checked), the caller's contract for `buf`.
+        output_status(unsafe { (ops.alloc)(native_out(out), len, buf) }, "buf")
     })
 }
 
@@ -1230,17 +1328,24 @@ pub unsafe extern "C" fn rayhpc_output_alloc(out: *mut rayhpc_output, len: usize
 #[no_mangle]
 pub unsafe extern "C" fn rayhpc_output_error(out: *mut rayhpc_output, message: *const c_char) -> rayhpc_status {
     guard(|| {
-        status_of((|| {
-            if out.is_null() {
-                return Err(fail(RAYHPC_E_NULL, "out is NULL"));
-            }
-            // SAFETY: the caller's contract.
-            let m = unsafe { text(message, "message") }?;
-            // SAFETY: non-null; a live output of the running call.
-            unsafe { (*out).error = Some(m.to_string()) };
-            Ok(())
-        })())
+        // SAFETY: as in `rayhpc_output_set`.
+        let ops = match unsafe { native::ops_of(native_out(out)) } {
+            Ok(o) => o,
+            Err(s) => return output_status(s, "out"),
+        };
+        // SAFETY: a live output (checked), the caller's contract for `message`.
+        output_status(unsafe { (ops.error)(native_out(out), message) }, "message")
     })
+}
+
+/// An output operation's status, with its message.
+fn output_status(s: i32, what: &str) -> rayhpc_status {
+    match s {
+        native::status::OK => RAYHPC_OK,
+        native::status::NULL => fail(RAYHPC_E_NULL, format!("{what} is NULL")),
+        native::status::STORE => fail(RAYHPC_E_STORE, "cannot allocate memory for the result"),
+        _ => fail(RAYHPC_E_INVALID, format!("{what}: not the output of a running task")),
+    }
 }
 
 // ---------------------------------------------------------------------------- actors
@@ -1498,6 +1603,12 @@ pub unsafe extern "C" fn rayhpc_actor_create(
 ) -> rayhpc_status {
     guard(|| {
         status_of((|| {
+            if attached::on() {
+                return Err(fail(
+                    RAYHPC_E_INVALID,
+                    "actors need the embedded runtime: a program attached to a node runtime cannot use them yet",
+                ));
+            }
             if out.is_null() {
                 return Err(fail(RAYHPC_E_NULL, "out is NULL"));
             }
@@ -1541,6 +1652,12 @@ pub unsafe extern "C" fn rayhpc_actor_call(
 ) -> rayhpc_status {
     guard(|| {
         status_of((|| {
+            if attached::on() {
+                return Err(fail(
+                    RAYHPC_E_INVALID,
+                    "actors need the embedded runtime: a program attached to a node runtime cannot use them yet",
+                ));
+            }
             if out.is_null() {
                 return Err(fail(RAYHPC_E_NULL, "out is NULL"));
             }

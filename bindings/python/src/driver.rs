@@ -281,8 +281,15 @@ pub fn init(
     if g.is_some() {
         return Err(PyRuntimeError::new_err("rayhpc is already initialized"));
     }
-    let cfg =
-        NodeConfig { python: python.into(), sys_path, num_cpus, num_gpus, resources: resources.unwrap_or_default(), object_store_memory };
+    let cfg = NodeConfig {
+        python: python.into(),
+        sys_path,
+        num_cpus,
+        num_gpus,
+        resources: resources.unwrap_or_default(),
+        object_store_memory,
+        node_id: 0,
+    };
     let node = Node::start(cfg).map_err(|e| match e {
         rayhpc_node::NodeError::Runtime(e) => py_err(e),
         rayhpc_node::NodeError::Invalid(m) => PyValueError::new_err(m),

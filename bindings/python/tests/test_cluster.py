@@ -154,6 +154,7 @@ def test_status_shows_every_node_and_stop_stops_them(tmp_path):
     # A wrong secret is refused, and the cluster goes on.
     bad = tmp_path / "bad-secret"
     bad.write_bytes(b"x" * 32)
+    bad.chmod(0o600)
     head = nodes[0]["address"] if nodes[0]["rank"] == 0 else [n for n in nodes if n["rank"] == 0][0]["address"]
     r = subprocess.run([rayhpc_binary(), "status", "--address", head, "--secret-file", str(bad)], env=env,
                        capture_output=True, text=True, timeout=30)

@@ -3,6 +3,7 @@ with `import rayhpc as ray`, and what it prints checked against what Ray prints.
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -37,10 +38,18 @@ EXPECTED = {
 }
 
 
+# A command prefix that runs each program as the driver of a `rayhpc launch` instead (on a
+# Slurm cluster: slurm/launch-test.sh sets it); the programs themselves stay unchanged.
+RUNNER = os.environ.get("RAYHPC_SEED_RUNNER")
+
+
 def run(script):
     env = dict(os.environ)
     env["PYTHONPATH"] = SEEDS + os.pathsep + env.get("PYTHONPATH", "")
-    p = subprocess.run([sys.executable, script], cwd=SEEDS, env=env, capture_output=True, text=True, timeout=120)
+    cmd = [sys.executable, script]
+    if RUNNER:
+        cmd = shlex.split(RUNNER) + [sys.executable, os.path.join(SEEDS, script)]
+    p = subprocess.run(cmd, cwd=SEEDS, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, f"{script} exited with {p.returncode}\n{p.stdout}\n{p.stderr}"
     return p.stdout.splitlines()
 

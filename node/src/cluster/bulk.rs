@@ -31,11 +31,16 @@ const TICKET_LIFE: Duration = Duration::from_secs(30);
 pub struct Ticket {
     /// What the stream must start with.
     pub ticket: [u8; 16],
-    /// The exporter's bulk port (same address as its endpoint).
-    pub port: u16,
+    /// Where the exporter's bulk listener is.
+    pub addr: SocketAddr,
     /// The object's length.
     pub len: u64,
 }
+
+/// Streams waiting for their ticket at once, at most (more are closed at once).
+const MAX_PENDING: usize = 32;
+/// How long a stream may take to present its ticket.
+const TICKET_WAIT: Duration = Duration::from_secs(2);
 
 /// How many streams a pull of `len` bytes uses: one up to 64 MiB, then one more per 256 MiB,
 /// at most 4.
@@ -52,8 +57,16 @@ type Tickets = HashMap<[u8; 16], (ObjectRef<Untyped>, Instant)>;
 
 /// A node's bulk listener and the tickets it gave out.
 pub struct BulkServer {
-    port: u16,
+    addr: SocketAddr,
     tickets: Mutex<Tickets>,
+    pending: std::sync::atomic::AtomicUsize,
+}
+
+impl Drop for BulkServer {
+    fn drop(&mut self) {
+        // Wakes the accept thread, which then sees the server gone and ends.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(100));
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -67,21 +80,25 @@ impl BulkServer {
     /// The listener cannot be made.
     pub fn start(ip: IpAddr) -> std::io::Result<Arc<BulkServer>> {
         let l = TcpListener::bind((ip, 0))?;
-        let s = Arc::new(BulkServer { port: l.local_addr()?.port(), tickets: Mutex::new(HashMap::new()) });
+        let s = Arc::new(BulkServer { addr: l.local_addr()?, tickets: Mutex::new(HashMap::new()), pending: 0.into() });
         let weak = Arc::downgrade(&s);
         std::thread::Builder::new().name("rayhpc-bulk".into()).spawn(move || {
             for conn in l.incoming() {
                 let Some(s) = weak.upgrade() else { break };
                 let Ok(conn) = conn else { continue };
+                if s.pending.fetch_add(1, std::sync::atomic::Ordering::AcqRel) >= MAX_PENDING {
+                    s.pending.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                    continue; // too many strangers at once: closed
+                }
                 let _ = std::thread::Builder::new().name("rayhpc-bulk-out".into()).spawn(move || s.serve(conn));
             }
         })?;
         Ok(s)
     }
 
-    /// The listener's port.
-    pub fn port(&self) -> u16 {
-        self.port
+    /// The listener's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// A ticket for one stream of `object`, which it keeps alive until then.
@@ -97,9 +114,11 @@ impl BulkServer {
 
     fn serve(&self, mut conn: TcpStream) {
         let peer = conn.peer_addr().map_or_else(|_| "?".into(), |a| a.to_string());
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+        let _ = conn.set_read_timeout(Some(TICKET_WAIT));
         let mut t = [0u8; 16];
-        if conn.read_exact(&mut t).is_err() {
+        let got = conn.read_exact(&mut t);
+        self.pending.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        if got.is_err() {
             eprintln!("rayhpc[bulk]: dropped {peer}: no ticket");
             return;
         }
@@ -107,7 +126,7 @@ impl BulkServer {
         let object = {
             let mut tickets = lock(&self.tickets);
             let found = tickets.keys().copied().find(|k| k.iter().zip(&t).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0);
-            found.and_then(|k| tickets.remove(&k)).map(|(o, _)| o)
+            found.and_then(|k| tickets.remove(&k)).filter(|(_, at)| at.elapsed() < TICKET_LIFE).map(|(o, _)| o)
         };
         let Some(object) = object else {
             eprintln!("rayhpc[bulk]: dropped {peer}: not a valid ticket");
@@ -117,7 +136,7 @@ impl BulkServer {
             eprintln!("rayhpc[bulk]: dropped {peer}: the object cannot be read");
             return;
         };
-        let _ = conn.set_read_timeout(None);
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(60)));
         let _ = conn.set_nodelay(true);
         let mut req = [0u8; 16];
         while conn.read_exact(&mut req).is_ok() {
@@ -166,7 +185,7 @@ fn stream(peer: &Peer, id: u128, off: u64, part: &mut [u8]) -> Result<(), String
     let ask = postcard::to_allocvec(&id).map_err(|e| e.to_string())?;
     let f = peer.request(BULK_TICKET, &ask, Duration::from_secs(30)).map_err(|e| format!("{}: {e}", what()))?;
     let t: Ticket = postcard::from_bytes(&f.payload).map_err(|e| format!("{}: a bad ticket: {e}", what()))?;
-    let mut s = TcpStream::connect(SocketAddr::new(peer.remote_addr().ip(), t.port)).map_err(|e| format!("{}: {e}", what()))?;
+    let mut s = TcpStream::connect(t.addr).map_err(|e| format!("{}: {e}", what()))?;
     let _ = s.set_nodelay(true);
     let mut req = Vec::with_capacity(32);
     req.extend_from_slice(&t.ticket);

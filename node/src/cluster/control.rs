@@ -72,13 +72,6 @@ pub enum Request {
     },
     /// The node table (for `rayhpc status` and drivers).
     View,
-    /// Answered once `n` nodes have joined, or at the timeout with what has.
-    AwaitNodes {
-        /// How many.
-        n: u32,
-        /// Milliseconds to wait at most.
-        timeout_ms: u64,
-    },
     /// Stores a value under a key (the KV store); watchers are told.
     KvPut {
         /// Key.
@@ -221,8 +214,7 @@ impl Head {
         dead
     }
 
-    /// Answers one request. (`AwaitNodes` is the server's to hold; here it answers with the
-    /// view at once.)
+    /// Answers one request.
     pub fn handle(&mut self, r: Request, now: Instant) -> Response {
         match r {
             Request::Join(mut info) => {
@@ -268,7 +260,7 @@ impl Head {
                 }
                 Response::Ok
             }
-            Request::View | Request::AwaitNodes { .. } => Response::View { version: self.version, nodes: self.view() },
+            Request::View => Response::View { version: self.version, nodes: self.view() },
             Request::KvPut { key, value } => {
                 self.kv.insert(key, value);
                 Response::Ok

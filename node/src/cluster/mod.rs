@@ -25,8 +25,8 @@ use rayhpc_transport::{Config, Endpoint, Frame, Kind, NodeId, Peer};
 
 use self::control::{Head, Load, NodeInfo, Request, Response, CONTROL};
 use self::remote::{Candidate, Remote};
-use crate::pool::Router;
-use crate::wire::{Key, WireOptions};
+use crate::pool::{Router, TaskFn};
+use crate::wire::WireOptions;
 use crate::Node;
 use rayhpc::raw::RawArg;
 use rayhpc::{Error, ObjectRef, Untyped};
@@ -215,6 +215,14 @@ impl Cluster {
             }
         }
         node.pool().set_router(Arc::new(RouterOf(Arc::downgrade(&inner))));
+        let weak = Arc::downgrade(&inner);
+        inner.remote.set_replace(Box::new(move |p| {
+            let Some(inner) = weak.upgrade() else { return };
+            // Live nodes only (no dialing from here), else this node.
+            let nodes = inner.candidates();
+            let peer = inner.remote.place_for(&p, &nodes).and_then(|c| inner.endpoint.get().and_then(|e| e.peer(c.node)));
+            inner.remote.resend(p, peer);
+        }));
         let i = inner.clone();
         let ticker = std::thread::Builder::new()
             .name("rayhpc-heartbeat".into())
@@ -425,33 +433,17 @@ impl Inner {
                 return;
             }
         };
-        let answer = match req {
-            Request::AwaitNodes { n, timeout_ms } => {
-                let deadline = Instant::now() + Duration::from_millis(timeout_ms.min(600_000));
-                let mut g = lock(h);
-                while g.alive() < n as usize && Instant::now() < deadline {
-                    g = cv.wait_timeout(g, deadline.saturating_duration_since(Instant::now())).unwrap_or_else(|e| e.into_inner()).0;
-                }
-                g.handle(Request::View, Instant::now())
-            }
-            req => {
-                let shutdown = matches!(req, Request::Shutdown);
-                let a = lock(h).handle(req, Instant::now());
-                cv.notify_all();
-                if shutdown {
-                    self.set_stop("stopped by a shutdown request (rayhpc stop)");
-                }
-                a
-            }
-        };
+        let shutdown = matches!(req, Request::Shutdown);
+        let answer = lock(h).handle(req, Instant::now());
+        cv.notify_all();
+        if shutdown {
+            self.set_stop("stopped by a shutdown request (rayhpc stop)");
+        }
         let _ = peer.respond(frame.id, Kind(CONTROL), &postcard::to_allocvec(&answer).expect("answers serialize"));
     }
 
     fn on_disconnect(&self, peer: &Peer, reason: &str) {
-        let nodes = self.candidates();
-        let nodes: Vec<_> = nodes.into_iter().filter(|c| c.node != peer.node()).collect();
-        let remote = self.remote.clone();
-        self.remote.on_disconnect(peer.node(), reason, |p| remote.resend(p, &nodes, |c| self.peer_of(c)));
+        self.remote.on_disconnect(peer.node(), reason);
         if let Some((h, cv)) = &self.head {
             lock(h).disconnected(peer.node().0);
             cv.notify_all();
@@ -508,7 +500,7 @@ struct RouterOf(std::sync::Weak<Inner>);
 impl Router for RouterOf {
     fn route(
         &self,
-        key: Key,
+        func: TaskFn,
         args: Vec<RawArg>,
         options: &WireOptions,
         here: &dyn Fn(Vec<RawArg>) -> Result<ObjectRef<Untyped>, Error>,
@@ -520,11 +512,26 @@ impl Router for RouterOf {
         let nodes = inner.candidates();
         match inner.remote.place(options, &nodes) {
             Some(c) => match inner.peer_of(&c) {
-                Some(peer) => inner.remote.submit(&peer, key, args, options.clone()),
+                Some(peer) => inner.remote.submit(&peer, func, args, options.clone()),
                 None => inner.remote.run_here(args, options, here),
             },
             None => inner.remote.run_here(args, options, here),
         }
+    }
+
+    fn actor_call(&self, actor: u128, method: &str, args: Vec<RawArg>) -> Option<Result<ObjectRef<Untyped>, Error>> {
+        let inner = self.0.upgrade()?;
+        // An actor's id names the node that made it (ids are `node | worker | seq`).
+        let owner = (actor >> 96) as u32;
+        if owner == inner.rank {
+            return None;
+        }
+        let c = inner.candidates().into_iter().find(|c| c.node == NodeId(u64::from(owner)))?;
+        let peer = inner.peer_of(&c)?;
+        let func = TaskFn::Method { actor, method: method.to_string() };
+        // No retries: a call lost with its node finds the actor gone.
+        let options = WireOptions { num_cpus: Some(0.0), max_retries: Some(0), ..WireOptions::default() };
+        Some(inner.remote.submit(&peer, func, args, options))
     }
 }
 

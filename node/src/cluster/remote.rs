@@ -1,10 +1,13 @@
 //! Tasks and objects across nodes.
 //!
-//! **Placement.** A Python task is submitted where its driver or worker runs. When this node
-//! lacks what the task asks for, or has none of it free now, [`Remote::route`] sends it to a
-//! node of the view that has (the most free; among equals the one holding the most of its
-//! input bytes); otherwise it stays here and queues. A node never forwards a task it got
+//! **Placement.** A task (Python, or native `library:symbol`) is submitted where its driver
+//! or worker runs. [`Remote::place`] keeps it here while it fits here, else picks the least
+//! loaded node that has what it asks for (see there). A node never forwards a task it got
 //! from another node (no ping-pong).
+//!
+//! **Threads.** Nothing here blocks a connection's reader or an executor: messages and
+//! completions are handed to one service thread per node (`rayhpc-remote`), which writes
+//! answers; each pull runs on a thread of its own.
 //!
 //! **Messages** (one-way transport frames, so that no thread waits per task):
 //! - `TASK` owner → executor: the function's key and pickled body, the arguments (bytes, or
@@ -17,9 +20,10 @@
 //!   RDMA read can take its place;
 //! - `UNEXPORT`: the puller has its copy; the exporter lets its object go.
 //!
-//! **Failures.** When a node's connection ends, every task sent to it is sent again (to
-//! another node, or run here) while its `max_retries` allows, else fails as a lost worker;
-//! objects being pulled from it fail with [`Error::ObjectLost`].
+//! **Failures.** When a node's connection ends (or a send to it fails), every task sent to
+//! it is placed again (on another live node, or here) while its `max_retries` allows, else
+//! fails as a lost worker; so is a task whose worker process died over there. Objects being
+//! pulled from it fail with [`Error::ObjectLost`]; what this node exported for it is let go.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +36,7 @@ use rayhpc_transport::{Kind, NodeId, Peer};
 use serde::{Deserialize, Serialize};
 
 use super::bulk::{self, BulkServer, Ticket, BULK_TICKET};
-use crate::pool::{failure_of, to_options, Pool};
+use crate::pool::{failure_of, to_options, Pool, TaskFn};
 use crate::wire::{Key, WireFailure, WireOptions};
 
 /// Owner → executor: run this task.
@@ -57,11 +61,21 @@ enum Arg {
     Object { id: u128, len: u64 },
 }
 
+/// A forwarded task's function.
+#[derive(Serialize, Deserialize, Debug)]
+enum MsgFn {
+    /// A Python function: its key and pickled body (the executor may not know it).
+    Python { key: Key, blob: Vec<u8> },
+    /// A native `library:symbol` function.
+    Native(String),
+    /// A method of an actor of the receiving node.
+    Method { actor: u128, method: String },
+}
+
 #[derive(Serialize, Deserialize, Debug)]
 struct TaskMsg {
     seq: u64,
-    key: Key,
-    blob: Vec<u8>,
+    func: MsgFn,
     args: Vec<Arg>,
     options: WireOptions,
 }
@@ -89,7 +103,7 @@ struct PullMsg {
 /// A task sent to another node, until its outcome is in.
 struct Pending {
     node: NodeId,
-    key: Key,
+    func: TaskFn,
     args: Vec<RawArg>,
     options: WireOptions,
     promise: Promise,
@@ -126,7 +140,15 @@ pub struct Remote {
     pub sent: AtomicU64,
     /// This node's bulk listener (large objects to pullers).
     bulk: std::sync::OnceLock<Arc<BulkServer>>,
+    /// Results exported for each node until it pulled them (dropped if it dies).
+    lent: Mutex<HashMap<NodeId, Vec<u128>>>,
+    /// The service thread's queue.
+    jobs: Mutex<std::sync::mpsc::Sender<Job>>,
+    /// Places a task again (set by the cluster: live nodes only, else here).
+    replace: std::sync::OnceLock<Box<dyn Fn(Resend) + Send + Sync>>,
 }
+
+type Job = Box<dyn FnOnce() + Send>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -172,6 +194,16 @@ fn error_of(f: WireFailure) -> Error {
 impl Remote {
     /// The service of the node whose pool is `pool` and transport id `me`.
     pub fn new(pool: &Arc<Pool>, me: NodeId) -> Arc<Remote> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        // Ends when the last sender (the `Remote`) goes.
+        let spawned = std::thread::Builder::new().name("rayhpc-remote".into()).spawn(move || {
+            for job in rx {
+                job();
+            }
+        });
+        if let Err(e) = spawned {
+            eprintln!("rayhpc node: cannot start the remote service thread: {e}");
+        }
         Arc::new(Remote {
             pool: Arc::downgrade(pool),
             me,
@@ -182,7 +214,20 @@ impl Remote {
             ran_for_others: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             bulk: std::sync::OnceLock::new(),
+            lent: Mutex::new(HashMap::new()),
+            jobs: Mutex::new(tx),
+            replace: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Runs `f` on the service thread.
+    fn defer(&self, f: impl FnOnce() + Send + 'static) {
+        let _ = lock(&self.jobs).send(Box::new(f));
+    }
+
+    /// How a task is placed again (the cluster's view; see [`Remote::resend`]).
+    pub fn set_replace(&self, f: Box<dyn Fn(Resend) + Send + Sync>) {
+        let _ = self.replace.set(f);
     }
 
     /// Serves bulk streams of this node's exports from `server`.
@@ -266,12 +311,18 @@ impl Remote {
     ///
     /// # Errors
     /// This runtime is shut down, or the function is unknown here.
-    pub fn submit(self: &Arc<Self>, peer: &Peer, key: Key, args: Vec<RawArg>, options: WireOptions) -> Result<ObjectRef<Untyped>, Error> {
+    pub fn submit(
+        self: &Arc<Self>,
+        peer: &Peer,
+        func: TaskFn,
+        args: Vec<RawArg>,
+        options: WireOptions,
+    ) -> Result<ObjectRef<Untyped>, Error> {
         let pool = self.pool.upgrade().ok_or(Error::Shutdown)?;
         let (r, promise) = pool.services().rt.promise()?;
         let retries_left = options.max_retries.unwrap_or(rayhpc::DEFAULT_MAX_RETRIES);
         let cpus = options.num_cpus.unwrap_or(1.0);
-        let p = Pending { node: peer.node(), key, args, options, promise, exported: Vec::new(), cpus, retries_left };
+        let p = Pending { node: peer.node(), func, args, options, promise, exported: Vec::new(), cpus, retries_left };
         self.send_when_ready(peer.clone(), p);
         Ok(r)
     }
@@ -282,7 +333,10 @@ impl Remote {
             p.args.iter().filter_map(|a| if let RawArg::Ref(r) = a { (!r.is_ready()).then(|| r.clone()) } else { None }).collect();
         if let Some(first) = unready.first() {
             let me = self.clone();
-            first.on_ready(move || me.send_when_ready(peer, p));
+            first.on_ready(move || {
+                let m = me.clone();
+                me.defer(move || m.send_when_ready(peer, p));
+            });
             return;
         }
         self.send(&peer, p);
@@ -290,13 +344,21 @@ impl Remote {
 
     fn send(self: &Arc<Self>, peer: &Peer, mut p: Pending) {
         let Some(pool) = self.pool.upgrade() else { return };
-        let Some(blob) = pool.function_blob(&p.key) else {
-            p.promise.fail(Error::Invalid("unknown function (not registered in this runtime)".into()));
-            return;
+        let (func, skip) = match &p.func {
+            TaskFn::Python(key) => match pool.function_blob(key) {
+                Some(blob) => (MsgFn::Python { key: *key, blob: blob.to_vec() }, 1),
+                None => {
+                    p.promise.fail(Error::Invalid("unknown function (not registered in this runtime)".into()));
+                    return;
+                }
+            },
+            TaskFn::Native(name) => (MsgFn::Native(name.clone()), 0),
+            TaskFn::Method { actor, method } => (MsgFn::Method { actor: *actor, method: method.clone() }, 0),
         };
         let mut args = Vec::with_capacity(p.args.len());
-        // The first argument is the key itself; `py.task` takes it as its first input.
-        for a in p.args.iter().skip(1) {
+        // A Python task's first argument is the key itself (`py.task` takes it as its first
+        // input): the executor puts it back.
+        for a in p.args.iter().skip(skip) {
             match a {
                 RawArg::Bytes(b) => args.push(Arg::Value(b.clone())),
                 RawArg::Ref(r) => match r.with_inline_bytes(<[u8]>::to_vec) {
@@ -322,7 +384,7 @@ impl Remote {
             }
         }
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let msg = TaskMsg { seq, key: p.key, blob: blob.to_vec(), args, options: p.options.clone() };
+        let msg = TaskMsg { seq, func, args, options: p.options.clone() };
         let bytes = match postcard::to_allocvec(&msg) {
             Ok(b) => b,
             Err(e) => {
@@ -330,13 +392,51 @@ impl Remote {
                 return;
             }
         };
+        if !peer.is_open() {
+            return self.lost(p, peer.node(), "its connection is closed");
+        }
         *lock(&self.inflight).entry(peer.node()).or_default() += p.cpus;
         lock(&self.pending).insert(seq, p);
         self.sent.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = peer.send(TASK, &bytes) {
-            // The connection is gone: the disconnect handler re-sends what was pending on it,
-            // this one included (unless it already ran).
-            eprintln!("rayhpc node: cannot send a task to node {}: {e}", peer.node());
+            // Taken back (unless the disconnect handler already did) and placed again.
+            let back = lock(&self.pending).remove(&seq);
+            if let Some(p) = back {
+                if let Some(n) = lock(&self.inflight).get_mut(&peer.node()) {
+                    *n -= p.cpus;
+                }
+                self.lost(p, peer.node(), &e.to_string());
+            }
+        }
+    }
+
+    /// A task that could not run where it was sent: placed again while its retries allow
+    /// (`max_retries = -1`: always), else failed as a lost worker.
+    fn lost(self: &Arc<Self>, mut p: Pending, node: NodeId, reason: &str) {
+        for id in p.exported.drain(..) {
+            self.unexport(id);
+        }
+        if p.retries_left != 0 {
+            if p.retries_left > 0 {
+                p.retries_left -= 1;
+            }
+            match self.replace.get() {
+                Some(replace) => replace(Resend(p)),
+                None => self.run_local(p),
+            }
+        } else {
+            let function = match &p.func {
+                TaskFn::Python(_) => "py.task".to_string(),
+                TaskFn::Native(n) => n.clone(),
+                TaskFn::Method { method, .. } => method.clone(),
+            };
+            p.promise.fail(Error::Task(Box::new(TaskError {
+                function: function.into(),
+                kind: FailureKind::WorkerDied,
+                message: format!("node {node} could not run it ({reason})"),
+                attempts: 1,
+                payload: None,
+            })));
         }
     }
 
@@ -356,18 +456,30 @@ impl Remote {
 
     /// Handles a message of the kinds above; false if it is none of them.
     pub fn on_message(self: &Arc<Self>, peer: &Peer, kind: Kind, id: u64, payload: &[u8]) -> bool {
-        match kind {
-            TASK => self.on_task(peer, payload),
-            TASK_DONE => self.on_done(peer, payload),
-            PULL => self.on_pull(peer, id, payload),
-            BULK_TICKET => self.on_ticket(peer, id, payload),
-            UNEXPORT => {
-                if let Ok(id) = postcard::from_bytes::<u128>(payload) {
-                    self.unexport(id);
+        if ![TASK, TASK_DONE, PULL, BULK_TICKET, UNEXPORT].contains(&kind) {
+            return false;
+        }
+        // Off the connection's reader: the handling may write (answers, chunks).
+        let (me, peer, payload) = (self.clone(), peer.clone(), payload.to_vec());
+        self.defer(move || match kind {
+            TASK => me.on_task(&peer, &payload),
+            TASK_DONE => me.on_done(&peer, &payload),
+            PULL => me.on_pull(&peer, id, &payload),
+            BULK_TICKET => me.on_ticket(&peer, id, &payload),
+            _ => {
+                if let Ok(id) = postcard::from_bytes::<u128>(&payload) {
+                    // The node pulled a result this node lent it.
+                    let mut lent = lock(&me.lent);
+                    if let Some(ids) = lent.get_mut(&peer.node()) {
+                        if let Some(i) = ids.iter().position(|x| *x == id) {
+                            ids.swap_remove(i);
+                            drop(lent);
+                            me.unexport(id);
+                        }
+                    }
                 }
             }
-            _ => return false,
-        }
+        });
         true
     }
 
@@ -391,15 +503,51 @@ impl Remote {
                 }
             }
         };
-        pool.define(msg.key, &msg.blob);
+        let requester = peer.node();
+        let (f, mut args) = match &msg.func {
+            MsgFn::Python { key, blob } => {
+                pool.define(*key, blob);
+                (pool.services().task, vec![RawArg::Bytes(key.to_vec())])
+            }
+            MsgFn::Native(name) => match pool.native(name) {
+                Ok(f) => (f, Vec::new()),
+                Err(e) => return answer(Outcome::Failed(failure_of(e, false))),
+            },
+            MsgFn::Method { actor, method } => {
+                // The actor's own ordered mailbox takes it, as any call.
+                let mut args = Vec::with_capacity(msg.args.len());
+                for a in msg.args {
+                    match a {
+                        Arg::Value(b) => args.push(RawArg::Bytes(b)),
+                        Arg::Object { id, len } => match pool.services().rt.promise() {
+                            Ok((r, promise)) => {
+                                self.pull(peer.clone(), id, len, promise, false);
+                                args.push(RawArg::Ref(r));
+                            }
+                            Err(e) => return answer(Outcome::Failed(failure_of(e, true))),
+                        },
+                    }
+                }
+                let r = match pool.call_actor_id(*actor, method, args) {
+                    Ok(r) => r,
+                    Err(e) => return answer(Outcome::Failed(failure_of(e, true))),
+                };
+                let (me, held) = (self.clone(), r.clone());
+                r.on_ready(move || {
+                    let m = me.clone();
+                    me.defer(move || m.answer_done(&held, requester, answer));
+                });
+                return;
+            }
+        };
         let rt = pool.services().rt.clone();
-        let mut args = vec![RawArg::Bytes(msg.key.to_vec())];
         for a in msg.args {
             match a {
                 Arg::Value(b) => args.push(RawArg::Bytes(b)),
                 Arg::Object { id, len } => match rt.promise() {
                     Ok((r, promise)) => {
-                        self.pull(peer.clone(), id, len, promise);
+                        // The owner lets its export go when the task is done.
+                        self.pull(peer.clone(), id, len, promise, false);
                         args.push(RawArg::Ref(r));
                     }
                     Err(e) => return answer(Outcome::Failed(failure_of(e, false))),
@@ -409,13 +557,23 @@ impl Remote {
         let mut options = to_options(&msg.options, false);
         // Retries are the owner's: it sends the task again if this node dies.
         options = options.max_retries(0);
-        let r = match pool.services().task.remote(&rt, args, &options) {
+        let r = match f.remote(&rt, args, &options) {
             Ok(r) => r,
             Err(e) => return answer(Outcome::Failed(failure_of(e, false))),
         };
         let me = self.clone();
         let held = r.clone();
         r.on_ready(move || {
+            let m = me.clone();
+            me.defer(move || m.answer_done(&held, requester, answer));
+        });
+    }
+
+    /// The outcome of a task run here for `requester`, sent back: a stored result is lent to
+    /// it until it pulled it (or dies).
+    fn answer_done(&self, held: &ObjectRef<Untyped>, requester: NodeId, answer: impl FnOnce(Outcome)) {
+        let me = self;
+        {
             let outcome = match held.with_inline_bytes(<[u8]>::to_vec) {
                 Some(Ok(b)) => Outcome::Inline(b),
                 Some(Err(e)) => Outcome::Failed(failure_of(e, false)),
@@ -425,6 +583,7 @@ impl Remote {
                         let len = v.len() as u64;
                         drop(v);
                         me.export(id, held.clone());
+                        lock(&me.lent).entry(requester).or_default().push(id);
                         Outcome::Stored { id, len }
                     }
                     Some(Err(e)) => Outcome::Failed(failure_of(e, false)),
@@ -432,7 +591,7 @@ impl Remote {
                 },
             };
             answer(outcome);
-        });
+        }
     }
 
     /// The outcome of a task this node sent.
@@ -441,19 +600,25 @@ impl Remote {
             eprintln!("rayhpc node: a malformed task outcome from node {}", peer.node());
             return;
         };
-        let Some(p) = lock(&self.pending).remove(&msg.seq) else { return };
+        let Some(mut p) = lock(&self.pending).remove(&msg.seq) else { return };
         if let Some(n) = lock(&self.inflight).get_mut(&p.node) {
             *n -= p.cpus;
         }
-        for id in &p.exported {
-            self.unexport(*id);
-        }
         match msg.outcome {
-            Outcome::Inline(b) => {
-                let _ = p.promise.fulfill(&b);
+            // Its worker process died over there: a system failure, retried like here.
+            Outcome::Failed(f) if f.kind == "worker_died" && p.retries_left != 0 => self.lost(p, peer.node(), &f.message),
+            outcome => {
+                for id in p.exported.drain(..) {
+                    self.unexport(id);
+                }
+                match outcome {
+                    Outcome::Inline(b) => {
+                        let _ = p.promise.fulfill(&b);
+                    }
+                    Outcome::Failed(f) => p.promise.fail(error_of(f)),
+                    Outcome::Stored { id, len } => self.pull(peer.clone(), id, len, p.promise, true),
+                }
             }
-            Outcome::Failed(f) => p.promise.fail(error_of(f)),
-            Outcome::Stored { id, len } => self.pull(peer.clone(), id, len, p.promise),
         }
     }
 
@@ -477,7 +642,7 @@ impl Remote {
         };
         match server.ticket(r) {
             Ok(ticket) => {
-                let t = Ticket { ticket, port: server.port(), len };
+                let t = Ticket { ticket, addr: server.addr(), len };
                 let _ = peer.respond(id, BULK_TICKET, &postcard::to_allocvec(&t).expect("a ticket serializes"));
             }
             Err(e) => {
@@ -499,7 +664,8 @@ impl Remote {
         };
         match r.try_view() {
             Some(Ok(v)) => {
-                let (a, b) = (m.offset as usize, m.offset as usize + m.len as usize);
+                let a = usize::try_from(m.offset).unwrap_or(usize::MAX);
+                let b = a.saturating_add(m.len as usize);
                 match v.get(a..b) {
                     Some(chunk) => {
                         let _ = peer.respond(id, PULL, chunk);
@@ -516,12 +682,13 @@ impl Remote {
     }
 
     /// Pulls object `id` (`len` bytes) from `peer` into this node's store, completing
-    /// `promise`; then tells the peer to let it go. On a thread of its own: a pull is
-    /// chunks in flight, each waited for in turn.
-    fn pull(self: &Arc<Self>, peer: Peer, id: u128, len: u64, promise: Promise) {
+    /// `promise`; then (`lent`: a result the peer lent) tells the peer to let it go. On a
+    /// thread of its own: a pull is chunks in flight, each waited for in turn.
+    fn pull(self: &Arc<Self>, peer: Peer, id: u128, len: u64, promise: Promise, lent: bool) {
         let spawned = std::thread::Builder::new().name("rayhpc-pull".into()).spawn(move || {
-            let r = promise.fulfill_with(len as usize, |buf| pull_into(&peer, id, buf));
-            if r.is_ok() {
+            // Pulled or not, the lender lets it go (a failed pull fails the object here).
+            let _ = promise.fulfill_with(len as usize, |buf| pull_into(&peer, id, buf));
+            if lent {
                 if let Ok(b) = postcard::to_allocvec(&id) {
                     let _ = peer.send(UNEXPORT, &b);
                 }
@@ -555,47 +722,62 @@ impl Remote {
         self.unexport(id);
     }
 
-    /// A node's connection ended: its tasks go elsewhere (or fail), its exports for it go.
-    pub fn on_disconnect(self: &Arc<Self>, node: NodeId, reason: &str, resend: impl Fn(Resend)) {
+    /// A node's connection ended: its tasks go elsewhere (or fail), what was lent to it goes.
+    pub fn on_disconnect(self: &Arc<Self>, node: NodeId, reason: &str) {
         let lost: Vec<Pending> = {
             let mut pending = lock(&self.pending);
             let seqs: Vec<u64> = pending.iter().filter(|(_, p)| p.node == node).map(|(s, _)| *s).collect();
             seqs.into_iter().filter_map(|s| pending.remove(&s)).collect()
         };
         lock(&self.inflight).remove(&node);
-        for mut p in lost {
-            for id in p.exported.drain(..) {
-                self.unexport(id);
+        let lent = lock(&self.lent).remove(&node).unwrap_or_default();
+        for id in lent {
+            self.unexport(id);
+        }
+        let (me, reason) = (self.clone(), reason.to_string());
+        self.defer(move || {
+            for p in lost {
+                me.lost(p, node, &format!("node {node} died while running it ({reason})"));
             }
-            if p.retries_left > 0 {
-                p.retries_left -= 1;
-                resend(Resend(p));
-            } else {
-                p.promise.fail(Error::Task(Box::new(TaskError {
-                    function: "py.task".into(),
-                    kind: FailureKind::WorkerDied,
-                    message: format!("node {node} died while running it ({reason})"),
-                    attempts: 1,
-                    payload: None,
-                })));
+        });
+    }
+
+    /// Where a task to place again should go (as [`Remote::place`]).
+    pub fn place_for(&self, p: &Resend, nodes: &[Candidate]) -> Option<Candidate> {
+        self.place(&p.0.options, nodes)
+    }
+
+    /// Places a task again: on `peer` (a live node the cluster chose), else here.
+    pub fn resend(self: &Arc<Self>, p: Resend, peer: Option<Peer>) {
+        let mut p = p.0;
+        p.options.max_retries = Some(p.retries_left);
+        match peer {
+            Some(peer) => {
+                p.node = peer.node();
+                self.send_when_ready(peer, p);
             }
+            None => self.run_local(p),
         }
     }
 
-    /// Runs a task that came back from a dead node: on another node, or here.
-    pub fn resend(self: &Arc<Self>, p: Resend, nodes: &[Candidate], peer_of: impl Fn(&Candidate) -> Option<Peer>) {
-        let mut p = p.0;
-        p.options.max_retries = Some(p.retries_left);
-        if let Some(c) = self.place(&p.options, nodes) {
-            if let Some(peer) = peer_of(&c) {
-                self.send_when_ready(peer, p);
-                return;
-            }
-        }
-        // Here: the local task completes the promise.
+    /// Runs a task here; its promise completes with the local result (a copy: the result
+    /// object is read into the promised one).
+    fn run_local(self: &Arc<Self>, p: Pending) {
         let Some(pool) = self.pool.upgrade() else { return };
         let s = pool.services();
-        match s.task.remote(&s.rt, p.args, &to_options(&p.options, false)) {
+        let f = match &p.func {
+            TaskFn::Python(_) => Ok(s.task),
+            TaskFn::Native(name) => pool.native(name),
+            TaskFn::Method { actor, method } => {
+                // Its node is gone, and the actor with it.
+                return p.promise.fail(Error::ActorDied {
+                    class: "?".into(),
+                    actor: format!("{actor:032x}"),
+                    reason: format!("the node that held it is gone (method {method})").into(),
+                });
+            }
+        };
+        match f.and_then(|f| f.remote(&s.rt, p.args, &to_options(&p.options, false))) {
             Ok(r) => {
                 let (held, promise) = (r.clone(), p.promise);
                 r.on_ready(move || match held.try_view() {

@@ -51,7 +51,11 @@ pub fn publish(dir: &Path, addr: &str, secret: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let _ = std::fs::remove_dir_all(dir);
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    if let Some(parent) = dir.parent() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
+    }
+    // Made here, now (not one that someone else made): fails if it exists.
+    std::fs::DirBuilder::new().mode(0o700).create(dir)?;
     let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dir.join("secret"))?;
     f.write_all(secret)?;
     f.sync_all()?;
@@ -67,20 +71,12 @@ pub fn publish(dir: &Path, addr: &str, secret: &[u8]) -> std::io::Result<()> {
 /// Nothing appeared within `timeout`, or the secret is not [`SECRET_LEN`] bytes or is
 /// readable by others than its owner.
 pub fn find(dir: &Path, timeout: Duration) -> std::io::Result<(String, Vec<u8>)> {
-    use std::os::unix::fs::PermissionsExt;
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(2);
     loop {
         if let Ok(addr) = std::fs::read_to_string(dir.join("head")) {
-            let path = dir.join("secret");
-            let mode = std::fs::metadata(&path)?.permissions().mode();
-            if mode & 0o077 != 0 {
-                return Err(std::io::Error::other(format!("{} is readable by others (mode {mode:o}): refused", path.display())));
-            }
-            let secret = std::fs::read(&path)?;
-            if secret.len() != SECRET_LEN {
-                return Err(std::io::Error::other(format!("{} is not a job secret", path.display())));
-            }
+            check_private(dir)?;
+            let secret = read_secret(&dir.join("secret"))?;
             return Ok((addr.trim().to_string(), secret));
         }
         if Instant::now() >= deadline {
@@ -92,6 +88,34 @@ pub fn find(dir: &Path, timeout: Duration) -> std::io::Result<(String, Vec<u8>)>
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(50));
     }
+}
+
+/// Fails unless `path` belongs to this user and nobody else may read or write it.
+fn check_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let me = std::fs::metadata("/proc/self")?.uid();
+    let m = std::fs::metadata(path)?;
+    let mode = m.permissions().mode();
+    if m.uid() != me {
+        return Err(std::io::Error::other(format!("{} belongs to uid {}, not to this user ({me}): refused", path.display(), m.uid())));
+    }
+    if mode & 0o077 != 0 {
+        return Err(std::io::Error::other(format!("{} is open to others (mode {:o}): refused", path.display(), mode & 0o777)));
+    }
+    Ok(())
+}
+
+/// Reads a job secret: a file of this user's, private, of [`SECRET_LEN`] bytes.
+///
+/// # Errors
+/// It cannot be read, or is not private or not a secret.
+pub fn read_secret(path: &Path) -> std::io::Result<Vec<u8>> {
+    check_private(path)?;
+    let secret = std::fs::read(path)?;
+    if secret.len() != SECRET_LEN {
+        return Err(std::io::Error::other(format!("{} is not a job secret ({} bytes, not {SECRET_LEN})", path.display(), secret.len())));
+    }
+    Ok(secret)
 }
 
 /// Removes the rendezvous directory (the head, when the launch ends).
@@ -122,7 +146,7 @@ mod tests {
         // A secret others can read is refused.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(d.join("secret"), std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(find(&d, Duration::ZERO).unwrap_err().to_string().contains("readable by others"));
+        assert!(find(&d, Duration::ZERO).unwrap_err().to_string().contains("open to others"));
         // A second publish of the same name replaces the first.
         publish(&d, "10.0.0.2:1", &secret).unwrap();
         assert_eq!(find(&d, Duration::ZERO).unwrap().0, "10.0.0.2:1");

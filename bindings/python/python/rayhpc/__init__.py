@@ -67,13 +67,21 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None,
                 "Maybe you called rayhpc.init twice by accident? This error can be suppressed "
                 "by passing in 'ignore_reinit_error=True' or by calling 'rayhpc.shutdown()' "
                 "prior to 'rayhpc.init()'.")
+        from_launch = address is None and bool(os.environ.get("RAYHPC_ADDRESS"))
         if address is None:
             address = os.environ.get("RAYHPC_ADDRESS") or None
         if address not in (None, "local"):
             # Attach to a running node runtime (`rayhpc launch`, `python -m rayhpc.node`).
             if num_cpus is not None or num_gpus is not None or resources is not None or object_store_memory is not None:
-                raise ValueError("When connecting to an existing cluster, num_cpus, num_gpus, resources and "
-                                 "object_store_memory must not be provided.")
+                if not from_launch:
+                    raise ValueError("When connecting to an existing cluster, num_cpus, num_gpus, resources and "
+                                     "object_store_memory must not be provided.")
+                # A program written for one machine, run unchanged under `rayhpc launch`: the
+                # cluster's resources are what the launch gave its nodes.
+                import warnings
+                warnings.warn("rayhpc: this driver runs under `rayhpc launch`, whose nodes' resources it uses: "
+                              "init()'s num_cpus, num_gpus, resources and object_store_memory are ignored "
+                              "(give them to `rayhpc launch`)", stacklevel=2)
             _native.attach(_find_address(address))
             _epoch += 1
             if not _atexit_registered:
