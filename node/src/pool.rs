@@ -85,6 +85,11 @@ pub trait Router: Send + Sync {
         here: &dyn Fn(Vec<RawArg>) -> Result<ObjectRef<Untyped>, Error>,
     ) -> Result<ObjectRef<Untyped>, Error>;
 
+    /// The object `id` if another node of the cluster made it (ids name their node): a ref
+    /// completed when it is fetched from there, or failed with `ObjectLost` if that node is
+    /// gone; `None` when it would be this node's.
+    fn fetch(&self, id: u128) -> Option<ObjectRef<Untyped>>;
+
     /// Calls `method` on actor `actor` if it lives on another node of the cluster (its id
     /// names the node that made it); `None` when it would live here.
     fn actor_call(&self, actor: u128, method: &str, args: Vec<RawArg>) -> Option<Result<ObjectRef<Untyped>, Error>>;
@@ -568,9 +573,19 @@ impl Pool {
         lock(&self.escaped).entry(r.id().0).or_insert_with(|| (r.clone(), actor));
     }
 
-    /// The object of an escaped ref, by id.
+    /// The object of an escaped ref of this node only (what another node may fetch).
+    pub fn escaped_here(&self, id: u128) -> Option<ObjectRef<Untyped>> {
+        lock(&self.escaped).get(&id).map(|(r, _)| r.clone())
+    }
+
+    /// The object of an escaped ref, by id: one of this node's, or (in a cluster) one made
+    /// on another node, fetched from there once and then shared by this node's readers.
     pub fn escaped(&self, id: u128) -> Option<(ObjectRef<Untyped>, bool)> {
-        lock(&self.escaped).get(&id).cloned()
+        if let Some(e) = lock(&self.escaped).get(&id).cloned() {
+            return Some(e);
+        }
+        let r = self.router.get()?.fetch(id)?;
+        Some(lock(&self.escaped).entry(id).or_insert((r, false)).clone())
     }
 
     /// Cancels the task whose result is `id`: one not started yet fails when it would start;

@@ -161,3 +161,54 @@ def test_status_shows_every_node_and_stop_stops_them(tmp_path):
     assert r.returncode != 0 and "refused" in r.stderr, r.stderr
     assert subprocess.run([rayhpc_binary(), "stop"], env=env, capture_output=True, timeout=30).returncode == 0
     assert [p.wait(timeout=30) for p in procs] == [0] * NODES
+
+
+LOST = """
+import os, signal, time
+import numpy as np
+import rayhpc as ray
+from rayhpc.exceptions import ObjectLostError
+ray.init()
+@ray.remote
+def hold(s):
+    time.sleep(s)
+@ray.remote
+def make():
+    # Two objects put on whichever node runs this, returned as refs inside a value.
+    return [ray.put(np.full(300_000, 7.0)), ray.put(np.full(300_000, 9.0))], os.getppid()
+busy = hold.remote(2.0)           # the head's one CPU: `make` goes to another node
+time.sleep(0.2)
+(first, second), node_pid = ray.get(make.remote())
+print("first", ray.get(first).sum())
+os.kill(node_pid, signal.SIGKILL)  # the node that holds `second`
+time.sleep(0.5)
+try:
+    ray.get(second, timeout=30)
+    print("second: no error")
+except ObjectLostError as e:
+    print("second: ObjectLostError")
+ray.get(busy)
+"""
+
+
+def test_refs_inside_values_cross_nodes_and_a_lost_object_raises(tmp_path):
+    code, out, err, codes, _ = run_cluster(tmp_path, "lost", LOST)
+    assert code == 0, out + err
+    assert out.splitlines() == ["first 2100000.0", "second: ObjectLostError"], out + err
+
+
+def test_two_launches_on_one_machine_do_not_collide(tmp_path):
+    # Two jobs at once, on the same nodes (same runtime and rendezvous directories): each
+    # its own head, secret, ports and sessions.
+    drivers = {job: SPREAD.replace("print(\"spread\"", "print(\"" + job + " spread\"") for job in ("jobA", "jobB")}
+    procs = {}
+    for job, driver in drivers.items():
+        script = tmp_path / f"{job}.py"
+        script.write_text(driver)
+        members = [launch(tmp_path, job, r) for r in range(1, NODES)]
+        procs[job] = (launch(tmp_path, job, 0, sys.executable, str(script)), members)
+    for job, (head, members) in procs.items():
+        out, err = head.communicate(timeout=180)
+        assert head.returncode == 0, out + err
+        assert f"{job} spread" in out and f"CPUs {float(NODES)}" in out, out + err
+        assert [m.wait(timeout=30) for m in members] == [0] * (NODES - 1)

@@ -519,6 +519,17 @@ impl Router for RouterOf {
         }
     }
 
+    fn fetch(&self, id: u128) -> Option<ObjectRef<Untyped>> {
+        let inner = self.0.upgrade()?;
+        let owner = (id >> 96) as u32;
+        if owner == inner.rank {
+            return None;
+        }
+        // A live node: fetched from it; a node the cluster knew but lost (or never had): lost.
+        let peer = inner.candidates().into_iter().find(|c| c.node == NodeId(u64::from(owner))).and_then(|c| inner.peer_of(&c));
+        inner.remote.fetch(peer, id)
+    }
+
     fn actor_call(&self, actor: u128, method: &str, args: Vec<RawArg>) -> Option<Result<ObjectRef<Untyped>, Error>> {
         let inner = self.0.upgrade()?;
         // An actor's id names the node that made it (ids are `node | worker | seq`).

@@ -47,6 +47,8 @@ pub const TASK_DONE: Kind = Kind(0x111);
 pub const PULL: Kind = Kind(0x112);
 /// Puller → exporter: let the object go.
 pub const UNEXPORT: Kind = Kind(0x113);
+/// Asks the node that made object `id` for it (a ref that travelled inside a value).
+pub const FETCH: Kind = Kind(0x115);
 /// Bytes per pulled chunk.
 pub const CHUNK: usize = 4 << 20;
 /// Chunks in flight per pull.
@@ -456,7 +458,7 @@ impl Remote {
 
     /// Handles a message of the kinds above; false if it is none of them.
     pub fn on_message(self: &Arc<Self>, peer: &Peer, kind: Kind, id: u64, payload: &[u8]) -> bool {
-        if ![TASK, TASK_DONE, PULL, BULK_TICKET, UNEXPORT].contains(&kind) {
+        if ![TASK, TASK_DONE, PULL, BULK_TICKET, UNEXPORT, FETCH].contains(&kind) {
             return false;
         }
         // Off the connection's reader: the handling may write (answers, chunks).
@@ -466,6 +468,7 @@ impl Remote {
             TASK_DONE => me.on_done(&peer, &payload),
             PULL => me.on_pull(&peer, id, &payload),
             BULK_TICKET => me.on_ticket(&peer, id, &payload),
+            FETCH => me.on_fetch(&peer, id, &payload),
             _ => {
                 if let Ok(id) = postcard::from_bytes::<u128>(&payload) {
                     // The node pulled a result this node lent it.
@@ -620,6 +623,62 @@ impl Remote {
                 }
             }
         }
+    }
+
+    /// Another node wants an object this node made (a ref of it travelled there inside a
+    /// value): answered once it is ready, with its bytes or as a lent export.
+    fn on_fetch(self: &Arc<Self>, peer: &Peer, id: u64, payload: &[u8]) {
+        let Ok(obj) = postcard::from_bytes::<u128>(payload) else {
+            let _ = peer.refuse(id, "a malformed fetch");
+            return;
+        };
+        let found = self.pool.upgrade().and_then(|p| p.escaped_here(obj));
+        let Some(r) = found else {
+            let o = Outcome::Failed(failure_of(Error::ObjectLost(format!("{obj:032x} is not known on the node that made it")), false));
+            let _ = peer.respond(id, FETCH, &postcard::to_allocvec(&o).expect("an outcome serializes"));
+            return;
+        };
+        let (me, held, peer) = (self.clone(), r.clone(), peer.clone());
+        r.on_ready(move || {
+            let m = me.clone();
+            me.defer(move || {
+                let requester = peer.node();
+                m.answer_done(&held, requester, |o| {
+                    let _ = peer.respond(id, FETCH, &postcard::to_allocvec(&o).expect("an outcome serializes"));
+                });
+            });
+        });
+    }
+
+    /// Fetches object `id` from the node that made it (`peer`); `None` for the peer means
+    /// that node is gone: the object is lost.
+    pub fn fetch(self: &Arc<Self>, peer: Option<Peer>, id: u128) -> Option<ObjectRef<Untyped>> {
+        let pool = self.pool.upgrade()?;
+        let (r, promise) = pool.services().rt.promise().ok()?;
+        let Some(peer) = peer else {
+            promise.fail(Error::ObjectLost(format!("{id:032x}: the node that made it is gone")));
+            return Some(r);
+        };
+        let me = self.clone();
+        let spawned = std::thread::Builder::new().name("rayhpc-fetch".into()).spawn(move || {
+            let ask = postcard::to_allocvec(&id).expect("an id serializes");
+            let answer = peer
+                .request(FETCH, &ask, Duration::from_secs(3600))
+                .map_err(|e| e.to_string())
+                .and_then(|f| postcard::from_bytes::<Outcome>(&f.payload).map_err(|e| format!("a malformed answer: {e}")));
+            match answer {
+                Ok(Outcome::Inline(b)) => {
+                    let _ = promise.fulfill(&b);
+                }
+                Ok(Outcome::Stored { id: key, len }) => me.pull(peer, key, len, promise, true),
+                Ok(Outcome::Failed(f)) => promise.fail(error_of(f)),
+                Err(e) => promise.fail(Error::ObjectLost(format!("{id:032x} from node {}: {e}", peer.node()))),
+            }
+        });
+        if let Err(e) = spawned {
+            eprintln!("rayhpc node: cannot start a fetch: {e}");
+        }
+        Some(r)
     }
 
     /// A ticket for a bulk stream of an exported object.
