@@ -85,6 +85,22 @@ pub trait Router: Send + Sync {
         here: &dyn Fn(Vec<RawArg>) -> Result<ObjectRef<Untyped>, Error>,
     ) -> Result<ObjectRef<Untyped>, Error>;
 
+    /// Creates an actor of class `key` on the node that has what `options` ask for: its id;
+    /// `here` creates it on this node.
+    ///
+    /// # Errors
+    /// The actor cannot be created.
+    fn create_actor(
+        &self,
+        key: Key,
+        options: &WireOptions,
+        args: Vec<RawArg>,
+        here: &dyn Fn(Vec<RawArg>) -> Result<u128, Error>,
+    ) -> Result<u128, Error>;
+
+    /// Kills actor `actor` if it lives on another node; false when it would live here.
+    fn kill_actor(&self, actor: u128) -> bool;
+
     /// The object `id` if another node of the cluster made it (ids name their node): a ref
     /// completed when it is fetched from there, or failed with `ObjectLost` if that node is
     /// gone; `None` when it would be this node's.
@@ -796,9 +812,10 @@ impl Pool {
             }
             Call::CreateActor { key, options, args } => {
                 let args = self.args_of(w, args)?;
-                let h = self.create_actor(key, &options, args)?;
-                let id = h.id().0;
-                self.pin_actor(&h);
+                let id = match self.router.get() {
+                    Some(r) => r.create_actor(key, &options, args, &|args| self.create_pinned(key, &options, args))?,
+                    None => self.create_pinned(key, &options, args)?,
+                };
                 Reply::Actor(id, key)
             }
             Call::Method { actor, method, args } => {
@@ -845,7 +862,9 @@ impl Pool {
                 Reply::Ready(wait_indices(&s.rt, &refs, num_returns, Some(0.0))?)
             }
             Call::Kill { actor } => {
-                self.kill_id(actor);
+                if !self.router.get().is_some_and(|r| r.kill_actor(actor)) {
+                    self.kill_id(actor);
+                }
                 Reply::Done
             }
             Call::GetActor { name } => {
@@ -947,6 +966,21 @@ impl Pool {
         };
         lock(&self.actors).insert(h.id().0, ActorEntry { class, key, control, pinned: None });
         Ok(h)
+    }
+
+    /// Creates an actor reached by id (pinned until killed): its id.
+    ///
+    /// # Errors
+    /// As [`Pool::create_actor`].
+    pub fn create_pinned(&self, key: Key, options: &WireOptions, args: Vec<RawArg>) -> Result<u128, Error> {
+        let h = self.create_actor(key, options, args)?;
+        self.pin_actor(&h);
+        Ok(h.id().0)
+    }
+
+    /// The name of actor class `key`, if this pool knows it.
+    pub fn class_name(&self, key: &Key) -> Option<String> {
+        lock(&self.classes).get(key).map(|c| c.name().to_string())
     }
 
     /// Calls `method` on the actor with id `actor`.

@@ -26,6 +26,9 @@ use std::sync::{Mutex, OnceLock, RwLock};
 use rayhpc_node::native::{self, NativeBytes, NativeOutput};
 
 mod attached;
+mod spin;
+
+use spin::SpinLock;
 use std::time::Duration;
 
 /// The library's own (Rust) allocations go through mimalloc, as the launcher's do: a task's
@@ -299,7 +302,7 @@ impl<T> Table<T> {
 }
 
 static RT: RwLock<Option<Runtime>> = RwLock::new(None);
-static REFS: Mutex<Table<ObjectRef<Untyped>>> = Mutex::new(Table::new());
+static REFS: SpinLock<Table<ObjectRef<Untyped>>> = SpinLock::new(Table::new());
 static VIEWS: Mutex<Table<ObjectView>> = Mutex::new(Table::new());
 
 #[derive(Clone)]
@@ -518,7 +521,7 @@ pub extern "C" fn rayhpc_shutdown() -> rayhpc_status {
             let mut g = RT.write().unwrap_or_else(|e| e.into_inner());
             let Some(rt) = g.take() else { return fail(RAYHPC_E_NOT_INITIALIZED, "rayhpc is not initialized") };
             let views = lock(&VIEWS).drain();
-            let refs = lock(&REFS).drain();
+            let refs = REFS.lock().drain();
             let actors = lock(&ACTORS).drain();
             (rt, (views, refs, actors))
         };
@@ -816,7 +819,7 @@ unsafe fn submit_to(
     let opts = unsafe { check_call(f, args, nargs, options) }?;
     let rt = RT.read().unwrap_or_else(|e| e.into_inner());
     let rt = rt.as_ref().ok_or_else(not_initialized)?;
-    let mut refs = lock(&REFS);
+    let mut refs = REFS.lock();
     // SAFETY: the caller's contract, passed on.
     let raw_args = unsafe { raw_args_in(args, nargs, &refs) }?;
     let r = raw.remote(rt, raw_args, opts.as_ref().unwrap_or(&DEFAULT_OPTIONS)).map_err(|e| from_error(&e))?;
@@ -925,7 +928,7 @@ pub unsafe extern "C" fn rayhpc_call_batch(calls: *const rayhpc_call_spec, n: us
             // the first pass checks, the second uses, and nothing in between can change it.
             let rt = RT.read().unwrap_or_else(|e| e.into_inner());
             let rt = rt.as_ref().ok_or_else(not_initialized)?;
-            let mut refs = lock(&REFS);
+            let mut refs = REFS.lock();
             // Every call is checked first (function, arguments, options, resources).
             for (i, c) in specs.iter().enumerate() {
                 let f = func_of(i, c)?;
@@ -998,7 +1001,7 @@ pub unsafe extern "C" fn rayhpc_ref_release_batch(refs: *const rayhpc_ref, n: us
         }
         let mut bad = None;
         let dropped: Vec<_> = {
-            let mut table = lock(&REFS);
+            let mut table = REFS.lock();
             hs.iter()
                 .filter_map(|&h| {
                     let r = table.remove(h);
@@ -1039,7 +1042,7 @@ pub unsafe extern "C" fn rayhpc_put(data: *const c_void, len: usize, out: *mut r
             }
             let rt = runtime()?;
             let r = rt.put_bytes(b).map_err(|e| from_error(&e))?;
-            let h = lock(&REFS).insert(r);
+            let h = REFS.lock().insert(r);
             // SAFETY: non-null, writable.
             unsafe { put_out(out, h, "out") }
         })())
@@ -1047,7 +1050,7 @@ pub unsafe extern "C" fn rayhpc_put(data: *const c_void, len: usize, out: *mut r
 }
 
 fn ref_of(h: rayhpc_ref) -> Result<ObjectRef<Untyped>, rayhpc_status> {
-    lock(&REFS).get(h).cloned().ok_or_else(|| fail(RAYHPC_E_BAD_HANDLE, format!("ref {h:#x} is released or was never made")))
+    REFS.lock().get(h).cloned().ok_or_else(|| fail(RAYHPC_E_BAD_HANDLE, format!("ref {h:#x} is released or was never made")))
 }
 
 /// A timeout as the node takes it: seconds, `None` for ever.
@@ -1181,7 +1184,7 @@ pub unsafe extern "C" fn rayhpc_get_into(r: rayhpc_ref, timeout_s: f64, buf: *mu
             // lock: no view, no runtime, no wait. (A handle that is not valid takes the full
             // path, which tells a shutdown from a bad handle.)
             if timeout_of(timeout_s).is_ok() {
-                let refs = lock(&REFS);
+                let refs = REFS.lock();
                 if let Some(done) = refs.get(r).and_then(|o| o.with_inline_bytes(copy)) {
                     return done.map_err(|e| from_error(&e))?;
                 }
@@ -1212,7 +1215,7 @@ pub extern "C" fn rayhpc_ref_release(r: rayhpc_ref) -> rayhpc_status {
             return attached::ref_release(r);
         }
         // Taken out under the lock, dropped after it.
-        let r2 = lock(&REFS).remove(r);
+        let r2 = REFS.lock().remove(r);
         r2.map_or_else(|| fail(RAYHPC_E_BAD_HANDLE, format!("ref {r:#x} is released or was never made")), |_| RAYHPC_OK)
     })
 }
@@ -1260,7 +1263,7 @@ pub unsafe extern "C" fn rayhpc_wait(
             // SAFETY: non-null and `n` long (the caller's contract).
             let hs = if n == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(refs, n) } };
             let objs = {
-                let table = lock(&REFS);
+                let table = REFS.lock();
                 hs.iter()
                     .map(|&h| {
                         table.get(h).cloned().ok_or_else(|| fail(RAYHPC_E_BAD_HANDLE, format!("ref {h:#x} is released or was never made")))
@@ -1520,7 +1523,7 @@ fn raw_args_of(args: *const rayhpc_arg, nargs: usize) -> Result<Vec<RawArg>, ray
     let any_ref = nargs > 0 && unsafe { std::slice::from_raw_parts(args, nargs) }.iter().any(|a| a.kind == ARG_REF);
     if any_ref {
         // SAFETY: as above.
-        unsafe { raw_args_in(args, nargs, &lock(&REFS)) }
+        unsafe { raw_args_in(args, nargs, &REFS.lock()) }
     } else {
         // SAFETY: as above.
         unsafe { raw_args_in(args, nargs, &Table::new()) }
@@ -1680,7 +1683,7 @@ pub unsafe extern "C" fn rayhpc_actor_call(
             }
             let args = raw_args_of(args, nargs)?;
             let r = raw.call(&handle, method, args).map_err(|e| from_error(&e))?;
-            let h = lock(&REFS).insert(r);
+            let h = REFS.lock().insert(r);
             // SAFETY: non-null, writable.
             unsafe { out.write(h) };
             Ok(())

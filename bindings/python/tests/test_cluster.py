@@ -29,20 +29,20 @@ def step_env(tmp_path, job, rank):
     return env
 
 
-def launch(tmp_path, job, rank, *command):
+def launch(tmp_path, job, rank, *command, extra=()):
     args = [rayhpc_binary(), "launch", "--interface", "127.0.0.1", "--num-cpus", "1", "--python", sys.executable,
-            "--startup-timeout", "30"]
+            "--startup-timeout", "30", *extra]
     if command:
         args += ["--", *command]
     return subprocess.Popen(args, env=step_env(tmp_path, job, rank), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
 
-def run_cluster(tmp_path, job, driver, before=None):
+def run_cluster(tmp_path, job, driver, before=None, extra=lambda rank: ()):
     """Ranks 1.. first, then rank 0 with the driver; returns (rank 0's result, members)."""
     script = tmp_path / f"{job}.py"
     script.write_text(driver)
-    members = [launch(tmp_path, job, r) for r in range(1, NODES)]
+    members = [launch(tmp_path, job, r, extra=extra(r)) for r in range(1, NODES)]
     if before:
         before(members)
     head = launch(tmp_path, job, 0, sys.executable, str(script))
@@ -212,3 +212,50 @@ def test_two_launches_on_one_machine_do_not_collide(tmp_path):
         assert head.returncode == 0, out + err
         assert f"{job} spread" in out and f"CPUs {float(NODES)}" in out, out + err
         assert [m.wait(timeout=30) for m in members] == [0] * (NODES - 1)
+
+
+ACTOR = """
+import os
+import rayhpc as ray
+from rayhpc.exceptions import RayActorError
+ray.init()
+@ray.remote(resources={"special": 1})
+class Counter:
+    def __init__(self, start):
+        self.n = start
+    def inc(self, by):
+        self.n += by
+        return self.n, os.getppid()
+c = Counter.remote(100)
+print([ray.get(c.inc.remote(i))[0] for i in range(1, 4)])
+node_pid = ray.get(c.inc.remote(0))[1]
+print("on the special node:", node_pid == int(os.environ["SPECIAL_PID"]))
+@ray.remote
+def use(counter):
+    return ray.get(counter.inc.remote(10))[0]
+print("from a task:", ray.get(use.remote(c)))
+ray.kill(c)
+try:
+    ray.get(c.inc.remote(1))
+    print("after kill: no error")
+except RayActorError:
+    print("after kill: RayActorError")
+"""
+
+
+def test_an_actor_lives_on_the_node_that_has_its_resource(tmp_path):
+    pid_file = tmp_path / "special.pid"
+
+    def record(members):
+        pid_file.write_text(str(members[-1].pid))
+
+    os.environ["SPECIAL_PID_FILE"] = str(pid_file)
+    driver = ACTOR.replace('int(os.environ["SPECIAL_PID"])', 'int(open(os.environ["SPECIAL_PID_FILE"]).read())')
+    try:
+        code, out, err, codes, _ = run_cluster(tmp_path, "actor", driver, before=record,
+                                               extra=lambda r: ("--resources", '{"special": 1}') if r == NODES - 1 else ())
+    finally:
+        del os.environ["SPECIAL_PID_FILE"]
+    assert code == 0, out + err
+    assert out.splitlines() == ["[101, 103, 106]", "on the special node: True", "from a task: 116",
+                                "after kill: RayActorError"], out + err

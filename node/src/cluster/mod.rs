@@ -519,6 +519,33 @@ impl Router for RouterOf {
         }
     }
 
+    fn create_actor(
+        &self,
+        key: crate::wire::Key,
+        options: &WireOptions,
+        args: Vec<RawArg>,
+        here: &dyn Fn(Vec<RawArg>) -> Result<u128, Error>,
+    ) -> Result<u128, Error> {
+        let Some(inner) = self.0.upgrade() else { return here(args) };
+        let nodes = inner.candidates();
+        match inner.remote.place_actor(options, &nodes).and_then(|c| inner.peer_of(&c)) {
+            Some(peer) => inner.remote.create_actor(&peer, key, options, args),
+            None => here(args),
+        }
+    }
+
+    fn kill_actor(&self, actor: u128) -> bool {
+        let Some(inner) = self.0.upgrade() else { return false };
+        let owner = (actor >> 96) as u32;
+        if owner == inner.rank {
+            return false;
+        }
+        if let Some(peer) = inner.candidates().into_iter().find(|c| c.node == NodeId(u64::from(owner))).and_then(|c| inner.peer_of(&c)) {
+            inner.remote.kill_actor(&peer, actor);
+        }
+        true
+    }
+
     fn fetch(&self, id: u128) -> Option<ObjectRef<Untyped>> {
         let inner = self.0.upgrade()?;
         let owner = (id >> 96) as u32;

@@ -47,6 +47,20 @@ pub const TASK_DONE: Kind = Kind(0x111);
 pub const PULL: Kind = Kind(0x112);
 /// Puller → exporter: let the object go.
 pub const UNEXPORT: Kind = Kind(0x113);
+/// Requester → node: create an actor there (answer: its id, or a refusal).
+pub const ACTOR_NEW: Kind = Kind(0x116);
+/// Requester → node: kill an actor of that node.
+pub const ACTOR_KILL: Kind = Kind(0x117);
+
+#[derive(Serialize, Deserialize, Debug)]
+struct ActorMsg {
+    key: Key,
+    blob: Vec<u8>,
+    class: String,
+    options: WireOptions,
+    args: Vec<Arg>,
+}
+
 /// Asks the node that made object `id` for it (a ref that travelled inside a value).
 pub const FETCH: Kind = Kind(0x115);
 /// Bytes per pulled chunk.
@@ -157,8 +171,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn request_of(o: &WireOptions) -> BTreeMap<String, f64> {
+    request_as(o, 1.0)
+}
+
+/// What `o` asks for, a task's CPU default being `cpus` (1 for tasks, 0 for actors).
+fn request_as(o: &WireOptions, cpus: f64) -> BTreeMap<String, f64> {
     let mut r = BTreeMap::new();
-    r.insert("CPU".to_string(), o.num_cpus.unwrap_or(1.0));
+    r.insert("CPU".to_string(), o.num_cpus.unwrap_or(cpus));
     if let Some(g) = o.num_gpus.filter(|g| *g > 0.0) {
         r.insert("GPU".to_string(), g);
     }
@@ -245,8 +264,17 @@ impl Remote {
     /// its size (here again on a tie), even if every node is busy: it then queues there.
     /// A node that lacks the resource altogether never gets it.
     pub fn place(&self, options: &WireOptions, nodes: &[Candidate]) -> Option<Candidate> {
+        self.place_request(request_of(options), nodes)
+    }
+
+    /// Where an actor asking for `options` should live (as [`Remote::place`], its CPUs
+    /// counting 0 unless asked: an actor holds what it asks for as long as it lives).
+    pub fn place_actor(&self, options: &WireOptions, nodes: &[Candidate]) -> Option<Candidate> {
+        self.place_request(request_as(options, 0.0), nodes)
+    }
+
+    fn place_request(&self, want: BTreeMap<String, f64>, nodes: &[Candidate]) -> Option<Candidate> {
         let pool = self.pool.upgrade()?;
-        let want = request_of(options);
         let cpu = want.get("CPU").copied().unwrap_or(0.0);
         let local: BTreeMap<String, (f64, f64)> =
             pool.services().rt.resources().into_iter().map(|v| (v.name.to_string(), (v.total, v.available))).collect();
@@ -458,7 +486,7 @@ impl Remote {
 
     /// Handles a message of the kinds above; false if it is none of them.
     pub fn on_message(self: &Arc<Self>, peer: &Peer, kind: Kind, id: u64, payload: &[u8]) -> bool {
-        if ![TASK, TASK_DONE, PULL, BULK_TICKET, UNEXPORT, FETCH].contains(&kind) {
+        if ![TASK, TASK_DONE, PULL, BULK_TICKET, UNEXPORT, FETCH, ACTOR_NEW, ACTOR_KILL].contains(&kind) {
             return false;
         }
         // Off the connection's reader: the handling may write (answers, chunks).
@@ -469,6 +497,12 @@ impl Remote {
             PULL => me.on_pull(&peer, id, &payload),
             BULK_TICKET => me.on_ticket(&peer, id, &payload),
             FETCH => me.on_fetch(&peer, id, &payload),
+            ACTOR_NEW => me.on_actor_new(&peer, id, &payload),
+            ACTOR_KILL => {
+                if let (Ok(actor), Some(pool)) = (postcard::from_bytes::<u128>(&payload), me.pool.upgrade()) {
+                    pool.kill_id(actor);
+                }
+            }
             _ => {
                 if let Ok(id) = postcard::from_bytes::<u128>(&payload) {
                     // The node pulled a result this node lent it.
@@ -679,6 +713,83 @@ impl Remote {
             eprintln!("rayhpc node: cannot start a fetch: {e}");
         }
         Some(r)
+    }
+
+    /// Creates an actor of class `key` on `peer`'s node (its arguments ready: this waits for
+    /// them): the actor's id. Objects among the arguments are lent to that node until it
+    /// pulled them.
+    ///
+    /// # Errors
+    /// The node refused (the reason), or is gone.
+    pub fn create_actor(self: &Arc<Self>, peer: &Peer, key: Key, options: &WireOptions, args: Vec<RawArg>) -> Result<u128, Error> {
+        let pool = self.pool.upgrade().ok_or(Error::Shutdown)?;
+        let refs: Vec<ObjectRef<Untyped>> =
+            args.iter().filter_map(|a| if let RawArg::Ref(r) = a { Some(r.clone()) } else { None }).collect();
+        pool.services().rt.wait_for(&refs, refs.len(), None)?;
+        let blob = pool.function_blob(&key).ok_or_else(|| Error::Invalid("unknown actor class (not registered in this runtime)".into()))?;
+        let class = pool.class_name(&key).unwrap_or_else(|| "Actor".into());
+        let mut wargs = Vec::with_capacity(args.len());
+        let mut lent = Vec::new();
+        for a in &args {
+            match a {
+                RawArg::Bytes(b) => wargs.push(Arg::Value(b.clone())),
+                RawArg::Ref(r) => match r.with_inline_bytes(<[u8]>::to_vec) {
+                    Some(Ok(b)) => wargs.push(Arg::Value(b)),
+                    Some(Err(e)) => return Err(e),
+                    None => match r.try_view() {
+                        Some(Ok(v)) => {
+                            let id = r.id().0;
+                            self.export(id, r.clone());
+                            lent.push(id);
+                            wargs.push(Arg::Object { id, len: v.len() as u64 });
+                        }
+                        Some(Err(e)) => return Err(e),
+                        None => return Err(Error::Invalid("an argument is not ready".into())),
+                    },
+                },
+            }
+        }
+        lock(&self.lent).entry(peer.node()).or_default().extend(&lent);
+        let msg = ActorMsg { key, blob: blob.to_vec(), class, options: options.clone(), args: wargs };
+        let bytes = postcard::to_allocvec(&msg).map_err(|e| Error::Invalid(format!("cannot encode an actor for another node: {e}")))?;
+        let f =
+            peer.request(ACTOR_NEW, &bytes, Duration::from_secs(60)).map_err(|e| Error::Invalid(format!("node {}: {e}", peer.node())))?;
+        postcard::from_bytes::<Result<u128, String>>(&f.payload)
+            .map_err(|e| Error::Invalid(format!("a malformed answer from node {}: {e}", peer.node())))?
+            .map_err(|e| Error::Invalid(format!("node {} could not create the actor: {e}", peer.node())))
+    }
+
+    /// An actor created here for another node (reached by id, pinned until killed).
+    fn on_actor_new(self: &Arc<Self>, peer: &Peer, id: u64, payload: &[u8]) {
+        let answer = |r: Result<u128, String>| {
+            let _ = peer.respond(id, ACTOR_NEW, &postcard::to_allocvec(&r).expect("an answer serializes"));
+        };
+        let Ok(msg) = postcard::from_bytes::<ActorMsg>(payload) else { return answer(Err("a malformed actor".into())) };
+        let Some(pool) = self.pool.upgrade() else { return answer(Err("shut down".into())) };
+        pool.define(msg.key, &msg.blob);
+        pool.class(msg.key, &msg.class);
+        let mut args = Vec::with_capacity(msg.args.len());
+        for a in msg.args {
+            match a {
+                Arg::Value(b) => args.push(RawArg::Bytes(b)),
+                Arg::Object { id, len } => match pool.services().rt.promise() {
+                    Ok((r, promise)) => {
+                        // Lent: the requester lets it go when this node says it pulled it.
+                        self.pull(peer.clone(), id, len, promise, true);
+                        args.push(RawArg::Ref(r));
+                    }
+                    Err(e) => return answer(Err(e.to_string())),
+                },
+            }
+        }
+        answer(pool.create_pinned(msg.key, &msg.options, args).map_err(|e| e.to_string()));
+    }
+
+    /// Kills an actor of `peer`'s node.
+    pub fn kill_actor(&self, peer: &Peer, actor: u128) {
+        if let Ok(b) = postcard::to_allocvec(&actor) {
+            let _ = peer.send(ACTOR_KILL, &b);
+        }
     }
 
     /// A ticket for a bulk stream of an exported object.
