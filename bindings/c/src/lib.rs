@@ -302,7 +302,28 @@ impl<T> Table<T> {
 }
 
 static RT: RwLock<Option<Runtime>> = RwLock::new(None);
-static REFS: SpinLock<Table<ObjectRef<Untyped>>> = SpinLock::new(Table::new());
+static REFS: SpinLock<Refs> = SpinLock::new(Refs { table: Table::new(), rt: None });
+
+/// The refs' table, and a copy of the running runtime (set and cleared with `RT`, under
+/// both locks): a submit takes this one lock only, not the runtime's read lock too (two
+/// atomic read-modify-writes less on every task).
+struct Refs {
+    table: Table<ObjectRef<Untyped>>,
+    rt: Option<Runtime>,
+}
+
+impl std::ops::Deref for Refs {
+    type Target = Table<ObjectRef<Untyped>>;
+    fn deref(&self) -> &Self::Target {
+        &self.table
+    }
+}
+
+impl std::ops::DerefMut for Refs {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.table
+    }
+}
 static VIEWS: Mutex<Table<ObjectView>> = Mutex::new(Table::new());
 
 #[derive(Clone)]
@@ -499,7 +520,9 @@ pub unsafe extern "C" fn rayhpc_init(config: *const rayhpc_config) -> rayhpc_sta
                     c.object_store_memory = Some(cfg.object_store_memory);
                 }
             }
-            *rt = Some(Runtime::init(c).map_err(|e| from_error(&e))?);
+            let new = Runtime::init(c).map_err(|e| from_error(&e))?;
+            REFS.lock().rt = Some(new.clone());
+            *rt = Some(new);
             Ok(())
         })())
     })
@@ -521,7 +544,11 @@ pub extern "C" fn rayhpc_shutdown() -> rayhpc_status {
             let mut g = RT.write().unwrap_or_else(|e| e.into_inner());
             let Some(rt) = g.take() else { return fail(RAYHPC_E_NOT_INITIALIZED, "rayhpc is not initialized") };
             let views = lock(&VIEWS).drain();
-            let refs = REFS.lock().drain();
+            let refs = {
+                let mut r = REFS.lock();
+                r.rt = None;
+                r.drain()
+            };
             let actors = lock(&ACTORS).drain();
             (rt, (views, refs, actors))
         };
@@ -817,11 +844,11 @@ unsafe fn submit_to(
     };
     // SAFETY: the caller's contract, passed on.
     let opts = unsafe { check_call(f, args, nargs, options) }?;
-    let rt = RT.read().unwrap_or_else(|e| e.into_inner());
-    let rt = rt.as_ref().ok_or_else(not_initialized)?;
     let mut refs = REFS.lock();
+    let refs = &mut *refs;
+    let rt = refs.rt.as_ref().ok_or_else(not_initialized)?;
     // SAFETY: the caller's contract, passed on.
-    let raw_args = unsafe { raw_args_in(args, nargs, &refs) }?;
+    let raw_args = unsafe { raw_args_in(args, nargs, &refs.table) }?;
     let r = raw.remote(rt, raw_args, opts.as_ref().unwrap_or(&DEFAULT_OPTIONS)).map_err(|e| from_error(&e))?;
     let h = refs.insert(r);
     // SAFETY: non-null, writable (the caller's contract).
@@ -1262,22 +1289,35 @@ pub unsafe extern "C" fn rayhpc_wait(
             let rt = runtime()?;
             // SAFETY: non-null and `n` long (the caller's contract).
             let hs = if n == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(refs, n) } };
-            let objs = {
+            let timeout = timeout_of(timeout_s)?;
+            // Under the lock: objects ready now are marked at once; only the others are
+            // cloned out to be waited for (a batch that is mostly done costs no refcounts).
+            let (mut count, at, objs) = {
                 let table = REFS.lock();
-                hs.iter()
-                    .map(|&h| {
-                        table.get(h).cloned().ok_or_else(|| fail(RAYHPC_E_BAD_HANDLE, format!("ref {h:#x} is released or was never made")))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?
+                let (mut count, mut at, mut objs) = (0, Vec::new(), Vec::new());
+                for (i, &h) in hs.iter().enumerate() {
+                    let o = table.get(h).ok_or_else(|| fail(RAYHPC_E_BAD_HANDLE, format!("ref {h:#x} is released or was never made")))?;
+                    let is = o.is_ready();
+                    count += usize::from(is);
+                    if !is {
+                        at.push(i);
+                        objs.push(o.clone());
+                    }
+                    // SAFETY: `ready` has `n` writable bytes (the caller's contract).
+                    unsafe { ready.add(i).write(u8::from(is)) };
+                }
+                (count, at, objs)
             };
-            rt.wait_for(&objs, num_returns, timeout_of(timeout_s)?).map_err(|e| from_error(&e))?;
+            if count < num_returns {
+                rt.wait_for(&objs, num_returns - count, timeout).map_err(|e| from_error(&e))?;
+            }
             // Every object ready at return is marked (more than `num_returns` may be).
-            let mut count = 0;
-            for (i, o) in objs.iter().enumerate() {
-                let is = o.is_ready();
-                count += usize::from(is);
-                // SAFETY: `ready` has `n` writable bytes (the caller's contract).
-                unsafe { ready.add(i).write(u8::from(is)) };
+            for (i, o) in at.iter().zip(&objs) {
+                if o.is_ready() {
+                    count += 1;
+                    // SAFETY: as above.
+                    unsafe { ready.add(*i).write(1) };
+                }
             }
             if !num_ready.is_null() {
                 // SAFETY: non-null, writable.
