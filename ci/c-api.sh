@@ -51,7 +51,7 @@ grep -qx "a bad call: RAYHPC_E_TASK: task '$out/libsquare.so:square' failed: squ
 # with the library built without mimalloc so that valgrind sees all of its allocations too
 # (found first through LD_LIBRARY_PATH: the examples' rpath is a RUNPATH).
 CARGO_TARGET_DIR=target/c-valgrind cargo build --release --locked -q -p rayhpc-c --no-default-features
-for run in "hello" "tree 128" "counter" "bad_inputs"; do
+for run in "hello" "tree 128" "counter" "bench 2000 1" "bad_inputs"; do
   LD_LIBRARY_PATH="$PWD/target/c-valgrind/release" valgrind -q --error-exitcode=9 --leak-check=full \
     --errors-for-leak-kinds=definite,indirect "$out"/$run > "$out/valgrind.txt" 2>&1 \
     || { cat "$out/valgrind.txt"; echo "valgrind: $run" >&2; exit 1; }

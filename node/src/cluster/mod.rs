@@ -174,7 +174,9 @@ impl Cluster {
         // Transport ids: the rank, so that the lower rank arbitrates a pair's connection.
         let weak = Arc::downgrade(&inner);
         let w2 = weak.clone();
+        // A short handshake deadline: strangers holding handshake slots are dropped soon.
         let config = Config::new(NodeId(u64::from(cfg.rank)), cfg.secret)
+            .handshake_timeout(Duration::from_secs(3))
             .on_message(move |peer, frame| {
                 if let Some(i) = weak.upgrade() {
                     i.on_message(peer, frame);
