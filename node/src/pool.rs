@@ -101,6 +101,15 @@ pub trait Router: Send + Sync {
     /// Kills actor `actor` if it lives on another node; false when it would live here.
     fn kill_actor(&self, actor: u128) -> bool;
 
+    /// Records `name` for actor `actor` (of class `key`) cluster-wide.
+    ///
+    /// # Errors
+    /// The name is taken by a live actor elsewhere ([`Error::NameTaken`]).
+    fn name_actor(&self, name: &str, actor: u128, key: Key) -> Result<(), Error>;
+
+    /// The actor named `name` anywhere in the cluster: its id and class key.
+    fn lookup_actor(&self, name: &str) -> Option<(u128, Key)>;
+
     /// The object `id` if another node of the cluster made it (ids name their node): a ref
     /// completed when it is fetched from there, or failed with `ObjectLost` if that node is
     /// gone; `None` when it would be this node's.
@@ -813,7 +822,19 @@ impl Pool {
             Call::CreateActor { key, options, args } => {
                 let args = self.args_of(w, args)?;
                 let id = match self.router.get() {
-                    Some(r) => r.create_actor(key, &options, args, &|args| self.create_pinned(key, &options, args))?,
+                    Some(r) => {
+                        let id = r.create_actor(key, &options, args, &|args| self.create_pinned(key, &options, args))?;
+                        if let Some(name) = &options.actor_name {
+                            if let Err(e) = r.name_actor(name, id, key) {
+                                // Taken on another node: this one goes.
+                                if !r.kill_actor(id) {
+                                    self.kill_id(id);
+                                }
+                                return Err(e);
+                            }
+                        }
+                        id
+                    }
                     None => self.create_pinned(key, &options, args)?,
                 };
                 Reply::Actor(id, key)
@@ -868,7 +889,13 @@ impl Pool {
                 Reply::Done
             }
             Call::GetActor { name } => {
-                let h = s.rt.get_actor::<RawState>(&name)?;
+                let h = match s.rt.get_actor::<RawState>(&name) {
+                    Ok(h) => h,
+                    Err(e) => match self.router.get().and_then(|r| r.lookup_actor(&name)) {
+                        Some((id, key)) => return Ok(Reply::Actor(id, key)),
+                        None => return Err(e),
+                    },
+                };
                 let key = lock(&self.actors).get(&h.id().0).map(|e| e.key).ok_or_else(|| Error::NoSuchActor(name.clone()))?;
                 self.pin_actor(&h);
                 Reply::Actor(h.id().0, key)

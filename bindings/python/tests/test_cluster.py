@@ -234,6 +234,18 @@ print("on the special node:", node_pid == int(os.environ["SPECIAL_PID"]))
 def use(counter):
     return ray.get(counter.inc.remote(10))[0]
 print("from a task:", ray.get(use.remote(c)))
+@ray.remote
+class Total:
+    def __init__(self):
+        self.n = 0
+    def add(self, by):
+        self.n += by
+        return self.n
+named = Total.options(name="shared").remote()
+@ray.remote
+def by_name():
+    return ray.get(ray.get_actor("shared").add.remote(5))
+print("by name:", sorted(ray.get([by_name.remote() for _ in range(3)])))
 ray.kill(c)
 try:
     ray.get(c.inc.remote(1))
@@ -258,4 +270,4 @@ def test_an_actor_lives_on_the_node_that_has_its_resource(tmp_path):
         del os.environ["SPECIAL_PID_FILE"]
     assert code == 0, out + err
     assert out.splitlines() == ["[101, 103, 106]", "on the special node: True", "from a task: 116",
-                                "after kill: RayActorError"], out + err
+                                "by name: [5, 10, 15]", "after kill: RayActorError"], out + err

@@ -109,6 +109,15 @@ pub enum Request {
         node: u32,
         /// Its id there.
         actor: u128,
+        /// Its class's key.
+        key: [u8; 16],
+    },
+    /// Forgets a name (its actor is gone or its creation failed).
+    ActorForget {
+        /// The name.
+        name: String,
+        /// The actor it named.
+        actor: u128,
     },
     /// Where a named actor lives.
     ActorLookup {
@@ -138,8 +147,8 @@ pub enum Response {
     },
     /// A value, if the key exists.
     Value(Option<Vec<u8>>),
-    /// A named actor's place.
-    Actor(Option<(u32, u128)>),
+    /// A named actor: its id and class key.
+    Actor(Option<(u128, [u8; 16])>),
     /// Done.
     Ok,
     /// The stop is on: a node that gets this as a heartbeat's answer stops.
@@ -158,7 +167,7 @@ pub struct Head {
     version: u64,
     kv: HashMap<String, Vec<u8>>,
     functions: HashMap<[u8; 16], Vec<u8>>,
-    actors: HashMap<String, (u32, u128)>,
+    actors: HashMap<String, (u32, u128, [u8; 16])>,
     stopping: bool,
 }
 
@@ -275,16 +284,23 @@ impl Head {
                 Response::Ok
             }
             Request::FnGet { key } => Response::Value(self.functions.get(&key).cloned()),
-            Request::ActorName { name, node, actor } => {
-                let taken = self.actors.get(&name).is_some_and(|(n, _)| self.nodes.get(*n as usize).is_some_and(|(i, _)| i.alive));
-                if taken {
+            Request::ActorName { name, node, actor, key } => {
+                let alive = |n: u32| self.nodes.iter().any(|(i, _)| i.rank == n && i.alive);
+                if self.actors.get(&name).is_some_and(|(n, a, _)| alive(*n) && *a != actor) {
                     return Response::Error(format!("the actor name {name:?} is taken"));
                 }
-                self.actors.insert(name, (node, actor));
+                self.actors.insert(name, (node, actor, key));
+                Response::Ok
+            }
+            Request::ActorForget { name, actor } => {
+                if self.actors.get(&name).is_some_and(|(_, a, _)| *a == actor) {
+                    self.actors.remove(&name);
+                }
                 Response::Ok
             }
             Request::ActorLookup { name } => {
-                Response::Actor(self.actors.get(&name).copied().filter(|(n, _)| self.nodes.get(*n as usize).is_some_and(|(i, _)| i.alive)))
+                let alive = |n: u32| self.nodes.iter().any(|(i, _)| i.rank == n && i.alive);
+                Response::Actor(self.actors.get(&name).filter(|(n, _, _)| alive(*n)).map(|(_, a, k)| (*a, *k)))
             }
             Request::Shutdown => {
                 self.stopping = true;
@@ -356,9 +372,11 @@ mod tests {
         assert_eq!(h.handle(Request::KvGet { key: "a".into() }, now), Response::Value(None));
         h.handle(Request::FnPut { key: [1; 16], blob: b"f".to_vec() }, now);
         assert_eq!(h.handle(Request::FnGet { key: [1; 16] }, now), Response::Value(Some(b"f".to_vec())));
-        assert_eq!(h.handle(Request::ActorName { name: "c".into(), node: 0, actor: 5 }, now), Response::Ok);
-        assert!(matches!(h.handle(Request::ActorName { name: "c".into(), node: 0, actor: 6 }, now), Response::Error(_)));
-        assert_eq!(h.handle(Request::ActorLookup { name: "c".into() }, now), Response::Actor(Some((0, 5))));
+        assert_eq!(h.handle(Request::ActorName { name: "c".into(), node: 0, actor: 5, key: [2; 16] }, now), Response::Ok);
+        assert!(matches!(h.handle(Request::ActorName { name: "c".into(), node: 0, actor: 6, key: [2; 16] }, now), Response::Error(_)));
+        assert_eq!(h.handle(Request::ActorLookup { name: "c".into() }, now), Response::Actor(Some((5, [2; 16]))));
+        h.handle(Request::ActorForget { name: "c".into(), actor: 5 }, now);
+        assert_eq!(h.handle(Request::ActorLookup { name: "c".into() }, now), Response::Actor(None));
         h.handle(Request::Shutdown, now);
         assert!(h.stopping());
         assert!(matches!(h.handle(Request::Join(node(1)), now), Response::Error(_)));

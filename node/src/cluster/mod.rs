@@ -382,6 +382,17 @@ impl Inner {
         self.stop.store(true, Ordering::Release);
     }
 
+    /// A control request: answered by this node's own tables on the head, else by the head.
+    fn control(&self, r: Request) -> Result<Response, ClusterError> {
+        if let Some((h, cv)) = &self.head {
+            let a = lock(h).handle(r, Instant::now());
+            cv.notify_all();
+            return Ok(a);
+        }
+        let peer = lock(&self.head_peer).clone().ok_or_else(|| err("no head"))?;
+        ask(&peer, &r, REQUEST_TIMEOUT)
+    }
+
     /// The other live nodes, for placement.
     fn candidates(&self) -> Vec<Candidate> {
         let view = match &self.head {
@@ -533,6 +544,24 @@ impl Router for RouterOf {
         match inner.remote.place_actor(options, &nodes).and_then(|c| inner.peer_of(&c)) {
             Some(peer) => inner.remote.create_actor(&peer, key, options, args),
             None => here(args),
+        }
+    }
+
+    fn name_actor(&self, name: &str, actor: u128, key: crate::wire::Key) -> Result<(), Error> {
+        let Some(inner) = self.0.upgrade() else { return Ok(()) };
+        let owner = (actor >> 96) as u32;
+        match inner.control(Request::ActorName { name: name.to_string(), node: owner, actor, key }) {
+            Ok(Response::Error(m)) => Err(Error::NameTaken(m)),
+            Ok(_) => Ok(()),
+            Err(e) => Err(Error::Invalid(format!("cannot name the actor: {e}"))),
+        }
+    }
+
+    fn lookup_actor(&self, name: &str) -> Option<(u128, crate::wire::Key)> {
+        let inner = self.0.upgrade()?;
+        match inner.control(Request::ActorLookup { name: name.to_string() }) {
+            Ok(Response::Actor(found)) => found,
+            _ => None,
         }
     }
 
