@@ -110,6 +110,12 @@ pub trait Router: Send + Sync {
     /// The actor named `name` anywhere in the cluster: its id and class key.
     fn lookup_actor(&self, name: &str) -> Option<(u128, Key)>;
 
+    /// Frees `name` cluster-wide (its actor `actor` was killed).
+    fn forget_actor(&self, name: &str, actor: u128);
+
+    /// The nodes of the cluster.
+    fn nodes(&self) -> Vec<crate::wire::WireNode>;
+
     /// The object `id` if another node of the cluster made it (ids name their node): a ref
     /// completed when it is fetched from there, or failed with `ObjectLost` if that node is
     /// gone; `None` when it would be this node's.
@@ -220,6 +226,8 @@ struct ActorEntry {
     /// A handle kept while the actor may be reached by id only (its handle travelled inside
     /// a value, or a worker created it): such an actor lives until killed or shutdown.
     pinned: Option<RawActorHandle>,
+    /// Its name, if it has one (freed cluster-wide when it is killed).
+    name: Option<String>,
 }
 
 /// The worker pool of one runtime.
@@ -923,6 +931,16 @@ impl Pool {
                 let refs = items(s, &r, n)?;
                 Reply::Refs(refs.into_iter().map(|r| lend_id(w, r, actor)).collect())
             }
+            Call::Nodes => Reply::Nodes(match self.router.get() {
+                Some(r) => r.nodes(),
+                None => vec![crate::wire::WireNode {
+                    rank: 0,
+                    alive: true,
+                    address: "127.0.0.1".into(),
+                    host: std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string(),
+                    resources: s.rt.resources().into_iter().map(|v| (v.name.to_string(), v.total)).collect(),
+                }],
+            }),
             Call::Resources => Reply::Resources(match self.cluster_resources.get() {
                 Some(f) => f(),
                 None => s.rt.resources().into_iter().map(|v| (v.name.to_string(), v.total, v.available)).collect(),
@@ -991,7 +1009,7 @@ impl Pool {
                 return Err(e);
             }
         };
-        lock(&self.actors).insert(h.id().0, ActorEntry { class, key, control, pinned: None });
+        lock(&self.actors).insert(h.id().0, ActorEntry { class, key, control, pinned: None, name: options.actor_name.clone() });
         Ok(h)
     }
 
@@ -1053,10 +1071,13 @@ impl Pool {
     pub fn kill_id(&self, actor: u128) {
         // The entry stays (calls through other handles still find the class, and then the
         // core's ActorDied); only its pin goes.
-        let (control, pinned) = match lock(&self.actors).get_mut(&actor) {
-            Some(e) => (Some(e.control.clone()), e.pinned.take()),
-            None => (None, None),
+        let (control, pinned, name) = match lock(&self.actors).get_mut(&actor) {
+            Some(e) => (Some(e.control.clone()), e.pinned.take(), e.name.take()),
+            None => (None, None, None),
         };
+        if let (Some(name), Some(r)) = (name, self.router.get()) {
+            r.forget_actor(&name, actor);
+        }
         let h = pinned.or_else(|| raw_actor_by_id(ActorId(actor)));
         if let Some(c) = &control {
             c.killed.store(true, Ordering::SeqCst);

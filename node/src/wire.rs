@@ -163,6 +163,21 @@ pub enum Call {
         options: WireOptions,
         args: Vec<WireArg>,
     },
+    /// The nodes of the cluster (`ray.nodes()`).
+    Nodes,
+}
+
+/// A node as `ray.nodes()` shows it.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct WireNode {
+    /// Its rank in the launch.
+    pub rank: u32,
+    pub alive: bool,
+    /// Its transport address's IP.
+    pub address: String,
+    pub host: String,
+    /// (name, total).
+    pub resources: Vec<(String, f64)>,
 }
 
 /// A request: the call, and the refs the worker dropped since its last request.
@@ -193,6 +208,7 @@ pub enum Reply {
     Values(Vec<Result<Vec<u8>, WireFailure>>),
     Ready(Vec<u32>),
     Resources(Vec<(String, f64, f64)>),
+    Nodes(Vec<WireNode>),
     /// The request failed as a whole: (exception kind, message); kinds as `WireFailure`.
     Failed(String, String),
 }

@@ -739,6 +739,26 @@ pub fn resources(py: Python<'_>) -> PyResult<HashMap<String, (f64, f64)>> {
     }
 }
 
+/// The nodes of the cluster: `[(rank, alive, address, host, {resource: total})]`.
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+pub fn nodes(py: Python<'_>) -> PyResult<Vec<(u32, bool, String, String, HashMap<String, f64>)>> {
+    let list = match mode()? {
+        Mode::Driver(s) => vec![rayhpc_node::wire::WireNode {
+            rank: 0,
+            alive: true,
+            address: "127.0.0.1".into(),
+            host: std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string(),
+            resources: s.runtime().resources().into_iter().map(|v| (v.name.to_string(), v.total)).collect(),
+        }],
+        Mode::Worker => match worker::request(py, Call::Nodes)? {
+            Reply::Nodes(v) => v,
+            other => return Err(unexpected(other)),
+        },
+    };
+    Ok(list.into_iter().map(|n| (n.rank, n.alive, n.address, n.host, n.resources.into_iter().collect())).collect())
+}
+
 /// Objects in the node's store now (driver only; for tests and diagnostics).
 #[pyfunction]
 pub fn store_objects() -> PyResult<usize> {

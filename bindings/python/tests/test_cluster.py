@@ -83,6 +83,7 @@ try:
     ray.get([boom.remote() for _ in range(3)])
 except KeyError as e:
     print("error surfaced:", type(e).__name__)
+print("nodes", sorted(n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]), sum(n["Resources"]["CPU"] for n in ray.nodes()))
 """
 
 
@@ -96,6 +97,7 @@ def test_three_nodes_join_spread_tasks_and_move_large_values(tmp_path):
     assert lines[1] == "spread [2, 2, 2]", out + err
     assert lines[2].startswith("big values ok on"), out + err
     assert lines[3] == "error surfaced: RayTaskError(KeyError)", out + err
+    assert lines[4] == "nodes ['127.0.0.1', '127.0.0.1', '127.0.0.1'] 3.0", out + err
     assert "cluster up: 3 nodes" in err
     # Nothing left: no rendezvous directory, no session.
     assert not os.listdir(tmp_path / "rdv"), os.listdir(tmp_path / "rdv")
@@ -246,6 +248,9 @@ named = Total.options(name="shared").remote()
 def by_name():
     return ray.get(ray.get_actor("shared").add.remote(5))
 print("by name:", sorted(ray.get([by_name.remote() for _ in range(3)])))
+ray.kill(named)
+again = Total.options(name="shared").remote()
+print("the name again:", ray.get(again.add.remote(1)))
 ray.kill(c)
 try:
     ray.get(c.inc.remote(1))
@@ -270,4 +275,4 @@ def test_an_actor_lives_on_the_node_that_has_its_resource(tmp_path):
         del os.environ["SPECIAL_PID_FILE"]
     assert code == 0, out + err
     assert out.splitlines() == ["[101, 103, 106]", "on the special node: True", "from a task: 116",
-                                "by name: [5, 10, 15]", "after kill: RayActorError"], out + err
+                                "by name: [5, 10, 15]", "the name again: 1", "after kill: RayActorError"], out + err

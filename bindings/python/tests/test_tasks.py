@@ -213,6 +213,8 @@ def test_resources_bound_how_many_tasks_run_at_once(ray_start):
     with pytest.raises(ValueError, match="CPU"):
         span.options(num_cpus=3).remote(0)
     assert ray.cluster_resources()["CPU"] == 2
+    [node] = ray.nodes()
+    assert node["Alive"] and node["Resources"]["CPU"] == 2 and len(node["NodeID"]) == 56
     # Executors give their CPU leases back once idle, a moment after the last task.
     deadline = time.monotonic() + 5
     while ray.available_resources().get("CPU") != 2 and time.monotonic() < deadline:

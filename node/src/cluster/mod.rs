@@ -565,6 +565,29 @@ impl Router for RouterOf {
         }
     }
 
+    fn forget_actor(&self, name: &str, actor: u128) {
+        if let Some(inner) = self.0.upgrade() {
+            let _ = inner.control(Request::ActorForget { name: name.to_string(), actor });
+        }
+    }
+
+    fn nodes(&self) -> Vec<crate::wire::WireNode> {
+        let Some(inner) = self.0.upgrade() else { return Vec::new() };
+        let view = match &inner.head {
+            Some((h, _)) => lock(h).view(),
+            None => inner.view.read().unwrap_or_else(|e| e.into_inner()).clone(),
+        };
+        view.into_iter()
+            .map(|n| crate::wire::WireNode {
+                rank: n.rank,
+                alive: n.alive,
+                address: n.addr.rsplit_once(':').map_or(n.addr.clone(), |(ip, _)| ip.to_string()),
+                host: n.host,
+                resources: n.resources.into_iter().map(|(k, (t, _))| (k, t)).collect(),
+            })
+            .collect()
+    }
+
     fn kill_actor(&self, actor: u128) -> bool {
         let Some(inner) = self.0.upgrade() else { return false };
         let owner = (actor >> 96) as u32;

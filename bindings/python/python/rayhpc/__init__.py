@@ -676,14 +676,15 @@ def available_resources():
 
 
 def nodes():
-    """The nodes of the cluster (one: this one)."""
+    """The nodes of the cluster (under `rayhpc launch`, every node of the launch; else this
+    process's own), as Ray describes them."""
     return [{
-        "NodeID": "0" * 56,
-        "Alive": True,
-        "NodeManagerAddress": "127.0.0.1",
-        "NodeManagerHostname": os.uname().nodename,
-        "Resources": cluster_resources(),
-    }]
+        "NodeID": f"{rank:056x}",
+        "Alive": alive,
+        "NodeManagerAddress": address,
+        "NodeManagerHostname": host,
+        "Resources": {k: v for k, v in resources.items() if v > 0},
+    } for rank, alive, address, host, resources in _native.nodes()]
 
 
 class RuntimeContext:
