@@ -276,3 +276,30 @@ def test_an_actor_lives_on_the_node_that_has_its_resource(tmp_path):
     assert code == 0, out + err
     assert out.splitlines() == ["[101, 103, 106]", "on the special node: True", "from a task: 116",
                                 "by name: [5, 10, 15]", "the name again: 1", "after kill: RayActorError"], out + err
+
+
+LOCALITY = """
+import os, time
+import numpy as np
+import rayhpc as ray
+ray.init()
+@ray.remote
+def hold(s):
+    time.sleep(s)
+@ray.remote
+def where(x):
+    return os.environ["RAYHPC_STORE_SOCKET"]
+head = ray.get(where.remote(0))       # the head is idle: here
+busy = hold.remote(2.0)               # now it is busy
+time.sleep(0.2)
+big = ray.put(np.ones(100_000_000 // 8))
+print("small input goes:", ray.get(where.remote(1)) != head)
+print("100 MB input stays:", ray.get(where.remote(big)) == head)
+ray.get(busy)
+"""
+
+
+def test_a_task_with_large_inputs_stays_with_them(tmp_path):
+    code, out, err, codes, _ = run_cluster(tmp_path, "locality", LOCALITY)
+    assert code == 0, out + err
+    assert out.splitlines() == ["small input goes: True", "100 MB input stays: True"], out + err

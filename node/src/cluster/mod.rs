@@ -523,7 +523,7 @@ impl Router for RouterOf {
             return here(args);
         }
         let nodes = inner.candidates();
-        match inner.remote.place(options, &nodes) {
+        match inner.remote.place_task(options, &args, &nodes) {
             Some(c) => match inner.peer_of(&c) {
                 Some(peer) => inner.remote.submit(&peer, func, args, options.clone()),
                 None => inner.remote.run_here(args, options, here),

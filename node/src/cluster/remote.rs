@@ -264,16 +264,35 @@ impl Remote {
     /// its size (here again on a tie), even if every node is busy: it then queues there.
     /// A node that lacks the resource altogether never gets it.
     pub fn place(&self, options: &WireOptions, nodes: &[Candidate]) -> Option<Candidate> {
-        self.place_request(request_of(options), nodes)
+        self.place_request(request_of(options), nodes, 0)
+    }
+
+    /// [`Remote::place`] for a task whose arguments are `args`: the node that holds its
+    /// inputs (this one: a task's arguments are this node's objects) is preferred in
+    /// proportion to their size. From [`STAY_FROM`] bytes on, the task leaves only for a
+    /// node less than half as loaded; a large input costs a transfer that a short wait here
+    /// may beat.
+    pub fn place_task(&self, options: &WireOptions, args: &[RawArg], nodes: &[Candidate]) -> Option<Candidate> {
+        let bytes: u64 = args
+            .iter()
+            .map(|a| match a {
+                RawArg::Bytes(b) => b.len() as u64,
+                RawArg::Ref(r) => match r.try_view() {
+                    Some(Ok(v)) if v.is_stored() => v.len() as u64,
+                    _ => 0,
+                },
+            })
+            .sum();
+        self.place_request(request_of(options), nodes, bytes)
     }
 
     /// Where an actor asking for `options` should live (as [`Remote::place`], its CPUs
     /// counting 0 unless asked: an actor holds what it asks for as long as it lives).
     pub fn place_actor(&self, options: &WireOptions, nodes: &[Candidate]) -> Option<Candidate> {
-        self.place_request(request_as(options, 0.0), nodes)
+        self.place_request(request_as(options, 0.0), nodes, 0)
     }
 
-    fn place_request(&self, want: BTreeMap<String, f64>, nodes: &[Candidate]) -> Option<Candidate> {
+    fn place_request(&self, want: BTreeMap<String, f64>, nodes: &[Candidate], input_bytes: u64) -> Option<Candidate> {
         let pool = self.pool.upgrade()?;
         let cpu = want.get("CPU").copied().unwrap_or(0.0);
         let local: BTreeMap<String, (f64, f64)> =
@@ -304,8 +323,10 @@ impl Remote {
             .filter(|n| n.node != self.me && has(&n.resources))
             .map(|n| (load(&n.resources, inflight.get(&n.node).copied().unwrap_or(0.0)), n))
             .min_by(|a, b| a.0.total_cmp(&b.0));
+        // Large inputs are here: another node must be much less loaded to be worth them.
+        let factor = if input_bytes >= STAY_FROM { 2.0 } else { 1.0 };
         match best {
-            Some((l, n)) if l < here_load => Some(n.clone()),
+            Some((l, n)) if l * factor < here_load => Some(n.clone()),
             _ => None,
         }
     }
@@ -965,6 +986,9 @@ impl Remote {
 
 /// A task whose node died, to run again (opaque outside this module).
 pub struct Resend(Pending);
+
+/// Inputs from this size up keep a task on their node unless another is far less loaded.
+pub const STAY_FROM: u64 = 64 << 20;
 
 /// Objects from this size up are pulled over bulk streams.
 const BULK_FROM: usize = 1 << 20;
