@@ -617,8 +617,23 @@ impl Pool {
         if let Some(e) = lock(&self.escaped).get(&id).cloned() {
             return Some(e);
         }
+        let mut escaped = lock(&self.escaped);
+        if let Some(e) = escaped.get(&id) {
+            return Some(e.clone()); // another reader started the fetch meanwhile
+        }
         let r = self.router.get()?.fetch(id)?;
-        Some(lock(&self.escaped).entry(id).or_insert((r, false)).clone())
+        escaped.insert(id, (r.clone(), false));
+        drop(escaped);
+        // A failed fetch is not kept: the next reader tries again.
+        let (me, held) = (self.me.clone(), r.clone());
+        r.on_ready(move || {
+            if matches!(held.try_view(), Some(Err(_))) {
+                if let Some(p) = me.upgrade() {
+                    lock(&p.escaped).remove(&id);
+                }
+            }
+        });
+        Some((r, false))
     }
 
     /// Cancels the task whose result is `id`: one not started yet fails when it would start;
@@ -915,8 +930,12 @@ impl Pool {
                 Reply::Done
             }
             Call::PinRef { id } => {
-                let (r, actor) = self.borrowed_or_escaped(w, id)?;
-                self.escape(&r, actor);
+                // A ref this worker holds is kept while its id travels; one it only passes on
+                // (escaped already, here or on the node that made it) needs nothing, and
+                // above all no fetch.
+                if let Some((r, actor)) = w.borrowed.get(&id).cloned() {
+                    self.escape(&r, actor);
+                }
                 Reply::Done
             }
             Call::Cancel { id, force } => {

@@ -844,11 +844,24 @@ unsafe fn submit_to(
     };
     // SAFETY: the caller's contract, passed on.
     let opts = unsafe { check_call(f, args, nargs, options) }?;
+    // Byte arguments are copied before the lock is taken (they may be large); only refs
+    // need the table.
+    // SAFETY: the caller's contract, passed on.
+    let any_ref = unsafe { arg_slice(args, nargs) }?.iter().any(|a| a.kind == ARG_REF);
+    let early = if any_ref {
+        None
+    } else {
+        // SAFETY: the caller's contract, passed on.
+        Some(unsafe { raw_args_in(args, nargs, &Table::new()) }?)
+    };
     let mut refs = REFS.lock();
     let refs = &mut *refs;
     let rt = refs.rt.as_ref().ok_or_else(not_initialized)?;
-    // SAFETY: the caller's contract, passed on.
-    let raw_args = unsafe { raw_args_in(args, nargs, &refs.table) }?;
+    let raw_args = match early {
+        Some(a) => a,
+        // SAFETY: the caller's contract, passed on.
+        None => unsafe { raw_args_in(args, nargs, &refs.table) }?,
+    };
     let r = raw.remote(rt, raw_args, opts.as_ref().unwrap_or(&DEFAULT_OPTIONS)).map_err(|e| from_error(&e))?;
     let h = refs.insert(r);
     // SAFETY: non-null, writable (the caller's contract).

@@ -37,6 +37,10 @@ pub(crate) struct SpinGuard<'a, T> {
     lock: &'a SpinLock<T>,
 }
 
+// SAFETY: a shared guard gives `&T` only, which may cross threads when `T: Sync` (the
+// automatic impl would ask only `T: Send`, through `SpinLock<T>: Sync`).
+unsafe impl<T: Sync> Sync for SpinGuard<'_, T> {}
+
 impl<T> Deref for SpinGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {

@@ -718,7 +718,8 @@ impl Remote {
         let spawned = std::thread::Builder::new().name("rayhpc-fetch".into()).spawn(move || {
             let ask = postcard::to_allocvec(&id).expect("an id serializes");
             let answer = peer
-                .request(FETCH, &ask, Duration::from_secs(3600))
+                // An object may take as long as its task: no deadline but the connection's.
+                .request(FETCH, &ask, Duration::from_secs(365 * 86400))
                 .map_err(|e| e.to_string())
                 .and_then(|f| postcard::from_bytes::<Outcome>(&f.payload).map_err(|e| format!("a malformed answer: {e}")));
             match answer {
@@ -750,7 +751,6 @@ impl Remote {
         let blob = pool.function_blob(&key).ok_or_else(|| Error::Invalid("unknown actor class (not registered in this runtime)".into()))?;
         let class = pool.class_name(&key).unwrap_or_else(|| "Actor".into());
         let mut wargs = Vec::with_capacity(args.len());
-        let mut lent = Vec::new();
         for a in &args {
             match a {
                 RawArg::Bytes(b) => wargs.push(Arg::Value(b.clone())),
@@ -761,7 +761,9 @@ impl Remote {
                         Some(Ok(v)) => {
                             let id = r.id().0;
                             self.export(id, r.clone());
-                            lent.push(id);
+                            // Recorded at once: lent to that node (let go if it dies), whatever
+                            // happens to this creation.
+                            lock(&self.lent).entry(peer.node()).or_default().push(id);
                             wargs.push(Arg::Object { id, len: v.len() as u64 });
                         }
                         Some(Err(e)) => return Err(e),
@@ -770,7 +772,6 @@ impl Remote {
                 },
             }
         }
-        lock(&self.lent).entry(peer.node()).or_default().extend(&lent);
         let msg = ActorMsg { key, blob: blob.to_vec(), class, options: options.clone(), args: wargs };
         let bytes = postcard::to_allocvec(&msg).map_err(|e| Error::Invalid(format!("cannot encode an actor for another node: {e}")))?;
         let f =
