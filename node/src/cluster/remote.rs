@@ -573,19 +573,10 @@ impl Remote {
             },
             MsgFn::Method { actor, method } => {
                 // The actor's own ordered mailbox takes it, as any call.
-                let mut args = Vec::with_capacity(msg.args.len());
-                for a in msg.args {
-                    match a {
-                        Arg::Value(b) => args.push(RawArg::Bytes(b)),
-                        Arg::Object { id, len } => match pool.services().rt.promise() {
-                            Ok((r, promise)) => {
-                                self.pull(peer.clone(), id, len, promise, false);
-                                args.push(RawArg::Ref(r));
-                            }
-                            Err(e) => return answer(Outcome::Failed(failure_of(e, true))),
-                        },
-                    }
-                }
+                let args = match self.received(peer, &pool, msg.args, false) {
+                    Ok(a) => a,
+                    Err(e) => return answer(Outcome::Failed(failure_of(e, true))),
+                };
                 let r = match pool.call_actor_id(*actor, method, args) {
                     Ok(r) => r,
                     Err(e) => return answer(Outcome::Failed(failure_of(e, true))),
@@ -599,18 +590,10 @@ impl Remote {
             }
         };
         let rt = pool.services().rt.clone();
-        for a in msg.args {
-            match a {
-                Arg::Value(b) => args.push(RawArg::Bytes(b)),
-                Arg::Object { id, len } => match rt.promise() {
-                    Ok((r, promise)) => {
-                        // The owner lets its export go when the task is done.
-                        self.pull(peer.clone(), id, len, promise, false);
-                        args.push(RawArg::Ref(r));
-                    }
-                    Err(e) => return answer(Outcome::Failed(failure_of(e, false))),
-                },
-            }
+        // The owner lets its exports go when the task is done.
+        match self.received(peer, &pool, msg.args, false) {
+            Ok(a) => args.extend(a),
+            Err(e) => return answer(Outcome::Failed(failure_of(e, false))),
         }
         let mut options = to_options(&msg.options, false);
         // Retries are the owner's: it sends the task again if this node dies.
@@ -650,6 +633,23 @@ impl Remote {
             };
             answer(outcome);
         }
+    }
+
+    /// The arguments of a call from `peer`, as this node's: bytes as they are, objects as
+    /// refs completed by a pull from `peer` (`lent`: tell it when pulled).
+    fn received(self: &Arc<Self>, peer: &Peer, pool: &Pool, args: Vec<Arg>, lent: bool) -> Result<Vec<RawArg>, Error> {
+        let mut out = Vec::with_capacity(args.len());
+        for a in args {
+            match a {
+                Arg::Value(b) => out.push(RawArg::Bytes(b)),
+                Arg::Object { id, len } => {
+                    let (r, promise) = pool.services().rt.promise()?;
+                    self.pull(peer.clone(), id, len, promise, lent);
+                    out.push(RawArg::Ref(r));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The outcome of a task this node sent.
@@ -790,20 +790,11 @@ impl Remote {
         let Some(pool) = self.pool.upgrade() else { return answer(Err("shut down".into())) };
         pool.define(msg.key, &msg.blob);
         pool.class(msg.key, &msg.class);
-        let mut args = Vec::with_capacity(msg.args.len());
-        for a in msg.args {
-            match a {
-                Arg::Value(b) => args.push(RawArg::Bytes(b)),
-                Arg::Object { id, len } => match pool.services().rt.promise() {
-                    Ok((r, promise)) => {
-                        // Lent: the requester lets it go when this node says it pulled it.
-                        self.pull(peer.clone(), id, len, promise, true);
-                        args.push(RawArg::Ref(r));
-                    }
-                    Err(e) => return answer(Err(e.to_string())),
-                },
-            }
-        }
+        // Lent: the requester lets them go when this node says it pulled them.
+        let args = match self.received(peer, &pool, msg.args, true) {
+            Ok(a) => a,
+            Err(e) => return answer(Err(e.to_string())),
+        };
         answer(pool.create_pinned(msg.key, &msg.options, args).map_err(|e| e.to_string()));
     }
 
