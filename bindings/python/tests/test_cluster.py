@@ -303,3 +303,22 @@ def test_a_task_with_large_inputs_stays_with_them(tmp_path):
     code, out, err, codes, _ = run_cluster(tmp_path, "locality", LOCALITY)
     assert code == 0, out + err
     assert out.splitlines() == ["small input goes: True", "100 MB input stays: True"], out + err
+
+
+BURST = """
+import os
+import rayhpc as ray
+ray.init()
+@ray.remote(num_cpus=1)
+class Worker:
+    def node(self):
+        return os.getppid()
+actors = [Worker.remote() for _ in range(3)]
+print("actors on", len(set(ray.get([a.node.remote() for a in actors]))), "nodes")
+"""
+
+
+def test_a_burst_of_actors_asking_for_a_cpu_spreads_over_the_nodes(tmp_path):
+    code, out, err, codes, _ = run_cluster(tmp_path, "burst", BURST)
+    assert code == 0, out + err
+    assert out.splitlines() == [f"actors on {NODES} nodes"], out + err

@@ -541,7 +541,9 @@ impl Router for RouterOf {
     ) -> Result<u128, Error> {
         let Some(inner) = self.0.upgrade() else { return here(args) };
         let nodes = inner.candidates();
-        match inner.remote.place_actor(options, &nodes).and_then(|c| inner.peer_of(&c)) {
+        let peer = inner.remote.place_actor(options, &nodes).and_then(|c| inner.peer_of(&c));
+        inner.remote.note_actor(peer.as_ref().map(Peer::node), options);
+        match peer {
             Some(peer) => inner.remote.create_actor(&peer, key, options, args),
             None => here(args),
         }

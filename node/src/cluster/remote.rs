@@ -158,6 +158,8 @@ pub struct Remote {
     bulk: std::sync::OnceLock<Arc<BulkServer>>,
     /// Results exported for each node until it pulled them (dropped if it dies).
     lent: Mutex<HashMap<NodeId, Vec<u128>>>,
+    /// Actors placed lately.
+    actor_places: Mutex<Vec<ActorPlace>>,
     /// The service thread's queue.
     jobs: Mutex<std::sync::mpsc::Sender<Job>>,
     /// Places a task again (set by the cluster: live nodes only, else here).
@@ -165,6 +167,9 @@ pub struct Remote {
 }
 
 type Job = Box<dyn FnOnce() + Send>;
+
+/// An actor placed: on which node, what it asks for, when.
+type ActorPlace = (NodeId, BTreeMap<String, f64>, std::time::Instant);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -236,6 +241,7 @@ impl Remote {
             sent: AtomicU64::new(0),
             bulk: std::sync::OnceLock::new(),
             lent: Mutex::new(HashMap::new()),
+            actor_places: Mutex::new(Vec::new()),
             jobs: Mutex::new(tx),
             replace: std::sync::OnceLock::new(),
         })
@@ -288,8 +294,55 @@ impl Remote {
 
     /// Where an actor asking for `options` should live (as [`Remote::place`], its CPUs
     /// counting 0 unless asked: an actor holds what it asks for as long as it lives).
+    ///
+    /// An actor goes where every resource it asks for is free now: here first, else the
+    /// node with the most free CPUs. Resources given to actors placed in the last second
+    /// count as taken (the nodes' reports may not show them yet), so a burst of actors
+    /// spreads. When none has it free, here if this node has it at all (the actor waits),
+    /// else the first node that has.
     pub fn place_actor(&self, options: &WireOptions, nodes: &[Candidate]) -> Option<Candidate> {
-        self.place_request(request_as(options, 0.0), nodes, 0)
+        let want = request_as(options, 0.0);
+        let pool = self.pool.upgrade()?;
+        let local: BTreeMap<String, (f64, f64)> =
+            pool.services().rt.resources().into_iter().map(|v| (v.name.to_string(), (v.total, v.available))).collect();
+        let recent = self.recent_actors();
+        let taken = |n: NodeId, k: &str| recent.get(&n).and_then(|m| m.get(k)).copied().unwrap_or(0.0);
+        let free = |res: &BTreeMap<String, (f64, f64)>, n: NodeId| {
+            want.iter().all(|(k, v)| *v <= 0.0 || res.get(k).is_some_and(|(_, a)| a - taken(n, k) + 1e-9 >= *v))
+        };
+        let has =
+            |res: &BTreeMap<String, (f64, f64)>| want.iter().all(|(k, v)| *v <= 0.0 || res.get(k).is_some_and(|(t, _)| t + 1e-9 >= *v));
+        if free(&local, self.me) {
+            return None;
+        }
+        let cpus = |n: &Candidate| n.resources.get("CPU").map_or(0.0, |(_, a)| *a) - taken(n.node, "CPU");
+        let best = nodes.iter().filter(|n| n.node != self.me && free(&n.resources, n.node)).max_by(|a, b| cpus(a).total_cmp(&cpus(b)));
+        if let Some(n) = best {
+            return Some(n.clone());
+        }
+        if has(&local) {
+            return None;
+        }
+        nodes.iter().find(|n| n.node != self.me && has(&n.resources)).cloned()
+    }
+
+    /// Notes an actor placed on `node` asking for `options` (see [`Remote::place_actor`]).
+    pub fn note_actor(&self, node: Option<NodeId>, options: &WireOptions) {
+        let node = node.unwrap_or(self.me);
+        lock(&self.actor_places).push((node, request_as(options, 0.0), std::time::Instant::now()));
+    }
+
+    /// Resources of actors placed in the last second, per node.
+    fn recent_actors(&self) -> HashMap<NodeId, BTreeMap<String, f64>> {
+        let mut places = lock(&self.actor_places);
+        places.retain(|(_, _, at)| at.elapsed() < Duration::from_secs(1));
+        let mut out: HashMap<NodeId, BTreeMap<String, f64>> = HashMap::new();
+        for (n, want, _) in places.iter() {
+            for (k, v) in want {
+                *out.entry(*n).or_default().entry(k.clone()).or_default() += v;
+            }
+        }
+        out
     }
 
     fn place_request(&self, want: BTreeMap<String, f64>, nodes: &[Candidate], input_bytes: u64) -> Option<Candidate> {
