@@ -110,7 +110,8 @@ pub trait Router: Send + Sync {
     /// The actor named `name` anywhere in the cluster: its id and class key.
     fn lookup_actor(&self, name: &str) -> Option<(u128, Key)>;
 
-    /// Frees `name` cluster-wide (its actor `actor` was killed).
+    /// Frees `name` cluster-wide (its actor `actor` was killed or died). Waits for the head
+    /// (a round trip from a member): not for threads that must not block.
     fn forget_actor(&self, name: &str, actor: u128);
 
     /// The nodes of the cluster.
@@ -217,6 +218,19 @@ struct ActorControl {
     ch: Mutex<Option<Arc<Channel>>>,
     /// Set by `kill`: the process is not restarted.
     killed: AtomicBool,
+    /// Its name and id, while the name is held cluster-wide (freed when it dies or is
+    /// killed).
+    named: Mutex<Option<(String, u128)>>,
+}
+
+impl Pool {
+    /// Frees the cluster-wide name of the actor of `control`, if it holds one.
+    fn release_name(&self, control: &ActorControl) {
+        let named = lock(&control.named).take();
+        if let (Some((name, id)), Some(r)) = (named, self.router.get()) {
+            r.forget_actor(&name, id);
+        }
+    }
 }
 
 struct ActorEntry {
@@ -226,8 +240,6 @@ struct ActorEntry {
     /// A handle kept while the actor may be reached by id only (its handle travelled inside
     /// a value, or a worker created it): such an actor lives until killed or shutdown.
     pinned: Option<RawActorHandle>,
-    /// Its name, if it has one (freed cluster-wide when it is killed).
-    name: Option<String>,
 }
 
 /// The worker pool of one runtime.
@@ -1013,7 +1025,7 @@ impl Pool {
             .cloned()
             .ok_or_else(|| Error::Invalid("unknown actor class (not registered in this runtime)".into()))?;
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let control = Arc::new(ActorControl { ch: Mutex::new(None), killed: AtomicBool::new(false) });
+        let control = Arc::new(ActorControl { ch: Mutex::new(None), killed: AtomicBool::new(false), named: Mutex::new(None) });
         lock(&self.pending).insert(token, control.clone());
         let mut config = Vec::with_capacity(16);
         config.extend_from_slice(&token.to_le_bytes());
@@ -1028,7 +1040,10 @@ impl Pool {
                 return Err(e);
             }
         };
-        lock(&self.actors).insert(h.id().0, ActorEntry { class, key, control, pinned: None, name: options.actor_name.clone() });
+        if let Some(name) = &options.actor_name {
+            *lock(&control.named) = Some((name.clone(), h.id().0));
+        }
+        lock(&self.actors).insert(h.id().0, ActorEntry { class, key, control, pinned: None });
         Ok(h)
     }
 
@@ -1090,12 +1105,12 @@ impl Pool {
     pub fn kill_id(&self, actor: u128) {
         // The entry stays (calls through other handles still find the class, and then the
         // core's ActorDied); only its pin goes.
-        let (control, pinned, name) = match lock(&self.actors).get_mut(&actor) {
-            Some(e) => (Some(e.control.clone()), e.pinned.take(), e.name.take()),
-            None => (None, None, None),
+        let (control, pinned) = match lock(&self.actors).get_mut(&actor) {
+            Some(e) => (Some(e.control.clone()), e.pinned.take()),
+            None => (None, None),
         };
-        if let (Some(name), Some(r)) = (name, self.router.get()) {
-            r.forget_actor(&name, actor);
+        if let Some(c) = &control {
+            self.release_name(c);
         }
         let h = pinned.or_else(|| raw_actor_by_id(ActorId(actor)));
         if let Some(c) = &control {
@@ -1277,6 +1292,23 @@ impl PyActor {
 
 impl RawActor for PyActor {
     fn call(&mut self, method: &str, inputs: &[&[u8]]) -> Result<RawOutput, RawFailure> {
+        let r = self.call_once(method, inputs);
+        // Gone for good: its name is free again, cluster-wide (from another thread: this is
+        // an executor, and freeing it may be a round trip to the head).
+        if matches!(&r, Err(f) if f.kind == FailureKind::ActorDied) {
+            let (pool, control) = (self.pool.clone(), self.control.clone());
+            let _ = std::thread::Builder::new().name("rayhpc-forget".into()).spawn(move || {
+                if let Some(pool) = pool.upgrade() {
+                    pool.release_name(&control);
+                }
+            });
+        }
+        r
+    }
+}
+
+impl PyActor {
+    fn call_once(&mut self, method: &str, inputs: &[&[u8]]) -> Result<RawOutput, RawFailure> {
         let markers = by_key(&stored_inputs(), inputs);
         let mut parts: Vec<&[u8]> = Vec::with_capacity(inputs.len() + 1);
         parts.push(method.as_bytes());

@@ -251,6 +251,20 @@ print("by name:", sorted(ray.get([by_name.remote() for _ in range(3)])))
 ray.kill(named)
 again = Total.options(name="shared").remote()
 print("the name again:", ray.get(again.add.remote(1)))
+@ray.remote(max_restarts=0)
+class Mortal:
+    def die(self):
+        os._exit(1)
+    def ok(self):
+        return 1
+m = Mortal.options(name="mortal").remote()
+try:
+    ray.get(m.die.remote())
+except RayActorError:
+    pass
+import time
+time.sleep(0.5)  # the name is freed at the head in the background
+print("the name after a death:", ray.get(Mortal.options(name="mortal").remote().ok.remote()))
 ray.kill(c)
 try:
     ray.get(c.inc.remote(1))
@@ -275,7 +289,8 @@ def test_an_actor_lives_on_the_node_that_has_its_resource(tmp_path):
         del os.environ["SPECIAL_PID_FILE"]
     assert code == 0, out + err
     assert out.splitlines() == ["[101, 103, 106]", "on the special node: True", "from a task: 116",
-                                "by name: [5, 10, 15]", "the name again: 1", "after kill: RayActorError"], out + err
+                                "by name: [5, 10, 15]", "the name again: 1", "the name after a death: 1",
+                                "after kill: RayActorError"], out + err
 
 
 LOCALITY = """

@@ -568,14 +568,9 @@ impl Router for RouterOf {
     }
 
     fn forget_actor(&self, name: &str, actor: u128) {
-        // Off the calling thread (the remote service thread, for a kill from another node): a
-        // member's control request is a round trip to the head.
-        let (weak, name) = (self.0.clone(), name.to_string());
-        let _ = std::thread::Builder::new().name("rayhpc-forget".into()).spawn(move || {
-            if let Some(inner) = weak.upgrade() {
-                let _ = inner.control(Request::ActorForget { name, actor });
-            }
-        });
+        if let Some(inner) = self.0.upgrade() {
+            let _ = inner.control(Request::ActorForget { name: name.to_string(), actor });
+        }
     }
 
     fn nodes(&self) -> Vec<crate::wire::WireNode> {

@@ -574,7 +574,8 @@ impl Remote {
             ACTOR_NEW => me.on_actor_new(&peer, id, &payload),
             ACTOR_KILL => {
                 if let (Ok(actor), Some(pool)) = (postcard::from_bytes::<u128>(&payload), me.pool.upgrade()) {
-                    pool.kill_id(actor);
+                    // Off the service thread: freeing its name may wait for the head.
+                    let _ = std::thread::Builder::new().name("rayhpc-kill".into()).spawn(move || pool.kill_id(actor));
                 }
             }
             _ => {
