@@ -301,23 +301,25 @@ ray.init()
 @ray.remote
 def hold(s):
     time.sleep(s)
+    return os.environ["RAYHPC_STORE_SOCKET"]
 @ray.remote
 def where(x):
     return os.environ["RAYHPC_STORE_SOCKET"]
 head = ray.get(where.remote(0))       # the head is idle: here
+time.sleep(0.2)                       # (its count of tasks running here catches up)
 busy = hold.remote(2.0)               # now it is busy
 time.sleep(0.2)
 big = ray.put(np.ones(100_000_000 // 8))
 print("small input goes:", ray.get(where.remote(1)) != head)
 print("100 MB input stays:", ray.get(where.remote(big)) == head)
-ray.get(busy)
+print("the head was the busy one:", ray.get(busy) == head)
 """
 
 
 def test_a_task_with_large_inputs_stays_with_them(tmp_path):
     code, out, err, codes, _ = run_cluster(tmp_path, "locality", LOCALITY)
     assert code == 0, out + err
-    assert out.splitlines() == ["small input goes: True", "100 MB input stays: True"], out + err
+    assert out.splitlines() == ["small input goes: True", "100 MB input stays: True", "the head was the busy one: True"], out + err
 
 
 BURST = """
