@@ -458,6 +458,20 @@ impl Pool {
         Ok(raw)
     }
 
+    /// The nodes of the cluster (`ray.nodes()`): the launch's, else this one alone.
+    pub fn nodes(&self) -> Vec<crate::wire::WireNode> {
+        if let Some(r) = self.router.get() {
+            return r.nodes();
+        }
+        vec![crate::wire::WireNode {
+            rank: 0,
+            alive: true,
+            address: "127.0.0.1".into(),
+            host: std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string(),
+            resources: self.services().rt.resources().into_iter().map(|v| (v.name.to_string(), v.total)).collect(),
+        }]
+    }
+
     /// The pickled function or class of `key`, if this pool knows it.
     pub fn function_blob(&self, key: &Key) -> Option<Arc<[u8]>> {
         self.blob(key)
@@ -962,16 +976,7 @@ impl Pool {
                 let refs = items(s, &r, n)?;
                 Reply::Refs(refs.into_iter().map(|r| lend_id(w, r, actor)).collect())
             }
-            Call::Nodes => Reply::Nodes(match self.router.get() {
-                Some(r) => r.nodes(),
-                None => vec![crate::wire::WireNode {
-                    rank: 0,
-                    alive: true,
-                    address: "127.0.0.1".into(),
-                    host: std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string(),
-                    resources: s.rt.resources().into_iter().map(|v| (v.name.to_string(), v.total)).collect(),
-                }],
-            }),
+            Call::Nodes => Reply::Nodes(self.nodes()),
             Call::Resources => Reply::Resources(match self.cluster_resources.get() {
                 Some(f) => f(),
                 None => s.rt.resources().into_iter().map(|v| (v.name.to_string(), v.total, v.available)).collect(),

@@ -1569,11 +1569,8 @@ pub unsafe extern "C" fn rayhpc_register_class(
 }
 
 fn raw_args_of(args: *const rayhpc_arg, nargs: usize) -> Result<Vec<RawArg>, rayhpc_status> {
-    if nargs > 0 && args.is_null() {
-        return Err(fail(RAYHPC_E_NULL, format!("args is NULL with {nargs} argument(s)")));
-    }
-    // SAFETY: non-null and `nargs` long (the public callers' contract).
-    let any_ref = nargs > 0 && unsafe { std::slice::from_raw_parts(args, nargs) }.iter().any(|a| a.kind == ARG_REF);
+    // SAFETY: `nargs` entries at `args` (the public callers' contract).
+    let any_ref = unsafe { arg_slice(args, nargs) }?.iter().any(|a| a.kind == ARG_REF);
     if any_ref {
         // SAFETY: as above.
         unsafe { raw_args_in(args, nargs, &REFS.lock()) }

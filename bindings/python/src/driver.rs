@@ -744,13 +744,7 @@ pub fn resources(py: Python<'_>) -> PyResult<HashMap<String, (f64, f64)>> {
 #[allow(clippy::type_complexity)]
 pub fn nodes(py: Python<'_>) -> PyResult<Vec<(u32, bool, String, String, HashMap<String, f64>)>> {
     let list = match mode()? {
-        Mode::Driver(s) => vec![rayhpc_node::wire::WireNode {
-            rank: 0,
-            alive: true,
-            address: "127.0.0.1".into(),
-            host: std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string(),
-            resources: s.runtime().resources().into_iter().map(|v| (v.name.to_string(), v.total)).collect(),
-        }],
+        Mode::Driver(s) => s.pool().nodes(),
         Mode::Worker => match worker::request(py, Call::Nodes)? {
             Reply::Nodes(v) => v,
             other => return Err(unexpected(other)),

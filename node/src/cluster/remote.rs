@@ -459,34 +459,16 @@ impl Remote {
             TaskFn::Native(name) => (MsgFn::Native(name.clone()), 0),
             TaskFn::Method { actor, method } => (MsgFn::Method { actor: *actor, method: method.clone() }, 0),
         };
-        let mut args = Vec::with_capacity(p.args.len());
         // A Python task's first argument is the key itself (`py.task` takes it as its first
         // input): the executor puts it back.
-        for a in p.args.iter().skip(skip) {
-            match a {
-                RawArg::Bytes(b) => args.push(Arg::Value(b.clone())),
-                RawArg::Ref(r) => match r.with_inline_bytes(<[u8]>::to_vec) {
-                    Some(Ok(b)) => args.push(Arg::Value(b)),
-                    Some(Err(e)) => {
-                        p.promise.fail(e); // Ray's propagation: the task does not run
-                        return;
-                    }
-                    None => match r.try_view() {
-                        Some(Ok(v)) => {
-                            let id = r.id().0;
-                            self.export(id, r.clone());
-                            p.exported.push(id);
-                            args.push(Arg::Object { id, len: v.len() as u64 });
-                        }
-                        Some(Err(e)) => {
-                            p.promise.fail(e);
-                            return;
-                        }
-                        None => unreachable!("every argument is ready"),
-                    },
-                },
+        let args = match self.outgoing(&p.args[skip.min(p.args.len())..]) {
+            Ok((a, exported)) => {
+                p.exported = exported;
+                a
             }
-        }
+            // Ray's propagation: a failed argument fails the task, which does not run.
+            Err(e) => return p.promise.fail(e),
+        };
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let msg = TaskMsg { seq, func, args, options: p.options.clone() };
         let bytes = match postcard::to_allocvec(&msg) {
@@ -512,6 +494,48 @@ impl Remote {
                 self.lost(p, peer.node(), &e.to_string());
             }
         }
+    }
+
+    /// The arguments of a call to another node: bytes as they are (small objects' bytes
+    /// too), larger objects exported for that node to pull (their ids, the second part).
+    /// Every argument must be ready.
+    ///
+    /// # Errors
+    /// An argument failed (what the call fails with, as Ray propagates it), or cannot be
+    /// read; nothing stays exported then.
+    fn outgoing(&self, args: &[RawArg]) -> Result<(Vec<Arg>, Vec<u128>), Error> {
+        let (mut out, mut exported) = (Vec::with_capacity(args.len()), Vec::new());
+        let read = |r: &ObjectRef<Untyped>| -> Result<Arg, Error> {
+            match r.with_inline_bytes(<[u8]>::to_vec) {
+                Some(b) => b.map(Arg::Value),
+                None => match r.try_view() {
+                    Some(v) => v.map(|v| Arg::Object { id: r.id().0, len: v.len() as u64 }),
+                    None => Err(Error::Invalid("an argument is not ready".into())),
+                },
+            }
+        };
+        for a in args {
+            let arg = match a {
+                RawArg::Bytes(b) => Ok(Arg::Value(b.clone())),
+                RawArg::Ref(r) => read(r),
+            };
+            match arg {
+                Ok(arg) => {
+                    if let (Arg::Object { id, .. }, RawArg::Ref(r)) = (&arg, a) {
+                        self.export(*id, r.clone());
+                        exported.push(*id);
+                    }
+                    out.push(arg);
+                }
+                Err(e) => {
+                    for id in exported {
+                        self.unexport(id);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok((out, exported))
     }
 
     /// A task that could not run where it was sent: placed again while its retries allow
@@ -804,28 +828,10 @@ impl Remote {
         pool.services().rt.wait_for(&refs, refs.len(), None)?;
         let blob = pool.function_blob(&key).ok_or_else(|| Error::Invalid("unknown actor class (not registered in this runtime)".into()))?;
         let class = pool.class_name(&key).unwrap_or_else(|| "Actor".into());
-        let mut wargs = Vec::with_capacity(args.len());
-        for a in &args {
-            match a {
-                RawArg::Bytes(b) => wargs.push(Arg::Value(b.clone())),
-                RawArg::Ref(r) => match r.with_inline_bytes(<[u8]>::to_vec) {
-                    Some(Ok(b)) => wargs.push(Arg::Value(b)),
-                    Some(Err(e)) => return Err(e),
-                    None => match r.try_view() {
-                        Some(Ok(v)) => {
-                            let id = r.id().0;
-                            self.export(id, r.clone());
-                            // Recorded at once: lent to that node (let go if it dies), whatever
-                            // happens to this creation.
-                            lock(&self.lent).entry(peer.node()).or_default().push(id);
-                            wargs.push(Arg::Object { id, len: v.len() as u64 });
-                        }
-                        Some(Err(e)) => return Err(e),
-                        None => return Err(Error::Invalid("an argument is not ready".into())),
-                    },
-                },
-            }
-        }
+        let (wargs, exported) = self.outgoing(&args)?;
+        // Lent to that node (let go if it dies, or when it says it pulled them), whatever
+        // happens to this creation.
+        lock(&self.lent).entry(peer.node()).or_default().extend(exported);
         let msg = ActorMsg { key, blob: blob.to_vec(), class, options: options.clone(), args: wargs };
         let bytes = postcard::to_allocvec(&msg).map_err(|e| Error::Invalid(format!("cannot encode an actor for another node: {e}")))?;
         let f =
