@@ -1117,6 +1117,29 @@ impl Pool {
         if let Some(c) = &control {
             self.release_name(c);
         }
+        self.kill_now(actor, control, pinned);
+    }
+
+    /// [`Pool::kill_id`], its name freed cluster-wide on another thread (for a thread that
+    /// must not wait for the head).
+    pub fn kill_id_then_free_name(&self, actor: u128) {
+        let (control, pinned) = match lock(&self.actors).get_mut(&actor) {
+            Some(e) => (Some(e.control.clone()), e.pinned.take()),
+            None => (None, None),
+        };
+        if let Some(c) = control.clone() {
+            let pool = self.me.clone();
+            let _ = std::thread::Builder::new().name("rayhpc-forget".into()).spawn(move || {
+                if let Some(pool) = pool.upgrade() {
+                    pool.release_name(&c);
+                }
+            });
+        }
+        self.kill_now(actor, control, pinned);
+    }
+
+    /// Kills actor `actor` (its control and pinned handle taken out of its entry).
+    fn kill_now(&self, actor: u128, control: Option<Arc<ActorControl>>, pinned: Option<RawActorHandle>) {
         let h = pinned.or_else(|| raw_actor_by_id(ActorId(actor)));
         if let Some(c) = &control {
             c.killed.store(true, Ordering::SeqCst);

@@ -598,8 +598,9 @@ impl Remote {
             ACTOR_NEW => me.on_actor_new(&peer, id, &payload),
             ACTOR_KILL => {
                 if let (Ok(actor), Some(pool)) = (postcard::from_bytes::<u128>(&payload), me.pool.upgrade()) {
-                    // Off the service thread: freeing its name may wait for the head.
-                    let _ = std::thread::Builder::new().name("rayhpc-kill".into()).spawn(move || pool.kill_id(actor));
+                    // Killed here, in order with the calls that came before and after it; only
+                    // freeing its name (which may wait for the head) is left to another thread.
+                    pool.kill_id_then_free_name(actor);
                 }
             }
             _ => {
