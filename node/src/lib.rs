@@ -14,6 +14,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod kv;
 pub mod native;
 pub mod pool;
 pub mod signal;

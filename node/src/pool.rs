@@ -37,6 +37,7 @@ use rayhpc::raw::{
 };
 use rayhpc::{Error, FailureKind, ObjectRef, ObjectView, Options, Runtime, Untyped};
 
+use crate::kv::{KvAnswer, KvOp, LocalKv};
 use crate::wire::{self, Call, Envelope, Key, Reply, Response, WireArg, WireFailure, WireOptions};
 
 /// Bytes of each ring of a worker's channel (pages are faulted only as used).
@@ -125,6 +126,12 @@ pub trait Router: Send + Sync {
     /// Calls `method` on actor `actor` if it lives on another node of the cluster (its id
     /// names the node that made it); `None` when it would live here.
     fn actor_call(&self, actor: u128, method: &str, args: Vec<RawArg>) -> Option<Result<ObjectRef<Untyped>, Error>>;
+
+    /// Runs `op` on the cluster's KV store (the head's); `None` to use this node's own.
+    fn kv(&self, op: KvOp) -> Option<Result<KvAnswer, Error>> {
+        let _ = op;
+        None
+    }
 }
 
 /// What [`Pool::set_cluster_resources`] takes: the cluster's (name, total, available).
@@ -276,6 +283,8 @@ pub struct Pool {
     cancelled: Mutex<HashSet<u128>>,
     /// The worker process running each task now (by result id).
     running: Mutex<HashMap<u128, u32>>,
+    /// The KV store of a node outside any cluster.
+    kv: LocalKv,
 }
 
 fn cancelled() -> RawFailure {
@@ -413,6 +422,7 @@ impl Pool {
             drivers: Mutex::new(Vec::new()),
             cancelled: Mutex::new(HashSet::new()),
             running: Mutex::new(HashMap::new()),
+            kv: LocalKv::default(),
         })
     }
 
@@ -456,6 +466,18 @@ impl Pool {
         let raw = rayhpc::raw::raw_function(name, move |inputs: &[&[u8]]| crate::native::run(f, &owned, inputs).map(RawOutput::Bytes));
         natives.insert(name.to_string(), raw);
         Ok(raw)
+    }
+
+    /// Runs `op` on the KV store: the cluster's, else this node's own. A watch waits (up to
+    /// its timeout) for a change.
+    ///
+    /// # Errors
+    /// A bad key, value or timeout, or the head is out of reach ([`Error::Invalid`]).
+    pub fn kv(&self, op: KvOp) -> Result<KvAnswer, Error> {
+        if let Some(a) = self.router.get().and_then(|r| r.kv(op.clone())) {
+            return a;
+        }
+        self.kv.call(op).map_err(Error::Invalid)
     }
 
     /// The nodes of the cluster (`ray.nodes()`): the launch's, else this one alone.
@@ -977,6 +999,7 @@ impl Pool {
                 Reply::Refs(refs.into_iter().map(|r| lend_id(w, r, actor)).collect())
             }
             Call::Nodes => Reply::Nodes(self.nodes()),
+            Call::Kv(op) => Reply::Kv(self.kv(op)?),
             Call::Resources => Reply::Resources(match self.cluster_resources.get() {
                 Some(f) => f(),
                 None => s.rt.resources().into_iter().map(|v| (v.name.to_string(), v.total, v.available)).collect(),

@@ -165,6 +165,8 @@ pub enum Call {
     },
     /// The nodes of the cluster (`ray.nodes()`).
     Nodes,
+    /// An operation on the cluster's KV store.
+    Kv(crate::kv::KvOp),
 }
 
 /// A node as `ray.nodes()` shows it.
@@ -209,6 +211,7 @@ pub enum Reply {
     Ready(Vec<u32>),
     Resources(Vec<(String, f64, f64)>),
     Nodes(Vec<WireNode>),
+    Kv(crate::kv::KvAnswer),
     /// The request failed as a whole: (exception kind, message); kinds as `WireFailure`.
     Failed(String, String),
 }

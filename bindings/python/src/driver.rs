@@ -753,6 +753,52 @@ pub fn nodes(py: Python<'_>) -> PyResult<Vec<(u32, bool, String, String, HashMap
     Ok(list.into_iter().map(|n| (n.rank, n.alive, n.address, n.host, n.resources.into_iter().collect())).collect())
 }
 
+/// One operation on the KV store (`rayhpc.kv`): `op` is "put" (`flag`: overwrite; returns
+/// whether the key existed), "get" (bytes or None), "del" (`flag`: `key` is a prefix; returns
+/// the count), "list" (keys under the prefix `key`) or "watch" (changes under the prefix
+/// `key` after version `since`, waiting up to `timeout` s: `(version, reset, [(key,
+/// value or None)])`).
+#[pyfunction]
+#[pyo3(signature = (op, key, value=None, flag=false, since=0, timeout=0.0))]
+#[allow(clippy::too_many_arguments)]
+pub fn kv<'py>(
+    py: Python<'py>,
+    op: &str,
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+    flag: bool,
+    since: u64,
+    timeout: f64,
+) -> PyResult<Bound<'py, PyAny>> {
+    use rayhpc_node::kv::{KvAnswer, KvOp};
+    let op = match op {
+        "put" => KvOp::Put { key, value: value.ok_or_else(|| PyValueError::new_err("a KV put needs a value"))?, overwrite: flag },
+        "get" => KvOp::Get { key },
+        "del" => KvOp::Del { key, prefix: flag },
+        "list" => KvOp::List { prefix: key },
+        "watch" => KvOp::Watch { prefix: key, since, timeout },
+        other => return Err(PyValueError::new_err(format!("no KV operation {other:?}"))),
+    };
+    let answer = match mode()? {
+        Mode::Driver(s) => py.detach(|| s.pool().kv(op)).map_err(py_err)?,
+        Mode::Worker => match worker::request(py, Call::Kv(op))? {
+            Reply::Kv(a) => a,
+            other => return Err(unexpected(other)),
+        },
+    };
+    let bytes = |b: Vec<u8>| PyBytes::new(py, &b).into_any();
+    Ok(match answer {
+        KvAnswer::Put { existed } => existed.into_pyobject(py)?.to_owned().into_any(),
+        KvAnswer::Value(v) => v.map_or_else(|| py.None().into_bound(py), bytes),
+        KvAnswer::Deleted(n) => n.into_pyobject(py)?.into_any(),
+        KvAnswer::Keys(keys) => PyList::new(py, keys.into_iter().map(bytes))?.into_any(),
+        KvAnswer::Events(ev) => {
+            let changes = ev.changes.into_iter().map(|(k, v)| (bytes(k), v.map(bytes)));
+            (ev.version, ev.reset, PyList::new(py, changes)?).into_pyobject(py)?.into_any()
+        }
+    })
+}
+
 /// Objects in the node's store now (driver only; for tests and diagnostics).
 #[pyfunction]
 pub fn store_objects() -> PyResult<usize> {

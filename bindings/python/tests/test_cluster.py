@@ -339,3 +339,46 @@ def test_a_burst_of_actors_asking_for_a_cpu_spreads_over_the_nodes(tmp_path):
     code, out, err, codes, _ = run_cluster(tmp_path, "burst", BURST)
     assert code == 0, out + err
     assert out.splitlines() == [f"actors on {NODES} nodes"], out + err
+
+
+KV = """
+import os, time
+import rayhpc as ray
+from rayhpc.experimental import internal_kv as ikv
+ray.init()
+@ray.remote(num_cpus=1)
+class Watcher:
+    def start(self):
+        ray.kv.put(f"hello/{os.getppid()}", b"up")
+        return ray.kv.watch("cfg/", 0, timeout=0).version
+    def wait(self, since):
+        ev = ray.kv.watch("cfg/", since, timeout=60)
+        return ev.changes, os.getppid()
+ws = [Watcher.remote() for _ in range(3)]
+sinces = ray.get([w.start.remote() for w in ws])
+waits = [w.wait.remote(s) for w, s in zip(ws, sinces)]
+time.sleep(1.0)
+ready, _ = ray.wait(waits, timeout=0)
+print("waiting:", len(waits) - len(ready))
+ray.kv.put("other", b"x")
+ray.kv.put("cfg/lr", b"0.1")
+got = ray.get(waits)
+print("watchers on", len({n for _, n in got}), "nodes saw", sorted({tuple(c) for c, _ in got}))
+print("hellos:", len(ray.kv.list("hello/")))
+print("put again:", ray.kv.put("cfg/lr", b"0.2", overwrite=False), ray.kv.get("cfg/lr"))
+print("internal_kv:", ikv._internal_kv_put("a", b"1", namespace="ns"), ikv._internal_kv_get("a", namespace="ns"),
+      ikv._internal_kv_list("", namespace="ns"), ikv._internal_kv_exists("a"))
+print("deleted:", ray.kv.delete("hello/", prefix=True), ray.kv.list("hello/"))
+try:
+    ray.kv.put(b"k" * 5000, b"v")
+except Exception as e:
+    print("long key:", "longest" in str(e))
+"""
+
+
+def test_the_kv_store_is_shared_and_watches_wake_on_every_node(tmp_path):
+    code, out, err, codes, _ = run_cluster(tmp_path, "kv", KV)
+    assert code == 0, out + err
+    assert out.splitlines() == ["waiting: 3", "watchers on 3 nodes saw [((b'cfg/lr', b'0.1'),)]", "hellos: 3",
+                                "put again: True b'0.1'", "internal_kv: False b'1' [b'a'] False",
+                                "deleted: 3 []", "long key: True"], out + err

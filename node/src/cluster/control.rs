@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::kv::{Kv, KvAnswer, KvOp};
+
 /// The transport frame kind of control messages (requests and their answers).
 pub const CONTROL: u16 = 0x100;
 
@@ -72,23 +74,9 @@ pub enum Request {
     },
     /// The node table (for `rayhpc status` and drivers).
     View,
-    /// Stores a value under a key (the KV store); watchers are told.
-    KvPut {
-        /// Key.
-        key: String,
-        /// Value.
-        value: Vec<u8>,
-    },
-    /// Reads a key.
-    KvGet {
-        /// Key.
-        key: String,
-    },
-    /// Deletes a key; watchers are told.
-    KvDel {
-        /// Key.
-        key: String,
-    },
+    /// An operation on the KV store ([`crate::kv`]). A watch is answered at once here; the
+    /// head's server parks one that has nothing to answer yet.
+    Kv(KvOp),
     /// Stores a function (a pickled Python function, by its 16-byte key).
     FnPut {
         /// Key.
@@ -149,6 +137,8 @@ pub enum Response {
     Value(Option<Vec<u8>>),
     /// A named actor: its id and class key.
     Actor(Option<(u128, [u8; 16])>),
+    /// The KV store's answer.
+    Kv(KvAnswer),
     /// Done.
     Ok,
     /// The stop is on: a node that gets this as a heartbeat's answer stops.
@@ -165,7 +155,7 @@ pub const DEAD_AFTER: Duration = Duration::from_secs(3);
 pub struct Head {
     nodes: Vec<(NodeInfo, Instant)>,
     version: u64,
-    kv: HashMap<String, Vec<u8>>,
+    kv: Kv,
     functions: HashMap<[u8; 16], Vec<u8>>,
     actors: HashMap<String, (u32, u128, [u8; 16])>,
     stopping: bool,
@@ -185,6 +175,11 @@ impl Head {
     /// True once a shutdown was asked.
     pub fn stopping(&self) -> bool {
         self.stopping
+    }
+
+    /// The KV store.
+    pub fn kv(&mut self) -> &mut Kv {
+        &mut self.kv
     }
 
     /// The node table.
@@ -270,15 +265,10 @@ impl Head {
                 Response::Ok
             }
             Request::View => Response::View { version: self.version, nodes: self.view() },
-            Request::KvPut { key, value } => {
-                self.kv.insert(key, value);
-                Response::Ok
-            }
-            Request::KvGet { key } => Response::Value(self.kv.get(&key).cloned()),
-            Request::KvDel { key } => {
-                self.kv.remove(&key);
-                Response::Ok
-            }
+            Request::Kv(op) => match self.kv.apply(op) {
+                Ok(a) => Response::Kv(a),
+                Err(m) => Response::Error(m),
+            },
             Request::FnPut { key, blob } => {
                 self.functions.entry(key).or_insert(blob);
                 Response::Ok
@@ -365,11 +355,11 @@ mod tests {
         let now = Instant::now();
         let mut h = Head::new();
         h.handle(Request::Join(node(0)), now);
-        assert_eq!(h.handle(Request::KvGet { key: "a".into() }, now), Response::Value(None));
-        h.handle(Request::KvPut { key: "a".into(), value: b"1".to_vec() }, now);
-        assert_eq!(h.handle(Request::KvGet { key: "a".into() }, now), Response::Value(Some(b"1".to_vec())));
-        h.handle(Request::KvDel { key: "a".into() }, now);
-        assert_eq!(h.handle(Request::KvGet { key: "a".into() }, now), Response::Value(None));
+        let get = Request::Kv(KvOp::Get { key: b"a".to_vec() });
+        assert_eq!(h.handle(get.clone(), now), Response::Kv(KvAnswer::Value(None)));
+        h.handle(Request::Kv(KvOp::Put { key: b"a".to_vec(), value: b"1".to_vec(), overwrite: true }), now);
+        assert_eq!(h.handle(get.clone(), now), Response::Kv(KvAnswer::Value(Some(b"1".to_vec()))));
+        assert!(matches!(h.handle(Request::Kv(KvOp::Put { key: vec![0; 5000], value: vec![], overwrite: true }), now), Response::Error(_)));
         h.handle(Request::FnPut { key: [1; 16], blob: b"f".to_vec() }, now);
         assert_eq!(h.handle(Request::FnGet { key: [1; 16] }, now), Response::Value(Some(b"f".to_vec())));
         assert_eq!(h.handle(Request::ActorName { name: "c".into(), node: 0, actor: 5, key: [2; 16] }, now), Response::Ok);

@@ -25,6 +25,7 @@ use rayhpc_transport::{Config, Endpoint, Frame, Kind, NodeId, Peer};
 
 use self::control::{Head, Load, NodeInfo, Request, Response, CONTROL};
 use self::remote::{Candidate, Remote};
+use crate::kv::{self, KvAnswer, KvEvents, KvOp};
 use crate::pool::{Router, TaskFn};
 use crate::wire::WireOptions;
 use crate::Node;
@@ -97,6 +98,17 @@ struct Inner {
     remote: Arc<Remote>,
     stop: AtomicBool,
     stop_reason: Mutex<Option<String>>,
+    /// On the head: KV watches of other nodes waiting for a change.
+    watches: Mutex<Vec<Parked>>,
+}
+
+/// A member's KV watch that the head answers later (see [`crate::kv`]).
+struct Parked {
+    peer: Peer,
+    id: u64,
+    prefix: Vec<u8>,
+    since: u64,
+    deadline: Instant,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -165,6 +177,7 @@ impl Cluster {
             remote: Remote::new(node.pool(), NodeId(u64::from(cfg.rank))),
             stop: AtomicBool::new(false),
             stop_reason: Mutex::new(None),
+            watches: Mutex::new(Vec::new()),
         });
         let ip = match (&cfg.role, cfg.bind) {
             (_, Some(ip)) => ip,
@@ -385,12 +398,49 @@ impl Inner {
     /// A control request: answered by this node's own tables on the head, else by the head.
     fn control(&self, r: Request) -> Result<Response, ClusterError> {
         if let Some((h, cv)) = &self.head {
+            if let Request::Kv(op) = r {
+                let changes = matches!(op, KvOp::Put { .. } | KvOp::Del { .. });
+                let a = kv::blocking(h, cv, Head::kv, op);
+                if changes {
+                    self.answer_watches();
+                }
+                return Ok(a.map_or_else(Response::Error, Response::Kv));
+            }
             let a = lock(h).handle(r, Instant::now());
             cv.notify_all();
             return Ok(a);
         }
         let peer = lock(&self.head_peer).clone().ok_or_else(|| err("no head"))?;
-        ask(&peer, &r, REQUEST_TIMEOUT)
+        // A watch waits at the head for as long as it asked, then the answer travels.
+        let timeout = match &r {
+            Request::Kv(KvOp::Watch { timeout, .. }) => REQUEST_TIMEOUT + kv::watch_timeout(*timeout).map_err(err)?,
+            _ => REQUEST_TIMEOUT,
+        };
+        ask(&peer, &r, timeout)
+    }
+
+    /// The head: answers the parked watches that have a change to see or whose time is up.
+    fn answer_watches(&self) {
+        let Some((h, _)) = &self.head else { return };
+        let now = Instant::now();
+        let mut due = Vec::new();
+        {
+            let mut g = lock(h);
+            let kv = g.kv();
+            lock(&self.watches).retain(|w| {
+                let ev = match kv.changes(&w.prefix, w.since) {
+                    Some(ev) => ev,
+                    None if now >= w.deadline => KvEvents { version: kv.version(), ..KvEvents::default() },
+                    None => return true,
+                };
+                due.push((w.peer.clone(), w.id, ev));
+                false
+            });
+        }
+        for (peer, id, ev) in due {
+            let answer = Response::Kv(KvAnswer::Events(ev));
+            let _ = peer.respond(id, Kind(CONTROL), &postcard::to_allocvec(&answer).expect("answers serialize"));
+        }
     }
 
     /// The other live nodes, for placement.
@@ -446,9 +496,28 @@ impl Inner {
                 return;
             }
         };
+        if let Request::Kv(KvOp::Watch { prefix, since, timeout }) = &req {
+            // Answered now if there is something to see, else parked until a change (or its
+            // time is up): the message thread never waits.
+            let deadline = match kv::watch_timeout(*timeout) {
+                Ok(t) => Instant::now() + t,
+                Err(m) => {
+                    let _ = peer.respond(frame.id, Kind(CONTROL), &postcard::to_allocvec(&Response::Error(m)).expect("answers serialize"));
+                    return;
+                }
+            };
+            let (prefix, since) = (prefix.clone(), *since);
+            lock(&self.watches).push(Parked { peer: peer.clone(), id: frame.id, prefix, since, deadline });
+            self.answer_watches();
+            return;
+        }
         let shutdown = matches!(req, Request::Shutdown);
+        let changes = matches!(req, Request::Kv(KvOp::Put { .. } | KvOp::Del { .. }));
         let answer = lock(h).handle(req, Instant::now());
         cv.notify_all();
+        if changes {
+            self.answer_watches();
+        }
         if shutdown {
             self.set_stop("stopped by a shutdown request (rayhpc stop)");
         }
@@ -460,6 +529,7 @@ impl Inner {
         if let Some((h, cv)) = &self.head {
             lock(h).disconnected(peer.node().0);
             cv.notify_all();
+            lock(&self.watches).retain(|w| w.peer.node() != peer.node());
         } else if peer.node() == NodeId(0) && !self.stop.load(Ordering::Acquire) {
             self.set_stop("lost the connection to the head");
         }
@@ -479,6 +549,7 @@ impl Inner {
                 let view = g.view();
                 drop(g);
                 cv.notify_all();
+                self.answer_watches();
                 for id in dead {
                     eprintln!("rayhpc head: node {id} stopped answering: counted dead");
                     // Its connection is closed, so that what was sent to it is sent again.
@@ -588,6 +659,16 @@ impl Router for RouterOf {
                 resources: n.resources.into_iter().map(|(k, (t, _))| (k, t)).collect(),
             })
             .collect()
+    }
+
+    fn kv(&self, op: KvOp) -> Option<Result<KvAnswer, Error>> {
+        let inner = self.0.upgrade()?;
+        Some(match inner.control(Request::Kv(op)) {
+            Ok(Response::Kv(a)) => Ok(a),
+            Ok(Response::Error(m)) => Err(Error::Invalid(m)),
+            Ok(other) => Err(Error::Invalid(format!("the head answered a KV request with {other:?}"))),
+            Err(e) => Err(Error::Invalid(format!("the KV store is out of reach: {e}"))),
+        })
     }
 
     fn kill_actor(&self, actor: u128) -> bool {
