@@ -398,6 +398,7 @@ pub fn status(t: &Target, json: bool) -> Result<()> {
                     "id": n.id, "rank": n.rank, "host": n.host, "address": n.addr, "alive": n.alive,
                     "resources": n.resources.iter().map(|(k, (t, a))| (k.clone(), serde_json::json!({"total": t, "used": t - a}))).collect::<serde_json::Map<_, _>>(),
                     "store": {"used": n.store_used, "capacity": n.store_capacity, "objects": n.store_objects, "backing": n.store_backing},
+                    "pulled": {"objects": n.pulled.0, "bytes": n.pulled.1},
                     "transport": n.transport,
                 })
             })
@@ -413,13 +414,13 @@ pub fn status(t: &Target, json: bool) -> Result<()> {
         }
     }
     println!(
-        "{:<4} {:<5} {:<16} {:<22} {:<6} {:>11} {:>9} {:>24}  {:<20} transport",
-        "id", "rank", "host", "address", "state", "CPU", "GPU", "store used/capacity", "backing"
+        "{:<4} {:<5} {:<16} {:<22} {:<6} {:>11} {:>9} {:>24}  {:<20} {:>18}  transport",
+        "id", "rank", "host", "address", "state", "CPU", "GPU", "store used/capacity", "backing", "pulled"
     );
     for n in &nodes {
         let used = |k: &str| n.resources.get(k).map_or("-".into(), |(t, a)| format!("{:.1}/{:.1}", t - a, t));
         println!(
-            "{:<4} {:<5} {:<16} {:<22} {:<6} {:>11} {:>9} {:>24}  {:<20} {}",
+            "{:<4} {:<5} {:<16} {:<22} {:<6} {:>11} {:>9} {:>24}  {:<20} {:>18}  {}",
             n.id,
             n.rank,
             n.host,
@@ -429,6 +430,7 @@ pub fn status(t: &Target, json: bool) -> Result<()> {
             used("GPU"),
             format!("{} MiB/{} MiB ({} obj)", n.store_used >> 20, n.store_capacity >> 20, n.store_objects),
             n.store_backing,
+            format!("{} obj, {} MiB", n.pulled.0, n.pulled.1 >> 20),
             n.transport
         );
     }

@@ -382,3 +382,43 @@ def test_the_kv_store_is_shared_and_watches_wake_on_every_node(tmp_path):
     assert out.splitlines() == ["waiting: 3", "watchers on 3 nodes saw [((b'cfg/lr', b'0.1'),)]", "hellos: 3",
                                 "put again: True b'0.1'", "internal_kv: False b'1' [b'a'] False",
                                 "deleted: 3 []", "long key: True"], out + err
+
+
+SHARED = """
+import json, os, subprocess, sys, time, collections
+import numpy as np
+import rayhpc as ray
+ray.init()
+@ray.remote
+def hold(s):
+    time.sleep(s)
+@ray.remote
+def use(a):
+    time.sleep(0.3)
+    return os.getppid(), float(a.sum())
+busy = hold.remote(3.0)                       # the head's one CPU: the readers go elsewhere
+time.sleep(0.2)
+arr = ray.put(np.ones(40_000_000 // 8))       # 40 MB: under the size that keeps tasks with it
+got = ray.get([use.remote(arr) for _ in range(6)])
+assert all(s == 5_000_000.0 for _, s in got), got
+readers = collections.Counter(n for n, _ in got if n != os.getppid())   # on other nodes
+time.sleep(1.5)                               # a heartbeat carries the counts to the head
+nodes = json.loads(subprocess.run([sys.argv[1], "status", "--json"], capture_output=True, text=True, check=True).stdout)
+pulls = sum(n["pulled"]["objects"] for n in nodes if n["rank"] != 0)
+size = sum(n["pulled"]["bytes"] for n in nodes if n["rank"] != 0)
+print("readers elsewhere:", sum(readers.values()) >= 4, "one pull per node:", pulls == len(readers),
+      "of the object's size:", 40_000_000 * pulls <= size < 40_100_000 * pulls)
+ray.get(busy)
+"""
+
+
+def test_readers_on_one_node_share_one_copy(tmp_path):
+    script = tmp_path / "shared.py"
+    script.write_text(SHARED)
+    members = [launch(tmp_path, "shared", r) for r in range(1, NODES)]
+    head = launch(tmp_path, "shared", 0, sys.executable, str(script), rayhpc_binary())
+    out, err = head.communicate(timeout=120)
+    assert [m.wait(timeout=30) for m in members] == [0] * (NODES - 1)
+    assert head.returncode == 0, out + err
+    # Readers on the other nodes (one CPU each, so they overlap there): one pull per node.
+    assert out.splitlines() == ["readers elsewhere: True one pull per node: True of the object's size: True"], out + err

@@ -38,6 +38,8 @@ pub struct NodeInfo {
     pub store_objects: u64,
     /// How the store's arena is backed.
     pub store_backing: String,
+    /// Objects this node pulled from others, and their bytes.
+    pub pulled: (u64, u64),
     /// The transport in use towards this node ("tcp", later "fabric:<provider>").
     pub transport: String,
     /// False once it left or missed its heartbeats.
@@ -53,6 +55,8 @@ pub struct Load {
     pub store_used: u64,
     /// Objects in the store.
     pub store_objects: u64,
+    /// Objects pulled from other nodes, and their bytes.
+    pub pulled: (u64, u64),
 }
 
 /// A request to the head.
@@ -249,6 +253,7 @@ impl Head {
                 n.resources = load.resources;
                 n.store_used = load.store_used;
                 n.store_objects = load.store_objects;
+                n.pulled = load.pulled;
                 *seen = now;
                 if self.stopping {
                     return Response::Stopping;
@@ -316,6 +321,7 @@ mod tests {
             store_capacity: 1 << 30,
             store_objects: 0,
             store_backing: "4 KiB pages".into(),
+            pulled: (0, 0),
             transport: "tcp".into(),
             alive: false,
         }
@@ -330,10 +336,11 @@ mod tests {
             assert_eq!((id, view.len()), (rank, rank as usize + 1));
             assert!(view.iter().all(|n| n.alive));
         }
-        let load = Load { resources: [("CPU".to_string(), (2.0, 0.5))].into(), store_used: 10, store_objects: 1 };
+        let load = Load { resources: [("CPU".to_string(), (2.0, 0.5))].into(), store_used: 10, store_objects: 1, pulled: (1, 10) };
         let t1 = t0 + Duration::from_secs(2);
         let Response::View { nodes, .. } = h.handle(Request::Heartbeat { id: 1, load: load.clone() }, t1) else { panic!() };
         assert_eq!(nodes[1].resources["CPU"], (2.0, 0.5));
+        assert_eq!(nodes[1].pulled, (1, 10));
         // Node 2 stays silent past DEAD_AFTER; node 1 spoke at t1; the head (0) never expires.
         assert_eq!(h.expire(t0 + DEAD_AFTER + Duration::from_millis(1)), vec![2]);
         assert_eq!(h.alive(), 2);

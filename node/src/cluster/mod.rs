@@ -138,13 +138,14 @@ pub fn default_ip() -> IpAddr {
     resolved.into_iter().find(|ip| ip.is_ipv4() && !ip.is_loopback()).unwrap_or(IpAddr::from([127, 0, 0, 1]))
 }
 
-fn load_of(node: &Node) -> Load {
+fn load_of(node: &Node, remote: &Remote) -> Load {
     let rt = node.runtime();
     let (used, objects, _) = rt.store_usage();
     Load {
         resources: rt.resources().into_iter().map(|v| (v.name.to_string(), (v.total, v.available))).collect::<BTreeMap<_, _>>(),
         store_used: used as u64,
         store_objects: objects as u64,
+        pulled: (remote.pulled.0.load(Ordering::Relaxed), remote.pulled.1.load(Ordering::Relaxed)),
     }
 }
 
@@ -369,7 +370,7 @@ impl Drop for Cluster {
 
 impl Inner {
     fn info(&self, addr: SocketAddr) -> NodeInfo {
-        let load = load_of(&self.node);
+        let load = load_of(&self.node, &self.remote);
         let store = self.node.runtime().object_store();
         NodeInfo {
             id: 0,
@@ -382,6 +383,7 @@ impl Inner {
             store_capacity: store.capacity() as u64,
             store_objects: load.store_objects,
             store_backing: store.backing().to_string(),
+            pulled: load.pulled,
             transport: "tcp".into(),
             alive: true,
         }
@@ -541,7 +543,7 @@ impl Inner {
             if self.stop.load(Ordering::Acquire) {
                 break;
             }
-            let load = load_of(&self.node);
+            let load = load_of(&self.node, &self.remote);
             if let Some((h, cv)) = &self.head {
                 let mut g = lock(h);
                 g.handle(Request::Heartbeat { id: 0, load }, Instant::now());

@@ -164,6 +164,62 @@ pub struct Remote {
     jobs: Mutex<std::sync::mpsc::Sender<Job>>,
     /// Places a task again (set by the cluster: live nodes only, else here).
     replace: std::sync::OnceLock<Box<dyn Fn(Resend) + Send + Sync>>,
+    /// Copies of other nodes' objects pulled here, shared by every reader on this node.
+    copies: Mutex<Copies>,
+    /// Objects pulled into this node, and their bytes.
+    pub pulled: (AtomicU64, AtomicU64),
+}
+
+/// This node's copies of objects of other nodes, by the object's id there (ids are unique
+/// in the cluster, and objects never change): a task, actor or `get` that needs an object
+/// this node is pulling or has pulled takes the same copy instead of pulling another.
+/// Copies are kept, least recently used first out, while they fit in [`Copies::budget`]
+/// bytes (a quarter of the store); a copy that a reader still holds lives on with it.
+/// The most copies kept (small ones cost no store bytes but a table entry).
+const MAX_COPIES: usize = 4096;
+
+#[derive(Default)]
+struct Copies {
+    map: HashMap<u128, (ObjectRef<Untyped>, u64, u64)>,
+    bytes: u64,
+    budget: u64,
+    tick: u64,
+}
+
+impl Copies {
+    /// The copy of `id` if there is one that did not fail.
+    fn get(&mut self, id: u128) -> Option<ObjectRef<Untyped>> {
+        self.tick += 1;
+        let tick = self.tick;
+        let (r, len, used) = self.map.get_mut(&id)?;
+        if matches!(r.try_view(), Some(Err(_))) {
+            let len = *len;
+            self.map.remove(&id);
+            self.bytes -= len;
+            return None;
+        }
+        *used = tick;
+        Some(r.clone())
+    }
+
+    /// Keeps `r` as the copy of `id`, then lets the least recently used go while over the
+    /// budget.
+    fn keep(&mut self, id: u128, r: &ObjectRef<Untyped>, len: u64) {
+        if len > self.budget {
+            return;
+        }
+        self.tick += 1;
+        if let Some((_, old, _)) = self.map.insert(id, (r.clone(), len, self.tick)) {
+            self.bytes -= old;
+        }
+        self.bytes += len;
+        while self.bytes > self.budget || self.map.len() > MAX_COPIES {
+            let Some((&oldest, _)) = self.map.iter().min_by_key(|(_, (_, _, used))| *used) else { break };
+            if let Some((_, l, _)) = self.map.remove(&oldest) {
+                self.bytes -= l;
+            }
+        }
+    }
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -244,6 +300,8 @@ impl Remote {
             actor_places: Mutex::new(Vec::new()),
             jobs: Mutex::new(tx),
             replace: std::sync::OnceLock::new(),
+            copies: Mutex::new(Copies { budget: pool.services().rt.object_store().capacity() as u64 / 4, ..Copies::default() }),
+            pulled: (AtomicU64::new(0), AtomicU64::new(0)),
         })
     }
 
@@ -715,20 +773,37 @@ impl Remote {
     }
 
     /// The arguments of a call from `peer`, as this node's: bytes as they are, objects as
-    /// refs completed by a pull from `peer` (`lent`: tell it when pulled).
+    /// refs of this node's copy (see [`Copies`]), pulled from `peer` if there is none yet
+    /// (`lent`: tell it when pulled, or at once when a copy was here already).
     fn received(self: &Arc<Self>, peer: &Peer, pool: &Pool, args: Vec<Arg>, lent: bool) -> Result<Vec<RawArg>, Error> {
         let mut out = Vec::with_capacity(args.len());
         for a in args {
             match a {
                 Arg::Value(b) => out.push(RawArg::Bytes(b)),
-                Arg::Object { id, len } => {
-                    let (r, promise) = pool.services().rt.promise()?;
-                    self.pull(peer.clone(), id, len, promise, lent);
-                    out.push(RawArg::Ref(r));
-                }
+                Arg::Object { id, len } => out.push(RawArg::Ref(self.copy_of(peer, pool, id, len, lent)?)),
             }
         }
         Ok(out)
+    }
+
+    /// This node's copy of object `id` of `peer` (`len` bytes): the one there is, or a new
+    /// one that a pull completes (`lent`: as [`Remote::received`]).
+    fn copy_of(self: &Arc<Self>, peer: &Peer, pool: &Pool, id: u128, len: u64, lent: bool) -> Result<ObjectRef<Untyped>, Error> {
+        let mut copies = lock(&self.copies);
+        if let Some(r) = copies.get(id) {
+            drop(copies);
+            if lent {
+                if let Ok(b) = postcard::to_allocvec(&id) {
+                    let _ = peer.send(UNEXPORT, &b);
+                }
+            }
+            return Ok(r);
+        }
+        let (r, promise) = pool.services().rt.promise()?;
+        copies.keep(id, &r, len);
+        drop(copies);
+        self.pull(peer.clone(), id, len, promise, lent);
+        Ok(r)
     }
 
     /// The outcome of a task this node sent.
@@ -793,7 +868,12 @@ impl Remote {
             promise.fail(Error::ObjectLost(format!("{id:032x}: the node that made it is gone")));
             return Some(r);
         };
-        let me = self.clone();
+        if let Some(copy) = lock(&self.copies).get(id) {
+            return Some(copy);
+        }
+        // Shared from now on (its size is known once the answer is in).
+        lock(&self.copies).keep(id, &r, 0);
+        let (me, r2) = (self.clone(), r.clone());
         let spawned = std::thread::Builder::new().name("rayhpc-fetch".into()).spawn(move || {
             let ask = postcard::to_allocvec(&id).expect("an id serializes");
             let answer = peer
@@ -805,7 +885,10 @@ impl Remote {
                 Ok(Outcome::Inline(b)) => {
                     let _ = promise.fulfill(&b);
                 }
-                Ok(Outcome::Stored { id: key, len }) => me.pull(peer, key, len, promise, true),
+                Ok(Outcome::Stored { id: key, len }) => {
+                    lock(&me.copies).keep(key, &r2, len);
+                    me.pull(peer, key, len, promise, true)
+                }
                 Ok(Outcome::Failed(f)) => promise.fail(error_of(f)),
                 Err(e) => promise.fail(Error::ObjectLost(format!("{id:032x} from node {}: {e}", peer.node()))),
             }
@@ -929,6 +1012,8 @@ impl Remote {
     /// `promise`; then (`lent`: a result the peer lent) tells the peer to let it go. On a
     /// thread of its own: a pull is chunks in flight, each waited for in turn.
     fn pull(self: &Arc<Self>, peer: Peer, id: u128, len: u64, promise: Promise, lent: bool) {
+        self.pulled.0.fetch_add(1, Ordering::Relaxed);
+        self.pulled.1.fetch_add(len, Ordering::Relaxed);
         let spawned = std::thread::Builder::new().name("rayhpc-pull".into()).spawn(move || {
             // Pulled or not, the lender lets it go (a failed pull fails the object here).
             let _ = promise.fulfill_with(len as usize, |buf| pull_into(&peer, id, buf));
@@ -1079,5 +1164,38 @@ fn pull_chunks(peer: &Peer, id: u128, buf: &mut [u8]) -> Result<(), String> {
             return Err(format!("pull of {id:032x}: {} bytes for a {len}-byte chunk", f.payload.len()));
         }
         buf[off..off + len].copy_from_slice(&f.payload);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rayhpc::{Config, Runtime};
+
+    #[test]
+    fn copies_are_shared_kept_within_their_budget_and_a_failed_one_is_dropped() {
+        let rt = Runtime::init(Config { executors: Some(1), ..Config::default() }).unwrap();
+        let mut c = Copies { budget: 100, ..Copies::default() };
+        let (a, pa) = rt.promise().unwrap();
+        c.keep(1, &a, 60);
+        // A copy still being pulled is shared as it is.
+        assert_eq!(c.get(1).map(|r| r.id()), Some(a.id()));
+        let (b, _pb) = rt.promise().unwrap();
+        c.keep(2, &b, 30);
+        assert_eq!(c.bytes, 90);
+        c.get(1);
+        // Over the budget: the least recently used (2) goes, not the one just read.
+        let (d, _pd) = rt.promise().unwrap();
+        c.keep(3, &d, 30);
+        assert!(c.get(2).is_none());
+        assert_eq!((c.bytes, c.map.len()), (90, 2));
+        // Larger than the whole budget: not kept.
+        c.keep(4, &d, 101);
+        assert!(c.get(4).is_none());
+        // A copy whose pull failed is not handed out again.
+        pa.fail(Error::ObjectLost("its node died".into()));
+        assert!(c.get(1).is_none());
+        assert_eq!(c.bytes, 30);
+        rt.shutdown();
     }
 }
