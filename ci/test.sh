@@ -18,6 +18,9 @@ pkgs=()
 have cc || pkgs+=(gcc libc6-dev)
 have pkg-config || pkgs+=(pkg-config)
 { have pkg-config && pkg-config --exists hwloc libudev; } || pkgs+=(libhwloc-dev libudev-dev)
+# libfabric's headers: the RDMA fabric backend (feature `fabric` of the transport, node and
+# launcher), tested over its tcp;ofi_rxm and shm providers (no RDMA device here).
+{ have pkg-config && pkg-config --exists libfabric; } || pkgs+=(libfabric-dev)
 # Python 3 with venv and pip: the Python package is built (maturin, from PyPI) and tested.
 have python3 || pkgs+=(python3)
 { have python3 && python3 -c "import ensurepip, venv" >/dev/null 2>&1; } || pkgs+=(python3-venv python3-pip)
@@ -44,6 +47,10 @@ cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 step "unit, integration and doc tests"
 cargo test --workspace --locked
 
+step "the fabric backend (libfabric: tcp;ofi_rxm and shm providers)"
+cargo test -p rayhpc-transport --features fabric --locked
+cargo test -p rayhpc-node --features fabric --locked --lib
+
 step "the hwloc topology backend"
 cargo test -p rayhpc-sched --features hwloc --locked --lib
 
@@ -66,6 +73,8 @@ step "the Python package: pip install ./bindings/python, then its pytest suite"
 [ -x target/venv/bin/python ] || python3 -m venv target/venv
 target/venv/bin/python -m pip install -q --upgrade pip
 target/venv/bin/python -m pip install -q './bindings/python[test]'
+# The launcher the cluster tests start, with the fabric backend (they run both paths).
+cargo build --locked -q -p rayhpc-launcher --features fabric
 target/venv/bin/python -m pytest -q bindings/python/tests
 
 [ "${1:-}" = quick ] && exit 0
@@ -76,7 +85,7 @@ bash ci/c-api.sh
 step "a real Slurm cluster (munge, slurmctld, 3 slurmd in network namespaces) with Open MPI; rayhpc launch across it"
 if [ "$(id -u)" = 0 ]; then
   bash slurm/smoke.sh
-  cargo build --locked -q -p rayhpc-launcher
+  cargo build --locked -q -p rayhpc-launcher --features fabric
   RAYHPC_C_PREFIX="$PWD/target/c-prefix" bash slurm/launch-test.sh
 else
   echo "not root: network namespaces cannot be made; the Slurm cluster is not tested here"

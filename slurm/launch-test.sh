@@ -97,6 +97,13 @@ bench_bin=$root/target/release/rayhpc
 on_ctl srun -N2 --ntasks-per-node=1 --chdir="$work" "$bench_bin" bench --across-nodes --object-mib 1024 --trials 3 2>"$work/bench.err" \
   | tee "$work/bench.out" || { cat "$work/bench.err"; die "the bench across nodes failed"; }
 grep -q "object pull" "$work/bench.out" || { cat "$work/bench.err"; die "the bench printed no pull figure"; }
+grep -q "byte-exact" "$work/bench.out" || { cat "$work/bench.err"; die "the bench did not check its copies"; }
+# With the fabric backend built (ci/test.sh builds it), the nodes pull over libfabric's
+# tcp;ofi_rxm between the namespaces, measured next to the TCP pull and the raw stream.
+if grep -q "over fabric:" "$work/bench.out"; then
+  grep -q "fabric pull (" "$work/bench.out" || { cat "$work/bench.err"; die "the bench printed no fabric pull figure"; }
+  say "the fabric backend moved the object between namespaces, byte-exact"
+fi
 
 # 5. Every seed program (the Ray Core examples of the tutorials), unchanged, as the driver of
 #    a launch on 2 nodes (2 CPUs and a nominal GPU each: one seed asks for a GPU).

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use rayhpc_node::cluster::fabric::FabricMode;
 use rayhpc_node::cluster::{rendezvous, Cluster, ClusterConfig, Role};
 use rayhpc_node::{Node, NodeConfig};
 
@@ -57,7 +58,18 @@ pub struct LaunchArgs {
     pub num_gpus: Option<f64>,
     pub resources: Option<String>,
     pub object_store_memory: Option<u64>,
+    /// How objects move between nodes.
+    pub fabric: FabricMode,
     pub command: Vec<String>,
+}
+
+/// The fabric mode of `--fabric`, else `$RAYHPC_FABRIC`, else auto.
+///
+/// # Errors
+/// Never for now (every name is a provider's); kept fallible for the parse.
+pub fn fabric_mode(flag: Option<String>) -> Result<FabricMode> {
+    let s = flag.or_else(|| std::env::var("RAYHPC_FABRIC").ok()).unwrap_or_default();
+    s.parse::<FabricMode>().map_err(|e| anyhow::anyhow!("--fabric: {e}"))
 }
 
 /// What `rayhpc bench --across-nodes` measures.
@@ -68,39 +80,67 @@ pub struct BenchAcross {
     pub trials: usize,
     /// One JSON object instead of text.
     pub json: bool,
+    /// Bytes of the object broadcast to every node (0: none).
+    pub broadcast: u64,
 }
 
 /// The head's bench: cluster start time, then per node the raw TCP stream's rate and the
 /// object pull rate.
 fn bench_across(c: &Cluster, b: &BenchAcross, start_ms: f64) -> Result<i32> {
     let rows = c.bench_pull(b.bytes, b.trials)?;
+    let broadcast = if b.broadcast > 0 { Some(c.bench_broadcast(b.broadcast)?) } else { None };
     let gib = |x: f64| x / (1u64 << 30) as f64;
+    let transport = c.fabric().map_or_else(|| "tcp".to_string(), |p| format!("fabric:{p}"));
     if b.json {
         let nodes: Vec<_> = rows
             .iter()
-            .map(|(rank, raw, pull)| {
-                serde_json::json!({"rank": rank, "raw_tcp_gib_per_s": gib(*raw), "pull_gib_per_s": gib(*pull), "pull_over_raw": pull / raw})
+            .map(|f| {
+                serde_json::json!({
+                    "rank": f.rank, "raw_tcp_gib_per_s": gib(f.raw_tcp), "pull_gib_per_s": gib(f.pull_tcp), "pull_over_raw": f.pull_tcp / f.raw_tcp,
+                    "fabric_pull_gib_per_s": f.pull_fabric.map(gib), "fabric_pull_over_raw": f.pull_fabric.map(|x| x / f.raw_tcp),
+                })
             })
             .collect();
         println!(
             "{}",
             serde_json::json!({
-                "nodes": c.view().len(), "cluster_start_ms": start_ms, "object_bytes": b.bytes, "transport": "tcp",
-                "pull_streams": rayhpc_node::cluster::bulk::streams_for(b.bytes), "links": nodes,
+                "nodes": c.view().len(), "cluster_start_ms": start_ms, "object_bytes": b.bytes, "transport": transport,
+                "fabric_provider": c.fabric(), "pull_streams": rayhpc_node::cluster::bulk::streams_for(b.bytes), "links": nodes,
+                "copies_verified": true,
+                "broadcast": broadcast.map(|(n, d, t)| serde_json::json!({
+                    "bytes": b.broadcast, "to_nodes": n,
+                    "from_head": {"secs": d.secs, "rounds": d.rounds}, "tree": {"secs": t.secs, "rounds": t.rounds},
+                })),
             })
         );
     } else {
-        println!("cluster of {} nodes up in {start_ms:.0} ms (transport: tcp)", c.view().len());
-        for (rank, raw, pull) in rows {
+        println!("cluster of {} nodes up in {start_ms:.0} ms (objects move over {transport})", c.view().len());
+        for f in rows {
+            let fabric = f.pull_fabric.map_or_else(
+                || ", no fabric pull (no fabric on both nodes)".to_string(),
+                |x| format!(", fabric pull ({}) {:.2} GiB/s = {:.2} x raw", c.fabric().unwrap_or_default(), gib(x), x / f.raw_tcp),
+            );
             println!(
-                "head -> rank {rank}: raw TCP stream {:.2} GiB/s, object pull ({} MiB, {} stream(s)) {:.2} GiB/s = {:.2} x raw",
-                gib(raw),
+                "head -> rank {}: raw TCP stream {:.2} GiB/s, TCP object pull ({} MiB, {} stream(s)) {:.2} GiB/s = {:.2} x raw{fabric}",
+                f.rank,
+                gib(f.raw_tcp),
                 b.bytes >> 20,
                 rayhpc_node::cluster::bulk::streams_for(b.bytes),
-                gib(pull),
-                pull / raw
+                gib(f.pull_tcp),
+                f.pull_tcp / f.raw_tcp
             );
         }
+        if let Some((n, d, t)) = broadcast {
+            println!(
+                "broadcast of {} MiB to {n} nodes at once: from the head alone {:.2} s ({} pulls from the head); as a tree {:.2} s in {} round(s)",
+                b.broadcast >> 20,
+                d.secs,
+                n,
+                t.secs,
+                t.rounds
+            );
+        }
+        println!("every pulled copy was byte-exact (its digest checked against the original's)");
     }
     Ok(0)
 }
@@ -186,18 +226,22 @@ fn join(a: &LaunchArgs, place: &Placement, rank: u32, node: &Arc<Node>, t0: Inst
     let is_head = a.head || (a.address.is_none() && place.is_head());
     if is_head {
         let secret = rendezvous::new_secret().context("cannot make the job secret")?;
-        let cluster = Cluster::start(node.clone(), ClusterConfig { role: Role::Head, rank: 0, bind: a.interface, secret: secret.clone() })
-            .context("cannot start the head")?;
+        let cluster = Cluster::start(
+            node.clone(),
+            ClusterConfig { role: Role::Head, rank: 0, bind: a.interface, secret: secret.clone(), fabric: a.fabric.clone() },
+        )
+        .context("cannot start the head")?;
         let cluster = Arc::new(cluster);
         rendezvous::publish(&rdv, &cluster.address().to_string(), &secret)
             .with_context(|| format!("cannot publish the head's address in {}", rdv.display()))?;
         eprintln!("rayhpc launch: head at {} (rendezvous {}), waiting for {expected} nodes", cluster.address(), rdv.display());
         match cluster.wait_nodes(expected as usize, a.startup_timeout) {
             Ok(view) => eprintln!(
-                "rayhpc launch: cluster up: {} nodes, {} CPUs, in {:.0} ms",
+                "rayhpc launch: cluster up: {} nodes, {} CPUs, in {:.0} ms; objects move over {}",
                 view.iter().filter(|n| n.alive).count(),
                 cluster_sum(&view).iter().find(|r| r.0 == "CPU").map_or(0.0, |r| r.1),
-                t0.elapsed().as_secs_f64() * 1e3
+                t0.elapsed().as_secs_f64() * 1e3,
+                transports(&view)
             ),
             Err(e) => {
                 cluster.shutdown(Duration::from_secs(2));
@@ -221,7 +265,13 @@ fn join(a: &LaunchArgs, place: &Placement, rank: u32, node: &Arc<Node>, t0: Inst
                 .with_context(|| format!("rank {} cannot find the head", place.rank))?,
         };
         let head: SocketAddr = addr.parse().with_context(|| format!("the head's address {addr:?} is not ip:port"))?;
-        let cfg = ClusterConfig { role: Role::Member { head }, rank: rank.max(1), bind: a.interface, secret };
+        let cfg = ClusterConfig {
+            role: Role::Member { head },
+            rank: rank.max(1),
+            bind: a.interface,
+            secret: secret.clone(),
+            fabric: a.fabric.clone(),
+        };
         match Cluster::start(node.clone(), cfg) {
             Ok(c) => return Ok(Some((Arc::new(c), None))),
             Err(e) if Instant::now() < deadline => {
@@ -380,6 +430,17 @@ fn head_of(t: &Target) -> Result<(SocketAddr, Vec<u8>)> {
         None => rendezvous::find(&rdv, Duration::ZERO).with_context(|| format!("no running launch of job {job} found"))?,
     };
     Ok((addr.parse().with_context(|| format!("the head's address {addr:?} is not ip:port"))?, secret))
+}
+
+/// How objects move between the nodes of `view`: the fabric if every live node has the
+/// same one, else TCP (and which nodes lack it).
+fn transports(view: &[rayhpc_node::cluster::control::NodeInfo]) -> String {
+    let live: Vec<_> = view.iter().filter(|n| n.alive).collect();
+    let kinds: std::collections::BTreeSet<&str> = live.iter().map(|n| n.transport.as_str()).collect();
+    match kinds.len() {
+        1 => kinds.into_iter().next().unwrap_or("tcp").to_string(),
+        _ => format!("a mix ({}): a fabric between nodes that both have it, else TCP", kinds.into_iter().collect::<Vec<_>>().join(", ")),
+    }
 }
 
 /// `rayhpc status`: the head's node table, as a table or JSON.

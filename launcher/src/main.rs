@@ -66,6 +66,11 @@ enum Cmd {
         /// Custom resources, as JSON: '{"disk": 2}'.
         #[arg(long)]
         resources: Option<String>,
+        /// How objects move between nodes: "auto" (the best RDMA fabric offered, else TCP),
+        /// "off" (TCP), or a libfabric provider that must open ("verbs;ofi_rxm",
+        /// "tcp;ofi_rxm", ...). Default: $RAYHPC_FABRIC, else auto.
+        #[arg(long)]
+        fabric: Option<String>,
         /// Object store size in bytes.
         #[arg(long)]
         object_store_memory: Option<u64>,
@@ -127,6 +132,15 @@ enum Cmd {
         /// With --across-nodes: the interface address to listen on.
         #[arg(long)]
         interface: Option<std::net::IpAddr>,
+        /// With --across-nodes: MiB of the object broadcast to every other node at once, from
+        /// the head alone and then as a tree (0 skips it).
+        #[arg(long, default_value_t = 256)]
+        broadcast_mib: u64,
+        /// How objects move between nodes: "auto" (the best RDMA fabric offered, else TCP),
+        /// "off" (TCP), or a libfabric provider that must open ("verbs;ofi_rxm",
+        /// "tcp;ofi_rxm", ...). Default: $RAYHPC_FABRIC, else auto.
+        #[arg(long)]
+        fabric: Option<String>,
     },
 }
 
@@ -168,6 +182,7 @@ fn main() -> Result<()> {
             num_gpus,
             resources,
             object_store_memory,
+            fabric,
             command,
         } => {
             anyhow::ensure!(startup_timeout.is_finite() && startup_timeout > 0.0, "--startup-timeout must be a positive number");
@@ -185,13 +200,14 @@ fn main() -> Result<()> {
                 num_gpus,
                 resources,
                 object_store_memory,
+                fabric: launch::fabric_mode(fabric)?,
                 command,
             })?;
             std::process::exit(code);
         }
         Cmd::Status { json, target } => launch::status(&target.target(), json)?,
         Cmd::Stop { target } => launch::stop(&target.target())?,
-        Cmd::Bench { json, object_mib, trials, store_mib, across_nodes: true, interface, .. } => {
+        Cmd::Bench { json, object_mib, trials, store_mib, across_nodes: true, interface, fabric, broadcast_mib, .. } => {
             let code = launch::launch(launch::LaunchArgs {
                 python: None,
                 head: false,
@@ -201,11 +217,14 @@ fn main() -> Result<()> {
                 nodes: None,
                 startup_timeout: Duration::from_secs(60),
                 rendezvous_dir: None,
-                bench: Some(launch::BenchAcross { bytes: (object_mib as u64) << 20, trials, json }),
+                bench: Some(launch::BenchAcross { bytes: (object_mib as u64) << 20, trials, json, broadcast: broadcast_mib << 20 }),
                 num_cpus: None,
                 num_gpus: None,
                 resources: None,
-                object_store_memory: Some(store_mib.unwrap_or(2 * object_mib + 512) as u64 * (1 << 20)),
+                // The pulled object and its copy, the broadcast's two objects and their copies
+                // (a quarter of the store keeps copies), and room.
+                object_store_memory: Some(store_mib.map_or_else(|| 2 * object_mib as u64 + 8 * broadcast_mib + 512, |m| m as u64) << 20),
+                fabric: launch::fabric_mode(fabric)?,
                 command: Vec::new(),
             })?;
             std::process::exit(code);

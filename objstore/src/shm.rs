@@ -326,6 +326,12 @@ impl Arena {
         self.len
     }
 
+    /// The mapping's first byte (to register the whole arena with a NIC once). Reading or
+    /// writing through it is the caller's to make sound (`unsafe`, as any raw pointer).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.base.as_ptr()
+    }
+
     /// Never true: an arena has at least one page.
     pub fn is_empty(&self) -> bool {
         self.len == 0

@@ -763,6 +763,11 @@ impl Store {
     pub fn capacity(&self) -> usize {
         self.capacity
     }
+    /// The arena's mapping in this process: its first byte and its length (a memory region
+    /// for RDMA: registered once, objects then read at their offsets).
+    pub fn region(&self) -> (*mut u8, usize) {
+        (self.arena.as_ptr(), self.arena.len())
+    }
     /// What backs the arena.
     pub fn backing(&self) -> Backing {
         self.arena.backing()

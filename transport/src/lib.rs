@@ -63,11 +63,21 @@
 //! possible, closed, and logged with one line, `rayhpc[transport]: dropped <addr>: <reason>`;
 //! the endpoint keeps serving. When a connection ends for any reason, every request pending
 //! on it fails with [`Error::Disconnected`] and the disconnect callback runs once.
-#![forbid(unsafe_code)]
+//!
+//! ## One-sided reads (feature `fabric`)
+//!
+//! [`fabric`] reads registered memory of a peer process over libfabric (RDMA where the
+//! hardware has it, else TCP or shared memory), through a small C shim; it needs libfabric's
+//! headers to build (`apt-get install libfabric-dev`). Its `fabric::sys` module is the only
+//! place with `unsafe`; without the feature the crate has none.
+#![cfg_attr(not(feature = "fabric"), forbid(unsafe_code))]
+#![cfg_attr(feature = "fabric", deny(unsafe_code))]
 
 mod auth;
 mod conn;
 mod endpoint;
+#[cfg(feature = "fabric")]
+pub mod fabric;
 pub mod frame;
 mod peer;
 

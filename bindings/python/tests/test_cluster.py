@@ -149,7 +149,10 @@ def test_status_shows_every_node_and_stop_stops_them(tmp_path):
         time.sleep(0.1)
     nodes = json.loads(r.stdout)
     assert sorted(n["rank"] for n in nodes) == list(range(NODES))
-    assert all(n["resources"]["CPU"]["total"] == 1.0 and n["transport"] == "tcp" for n in nodes)
+    assert all(n["resources"]["CPU"]["total"] == 1.0 for n in nodes)
+    # --fabric auto: libfabric's tcp;ofi_rxm when built with the feature (here: no RDMA
+    # device), else TCP; every node the same.
+    assert len({n["transport"] for n in nodes}) == 1 and nodes[0]["transport"] in ("tcp", "fabric:tcp;ofi_rxm"), nodes
     assert all(n["store"]["capacity"] > 0 and n["store"]["backing"] for n in nodes)
     table = subprocess.run([rayhpc_binary(), "status"], env=env, capture_output=True, text=True, timeout=30).stdout
     assert f"cluster of {NODES} nodes ({NODES} alive)" in table, table
@@ -422,3 +425,74 @@ def test_readers_on_one_node_share_one_copy(tmp_path):
     assert head.returncode == 0, out + err
     # Readers on the other nodes (one CPU each, so they overlap there): one pull per node.
     assert out.splitlines() == ["readers elsewhere: True one pull per node: True of the object's size: True"], out + err
+
+
+FABRIC = """
+import hashlib, json, os, subprocess, sys, time
+import numpy as np
+import rayhpc as ray
+ray.init()
+@ray.remote
+def hold(s):
+    time.sleep(s)
+@ray.remote
+def digest(a):
+    return hashlib.sha256(a.tobytes()).hexdigest(), os.getppid()
+@ray.remote
+def make(n):
+    return np.random.default_rng(n).integers(0, 1 << 62, size=n)
+busy = hold.remote(3.0)                        # the head's one CPU: the work goes elsewhere
+time.sleep(0.2)
+arr = np.random.default_rng(7).integers(0, 1 << 62, size=6_000_000)   # 48 MB
+want = hashlib.sha256(arr.tobytes()).hexdigest()
+got = ray.get([digest.remote(ray.put(arr)) for _ in range(2)])         # head -> members
+print("inputs exact:", all(h == want for h, _ in got), "elsewhere:", all(n != os.getppid() for _, n in got))
+made = ray.get(make.remote(3_000_000))                                  # member -> head
+print("result exact:", np.array_equal(made, np.random.default_rng(3_000_000).integers(0, 1 << 62, size=3_000_000)))
+nodes = json.loads(subprocess.run([sys.argv[1], "status", "--json"], capture_output=True, text=True, check=True).stdout)
+print("transports:", sorted({n["transport"] for n in nodes}))
+ray.get(busy)
+"""
+
+
+@pytest.mark.parametrize("provider", ["tcp;ofi_rxm", "shm"])
+def test_objects_move_over_the_fabric(tmp_path, provider):
+    job = "fabric-" + provider.split(";")[0]
+    script = tmp_path / "fabric.py"
+    script.write_text(FABRIC)
+    extra = ("--fabric", provider)
+    members = [launch(tmp_path, job, r, extra=extra) for r in range(1, NODES)]
+    head = launch(tmp_path, job, 0, sys.executable, str(script), rayhpc_binary(), extra=extra)
+    out, err = head.communicate(timeout=120)
+    if "built without the `fabric` feature" in err:
+        for m in members:
+            m.kill()
+            m.wait()
+        pytest.skip("rayhpc was built without the fabric feature (ci/test.sh builds it with)")
+    codes = [m.wait(timeout=30) for m in members]
+    assert head.returncode == 0 and codes == [0] * (NODES - 1), out + err
+    assert out.splitlines() == ["inputs exact: True elsewhere: True", "result exact: True",
+                                f"transports: ['fabric:{provider}']"], out + err
+    logs = err + "".join(m.stderr.read() for m in members)
+    assert "pulling over TCP instead" not in logs, logs
+
+
+def test_a_broadcast_spreads_as_a_tree_and_every_copy_is_exact(tmp_path):
+    """Four node runtimes: `rayhpc bench --across-nodes` has the three others pull one object
+    at once, from the head alone, then as readers do (from the node the owner names): the
+    copies spread in 2 rounds instead of 3 pulls from the head, and every copy's digest is
+    checked against the original's."""
+    n = 4
+    procs = []
+    for rank in [*range(1, n), 0]:
+        env = step_env(tmp_path, "bcast", rank)
+        env.update({"SLURM_STEP_NUM_TASKS": str(n), "SLURM_STEP_NUM_NODES": str(n)})
+        procs.append(subprocess.Popen([rayhpc_binary(), "bench", "--across-nodes", "--interface", "127.0.0.1", "--object-mib", "16",
+                                       "--trials", "1", "--broadcast-mib", "64", "--fabric", "off", "--json"],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    out, err = procs[-1].communicate(timeout=300)
+    assert [p.wait(timeout=60) for p in procs] == [0] * n, err
+    figures = json.loads(out)
+    assert figures["copies_verified"] and figures["transport"] == "tcp", out
+    b = figures["broadcast"]
+    assert b["to_nodes"] == 3 and b["from_head"]["rounds"] == 1 and b["tree"]["rounds"] == 2, out

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rayhpc_transport::{Kind, Peer};
 use serde::{Deserialize, Serialize};
 
-use super::remote::Remote;
+use super::remote::{Remote, Via};
 
 /// Head → node: accept a raw TCP stream of `len` bytes (answer: the port).
 pub const BENCH_RAW: Kind = Kind(0x120);
@@ -26,6 +26,10 @@ pub const BENCH_PULL: Kind = Kind(0x121);
 struct Ask {
     id: u128,
     len: u64,
+    /// Pull over the fabric (else TCP).
+    fabric: bool,
+    /// Pull as a reader would, from the source the owner names (a broadcast tree).
+    tree: bool,
 }
 
 /// Serves the two requests (on the node being measured); false for other kinds.
@@ -57,9 +61,15 @@ pub fn on_message(remote: &Arc<Remote>, peer: &Peer, kind: Kind, id: u64, payloa
             let (peer, remote) = (peer.clone(), remote.clone());
             std::thread::spawn(move || {
                 let t = Instant::now();
-                match remote.pull_blocking(&peer, ask.id, ask.len) {
-                    Ok(()) => {
-                        let _ = peer.respond(id, BENCH_PULL, &(t.elapsed().as_nanos() as u64).to_le_bytes());
+                let via = if ask.fabric { Via::Fabric } else { Via::Tcp };
+                let r = if ask.tree {
+                    remote.pull_shared_blocking(&peer, ask.id, ask.len, t)
+                } else {
+                    remote.pull_blocking(&peer, ask.id, ask.len, via, t).map(|(n, d)| (n, d, 1))
+                };
+                match r {
+                    Ok(figures) => {
+                        let _ = peer.respond(id, BENCH_PULL, &postcard::to_allocvec(&figures).expect("figures serialize"));
                     }
                     Err(e) => {
                         let _ = peer.refuse(id, &e);
@@ -95,7 +105,7 @@ fn sink(l: &TcpListener, len: u64) -> std::io::Result<()> {
 /// # Errors
 /// The node refused, or the stream failed.
 pub fn raw_stream(peer: &Peer, len: u64) -> Result<f64, String> {
-    let ask = postcard::to_allocvec(&Ask { id: 0, len }).map_err(|e| e.to_string())?;
+    let ask = postcard::to_allocvec(&Ask { id: 0, len, fabric: false, tree: false }).map_err(|e| e.to_string())?;
     let f = peer.request(BENCH_RAW, &ask, Duration::from_secs(30)).map_err(|e| e.to_string())?;
     let port = u16::from_le_bytes(f.payload.get(..2).and_then(|b| b.try_into().ok()).ok_or("a bad answer")?);
     let mut s = TcpStream::connect(SocketAddr::new(peer.remote_addr().ip(), port)).map_err(|e| e.to_string())?;
@@ -113,18 +123,91 @@ pub fn raw_stream(peer: &Peer, len: u64) -> Result<f64, String> {
     Ok(len as f64 / t.elapsed().as_secs_f64())
 }
 
-/// Has `peer`'s node pull `object` (exported here for the while) through the transport, into
-/// its store; its rate in bytes per second, as the puller timed it.
+/// A digest of `bytes` (not cryptographic: it tells a pulled copy from its original):
+/// 64-bit words mixed by multiply and rotate, the tail bytes alike.
+pub fn digest(bytes: &[u8]) -> u64 {
+    let mix = |h: u64, w: u64| (h ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
+    let mut chunks = bytes.chunks_exact(8);
+    let mut h = bytes.len() as u64;
+    for c in &mut chunks {
+        h = mix(h, u64::from_le_bytes(c.try_into().expect("8 bytes")));
+    }
+    for &b in chunks.remainder() {
+        h = mix(h, u64::from(b));
+    }
+    h
+}
+
+/// Has `peer`'s node pull `object` (exported here for the while) `via` TCP or the fabric,
+/// and checks that its copy is byte-exact (by [`digest`], computed by the puller after the
+/// clock stopped);
+/// its rate in bytes per second, as the puller timed it.
 ///
 /// # Errors
-/// The pull failed.
-pub fn pull(remote: &Arc<Remote>, peer: &Peer, object: &rayhpc::ObjectRef<rayhpc::Untyped>, len: u64) -> Result<f64, String> {
+/// The pull failed, or the copy differs from `object` (its [`digest`]).
+pub fn pull(remote: &Arc<Remote>, peer: &Peer, object: &rayhpc::ObjectRef<rayhpc::Untyped>, len: u64, via: Via) -> Result<f64, String> {
     let id = object.id().0;
     remote.export_for_bench(id, object.clone());
-    let ask = postcard::to_allocvec(&Ask { id, len }).map_err(|e| e.to_string())?;
-    let r = peer.request(BENCH_PULL, &ask, Duration::from_secs(120));
+    let r = ask_pull(peer, id, len, via == Via::Fabric, false);
     remote.unexport_for_bench(id);
-    let f = r.map_err(|e| e.to_string())?;
-    let ns = u64::from_le_bytes(f.payload.get(..8).and_then(|b| b.try_into().ok()).ok_or("a bad answer")?);
+    let (ns, theirs, _) = r?;
+    check(object, theirs)?;
     Ok(len as f64 / (ns as f64 * 1e-9))
+}
+
+fn ask_pull(peer: &Peer, id: u128, len: u64, fabric: bool, tree: bool) -> Result<(u64, u64, u32), String> {
+    let ask = postcard::to_allocvec(&Ask { id, len, fabric, tree }).map_err(|e| e.to_string())?;
+    let f = peer.request(BENCH_PULL, &ask, Duration::from_secs(600)).map_err(|e| e.to_string())?;
+    postcard::from_bytes::<(u64, u64, u32)>(&f.payload).map_err(|e| format!("a bad answer: {e}"))
+}
+
+fn check(object: &rayhpc::ObjectRef<rayhpc::Untyped>, theirs: u64) -> Result<(), String> {
+    let ours = match object.try_view() {
+        Some(Ok(v)) => digest(&v),
+        _ => return Err("the object cannot be read".into()),
+    };
+    if ours != theirs {
+        return Err(format!("the pulled copy differs from the object (digest {theirs:016x}, not {ours:016x})"));
+    }
+    Ok(())
+}
+
+/// A broadcast measured: every node of `peers` pulls `object` at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Broadcast {
+    /// Seconds until every node had it.
+    pub secs: f64,
+    /// The most pulls away from the owner a copy was (1: every node pulled from the owner).
+    pub rounds: u32,
+}
+
+/// Has every node of `peers` pull `object` (exported here for the while) at once: each from
+/// this node (`tree` false), or as readers do, from the node this one names (`tree`: the
+/// copies spread as a binomial tree). Checks every copy's digest.
+///
+/// # Errors
+/// A pull failed, or a copy differs.
+pub fn broadcast(
+    remote: &Arc<Remote>,
+    peers: &[Peer],
+    object: &rayhpc::ObjectRef<rayhpc::Untyped>,
+    len: u64,
+    tree: bool,
+) -> Result<Broadcast, String> {
+    let id = object.id().0;
+    remote.export_for_bench(id, object.clone());
+    let t = Instant::now();
+    let answers: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = peers.iter().map(|p| s.spawn(move || ask_pull(p, id, len, false, tree))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a bench thread panicked".into()))).collect()
+    });
+    let secs = t.elapsed().as_secs_f64();
+    remote.unexport_for_bench(id);
+    let mut rounds = 0;
+    for a in answers {
+        let (_, theirs, round) = a?;
+        check(object, theirs)?;
+        rounds = rounds.max(round);
+    }
+    Ok(Broadcast { secs, rounds })
 }

@@ -40,8 +40,10 @@ pub struct NodeInfo {
     pub store_backing: String,
     /// Objects this node pulled from others, and their bytes.
     pub pulled: (u64, u64),
-    /// The transport in use towards this node ("tcp", later "fabric:<provider>").
+    /// How objects are pulled from this node: "tcp", or "fabric:<provider>".
     pub transport: String,
+    /// Its RDMA fabric (address and registered arena), if it has one.
+    pub fabric: Option<super::fabric::FabricInfo>,
     /// False once it left or missed its heartbeats.
     pub alive: bool,
 }
@@ -323,6 +325,7 @@ mod tests {
             store_backing: "4 KiB pages".into(),
             pulled: (0, 0),
             transport: "tcp".into(),
+            fabric: None,
             alive: false,
         }
     }

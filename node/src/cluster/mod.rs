@@ -11,6 +11,7 @@
 pub mod bench;
 pub mod bulk;
 pub mod control;
+pub mod fabric;
 pub mod remote;
 pub mod rendezvous;
 
@@ -24,7 +25,8 @@ use std::time::{Duration, Instant};
 use rayhpc_transport::{Config, Endpoint, Frame, Kind, NodeId, Peer};
 
 use self::control::{Head, Load, NodeInfo, Request, Response, CONTROL};
-use self::remote::{Candidate, Remote};
+use self::fabric::{FabricMode, NodeFabric};
+use self::remote::{Candidate, Remote, Via};
 use crate::kv::{self, KvAnswer, KvEvents, KvOp};
 use crate::pool::{Router, TaskFn};
 use crate::wire::WireOptions;
@@ -76,6 +78,22 @@ pub struct ClusterConfig {
     pub bind: Option<IpAddr>,
     /// The job's secret.
     pub secret: Vec<u8>,
+    /// The RDMA fabric to pull objects over (else TCP).
+    pub fabric: FabricMode,
+}
+
+/// What `rayhpc bench --across-nodes` measures between the head and one node (bytes per
+/// second).
+#[derive(Debug, Clone, Copy)]
+pub struct PullFigures {
+    /// The node's rank.
+    pub rank: u32,
+    /// A raw TCP stream.
+    pub raw_tcp: f64,
+    /// An object pull over TCP.
+    pub pull_tcp: f64,
+    /// An object pull over the fabric, when both nodes have one.
+    pub pull_fabric: Option<f64>,
 }
 
 /// A node's membership (see the module's docs).
@@ -206,6 +224,25 @@ impl Cluster {
         let _ = inner.endpoint.set(endpoint);
         let bulk = bulk::BulkServer::start(ip).map_err(|e| err(format!("cannot listen for bulk streams on {ip}: {e}")))?;
         inner.remote.set_bulk(bulk);
+        match NodeFabric::open(&cfg.fabric, ip, node.runtime().object_store().region()) {
+            Ok(Some(f)) => {
+                let weak = Arc::downgrade(&inner);
+                let lookup = Box::new(move |n: NodeId| {
+                    let inner = weak.upgrade()?;
+                    inner.view_now().into_iter().find(|x| x.transport_id == n.0 && x.alive).and_then(|x| x.fabric)
+                });
+                inner.remote.set_fabric(Arc::new(f), lookup);
+            }
+            Ok(None) => {}
+            Err(e) if cfg.fabric == FabricMode::Auto => eprintln!("rayhpc node: no RDMA fabric ({e}): objects move over TCP"),
+            Err(e) => return Err(err(format!("cannot open the fabric asked for: {e}"))),
+        }
+        let weak = Arc::downgrade(&inner);
+        inner.remote.set_peer_lookup(Box::new(move |n: NodeId| {
+            let inner = weak.upgrade()?;
+            let c = inner.candidates().into_iter().find(|c| c.node == n)?;
+            inner.peer_of(&c)
+        }));
         let me = inner.info(addr);
         match cfg.role {
             Role::Head => {
@@ -285,12 +322,18 @@ impl Cluster {
         Ok(g.view())
     }
 
-    /// The head: the raw TCP stream's rate and the object pull rate (bytes per second) to
-    /// each other node, `len` bytes each, best of `trials`: `(rank, raw, pull)`.
+    /// The fabric's provider, if objects move over one.
+    pub fn fabric(&self) -> Option<String> {
+        self.inner.remote.fabric_provider()
+    }
+
+    /// The head: the raw TCP stream's rate, the object pull rate over TCP and over the
+    /// fabric (when both nodes have one), in bytes per second, to each other node, `len`
+    /// bytes each, best of `trials`.
     ///
     /// # Errors
     /// Not the head, or a measurement failed.
-    pub fn bench_pull(&self, len: u64, trials: usize) -> Result<Vec<(u32, f64, f64)>, ClusterError> {
+    pub fn bench_pull(&self, len: u64, trials: usize) -> Result<Vec<PullFigures>, ClusterError> {
         if self.inner.head.is_none() {
             return Err(err("only the head runs the bench"));
         }
@@ -307,15 +350,50 @@ impl Cluster {
         for c in self.inner.candidates() {
             let rank = c.node.0 as u32;
             let peer = self.inner.peer_of(&c).ok_or_else(|| err(format!("cannot reach node {}", c.node)))?;
-            let (mut raw, mut pull) = (0f64, 0f64);
+            let fabric =
+                self.inner.remote.fabric_provider().is_some() && self.inner.view_now().iter().any(|n| n.rank == rank && n.fabric.is_some());
+            let mut f = PullFigures { rank, raw_tcp: 0.0, pull_tcp: 0.0, pull_fabric: fabric.then_some(0.0) };
             for _ in 0..trials.max(1) {
-                raw = raw.max(bench::raw_stream(&peer, len).map_err(|e| err(format!("raw stream to rank {rank}: {e}")))?);
-                pull =
-                    pull.max(bench::pull(&self.inner.remote, &peer, &object, len).map_err(|e| err(format!("pull by rank {rank}: {e}")))?);
+                f.raw_tcp = f.raw_tcp.max(bench::raw_stream(&peer, len).map_err(|e| err(format!("raw stream to rank {rank}: {e}")))?);
+                let tcp =
+                    bench::pull(&self.inner.remote, &peer, &object, len, Via::Tcp).map_err(|e| err(format!("pull by rank {rank}: {e}")))?;
+                f.pull_tcp = f.pull_tcp.max(tcp);
+                if let Some(best) = &mut f.pull_fabric {
+                    let rate = bench::pull(&self.inner.remote, &peer, &object, len, Via::Fabric)
+                        .map_err(|e| err(format!("fabric pull by rank {rank}: {e}")))?;
+                    *best = best.max(rate);
+                }
             }
-            out.push((rank, raw, pull));
+            out.push(f);
         }
         Ok(out)
+    }
+
+    /// The head: a broadcast of a fresh `len`-byte object to every other node at once, from
+    /// the head alone, then as a tree (see `remote`): `(nodes, from the head, as a tree)`.
+    ///
+    /// # Errors
+    /// Not the head, or a pull failed.
+    pub fn bench_broadcast(&self, len: u64) -> Result<(usize, bench::Broadcast, bench::Broadcast), ClusterError> {
+        if self.inner.head.is_none() {
+            return Err(err("only the head runs the bench"));
+        }
+        let peers: Vec<Peer> = self.inner.candidates().iter().filter_map(|c| self.inner.peer_of(c)).collect();
+        let rt = self.inner.node.runtime();
+        let run = |tree: bool| {
+            let object = rt
+                .put_with::<Error>(len as usize, |b| {
+                    for (i, c) in b.chunks_mut(4096).enumerate() {
+                        c.fill((i as u8) ^ u8::from(tree));
+                    }
+                    Ok(())
+                })
+                .map_err(|e| err(format!("cannot make the object: {e}")))?;
+            bench::broadcast(&self.inner.remote, &peers, &object, len, tree).map_err(|e| err(format!("broadcast: {e}")))
+        };
+        let direct = run(false)?;
+        let tree = run(true)?;
+        Ok((peers.len(), direct, tree))
     }
 
     /// Tasks this node sent to others, and ran for others.
@@ -384,7 +462,8 @@ impl Inner {
             store_objects: load.store_objects,
             store_backing: store.backing().to_string(),
             pulled: load.pulled,
-            transport: "tcp".into(),
+            transport: self.remote.fabric_provider().map_or_else(|| "tcp".to_string(), |p| format!("fabric:{p}")),
+            fabric: self.remote.fabric_info(),
             alive: true,
         }
     }
@@ -445,12 +524,17 @@ impl Inner {
         }
     }
 
-    /// The other live nodes, for placement.
-    fn candidates(&self) -> Vec<Candidate> {
-        let view = match &self.head {
+    /// The node table as this node knows it now.
+    fn view_now(&self) -> Vec<NodeInfo> {
+        match &self.head {
             Some((h, _)) => lock(h).view(),
             None => self.view.read().unwrap_or_else(|e| e.into_inner()).clone(),
-        };
+        }
+    }
+
+    /// The other live nodes, for placement.
+    fn candidates(&self) -> Vec<Candidate> {
+        let view = self.view_now();
         view.into_iter()
             .filter(|n| n.alive && n.rank != self.rank)
             .filter_map(|n| Some(Candidate { node: NodeId(n.transport_id), addr: n.addr.parse().ok()?, resources: n.resources }))

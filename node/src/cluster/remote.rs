@@ -31,11 +31,12 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use rayhpc::raw::RawArg;
-use rayhpc::{Error, FailureKind, ObjectRef, Promise, TaskError, Untyped};
+use rayhpc::{Error, FailureKind, ObjectRef, ObjectView, Promise, TaskError, Untyped};
 use rayhpc_transport::{Kind, NodeId, Peer};
 use serde::{Deserialize, Serialize};
 
 use super::bulk::{self, BulkServer, Ticket, BULK_TICKET};
+use super::fabric::{FabricInfo, NodeFabric};
 use crate::pool::{failure_of, to_options, Pool, TaskFn};
 use crate::wire::{Key, WireFailure, WireOptions};
 
@@ -59,6 +60,61 @@ struct ActorMsg {
     class: String,
     options: WireOptions,
     args: Vec<Arg>,
+}
+
+/// Request: where object `id`, exported to the asker, lies in the arena (it stays pinned
+/// there for the asker until `UNPIN`); answered `(offset, len)`.
+pub const LOCATE: Kind = Kind(0x118);
+/// One-way: the asker read what `LOCATE` pinned.
+pub const UNPIN: Kind = Kind(0x119);
+
+/// Request, puller → the node it would pull object `id` from: which node should it pull
+/// from (answered, perhaps later, with a [`Source`]).
+pub const WHERE: Kind = Kind(0x11A);
+/// One-way, puller → that node: a pull from the source it named ended ([`Pulled`]).
+pub const PULLED: Kind = Kind(0x11B);
+/// Objects from this size up spread as a tree when several nodes pull them at once.
+pub const TREE_FROM: u64 = 8 << 20;
+/// Pulls one node serves at once of an object that spreads as a tree (1: a binomial tree,
+/// the nodes that have the object doubling every round).
+pub const FANOUT: u32 = 1;
+
+/// Where to pull an object from: `node` (a transport id) that has it, `round` pulls away
+/// from its owner (0: the owner).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Source {
+    /// The node.
+    pub node: u64,
+    /// Its distance from the owner, in pulls.
+    pub round: u32,
+}
+
+/// A pull from a named source ended.
+#[derive(Serialize, Deserialize, Debug)]
+struct Pulled {
+    id: u128,
+    source: u64,
+    ok: bool,
+}
+
+/// An owner's view of one object that several nodes pull: who has a copy (and how many
+/// pulls from the owner away), who is serving how many pulls, who waits for a source.
+#[derive(Default)]
+struct Spread {
+    have: Vec<(NodeId, u32)>,
+    busy: HashMap<NodeId, u32>,
+    waiting: std::collections::VecDeque<(Peer, u64)>,
+}
+
+/// How a pull moves the bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// The fabric when both nodes have one, else TCP.
+    Best,
+    /// TCP (bulk streams, or chunks on the control connection).
+    Tcp,
+    /// The fabric only (fails without one).
+    Fabric,
 }
 
 /// Asks the node that made object `id` for it (a ref that travelled inside a value).
@@ -168,7 +224,23 @@ pub struct Remote {
     copies: Mutex<Copies>,
     /// Objects pulled into this node, and their bytes.
     pub pulled: (AtomicU64, AtomicU64),
+    /// This node's RDMA fabric, if it has one.
+    fabric: std::sync::OnceLock<Arc<NodeFabric>>,
+    /// Another node's fabric (from the cluster's view).
+    fabric_of: std::sync::OnceLock<FabricLookup>,
+    /// Objects pinned in the arena for another node's fabric read, until it says `UNPIN`.
+    pins: Mutex<HashMap<NodeId, Vec<(u128, ObjectView)>>>,
+    /// Exports that several nodes pull: where their copies are (see [`Remote::on_where`]).
+    spreads: Mutex<HashMap<u128, Spread>>,
+    /// The connection to a node, by transport id (set by the cluster).
+    peer_of: std::sync::OnceLock<PeerLookup>,
 }
+
+/// How [`Remote`] reaches another node.
+pub type PeerLookup = Box<dyn Fn(NodeId) -> Option<Peer> + Send + Sync>;
+
+/// How [`Remote`] finds another node's fabric.
+pub type FabricLookup = Box<dyn Fn(NodeId) -> Option<FabricInfo> + Send + Sync>;
 
 /// This node's copies of objects of other nodes, by the object's id there (ids are unique
 /// in the cluster, and objects never change): a task, actor or `get` that needs an object
@@ -302,6 +374,11 @@ impl Remote {
             replace: std::sync::OnceLock::new(),
             copies: Mutex::new(Copies { budget: pool.services().rt.object_store().capacity() as u64 / 4, ..Copies::default() }),
             pulled: (AtomicU64::new(0), AtomicU64::new(0)),
+            fabric: std::sync::OnceLock::new(),
+            fabric_of: std::sync::OnceLock::new(),
+            pins: Mutex::new(HashMap::new()),
+            spreads: Mutex::new(HashMap::new()),
+            peer_of: std::sync::OnceLock::new(),
         })
     }
 
@@ -313,6 +390,154 @@ impl Remote {
     /// How a task is placed again (the cluster's view; see [`Remote::resend`]).
     pub fn set_replace(&self, f: Box<dyn Fn(Resend) + Send + Sync>) {
         let _ = self.replace.set(f);
+    }
+
+    /// Pulls over `fabric` from nodes that `lookup` finds one for (once).
+    pub fn set_fabric(&self, fabric: Arc<NodeFabric>, lookup: FabricLookup) {
+        let _ = self.fabric.set(fabric);
+        let _ = self.fabric_of.set(lookup);
+    }
+
+    /// How to reach another node (once).
+    pub fn set_peer_lookup(&self, f: PeerLookup) {
+        let _ = self.peer_of.set(f);
+    }
+
+    /// The object `id` as this node can serve it to a puller: an export, or a complete copy
+    /// of another node's object (a source of a tree).
+    fn served(&self, id: u128) -> Option<ObjectRef<Untyped>> {
+        if let Some(r) = lock(&self.exports).get(&id).map(|(r, _)| r.clone()) {
+            return Some(r);
+        }
+        lock(&self.copies).get(id).filter(|r| matches!(r.try_view(), Some(Ok(_))))
+    }
+
+    /// `peer` asks where to pull export `id` from: the free source nearest to this node (it,
+    /// or a node that pulled the object already), now or once one is free. So when many
+    /// nodes pull one object, it spreads as a binomial tree: every node that has it serves
+    /// [`FANOUT`] pull at a time, and the number of copies doubles every round.
+    fn on_where(&self, peer: &Peer, id: u64, payload: &[u8]) {
+        let Ok(obj) = postcard::from_bytes::<u128>(payload) else {
+            let _ = peer.refuse(id, "a malformed where");
+            return;
+        };
+        if !lock(&self.exports).contains_key(&obj) {
+            // Not this node's to spread (a copy it serves, or nothing): pull from it.
+            let _ = peer.respond(id, WHERE, &postcard::to_allocvec(&Source { node: self.me.0, round: 0 }).expect("a source serializes"));
+            return;
+        }
+        lock(&self.spreads).entry(obj).or_default().waiting.push_back((peer.clone(), id));
+        self.dispatch(obj);
+    }
+
+    /// Answers the waiting pullers of `obj` while a source is free.
+    fn dispatch(&self, obj: u128) {
+        let mut answers = Vec::new();
+        {
+            let mut spreads = lock(&self.spreads);
+            let Some(sp) = spreads.get_mut(&obj) else { return };
+            while !sp.waiting.is_empty() {
+                let sources = std::iter::once((self.me, 0)).chain(sp.have.iter().copied());
+                let free = sources.filter(|(n, _)| sp.busy.get(n).copied().unwrap_or(0) < FANOUT).min_by_key(|(_, round)| *round);
+                let Some((node, round)) = free else { break };
+                let Some((peer, rid)) = sp.waiting.pop_front() else { break };
+                *sp.busy.entry(node).or_default() += 1;
+                answers.push((peer, rid, Source { node: node.0, round }));
+            }
+        }
+        for (peer, rid, source) in answers {
+            let _ = peer.respond(rid, WHERE, &postcard::to_allocvec(&source).expect("a source serializes"));
+        }
+    }
+
+    /// A pull of an export from a source this node named ended.
+    fn on_pulled(&self, peer: &Peer, payload: &[u8]) {
+        let Ok(m) = postcard::from_bytes::<Pulled>(payload) else { return };
+        {
+            let mut spreads = lock(&self.spreads);
+            let Some(sp) = spreads.get_mut(&m.id) else { return };
+            if let Some(b) = sp.busy.get_mut(&NodeId(m.source)) {
+                *b = b.saturating_sub(1);
+            }
+            if m.ok {
+                let round = if m.source == self.me.0 { 0 } else { sp.have.iter().find(|(n, _)| n.0 == m.source).map_or(0, |(_, r)| *r) };
+                sp.have.push((peer.node(), round + 1));
+            } else if m.source != self.me.0 {
+                // That copy failed (evicted, or its node is going): no longer a source.
+                sp.have.retain(|(n, _)| n.0 != m.source);
+            }
+        }
+        self.dispatch(m.id);
+    }
+
+    /// Forgets how `obj` spread (it is no longer exported): pullers still waiting pull from
+    /// this node, and fail there as any pull of an object gone.
+    fn forget_spread(&self, obj: u128) {
+        let Some(sp) = lock(&self.spreads).remove(&obj) else { return };
+        for (peer, rid) in sp.waiting {
+            let _ = peer.respond(rid, WHERE, &postcard::to_allocvec(&Source { node: self.me.0, round: 0 }).expect("a source serializes"));
+        }
+    }
+
+    /// The node `peer`'s export `id` should be pulled from (asked of `peer` for objects from
+    /// [`TREE_FROM`] up), and the connection to it.
+    fn source_for(&self, peer: &Peer, id: u128, len: u64) -> (Peer, Option<Source>) {
+        if len < TREE_FROM {
+            return (peer.clone(), None);
+        }
+        let ask = postcard::to_allocvec(&id).expect("an id serializes");
+        // A source may take a while to be free: as long as the pulls before (a day at most).
+        let answer =
+            peer.request(WHERE, &ask, Duration::from_secs(86400)).ok().and_then(|f| postcard::from_bytes::<Source>(&f.payload).ok());
+        let Some(source) = answer else { return (peer.clone(), None) };
+        if source.node == peer.node().0 {
+            return (peer.clone(), Some(source));
+        }
+        match self.peer_of.get().and_then(|f| f(NodeId(source.node))) {
+            Some(p) => (p, Some(source)),
+            None => {
+                // Unreachable: tell the owner, pull from it.
+                let _ = peer.send(PULLED, &postcard::to_allocvec(&Pulled { id, source: source.node, ok: false }).expect("serializes"));
+                (peer.clone(), None)
+            }
+        }
+    }
+
+    /// Pulls `peer`'s export `id` into `buf` from the source `peer` names (see
+    /// [`Remote::on_where`]); a source other than `peer` that fails is reported and `peer`
+    /// pulled from instead. The source it came from, when `peer` named one: the caller
+    /// reports the pull's end with [`Remote::report_pulled`] once the copy is complete (so
+    /// that it can serve others by then).
+    fn pull_spread(&self, peer: &Peer, id: u128, buf: &mut [u8], via: Via) -> Result<Option<Source>, String> {
+        let (from, source) = self.source_for(peer, id, buf.len() as u64);
+        let r = self.pull_into(&from, id, buf, via);
+        let Some(source) = source else { return r.map(|()| None) };
+        match r {
+            Ok(()) => Ok(Some(source)),
+            Err(e) => {
+                self.report_pulled(peer, id, source, false);
+                if from.node() == peer.node() {
+                    return Err(e);
+                }
+                eprintln!("rayhpc node: pull of {id:032x} from node {} (a copy): {e}; pulling from its owner", from.node());
+                self.pull_into(peer, id, buf, via).map(|()| None)
+            }
+        }
+    }
+
+    /// Tells `peer` (the owner of `id`) that a pull from `source` ended.
+    fn report_pulled(&self, peer: &Peer, id: u128, source: Source, ok: bool) {
+        let _ = peer.send(PULLED, &postcard::to_allocvec(&Pulled { id, source: source.node, ok }).expect("serializes"));
+    }
+
+    /// What this node tells the cluster of its fabric, if it has one.
+    pub fn fabric_info(&self) -> Option<FabricInfo> {
+        self.fabric.get().map(|f| f.info().clone())
+    }
+
+    /// The fabric's provider, if this node has one.
+    pub fn fabric_provider(&self) -> Option<String> {
+        self.fabric.get().map(|f| f.info().provider.clone())
     }
 
     /// Serves bulk streams of this node's exports from `server`.
@@ -636,13 +861,15 @@ impl Remote {
             e.1 -= 1;
             if e.1 == 0 {
                 ex.remove(&id);
+                drop(ex);
+                self.forget_spread(id);
             }
         }
     }
 
     /// Handles a message of the kinds above; false if it is none of them.
     pub fn on_message(self: &Arc<Self>, peer: &Peer, kind: Kind, id: u64, payload: &[u8]) -> bool {
-        if ![TASK, TASK_DONE, PULL, BULK_TICKET, UNEXPORT, FETCH, ACTOR_NEW, ACTOR_KILL].contains(&kind) {
+        if ![TASK, TASK_DONE, PULL, BULK_TICKET, UNEXPORT, FETCH, ACTOR_NEW, ACTOR_KILL, LOCATE, UNPIN, WHERE, PULLED].contains(&kind) {
             return false;
         }
         // Off the connection's reader: the handling may write (answers, chunks).
@@ -653,6 +880,19 @@ impl Remote {
             PULL => me.on_pull(&peer, id, &payload),
             BULK_TICKET => me.on_ticket(&peer, id, &payload),
             FETCH => me.on_fetch(&peer, id, &payload),
+            LOCATE => me.on_locate(&peer, id, &payload),
+            WHERE => me.on_where(&peer, id, &payload),
+            PULLED => me.on_pulled(&peer, &payload),
+            UNPIN => {
+                if let Ok(obj) = postcard::from_bytes::<u128>(&payload) {
+                    let mut pins = lock(&me.pins);
+                    if let Some(list) = pins.get_mut(&peer.node()) {
+                        if let Some(i) = list.iter().position(|(x, _)| *x == obj) {
+                            list.swap_remove(i);
+                        }
+                    }
+                }
+            }
             ACTOR_NEW => me.on_actor_new(&peer, id, &payload),
             ACTOR_KILL => {
                 if let (Ok(actor), Some(pool)) = (postcard::from_bytes::<u128>(&payload), me.pool.upgrade()) {
@@ -955,7 +1195,7 @@ impl Remote {
             let _ = peer.refuse(id, "a malformed ticket request");
             return;
         };
-        let r = lock(&self.exports).get(&obj).map(|(r, _)| r.clone());
+        let r = self.served(obj);
         let (Some(r), Some(server)) = (r, self.bulk.get()) else {
             let _ = peer.refuse(id, &format!("object {obj:032x} is not exported here, or no bulk listener"));
             return;
@@ -978,13 +1218,40 @@ impl Remote {
         }
     }
 
+    /// Where an exported object lies in this node's arena, for `peer`'s fabric read: pinned
+    /// there for it until it says `UNPIN` (or its connection ends).
+    fn on_locate(&self, peer: &Peer, id: u64, payload: &[u8]) {
+        let Ok(obj) = postcard::from_bytes::<u128>(payload) else {
+            let _ = peer.refuse(id, "a malformed locate");
+            return;
+        };
+        let r = self.served(obj);
+        let (Some(r), Some(pool)) = (r, self.pool.upgrade()) else {
+            let _ = peer.refuse(id, &format!("object {obj:032x} is not exported here"));
+            return;
+        };
+        let Some(Ok(view)) = r.try_view() else {
+            let _ = peer.refuse(id, "the object cannot be read");
+            return;
+        };
+        let (base, len) = pool.services().rt.object_store().region();
+        let offset = (view.as_ptr() as usize).wrapping_sub(base as usize);
+        if view.stored_key().is_none() || (view.as_ptr() as usize) < base as usize || offset + view.len() > len {
+            let _ = peer.refuse(id, "the object is not in the arena");
+            return;
+        }
+        let answer = (offset as u64, view.len() as u64);
+        lock(&self.pins).entry(peer.node()).or_default().push((obj, view));
+        let _ = peer.respond(id, LOCATE, &postcard::to_allocvec(&answer).expect("a location serializes"));
+    }
+
     /// Serves a chunk of an exported object.
     fn on_pull(&self, peer: &Peer, id: u64, payload: &[u8]) {
         let Ok(m) = postcard::from_bytes::<PullMsg>(payload) else {
             let _ = peer.refuse(id, "a malformed pull");
             return;
         };
-        let r = lock(&self.exports).get(&m.id).map(|(r, _)| r.clone());
+        let r = self.served(m.id);
         let Some(r) = r else {
             let _ = peer.refuse(id, &format!("object {:032x} is not exported here", m.id));
             return;
@@ -1014,9 +1281,14 @@ impl Remote {
     fn pull(self: &Arc<Self>, peer: Peer, id: u128, len: u64, promise: Promise, lent: bool) {
         self.pulled.0.fetch_add(1, Ordering::Relaxed);
         self.pulled.1.fetch_add(len, Ordering::Relaxed);
+        let me = self.clone();
         let spawned = std::thread::Builder::new().name("rayhpc-pull".into()).spawn(move || {
             // Pulled or not, the lender lets it go (a failed pull fails the object here).
-            let _ = promise.fulfill_with(len as usize, |buf| pull_into(&peer, id, buf));
+            let mut source = None;
+            let done = promise.fulfill_with(len as usize, |buf| me.pull_spread(&peer, id, buf, Via::Best).map(|s| source = s));
+            if let Some(s) = source {
+                me.report_pulled(&peer, id, s, done.is_ok());
+            }
             if lent {
                 if let Ok(b) = postcard::to_allocvec(&id) {
                     let _ = peer.send(UNEXPORT, &b);
@@ -1029,16 +1301,49 @@ impl Remote {
     }
 
     /// Pulls object `id` (`len` bytes) from `peer` into a new object of this node and lets
-    /// it go (what the bench measures: the transfer, into this node's store).
+    /// it go (what the bench measures: the transfer, into this node's store): the
+    /// nanoseconds from `started` to the end of the transfer, and the copy's digest.
     ///
     /// # Errors
     /// The pull failed (the message says why).
-    pub fn pull_blocking(&self, peer: &Peer, id: u128, len: u64) -> Result<(), String> {
+    pub fn pull_blocking(&self, peer: &Peer, id: u128, len: u64, via: Via, started: std::time::Instant) -> Result<(u64, u64), String> {
         let pool = self.pool.upgrade().ok_or("shut down")?;
         let (r, promise) = pool.services().rt.promise().map_err(|e| e.to_string())?;
-        promise.fulfill_with(len as usize, |buf| pull_into(peer, id, buf)).map_err(|e| e.to_string())?;
-        drop(r);
-        Ok(())
+        promise.fulfill_with(len as usize, |buf| self.pull_into(peer, id, buf, via)).map_err(|e| e.to_string())?;
+        let nanos = started.elapsed().as_nanos() as u64;
+        let digest = match r.try_view() {
+            Some(Ok(v)) => super::bench::digest(&v),
+            _ => return Err("the pulled copy cannot be read".into()),
+        };
+        Ok((nanos, digest))
+    }
+
+    /// As a reader of `peer`'s export `id` would get it (see [`Remote::on_where`]): pulled
+    /// from the source `peer` names, then kept as this node's copy (so that it serves
+    /// others). The nanoseconds from `started` to the end, the copy's digest, and its round.
+    pub fn pull_shared_blocking(
+        self: &Arc<Self>,
+        peer: &Peer,
+        id: u128,
+        len: u64,
+        started: std::time::Instant,
+    ) -> Result<(u64, u64, u32), String> {
+        let pool = self.pool.upgrade().ok_or("shut down")?;
+        let (r, promise) = pool.services().rt.promise().map_err(|e| e.to_string())?;
+        let mut source = None;
+        let done = promise.fulfill_with(len as usize, |buf| self.pull_spread(peer, id, buf, Via::Best).map(|s| source = s));
+        let nanos = started.elapsed().as_nanos() as u64;
+        lock(&self.copies).keep(id, &r, len);
+        if let Some(s) = source {
+            self.report_pulled(peer, id, s, done.is_ok());
+        }
+        done.map_err(|e| e.to_string())?;
+        let round = source.map_or(1, |s| s.round + 1);
+        let digest = match r.try_view() {
+            Some(Ok(v)) => super::bench::digest(&v),
+            _ => return Err("the pulled copy cannot be read".into()),
+        };
+        Ok((nanos, digest, round))
     }
 
     /// Exports an object for the bench's pull.
@@ -1059,6 +1364,19 @@ impl Remote {
             seqs.into_iter().filter_map(|s| pending.remove(&s)).collect()
         };
         lock(&self.inflight).remove(&node);
+        lock(&self.pins).remove(&node);
+        let objs: Vec<u128> = {
+            let mut spreads = lock(&self.spreads);
+            for sp in spreads.values_mut() {
+                sp.have.retain(|(n, _)| *n != node);
+                sp.busy.remove(&node);
+                sp.waiting.retain(|(p, _)| p.node() != node);
+            }
+            spreads.keys().copied().collect()
+        };
+        for obj in objs {
+            self.dispatch(obj);
+        }
         let lent = lock(&self.lent).remove(&node).unwrap_or_default();
         for id in lent {
             self.unexport(id);
@@ -1131,16 +1449,44 @@ pub const STAY_FROM: u64 = 64 << 20;
 /// Objects from this size up are pulled over bulk streams.
 const BULK_FROM: usize = 1 << 20;
 
-/// Reads `buf.len()` bytes of object `id` from `peer` into `buf`: over bulk streams when
-/// large (see `bulk`), else (or if those fail) in chunks on the control connection.
-fn pull_into(peer: &Peer, id: u128, buf: &mut [u8]) -> Result<(), String> {
-    if buf.len() >= BULK_FROM {
-        match bulk::pull(peer, id, buf) {
-            Ok(()) => return Ok(()),
-            Err(e) => eprintln!("rayhpc node: {e}; pulling through the control connection instead"),
+impl Remote {
+    /// Reads `buf.len()` bytes of object `id` from `peer` into `buf`: with [`Via::Best`], over
+    /// the fabric when both nodes have one (falling back to TCP if that fails), else over
+    /// bulk streams when large (see `bulk`), else (or if those fail) in chunks on the
+    /// control connection.
+    fn pull_into(&self, peer: &Peer, id: u128, buf: &mut [u8], via: Via) -> Result<(), String> {
+        if via != Via::Tcp {
+            match self.fabric_pull(peer, id, buf) {
+                Ok(()) => return Ok(()),
+                Err(e) if via == Via::Fabric => return Err(e),
+                Err(e) if self.fabric.get().is_some() => eprintln!("rayhpc node: fabric pull of {id:032x}: {e}; pulling over TCP instead"),
+                Err(_) => {}
+            }
         }
+        if buf.len() >= BULK_FROM {
+            match bulk::pull(peer, id, buf) {
+                Ok(()) => return Ok(()),
+                Err(e) => eprintln!("rayhpc node: {e}; pulling through the control connection instead"),
+            }
+        }
+        pull_chunks(peer, id, buf)
     }
-    pull_chunks(peer, id, buf)
+
+    /// Reads object `id` of `peer` over the fabric: `LOCATE`, one read of its range, `UNPIN`.
+    fn fabric_pull(&self, peer: &Peer, id: u128, buf: &mut [u8]) -> Result<(), String> {
+        let fabric = self.fabric.get().ok_or("this node has no fabric")?;
+        let info = self.fabric_of.get().and_then(|f| f(peer.node())).ok_or_else(|| format!("node {} has no fabric", peer.node()))?;
+        let ask = postcard::to_allocvec(&id).map_err(|e| e.to_string())?;
+        let f = peer.request(LOCATE, &ask, Duration::from_secs(30)).map_err(|e| format!("locate: {e}"))?;
+        let (offset, len) = postcard::from_bytes::<(u64, u64)>(&f.payload).map_err(|e| format!("a malformed location: {e}"))?;
+        let read = if len == buf.len() as u64 {
+            fabric.read(peer.node(), &info, offset, buf)
+        } else {
+            Err(format!("the object is {len} bytes, not {}", buf.len()))
+        };
+        let _ = peer.send(UNPIN, &ask);
+        read
+    }
 }
 
 /// Reads `buf.len()` bytes of object `id` from `peer` into `buf`, [`IN_FLIGHT`] chunks at a

@@ -1,0 +1,196 @@
+//! One-sided pulls over an RDMA fabric (libfabric; cargo feature `fabric`).
+//!
+//! A node that opens a fabric registers its whole object arena once, at start, and puts
+//! the fabric's address and the region's (base, key, length) in its join record
+//! ([`FabricInfo`]). To pull an object, a node asks its owner where it lies (`LOCATE`: the
+//! owner pins it and answers its offset in the arena), reads `(offset, length)` of the
+//! owner's region straight into its own arena (`fi_read`, chunked and pipelined by
+//! `rayhpc-transport`), then lets the pin go (`UNPIN`). Anything that fails on this path
+//! (no fabric on either side, an object outside the arena, a provider error, a timeout)
+//! falls back to the TCP pull, which reads the same `(offset, length)` ranges over
+//! streams; a node whose peer died fails the pull there.
+//!
+//! [`FabricMode::Auto`] takes the best provider offered (see `rayhpc_transport::fabric`)
+//! and falls back to TCP with one log line when there is none or the feature is off; a
+//! provider named by flag or `RAYHPC_FABRIC` must open, or the node does not start.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// What a node tells the cluster of its fabric (in its join record).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FabricInfo {
+    /// The libfabric provider, e.g. `tcp;ofi_rxm`.
+    pub provider: String,
+    /// Its endpoint's address (`fi_getname`).
+    pub address: Vec<u8>,
+    /// The registered arena: the remote address of its byte 0 (0 with offsets).
+    pub base: u64,
+    /// The registration's key.
+    pub key: u64,
+    /// The arena's length.
+    pub len: u64,
+}
+
+/// Which fabric a node asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum FabricMode {
+    /// The best provider offered, else TCP (said once in the log).
+    #[default]
+    Auto,
+    /// TCP only.
+    Off,
+    /// This provider, or the node does not start.
+    Provider(String),
+}
+
+impl std::str::FromStr for FabricMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<FabricMode, String> {
+        Ok(match s.trim() {
+            "" | "auto" => FabricMode::Auto,
+            "off" | "none" => FabricMode::Off,
+            p => FabricMode::Provider(p.to_string()),
+        })
+    }
+}
+
+/// Whether this build has the fabric backend.
+pub const BUILT: bool = cfg!(feature = "fabric");
+
+#[cfg(feature = "fabric")]
+mod imp {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use rayhpc_transport::fabric::{Fabric, FabricOptions, PeerAddr, Region, RemoteRegion};
+    use rayhpc_transport::NodeId;
+
+    use super::{FabricInfo, FabricMode, IpAddr};
+
+    /// This node's fabric: the endpoint and the registered arena.
+    pub struct NodeFabric {
+        fabric: Fabric,
+        region: Region,
+        info: FabricInfo,
+        peers: Mutex<HashMap<NodeId, PeerAddr>>,
+    }
+
+    impl NodeFabric {
+        /// Opens the fabric `mode` asks for on `ip` and registers `arena` (`base`, `len`):
+        /// `Ok(None)` for [`FabricMode::Off`].
+        ///
+        /// # Errors
+        /// No provider, or it cannot open or register (the message says which).
+        #[allow(unsafe_code)] // the registration of the arena (below)
+        pub fn open(mode: &FabricMode, ip: IpAddr, arena: (*mut u8, usize)) -> Result<Option<NodeFabric>, String> {
+            let provider = match mode {
+                FabricMode::Off => return Ok(None),
+                FabricMode::Auto => None,
+                FabricMode::Provider(p) => Some(p.clone()),
+            };
+            let opts = FabricOptions { provider, source: Some(ip), ..FabricOptions::default() };
+            let fabric = Fabric::open(&opts).map_err(|e| e.to_string())?;
+            // SAFETY: the arena is the store's mapping, which lives as long as the node's
+            // runtime, and this fabric is dropped with the node's cluster membership, before
+            // the runtime. Reads land only in ranges that a pull owns exclusively (an
+            // allocation being filled), and peers read only ranges pinned for them.
+            let region = unsafe { fabric.register(arena.0, arena.1) }.map_err(|e| format!("cannot register the object arena: {e}"))?;
+            let r = region.remote();
+            let info =
+                FabricInfo { provider: fabric.provider().to_string(), address: fabric.address(), base: r.base, key: r.key, len: r.len };
+            Ok(Some(NodeFabric { fabric, region, info, peers: Mutex::new(HashMap::new()) }))
+        }
+
+        /// What the cluster is told.
+        pub fn info(&self) -> &FabricInfo {
+            &self.info
+        }
+
+        /// Reads `buf.len()` bytes at `offset` of node `node`'s arena (described by `peer`)
+        /// into `buf`, which must lie in this node's arena.
+        ///
+        /// # Errors
+        /// `buf` is outside the arena, the peer's address is bad, or the read failed.
+        pub fn read(&self, node: NodeId, peer: &FabricInfo, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+            let start = (buf.as_ptr() as usize).wrapping_sub(self.region.as_ptr() as usize);
+            if buf.as_ptr() < self.region.as_ptr() as *const u8 || start.saturating_add(buf.len()) > self.region.len() {
+                return Err("the destination is not in the registered arena".into());
+            }
+            let addr = {
+                let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+                match peers.get(&node) {
+                    Some(a) => *a,
+                    None => {
+                        let a = self.fabric.connect(&peer.address).map_err(|e| e.to_string())?;
+                        peers.insert(node, a);
+                        a
+                    }
+                }
+            };
+            let remote = RemoteRegion { base: peer.base, key: peer.key, len: peer.len };
+            // `buf` is this pull's alone (an allocation being filled): the fabric writes
+            // exactly its range before `read` returns, and nothing reads it meanwhile.
+            let r = self.fabric.read(addr, remote, offset, &self.region, start, buf.len());
+            if r.is_err() {
+                // A timed-out peer's address is void: connect again next time.
+                self.peers.lock().unwrap_or_else(|e| e.into_inner()).remove(&node);
+            }
+            r.map_err(|e| e.to_string())
+        }
+    }
+}
+
+#[cfg(not(feature = "fabric"))]
+mod imp {
+    use rayhpc_transport::NodeId;
+
+    use super::{FabricInfo, FabricMode, IpAddr};
+
+    /// This build has no fabric backend: never made.
+    pub struct NodeFabric(std::convert::Infallible);
+
+    impl NodeFabric {
+        /// `Ok(None)` for [`FabricMode::Off`], else why there is none.
+        ///
+        /// # Errors
+        /// Always but for `Off`: the build lacks the feature.
+        pub fn open(mode: &FabricMode, _ip: IpAddr, _arena: (*mut u8, usize)) -> Result<Option<NodeFabric>, String> {
+            match mode {
+                FabricMode::Off => Ok(None),
+                _ => Err("this rayhpc was built without the `fabric` feature (libfabric)".into()),
+            }
+        }
+
+        /// Never called.
+        pub fn info(&self) -> &FabricInfo {
+            match self.0 {}
+        }
+
+        /// Never called.
+        ///
+        /// # Errors
+        /// None: there is no such value.
+        pub fn read(&self, _node: NodeId, _peer: &FabricInfo, _offset: u64, _buf: &mut [u8]) -> Result<(), String> {
+            match self.0 {}
+        }
+    }
+}
+
+pub use imp::NodeFabric;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse() {
+        assert_eq!("auto".parse::<FabricMode>(), Ok(FabricMode::Auto));
+        assert_eq!("".parse::<FabricMode>(), Ok(FabricMode::Auto));
+        assert_eq!("off".parse::<FabricMode>(), Ok(FabricMode::Off));
+        assert_eq!("none".parse::<FabricMode>(), Ok(FabricMode::Off));
+        assert_eq!("shm".parse::<FabricMode>(), Ok(FabricMode::Provider("shm".into())));
+        assert_eq!("tcp;ofi_rxm".parse::<FabricMode>(), Ok(FabricMode::Provider("tcp;ofi_rxm".into())));
+    }
+}
