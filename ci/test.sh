@@ -86,6 +86,8 @@ step "a real Slurm cluster (munge, slurmctld, 3 slurmd in network namespaces) wi
 if [ "$(id -u)" = 0 ]; then
   bash slurm/smoke.sh
   cargo build --locked -q -p rayhpc-launcher --features fabric
+  # The bench across nodes runs the release build (its figures are the ones reported).
+  cargo build --locked -q --release -p rayhpc-launcher --features fabric
   RAYHPC_C_PREFIX="$PWD/target/c-prefix" bash slurm/launch-test.sh
 else
   echo "not root: network namespaces cannot be made; the Slurm cluster is not tested here"

@@ -21,7 +21,9 @@ die() { echo "launch-test.sh: FAILED: $*" >&2; exit 1; }
 work=$(mktemp -d /tmp/rayhpc-launch-test.XXXXXX)
 chmod 755 "$work"
 trap 'bash "$cluster" down >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
-bash "$cluster" up "$nodes" >/dev/null
+# One node more than the launches below use: the broadcast bench (step 4) spreads an object
+# from the head to 3 other nodes.
+bash "$cluster" up $((nodes + 1)) >/dev/null
 on_ctl() { (cd "$work" && bash "$cluster" exec ctl "$@"); }
 
 cat > "$work/driver.py" <<'EOF'
@@ -94,7 +96,7 @@ say "mpirun -N$nodes (Open MPI, in sbatch): the driver saw $nodes nodes"
 #    between node1 and node2 (figures for the log; the release binary when built).
 bench_bin=$root/target/release/rayhpc
 [ -x "$bench_bin" ] || bench_bin=$rayhpc
-on_ctl srun -N2 --ntasks-per-node=1 --chdir="$work" "$bench_bin" bench --across-nodes --object-mib 1024 --trials 3 2>"$work/bench.err" \
+on_ctl srun -N2 --ntasks-per-node=1 --chdir="$work" "$bench_bin" bench --across-nodes --object-mib 1024 --trials 3 --broadcast-mib 0 2>"$work/bench.err" \
   | tee "$work/bench.out" || { cat "$work/bench.err"; die "the bench across nodes failed"; }
 grep -q "object pull" "$work/bench.out" || { cat "$work/bench.err"; die "the bench printed no pull figure"; }
 grep -q "byte-exact" "$work/bench.out" || { cat "$work/bench.err"; die "the bench did not check its copies"; }
@@ -104,6 +106,11 @@ if grep -q "over fabric:" "$work/bench.out"; then
   grep -q "fabric pull (" "$work/bench.out" || { cat "$work/bench.err"; die "the bench printed no fabric pull figure"; }
   say "the fabric backend moved the object between namespaces, byte-exact"
 fi
+# A broadcast of 256 MiB from the head to the 3 other nodes at once: from the head alone, then
+# as readers get it (a binomial tree: 2 rounds for 3 nodes).
+on_ctl srun -N4 --ntasks-per-node=1 --chdir="$work" "$bench_bin" bench --across-nodes --object-mib 16 --trials 1 --broadcast-mib 256 \
+  2>"$work/bcast.err" | tee "$work/bcast.out" || { cat "$work/bcast.err"; die "the broadcast bench failed"; }
+grep -q "as a tree .* in 2 round(s)" "$work/bcast.out" || { cat "$work/bcast.out" "$work/bcast.err"; die "the broadcast did not spread in 2 rounds"; }
 
 # 5. Every seed program (the Ray Core examples of the tutorials), unchanged, as the driver of
 #    a launch on 2 nodes (2 CPUs and a nominal GPU each: one seed asks for a GPU).

@@ -139,33 +139,39 @@ def test_a_node_killed_mid_run_has_its_tasks_rerun_elsewhere(tmp_path):
 
 def test_status_shows_every_node_and_stop_stops_them(tmp_path):
     procs = [launch(tmp_path, "serve", r) for r in range(NODES)]
-    env = step_env(tmp_path, "serve", 0)
-    deadline = time.time() + 30
-    while True:
-        r = subprocess.run([rayhpc_binary(), "status", "--json"], env=env, capture_output=True, text=True, timeout=30)
-        if r.returncode == 0 and len([n for n in json.loads(r.stdout) if n["alive"]]) == NODES:
-            break
-        assert time.time() < deadline, r.stdout + r.stderr
-        time.sleep(0.1)
-    nodes = json.loads(r.stdout)
-    assert sorted(n["rank"] for n in nodes) == list(range(NODES))
-    assert all(n["resources"]["CPU"]["total"] == 1.0 for n in nodes)
-    # --fabric auto: libfabric's tcp;ofi_rxm when built with the feature (here: no RDMA
-    # device), else TCP; every node the same.
-    assert len({n["transport"] for n in nodes}) == 1 and nodes[0]["transport"] in ("tcp", "fabric:tcp;ofi_rxm"), nodes
-    assert all(n["store"]["capacity"] > 0 and n["store"]["backing"] for n in nodes)
-    table = subprocess.run([rayhpc_binary(), "status"], env=env, capture_output=True, text=True, timeout=30).stdout
-    assert f"cluster of {NODES} nodes ({NODES} alive)" in table, table
-    # A wrong secret is refused, and the cluster goes on.
-    bad = tmp_path / "bad-secret"
-    bad.write_bytes(b"x" * 32)
-    bad.chmod(0o600)
-    head = nodes[0]["address"] if nodes[0]["rank"] == 0 else [n for n in nodes if n["rank"] == 0][0]["address"]
-    r = subprocess.run([rayhpc_binary(), "status", "--address", head, "--secret-file", str(bad)], env=env,
-                       capture_output=True, text=True, timeout=30)
-    assert r.returncode != 0 and "refused" in r.stderr, r.stderr
-    assert subprocess.run([rayhpc_binary(), "stop"], env=env, capture_output=True, timeout=30).returncode == 0
-    assert [p.wait(timeout=30) for p in procs] == [0] * NODES
+    try:
+        env = step_env(tmp_path, "serve", 0)
+        deadline = time.time() + 30
+        while True:
+            r = subprocess.run([rayhpc_binary(), "status", "--json"], env=env, capture_output=True, text=True, timeout=30)
+            if r.returncode == 0 and len([n for n in json.loads(r.stdout) if n["alive"]]) == NODES:
+                break
+            assert time.time() < deadline, r.stdout + r.stderr
+            time.sleep(0.1)
+        nodes = json.loads(r.stdout)
+        assert sorted(n["rank"] for n in nodes) == list(range(NODES))
+        assert all(n["resources"]["CPU"]["total"] == 1.0 for n in nodes)
+        # --fabric auto: libfabric's tcp;ofi_rxm when built with the feature (here: no RDMA
+        # device), else TCP; every node the same.
+        assert len({n["transport"] for n in nodes}) == 1 and nodes[0]["transport"] in ("tcp", "fabric:tcp;ofi_rxm"), nodes
+        assert all(n["store"]["capacity"] > 0 and n["store"]["backing"] for n in nodes)
+        table = subprocess.run([rayhpc_binary(), "status"], env=env, capture_output=True, text=True, timeout=30).stdout
+        assert f"cluster of {NODES} nodes ({NODES} alive)" in table, table
+        # A wrong secret is refused, and the cluster goes on.
+        bad = tmp_path / "bad-secret"
+        bad.write_bytes(b"x" * 32)
+        bad.chmod(0o600)
+        head = nodes[0]["address"] if nodes[0]["rank"] == 0 else [n for n in nodes if n["rank"] == 0][0]["address"]
+        r = subprocess.run([rayhpc_binary(), "status", "--address", head, "--secret-file", str(bad)], env=env,
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode != 0 and "refused" in r.stderr, r.stderr
+        assert subprocess.run([rayhpc_binary(), "stop"], env=env, capture_output=True, timeout=30).returncode == 0
+        assert [p.wait(timeout=30) for p in procs] == [0] * NODES
+    finally:
+        for p in procs:  # a failed check leaves no node behind
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 LOST = """
