@@ -114,9 +114,27 @@ struct Target {
 }
 
 impl Drop for Target {
+    /// Closes the target's stdin so that it exits and libfabric removes its files (a shm
+    /// endpoint has one of 16 MiB in /dev/shm); kills it if it does not within 10 s.
     fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        remove_shm_files(self.child.id());
+    }
+}
+
+/// Removes what the shm provider of a killed process `pid` left in /dev/shm ("<pid>:...").
+fn remove_shm_files(pid: u32) {
+    let prefix = format!("{pid}:");
+    for entry in std::fs::read_dir("/dev/shm").into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
