@@ -96,7 +96,11 @@ say "mpirun -N$nodes (Open MPI, in sbatch): the driver saw $nodes nodes"
 #    between node1 and node2 (figures for the log; the release binary when built).
 bench_bin=$root/target/release/rayhpc
 [ -x "$bench_bin" ] || bench_bin=$rayhpc
-on_ctl srun -N2 --ntasks-per-node=1 --chdir="$work" "$bench_bin" bench --across-nodes --object-mib 1024 --trials 3 --broadcast-mib 0 2>"$work/bench.err" \
+# With the fabric backend built (ci/test.sh builds it), libfabric's tcp;ofi_rxm (named: there
+# is no RDMA device here) is measured beside the TCP pull and the raw stream.
+fabric=()
+"$bench_bin" fabric | grep -q "^providers.*tcp;ofi_rxm" && fabric=(--fabric "tcp;ofi_rxm")
+on_ctl srun -N2 --ntasks-per-node=1 --chdir="$work" "$bench_bin" bench --across-nodes --object-mib 1024 --trials 3 --broadcast-mib 0 "${fabric[@]}" 2>"$work/bench.err" \
   | tee "$work/bench.out" || { cat "$work/bench.err"; die "the bench across nodes failed"; }
 grep -q "object pull" "$work/bench.out" || { cat "$work/bench.err"; die "the bench printed no pull figure"; }
 grep -q "byte-exact" "$work/bench.out" || { cat "$work/bench.err"; die "the bench did not check its copies"; }
@@ -117,6 +121,12 @@ grep -q "as a tree .* in 2 round(s)" "$work/bcast.out" || { cat "$work/bcast.out
 seeds="$root/bindings/python/tests"
 RAYHPC_SEED_RUNNER="bash $cluster exec ctl srun -N2 --ntasks-per-node=1 --chdir=$seeds/seeds $rayhpc launch --python $python --num-cpus 2 --num-gpus 1 --" \
   "$python" -m pytest -q -p no:cacheprovider "$seeds/test_seeds.py" || die "the seeds failed on the 2-node cluster"
+# The same over the fabric (the objects of the seeds pulled with fi_read), when built with it.
+if "$rayhpc" fabric | grep -q "^providers.*tcp;ofi_rxm"; then
+  RAYHPC_SEED_RUNNER="bash $cluster exec ctl srun -N2 --ntasks-per-node=1 --chdir=$seeds/seeds $rayhpc launch --python $python --num-cpus 2 --num-gpus 1 --fabric tcp;ofi_rxm --" \
+    "$python" -m pytest -q -p no:cacheprovider "$seeds/test_seeds.py" || die "the seeds failed on the 2-node cluster over the fabric"
+  say "the seed programs pass over the fabric too"
+fi
 say "the seed programs pass unchanged on a 2-node cluster"
 
 say "OK   srun to the driver's first line on $nodes nodes: $srun_to_first s"

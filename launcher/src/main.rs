@@ -78,6 +78,9 @@ enum Cmd {
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// Whether this build can pull objects over an RDMA fabric, and which libfabric
+    /// providers this machine offers.
+    Fabric,
     /// Show the cluster of a running launch: per node, resources used/total, the object
     /// store's use and backing, the transport.
     Status {
@@ -144,6 +147,23 @@ enum Cmd {
     },
 }
 
+/// What `rayhpc fabric` prints: whether this build has the RDMA fabric backend, which
+/// libfabric providers are offered here, and what `--fabric auto` would take.
+fn fabric_report() {
+    use rayhpc_node::cluster::fabric::{offered, RDMA_PROVIDERS};
+    match offered() {
+        None => println!("fabric: not built (cargo feature `fabric`): objects move over TCP"),
+        Some(list) => {
+            println!("fabric: built with libfabric");
+            println!("providers offering one-sided reads here: {}", if list.is_empty() { "none".into() } else { list.join(", ") });
+            match RDMA_PROVIDERS.iter().find(|p| list.iter().any(|o| o == *p)) {
+                Some(p) => println!("--fabric auto takes: {p}"),
+                None => println!("--fabric auto takes: none (no RDMA provider): objects move over TCP unless one is named"),
+            }
+        }
+    }
+}
+
 /// Which launch `status` and `stop` address.
 #[derive(clap::Args)]
 struct TargetArgs {
@@ -206,6 +226,7 @@ fn main() -> Result<()> {
             std::process::exit(code);
         }
         Cmd::Status { json, target } => launch::status(&target.target(), json)?,
+        Cmd::Fabric => fabric_report(),
         Cmd::Stop { target } => launch::stop(&target.target())?,
         Cmd::Bench { json, object_mib, trials, store_mib, across_nodes: true, interface, fabric, broadcast_mib, .. } => {
             let code = launch::launch(launch::LaunchArgs {
