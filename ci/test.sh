@@ -50,6 +50,7 @@ cargo test --workspace --locked
 step "the fabric backend (libfabric: tcp;ofi_rxm and shm providers)"
 cargo test -p rayhpc-transport --features fabric --locked
 cargo test -p rayhpc-node --features fabric --locked --lib
+cargo test -p rayhpc-launcher --features fabric --locked --test cli
 
 step "the hwloc topology backend"
 cargo test -p rayhpc-sched --features hwloc --locked --lib

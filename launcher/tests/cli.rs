@@ -204,3 +204,39 @@ fn launch_without_a_command_serves_until_sigterm_then_cleans_up() {
     assert!(!address.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn without_an_rdma_fabric_objects_move_over_tcp_and_the_launch_says_so() {
+    let dir = runtime_dir("fabric");
+    let launch = |fabric: &str| {
+        rayhpc()
+            .args(["launch", "--head", "--nodes", "1", "--interface", "127.0.0.1", "--num-cpus", "1", "--fabric", fabric])
+            .arg("--rendezvous-dir")
+            .arg(dir.join("rdv"))
+            .args(["--", "/bin/true"])
+            .env("RAYHPC_RUNTIME_DIR", &dir)
+            .env("PATH", "/nonexistent")
+            .env_remove("RAYHPC_PYTHON")
+            .env_remove("SLURM_JOB_ID")
+            .output()
+            .unwrap()
+    };
+    // auto: no RDMA provider on this machine (or none built in): TCP, said once.
+    let out = launch("auto");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("objects move over TCP"), "{err}");
+    let why = if cfg!(feature = "fabric") { "no RDMA provider offered" } else { "built without the `fabric` feature" };
+    assert!(err.contains(why), "{err}");
+    // A provider that is named must open, or the node does not start.
+    let out = launch("no-such-provider");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("cannot open the fabric asked for"), "{err}");
+    // What the build and the machine offer.
+    let out = rayhpc().arg("fabric").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(if cfg!(feature = "fabric") { text.contains("built with libfabric") } else { text.contains("not built") }, "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
