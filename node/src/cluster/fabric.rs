@@ -114,7 +114,10 @@ mod imp {
                 }
                 FabricMode::Provider(p) => Some(p.clone()),
             };
-            let opts = FabricOptions { provider, source: Some(ip), ..FabricOptions::default() };
+            // A read with no chunk done for 10 s has lost its peer (a 4 MiB chunk takes
+            // milliseconds): it fails, and the pull goes on over TCP or fails there.
+            let opts =
+                FabricOptions { provider, source: Some(ip), timeout: std::time::Duration::from_secs(10), ..FabricOptions::default() };
             let fabric = Fabric::open(&opts).map_err(|e| e.to_string())?;
             // SAFETY: the arena is the store's mapping, which lives as long as the node's
             // runtime, and this fabric is dropped with the node's cluster membership, before
