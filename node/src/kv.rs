@@ -23,8 +23,11 @@ use serde::{Deserialize, Serialize};
 pub const MAX_KEY: usize = 4096;
 /// The largest value.
 pub const MAX_VALUE: usize = 32 << 20;
-/// How many bytes of recent changes are kept for watchers (at least the newest change).
+/// How many bytes of recent changes are kept for watchers (at least the newest change); each
+/// change counts its key, its value and [`ENTRY_BYTES`].
 pub const LOG_BYTES: usize = 16 << 20;
+/// What a change in the log costs beyond its key and value.
+pub const ENTRY_BYTES: usize = 64;
 /// The longest a watch may wait in one call.
 pub const MAX_WATCH: f64 = 3600.0;
 
@@ -164,10 +167,14 @@ impl Kv {
                 }
                 Ok(KvAnswer::Deleted(gone.len() as u64))
             }
+            KvOp::List { prefix } if prefix.len() > MAX_KEY => {
+                Err(format!("a KV prefix of {} bytes: the longest is {MAX_KEY}", prefix.len()))
+            }
             KvOp::List { prefix } => Ok(KvAnswer::Keys(
                 self.map.range(prefix.clone()..).take_while(|(k, _)| under(k, &prefix)).map(|(k, _)| k.clone()).collect(),
             )),
             KvOp::Watch { prefix, since, timeout } => {
+                check_key(&prefix)?;
                 watch_timeout(timeout)?;
                 Ok(KvAnswer::Events(self.changes(&prefix, since).unwrap_or(KvEvents { version: self.version, ..KvEvents::default() })))
             }
@@ -176,11 +183,11 @@ impl Kv {
 
     fn record(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
         self.version += 1;
-        self.log_bytes += key.len() + value.as_ref().map_or(0, Vec::len);
+        self.log_bytes += ENTRY_BYTES + key.len() + value.as_ref().map_or(0, Vec::len);
         self.log.push_back((self.version, key, value));
         while self.log.len() > 1 && self.log_bytes > LOG_BYTES {
             if let Some((_, k, v)) = self.log.pop_front() {
-                self.log_bytes -= k.len() + v.map_or(0, |v| v.len());
+                self.log_bytes -= ENTRY_BYTES + k.len() + v.map_or(0, |v| v.len());
             }
         }
     }
@@ -201,8 +208,11 @@ impl Kv {
                 .collect();
             return Some(KvEvents { version: self.version, reset: true, changes });
         }
+        // Versions in the log are consecutive: the first change after `since` is at
+        // `since + 1 - oldest`.
+        let first = usize::try_from(since + 1 - oldest).unwrap_or(usize::MAX).min(self.log.len());
         let changes: Vec<_> =
-            self.log.iter().filter(|(v, k, _)| *v > since && under(k, prefix)).map(|(_, k, v)| (k.clone(), v.clone())).collect();
+            self.log.range(first..).filter(|(_, k, _)| under(k, prefix)).map(|(_, k, v)| (k.clone(), v.clone())).collect();
         (!changes.is_empty()).then_some(KvEvents { version: self.version, reset: false, changes })
     }
 }

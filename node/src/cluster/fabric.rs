@@ -76,7 +76,9 @@ pub fn offered() -> Option<Vec<String>> {
 #[cfg(feature = "fabric")]
 mod imp {
     use std::collections::HashMap;
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
+
+    use rayhpc::objstore::Store;
 
     use rayhpc_transport::fabric::{Fabric, FabricOptions, PeerAddr, Region, RemoteRegion};
     use rayhpc_transport::NodeId;
@@ -89,16 +91,20 @@ mod imp {
         region: Region,
         info: FabricInfo,
         peers: Mutex<HashMap<NodeId, PeerAddr>>,
+        /// The store whose arena is registered: kept mapped while the registration lives
+        /// (fields drop in order: this one last).
+        _store: Arc<Store>,
     }
 
     impl NodeFabric {
-        /// Opens the fabric `mode` asks for on `ip` and registers `arena` (`base`, `len`):
+        /// Opens the fabric `mode` asks for on `ip` and registers `store`'s whole arena:
         /// `Ok(None)` for [`FabricMode::Off`].
         ///
         /// # Errors
         /// No provider, or it cannot open or register (the message says which).
         #[allow(unsafe_code)] // the registration of the arena (below)
-        pub fn open(mode: &FabricMode, ip: IpAddr, arena: (*mut u8, usize)) -> Result<Option<NodeFabric>, String> {
+        pub fn open(mode: &FabricMode, ip: IpAddr, store: &Arc<Store>) -> Result<Option<NodeFabric>, String> {
+            let arena = store.region();
             let provider = match mode {
                 FabricMode::Off => return Ok(None),
                 FabricMode::Auto => {
@@ -119,15 +125,14 @@ mod imp {
             let opts =
                 FabricOptions { provider, source: Some(ip), timeout: std::time::Duration::from_secs(10), ..FabricOptions::default() };
             let fabric = Fabric::open(&opts).map_err(|e| e.to_string())?;
-            // SAFETY: the arena is the store's mapping, which lives as long as the node's
-            // runtime, and this fabric is dropped with the node's cluster membership, before
-            // the runtime. Reads land only in ranges that a pull owns exclusively (an
+            // SAFETY: the arena is the store's mapping, which lives as long as the store, and
+            // this value holds the store (dropped after the registration). Reads land only in ranges that a pull owns exclusively (an
             // allocation being filled), and peers read only ranges pinned for them.
             let region = unsafe { fabric.register(arena.0, arena.1) }.map_err(|e| format!("cannot register the object arena: {e}"))?;
             let r = region.remote();
             let info =
                 FabricInfo { provider: fabric.provider().to_string(), address: fabric.address(), base: r.base, key: r.key, len: r.len };
-            Ok(Some(NodeFabric { fabric, region, info, peers: Mutex::new(HashMap::new()) }))
+            Ok(Some(NodeFabric { fabric, region, info, peers: Mutex::new(HashMap::new()), _store: store.clone() }))
         }
 
         /// What the cluster is told.
@@ -183,7 +188,11 @@ mod imp {
         ///
         /// # Errors
         /// Always but for `Off`: the build lacks the feature.
-        pub fn open(mode: &FabricMode, _ip: IpAddr, _arena: (*mut u8, usize)) -> Result<Option<NodeFabric>, String> {
+        pub fn open(
+            mode: &FabricMode,
+            _ip: IpAddr,
+            _store: &std::sync::Arc<rayhpc::objstore::Store>,
+        ) -> Result<Option<NodeFabric>, String> {
             match mode {
                 FabricMode::Off => Ok(None),
                 _ => Err("this rayhpc was built without the `fabric` feature (libfabric)".into()),

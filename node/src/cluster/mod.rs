@@ -38,6 +38,8 @@ use rayhpc::{Error, ObjectRef, Untyped};
 pub const STOP: Kind = Kind(0x101);
 /// How often a node reports to the head.
 pub const HEARTBEAT: Duration = Duration::from_millis(500);
+/// The largest control answer sent (under the transport's frame limit).
+const MAX_ANSWER: usize = 48 << 20;
 /// How long a control request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -224,7 +226,7 @@ impl Cluster {
         let _ = inner.endpoint.set(endpoint);
         let bulk = bulk::BulkServer::start(ip).map_err(|e| err(format!("cannot listen for bulk streams on {ip}: {e}")))?;
         inner.remote.set_bulk(bulk);
-        match NodeFabric::open(&cfg.fabric, ip, node.runtime().object_store().region()) {
+        match NodeFabric::open(&cfg.fabric, ip, node.runtime().object_store()) {
             Ok(Some(f)) => {
                 let weak = Arc::downgrade(&inner);
                 let lookup = Box::new(move |n: NodeId| {
@@ -519,8 +521,12 @@ impl Inner {
             });
         }
         for (peer, id, ev) in due {
-            let answer = Response::Kv(KvAnswer::Events(ev));
-            let _ = peer.respond(id, Kind(CONTROL), &postcard::to_allocvec(&answer).expect("answers serialize"));
+            let mut bytes = postcard::to_allocvec(&Response::Kv(KvAnswer::Events(ev))).expect("answers serialize");
+            if bytes.len() > MAX_ANSWER {
+                let m = format!("the changes to watch are {} bytes, over one answer's {MAX_ANSWER}: watch a narrower prefix", bytes.len());
+                bytes = postcard::to_allocvec(&Response::Error(m)).expect("answers serialize");
+            }
+            let _ = peer.respond(id, Kind(CONTROL), &bytes);
         }
     }
 

@@ -103,7 +103,21 @@ struct Pulled {
 struct Spread {
     have: Vec<(NodeId, u32)>,
     busy: HashMap<NodeId, u32>,
+    /// (puller, source) of the pulls in progress: a puller that dies frees its source.
+    assigned: Vec<(NodeId, NodeId)>,
     waiting: std::collections::VecDeque<(Peer, u64)>,
+}
+
+impl Spread {
+    /// The pull of `puller` from `source` ended (or never will): the source is free again.
+    fn release(&mut self, puller: NodeId, source: NodeId) -> bool {
+        let Some(i) = self.assigned.iter().position(|a| *a == (puller, source)) else { return false };
+        self.assigned.swap_remove(i);
+        if let Some(b) = self.busy.get_mut(&source) {
+            *b = b.saturating_sub(1);
+        }
+        true
+    }
 }
 
 /// How a pull moves the bytes.
@@ -276,9 +290,13 @@ impl Copies {
 
     /// Keeps `r` as the copy of `id`, then lets the least recently used go while over the
     /// budget.
-    fn keep(&mut self, id: u128, r: &ObjectRef<Untyped>, len: u64) {
+    fn keep(&mut self, id: u128, r: &ObjectRef<Untyped>, len: u64) -> bool {
         if len > self.budget {
-            return;
+            // Too large to keep: not shared (and any placeholder of it goes).
+            if let Some((_, old, _)) = self.map.remove(&id) {
+                self.bytes -= old;
+            }
+            return false;
         }
         self.tick += 1;
         if let Some((_, old, _)) = self.map.insert(id, (r.clone(), len, self.tick)) {
@@ -291,6 +309,7 @@ impl Copies {
                 self.bytes -= l;
             }
         }
+        self.map.contains_key(&id)
     }
 }
 
@@ -421,12 +440,20 @@ impl Remote {
             let _ = peer.refuse(id, "a malformed where");
             return;
         };
-        if !lock(&self.exports).contains_key(&obj) {
-            // Not this node's to spread (a copy it serves, or nothing): pull from it.
-            let _ = peer.respond(id, WHERE, &postcard::to_allocvec(&Source { node: self.me.0, round: 0 }).expect("a source serializes"));
-            return;
+        {
+            // Under the exports' lock, so that an unexport cannot slip in between (it forgets
+            // the spread after taking that lock).
+            let exports = lock(&self.exports);
+            if exports.contains_key(&obj) {
+                lock(&self.spreads).entry(obj).or_default().waiting.push_back((peer.clone(), id));
+            } else {
+                drop(exports);
+                // Not this node's to spread (a copy it serves, or nothing): pull from it.
+                let _ =
+                    peer.respond(id, WHERE, &postcard::to_allocvec(&Source { node: self.me.0, round: 0 }).expect("a source serializes"));
+                return;
+            }
         }
-        lock(&self.spreads).entry(obj).or_default().waiting.push_back((peer.clone(), id));
         self.dispatch(obj);
     }
 
@@ -442,11 +469,21 @@ impl Remote {
                 let Some((node, round)) = free else { break };
                 let Some((peer, rid)) = sp.waiting.pop_front() else { break };
                 *sp.busy.entry(node).or_default() += 1;
+                sp.assigned.push((peer.node(), node));
                 answers.push((peer, rid, Source { node: node.0, round }));
             }
         }
+        let mut undo = false;
         for (peer, rid, source) in answers {
-            let _ = peer.respond(rid, WHERE, &postcard::to_allocvec(&source).expect("a source serializes"));
+            if peer.respond(rid, WHERE, &postcard::to_allocvec(&source).expect("a source serializes")).is_err() {
+                // That puller is gone: its source is free.
+                if let Some(sp) = lock(&self.spreads).get_mut(&obj) {
+                    undo |= sp.release(peer.node(), NodeId(source.node));
+                }
+            }
+        }
+        if undo {
+            self.dispatch(obj);
         }
     }
 
@@ -456,12 +493,14 @@ impl Remote {
         {
             let mut spreads = lock(&self.spreads);
             let Some(sp) = spreads.get_mut(&m.id) else { return };
-            if let Some(b) = sp.busy.get_mut(&NodeId(m.source)) {
-                *b = b.saturating_sub(1);
+            if !sp.release(peer.node(), NodeId(m.source)) {
+                return; // not a pull this spread named (a stale report)
             }
             if m.ok {
                 let round = if m.source == self.me.0 { 0 } else { sp.have.iter().find(|(n, _)| n.0 == m.source).map_or(0, |(_, r)| *r) };
-                sp.have.push((peer.node(), round + 1));
+                if !sp.have.iter().any(|(n, _)| *n == peer.node()) {
+                    sp.have.push((peer.node(), round.saturating_add(1)));
+                }
             } else if m.source != self.me.0 {
                 // That copy failed (evicted, or its node is going): no longer a source.
                 sp.have.retain(|(n, _)| n.0 != m.source);
@@ -508,8 +547,14 @@ impl Remote {
     /// pulled from instead. The source it came from, when `peer` named one: the caller
     /// reports the pull's end with [`Remote::report_pulled`] once the copy is complete (so
     /// that it can serve others by then).
-    fn pull_spread(&self, peer: &Peer, id: u128, buf: &mut [u8], via: Via) -> Result<Option<Source>, String> {
-        let (from, source) = self.source_for(peer, id, buf.len() as u64);
+    fn pull_spread(
+        &self,
+        peer: &Peer,
+        (from, source): (Peer, Option<Source>),
+        id: u128,
+        buf: &mut [u8],
+        via: Via,
+    ) -> Result<Option<Source>, String> {
         let r = self.pull_into(&from, id, buf, via);
         let Some(source) = source else { return r.map(|()| None) };
         match r {
@@ -1283,11 +1328,16 @@ impl Remote {
         self.pulled.1.fetch_add(len, Ordering::Relaxed);
         let me = self.clone();
         let spawned = std::thread::Builder::new().name("rayhpc-pull".into()).spawn(move || {
-            // Pulled or not, the lender lets it go (a failed pull fails the object here).
+            // Pulled or not, the lender lets it go (a failed pull fails the object here). The
+            // source is asked for before the store's space is taken (it may take a while).
+            let (from, named) = me.source_for(&peer, id, len);
             let mut source = None;
-            let done = promise.fulfill_with(len as usize, |buf| me.pull_spread(&peer, id, buf, Via::Best).map(|s| source = s));
+            let done =
+                promise.fulfill_with(len as usize, |buf| me.pull_spread(&peer, (from, named), id, buf, Via::Best).map(|s| source = s));
             if let Some(s) = source {
-                me.report_pulled(&peer, id, s, done.is_ok());
+                // A source for others only if this node keeps the copy (see `Copies`).
+                let servable = lock(&me.copies).map.contains_key(&id);
+                me.report_pulled(&peer, id, s, done.is_ok() && servable);
             }
             if lent {
                 if let Ok(b) = postcard::to_allocvec(&id) {
@@ -1330,15 +1380,16 @@ impl Remote {
     ) -> Result<(u64, u64, u32), String> {
         let pool = self.pool.upgrade().ok_or("shut down")?;
         let (r, promise) = pool.services().rt.promise().map_err(|e| e.to_string())?;
+        let (from, named) = self.source_for(peer, id, len);
         let mut source = None;
-        let done = promise.fulfill_with(len as usize, |buf| self.pull_spread(peer, id, buf, Via::Best).map(|s| source = s));
+        let done = promise.fulfill_with(len as usize, |buf| self.pull_spread(peer, (from, named), id, buf, Via::Best).map(|s| source = s));
         let nanos = started.elapsed().as_nanos() as u64;
-        lock(&self.copies).keep(id, &r, len);
+        let servable = lock(&self.copies).keep(id, &r, len);
         if let Some(s) = source {
-            self.report_pulled(peer, id, s, done.is_ok());
+            self.report_pulled(peer, id, s, done.is_ok() && servable);
         }
         done.map_err(|e| e.to_string())?;
-        let round = source.map_or(1, |s| s.round + 1);
+        let round = source.map_or(1, |s| s.round.saturating_add(1));
         let digest = match r.try_view() {
             Some(Ok(v)) => super::bench::digest(&v),
             _ => return Err("the pulled copy cannot be read".into()),
@@ -1364,19 +1415,29 @@ impl Remote {
             seqs.into_iter().filter_map(|s| pending.remove(&s)).collect()
         };
         lock(&self.inflight).remove(&node);
-        lock(&self.pins).remove(&node);
-        let objs: Vec<u128> = {
-            let mut spreads = lock(&self.spreads);
-            for sp in spreads.values_mut() {
-                sp.have.retain(|(n, _)| *n != node);
-                sp.busy.remove(&node);
-                sp.waiting.retain(|(p, _)| p.node() != node);
+        // On the service thread, after the frames that node sent before it went (a LOCATE
+        // or WHERE still queued would pin or wait for it again).
+        let me = self.clone();
+        self.defer(move || {
+            lock(&me.pins).remove(&node);
+            let objs: Vec<u128> = {
+                let mut spreads = lock(&me.spreads);
+                for sp in spreads.values_mut() {
+                    sp.have.retain(|(n, _)| *n != node);
+                    sp.busy.remove(&node);
+                    let theirs: Vec<(NodeId, NodeId)> = sp.assigned.iter().filter(|(p, _)| *p == node).copied().collect();
+                    for (p, source) in theirs {
+                        sp.release(p, source);
+                    }
+                    sp.assigned.retain(|(_, src)| *src != node);
+                    sp.waiting.retain(|(p, _)| p.node() != node);
+                }
+                spreads.keys().copied().collect()
+            };
+            for obj in objs {
+                me.dispatch(obj);
             }
-            spreads.keys().copied().collect()
-        };
-        for obj in objs {
-            self.dispatch(obj);
-        }
+        });
         let lent = lock(&self.lent).remove(&node).unwrap_or_default();
         for id in lent {
             self.unexport(id);
@@ -1457,10 +1518,12 @@ impl Remote {
     fn pull_into(&self, peer: &Peer, id: u128, buf: &mut [u8], via: Via) -> Result<(), String> {
         if via != Via::Tcp {
             match self.fabric_pull(peer, id, buf) {
-                Ok(()) => return Ok(()),
+                Ok(true) => return Ok(()),
+                // No fabric between the two (either lacks one, or theirs differ): TCP.
+                Ok(false) if via == Via::Fabric => return Err(format!("no fabric between this node and node {}", peer.node())),
+                Ok(false) => {}
                 Err(e) if via == Via::Fabric => return Err(e),
-                Err(e) if self.fabric.get().is_some() => eprintln!("rayhpc node: fabric pull of {id:032x}: {e}; pulling over TCP instead"),
-                Err(_) => {}
+                Err(e) => eprintln!("rayhpc node: fabric pull of {id:032x}: {e}; pulling over TCP instead"),
             }
         }
         if buf.len() >= BULK_FROM {
@@ -1473,19 +1536,28 @@ impl Remote {
     }
 
     /// Reads object `id` of `peer` over the fabric: `LOCATE`, one read of its range, `UNPIN`.
-    fn fabric_pull(&self, peer: &Peer, id: u128, buf: &mut [u8]) -> Result<(), String> {
-        let fabric = self.fabric.get().ok_or("this node has no fabric")?;
-        let info = self.fabric_of.get().and_then(|f| f(peer.node())).ok_or_else(|| format!("node {} has no fabric", peer.node()))?;
+    /// False when there is no fabric between the two nodes (this one or `peer`'s node has
+    /// none, or they differ).
+    fn fabric_pull(&self, peer: &Peer, id: u128, buf: &mut [u8]) -> Result<bool, String> {
+        let Some(fabric) = self.fabric.get() else { return Ok(false) };
+        let Some(info) = self.fabric_of.get().and_then(|f| f(peer.node())) else { return Ok(false) };
+        if info.provider != fabric.info().provider {
+            return Ok(false);
+        }
         let ask = postcard::to_allocvec(&id).map_err(|e| e.to_string())?;
-        let f = peer.request(LOCATE, &ask, Duration::from_secs(30)).map_err(|e| format!("locate: {e}"))?;
-        let (offset, len) = postcard::from_bytes::<(u64, u64)>(&f.payload).map_err(|e| format!("a malformed location: {e}"))?;
-        let read = if len == buf.len() as u64 {
-            fabric.read(peer.node(), &info, offset, buf)
-        } else {
-            Err(format!("the object is {len} bytes, not {}", buf.len()))
+        let located = peer
+            .request(LOCATE, &ask, Duration::from_secs(30))
+            .map_err(|e| format!("locate: {e}"))
+            .and_then(|f| postcard::from_bytes::<(u64, u64)>(&f.payload).map_err(|e| format!("a malformed location: {e}")));
+        let read = match located {
+            Ok((offset, len)) if len == buf.len() as u64 => fabric.read(peer.node(), &info, offset, buf),
+            Ok((_, len)) => Err(format!("the object is {len} bytes, not {}", buf.len())),
+            Err(e) => Err(e),
         };
+        // Whatever the answer (one that came too late may still have pinned it): LOCATE and
+        // UNPIN are handled in order there, and an UNPIN of nothing is nothing.
         let _ = peer.send(UNPIN, &ask);
-        read
+        read.map(|()| true)
     }
 }
 

@@ -236,6 +236,14 @@ pub fn providers() -> Vec<String> {
 
 /// Keys for providers without `FI_MR_PROV_KEY`: unique in the process, hence in a domain.
 static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
+
+/// A random 64-bit value drawn once per process (the standard library's hasher keys come
+/// from the OS's random source).
+fn key_salt() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static SALT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SALT.get_or_init(|| std::collections::hash_map::RandomState::new().build_hasher().finish())
+}
 /// Ids of [`PeerAddr`]s.
 static NEXT_PEER: AtomicU64 = AtomicU64::new(1);
 
@@ -474,7 +482,10 @@ impl Fabric {
     /// range only while no reference to it exists).
     #[allow(unsafe_code)]
     pub unsafe fn register(&self, base: *mut u8, len: usize) -> Result<Region, FabricError> {
-        let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
+        // Unique in the process, and not guessable from outside it: a provider without
+        // FI_MR_PROV_KEY (tcp;ofi_rxm) takes this key, and its endpoint does not authenticate
+        // readers, so the key is what keeps strangers from reading the region.
+        let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed) ^ key_salt();
         // SAFETY: forwarded: the caller guarantees the memory outlives the Region, which
         // owns the Mr.
         let mr = unsafe { sys::Mr::register(&self.shared.raw, base, len, key) }.map_err(FabricError::Call)?;
