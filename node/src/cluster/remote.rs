@@ -261,6 +261,11 @@ pub type FabricLookup = Box<dyn Fn(NodeId) -> Option<FabricInfo> + Send + Sync>;
 /// this node is pulling or has pulled takes the same copy instead of pulling another.
 /// Copies are kept, least recently used first out, while they fit in [`Copies::budget`]
 /// bytes (a quarter of the store); a copy that a reader still holds lives on with it.
+/// Whether `r` is ready and failed (seen without a view: no pin, no restore from disk).
+fn failed(r: &ObjectRef<Untyped>) -> bool {
+    matches!(r.with_inline_bytes(|_| ()), Some(Err(_)))
+}
+
 /// The most copies kept (small ones cost no store bytes but a table entry).
 const MAX_COPIES: usize = 4096;
 
@@ -278,7 +283,7 @@ impl Copies {
         self.tick += 1;
         let tick = self.tick;
         let (r, len, used) = self.map.get_mut(&id)?;
-        if matches!(r.try_view(), Some(Err(_))) {
+        if failed(r) {
             let len = *len;
             self.map.remove(&id);
             self.bytes -= len;
@@ -428,7 +433,7 @@ impl Remote {
         if let Some(r) = lock(&self.exports).get(&id).map(|(r, _)| r.clone()) {
             return Some(r);
         }
-        lock(&self.copies).get(id).filter(|r| matches!(r.try_view(), Some(Ok(_))))
+        lock(&self.copies).get(id).filter(|r| r.is_ready() && !failed(r))
     }
 
     /// `peer` asks where to pull export `id` from: the free source nearest to this node (it,
