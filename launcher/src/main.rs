@@ -160,6 +160,9 @@ fn fabric_report() {
                 Some(p) => println!("--fabric auto takes: {p}"),
                 None => println!("--fabric auto takes: none (no RDMA provider): objects move over TCP unless one is named"),
             }
+            if !rayhpc_node::cluster::fabric::rdma_devices() {
+                println!("no RDMA device here (nothing in /sys/class/infiniband or /sys/class/cxi): --fabric auto does not look further");
+            }
         }
     }
 }

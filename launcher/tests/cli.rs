@@ -226,7 +226,7 @@ fn without_an_rdma_fabric_objects_move_over_tcp_and_the_launch_says_so() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("objects move over TCP"), "{err}");
-    let why = if cfg!(feature = "fabric") { "no RDMA provider offered" } else { "built without the `fabric` feature" };
+    let why = if cfg!(feature = "fabric") { "no RDMA device here" } else { "built without the `fabric` feature" };
     assert!(err.contains(why), "{err}");
     // A provider that is named must open, or the node does not start.
     let out = launch("no-such-provider");

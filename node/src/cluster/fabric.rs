@@ -64,6 +64,12 @@ impl std::str::FromStr for FabricMode {
 /// when named.
 pub const RDMA_PROVIDERS: [&str; 5] = ["verbs;ofi_rxm", "efa", "cxi", "opx", "psm3"];
 
+/// Whether the kernel lists an RDMA device (InfiniBand, RoCE, EFA, Omni-Path: under
+/// `/sys/class/infiniband`; Slingshot: `/sys/class/cxi`).
+pub fn rdma_devices() -> bool {
+    ["/sys/class/infiniband", "/sys/class/cxi"].iter().any(|d| std::fs::read_dir(d).is_ok_and(|mut r| r.next().is_some()))
+}
+
 /// The libfabric providers offering one-sided reads here, `None` when this build has no
 /// fabric backend (what `rayhpc fabric` shows).
 pub fn offered() -> Option<Vec<String>> {
@@ -108,6 +114,11 @@ mod imp {
             let provider = match mode {
                 FabricMode::Off => return Ok(None),
                 FabricMode::Auto => {
+                    // Every provider auto takes drives a device the kernel lists there; asking
+                    // libfabric (which loads and probes every provider) costs ~0.35 s of start-up.
+                    if !super::rdma_devices() {
+                        return Err("no RDMA device here (nothing in /sys/class/infiniband or /sys/class/cxi)".into());
+                    }
                     let offered = rayhpc_transport::fabric::providers();
                     let Some(p) = super::RDMA_PROVIDERS.iter().find(|p| offered.iter().any(|o| o == *p)) else {
                         return Err(format!(
