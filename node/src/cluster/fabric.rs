@@ -59,9 +59,9 @@ impl std::str::FromStr for FabricMode {
 
 /// The providers [`FabricMode::Auto`] takes, best first: RDMA hardware (InfiniBand and
 /// RoCE through verbs, AWS EFA, HPE Slingshot, Omni-Path, Intel's psm3). libfabric's
-/// `tcp;ofi_rxm` emulates one-sided reads over sockets: measured here it pulls a 1 GiB
-/// object at 1.9 GiB/s where the project's own TCP streams reach 2.5, so it is used only
-/// when named.
+/// `tcp;ofi_rxm` emulates one-sided reads over sockets: measured between two namespace
+/// nodes here it pulled a 1 GiB object at 1.3–2.1 GiB/s where the project's own TCP
+/// streams reached 2.2–3.6 in the same runs, so it is used only when named.
 pub const RDMA_PROVIDERS: [&str; 5] = ["verbs;ofi_rxm", "efa", "cxi", "opx", "psm3"];
 
 /// Whether the kernel lists an RDMA device (InfiniBand, RoCE, EFA, Omni-Path: under
