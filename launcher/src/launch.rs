@@ -64,12 +64,8 @@ pub struct LaunchArgs {
 }
 
 /// The fabric mode of `--fabric`, else `$RAYHPC_FABRIC`, else auto.
-///
-/// # Errors
-/// Never for now (every name is a provider's); kept fallible for the parse.
-pub fn fabric_mode(flag: Option<String>) -> Result<FabricMode> {
-    let s = flag.or_else(|| std::env::var("RAYHPC_FABRIC").ok()).unwrap_or_default();
-    s.parse::<FabricMode>().map_err(|e| anyhow::anyhow!("--fabric: {e}"))
+pub fn fabric_mode(flag: Option<String>) -> FabricMode {
+    FabricMode::from(flag.or_else(|| std::env::var("RAYHPC_FABRIC").ok()).unwrap_or_default().as_str())
 }
 
 /// What `rayhpc bench --across-nodes` measures.

@@ -223,7 +223,7 @@ fn main() -> Result<()> {
                 num_gpus,
                 resources,
                 object_store_memory,
-                fabric: launch::fabric_mode(fabric)?,
+                fabric: launch::fabric_mode(fabric),
                 command,
             })?;
             std::process::exit(code);
@@ -248,7 +248,7 @@ fn main() -> Result<()> {
                 // The pulled object and its copy, the broadcast's two objects and their copies
                 // (a quarter of the store keeps copies), and room.
                 object_store_memory: Some(store_mib.map_or_else(|| 2 * object_mib as u64 + 8 * broadcast_mib + 512, |m| m as u64) << 20),
-                fabric: launch::fabric_mode(fabric)?,
+                fabric: launch::fabric_mode(fabric),
                 command: Vec::new(),
             })?;
             std::process::exit(code);

@@ -46,14 +46,14 @@ pub enum FabricMode {
     Provider(String),
 }
 
-impl std::str::FromStr for FabricMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<FabricMode, String> {
-        Ok(match s.trim() {
+impl From<&str> for FabricMode {
+    /// "auto" (or empty), "off" (or "none"), else a provider's name.
+    fn from(s: &str) -> FabricMode {
+        match s.trim() {
             "" | "auto" => FabricMode::Auto,
             "off" | "none" => FabricMode::Off,
             p => FabricMode::Provider(p.to_string()),
-        })
+        }
     }
 }
 
@@ -233,11 +233,11 @@ mod tests {
 
     #[test]
     fn modes_parse() {
-        assert_eq!("auto".parse::<FabricMode>(), Ok(FabricMode::Auto));
-        assert_eq!("".parse::<FabricMode>(), Ok(FabricMode::Auto));
-        assert_eq!("off".parse::<FabricMode>(), Ok(FabricMode::Off));
-        assert_eq!("none".parse::<FabricMode>(), Ok(FabricMode::Off));
-        assert_eq!("shm".parse::<FabricMode>(), Ok(FabricMode::Provider("shm".into())));
-        assert_eq!("tcp;ofi_rxm".parse::<FabricMode>(), Ok(FabricMode::Provider("tcp;ofi_rxm".into())));
+        assert_eq!(FabricMode::from("auto"), FabricMode::Auto);
+        assert_eq!(FabricMode::from(""), FabricMode::Auto);
+        assert_eq!(FabricMode::from("off"), FabricMode::Off);
+        assert_eq!(FabricMode::from("none"), FabricMode::Off);
+        assert_eq!(FabricMode::from("shm"), FabricMode::Provider("shm".into()));
+        assert_eq!(FabricMode::from("tcp;ofi_rxm"), FabricMode::Provider("tcp;ofi_rxm".into()));
     }
 }

@@ -261,6 +261,16 @@ pub type FabricLookup = Box<dyn Fn(NodeId) -> Option<FabricInfo> + Send + Sync>;
 /// this node is pulling or has pulled takes the same copy instead of pulling another.
 /// Copies are kept, least recently used first out, while they fit in [`Copies::budget`]
 /// bytes (a quarter of the store); a copy that a reader still holds lives on with it.
+/// The object id a request of `peer` names, or `None` after refusing the malformed request
+/// (`what` it was) with a message.
+fn object_id(peer: &Peer, id: u64, payload: &[u8], what: &str) -> Option<u128> {
+    let obj = postcard::from_bytes::<u128>(payload).ok();
+    if obj.is_none() {
+        let _ = peer.refuse(id, &format!("a malformed {what}"));
+    }
+    obj
+}
+
 /// Whether `r` is ready and failed (seen without a view: no pin, no restore from disk).
 fn failed(r: &ObjectRef<Untyped>) -> bool {
     matches!(r.with_inline_bytes(|_| ()), Some(Err(_)))
@@ -441,10 +451,7 @@ impl Remote {
     /// nodes pull one object, it spreads as a binomial tree: every node that has it serves
     /// [`FANOUT`] pull at a time, and the number of copies doubles every round.
     fn on_where(&self, peer: &Peer, id: u64, payload: &[u8]) {
-        let Ok(obj) = postcard::from_bytes::<u128>(payload) else {
-            let _ = peer.refuse(id, "a malformed where");
-            return;
-        };
+        let Some(obj) = object_id(peer, id, payload, "where") else { return };
         {
             // Under the exports' lock, so that an unexport cannot slip in between (it forgets
             // the spread after taking that lock).
@@ -1127,10 +1134,7 @@ impl Remote {
     /// Another node wants an object this node made (a ref of it travelled there inside a
     /// value): answered once it is ready, with its bytes or as a lent export.
     fn on_fetch(self: &Arc<Self>, peer: &Peer, id: u64, payload: &[u8]) {
-        let Ok(obj) = postcard::from_bytes::<u128>(payload) else {
-            let _ = peer.refuse(id, "a malformed fetch");
-            return;
-        };
+        let Some(obj) = object_id(peer, id, payload, "fetch") else { return };
         let found = self.pool.upgrade().and_then(|p| p.escaped_here(obj));
         let Some(r) = found else {
             let o = Outcome::Failed(failure_of(Error::ObjectLost(format!("{obj:032x} is not known on the node that made it")), false));
@@ -1241,10 +1245,7 @@ impl Remote {
 
     /// A ticket for a bulk stream of an exported object.
     fn on_ticket(&self, peer: &Peer, id: u64, payload: &[u8]) {
-        let Ok(obj) = postcard::from_bytes::<u128>(payload) else {
-            let _ = peer.refuse(id, "a malformed ticket request");
-            return;
-        };
+        let Some(obj) = object_id(peer, id, payload, "ticket request") else { return };
         let r = self.served(obj);
         let (Some(r), Some(server)) = (r, self.bulk.get()) else {
             let _ = peer.refuse(id, &format!("object {obj:032x} is not exported here, or no bulk listener"));
@@ -1271,10 +1272,7 @@ impl Remote {
     /// Where an exported object lies in this node's arena, for `peer`'s fabric read: pinned
     /// there for it until it says `UNPIN` (or its connection ends).
     fn on_locate(&self, peer: &Peer, id: u64, payload: &[u8]) {
-        let Ok(obj) = postcard::from_bytes::<u128>(payload) else {
-            let _ = peer.refuse(id, "a malformed locate");
-            return;
-        };
+        let Some(obj) = object_id(peer, id, payload, "locate") else { return };
         let r = self.served(obj);
         let (Some(r), Some(pool)) = (r, self.pool.upgrade()) else {
             let _ = peer.refuse(id, &format!("object {obj:032x} is not exported here"));
