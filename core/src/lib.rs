@@ -40,5 +40,5 @@ pub use object::{ObjectRef, ObjectView, Untyped};
 pub use options::{Options, DEFAULT_MAX_RETRIES};
 pub use rayhpc_objstore as objstore;
 pub use rayhpc_objstore::Hugepages;
-pub use rayhpc_sched::ResourceView;
+pub use rayhpc_sched::{Pin, ResourceView};
 pub use runtime::{Config, Promise, Runtime, DEFAULT_INLINE_THRESHOLD};

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::actor::{cell_by_id, class_of_ctor, ActorClass, ActorHandle, Method};
 use crate::error::{FailureKind, Result};
-use crate::function::{register, ArgSpec, ArgSpecPub, Failure, FnEntry, Output};
+use crate::function::{register, ArgSpec, Failure, FnEntry, Output};
 use crate::ids::ActorId;
 use crate::object::{ObjectRef, Untyped};
 use crate::options::Options;
@@ -78,6 +78,9 @@ where
 }
 
 fn specs(args: Vec<RawArg>) -> Vec<ArgSpec> {
+    if args.is_empty() {
+        return Vec::new();
+    }
     args.into_iter()
         .map(|a| match a {
             RawArg::Bytes(b) => ArgSpec::Value(b),
@@ -195,7 +198,7 @@ impl RawFn {
     /// # Errors
     /// The runtime is shut down, or the options ask for resources it can never provide.
     pub fn remote(&self, rt: &Runtime, args: Vec<RawArg>, options: &Options) -> Result<ObjectRef<Untyped>> {
-        rt.submit_task(self.entry, specs(args).into_iter().map(ArgSpecPub).collect(), options)
+        rt.submit_specs(self.entry, specs(args), options)
     }
 }
 

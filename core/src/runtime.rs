@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
-use rayhpc_sched::{ClassId, Pool, PoolConfig, ResourceView, Topology};
+use rayhpc_sched::{ClassId, Pin, Pool, PoolConfig, ResourceView, Topology};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -38,8 +38,8 @@ pub struct Config {
     pub resources: Vec<(String, f64)>,
     /// Executor threads (default: one per CPU of the affinity mask).
     pub executors: Option<usize>,
-    /// Pin executors to their CPUs (default true).
-    pub pin: bool,
+    /// How executors are bound to CPUs (default: each to its NUMA node's; see [`Pin`]).
+    pub pin: Pin,
     /// Results up to this size stay inline (default 64 KiB).
     pub inline_threshold: usize,
     /// Object store capacity in bytes (default: 30% of the machine's memory).
@@ -65,7 +65,7 @@ impl Default for Config {
             num_gpus: 0.0,
             resources: Vec::new(),
             executors: None,
-            pin: true,
+            pin: Pin::default(),
             inline_threshold: DEFAULT_INLINE_THRESHOLD,
             object_store_memory: None,
             hugepages: Hugepages::Auto,
@@ -143,19 +143,38 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
-thread_local! {
+/// What a thread carries for the runtime, in one thread-local: in a shared library (the C
+/// API's `librayhpc.so`) every access to a thread-local is a call to `__tls_get_addr`, so a
+/// task's path reaches it once and passes it on.
+pub(crate) struct ThreadState {
     /// The runtime whose job runs on this thread: set for good on executor threads when the
     /// pool starts them, and for the duration of an inline run on any other thread.
-    static CURRENT: RefCell<Option<Runtime>> = const { RefCell::new(None) };
+    runtime: RefCell<Option<Runtime>>,
     /// This thread's id generator: (worker number, next sequence number).
-    static IDGEN: Cell<(u32, u64)> = const { Cell::new((0, 0)) };
+    idgen: Cell<(u32, u64)>,
+    /// The result object of the task running on this thread (see [`crate::raw::current_task`]).
+    pub(crate) task: Cell<Option<ObjectId>>,
+    /// The store keys of the inputs of the call running on this thread (see
+    /// [`crate::raw::stored_inputs`]).
+    pub(crate) stored_inputs: RefCell<Vec<Option<u128>>>,
+}
+
+thread_local! {
+    pub(crate) static THREAD: ThreadState = const {
+        ThreadState {
+            runtime: RefCell::new(None),
+            idgen: Cell::new((0, 0)),
+            task: Cell::new(None),
+            stored_inputs: RefCell::new(Vec::new()),
+        }
+    };
 }
 
 static NEXT_WORKER: AtomicU32 = AtomicU32::new(1);
 
 /// Runs `f` with the runtime of the current executor thread.
-pub(crate) fn with_current<R>(f: impl FnOnce(&Arc<RuntimeInner>) -> R) -> R {
-    CURRENT.with(|c| f(&c.borrow().as_ref().expect("jobs run on executor threads, which carry their runtime").inner))
+pub(crate) fn with_current<R>(f: impl FnOnce(&ThreadState, &Arc<RuntimeInner>) -> R) -> R {
+    THREAD.with(|st| f(st, &st.runtime.borrow().as_ref().expect("jobs run on executor threads, which carry their runtime").inner))
 }
 
 impl Runtime {
@@ -187,7 +206,7 @@ impl Runtime {
         let weak = Arc::downgrade(&inner);
         let hook: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             if let Some(inner) = weak.upgrade() {
-                CURRENT.with(|c| *c.borrow_mut() = Some(Runtime { inner }));
+                THREAD.with(|st| *st.runtime.borrow_mut() = Some(Runtime { inner }));
             }
         });
         let pc = PoolConfig {
@@ -210,7 +229,7 @@ impl Runtime {
 
     /// The runtime of the task or actor running on this thread (`None` outside one).
     pub fn current() -> Option<Runtime> {
-        CURRENT.with(|c| c.borrow().clone())
+        THREAD.with(|st| st.runtime.borrow().clone())
     }
 
     /// Stops the runtime: queued work is cancelled (its objects fail with
@@ -409,6 +428,13 @@ impl Runtime {
         }
     }
 
+    /// Waits until the object is ready (computed, or failed) as [`Runtime::get`] does, running
+    /// its task on this thread when it can, without reading it. With a `timeout` the task is
+    /// not run here (it could outlast the timeout); false when the timeout passed first.
+    pub fn wait_ready<T>(&self, r: &ObjectRef<T>, timeout: Option<Duration>) -> bool {
+        self.wait_slot(&r.slot, timeout.map(|t| Instant::now() + t))
+    }
+
     /// Ray's `wait`: returns once `num_returns` of `refs` are ready or `timeout` passes, as
     /// `(ready, not_ready)`. `ready` holds the first `num_returns` ready refs in list order;
     /// `not_ready` the others, in order. A timeout is not an error.
@@ -539,6 +565,11 @@ impl Runtime {
     }
 
     pub(crate) fn submit_task<R>(&self, func: &'static FnEntry, args: Vec<ArgSpecPub>, o: &Options) -> Result<ObjectRef<R>> {
+        self.submit_specs(func, args.into_iter().map(|a| a.0).collect(), o)
+    }
+
+    /// [`Runtime::submit_task`] with the arguments in the runtime's own form.
+    pub(crate) fn submit_specs<R>(&self, func: &'static FnEntry, args: Vec<ArgSpec>, o: &Options) -> Result<ObjectRef<R>> {
         let inner = &self.inner;
         if inner.is_shutdown() {
             return Err(Error::Shutdown);
@@ -552,7 +583,7 @@ impl Runtime {
         let spec = TaskSpec {
             id,
             func,
-            args: args.into_iter().map(|a| a.0).collect(),
+            args,
             class,
             retries_left: o.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
             retry_exceptions: o.retry_exceptions.unwrap_or(false),
@@ -587,17 +618,18 @@ impl Runtime {
             // Inside the task, `Runtime::current()` must be this runtime on any thread.
             // (An executor's own runtime is set for good, and borrowed while its job runs:
             // only a thread without one installs it here.)
-            let installed = CURRENT.with(|c| {
-                let absent = c.borrow().is_none();
+            THREAD.with(|st| {
+                let absent = st.runtime.borrow().is_none();
                 if absent {
-                    *c.borrow_mut() = Some(self.clone());
+                    *st.runtime.borrow_mut() = Some(self.clone());
                 }
-                absent
+                execute(t, &self.inner, st);
+                if absent {
+                    // Dropped after the borrow ends.
+                    let mine = st.runtime.borrow_mut().take();
+                    drop(mine);
+                }
             });
-            execute(t, &self.inner);
-            if installed {
-                CURRENT.with(|c| *c.borrow_mut() = None);
-            }
             Some(())
         });
         ran.is_some()
@@ -732,12 +764,12 @@ impl RuntimeInner {
     /// A fresh task id: (node, this thread's worker number, its next sequence number). No
     /// shared counter is touched after a thread's first id.
     pub(crate) fn next_task_id(&self) -> TaskId {
-        IDGEN.with(|g| {
-            let (mut w, s) = g.get();
+        THREAD.with(|st| {
+            let (mut w, s) = st.idgen.get();
             if w == 0 {
                 w = NEXT_WORKER.fetch_add(1, Ordering::Relaxed);
             }
-            g.set((w, s + 1));
+            st.idgen.set((w, s + 1));
             TaskId::new(self.node, w, s)
         })
     }

@@ -18,7 +18,7 @@ use crate::error::{Error, FailureKind, TaskError};
 use crate::function::{ArgSpec, Failure, FnEntry};
 use crate::ids::{ObjectId, TaskId};
 use crate::object::{Notify, Slot, Waiter};
-use crate::runtime::{with_current, RuntimeInner};
+use crate::runtime::{with_current, RuntimeInner, ThreadState, THREAD};
 use crate::store::Bytes;
 
 /// Everything needed to run one task, here or elsewhere.
@@ -52,7 +52,7 @@ impl Job for CoreJob {
         match self {
             CoreJob::Task(slot) => {
                 if let Some(t) = slot.take_job() {
-                    with_current(|rt| execute(t, rt))
+                    with_current(|st, rt| execute(t, rt, st))
                 }
             }
             CoreJob::ActorTurn(a) => a.turn(),
@@ -142,21 +142,20 @@ pub(crate) fn submit_when_ready(rt: &Arc<RuntimeInner>, job: Work, class: ClassI
     p.notify();
 }
 
-thread_local! {
-    /// The store keys of the inputs of the call running on this thread (see
-    /// [`crate::raw::stored_inputs`]).
-    static STORED_INPUTS: std::cell::RefCell<Vec<Option<u128>>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 /// The store keys of the running call's inputs, as `with_inputs` saw them.
 pub(crate) fn stored_inputs() -> Vec<Option<u128>> {
-    STORED_INPUTS.with(|s| s.borrow().clone())
+    THREAD.with(|st| st.stored_inputs.borrow().clone())
 }
 
 /// Resolves argument bytes and runs `f` over them (stored arguments stay pinned meanwhile).
 /// `Err` carries the error of the first failed argument, which becomes the task's own result
 /// (Ray's propagation).
 pub(crate) fn with_inputs<R>(args: &[ArgSpec], f: impl FnOnce(&[&[u8]]) -> R) -> Result<R, Error> {
+    THREAD.with(|st| with_inputs_in(st, args, f))
+}
+
+/// [`with_inputs`] on this thread's state, already reached.
+pub(crate) fn with_inputs_in<R>(st: &ThreadState, args: &[ArgSpec], f: impl FnOnce(&[&[u8]]) -> R) -> Result<R, Error> {
     let held = args
         .iter()
         .map(|a| match a {
@@ -177,9 +176,9 @@ pub(crate) fn with_inputs<R>(args: &[ArgSpec], f: impl FnOnce(&[&[u8]]) -> R) ->
         })
         .collect();
     // Nested calls (a blocked call lending its thread) save and restore the outer call's.
-    let outer = STORED_INPUTS.with(|s| std::mem::replace(&mut *s.borrow_mut(), keys));
+    let outer = std::mem::replace(&mut *st.stored_inputs.borrow_mut(), keys);
     let out = f(&slices);
-    STORED_INPUTS.with(|s| *s.borrow_mut() = outer);
+    *st.stored_inputs.borrow_mut() = outer;
     Ok(out)
 }
 
@@ -205,22 +204,19 @@ pub(crate) fn task_error(function: &Arc<str>, f: Failure, attempts: u32) -> Erro
     Error::Task(Box::new(TaskError { function: function.clone(), kind: f.kind, message: f.message, attempts, payload: f.payload }))
 }
 
-thread_local! {
-    /// The result object of the task running on this thread (see [`crate::raw::current_task`]).
-    static CURRENT_TASK: std::cell::Cell<Option<ObjectId>> = const { std::cell::Cell::new(None) };
-}
-
 /// The result object of the task running on this thread.
 pub(crate) fn current_task() -> Option<ObjectId> {
-    CURRENT_TASK.get()
+    THREAD.with(|st| st.task.get())
 }
 
-pub(crate) fn execute(mut t: Box<TaskSpec>, rt: &RuntimeInner) {
+/// Runs a task on this thread (whose state is `st`) and completes its result, or launches
+/// it again when it failed and may be retried.
+pub(crate) fn execute(mut t: Box<TaskSpec>, rt: &RuntimeInner, st: &ThreadState) {
     t.attempts += 1;
     // Inline runs nest on one thread: the outer task's id comes back after.
-    let outer = CURRENT_TASK.replace(Some(t.ret.id));
-    let outcome = with_inputs(&t.args, |inp| guarded(|| (t.func.invoke)(inp)));
-    CURRENT_TASK.set(outer);
+    let outer = st.task.replace(Some(t.ret.id));
+    let outcome = with_inputs_in(st, &t.args, |inp| guarded(|| (t.func.invoke)(inp)));
+    st.task.set(outer);
     let outcome = match outcome {
         Err(e) => {
             t.ret.complete(Err(e));

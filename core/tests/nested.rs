@@ -133,6 +133,30 @@ fn a_waiting_caller_runs_a_task_inline_only_with_its_resources_free() {
 }
 
 #[test]
+fn wait_ready_runs_a_queued_task_here_when_its_resources_are_free() {
+    // Two logical CPUs, the only executor busy with a long task: a driver waiting with
+    // `wait_ready` (no timeout) runs the queued task on its own thread, as `get` does; with a
+    // timeout it does not (the task could outlast it).
+    let rt = common::rt_with(Config { executors: Some(1), num_cpus: Some(2.0), ..Config::default() });
+    let started = common::Started::default();
+    let s = started.clone();
+    let long = rayhpc::function("n.long2", move || {
+        s.raise();
+        std::thread::sleep(Duration::from_millis(300));
+    });
+    let whoami = rayhpc::function("n.whoami2", || std::thread::current().name().unwrap_or("unnamed").to_string());
+    let l = long.remote(&rt, ()).unwrap();
+    started.wait();
+    let w = whoami.remote(&rt, ()).unwrap();
+    assert!(!rt.wait_ready(&w, Some(Duration::from_millis(20))), "not run here under a timeout");
+    assert!(rt.wait_ready(&w, None));
+    let here = std::thread::current().name().unwrap_or("unnamed").to_string();
+    assert_eq!(rt.get(&w).unwrap(), here);
+    rt.get(&l).unwrap();
+    rt.shutdown();
+}
+
+#[test]
 fn an_actor_waiting_on_a_task_after_cpu_work_on_the_same_executor_does_not_deadlock() {
     // One executor, one CPU: a CPU task leaves the executor holding a {CPU: 1} lease; the
     // actor turn that follows (a free job) waits for a CPU task. The idle lease must be

@@ -182,7 +182,9 @@ fn ready_only_reads_never_wait_and_tell_inline_stored_and_failed_apart() {
     assert!(r.try_view().is_none());
     rt.wait_for(std::slice::from_ref(&r), 1, Some(Duration::from_millis(20))).unwrap();
     assert!(!r.is_ready(), "wait_for times out without an error");
+    assert!(!rt.wait_ready(&r, Some(Duration::from_millis(20))), "wait_ready tells a timeout");
     gate.wait();
+    assert!(rt.wait_ready(&r, Some(Duration::from_secs(10))) && r.is_ready());
     rt.wait_for(std::slice::from_ref(&r), 1, None).unwrap();
     assert_eq!(r.with_inline_bytes(|b| b.to_vec()).unwrap().unwrap(), rayhpc::codec::encode(&7u32).unwrap());
     assert!(!r.try_view().unwrap().unwrap().is_stored());

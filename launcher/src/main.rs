@@ -106,7 +106,7 @@ enum Cmd {
         /// Round trips measured for the latency figures.
         #[arg(long, default_value_t = 20_000)]
         round_trips: usize,
-        /// Batches per rate figure; the median is reported.
+        /// Batches per rate figure, after half a second of untimed ones; the median is reported.
         #[arg(long, default_value_t = 5)]
         trials: usize,
         /// Seconds the idle runtime is watched.

@@ -1,7 +1,7 @@
 //! # rayhpc-sched
 //!
 //! The node scheduler of rayhpc: one executor thread per CPU of the process's affinity mask,
-//! each pinned to its CPU, work-stealing deques with NUMA-ordered victims, an idle protocol
+//! each bound to its NUMA node's CPUs (or to one CPU, see [`Pin`]), work-stealing deques with NUMA-ordered victims, an idle protocol
 //! that parks executors (an idle pool burns no CPU), and admission by logical resources
 //! (CPU, GPU, custom; fractional amounts).
 //!
@@ -39,7 +39,7 @@ pub mod sleep;
 mod sys;
 pub mod topology;
 
-pub use pool::{Job, Pool, PoolConfig, PoolError, MAX_INLINE_DEPTH};
+pub use pool::{Job, Pin, Pool, PoolConfig, PoolError, MAX_INLINE_DEPTH};
 pub use resources::{ClassId, ResourceError, ResourceView};
 pub use sys::{current_affinity, pin_current_thread};
 pub use topology::{Cpu, Topology};

@@ -56,6 +56,32 @@ pub trait Job: Send + 'static {
     fn cancel(self);
 }
 
+/// How executors are bound to CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pin {
+    /// Not bound: the OS places them anywhere in the process's affinity mask.
+    Off,
+    /// Each bound to the CPUs of its NUMA node (the default): its memory stays local, while
+    /// the OS still balances it against the node's other threads, a driver's among them.
+    /// Measured on 2 cores, an embedded runtime's driver submitting empty tasks: with each
+    /// executor bound to one CPU, a woken executor preempted the driver on its CPU and could
+    /// not move away; throughput was 25-35 % lower and runs were bimodal.
+    #[default]
+    Numa,
+    /// Each bound to one CPU: for executors that have the node's cores to themselves.
+    Cpu,
+}
+
+/// The CPUs the executor on topology slot `slot` is bound to under `pin`.
+fn binding(pin: Pin, topology: &Topology, slot: usize) -> Option<Vec<usize>> {
+    let home = topology.cpus[slot];
+    match pin {
+        Pin::Off => None,
+        Pin::Numa => Some(topology.cpus.iter().filter(|c| c.numa == home.numa).map(|c| c.id).collect()),
+        Pin::Cpu => Some(vec![home.id]),
+    }
+}
+
 /// How to build a [`Pool`].
 #[derive(Clone)]
 pub struct PoolConfig {
@@ -64,8 +90,8 @@ pub struct PoolConfig {
     /// Number of executor threads; defaults to one per CPU of the topology. When larger than
     /// the topology, executors are placed on its CPUs round-robin.
     pub threads: Option<usize>,
-    /// Pin each executor to its CPU (default true).
-    pub pin: bool,
+    /// How executors are bound to CPUs (default: to their NUMA node's).
+    pub pin: Pin,
     /// Upper bound on all threads, executors plus compensation threads (default 4096).
     pub max_threads: usize,
     /// How long an idle executor spins looking for work before it parks (default 50 µs).
@@ -94,7 +120,7 @@ impl Default for PoolConfig {
         PoolConfig {
             resources: Vec::new(),
             threads: None,
-            pin: true,
+            pin: Pin::default(),
             max_threads: 4096,
             spin: Duration::from_micros(50),
             thread_name: "rayhpc-exec".into(),
@@ -152,7 +178,8 @@ struct Shared<J> {
     blocked: AtomicUsize,
     handles: Mutex<Vec<JoinHandle<()>>>,
     spawn_lock: Mutex<()>,
-    pin: bool,
+    /// The CPUs each executor is bound to (`None`: not bound).
+    binding: Vec<Option<Vec<usize>>>,
     spin: Duration,
     thread_name: String,
     on_start: Option<Arc<dyn Fn() + Send + Sync>>,
@@ -167,14 +194,22 @@ struct Local<J> {
     held: Held,
 }
 
-thread_local! {
+/// What a thread knows of the pools, in one thread-local: in a shared library (the C API's
+/// `librayhpc.so`) every access to a thread-local is a call to `__tls_get_addr`, so the hot
+/// paths (an executor's loop, a getter running a task inline) reach it once and pass it on.
+struct ThreadState {
     /// The executor state of this thread (`Local<J>` of the pool it belongs to), if any.
-    static LOCAL: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+    local: RefCell<Option<Box<dyn Any>>>,
     /// On a thread that is not an executor: the resources it holds for a job it runs inline
     /// (`(pool id, class)`), see [`Pool::run_inline`].
-    static INLINE: Cell<Option<(usize, ClassId)>> = const { Cell::new(None) };
+    inline: Cell<Option<(usize, ClassId)>>,
     /// How deep `run_inline` calls are nested on this thread.
-    static INLINE_DEPTH: Cell<usize> = const { Cell::new(0) };
+    depth: Cell<usize>,
+}
+
+thread_local! {
+    static STATE: ThreadState =
+        const { ThreadState { local: RefCell::new(None), inline: Cell::new(None), depth: Cell::new(0) } };
 }
 
 /// Deepest nesting of [`Pool::run_inline`] on one thread: every level is a job body on the
@@ -185,11 +220,14 @@ static NEXT_POOL_ID: AtomicUsize = AtomicUsize::new(1);
 
 /// Runs `f` on this thread's executor state when it is an executor of pool `id`.
 fn with_local<J: Job, R>(id: usize, f: impl FnOnce(&mut Local<J>) -> R) -> Option<R> {
-    LOCAL.with(|l| {
-        let mut l = l.try_borrow_mut().ok()?;
-        let local = l.as_mut()?.downcast_mut::<Local<J>>()?;
-        (local.shared.id == id).then(|| f(local))
-    })
+    STATE.with(|st| with_local_in(st, id, f))
+}
+
+/// [`with_local`] on a thread state already reached.
+fn with_local_in<J: Job, R>(st: &ThreadState, id: usize, f: impl FnOnce(&mut Local<J>) -> R) -> Option<R> {
+    let mut l = st.local.try_borrow_mut().ok()?;
+    let local = l.as_mut()?.downcast_mut::<Local<J>>()?;
+    (local.shared.id == id).then(|| f(local))
 }
 
 /// A pool of executor threads. Cloning gives another handle to the same pool.
@@ -251,7 +289,7 @@ impl<J: Job> Pool<J> {
             blocked: AtomicUsize::new(0),
             handles: Mutex::new(Vec::new()),
             spawn_lock: Mutex::new(()),
-            pin: config.pin,
+            binding: (0..n).map(|i| binding(config.pin, topology, i % topology.len())).collect(),
             spin: config.spin,
             thread_name: config.thread_name,
             on_start: config.on_thread_start,
@@ -269,14 +307,14 @@ impl<J: Job> Pool<J> {
 
     fn spawn(&self, idx: usize) -> std::io::Result<()> {
         let shared = self.shared.clone();
-        let cpu = (idx < shared.primaries && shared.pin).then(|| shared.cpus[idx]);
+        let cpus = shared.binding.get(idx).cloned().flatten();
         let name = format!("{}-{idx}", shared.thread_name);
         shared.total_threads.fetch_add(1, Ordering::SeqCst);
         let deque = Worker::new_fifo();
         let _ = shared.stealers[idx].set(deque.stealer());
         shared.registered.fetch_max(idx + 1, Ordering::SeqCst);
         let s2 = shared.clone();
-        let h = std::thread::Builder::new().name(name).spawn(move || executor_main(s2, idx, cpu, deque));
+        let h = std::thread::Builder::new().name(name).spawn(move || executor_main(s2, idx, cpus, deque));
         match h {
             Ok(h) => {
                 shared.handles.lock().unwrap_or_else(|e| e.into_inner()).push(h);
@@ -392,7 +430,7 @@ impl<J: Job> Pool<J> {
             h
         });
         let Some(held) = held else {
-            return match INLINE.get() {
+            return match STATE.with(|st| st.inline.get()) {
                 Some((pool, c)) if pool == sh.id => {
                     release(sh, c);
                     let out = f();
@@ -451,14 +489,18 @@ impl<J: Job> Pool<J> {
     /// `None` is returned: the job then runs on an executor as usual. `f` returns `None` when
     /// it found the job already taken.
     pub fn run_inline<R>(&self, class: ClassId, f: impl FnOnce() -> Option<R>) -> Option<R> {
+        STATE.with(|st| self.run_inline_in(st, class, f))
+    }
+
+    fn run_inline_in<R>(&self, st: &ThreadState, class: ClassId, f: impl FnOnce() -> Option<R>) -> Option<R> {
         let sh = &self.shared;
-        let depth = INLINE_DEPTH.get();
+        let depth = st.depth.get();
         if depth >= MAX_INLINE_DEPTH || sh.shutdown.load(Ordering::Acquire) {
             return None;
         }
         // An idle lease (the running job is not under it) is given back first, so that it
         // does not hold the resources asked for below.
-        let on_executor = with_local::<J, _>(sh.id, |l| (l.held, l.take_idle_lease())).map(|(h, idle)| {
+        let on_executor = with_local_in::<J, _>(st, sh.id, |l| (l.held, l.take_idle_lease())).map(|(h, idle)| {
             if let Some(c) = idle {
                 release(sh, c);
             }
@@ -467,7 +509,7 @@ impl<J: Job> Pool<J> {
         let holding = match on_executor {
             Some(Held::Lease(c) | Held::Own(c)) => Some(c),
             Some(Held::Nothing) => None,
-            None => INLINE.get().filter(|(p, _)| *p == sh.id).map(|(_, c)| c),
+            None => st.inline.get().filter(|(p, _)| *p == sh.id).map(|(_, c)| c),
         };
         let acquired = if class == ClassId::FREE || holding == Some(class) {
             false
@@ -478,16 +520,17 @@ impl<J: Job> Pool<J> {
         };
         // While `f` runs, this thread holds `class` for it (so that a block inside gives the
         // right resources back).
-        let saved_exec = if acquired { with_local::<J, _>(sh.id, |l| std::mem::replace(&mut l.held, Held::Own(class))) } else { None };
-        let saved_inline = (acquired && on_executor.is_none()).then(|| INLINE.replace(Some((sh.id, class))));
-        INLINE_DEPTH.set(depth + 1);
+        let saved_exec =
+            if acquired { with_local_in::<J, _>(st, sh.id, |l| std::mem::replace(&mut l.held, Held::Own(class))) } else { None };
+        let saved_inline = (acquired && on_executor.is_none()).then(|| st.inline.replace(Some((sh.id, class))));
+        st.depth.set(depth + 1);
         let out = f();
-        INLINE_DEPTH.set(depth);
+        st.depth.set(depth);
         if let Some(prev) = saved_inline {
-            INLINE.set(prev);
+            st.inline.set(prev);
         }
         if let Some(prev) = saved_exec {
-            with_local::<J, _>(sh.id, |l| l.held = prev);
+            with_local_in::<J, _>(st, sh.id, |l| l.held = prev);
         }
         if acquired {
             release(sh, class);
@@ -599,20 +642,27 @@ impl Drop for AbortOnUnwind {
     }
 }
 
-fn executor_main<J: Job>(shared: Arc<Shared<J>>, idx: usize, cpu: Option<usize>, deque: Worker<Runnable<J>>) {
+fn executor_main<J: Job>(shared: Arc<Shared<J>>, idx: usize, cpus: Option<Vec<usize>>, deque: Worker<Runnable<J>>) {
     let _guard = AbortOnUnwind;
-    if let Some(cpu) = cpu {
-        // A CPU outside the mask (the mask changed since start-up) leaves this executor
-        // unpinned, which is still correct.
-        let _ = crate::sys::pin_current_thread(&[cpu]);
+    if let Some(cpus) = cpus {
+        // CPUs outside the mask (the mask changed since start-up) leave this executor
+        // unbound, which is still correct.
+        let _ = crate::sys::pin_current_thread(&cpus);
     }
     if let Some(f) = &shared.on_start {
         f();
     }
     let local = Local { shared: shared.clone(), idx, deque, lease: None, held: Held::Nothing };
-    LOCAL.with(|l| *l.borrow_mut() = Some(Box::new(local)));
-    let sh = &*shared;
-    let me = || with_local::<J, _>(sh.id, |l| l.find()).flatten();
+    STATE.with(|st| {
+        *st.local.borrow_mut() = Some(Box::new(local));
+        executor_loop(st, &shared, idx);
+        st.local.borrow_mut().take();
+    });
+}
+
+/// An executor's life, from its start to the pool's shutdown.
+fn executor_loop<J: Job>(st: &ThreadState, sh: &Shared<J>, idx: usize) {
+    let me = || with_local_in::<J, _>(st, sh.id, |l| l.find()).flatten();
     let mut searching = false;
     let mut spin_start = Instant::now();
     let backoff = Backoff::new();
@@ -625,12 +675,12 @@ fn executor_main<J: Job>(shared: Arc<Shared<J>>, idx: usize, cpu: Option<usize>,
         }
         if let Some(r) = me() {
             if searching {
-                sh.sleep.found_work(|| more_work(sh));
+                sh.sleep.found_work(|| more_work(st, sh));
                 searching = false;
             }
             backoff.reset();
-            run(sh, r);
-            if idx >= sh.primaries && retire_if_surplus(sh, idx) {
+            run(st, sh, r);
+            if idx >= sh.primaries && retire_if_surplus(st, sh, idx) {
                 searching = true;
                 spin_start = Instant::now();
             }
@@ -652,12 +702,12 @@ fn executor_main<J: Job>(shared: Arc<Shared<J>>, idx: usize, cpu: Option<usize>,
         if searching {
             sh.sleep.stop_searching();
         }
-        searching = go_to_sleep(sh, idx);
+        searching = go_to_sleep(st, sh, idx);
         spin_start = Instant::now();
         backoff.reset();
     }
     // Exit: cancel what is left in this executor's deque; return the lease.
-    let (rest, lease) = with_local::<J, _>(sh.id, |l| (l.drain_deque(), l.lease.take())).unwrap_or_default();
+    let (rest, lease) = with_local_in::<J, _>(st, sh.id, |l| (l.drain_deque(), l.lease.take())).unwrap_or_default();
     if let Some(c) = lease {
         // Through `release`: what that admits goes to the injector, which shutdown drains.
         release(sh, c);
@@ -665,7 +715,6 @@ fn executor_main<J: Job>(shared: Arc<Shared<J>>, idx: usize, cpu: Option<usize>,
     for r in rest {
         r.job.cancel();
     }
-    LOCAL.with(|l| l.borrow_mut().take());
 }
 
 /// Threads neither parked nor blocked in [`Pool::block_in_place`] (a racy estimate: the
@@ -676,26 +725,26 @@ fn awake<J: Job>(sh: &Shared<J>) -> isize {
 
 /// Whether work is visibly queued beyond what this executor just took: its own deque (a
 /// batch taken from the injector lands there) or the injector.
-fn more_work<J: Job>(sh: &Shared<J>) -> bool {
-    !sh.injector.is_empty() || with_local::<J, _>(sh.id, |l| !l.deque.is_empty()).unwrap_or(false)
+fn more_work<J: Job>(st: &ThreadState, sh: &Shared<J>) -> bool {
+    !sh.injector.is_empty() || with_local_in::<J, _>(st, sh.id, |l| !l.deque.is_empty()).unwrap_or(false)
 }
 
 /// Steps 2–3 of the idle protocol (see `sleep.rs`): return the lease, register as a sleeper,
 /// look once more, park. Returns true when a waker woke it: the worker then counts as a
 /// searcher. False when the last look found work (which it ran) or the pool stopped it.
-fn go_to_sleep<J: Job>(sh: &Shared<J>, idx: usize) -> bool {
-    if let Some(Some(c)) = with_local::<J, _>(sh.id, |l| l.lease.take()) {
+fn go_to_sleep<J: Job>(st: &ThreadState, sh: &Shared<J>, idx: usize) -> bool {
+    if let Some(Some(c)) = with_local_in::<J, _>(st, sh.id, |l| l.lease.take()) {
         release(sh, c);
     }
     sh.sleep.prepare_sleep(idx);
-    let found = with_local::<J, _>(sh.id, |l| l.find()).flatten();
+    let found = with_local_in::<J, _>(st, sh.id, |l| l.find()).flatten();
     if found.is_some() || sh.shutdown.load(Ordering::Acquire) {
         if sh.sleep.cancel_sleep(idx) == Cancelled::WasWoken {
             // The waker counted this worker as a searcher; it found work at once.
-            sh.sleep.found_work(|| more_work(sh));
+            sh.sleep.found_work(|| more_work(st, sh));
         }
         if let Some(r) = found {
-            run(sh, r);
+            run(st, sh, r);
         }
         return false;
     }
@@ -706,12 +755,12 @@ fn go_to_sleep<J: Job>(sh: &Shared<J>, idx: usize) -> bool {
 
 /// A compensation thread whose blocked executor resumed goes back to sleep. Returns true when
 /// it slept and was woken as a searcher (see [`go_to_sleep`]).
-fn retire_if_surplus<J: Job>(sh: &Shared<J>, idx: usize) -> bool {
+fn retire_if_surplus<J: Job>(st: &ThreadState, sh: &Shared<J>, idx: usize) -> bool {
     if awake(sh) <= sh.primaries as isize {
         return false;
     }
     // Hand this thread's queued jobs to the others before sleeping.
-    let rest = with_local::<J, _>(sh.id, Local::drain_deque).unwrap_or_default();
+    let rest = with_local_in::<J, _>(st, sh.id, Local::drain_deque).unwrap_or_default();
     let any = !rest.is_empty();
     for r in rest {
         sh.injector.push(r);
@@ -719,7 +768,7 @@ fn retire_if_surplus<J: Job>(sh: &Shared<J>, idx: usize) -> bool {
     if any {
         sh.sleep.notify();
     }
-    go_to_sleep(sh, idx)
+    go_to_sleep(st, sh, idx)
 }
 
 impl<J: Job> Local<J> {
@@ -791,7 +840,7 @@ impl<J: Job> Local<J> {
 }
 
 /// Admission (step 3 of the module doc) and execution of one job.
-fn run<J: Job>(sh: &Shared<J>, r: Runnable<J>) {
+fn run<J: Job>(st: &ThreadState, sh: &Shared<J>, r: Runnable<J>) {
     if sh.shutdown.load(Ordering::Acquire) {
         r.job.cancel();
         return;
@@ -802,29 +851,29 @@ fn run<J: Job>(sh: &Shared<J>, r: Runnable<J>) {
     } else if class == ClassId::FREE {
         Held::Nothing
     } else {
-        let lease = with_local::<J, _>(sh.id, |l| l.lease).flatten();
+        let lease = with_local_in::<J, _>(st, sh.id, |l| l.lease).flatten();
         if lease != Some(class) {
             if let Some(old) = lease {
-                with_local::<J, _>(sh.id, |l| l.lease = None);
+                with_local_in::<J, _>(st, sh.id, |l| l.lease = None);
                 release(sh, old);
             }
             match sh.ledger.acquire_or_wait(class, r) {
                 Some(r2) => {
-                    with_local::<J, _>(sh.id, |l| l.lease = Some(class));
-                    return run_held(sh, r2.job, Held::Lease(class));
+                    with_local_in::<J, _>(st, sh.id, |l| l.lease = Some(class));
+                    return run_held(st, sh, r2.job, Held::Lease(class));
                 }
                 None => return, // queued in the ledger; admitted on a later release
             }
         }
         Held::Lease(class)
     };
-    run_held(sh, r.job, held);
+    run_held(st, sh, r.job, held);
 }
 
-fn run_held<J: Job>(sh: &Shared<J>, job: J, held: Held) {
-    with_local::<J, _>(sh.id, |l| l.held = held);
+fn run_held<J: Job>(st: &ThreadState, sh: &Shared<J>, job: J, held: Held) {
+    with_local_in::<J, _>(st, sh.id, |l| l.held = held);
     job.run();
-    let still = with_local::<J, _>(sh.id, |l| std::mem::replace(&mut l.held, Held::Nothing));
+    let still = with_local_in::<J, _>(st, sh.id, |l| std::mem::replace(&mut l.held, Held::Nothing));
     if let Some(Held::Own(c)) = still {
         release(sh, c);
     }

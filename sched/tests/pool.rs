@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Barrier, Mutex};
 use std::time::Duration;
 
-use rayhpc_sched::{ClassId, Job, Pool, PoolConfig, Topology};
+use rayhpc_sched::{ClassId, Job, Pin, Pool, PoolConfig, Topology};
 
 /// A job that runs a closure; `cancel` reports through a counter.
 struct F(Box<dyn FnOnce() + Send>, Arc<AtomicUsize>);
@@ -220,36 +220,54 @@ fn a_job_blocked_holding_its_cpu_lets_free_jobs_run_but_no_cpu_job() {
     p.shutdown();
 }
 
-#[test]
-fn executors_are_pinned_to_their_cpus() {
-    let p = pool(Topology::detect().unwrap().len(), &[]);
+/// The CPUs each executor of `p` may run on, by executor index (one job per executor, all
+/// held at a barrier so that each lands on its own thread).
+fn allowed_cpus(p: &Pool<F>) -> Vec<(usize, Vec<usize>)> {
     let c = Arc::new(AtomicUsize::new(0));
     let n = p.executors();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let barrier = Arc::new(Barrier::new(n + 1));
-    // One job per executor, all held at a barrier so that each lands on its own thread.
     for _ in 0..n {
         let (seen, barrier) = (seen.clone(), barrier.clone());
         p.submit(
             job(&c, move || {
                 let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
-                let allowed =
-                    status.lines().find(|l| l.starts_with("Cpus_allowed_list:")).unwrap().split(':').nth(1).unwrap().trim().to_string();
+                let allowed = status.lines().find(|l| l.starts_with("Cpus_allowed_list:")).unwrap().split(':').nth(1).unwrap().trim();
                 let name = std::thread::current().name().unwrap().to_string();
-                seen.lock().unwrap().push((name, allowed));
+                let idx: usize = name.rsplit('-').next().unwrap().parse().unwrap();
+                seen.lock().unwrap().push((idx, rayhpc_sched::topology::parse_cpulist(allowed).unwrap()));
                 barrier.wait();
             }),
             ClassId::FREE,
         );
     }
     barrier.wait();
-    let seen = seen.lock().unwrap().clone();
-    let cpus = p.executor_cpus().to_vec();
-    for (name, allowed) in &seen {
-        let idx: usize = name.rsplit('-').next().unwrap().parse().unwrap();
-        assert_eq!(allowed, &cpus[idx].to_string(), "executor {name} runs on {allowed}");
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort();
+    seen
+}
+
+#[test]
+fn executors_are_bound_to_their_numa_node_or_their_cpu() {
+    let topo = Topology::detect().unwrap();
+    let n = topo.len();
+    for pin in [Pin::Numa, Pin::Cpu, Pin::Off] {
+        let cfg = PoolConfig { threads: Some(n), pin, ..PoolConfig::default() };
+        let p: Pool<F> = Pool::new(cfg, &topo).unwrap();
+        let home = p.executor_cpus().to_vec();
+        let seen = allowed_cpus(&p);
+        assert_eq!(seen.len(), n, "{pin:?}: one job per executor");
+        for (idx, allowed) in &seen {
+            let numa = topo.cpus.iter().find(|c| c.id == home[*idx]).unwrap().numa;
+            let want: Vec<usize> = match pin {
+                Pin::Cpu => vec![home[*idx]],
+                Pin::Numa => topo.cpus.iter().filter(|c| c.numa == numa).map(|c| c.id).collect(),
+                Pin::Off => rayhpc_sched::current_affinity().unwrap(),
+            };
+            assert_eq!(allowed, &want, "{pin:?}: executor {idx} may run on {allowed:?}");
+        }
+        p.shutdown();
     }
-    p.shutdown();
 }
 
 #[test]

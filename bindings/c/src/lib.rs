@@ -29,7 +29,7 @@ mod attached;
 mod spin;
 
 use spin::SpinLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The library's own (Rust) allocations go through mimalloc, as the launcher's do: a task's
 /// spec and result slot are allocated on the submitting thread and freed on an executor, and
@@ -325,6 +325,9 @@ impl std::ops::DerefMut for Refs {
     }
 }
 static VIEWS: Mutex<Table<ObjectView>> = Mutex::new(Table::new());
+
+/// The table that calls without ref arguments look their (no) refs up in.
+static NO_REFS: Table<ObjectRef<Untyped>> = Table::new();
 
 #[derive(Clone)]
 struct Func {
@@ -847,12 +850,14 @@ unsafe fn submit_to(
     // Byte arguments are copied before the lock is taken (they may be large); only refs
     // need the table.
     // SAFETY: the caller's contract, passed on.
-    let any_ref = unsafe { arg_slice(args, nargs) }?.iter().any(|a| a.kind == ARG_REF);
-    let early = if any_ref {
+    let any_ref = nargs > 0 && unsafe { arg_slice(args, nargs) }?.iter().any(|a| a.kind == ARG_REF);
+    let early = if nargs == 0 {
+        Some(Vec::new())
+    } else if any_ref {
         None
     } else {
         // SAFETY: the caller's contract, passed on.
-        Some(unsafe { raw_args_in(args, nargs, &Table::new()) }?)
+        Some(unsafe { raw_args_in(args, nargs, &NO_REFS) }?)
     };
     let mut refs = REFS.lock();
     let refs = &mut *refs;
@@ -1040,19 +1045,24 @@ pub unsafe extern "C" fn rayhpc_ref_release_batch(refs: *const rayhpc_ref, n: us
             return status;
         }
         let mut bad = None;
-        let dropped: Vec<_> = {
-            let mut table = REFS.lock();
-            hs.iter()
-                .filter_map(|&h| {
-                    let r = table.remove(h);
-                    if r.is_none() && bad.is_none() {
-                        bad = Some(h);
+        // A few hundred at a time: taken out under the lock, dropped after it, with no list
+        // as long as the batch made.
+        const CHUNK: usize = 256;
+        let mut dropped = Vec::with_capacity(hs.len().min(CHUNK));
+        for chunk in hs.chunks(CHUNK) {
+            {
+                let mut table = REFS.lock();
+                for &h in chunk {
+                    match table.remove(h) {
+                        Some(r) => dropped.push(r),
+                        None => {
+                            bad = bad.or(Some(h));
+                        }
                     }
-                    r
-                })
-                .collect()
-        };
-        drop(dropped); // outside the lock
+                }
+            }
+            dropped.clear(); // outside the lock
+        }
         match bad {
             Some(h) => fail(RAYHPC_E_BAD_HANDLE, format!("ref {h:#x} is released or was never made")),
             None => RAYHPC_OK,
@@ -1089,10 +1099,6 @@ pub unsafe extern "C" fn rayhpc_put(data: *const c_void, len: usize, out: *mut r
     })
 }
 
-fn ref_of(h: rayhpc_ref) -> Result<ObjectRef<Untyped>, rayhpc_status> {
-    REFS.lock().get(h).cloned().ok_or_else(|| fail(RAYHPC_E_BAD_HANDLE, format!("ref {h:#x} is released or was never made")))
-}
-
 /// A timeout as the node takes it: seconds, `None` for ever.
 fn wire_timeout(t: f64) -> Result<Option<f64>, rayhpc_status> {
     Ok(timeout_of(t)?.map(|d| d.as_secs_f64()))
@@ -1110,22 +1116,55 @@ fn timeout_of(t: f64) -> Result<Option<Duration>, rayhpc_status> {
     Ok(Some(Duration::from_secs_f64(t)))
 }
 
-/// The bytes of object `h` once it is ready, waiting at most `timeout_s` seconds (see
-/// `timeout_of`): what `rayhpc_get` and `rayhpc_get_into` share.
-fn view_of(h: rayhpc_ref, timeout_s: f64) -> Result<ObjectView, rayhpc_status> {
+/// What `ready` found.
+enum Ready<R> {
+    /// What its `now` made of the object, under the handles' lock.
+    Now(R),
+    /// The object, ready, and the runtime.
+    Later(ObjectRef<Untyped>, Runtime),
+}
+
+/// Object `h` once it is ready, waiting at most `timeout_s` seconds (see `timeout_of`) and
+/// running its task on this thread when it can and may (no timeout). `now` is tried first,
+/// under the handles' lock: when it makes something of the object (a small result already
+/// there), that is all, with no refcount taken.
+fn ready<R>(h: rayhpc_ref, timeout_s: f64, now: impl FnOnce(&ObjectRef<Untyped>) -> Option<R>) -> Result<Ready<R>, rayhpc_status> {
     let t = timeout_of(timeout_s)?;
-    let rt = runtime()?;
-    let r = ref_of(h)?;
-    if let Some(v) = r.try_view() {
-        return v.map_err(|e| from_error(&e));
-    }
-    if let Some(t) = t {
-        let (ready, _) = rt.wait(std::slice::from_ref(&r), 1, Some(t)).map_err(|e| from_error(&e))?;
-        if ready.is_empty() {
-            return Err(fail(RAYHPC_E_TIMEOUT, format!("the object was not ready within {timeout_s} s")));
+    let (r, rt) = {
+        let refs = REFS.lock();
+        match (refs.get(h), &refs.rt) {
+            (Some(r), Some(rt)) => match now(r) {
+                Some(v) => return Ok(Ready::Now(v)),
+                None => (r.clone(), rt.clone()),
+            },
+            (_, None) => {
+                drop(refs);
+                return Err(not_initialized());
+            }
+            (None, _) => {
+                drop(refs);
+                return Err(bad_ref(h));
+            }
         }
+    };
+    if !rt.wait_ready(&r, t) {
+        return Err(fail(RAYHPC_E_TIMEOUT, format!("the object was not ready within {timeout_s} s")));
     }
-    rt.get_bytes(&r).map_err(|e| from_error(&e))
+    Ok(Ready::Later(r, rt))
+}
+
+fn bad_ref(h: rayhpc_ref) -> rayhpc_status {
+    fail(RAYHPC_E_BAD_HANDLE, format!("ref {h:#x} is released or was never made"))
+}
+
+/// The bytes of object `h` once it is ready (see `ready`): what `rayhpc_get` and
+/// `rayhpc_get_into` share.
+fn view_of(h: rayhpc_ref, timeout_s: f64) -> Result<ObjectView, rayhpc_status> {
+    // A view may pin a stored object (or restore it from disk): never under the lock.
+    match ready(h, timeout_s, |_| None::<std::convert::Infallible>)? {
+        Ready::Now(never) => match never {},
+        Ready::Later(r, rt) => rt.get_bytes(&r).map_err(|e| from_error(&e)),
+    }
 }
 
 /// Waits for the object (at most `timeout_s` seconds; negative: forever) and gives a
@@ -1221,15 +1260,16 @@ pub unsafe extern "C" fn rayhpc_get_into(r: rayhpc_ref, timeout_s: f64, buf: *mu
                 return copy(&attached::value(r, wire_timeout(timeout_s)?)?);
             }
             // The common case, a small result already there, is copied under the handles'
-            // lock: no view, no runtime, no wait. (A handle that is not valid takes the full
-            // path, which tells a shutdown from a bad handle.)
-            if timeout_of(timeout_s).is_ok() {
-                let refs = REFS.lock();
-                if let Some(done) = refs.get(r).and_then(|o| o.with_inline_bytes(copy)) {
-                    return done.map_err(|e| from_error(&e))?;
-                }
+            // lock: no view, no refcount, no wait. Else, once it is ready, a small result is
+            // still copied without a view.
+            let (o, rt) = match ready(r, timeout_s, |o| o.with_inline_bytes(copy))? {
+                Ready::Now(done) => return done.map_err(|e| from_error(&e))?,
+                Ready::Later(o, rt) => (o, rt),
+            };
+            if let Some(done) = o.with_inline_bytes(copy) {
+                return done.map_err(|e| from_error(&e))?;
             }
-            copy(&view_of(r, timeout_s)?)
+            copy(&rt.get_bytes(&o).map_err(|e| from_error(&e))?)
         })())
     })
 }
@@ -1303,33 +1343,62 @@ pub unsafe extern "C" fn rayhpc_wait(
             // SAFETY: non-null and `n` long (the caller's contract).
             let hs = if n == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(refs, n) } };
             let timeout = timeout_of(timeout_s)?;
-            // Under the lock: objects ready now are marked at once; only the others are
-            // cloned out to be waited for (a batch that is mostly done costs no refcounts).
+            // SAFETY: `ready` has `n` writable bytes (the caller's contract).
+            let ready = if n == 0 { &mut [][..] } else { unsafe { std::slice::from_raw_parts_mut(ready, n) } };
+            // Waiting for all of them: one after the other, each as `get` waits (running its
+            // task here when it can), with no wake-up registered and no list made. Else the
+            // ones not ready are cloned out and waited for together.
+            let all = num_returns == n;
+            // Under the lock: every handle checked, the objects ready now marked.
             let (mut count, at, objs) = {
                 let table = REFS.lock();
                 let (mut count, mut at, mut objs) = (0, Vec::new(), Vec::new());
                 for (i, &h) in hs.iter().enumerate() {
-                    let o = table.get(h).ok_or_else(|| fail(RAYHPC_E_BAD_HANDLE, format!("ref {h:#x} is released or was never made")))?;
+                    let Some(o) = table.get(h) else {
+                        drop(table);
+                        return Err(bad_ref(h));
+                    };
                     let is = o.is_ready();
                     count += usize::from(is);
-                    if !is {
+                    ready[i] = u8::from(is);
+                    if !is && !all {
                         at.push(i);
                         objs.push(o.clone());
                     }
-                    // SAFETY: `ready` has `n` writable bytes (the caller's contract).
-                    unsafe { ready.add(i).write(u8::from(is)) };
                 }
                 (count, at, objs)
             };
-            if count < num_returns {
+            if count < num_returns && all {
+                let deadline = timeout.map(|t| Instant::now() + t);
+                let mut timed_out = false;
+                for (i, &h) in hs.iter().enumerate() {
+                    if ready[i] == 1 {
+                        continue;
+                    }
+                    // (A handle released meanwhile, by another thread, is not ready.)
+                    let is = if timed_out {
+                        // After a timeout, the rest are only looked at.
+                        REFS.lock().get(h).is_some_and(|o| o.is_ready())
+                    } else {
+                        let o = REFS.lock().get(h).cloned();
+                        let Some(o) = o else { continue };
+                        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                        timed_out = !rt.wait_ready(&o, left);
+                        !timed_out
+                    };
+                    if is {
+                        ready[i] = 1;
+                        count += 1;
+                    }
+                }
+            } else if count < num_returns {
                 rt.wait_for(&objs, num_returns - count, timeout).map_err(|e| from_error(&e))?;
-            }
-            // Every object ready at return is marked (more than `num_returns` may be).
-            for (i, o) in at.iter().zip(&objs) {
-                if o.is_ready() {
-                    count += 1;
-                    // SAFETY: as above.
-                    unsafe { ready.add(*i).write(1) };
+                // Every object ready at return is marked (more than `num_returns` may be).
+                for (i, o) in at.iter().zip(&objs) {
+                    if o.is_ready() {
+                        count += 1;
+                        ready[*i] = 1;
+                    }
                 }
             }
             if !num_ready.is_null() {
@@ -1576,7 +1645,7 @@ fn raw_args_of(args: *const rayhpc_arg, nargs: usize) -> Result<Vec<RawArg>, ray
         unsafe { raw_args_in(args, nargs, &REFS.lock()) }
     } else {
         // SAFETY: as above.
-        unsafe { raw_args_in(args, nargs, &Table::new()) }
+        unsafe { raw_args_in(args, nargs, &NO_REFS) }
     }
 }
 

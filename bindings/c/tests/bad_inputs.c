@@ -192,6 +192,17 @@ int main(void) {
   size_t nready = 9;
   expect("wait with a short timeout", rayhpc_wait(&r, 1, 1, 0.01, &ready, &nready), RAYHPC_OK, NULL);
   if (ready != 0 || nready != 0) { printf("FAIL wait reported ready\n"); failures++; }
+  size_t got_len = 0;
+  expect("get_into with a short timeout", rayhpc_get_into(r, 0.01, NULL, 0, &got_len), RAYHPC_E_TIMEOUT, "not ready");
+  rayhpc_ref pair[2] = {r, 0};
+  uint8_t ready2[2] = {9, 9};
+  expect("put", rayhpc_put("x", 1, &pair[1]), RAYHPC_OK, NULL);
+  expect("wait for both with a short timeout", rayhpc_wait(pair, 2, 2, 0.01, ready2, &nready), RAYHPC_OK, NULL);
+  if (ready2[0] != 0 || ready2[1] != 1 || nready != 1) {
+    printf("FAIL wait for both: ready %d %d, %zu in all\n", ready2[0], ready2[1], nready);
+    failures++;
+  }
+  rayhpc_ref_release(pair[1]);
   expect("wait num_returns > n", rayhpc_wait(&r, 1, 2, 0.01, &ready, &nready), RAYHPC_E_INVALID, NULL);
   expect("wait NULL refs", rayhpc_wait(NULL, 1, 1, 0.01, &ready, &nready), RAYHPC_E_NULL, NULL);
   expect("wait until ready", rayhpc_wait(&r, 1, 1, -1, &ready, &nready), RAYHPC_OK, NULL);
