@@ -74,6 +74,11 @@ const NO_JOB: u32 = u32::MAX;
 /// without a futex round trip, an idle wait costs nothing after this.
 const SPIN: Duration = Duration::from_micros(30);
 
+/// How long to spin for at most `limit` without passing `deadline`.
+pub(crate) fn spin_until(deadline: Option<Instant>, limit: Duration) -> Duration {
+    deadline.map_or(limit, |d| d.saturating_duration_since(Instant::now()).min(limit))
+}
+
 impl Slot {
     pub(crate) fn new(id: ObjectId) -> Arc<Self> {
         Arc::new(Slot {
@@ -172,7 +177,8 @@ impl Slot {
     /// Blocks the calling thread until the value is set or `deadline` passes. Returns
     /// whether it is set.
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> bool {
-        if self.spin(SPIN) {
+        // Spinning never outlasts the deadline (a zero timeout is a poll).
+        if self.spin(spin_until(deadline, SPIN)) {
             return true;
         }
         let me = thread::current();

@@ -229,7 +229,7 @@ impl Runtime {
 
     /// The runtime of the task or actor running on this thread (`None` outside one).
     pub fn current() -> Option<Runtime> {
-        THREAD.with(|st| st.runtime.borrow().clone())
+        THREAD.try_with(|st| st.runtime.borrow().clone()).ok().flatten()
     }
 
     /// Stops the runtime: queued work is cancelled (its objects fail with
@@ -258,7 +258,8 @@ impl Runtime {
         self.inner.pool().threads()
     }
 
-    /// The CPU each executor is placed on.
+    /// Each executor's home CPU (the one it is bound to under [`Pin::Cpu`]; under the
+    /// default [`Pin::Numa`] it may run on any CPU of that CPU's NUMA node).
     pub fn executor_cpus(&self) -> Vec<usize> {
         self.inner.pool().executor_cpus().to_vec()
     }
@@ -614,23 +615,28 @@ impl Runtime {
     fn help(&self, slot: &Slot) -> bool {
         let Some(class) = slot.queued_class() else { return false };
         let ran = self.inner.pool().run_inline(class, || {
-            let t = slot.take_job()?;
-            // Inside the task, `Runtime::current()` must be this runtime on any thread.
-            // (An executor's own runtime is set for good, and borrowed while its job runs:
-            // only a thread without one installs it here.)
-            THREAD.with(|st| {
-                let absent = st.runtime.borrow().is_none();
-                if absent {
-                    *st.runtime.borrow_mut() = Some(self.clone());
-                }
-                execute(t, &self.inner, st);
-                if absent {
-                    // Dropped after the borrow ends.
-                    let mine = st.runtime.borrow_mut().take();
-                    drop(mine);
-                }
-            });
-            Some(())
+            // A thread whose thread-locals are gone (a wait from a thread-local destructor)
+            // does not help: the executors run the task.
+            THREAD
+                .try_with(|st| {
+                    let t = slot.take_job()?;
+                    // Inside the task, `Runtime::current()` must be this runtime on any
+                    // thread. (An executor's own runtime is set for good, and borrowed while
+                    // its job runs: only a thread without one installs it here.)
+                    let absent = st.runtime.borrow().is_none();
+                    if absent {
+                        *st.runtime.borrow_mut() = Some(self.clone());
+                    }
+                    execute(t, &self.inner, st);
+                    if absent {
+                        // Dropped after the borrow ends.
+                        let mine = st.runtime.borrow_mut().take();
+                        drop(mine);
+                    }
+                    Some(())
+                })
+                .ok()
+                .flatten()
         });
         ran.is_some()
     }
@@ -646,10 +652,13 @@ impl Runtime {
         if slot.is_ready() {
             return true;
         }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return false; // a poll: nothing given back, nobody woken
+        }
         let pool = self.inner.pool();
         if pool.on_executor() {
             // Spin briefly before giving the CPU away: most nested results are moments away.
-            if slot.spin(Duration::from_micros(20)) {
+            if slot.spin(crate::object::spin_until(deadline, Duration::from_micros(20))) {
                 return true;
             }
             return pool.block_in_place(|| slot.wait(deadline));
@@ -764,14 +773,18 @@ impl RuntimeInner {
     /// A fresh task id: (node, this thread's worker number, its next sequence number). No
     /// shared counter is touched after a thread's first id.
     pub(crate) fn next_task_id(&self) -> TaskId {
-        THREAD.with(|st| {
-            let (mut w, s) = st.idgen.get();
-            if w == 0 {
-                w = NEXT_WORKER.fetch_add(1, Ordering::Relaxed);
-            }
-            st.idgen.set((w, s + 1));
-            TaskId::new(self.node, w, s)
-        })
+        THREAD
+            .try_with(|st| {
+                let (mut w, s) = st.idgen.get();
+                if w == 0 {
+                    w = NEXT_WORKER.fetch_add(1, Ordering::Relaxed);
+                }
+                st.idgen.set((w, s + 1));
+                TaskId::new(self.node, w, s)
+            })
+            // A thread whose thread-locals are gone (a put from a thread-local destructor):
+            // a worker number of its own for this one id.
+            .unwrap_or_else(|_| TaskId::new(self.node, NEXT_WORKER.fetch_add(1, Ordering::Relaxed), 0))
     }
 
     /// Seals what an invocation produced as object `id`.

@@ -144,7 +144,7 @@ pub(crate) fn submit_when_ready(rt: &Arc<RuntimeInner>, job: Work, class: ClassI
 
 /// The store keys of the running call's inputs, as `with_inputs` saw them.
 pub(crate) fn stored_inputs() -> Vec<Option<u128>> {
-    THREAD.with(|st| st.stored_inputs.borrow().clone())
+    THREAD.try_with(|st| st.stored_inputs.borrow().clone()).unwrap_or_default()
 }
 
 /// Resolves argument bytes and runs `f` over them (stored arguments stay pinned meanwhile).
@@ -206,7 +206,7 @@ pub(crate) fn task_error(function: &Arc<str>, f: Failure, attempts: u32) -> Erro
 
 /// The result object of the task running on this thread.
 pub(crate) fn current_task() -> Option<ObjectId> {
-    THREAD.with(|st| st.task.get())
+    THREAD.try_with(|st| st.task.get()).ok().flatten()
 }
 
 /// Runs a task on this thread (whose state is `st`) and completes its result, or launches

@@ -247,3 +247,38 @@ fn promises_complete_refs_from_outside_and_a_dropped_one_is_an_object_lost() {
     rt.shutdown();
     assert!(matches!(rt.promise(), Err(Error::Shutdown)));
 }
+
+#[test]
+fn puts_and_polls_work_from_a_thread_local_destructor() {
+    // A thread-local registered before the runtime's own is destroyed after it: its
+    // destructor then uses a runtime whose thread state on this thread is gone.
+    struct Late(rayhpc::Runtime, rayhpc::ObjectRef<u32>, std::sync::mpsc::Sender<Result<u32, String>>);
+    impl Drop for Late {
+        fn drop(&mut self) {
+            let got = (|| {
+                let r = self.0.put(&5u32).map_err(|e| e.to_string())?;
+                if rayhpc::Runtime::current().is_some() {
+                    return Err("a runtime outside any task".to_string());
+                }
+                let polled = self.0.wait_ready(&self.1, Some(Duration::ZERO));
+                Ok(self.0.get(&r).map_err(|e| e.to_string())? + u32::from(polled))
+            })();
+            self.2.send(got).unwrap();
+        }
+    }
+    thread_local! {
+        static LATE: std::cell::RefCell<Option<Late>> = const { std::cell::RefCell::new(None) };
+    }
+    let rt = common::rt(1);
+    let ready = rt.put(&1u32).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let rt2 = rt.clone();
+    std::thread::spawn(move || {
+        LATE.with(|l| *l.borrow_mut() = Some(Late(rt2.clone(), ready, tx)));
+        rt2.put(&2u32).unwrap(); // the runtime's thread state, registered after LATE
+    })
+    .join()
+    .expect("the destructor did not panic");
+    assert_eq!(rx.recv().unwrap(), Ok(6));
+    rt.shutdown();
+}

@@ -1,6 +1,7 @@
-//! The executor pool: one pinned thread per CPU of the topology, work-stealing deques with
-//! NUMA-ordered victims, a global injector for submissions from outside, resource admission
-//! through the [`Ledger`], and compensation threads for executors that block.
+//! The executor pool: one thread per CPU of the topology (bound to its NUMA node's CPUs, or
+//! to its own, see [`Pin`]), work-stealing deques with NUMA-ordered victims, a global
+//! injector for submissions from outside, resource admission through the [`Ledger`], and
+//! compensation threads for executors that block.
 //!
 //! # How a job travels
 //! 1. [`Pool::submit`] wraps the job with its resource class in a `Runnable` and pushes it on
@@ -220,7 +221,9 @@ static NEXT_POOL_ID: AtomicUsize = AtomicUsize::new(1);
 
 /// Runs `f` on this thread's executor state when it is an executor of pool `id`.
 fn with_local<J: Job, R>(id: usize, f: impl FnOnce(&mut Local<J>) -> R) -> Option<R> {
-    STATE.with(|st| with_local_in(st, id, f))
+    // A thread whose thread-locals are gone (a call from a thread-local destructor) is no
+    // executor.
+    STATE.try_with(|st| with_local_in(st, id, f)).ok().flatten()
 }
 
 /// [`with_local`] on a thread state already reached.
@@ -356,7 +359,8 @@ impl<J: Job> Pool<J> {
         self.shared.primaries
     }
 
-    /// The CPU each executor is placed on.
+    /// Each executor's home CPU: its place in the victim order, and the CPU it is bound to
+    /// under [`Pin::Cpu`] (under [`Pin::Numa`] it may run on any CPU of that CPU's node).
     pub fn executor_cpus(&self) -> &[usize] {
         &self.shared.cpus
     }
@@ -430,7 +434,7 @@ impl<J: Job> Pool<J> {
             h
         });
         let Some(held) = held else {
-            return match STATE.with(|st| st.inline.get()) {
+            return match STATE.try_with(|st| st.inline.get()).ok().flatten() {
                 Some((pool, c)) if pool == sh.id => {
                     release(sh, c);
                     let out = f();
@@ -489,7 +493,8 @@ impl<J: Job> Pool<J> {
     /// `None` is returned: the job then runs on an executor as usual. `f` returns `None` when
     /// it found the job already taken.
     pub fn run_inline<R>(&self, class: ClassId, f: impl FnOnce() -> Option<R>) -> Option<R> {
-        STATE.with(|st| self.run_inline_in(st, class, f))
+        // A thread whose thread-locals are gone does not run the job: the executors do.
+        STATE.try_with(|st| self.run_inline_in(st, class, f)).ok().flatten()
     }
 
     fn run_inline_in<R>(&self, st: &ThreadState, class: ClassId, f: impl FnOnce() -> Option<R>) -> Option<R> {

@@ -455,7 +455,10 @@ rayhpc_status rayhpc_ref_release(rayhpc_ref r);
  * Waits until `num_returns` of the `n` objects are ready or `timeout_s` passes (negative:
  * forever). `ready[i]` (n bytes) is set to 1 for each object ready when the call returns
  * (there may be more than `num_returns`), 0 otherwise; `*num_ready` is how many are. A
- * timeout is not an error here.
+ * timeout is not an error here. Waiting for all of them without a timeout, the calling
+ * thread may run their tasks itself (as `rayhpc_get` may). A ref released by another
+ * thread while it is waited for is `RAYHPC_E_BAD_HANDLE`; a shutdown meanwhile,
+ * `RAYHPC_E_SHUTDOWN`.
  *
  * # Safety
  * `refs` points to `n` handles; `ready` to `n` writable bytes; `num_ready` is NULL or

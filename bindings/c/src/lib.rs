@@ -1303,7 +1303,10 @@ pub extern "C" fn rayhpc_ref_release(r: rayhpc_ref) -> rayhpc_status {
 /// Waits until `num_returns` of the `n` objects are ready or `timeout_s` passes (negative:
 /// forever). `ready[i]` (n bytes) is set to 1 for each object ready when the call returns
 /// (there may be more than `num_returns`), 0 otherwise; `*num_ready` is how many are. A
-/// timeout is not an error here.
+/// timeout is not an error here. Waiting for all of them without a timeout, the calling
+/// thread may run their tasks itself (as `rayhpc_get` may). A ref released by another
+/// thread while it is waited for is `RAYHPC_E_BAD_HANDLE`; a shutdown meanwhile,
+/// `RAYHPC_E_SHUTDOWN`.
 ///
 /// # Safety
 /// `refs` points to `n` handles; `ready` to `n` writable bytes; `num_ready` is NULL or
@@ -1346,7 +1349,8 @@ pub unsafe extern "C" fn rayhpc_wait(
             // SAFETY: `ready` has `n` writable bytes (the caller's contract).
             let ready = if n == 0 { &mut [][..] } else { unsafe { std::slice::from_raw_parts_mut(ready, n) } };
             // Waiting for all of them: one after the other, each as `get` waits (running its
-            // task here when it can), with no wake-up registered and no list made. Else the
+            // task here when it can, else parking on it), with no callback registered on
+            // every one and no list of them made. Else the
             // ones not ready are cloned out and waited for together.
             let all = num_returns == n;
             // Under the lock: every handle checked, the objects ready now marked.
@@ -1375,13 +1379,22 @@ pub unsafe extern "C" fn rayhpc_wait(
                     if ready[i] == 1 {
                         continue;
                     }
-                    // (A handle released meanwhile, by another thread, is not ready.)
                     let is = if timed_out {
-                        // After a timeout, the rest are only looked at.
+                        // After a timeout, the rest are only looked at (one released
+                        // meanwhile by another thread is not ready).
                         REFS.lock().get(h).is_some_and(|o| o.is_ready())
                     } else {
-                        let o = REFS.lock().get(h).cloned();
-                        let Some(o) = o else { continue };
+                        let (o, up) = {
+                            let refs = REFS.lock();
+                            (refs.get(h).cloned(), refs.rt.is_some())
+                        };
+                        let Some(o) = o else {
+                            return Err(if up {
+                                fail(RAYHPC_E_BAD_HANDLE, format!("ref {h:#x} was released while waited for"))
+                            } else {
+                                fail(RAYHPC_E_SHUTDOWN, "rayhpc was shut down during the wait")
+                            });
+                        };
                         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                         timed_out = !rt.wait_ready(&o, left);
                         !timed_out
