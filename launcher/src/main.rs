@@ -7,9 +7,10 @@ mod launch;
 
 /// The runtime allocates a task spec and a result slot per task on the submitting thread and
 /// frees them on an executor; glibc's malloc serialises such cross-thread frees on its arena
-/// locks. mimalloc's per-thread free lists do not (measured: see docs/ARCHITECTURE.md).
+/// locks. mimalloc's per-thread free lists do not (measured: see docs/ARCHITECTURE.md and
+/// `rayhpc_node::alloc`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: rayhpc_node::alloc::Allocator = rayhpc_node::alloc::Allocator;
 
 use std::time::Duration;
 

@@ -10,8 +10,10 @@
 //! Everything here is free of Python's C API: worker processes are plain children speaking
 //! [`wire`] over rings, so the `rayhpc` binary hosts a node without linking libpython, and
 //! the Python extension embeds the same code.
-#![deny(unsafe_code)] // but for kill(2) and signal handlers (`signal`) and the C ABI (`native`)
+#![deny(unsafe_code)] // but for kill(2) and signal handlers (`signal`), the C ABI (`native`) and the allocator (`alloc`)
 
+#[cfg(feature = "mimalloc")]
+pub mod alloc;
 pub mod client;
 pub mod cluster;
 pub mod kv;

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 /// valgrind runs build without it, so that valgrind sees every allocation.)
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: rayhpc_node::alloc::Allocator = rayhpc_node::alloc::Allocator;
 
 use rayhpc::raw::{raw_actor, raw_function, RawActor, RawActorHandle, RawArg, RawClass, RawFailure, RawFn, RawOutput};
 use rayhpc::{Config, Error, FailureKind, ObjectRef, ObjectView, Options, Runtime, Untyped};
