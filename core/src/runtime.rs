@@ -3,7 +3,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
@@ -171,6 +171,10 @@ thread_local! {
 }
 
 static NEXT_WORKER: AtomicU32 = AtomicU32::new(1);
+
+/// The worker number of ids made on a thread whose thread-locals are gone, and their sequence.
+const LATE_WORKER: u32 = u32::MAX;
+static LATE_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Runs `f` with the runtime of the current executor thread.
 pub(crate) fn with_current<R>(f: impl FnOnce(&ThreadState, &Arc<RuntimeInner>) -> R) -> R {
@@ -475,7 +479,8 @@ impl Runtime {
         // between two scans would otherwise be neither counted nor waited for.
         let unready: Vec<&ObjectRef<T>> = refs.iter().filter(|r| !r.is_ready()).collect();
         let ready_now = refs.len() - unready.len();
-        if ready_now < num_returns {
+        // A zero timeout is a poll: nothing registered, nothing given back, nobody woken.
+        if ready_now < num_returns && timeout != Some(Duration::ZERO) {
             let deadline = timeout.map(|t| Instant::now() + t);
             let group = Arc::new(WaitGroup { remaining: AtomicIsize::new((num_returns - ready_now) as isize), thread: thread::current() });
             for r in &unready {
@@ -661,6 +666,9 @@ impl Runtime {
             if slot.spin(crate::object::spin_until(deadline, Duration::from_micros(20))) {
                 return true;
             }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return slot.is_ready();
+            }
             return pool.block_in_place(|| slot.wait(deadline));
         }
         slot.wait(deadline)
@@ -783,8 +791,8 @@ impl RuntimeInner {
                 TaskId::new(self.node, w, s)
             })
             // A thread whose thread-locals are gone (a put from a thread-local destructor):
-            // a worker number of its own for this one id.
-            .unwrap_or_else(|_| TaskId::new(self.node, NEXT_WORKER.fetch_add(1, Ordering::Relaxed), 0))
+            // the worker number kept for such ids, with a shared sequence.
+            .unwrap_or_else(|_| TaskId::new(self.node, LATE_WORKER, LATE_SEQ.fetch_add(1, Ordering::Relaxed)))
     }
 
     /// Seals what an invocation produced as object `id`.

@@ -249,36 +249,56 @@ fn promises_complete_refs_from_outside_and_a_dropped_one_is_an_object_lost() {
 }
 
 #[test]
-fn puts_and_polls_work_from_a_thread_local_destructor() {
+fn puts_polls_and_gets_work_from_a_thread_local_destructor() {
     // A thread-local registered before the runtime's own is destroyed after it: its
-    // destructor then uses a runtime whose thread state on this thread is gone.
-    struct Late(rayhpc::Runtime, rayhpc::ObjectRef<u32>, std::sync::mpsc::Sender<Result<u32, String>>);
+    // destructor then uses a runtime whose thread state on this thread is gone. (A panic
+    // there would abort the test process.)
+    struct Late {
+        rt: rayhpc::Runtime,
+        pending: rayhpc::ObjectRef<u32>,
+        gate: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        out: std::sync::mpsc::Sender<Result<(bool, u32, u32), String>>,
+    }
     impl Drop for Late {
         fn drop(&mut self) {
             let got = (|| {
-                let r = self.0.put(&5u32).map_err(|e| e.to_string())?;
+                let r = self.rt.put(&5u32).map_err(|e| e.to_string())?;
                 if rayhpc::Runtime::current().is_some() {
                     return Err("a runtime outside any task".to_string());
                 }
-                let polled = self.0.wait_ready(&self.1, Some(Duration::ZERO));
-                Ok(self.0.get(&r).map_err(|e| e.to_string())? + u32::from(polled))
+                // Queued behind the gated task on the only executor: a poll says not ready,
+                // and a get cannot run it here (no thread state), so the executor does.
+                let polled = self.rt.wait_ready(&self.pending, Some(Duration::ZERO));
+                self.gate.store(true, std::sync::atomic::Ordering::SeqCst);
+                let v = self.rt.get(&self.pending).map_err(|e| e.to_string())?;
+                Ok((polled, self.rt.get(&r).map_err(|e| e.to_string())?, v))
             })();
-            self.2.send(got).unwrap();
+            self.out.send(got).unwrap();
         }
     }
     thread_local! {
         static LATE: std::cell::RefCell<Option<Late>> = const { std::cell::RefCell::new(None) };
     }
     let rt = common::rt(1);
-    let ready = rt.put(&1u32).unwrap();
+    let gate = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let g = gate.clone();
+    let gated = rayhpc::function("o.gated", move || {
+        while !g.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    let seven = rayhpc::function("o.seven", || 7u32);
+    let started = gated.remote(&rt, ()).unwrap();
+    let pending = seven.remote(&rt, ()).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let rt2 = rt.clone();
     std::thread::spawn(move || {
-        LATE.with(|l| *l.borrow_mut() = Some(Late(rt2.clone(), ready, tx)));
+        LATE.with(|l| *l.borrow_mut() = Some(Late { rt: rt2.clone(), pending, gate, out: tx }));
         rt2.put(&2u32).unwrap(); // the runtime's thread state, registered after LATE
     })
     .join()
-    .expect("the destructor did not panic");
-    assert_eq!(rx.recv().unwrap(), Ok(6));
+    .unwrap();
+    assert_eq!(rx.recv().unwrap(), Ok((false, 5, 7)));
+    rt.get(&started).unwrap();
     rt.shutdown();
 }

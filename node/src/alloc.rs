@@ -12,7 +12,7 @@
 //! `mi_malloc` of a size rounded up to a multiple of the alignment returns a block of a size
 //! class whose blocks are all that aligned (mimalloc starts the first block of every page
 //! 16-aligned); the address is checked anyway, and a block that is not aligned goes back,
-//! for the aligned entry point.
+//! for the aligned entry point (a branch not seen taken in practice).
 #![allow(unsafe_code)] // a global allocator: the `GlobalAlloc` trait and mimalloc's C calls
 
 use std::alloc::{GlobalAlloc, Layout};
@@ -98,25 +98,6 @@ mod tests {
                     a.dealloc(z, l);
                 }
             }
-        }
-    }
-
-    #[test]
-    fn blocks_freed_on_another_thread_are_reused_aligned() {
-        // The runtime's pattern: allocated here, freed there.
-        let l = Layout::from_size_align(88, 16).unwrap();
-        for _ in 0..20 {
-            // SAFETY: non-zero size; each block is freed once, with its layout.
-            let blocks: Vec<usize> = (0..10_000).map(|_| unsafe { Allocator.alloc(l) }.expose_provenance()).collect();
-            assert!(blocks.iter().all(|&p| p != 0 && p.is_multiple_of(16)));
-            std::thread::spawn(move || {
-                for p in blocks {
-                    // SAFETY: a live block of this allocator, freed once.
-                    unsafe { Allocator.dealloc(std::ptr::with_exposed_provenance_mut(p), l) };
-                }
-            })
-            .join()
-            .unwrap();
         }
     }
 }

@@ -1305,8 +1305,9 @@ pub extern "C" fn rayhpc_ref_release(r: rayhpc_ref) -> rayhpc_status {
 /// (there may be more than `num_returns`), 0 otherwise; `*num_ready` is how many are. A
 /// timeout is not an error here. Waiting for all of them without a timeout, the calling
 /// thread may run their tasks itself (as `rayhpc_get` may). A ref released by another
-/// thread while it is waited for is `RAYHPC_E_BAD_HANDLE`; a shutdown meanwhile,
-/// `RAYHPC_E_SHUTDOWN`.
+/// thread while it is waited for is `RAYHPC_E_BAD_HANDLE` (after a timeout, one released
+/// meanwhile counts as not ready); a shutdown meanwhile, `RAYHPC_E_SHUTDOWN`. After an
+/// error, `ready` and `*num_ready` say nothing.
 ///
 /// # Safety
 /// `refs` points to `n` handles; `ready` to `n` writable bytes; `num_ready` is NULL or
