@@ -1351,8 +1351,8 @@ pub unsafe extern "C" fn rayhpc_wait(
             let ready = if n == 0 { &mut [][..] } else { unsafe { std::slice::from_raw_parts_mut(ready, n) } };
             // Waiting for all of them: one after the other, each as `get` waits (running its
             // task here when it can, else parking on it), with no callback registered on
-            // every one and no list of them made. Else the
-            // ones not ready are cloned out and waited for together.
+            // every one and no list of them made. Else the ones not ready are cloned out and
+            // waited for together.
             let all = num_returns == n;
             // Under the lock: every handle checked, the objects ready now marked.
             let (mut count, at, objs) = {
