@@ -25,39 +25,38 @@ pub struct Allocator;
 /// The largest alignment served by `mi_malloc`.
 const PLAIN_ALIGN: usize = 16;
 
+/// A block of `layout` from `plain` (`mi_malloc` or `mi_zalloc`) when the alignment is small
+/// and the block came out aligned; `None` sends the caller to the aligned entry point.
+#[inline]
+fn plain(layout: Layout, plain: unsafe extern "C" fn(usize) -> *mut std::ffi::c_void) -> Option<*mut u8> {
+    if layout.align() > PLAIN_ALIGN {
+        return None;
+    }
+    // SAFETY: `mi_malloc`/`mi_zalloc` take any size; the rounded size cannot overflow (a
+    // layout's size rounded up to its alignment fits in `isize`).
+    let p = unsafe { plain(layout.size().next_multiple_of(layout.align())) }.cast::<u8>();
+    if p.is_null() || p.addr() & (layout.align() - 1) == 0 {
+        return Some(p);
+    }
+    // SAFETY: `p` is a live block that `plain` just returned.
+    unsafe { libmimalloc_sys::mi_free(p.cast()) };
+    None
+}
+
 // SAFETY: every block comes from mimalloc, aligned as asked (checked, or from its aligned
 // entry point), and goes back to it: `mi_free` and `mi_realloc_aligned` take any block of
 // the same heap, however it was allocated.
 unsafe impl GlobalAlloc for Allocator {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if layout.align() <= PLAIN_ALIGN {
-            // SAFETY: `mi_malloc` takes any size; the rounded size cannot overflow (a layout's
-            // size rounded up to its alignment fits in `isize`).
-            let p = unsafe { libmimalloc_sys::mi_malloc(layout.size().next_multiple_of(layout.align())) }.cast::<u8>();
-            if p.is_null() || p.addr() & (layout.align() - 1) == 0 {
-                return p;
-            }
-            // SAFETY: `p` is a live block that `mi_malloc` just returned.
-            unsafe { libmimalloc_sys::mi_free(p.cast()) };
-        }
         // SAFETY: the caller's contract (a non-zero size) is passed on.
-        unsafe { MiMalloc.alloc(layout) }
+        plain(layout, libmimalloc_sys::mi_malloc).unwrap_or_else(|| unsafe { MiMalloc.alloc(layout) })
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if layout.align() <= PLAIN_ALIGN {
-            // SAFETY: as in `alloc`.
-            let p = unsafe { libmimalloc_sys::mi_zalloc(layout.size().next_multiple_of(layout.align())) }.cast::<u8>();
-            if p.is_null() || p.addr() & (layout.align() - 1) == 0 {
-                return p;
-            }
-            // SAFETY: as in `alloc`.
-            unsafe { libmimalloc_sys::mi_free(p.cast()) };
-        }
         // SAFETY: the caller's contract is passed on.
-        unsafe { MiMalloc.alloc_zeroed(layout) }
+        plain(layout, libmimalloc_sys::mi_zalloc).unwrap_or_else(|| unsafe { MiMalloc.alloc_zeroed(layout) })
     }
 
     #[inline]
