@@ -349,10 +349,6 @@ pub fn launch(a: LaunchArgs) -> Result<i32> {
             return Err(e);
         }
     };
-    if let Some((c, _)) = &cluster {
-        let c = Arc::downgrade(c);
-        node.pool().set_cluster_resources(Box::new(move || c.upgrade().map(|c| cluster_sum(&c.view())).unwrap_or_default()));
-    }
     let is_member = cluster.as_ref().is_some_and(|(_, rdv)| rdv.is_none());
     let start_ms = t0.elapsed().as_secs_f64() * 1e3;
     let stop = {

@@ -1,31 +1,22 @@
-//! A driver's end of its attachment to a node runtime (`rayhpc_init` of a C program with
-//! an address, `init(address=...)` in Python): connect to `node.sock` in the node's session
-//! directory, say hello, receive a ring channel's descriptor, then make requests on it
-//! ([`wire`]'s `Envelope`/`Reply`). The node answers each request before the next; refs the
-//! driver dropped travel with its next request (or [`Link::flush_releases`]).
+//! A peer's end of a ring channel to its node runtime: a worker process (the channel
+//! inherited across `exec`, the node its parent) or an attached driver (connected to
+//! `node.sock` in the node's session directory, the channel's descriptor received over the
+//! connection after a hello). [`crate::api::RingClient`] makes the API's calls over it.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rayhpc::objstore::fdpass;
 use rayhpc::objstore::ring::{Channel, Consumer, Producer, RingError};
 
-use crate::wire::{self, Call, Envelope, Reply, Request};
+use crate::wire;
 
-/// An attached driver's link to its node runtime.
-pub struct Link {
-    tx: Producer,
-    rx: Consumer,
-    conn: UnixStream,
-    ch: std::sync::Arc<Channel>,
-    dir: PathBuf,
-    released: Vec<u128>,
-}
-
-/// True while the node is there: it closes the connection when it goes.
-fn alive(c: &UnixStream) -> bool {
+/// True while the process at the other end of `c` is there: it closes the connection when
+/// it goes. `c` is non-blocking, and nothing more is sent on it: a read of 0 bytes is its end.
+pub fn conn_alive(c: &UnixStream) -> bool {
     use std::io::Read;
     let mut b = [0u8; 1];
     match (&*c).read(&mut b) {
@@ -35,8 +26,37 @@ fn alive(c: &UnixStream) -> bool {
     }
 }
 
+/// How a peer tells that its node runtime is still there.
+enum Liveness {
+    /// A worker: the node is its parent process.
+    Parent(u32),
+    /// An attached driver: the connection the channel came over.
+    Conn(UnixStream),
+}
+
+impl Liveness {
+    fn check(&self) -> bool {
+        match self {
+            Liveness::Parent(p) => std::os::unix::process::parent_id() == *p,
+            Liveness::Conn(c) => conn_alive(c),
+        }
+    }
+}
+
+/// One end of a ring channel to a node runtime.
+pub struct Link {
+    tx: Producer,
+    rx: Consumer,
+    peer: Liveness,
+    ch: Arc<Channel>,
+    /// The node's object store socket.
+    store_socket: PathBuf,
+    /// Whether this is a worker (its node sends it calls) rather than an attached driver.
+    worker: bool,
+}
+
 impl Link {
-    /// Attaches to the node runtime whose session directory is `dir`.
+    /// Attaches, as a driver, to the node runtime whose session directory is `dir`.
     ///
     /// # Errors
     /// Nothing listens there, or it does not answer as a node runtime.
@@ -55,60 +75,63 @@ impl Link {
         let ch = Channel::attach(fds.remove(0)).map_err(|e| e.to_string())?;
         conn.set_nonblocking(true).map_err(|e| e.to_string())?;
         let (tx, rx) = ch.peer_ends();
-        Ok(Link { tx, rx, conn, ch, dir: dir.to_path_buf(), released: Vec::new() })
+        Ok(Link { tx, rx, peer: Liveness::Conn(conn), ch, store_socket: dir.join("store.sock"), worker: false })
+    }
+
+    /// The channel this process was started with, as a worker (`RAYHPC_WORKER_FD`,
+    /// `RAYHPC_STORE_SOCKET`).
+    ///
+    /// # Errors
+    /// The variables are not set (not started by a node runtime) or the channel is bad.
+    pub fn inherited() -> Result<Link, String> {
+        let n: i32 = std::env::var("RAYHPC_WORKER_FD")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or("RAYHPC_WORKER_FD is not set: this process was not started by a rayhpc runtime")?;
+        let store_socket = std::env::var_os("RAYHPC_STORE_SOCKET").ok_or("RAYHPC_STORE_SOCKET is not set")?;
+        let fd = fdpass::claim_inherited(n).map_err(|e| e.to_string())?;
+        let ch = Channel::attach(fd).map_err(|e| e.to_string())?;
+        let (tx, rx) = ch.peer_ends();
+        Ok(Link {
+            tx,
+            rx,
+            peer: Liveness::Parent(std::os::unix::process::parent_id()),
+            ch,
+            store_socket: store_socket.into(),
+            worker: true,
+        })
     }
 
     /// The node's object store socket (large values are read and written through it).
-    pub fn store_socket(&self) -> PathBuf {
-        self.dir.join("store.sock")
+    pub fn store_socket(&self) -> &Path {
+        &self.store_socket
     }
 
-    /// Notes that the driver dropped its ref `id` (told with the next request).
-    pub fn release(&mut self, id: u128) {
-        self.released.push(id);
+    /// Whether this process is a worker of the node (rather than an attached driver).
+    pub fn is_worker(&self) -> bool {
+        self.worker
     }
 
-    /// Tells the node now about the refs dropped.
+    /// Sends one message (its parts, one after the other).
     ///
     /// # Errors
-    /// The node is gone.
-    pub fn flush_releases(&mut self) -> Result<(), String> {
-        if self.released.is_empty() {
-            return Ok(());
-        }
-        let ids = std::mem::take(&mut self.released);
-        let conn = &self.conn;
-        self.tx.send(&[&wire::release_header(), &wire::encode(&ids)], None, &mut || alive(conn)).map_err(ring_err)
+    /// The node is gone, or the message is over the ring's limit.
+    pub fn send(&mut self, parts: &[&[u8]]) -> Result<(), RingError> {
+        let peer = &self.peer;
+        self.tx.send(parts, None, &mut || peer.check())
     }
 
-    /// One round trip: the request (with the refs dropped since the last one), its reply.
+    /// The next message, waiting up to `deadline` (forever with `None`).
     ///
     /// # Errors
-    /// The node is gone, the request is over the ring's message limit, or the reply is not
-    /// a reply.
-    pub fn request(&mut self, call: Call) -> Result<Reply, String> {
-        let release = std::mem::take(&mut self.released);
-        let body = wire::encode(&Envelope { release, call });
-        let conn = &self.conn;
-        let mut alive = || alive(conn);
-        self.tx.send(&[&wire::request_header(), &body], None, &mut alive).map_err(ring_err)?;
-        let m = self.rx.recv(None, &mut alive).map_err(ring_err)?.to_vec();
-        match wire::parse_request(&m)? {
-            Request::Reply(b) => wire::decode(b),
-            _ => Err("the node runtime sent a call while a request was outstanding".into()),
-        }
+    /// The node is gone, closed the channel, or the deadline passed.
+    pub fn recv(&mut self, deadline: Option<Instant>) -> Result<Vec<u8>, RingError> {
+        let peer = &self.peer;
+        self.rx.recv(deadline, &mut || peer.check()).map(|m| m.to_vec())
     }
 
-    /// Detaches: the node lets go of this driver's refs.
-    pub fn detach(self) {
+    /// Closes the channel: the node lets go of this process's handles.
+    pub fn close(&self) {
         self.ch.close();
-    }
-}
-
-fn ring_err(e: RingError) -> String {
-    match e {
-        RingError::Closed => "the rayhpc node runtime went away".into(),
-        RingError::TooLarge { size, limit } => format!("the request is {size} bytes, over the limit of {limit} bytes per message"),
-        e => e.to_string(),
     }
 }

@@ -1,26 +1,35 @@
 //! The node runtime: what runs on each node of a rayhpc cluster, and what a driver embeds
 //! when it starts without one. A [`Node`] is the core runtime ([`rayhpc::Runtime`]) plus
 //! - the object store's Unix socket, which worker processes map the arena through;
-//! - the pool of Python worker processes ([`pool`]), started on demand, and one process per
-//!   Python actor;
+//! - the API's one implementation, [`api::Service`]: tasks, actors, objects, names, the KV
+//!   store, over the pool of Python worker processes ([`workers`], started on demand) and
+//!   one process per Python actor ([`actors`]);
 //! - when it serves as a node runtime ([`Node::listen`], [`Node::serve`]), the socket that
 //!   drivers attach to (`python -m rayhpc.node`, `rayhpc launch`), handing each a ring
-//!   channel of its own.
+//!   channel of its own, whose requests the [`server`] makes on the service.
 //!
-//! Everything here is free of Python's C API: worker processes are plain children speaking
-//! [`wire`] over rings, so the `rayhpc` binary hosts a node without linking libpython, and
-//! the Python extension embeds the same code.
+//! Bindings call the [`api::Api`]: an embedded driver holds the node's [`api::Service`], a
+//! worker or attached driver an [`api::RingClient`]. Everything here is free of Python's C
+//! API: worker processes are plain children speaking [`wire`] over rings, so the `rayhpc`
+//! binary hosts a node without linking libpython, and the Python extension embeds the same
+//! code.
 #![deny(unsafe_code)] // but for kill(2) and signal handlers (`signal`), the C ABI (`native`) and the allocator (`alloc`)
 
+pub mod actors;
 #[cfg(feature = "mimalloc")]
 pub mod alloc;
+pub mod api;
+pub mod cancel;
 pub mod client;
 pub mod cluster;
 pub mod kv;
 pub mod native;
-pub mod pool;
+pub mod router;
+pub mod server;
+pub mod session;
 pub mod signal;
 pub mod wire;
+pub mod workers;
 
 use std::collections::HashMap;
 use std::os::unix::net::UnixListener;
@@ -29,10 +38,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rayhpc::raw::raw_function;
-use rayhpc::{Config, Error, FailureKind, Runtime};
+use rayhpc::{Config, Error, Runtime};
 
-use crate::pool::{Pool, Services, WorkerConfig};
+use crate::api::Service;
+use crate::server::Drivers;
+use crate::workers::WorkerConfig;
 
 /// What a node is started with.
 #[derive(Debug, Clone, Default)]
@@ -81,7 +91,8 @@ impl std::error::Error for NodeError {}
 /// A running node runtime (see the crate's docs). Stops on [`Node::shutdown`] (or drop).
 pub struct Node {
     rt: Runtime,
-    pool: Arc<Pool>,
+    service: Arc<Service>,
+    drivers: Drivers,
     server: Mutex<Option<rayhpc::objstore::Server>>,
     dir: PathBuf,
     listener: Mutex<Option<UnixListener>>,
@@ -132,17 +143,16 @@ impl Node {
                 return Err(NodeError::Io(format!("cannot serve the object store at {}", socket.display()), e));
             }
         };
-        let pool = Pool::new(WorkerConfig { python: cfg.python, sys_path: cfg.sys_path });
-        // Weak: the function lives in the process-wide registry for good, the pool (and
-        // through it the runtime and its store) must not.
-        let p = Arc::downgrade(&pool);
-        let task = raw_function("py.task", move |inputs: &[&[u8]]| match p.upgrade() {
-            Some(p) => p.call(inputs),
-            None => Err(pool::failure(FailureKind::Error, "the runtime is shut down")),
-        });
-        let item = raw_function("py.item", pool::item);
-        pool.set_services(Services { rt: rt.clone(), task, item, store_socket: socket });
-        Ok(Node { rt, pool, server: Mutex::new(Some(server)), dir, listener: Mutex::new(None), stopped: AtomicBool::new(false) })
+        let service = Service::new(rt.clone(), WorkerConfig { python: cfg.python, sys_path: cfg.sys_path, store_socket: socket });
+        Ok(Node {
+            rt,
+            service,
+            drivers: Drivers::default(),
+            server: Mutex::new(Some(server)),
+            dir,
+            listener: Mutex::new(None),
+            stopped: AtomicBool::new(false),
+        })
     }
 
     /// The core runtime.
@@ -150,9 +160,9 @@ impl Node {
         &self.rt
     }
 
-    /// The worker pool.
-    pub fn pool(&self) -> &Arc<Pool> {
-        &self.pool
+    /// The API's implementation on this node.
+    pub fn service(&self) -> &Arc<Service> {
+        &self.service
     }
 
     /// The session directory (also the node's address once it listens).
@@ -188,7 +198,7 @@ impl Node {
             };
             match accepted {
                 Ok((conn, _)) => {
-                    if let Err(e) = self.pool.attach_driver(conn) {
+                    if let Err(e) = server::attach_driver(&self.service, &self.drivers, conn) {
                         eprintln!("rayhpc node: refused a connection: {e}");
                     }
                 }
@@ -207,7 +217,8 @@ impl Node {
             return;
         }
         drop(lock(&self.listener).take());
-        self.pool.shutdown();
+        self.drivers.close_all();
+        self.service.shutdown();
         self.rt.shutdown();
         drop(lock(&self.server).take());
         let _ = std::fs::remove_dir_all(&self.dir);

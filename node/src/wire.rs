@@ -11,7 +11,7 @@
 //! | ok (worker → runtime) | `[1, 0 × 7][result bytes]` |
 //! | error (worker → runtime) | `[2, 0 × 3][m: u32][message: m bytes, UTF-8][payload]` |
 //! | request (worker → runtime) | `[3, 0 × 7][postcard Envelope]`: a nested call of the API |
-//! | release (worker → runtime) | `[4, 0 × 7][postcard Vec<u128>]`: refs the worker dropped (no reply) |
+//! | release (worker → runtime) | `[4, 0 × 7][postcard Release]`: handles the worker dropped (no reply) |
 //!
 //! The first argument of a call (after a method's name) is the call's layout (how the rest
 //! map onto positional and keyword parameters, pickled by the driver; empty for
@@ -62,158 +62,155 @@ pub enum Response<'a> {
     Release(&'a [u8]),
 }
 
-/// Task or actor options as a worker sends them.
-#[derive(Serialize, Deserialize, Clone, Debug, Default)]
-pub struct WireOptions {
-    pub name: String,
-    pub num_cpus: Option<f64>,
-    pub num_gpus: Option<f64>,
-    pub resources: Vec<(String, f64)>,
-    pub max_retries: Option<i32>,
-    pub retry_exceptions: Option<bool>,
-    pub max_restarts: Option<i32>,
-    pub max_task_retries: Option<i32>,
-    /// An actor's name (None: anonymous).
-    pub actor_name: Option<String>,
-}
+pub use crate::api::WireOptions;
+use crate::api::{Failure, NodeInfo, ResourceInfo};
+use rayhpc::ids::{ActorId, ObjectId};
 
-/// One argument of a nested call: pickled bytes, or an object the worker holds a ref to.
+/// One argument of a call: a value's bytes, or an object the peer holds a ref to.
 #[derive(Serialize, Deserialize, Debug)]
 pub enum WireArg {
     Value(Vec<u8>),
-    Ref(u128),
+    Ref(ObjectId),
 }
 
-/// A nested call of the API, from a worker.
+/// The function of a submitted task.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub enum WireFunc {
+    /// A Python function by key: the call's arguments are the layout then the values.
+    Python(Key),
+    /// A native C function `library:symbol` (loaded by the node on first use), with the
+    /// arguments' bytes as they are (no layout).
+    Native(String),
+}
+
+/// A call of the API ([`crate::api::Api`]) from a peer of a ring. The table of every kind
+/// is the enum itself: each variant is answered by exactly one arm of the server.
 #[derive(Serialize, Deserialize, Debug)]
 pub enum Call {
-    /// Registers a pickled function or class (defined inside a task) under its key; a
-    /// class has its name.
+    /// Registers a pickled function or class under its key; a class has its name.
     Define {
         key: Key,
         blob: Vec<u8>,
         class_name: Option<String>,
     },
-    /// Submits a task of function `key`: args are the layout then the values.
+    /// Submits a task. Reply: `Ref`.
     Submit {
-        key: Key,
+        func: WireFunc,
         options: WireOptions,
         args: Vec<WireArg>,
     },
-    /// Creates an actor of class `key`.
+    /// Creates an actor of class `key`. Reply: `Actor`.
     CreateActor {
         key: Key,
         options: WireOptions,
         args: Vec<WireArg>,
     },
-    /// Calls a method of an actor.
+    /// Calls a method of an actor. Reply: `Ref`.
     Method {
-        actor: u128,
+        actor: ActorId,
         method: String,
         args: Vec<WireArg>,
     },
+    /// Stores a value. Reply: `Ref`.
     Put {
         bytes: Vec<u8>,
     },
+    /// Reads objects. Reply: `Values` (stored objects as key markers, read in place).
     Get {
-        ids: Vec<u128>,
+        ids: Vec<ObjectId>,
         timeout: Option<f64>,
     },
+    /// Waits for objects. Reply: `Ready`.
     Wait {
-        ids: Vec<u128>,
+        ids: Vec<ObjectId>,
         num_returns: usize,
         timeout: Option<f64>,
     },
     Kill {
-        actor: u128,
+        actor: ActorId,
     },
+    /// Reply: `Actor`.
     GetActor {
         name: String,
     },
     /// Keeps object `id` alive while a ref to it travels inside a value.
-    PinRef {
-        id: u128,
+    Escape {
+        id: ObjectId,
+    },
+    /// The ref of object `id`, which travelled inside a value. Reply: `Ref`.
+    RefFromId {
+        id: ObjectId,
+        from_actor: bool,
+    },
+    /// Keeps an actor alive while a handle to it travels in a value.
+    EscapeActor {
+        actor: ActorId,
+    },
+    /// A handle of actor `actor` (class `key`), which travelled inside a value. Reply: `Actor`.
+    ActorFromId {
+        actor: ActorId,
+        key: Key,
     },
     /// Cancels the task whose result is `id`.
     Cancel {
-        id: u128,
+        id: ObjectId,
         force: bool,
     },
-    /// Splits the result of `id` (a call with several returns) into `n` objects.
+    /// Splits the result of `id` (a call with several returns) into `n` objects. Reply: `Refs`.
     Items {
-        id: u128,
+        id: ObjectId,
         n: u32,
     },
-    /// Keeps an actor alive while a handle to it travels in a value.
-    PinActor {
-        actor: u128,
-    },
-    /// The runtime takes a reference to `key`, which the worker sealed into the store: as a
-    /// new object (`as_ref`, a put: the reply is its ref), or as the result of the running
-    /// call (the reply is `Done`; the call's answer then names the key).
+    /// The node takes a reference to `key`, which the peer sealed into the store: as a new
+    /// object (`as_ref`, a put: the reply is its ref), or as the result of the running call
+    /// (the reply is `Done`; the call's answer then names the key).
     Adopt {
         key: u128,
         as_ref: bool,
     },
+    /// Reply: `Resources`.
     Resources,
-    /// Submits a native task: the C function `library:symbol` (loaded by the node on first
-    /// use), with the arguments' bytes as they are (no layout).
-    SubmitNative {
-        name: String,
-        options: WireOptions,
-        args: Vec<WireArg>,
-    },
-    /// The nodes of the cluster (`ray.nodes()`).
+    /// The nodes of the cluster (`ray.nodes()`). Reply: `Nodes`.
     Nodes,
-    /// An operation on the cluster's KV store.
+    /// An operation on the cluster's KV store. Reply: `Kv`.
     Kv(crate::kv::KvOp),
 }
 
-/// A node as `ray.nodes()` shows it.
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct WireNode {
-    /// Its rank in the launch.
-    pub rank: u32,
-    pub alive: bool,
-    /// Its transport address's IP.
-    pub address: String,
-    pub host: String,
-    /// (name, total).
-    pub resources: Vec<(String, f64)>,
+/// What a peer let go of since it last said.
+#[derive(Serialize, Deserialize, Debug, Default)]
+pub struct Release {
+    pub objects: Vec<ObjectId>,
+    pub actors: Vec<ActorId>,
 }
 
-/// A request: the call, and the refs the worker dropped since its last request.
+impl Release {
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty() && self.actors.is_empty()
+    }
+}
+
+/// A request: the call, and what the peer let go of since its last request.
 #[derive(Serialize, Deserialize, Debug)]
 pub struct Envelope {
-    pub release: Vec<u128>,
+    pub release: Release,
     pub call: Call,
-}
-
-/// A failed object as a worker sees it.
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct WireFailure {
-    pub kind: String,
-    pub function: String,
-    pub message: String,
-    pub payload: Option<Vec<u8>>,
-    pub attempts: u32,
 }
 
 /// The answer to a request.
 #[derive(Serialize, Deserialize, Debug)]
 pub enum Reply {
     Done,
-    Ref(u128),
-    Refs(Vec<u128>),
+    Ref(ObjectId),
+    Refs(Vec<ObjectId>),
     /// An actor: id, class key.
-    Actor(u128, Key),
-    Values(Vec<Result<Vec<u8>, WireFailure>>),
+    Actor(ActorId, Key),
+    Values(Vec<Result<Vec<u8>, Failure>>),
     Ready(Vec<u32>),
-    Resources(Vec<(String, f64, f64)>),
-    Nodes(Vec<WireNode>),
+    Resources(Vec<ResourceInfo>),
+    Nodes(Vec<NodeInfo>),
     Kv(crate::kv::KvAnswer),
-    /// The request failed as a whole: (exception kind, message); kinds as `WireFailure`.
-    Failed(String, String),
+    /// The request failed as a whole.
+    Failed(Failure),
 }
 
 /// A driver's hello to a node runtime (then its pid, u32), and the node's answer (with the

@@ -9,10 +9,9 @@
 //! never taken for one of the other.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
-use rayhpc_node::client::Link;
-use rayhpc_node::wire::{self, Call, Reply, WireArg, WireFailure, WireOptions};
+use rayhpc_node::api::{Api, Arg, CallOptions, ErrorKind, Failure, Func, Ref, RingClient, Value, WireOptions};
 
 use crate::{
     fail, lock, rayhpc_arg, rayhpc_options, rayhpc_status, resources_of, text, Table, ARG_BYTES, ARG_REF, RAYHPC_E_ACTOR_DIED,
@@ -23,11 +22,11 @@ use crate::{
 pub(crate) const TAG: u64 = 1 << 63;
 
 static ON: AtomicBool = AtomicBool::new(false);
-static LINK: Mutex<Option<Link>> = Mutex::new(None);
-/// Handle → the object's id at the node.
-static REFS: Mutex<Table<u128>> = Mutex::new(Table::new());
-/// View handle → the bytes (copied out of the node's store: not zero-copy yet).
-static VIEWS: Mutex<Table<Vec<u8>>> = Mutex::new(Table::new());
+static CLIENT: Mutex<Option<std::sync::Arc<RingClient>>> = Mutex::new(None);
+/// Handle → the node's object.
+static REFS: Mutex<Table<Ref>> = Mutex::new(Table::new());
+/// View handle → the bytes (mapped from the node's store when they live there).
+static VIEWS: Mutex<Table<Value>> = Mutex::new(Table::new());
 
 /// True while attached.
 pub(crate) fn on() -> bool {
@@ -45,8 +44,8 @@ pub(crate) fn attach(address: &str) -> Result<(), rayhpc_status> {
     } else {
         std::path::PathBuf::from(address)
     };
-    let link = Link::attach(&dir).map_err(|e| fail(RAYHPC_E_SHUTDOWN, e))?;
-    *lock(&LINK) = Some(link);
+    let client = RingClient::attach(&dir).map_err(|f| fail(RAYHPC_E_SHUTDOWN, f.message))?;
+    *lock(&CLIENT) = Some(std::sync::Arc::new(client));
     ON.store(true, Ordering::Release);
     Ok(())
 }
@@ -55,55 +54,39 @@ pub(crate) fn attach(address: &str) -> Result<(), rayhpc_status> {
 /// invalid from now on.
 pub(crate) fn detach() {
     ON.store(false, Ordering::Release);
-    let _ = lock(&REFS).drain();
     let _ = lock(&VIEWS).drain();
-    if let Some(l) = lock(&LINK).take() {
-        l.detach();
+    let _ = lock(&REFS).drain();
+    if let Some(c) = lock(&CLIENT).take() {
+        c.detach();
     }
 }
 
-/// The status and message of a failure the node reported.
-fn failure(f: &WireFailure) -> rayhpc_status {
-    let status = match f.kind.as_str() {
-        "task" | "worker_died" | "cancelled" => RAYHPC_E_TASK,
-        "actor_died" => RAYHPC_E_ACTOR_DIED,
-        "timeout" => RAYHPC_E_TIMEOUT,
-        "store" | "object_lost" => RAYHPC_E_STORE,
-        "shutdown" => RAYHPC_E_SHUTDOWN,
+/// The status and message of a failure.
+fn failure(f: &Failure) -> rayhpc_status {
+    let status = match f.kind {
+        ErrorKind::Task | ErrorKind::WorkerDied | ErrorKind::Cancelled => RAYHPC_E_TASK,
+        ErrorKind::ActorDied => RAYHPC_E_ACTOR_DIED,
+        ErrorKind::Timeout => RAYHPC_E_TIMEOUT,
+        ErrorKind::Store | ErrorKind::ObjectLost => RAYHPC_E_STORE,
+        ErrorKind::Shutdown => RAYHPC_E_SHUTDOWN,
         _ => RAYHPC_E_INVALID,
     };
-    if f.function.is_empty() {
-        fail(status, f.message.clone())
-    } else {
-        fail(status, format!("task '{}' failed: {}", f.function, f.message))
-    }
+    fail(status, f.to_string())
 }
 
-fn request(call: Call) -> Result<Reply, rayhpc_status> {
-    let mut g = lock(&LINK);
-    let link = g.as_mut().ok_or_else(|| fail(RAYHPC_E_SHUTDOWN, "not attached"))?;
-    match link.request(call) {
-        Ok(Reply::Failed(kind, message)) => {
-            Err(failure(&WireFailure { kind, function: String::new(), message, payload: None, attempts: 0 }))
-        }
-        Ok(r) => Ok(r),
-        Err(e) => Err(fail(RAYHPC_E_SHUTDOWN, e)),
-    }
+fn client() -> Result<std::sync::Arc<RingClient>, rayhpc_status> {
+    lock(&CLIENT).clone().ok_or_else(|| fail(RAYHPC_E_SHUTDOWN, "not attached"))
 }
 
-fn unexpected(r: &Reply) -> rayhpc_status {
-    fail(RAYHPC_E_INVALID, format!("the node runtime answered {r:?}"))
-}
-
-fn id_of(h: u64) -> Result<u128, rayhpc_status> {
+fn ref_of(h: u64) -> Result<Ref, rayhpc_status> {
     if h & TAG == 0 {
         return Err(fail(RAYHPC_E_BAD_HANDLE, format!("ref {h:#x} is not a handle of this attachment")));
     }
-    lock(&REFS).get(h & !TAG).copied().ok_or_else(|| fail(RAYHPC_E_BAD_HANDLE, format!("ref {h:#x} is released or was never made")))
+    lock(&REFS).get(h & !TAG).cloned().ok_or_else(|| fail(RAYHPC_E_BAD_HANDLE, format!("ref {h:#x} is released or was never made")))
 }
 
-fn new_ref(id: u128) -> u64 {
-    lock(&REFS).insert(id) | TAG
+fn new_ref(r: Ref) -> u64 {
+    lock(&REFS).insert(r) | TAG
 }
 
 /// The options of a call, as the node takes them.
@@ -154,74 +137,55 @@ pub(crate) unsafe fn submit(
     }
     // SAFETY: the caller's contract.
     let args = unsafe { crate::arg_slice(args, nargs) }?;
-    let mut wargs = Vec::with_capacity(args.len());
+    let mut out = Vec::with_capacity(args.len());
     for (i, a) in args.iter().enumerate() {
         match a.kind {
             // SAFETY: the caller's contract for argument bytes.
-            ARG_BYTES => wargs.push(WireArg::Value(unsafe { crate::bytes(a.bytes.data, a.bytes.len, "argument bytes") }?.to_vec())),
-            ARG_REF => wargs.push(WireArg::Ref(
-                id_of(a.r#ref)
+            ARG_BYTES => out.push(Arg::Bytes(unsafe { crate::bytes(a.bytes.data, a.bytes.len, "argument bytes") }?.to_vec())),
+            ARG_REF => out.push(Arg::Ref(
+                ref_of(a.r#ref)
                     .map_err(|_| fail(RAYHPC_E_BAD_HANDLE, format!("argument {i}: ref {:#x} is released or was never made", a.r#ref)))?,
             )),
             k => return Err(crate::bad_kind(i, k)),
         }
     }
     // SAFETY: the caller's contract.
-    let options = unsafe { wire_options(options) }?;
-    match request(Call::SubmitNative { name: name.to_string(), options, args: wargs })? {
-        Reply::Ref(id) => Ok(new_ref(id)),
-        r => Err(unexpected(&r)),
-    }
+    let options = CallOptions::new(unsafe { wire_options(options) }?);
+    let r = client()?.submit(&Func::Native(name.to_string()), out, &options).map_err(|f| failure(&f))?;
+    Ok(new_ref(r))
 }
 
 /// Stores `bytes` at the node.
 pub(crate) fn put(bytes: &[u8]) -> Result<u64, rayhpc_status> {
-    match request(Call::Put { bytes: bytes.to_vec() })? {
-        Reply::Ref(id) => Ok(new_ref(id)),
-        r => Err(unexpected(&r)),
-    }
+    let r = client()?
+        .put(bytes.len(), &mut |buf| {
+            buf.copy_from_slice(bytes);
+            Ok(())
+        })
+        .map_err(|f| failure(&f))?;
+    Ok(new_ref(r))
 }
 
-/// The node's store, for values that live there (connected on first use).
-fn store() -> Result<&'static rayhpc::objstore::Client, rayhpc_status> {
-    static CLIENT: OnceLock<Result<rayhpc::objstore::Client, String>> = OnceLock::new();
-    let path = lock(&LINK).as_ref().map(Link::store_socket).ok_or_else(|| fail(RAYHPC_E_SHUTDOWN, "not attached"))?;
-    CLIENT
-        .get_or_init(|| rayhpc::objstore::Client::connect(&path).map_err(|e| format!("cannot connect to the node's store: {e}")))
-        .as_ref()
-        .map_err(|e| fail(RAYHPC_E_STORE, e.clone()))
+fn secs(t: Option<f64>) -> Result<Option<std::time::Duration>, rayhpc_status> {
+    rayhpc_node::api::timeout_secs(t).map_err(|f| failure(&f))
 }
 
-/// The bytes of object `h`, waiting at most `timeout` seconds (`None`: forever).
+/// The value of object `h`, waiting at most `timeout` seconds (`None`: forever).
+fn value_of(h: u64, timeout: Option<f64>) -> Result<Value, rayhpc_status> {
+    let r = ref_of(h)?;
+    let mut values = client()?.get(std::slice::from_ref(&r), secs(timeout)?).map_err(|f| failure(&f))?;
+    values.pop().expect("one value per ref").map_err(|f| failure(&f))
+}
+
+/// The bytes of object `h`, copied.
 pub(crate) fn value(h: u64, timeout: Option<f64>) -> Result<Vec<u8>, rayhpc_status> {
-    let id = id_of(h)?;
-    let mut values = match request(Call::Get { ids: vec![id], timeout })? {
-        Reply::Values(v) if v.len() == 1 => v,
-        r => return Err(unexpected(&r)),
-    };
-    match values.remove(0) {
-        Err(f) => Err(failure(&f)),
-        Ok(b) => match wire::parse_key_marker(&b) {
-            // In the node's store: read there (the node holds it while this handle lives).
-            Some((key, len)) => {
-                let v = store()?
-                    .get(key)
-                    .map_err(|e| fail(RAYHPC_E_STORE, e.to_string()))?
-                    .ok_or_else(|| fail(RAYHPC_E_STORE, format!("object {key:032x} is not in the node's store")))?;
-                if v.len() as u64 != len {
-                    return Err(fail(RAYHPC_E_STORE, "the stored object has another size than announced"));
-                }
-                Ok(v.to_vec())
-            }
-            None => Ok(b),
-        },
-    }
+    value_of(h, timeout).map(|v| v.to_vec())
 }
 
-/// A view of object `h` (its bytes held here).
+/// A view of object `h`: in place in the node's store when it lives there (zero-copy).
 pub(crate) fn view(h: u64, timeout: Option<f64>) -> Result<u64, rayhpc_status> {
-    let b = value(h, timeout)?;
-    Ok(lock(&VIEWS).insert(b) | TAG)
+    let v = value_of(h, timeout)?;
+    Ok(lock(&VIEWS).insert(v) | TAG)
 }
 
 /// Calls `f` with a view's bytes.
@@ -244,29 +208,20 @@ pub(crate) fn view_release(v: u64) -> rayhpc_status {
 pub(crate) fn ref_release(h: u64) -> rayhpc_status {
     let gone = (h & TAG != 0).then(|| lock(&REFS).remove(h & !TAG)).flatten();
     match gone {
-        Some(id) => {
-            if let Some(l) = lock(&LINK).as_mut() {
-                l.release(id);
-            }
-            crate::RAYHPC_OK
-        }
+        Some(_) => crate::RAYHPC_OK,
         None => fail(RAYHPC_E_BAD_HANDLE, format!("ref {h:#x} is released or was never made")),
     }
 }
 
 /// Which of `hs` are ready once `num_returns` are, or at the timeout.
 pub(crate) fn wait(hs: &[u64], num_returns: usize, timeout: Option<f64>) -> Result<Vec<bool>, rayhpc_status> {
-    let ids = hs.iter().map(|&h| id_of(h)).collect::<Result<Vec<_>, _>>()?;
-    match request(Call::Wait { ids, num_returns, timeout })? {
-        Reply::Ready(ix) => {
-            let mut ready = vec![false; hs.len()];
-            for i in ix {
-                if let Some(r) = ready.get_mut(i as usize) {
-                    *r = true;
-                }
-            }
-            Ok(ready)
+    let refs = hs.iter().map(|&h| ref_of(h)).collect::<Result<Vec<_>, _>>()?;
+    let ix = client()?.wait(&refs, num_returns, secs(timeout)?).map_err(|f| failure(&f))?;
+    let mut ready = vec![false; hs.len()];
+    for i in ix {
+        if let Some(r) = ready.get_mut(i as usize) {
+            *r = true;
         }
-        r => Err(unexpected(&r)),
     }
+    Ok(ready)
 }

@@ -1,123 +1,93 @@
-//! The calls `rayhpc/__init__.py` makes: in the driver, into the embedded runtime of this
-//! process; in a worker process, as requests to the runtime that started it (`worker.rs`).
-//! Every call that can block releases the GIL while it waits.
+//! The calls `rayhpc/__init__.py` makes, translated to the node layer's one API
+//! ([`rayhpc_node::api::Api`]): in an embedded driver the node runtime's own service, in a
+//! worker or an attached driver a ring client to the node. Nothing here asks which: this
+//! file only converts between Python's types and the API's. Every call that can block
+//! releases the GIL while it waits.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 
 use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
-use rayhpc::ids::ActorId;
-use rayhpc::raw::{raw_actor_by_id, RawActorHandle, RawArg, RawState};
-use rayhpc::{Error, Untyped};
-
-use crate::buffer::{Held, Pinned};
-use crate::worker;
-use rayhpc_node::pool::{failure_of, fetch, to_options, wait_indices};
-use rayhpc_node::wire::{Call, Key, Reply, WireArg, WireFailure, WireOptions};
+use rayhpc::ids::{ActorId, ObjectId};
+use rayhpc_node::api::{self, ActorRef, Api, Arg, CallOptions, ErrorKind, Failure, Func, Ref, RingClient, Value, WireOptions};
+use rayhpc_node::wire::Key;
 use rayhpc_node::{Node, NodeConfig};
 
-/// The embedded node runtime of a driver process.
-type State = Node;
+use crate::buffer::{Held, Pinned};
 
-static STATE: Mutex<Option<Arc<State>>> = Mutex::new(None);
-
-/// Where the API's calls go.
-enum Mode {
-    /// This process is the driver: its embedded runtime.
-    Driver(Arc<State>),
-    /// This process is a worker: requests to its runtime.
-    Worker,
+/// This process's runtime: the API, and what carries it.
+#[derive(Clone)]
+pub struct State {
+    pub api: Arc<dyn Api>,
+    /// The embedded node runtime (a driver that embeds one).
+    pub node: Option<Arc<Node>>,
+    /// The ring to the node (a worker, or an attached driver).
+    pub ring: Option<Arc<RingClient>>,
 }
 
-fn mode() -> PyResult<Mode> {
-    if let Some(s) = STATE.lock().unwrap_or_else(|e| e.into_inner()).clone() {
-        return Ok(Mode::Driver(s));
-    }
-    if worker::in_worker() {
-        return Ok(Mode::Worker);
-    }
-    Err(PyRuntimeError::new_err("rayhpc is not initialized: call rayhpc.init()"))
+static STATE: RwLock<Option<State>> = RwLock::new(None);
+
+/// The runtime of this process.
+pub fn state() -> PyResult<State> {
+    STATE
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .ok_or_else(|| PyRuntimeError::new_err("rayhpc is not initialized: call rayhpc.init()"))
 }
 
-/// A ref a worker holds: the runtime keeps the object until the worker drops it.
-pub struct RemoteId(u128);
-
-impl Drop for RemoteId {
-    fn drop(&mut self) {
-        worker::released(self.0);
-    }
+fn api() -> PyResult<Arc<dyn Api>> {
+    Ok(state()?.api)
 }
 
-pub enum RefInner {
-    Local(rayhpc::ObjectRef<Untyped>),
-    Remote(RemoteId),
+/// Makes `s` this process's runtime, unless it has one.
+pub fn set_state(s: State) -> PyResult<()> {
+    let mut g = STATE.write().unwrap_or_else(|e| e.into_inner());
+    if g.is_some() {
+        return Err(PyRuntimeError::new_err("rayhpc is already initialized"));
+    }
+    *g = Some(s);
+    Ok(())
+}
+
+fn take_state() -> Option<State> {
+    STATE.write().unwrap_or_else(|e| e.into_inner()).take()
+}
+
+/// The Python exception of a failed call.
+pub fn py_err(f: Failure) -> PyErr {
+    match f.kind {
+        ErrorKind::Value | ErrorKind::NoActor => PyValueError::new_err(f.message),
+        ErrorKind::Store => PyMemoryError::new_err(f.message),
+        ErrorKind::ActorDied => Python::attach(|py| match py.import("rayhpc.exceptions").and_then(|m| m.getattr("ActorDiedError")) {
+            Ok(cls) => PyErr::from_type(cls.cast_into().expect("a class"), f.message),
+            Err(e) => e,
+        }),
+        _ => PyRuntimeError::new_err(f.to_string()),
+    }
 }
 
 /// A future: the handle to an object of the runtime.
 #[pyclass(frozen, module = "rayhpc._native", name = "ObjectRef")]
 pub struct PyObjectRef {
-    inner: RefInner,
-    /// Made by an actor call (a lost process then reads as the actor's death).
-    actor: bool,
-}
-
-impl PyObjectRef {
-    fn id(&self) -> u128 {
-        match &self.inner {
-            RefInner::Local(r) => r.id().0,
-            RefInner::Remote(r) => r.0,
-        }
-    }
-
-    fn local(r: rayhpc::ObjectRef<Untyped>, actor: bool) -> Self {
-        PyObjectRef { inner: RefInner::Local(r), actor }
-    }
-
-    fn from_reply(reply: Reply, actor: bool) -> PyResult<Self> {
-        match reply {
-            Reply::Ref(id) => Ok(PyObjectRef { inner: RefInner::Remote(RemoteId(id)), actor }),
-            other => Err(unexpected(other)),
-        }
-    }
-}
-
-fn unexpected(r: Reply) -> PyErr {
-    match r {
-        Reply::Failed(kind, message) => failed(&kind, message),
-        other => PyRuntimeError::new_err(format!("unexpected reply from the runtime: {other:?}")),
-    }
-}
-
-fn failed(kind: &str, message: String) -> PyErr {
-    match kind {
-        "value" => PyValueError::new_err(message),
-        "store" => PyMemoryError::new_err(message),
-        "actor_died" => Python::attach(|py| match py.import("rayhpc.exceptions").and_then(|m| m.getattr("ActorDiedError")) {
-            Ok(cls) => PyErr::from_type(cls.cast_into().expect("a class"), message),
-            Err(e) => e,
-        }),
-        _ => PyRuntimeError::new_err(message),
-    }
+    r: Ref,
 }
 
 #[pymethods]
 impl PyObjectRef {
     /// The object's id as hex.
     fn hex(&self) -> String {
-        format!("{:032x}", self.id())
+        format!("{:032x}", self.r.id().0)
     }
 
     /// True once the object is computed (or failed): `get` will not block.
     fn is_ready(&self, py: Python<'_>) -> PyResult<bool> {
-        match &self.inner {
-            RefInner::Local(r) => Ok(r.is_ready()),
-            RefInner::Remote(r) => match worker::request(py, Call::Wait { ids: vec![r.0], num_returns: 1, timeout: Some(0.0) })? {
-                Reply::Ready(v) => Ok(!v.is_empty()),
-                other => Err(unexpected(other)),
-            },
-        }
+        let api = api()?;
+        let r = self.r.clone();
+        let ready = py.detach(|| api.wait(std::slice::from_ref(&r), 1, Some(std::time::Duration::ZERO))).map_err(py_err)?;
+        Ok(!ready.is_empty())
     }
 
     fn __repr__(&self) -> String {
@@ -125,27 +95,20 @@ impl PyObjectRef {
     }
 
     fn __hash__(&self) -> u64 {
-        let id = self.id();
+        let id = self.r.id().0;
         (id as u64) ^ ((id >> 64) as u64)
     }
 
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
-        other.cast::<PyObjectRef>().is_ok_and(|o| o.get().id() == self.id())
+        other.cast::<PyObjectRef>().is_ok_and(|o| o.get().r.id() == self.r.id())
     }
 
     /// A ref inside a value travels as a ref (Ray's rule): pickled as its id, with its object
     /// kept alive by the runtime until shutdown.
     fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Reduced<'py>> {
-        match (mode()?, &self.inner) {
-            (Mode::Driver(s), RefInner::Local(r)) => s.pool().escape(r, self.actor),
-            (Mode::Driver(_), RefInner::Remote(_)) => return Err(PyValueError::new_err("an ObjectRef of a worker used in the driver")),
-            (Mode::Worker, _) => match worker::request(py, Call::PinRef { id: self.id() })? {
-                Reply::Done => {}
-                other => return Err(unexpected(other)),
-            },
-        }
+        api()?.escape(&self.r).map_err(py_err)?;
         let rebuild = py.import("rayhpc._native")?.getattr("ref_from_id")?;
-        Ok((rebuild, (PyBytes::new(py, &self.id().to_le_bytes()), self.actor)))
+        Ok((rebuild, (PyBytes::new(py, &self.r.id().0.to_le_bytes()), self.r.from_actor())))
     }
 }
 
@@ -156,51 +119,30 @@ type Reduced<'py> = (Bound<'py, PyAny>, (Bound<'py, PyBytes>, bool));
 #[pyfunction]
 pub fn ref_from_id(id: &[u8], actor: bool) -> PyResult<PyObjectRef> {
     let id = u128::from_le_bytes(id.try_into().map_err(|_| PyValueError::new_err("an object id is 16 bytes"))?);
-    match mode()? {
-        Mode::Driver(s) => match s.pool().escaped(id) {
-            Some((r, actor)) => Ok(PyObjectRef::local(r, actor)),
-            None => Err(PyValueError::new_err(format!("ObjectRef({id:032x}) is not known to this runtime"))),
-        },
-        Mode::Worker => Ok(PyObjectRef { inner: RefInner::Remote(RemoteId(id)), actor }),
-    }
-}
-
-pub enum ActorInner {
-    Local(RawActorHandle),
-    Remote(u128),
+    Ok(PyObjectRef { r: api()?.ref_from_id(ObjectId(id), actor).map_err(py_err)? })
 }
 
 /// A handle to an actor (the Python `ActorHandle` wraps it with its class's methods).
 #[pyclass(frozen, module = "rayhpc._native", name = "ActorRef")]
 pub struct PyActorRef {
-    inner: ActorInner,
-    key: Key,
-}
-
-impl PyActorRef {
-    fn id(&self) -> u128 {
-        match &self.inner {
-            ActorInner::Local(h) => h.id().0,
-            ActorInner::Remote(id) => *id,
-        }
-    }
+    a: ActorRef,
 }
 
 #[pymethods]
 impl PyActorRef {
     /// The actor's id as hex.
     fn hex(&self) -> String {
-        format!("{:032x}", self.id())
+        format!("{:032x}", self.a.id().0)
     }
 
     /// The actor's id, 16 bytes.
     fn id_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, &self.id().to_le_bytes())
+        PyBytes::new(py, &self.a.id().0.to_le_bytes())
     }
 
     /// The key of the actor's class.
     fn class_key<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, &self.key)
+        PyBytes::new(py, &self.a.class_key())
     }
 }
 
@@ -208,8 +150,7 @@ impl PyActorRef {
 /// by every submit.
 #[pyclass(frozen, module = "rayhpc._native")]
 pub struct TaskOptions {
-    w: WireOptions,
-    task: rayhpc::Options,
+    o: CallOptions,
 }
 
 #[pymethods]
@@ -241,26 +182,12 @@ impl TaskOptions {
             max_task_retries,
             actor_name,
         };
-        TaskOptions { task: to_options(&w, false), w }
+        TaskOptions { o: CallOptions::new(w) }
     }
 }
 
 fn key_of(key: &[u8]) -> PyResult<Key> {
     key.try_into().map_err(|_| PyValueError::new_err("a function or class key is 16 bytes"))
-}
-
-/// The error for a store refusal: ObjectStoreFullError's kind when it is about room.
-pub fn store_py_err(message: &str, room: bool) -> PyErr {
-    if room {
-        PyMemoryError::new_err(message.to_string())
-    } else {
-        PyRuntimeError::new_err(message.to_string())
-    }
-}
-
-fn py_err(e: Error) -> PyErr {
-    let f = failure_of(e, false);
-    failed(&f.kind, f.message)
 }
 
 /// Starts the embedded runtime of this process.
@@ -274,12 +201,11 @@ pub fn init(
     resources: Option<HashMap<String, f64>>,
     object_store_memory: Option<usize>,
 ) -> PyResult<()> {
-    if worker::in_worker() {
-        return Err(PyRuntimeError::new_err("rayhpc.init() inside a task or actor: the worker is already attached to its runtime"));
-    }
-    let mut g = STATE.lock().unwrap_or_else(|e| e.into_inner());
-    if g.is_some() {
-        return Err(PyRuntimeError::new_err("rayhpc is already initialized"));
+    if let Ok(s) = state() {
+        return Err(PyRuntimeError::new_err(match s.ring {
+            Some(r) if r.is_worker() => "rayhpc.init() inside a task or actor: the worker is already attached to its runtime",
+            _ => "rayhpc is already initialized",
+        }));
     }
     let cfg = NodeConfig {
         python: python.into(),
@@ -291,46 +217,54 @@ pub fn init(
         node_id: 0,
     };
     let node = Node::start(cfg).map_err(|e| match e {
-        rayhpc_node::NodeError::Runtime(e) => py_err(e),
+        rayhpc_node::NodeError::Runtime(e) => py_err(e.into()),
         rayhpc_node::NodeError::Invalid(m) => PyValueError::new_err(m),
         e @ rayhpc_node::NodeError::Io(..) => PyRuntimeError::new_err(e.to_string()),
     })?;
-    *g = Some(Arc::new(node));
-    Ok(())
+    let node = Arc::new(node);
+    set_state(State { api: node.service().clone(), node: Some(node), ring: None })
 }
 
-/// Stops the workers and the runtime. A no-op when not initialized.
+/// Stops the embedded runtime (its workers too), or detaches from the node. A no-op when
+/// not initialized.
 #[pyfunction]
 pub fn shutdown(py: Python<'_>) {
-    let s = STATE.lock().unwrap_or_else(|e| e.into_inner()).take();
-    if let Some(s) = s {
-        py.detach(|| s.shutdown());
+    if let Some(s) = take_state() {
+        if let Some(n) = s.node {
+            py.detach(|| n.shutdown());
+        }
+        if let Some(r) = s.ring {
+            r.detach();
+        }
     }
 }
 
 /// Attaches this process as a driver to the node runtime of session directory `dir`.
 #[pyfunction]
 pub fn attach(dir: std::path::PathBuf) -> PyResult<()> {
-    if is_initialized() {
+    if state().is_ok() {
         return Err(PyRuntimeError::new_err("rayhpc is already initialized"));
     }
-    worker::attach(&dir)
+    let ring = Arc::new(RingClient::attach(&dir).map_err(|f| pyo3::exceptions::PyConnectionError::new_err(f.message))?);
+    set_state(State { api: ring.clone(), node: None, ring: Some(ring) })
 }
 
-/// Detaches an attached driver; a no-op otherwise.
+/// Detaches an attached driver; a no-op otherwise (see `shutdown`).
 #[pyfunction]
-pub fn detach() {
-    worker::detach();
+pub fn detach(py: Python<'_>) {
+    shutdown(py);
+}
+
+fn embedded(what: &str) -> PyResult<Arc<Node>> {
+    state()?.node.ok_or_else(|| PyRuntimeError::new_err(format!("{what} needs an embedded runtime (init() first, with no address)")))
 }
 
 /// Makes this process's runtime a node runtime that drivers attach to: listens on
 /// `node.sock` in its session directory, which it returns (the address).
 #[pyfunction]
 pub fn node_listen() -> PyResult<String> {
-    let Mode::Driver(s) = mode()? else {
-        return Err(PyRuntimeError::new_err("node_listen() needs an embedded runtime (init() first)"));
-    };
-    let dir = s.listen().map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    let n = embedded("node_listen()")?;
+    let dir = n.listen().map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
     Ok(dir.to_string_lossy().into_owned())
 }
 
@@ -338,10 +272,10 @@ pub fn node_listen() -> PyResult<String> {
 /// shuts down; checks for signals every 50 ms.
 #[pyfunction]
 pub fn node_serve(py: Python<'_>) -> PyResult<()> {
-    let Mode::Driver(s) = mode()? else { return Ok(()) };
+    let Ok(n) = embedded("node_serve()") else { return Ok(()) };
     let mut signalled = None;
     let served = py.detach(|| {
-        s.serve(|| {
+        n.serve(|| {
             // Signals are Python's to handle: look every round (50 ms), GIL taken briefly.
             signalled = Python::attach(|py| py.check_signals().err());
             signalled.is_none()
@@ -356,69 +290,38 @@ pub fn node_serve(py: Python<'_>) -> PyResult<()> {
 /// True in an initialized driver, and in a worker process.
 #[pyfunction]
 pub fn is_initialized() -> bool {
-    STATE.lock().unwrap_or_else(|e| e.into_inner()).is_some() || worker::in_worker()
+    state().is_ok()
 }
 
 /// "driver", "worker", or None when not initialized.
 #[pyfunction]
 pub fn mode_name() -> Option<&'static str> {
-    match mode() {
-        Ok(Mode::Driver(_)) => Some("driver"),
-        Ok(Mode::Worker) => Some("worker"),
-        Err(_) => None,
-    }
+    let s = state().ok()?;
+    Some(if s.ring.is_some_and(|r| r.is_worker()) { "worker" } else { "driver" })
 }
 
 /// Registers a pickled function under its 16-byte key.
 #[pyfunction]
 pub fn register_function(py: Python<'_>, key: &[u8], blob: &[u8]) -> PyResult<()> {
-    let key = key_of(key)?;
-    match mode()? {
-        Mode::Driver(s) => s.pool().define(key, blob),
-        Mode::Worker => worker::define(py, key, blob, None)?,
-    }
-    Ok(())
+    let (api, key) = (api()?, key_of(key)?);
+    py.detach(|| api.define(key, blob, None)).map_err(py_err)
 }
 
 /// Registers a pickled class under its 16-byte key.
 #[pyfunction]
 pub fn register_class(py: Python<'_>, key: &[u8], blob: &[u8], name: &str) -> PyResult<()> {
-    let key = key_of(key)?;
-    match mode()? {
-        Mode::Driver(s) => {
-            s.pool().define(key, blob);
-            s.pool().class(key, name);
-        }
-        Mode::Worker => worker::define(py, key, blob, Some(name.to_string()))?,
-    }
-    Ok(())
+    let (api, key) = (api()?, key_of(key)?);
+    py.detach(|| api.define(key, blob, Some(name))).map_err(py_err)
 }
 
 /// The arguments of a call: each pickled bytes or an ObjectRef (resolved before the call).
-fn raw_args(args: &Bound<'_, PyList>) -> PyResult<Vec<RawArg>> {
-    let mut raw = Vec::with_capacity(args.len());
-    for a in args.iter() {
-        if let Ok(b) = a.cast::<PyBytes>() {
-            raw.push(RawArg::Bytes(b.as_bytes().to_vec()));
-        } else if let Ok(r) = a.cast::<PyObjectRef>() {
-            match &r.get().inner {
-                RefInner::Local(r) => raw.push(RawArg::Ref(r.clone())),
-                RefInner::Remote(_) => return Err(PyValueError::new_err("an ObjectRef of a worker used in the driver")),
-            }
-        } else {
-            return Err(PyTypeError::new_err("a task argument is pickled bytes or an ObjectRef"));
-        }
-    }
-    Ok(raw)
-}
-
-fn wire_args(args: &Bound<'_, PyList>) -> PyResult<Vec<WireArg>> {
+fn args_of(args: &Bound<'_, PyList>) -> PyResult<Vec<Arg>> {
     let mut out = Vec::with_capacity(args.len());
     for a in args.iter() {
         if let Ok(b) = a.cast::<PyBytes>() {
-            out.push(WireArg::Value(b.as_bytes().to_vec()));
+            out.push(Arg::Bytes(b.as_bytes().to_vec()));
         } else if let Ok(r) = a.cast::<PyObjectRef>() {
-            out.push(WireArg::Ref(r.get().id()));
+            out.push(Arg::Ref(r.get().r.clone()));
         } else {
             return Err(PyTypeError::new_err("a task argument is pickled bytes or an ObjectRef"));
         }
@@ -435,200 +338,110 @@ pub fn submit(
     args: &Bound<'_, PyList>,
     options: &Bound<'_, TaskOptions>,
 ) -> PyResult<PyObjectRef> {
-    match mode()? {
-        Mode::Driver(s) => {
-            let mut raw = vec![RawArg::Bytes(key.as_bytes().to_vec())];
-            raw.extend(raw_args(args)?);
-            let services = s.pool().services_task();
-            let r = services.remote(s.runtime(), raw, &options.get().task).map_err(py_err)?;
-            Ok(PyObjectRef::local(r, false))
-        }
-        Mode::Worker => {
-            let call = Call::Submit { key: key_of(key.as_bytes())?, options: options.get().w.clone(), args: wire_args(args)? };
-            PyObjectRef::from_reply(worker::request(py, call)?, false)
-        }
-    }
+    let (api, f, args) = (api()?, Func::Python(key_of(key.as_bytes())?), args_of(args)?);
+    let o = &options.get().o;
+    let r = py.detach(|| api.submit(&f, args, o)).map_err(py_err)?;
+    Ok(PyObjectRef { r })
 }
 
-/// Creates an actor of class `key` with constructor arguments as for `submit`.
+/// Creates an actor of class `key` with arguments as for `submit`.
 #[pyfunction]
 pub fn create_actor(py: Python<'_>, key: &[u8], args: &Bound<'_, PyList>, options: &Bound<'_, TaskOptions>) -> PyResult<PyActorRef> {
-    let key = key_of(key)?;
-    match mode()? {
-        Mode::Driver(s) => {
-            let raw = raw_args(args)?;
-            let h = s.pool().create_actor(key, &options.get().w, raw).map_err(py_err)?;
-            Ok(PyActorRef { inner: ActorInner::Local(h), key })
-        }
-        Mode::Worker => match worker::request(py, Call::CreateActor { key, options: options.get().w.clone(), args: wire_args(args)? })? {
-            Reply::Actor(id, key) => Ok(PyActorRef { inner: ActorInner::Remote(id), key }),
-            other => Err(unexpected(other)),
-        },
-    }
+    let (api, key, args) = (api()?, key_of(key)?, args_of(args)?);
+    let o = &options.get().o;
+    let a = py.detach(|| api.create_actor(key, args, o)).map_err(py_err)?;
+    Ok(PyActorRef { a })
 }
 
 /// Calls `method` of an actor with arguments as for `submit`.
 #[pyfunction]
 pub fn actor_call(py: Python<'_>, actor: &Bound<'_, PyActorRef>, method: &str, args: &Bound<'_, PyList>) -> PyResult<PyObjectRef> {
-    let a = actor.get();
-    match (mode()?, &a.inner) {
-        (Mode::Driver(s), ActorInner::Local(h)) => {
-            let r = s.pool().call_actor(h, method, raw_args(args)?).map_err(py_err)?;
-            Ok(PyObjectRef::local(r, true))
-        }
-        (Mode::Driver(s), ActorInner::Remote(id)) => {
-            let r = s.pool().call_actor_id(*id, method, raw_args(args)?).map_err(py_err)?;
-            Ok(PyObjectRef::local(r, true))
-        }
-        (Mode::Worker, _) => {
-            let call = Call::Method { actor: a.id(), method: method.to_string(), args: wire_args(args)? };
-            PyObjectRef::from_reply(worker::request(py, call)?, true)
-        }
-    }
+    let (api, args) = (api()?, args_of(args)?);
+    let a = &actor.get().a;
+    let r = py.detach(|| api.call_actor(a, method, args)).map_err(py_err)?;
+    Ok(PyObjectRef { r })
 }
 
-/// Cancels the task of `r` (see `Pool::cancel`); a no-op for a task already done.
+/// Cancels the task of `r` (see `Api::cancel`); a no-op for a task already done.
 #[pyfunction]
 pub fn cancel(py: Python<'_>, r: &Bound<'_, PyObjectRef>, force: bool) -> PyResult<()> {
-    let r = r.get();
-    if r.actor {
+    let r = &r.get().r;
+    if r.from_actor() {
         return Err(pyo3::exceptions::PyNotImplementedError::new_err(
             "cancelling an actor call is not supported yet: kill the actor instead",
         ));
     }
-    match (mode()?, &r.inner) {
-        (Mode::Driver(s), RefInner::Local(local)) => {
-            if !local.is_ready() {
-                s.pool().cancel(local.id().0, force);
-            }
-            Ok(())
-        }
-        (Mode::Driver(_), RefInner::Remote(_)) => Err(PyValueError::new_err("an ObjectRef of a worker used in the driver")),
-        (Mode::Worker, _) => match worker::request(py, Call::Cancel { id: r.id(), force })? {
-            Reply::Done => Ok(()),
-            other => Err(unexpected(other)),
-        },
-    }
+    let api = api()?;
+    py.detach(|| api.cancel(r, force)).map_err(py_err)
 }
 
 /// The `n` refs of a call with several returns, from the call's own ref.
 #[pyfunction]
 pub fn items(py: Python<'_>, r: &Bound<'_, PyObjectRef>, n: u32) -> PyResult<Vec<PyObjectRef>> {
-    let r = r.get();
-    match (mode()?, &r.inner) {
-        (Mode::Driver(s), RefInner::Local(local)) => {
-            let refs = rayhpc_node::pool::items(s.pool().services(), local, n).map_err(py_err)?;
-            Ok(refs.into_iter().map(|x| PyObjectRef::local(x, r.actor)).collect())
-        }
-        (Mode::Driver(_), RefInner::Remote(_)) => Err(PyValueError::new_err("an ObjectRef of a worker used in the driver")),
-        (Mode::Worker, _) => match worker::request(py, Call::Items { id: r.id(), n })? {
-            Reply::Refs(ids) => {
-                Ok(ids.into_iter().map(|id| PyObjectRef { inner: RefInner::Remote(RemoteId(id)), actor: r.actor }).collect())
-            }
-            other => Err(unexpected(other)),
-        },
-    }
+    let api = api()?;
+    let r = &r.get().r;
+    let refs = py.detach(|| api.items(r, n)).map_err(py_err)?;
+    Ok(refs.into_iter().map(|r| PyObjectRef { r }).collect())
 }
 
 /// Kills an actor: its process stops now, later calls raise RayActorError.
 #[pyfunction]
 pub fn kill(py: Python<'_>, actor: &Bound<'_, PyActorRef>) -> PyResult<()> {
-    let id = actor.get().id();
-    match mode()? {
-        Mode::Driver(s) => py.detach(|| s.pool().kill_id(id)),
-        Mode::Worker => {
-            worker::request(py, Call::Kill { actor: id })?;
-        }
-    }
-    Ok(())
+    let api = api()?;
+    let a = &actor.get().a;
+    py.detach(|| api.kill(a)).map_err(py_err)
 }
 
 /// The live actor named `name`.
 #[pyfunction]
 pub fn get_actor(py: Python<'_>, name: &str) -> PyResult<PyActorRef> {
-    match mode()? {
-        Mode::Driver(s) => {
-            let h = s
-                .runtime()
-                .get_actor::<RawState>(name)
-                .map_err(|_| PyValueError::new_err(format!("Failed to look up actor with name '{name}'")))?;
-            let key =
-                s.pool().actor_key(h.id().0).ok_or_else(|| PyValueError::new_err(format!("Failed to look up actor with name '{name}'")))?;
-            Ok(PyActorRef { inner: ActorInner::Local(h), key })
-        }
-        Mode::Worker => match worker::request(py, Call::GetActor { name: name.to_string() })? {
-            Reply::Actor(id, key) => Ok(PyActorRef { inner: ActorInner::Remote(id), key }),
-            Reply::Failed(..) => Err(PyValueError::new_err(format!("Failed to look up actor with name '{name}'"))),
-            other => Err(unexpected(other)),
-        },
+    let api = api()?;
+    match py.detach(|| api.get_actor(name)) {
+        Ok(a) => Ok(PyActorRef { a }),
+        Err(_) => Err(PyValueError::new_err(format!("Failed to look up actor with name '{name}'"))),
     }
 }
 
 /// Keeps the actor alive while its handle travels inside a value (until kill or shutdown).
 #[pyfunction]
 pub fn actor_pin(py: Python<'_>, actor: &Bound<'_, PyActorRef>) -> PyResult<()> {
-    let a = actor.get();
-    match (mode()?, &a.inner) {
-        (Mode::Driver(s), ActorInner::Local(h)) => s.pool().pin_actor(h),
-        (Mode::Driver(_), ActorInner::Remote(_)) => {}
-        (Mode::Worker, _) => {
-            worker::request(py, Call::PinActor { actor: a.id() })?;
-        }
-    }
-    Ok(())
+    let api = api()?;
+    let a = &actor.get().a;
+    py.detach(|| api.escape_actor(a)).map_err(py_err)
 }
 
 /// The handle of the actor with id `id` (16 bytes) and class `key`, as unpickled.
 #[pyfunction]
-pub fn actor_from_id(id: &[u8], key: &[u8]) -> PyResult<PyActorRef> {
-    let id = u128::from_le_bytes(id.try_into().map_err(|_| PyValueError::new_err("an actor id is 16 bytes"))?);
-    let key = key_of(key)?;
-    match mode()? {
-        Mode::Driver(_) => match raw_actor_by_id(ActorId(id)) {
-            Some(h) => Ok(PyActorRef { inner: ActorInner::Local(h), key }),
-            // Gone already: calls through this handle fail as calls to a dead actor.
-            None => Ok(PyActorRef { inner: ActorInner::Remote(id), key }),
-        },
-        Mode::Worker => Ok(PyActorRef { inner: ActorInner::Remote(id), key }),
-    }
+pub fn actor_from_id(py: Python<'_>, id: &[u8], key: &[u8]) -> PyResult<PyActorRef> {
+    let id = ActorId(u128::from_le_bytes(id.try_into().map_err(|_| PyValueError::new_err("an actor id is 16 bytes"))?));
+    let (api, key) = (api()?, key_of(key)?);
+    let a = py.detach(|| api.actor_from_id(id, key)).map_err(py_err)?;
+    Ok(PyActorRef { a })
 }
 
 /// Stores a value, given as the parts of its pickle (see `_serial.dumps`), as an object:
 /// copied once, straight into the store when large.
 #[pyfunction]
 pub fn put(py: Python<'_>, parts: &Bound<'_, PyList>) -> PyResult<PyObjectRef> {
-    let total = worker::total_len(parts)?;
-    match mode()? {
-        Mode::Driver(s) => {
-            let r = s.runtime().put_with(total, |buf| worker::copy_parts(py, parts, buf).map_err(StoreFill::Py)).map_err(|e| match e {
-                StoreFill::Py(e) => e,
-                StoreFill::Rt(e) => py_err(e),
-            })?;
-            Ok(PyObjectRef::local(r, false))
-        }
-        Mode::Worker if worker::put_goes_to_store(total) => PyObjectRef::from_reply(worker::put_stored(py, parts, total)?, false),
-        Mode::Worker => {
-            let mut bytes = vec![0u8; total];
-            worker::copy_parts(py, parts, &mut bytes)?;
-            PyObjectRef::from_reply(worker::request(py, Call::Put { bytes })?, false)
-        }
-    }
-}
-
-/// A `put_with` failure: the runtime's, or the copy's.
-enum StoreFill {
-    Rt(Error),
-    Py(PyErr),
-}
-
-impl From<Error> for StoreFill {
-    fn from(e: Error) -> Self {
-        StoreFill::Rt(e)
+    let total = crate::worker::total_len(parts)?;
+    let api = api()?;
+    // The copy needs the GIL (Python buffers): this call keeps it.
+    let mut copy_err = None;
+    let r = api.put(total, &mut |buf| {
+        crate::worker::copy_parts(py, parts, buf).map_err(|e| {
+            let m = e.to_string();
+            copy_err = Some(e);
+            m
+        })
+    });
+    match (r, copy_err) {
+        (_, Some(e)) => Err(e),
+        (r, None) => Ok(PyObjectRef { r: r.map_err(py_err)? }),
     }
 }
 
 /// A failed object as Python reads it: `(kind, function, message, payload, attempts)`.
-fn failure_tuple<'py>(py: Python<'py>, f: &WireFailure) -> PyResult<Bound<'py, PyAny>> {
+fn failure_tuple<'py>(py: Python<'py>, f: &Failure) -> PyResult<Bound<'py, PyAny>> {
     let payload = match &f.payload {
         Some(p) => PyBytes::new(py, p).into_any(),
         None => py.None().into_bound(py),
@@ -646,10 +459,10 @@ fn failure_tuple<'py>(py: Python<'py>, f: &WireFailure) -> PyResult<Bound<'py, P
     .into_any())
 }
 
-fn refs_list(list: &Bound<'_, PyList>) -> PyResult<Vec<Py<PyObjectRef>>> {
+fn refs_of(list: &Bound<'_, PyList>) -> PyResult<Vec<Ref>> {
     list.iter()
         .map(|r| {
-            r.cast::<PyObjectRef>().map(|r| r.clone().unbind()).map_err(|_| {
+            r.cast::<PyObjectRef>().map(|r| r.get().r.clone()).map_err(|_| {
                 PyTypeError::new_err(format!(
                     "expected an ObjectRef, got {}",
                     r.get_type().name().map(|n| n.to_string()).unwrap_or_default()
@@ -659,13 +472,14 @@ fn refs_list(list: &Bound<'_, PyList>) -> PyResult<Vec<Py<PyObjectRef>>> {
         .collect()
 }
 
-fn locals(refs: &[Py<PyObjectRef>]) -> PyResult<Vec<rayhpc::ObjectRef<Untyped>>> {
-    refs.iter()
-        .map(|r| match &r.get().inner {
-            RefInner::Local(r) => Ok(r.clone()),
-            RefInner::Remote(_) => Err(PyValueError::new_err("an ObjectRef of a worker used in the driver")),
-        })
-        .collect()
+/// A value as Python reads it: a stored object in place (zero-copy, pinned while Python
+/// uses it), else bytes.
+pub fn py_value<'py>(py: Python<'py>, v: Value) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match v {
+        Value::View(v) if v.is_stored() => Bound::new(py, Pinned::new(Held::Local(v)))?.into_any(),
+        Value::Mapped(v) => Bound::new(py, Pinned::new(Held::Client(v)))?.into_any(),
+        v => PyBytes::new(py, &v).into_any(),
+    })
 }
 
 /// Reads objects: one result per ref, bytes or a failure tuple (see `failure_tuple`),
@@ -673,34 +487,13 @@ fn locals(refs: &[Py<PyObjectRef>]) -> PyResult<Vec<rayhpc::ObjectRef<Untyped>>>
 #[pyfunction]
 #[pyo3(signature = (refs, timeout=None))]
 pub fn get<'py>(py: Python<'py>, refs: &Bound<'py, PyList>, timeout: Option<f64>) -> PyResult<Bound<'py, PyList>> {
-    let list = refs_list(refs)?;
+    let (api, refs, timeout) = (api()?, refs_of(refs)?, api::timeout_secs(timeout).map_err(py_err)?);
+    let values = py.detach(|| api.get(&refs, timeout)).map_err(py_err)?;
     let out = PyList::empty(py);
-    match mode()? {
-        Mode::Driver(s) => {
-            let rs = locals(&list)?;
-            let views = py.detach(|| fetch(s.runtime(), &rs, timeout));
-            for (v, r) in views.into_iter().zip(&list) {
-                match v {
-                    // A stored object is read in place (zero-copy), pinned while Python uses it.
-                    Ok(v) if v.is_stored() => out.append(Pinned::new(Held::Local(v)))?,
-                    Ok(v) => out.append(PyBytes::new(py, &v))?,
-                    Err(e) => out.append(failure_tuple(py, &failure_of(e, r.get().actor))?)?,
-                }
-            }
-        }
-        Mode::Worker => {
-            let ids = list.iter().map(|r| r.get().id()).collect();
-            match worker::request(py, Call::Get { ids, timeout })? {
-                Reply::Values(vs) => {
-                    for v in vs {
-                        match v {
-                            Ok(b) => out.append(PyBytes::new(py, &b))?,
-                            Err(f) => out.append(failure_tuple(py, &f)?)?,
-                        }
-                    }
-                }
-                other => return Err(unexpected(other)),
-            }
+    for v in values {
+        match v {
+            Ok(v) => out.append(py_value(py, v)?)?,
+            Err(f) => out.append(failure_tuple(py, &f)?)?,
         }
     }
     Ok(out)
@@ -711,45 +504,24 @@ pub fn get<'py>(py: Python<'py>, refs: &Bound<'py, PyList>, timeout: Option<f64>
 #[pyfunction]
 #[pyo3(signature = (refs, num_returns, timeout=None))]
 pub fn wait(py: Python<'_>, refs: &Bound<'_, PyList>, num_returns: usize, timeout: Option<f64>) -> PyResult<Vec<u32>> {
-    let list = refs_list(refs)?;
-    match mode()? {
-        Mode::Driver(s) => {
-            let rs = locals(&list)?;
-            py.detach(|| wait_indices(s.runtime(), &rs, num_returns, timeout)).map_err(py_err)
-        }
-        Mode::Worker => {
-            let ids = list.iter().map(|r| r.get().id()).collect();
-            match worker::request(py, Call::Wait { ids, num_returns, timeout })? {
-                Reply::Ready(v) => Ok(v),
-                other => Err(unexpected(other)),
-            }
-        }
-    }
+    let (api, refs, timeout) = (api()?, refs_of(refs)?, api::timeout_secs(timeout).map_err(py_err)?);
+    py.detach(|| api.wait(&refs, num_returns, timeout)).map_err(py_err)
 }
 
 /// Total and available amount of every resource: `{name: (total, available)}`.
 #[pyfunction]
 pub fn resources(py: Python<'_>) -> PyResult<HashMap<String, (f64, f64)>> {
-    match mode()? {
-        Mode::Driver(s) => Ok(s.runtime().resources().into_iter().map(|v| (v.name.to_string(), (v.total, v.available))).collect()),
-        Mode::Worker => match worker::request(py, Call::Resources)? {
-            Reply::Resources(v) => Ok(v.into_iter().map(|(n, t, a)| (n, (t, a))).collect()),
-            other => Err(unexpected(other)),
-        },
-    }
+    let api = api()?;
+    let v = py.detach(|| api.resources()).map_err(py_err)?;
+    Ok(v.into_iter().map(|r| (r.name, (r.total, r.available))).collect())
 }
 
 /// The nodes of the cluster: `[(rank, alive, address, host, {resource: total})]`.
 #[pyfunction]
 #[allow(clippy::type_complexity)]
 pub fn nodes(py: Python<'_>) -> PyResult<Vec<(u32, bool, String, String, HashMap<String, f64>)>> {
-    let list = match mode()? {
-        Mode::Driver(s) => s.pool().nodes(),
-        Mode::Worker => match worker::request(py, Call::Nodes)? {
-            Reply::Nodes(v) => v,
-            other => return Err(unexpected(other)),
-        },
-    };
+    let api = api()?;
+    let list = py.detach(|| api.nodes()).map_err(py_err)?;
     Ok(list.into_iter().map(|n| (n.rank, n.alive, n.address, n.host, n.resources.into_iter().collect())).collect())
 }
 
@@ -779,13 +551,8 @@ pub fn kv<'py>(
         "watch" => KvOp::Watch { prefix: key, since, timeout },
         other => return Err(PyValueError::new_err(format!("no KV operation {other:?}"))),
     };
-    let answer = match mode()? {
-        Mode::Driver(s) => py.detach(|| s.pool().kv(op)).map_err(py_err)?,
-        Mode::Worker => match worker::request(py, Call::Kv(op))? {
-            Reply::Kv(a) => a,
-            other => return Err(unexpected(other)),
-        },
-    };
+    let api = api()?;
+    let answer = py.detach(|| api.kv(op)).map_err(py_err)?;
     let bytes = |b: Vec<u8>| PyBytes::new(py, &b).into_any();
     Ok(match answer {
         KvAnswer::Put { existed } => existed.into_pyobject(py)?.to_owned().into_any(),
@@ -799,20 +566,17 @@ pub fn kv<'py>(
     })
 }
 
-/// Objects in the node's store now (driver only; for tests and diagnostics).
+/// Objects in the node's store now (embedded driver only; for tests and diagnostics).
 #[pyfunction]
 pub fn store_objects() -> PyResult<usize> {
-    match mode()? {
-        Mode::Driver(s) => Ok(s.runtime().object_store().objects()),
-        Mode::Worker => Err(PyRuntimeError::new_err("store_objects() is only available in the driver")),
-    }
+    Ok(embedded("store_objects()")?.runtime().object_store().objects())
 }
 
-/// Process ids of the live worker processes, and how many were started in all (driver only).
+/// Process ids of the live worker processes, and how many were started in all (embedded
+/// driver only).
 #[pyfunction]
 pub fn workers() -> PyResult<(Vec<u32>, usize)> {
-    match mode()? {
-        Mode::Driver(s) => Ok((s.pool().live(), s.pool().started())),
-        Mode::Worker => Err(PyRuntimeError::new_err("workers() is only available in the driver")),
-    }
+    let n = embedded("workers()")?;
+    let w = n.service().workers();
+    Ok((w.live(), w.started()))
 }

@@ -27,10 +27,12 @@ use rayhpc_transport::{Config, Endpoint, Frame, Kind, NodeId, Peer};
 use self::control::{Head, Load, NodeInfo, Request, Response, CONTROL};
 use self::fabric::{FabricMode, NodeFabric};
 use self::remote::{Candidate, Remote, Via};
+use crate::api::{NodeInfo as ApiNode, ResourceInfo};
 use crate::kv::{self, KvAnswer, KvEvents, KvOp};
-use crate::pool::{Router, TaskFn};
+use crate::router::{Here, Router, TaskFn};
 use crate::wire::WireOptions;
 use crate::Node;
+use rayhpc::ids::{ActorId, ObjectId};
 use rayhpc::raw::RawArg;
 use rayhpc::{Error, ObjectRef, Untyped};
 
@@ -195,7 +197,7 @@ impl Cluster {
             head: is_head.then(|| (Mutex::new(Head::new()), Condvar::new())),
             head_peer: Mutex::new(None),
             view: RwLock::new(Vec::new()),
-            remote: Remote::new(node.pool(), NodeId(u64::from(cfg.rank))),
+            remote: Remote::new(node.service(), NodeId(u64::from(cfg.rank))),
             stop: AtomicBool::new(false),
             stop_reason: Mutex::new(None),
             watches: Mutex::new(Vec::new()),
@@ -269,7 +271,7 @@ impl Cluster {
                 *lock(&inner.head_peer) = Some(peer);
             }
         }
-        node.pool().set_router(Arc::new(RouterOf(Arc::downgrade(&inner))));
+        node.service().set_router(Arc::new(RouterOf(Arc::downgrade(&inner))));
         let weak = Arc::downgrade(&inner);
         inner.remote.set_replace(Box::new(move |p| {
             let Some(inner) = weak.upgrade() else { return };
@@ -679,7 +681,7 @@ impl Router for RouterOf {
         func: TaskFn,
         args: Vec<RawArg>,
         options: &WireOptions,
-        here: &dyn Fn(Vec<RawArg>) -> Result<ObjectRef<Untyped>, Error>,
+        here: Here<'_, ObjectRef<Untyped>>,
     ) -> Result<ObjectRef<Untyped>, Error> {
         let Some(inner) = self.0.upgrade() else { return here(args) };
         if inner.stop.load(Ordering::Acquire) {
@@ -700,50 +702,48 @@ impl Router for RouterOf {
         key: crate::wire::Key,
         options: &WireOptions,
         args: Vec<RawArg>,
-        here: &dyn Fn(Vec<RawArg>) -> Result<u128, Error>,
-    ) -> Result<u128, Error> {
+        here: Here<'_, ActorId>,
+    ) -> Result<ActorId, Error> {
         let Some(inner) = self.0.upgrade() else { return here(args) };
         let nodes = inner.candidates();
         let peer = inner.remote.place_actor(options, &nodes).and_then(|c| inner.peer_of(&c));
         inner.remote.note_actor(peer.as_ref().map(Peer::node), options);
         match peer {
-            Some(peer) => inner.remote.create_actor(&peer, key, options, args),
+            Some(peer) => inner.remote.create_actor(&peer, key, options, args).map(ActorId),
             None => here(args),
         }
     }
 
-    fn name_actor(&self, name: &str, actor: u128, key: crate::wire::Key) -> Result<(), Error> {
+    fn name_actor(&self, name: &str, actor: ActorId, key: crate::wire::Key) -> Result<(), Error> {
         let Some(inner) = self.0.upgrade() else { return Ok(()) };
-        let owner = (actor >> 96) as u32;
-        match inner.control(Request::ActorName { name: name.to_string(), node: owner, actor, key }) {
+        let owner = (actor.0 >> 96) as u32;
+        match inner.control(Request::ActorName { name: name.to_string(), node: owner, actor: actor.0, key }) {
             Ok(Response::Error(m)) => Err(Error::NameTaken(m)),
             Ok(_) => Ok(()),
             Err(e) => Err(Error::Invalid(format!("cannot name the actor: {e}"))),
         }
     }
 
-    fn lookup_actor(&self, name: &str) -> Option<(u128, crate::wire::Key)> {
+    fn lookup_actor(&self, name: &str) -> Option<(ActorId, crate::wire::Key)> {
         let inner = self.0.upgrade()?;
         match inner.control(Request::ActorLookup { name: name.to_string() }) {
-            Ok(Response::Actor(found)) => found,
+            Ok(Response::Actor(found)) => found.map(|(id, key)| (ActorId(id), key)),
             _ => None,
         }
     }
 
-    fn forget_actor(&self, name: &str, actor: u128) {
+    fn forget_actor(&self, name: &str, actor: ActorId) {
         if let Some(inner) = self.0.upgrade() {
-            let _ = inner.control(Request::ActorForget { name: name.to_string(), actor });
+            let _ = inner.control(Request::ActorForget { name: name.to_string(), actor: actor.0 });
         }
     }
 
-    fn nodes(&self) -> Vec<crate::wire::WireNode> {
+    fn nodes(&self) -> Vec<ApiNode> {
         let Some(inner) = self.0.upgrade() else { return Vec::new() };
-        let view = match &inner.head {
-            Some((h, _)) => lock(h).view(),
-            None => inner.view.read().unwrap_or_else(|e| e.into_inner()).clone(),
-        };
-        view.into_iter()
-            .map(|n| crate::wire::WireNode {
+        inner
+            .view_now()
+            .into_iter()
+            .map(|n| ApiNode {
                 rank: n.rank,
                 alive: n.alive,
                 address: n.addr.rsplit_once(':').map_or(n.addr.clone(), |(ip, _)| ip.to_string()),
@@ -753,43 +753,56 @@ impl Router for RouterOf {
             .collect()
     }
 
-    fn kv(&self, op: KvOp) -> Option<Result<KvAnswer, Error>> {
-        let inner = self.0.upgrade()?;
-        Some(match inner.control(Request::Kv(op)) {
+    fn resources(&self) -> Vec<ResourceInfo> {
+        let Some(inner) = self.0.upgrade() else { return Vec::new() };
+        let mut sum: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
+        for n in inner.view_now().iter().filter(|n| n.alive) {
+            for (k, (t, a)) in &n.resources {
+                let e = sum.entry(k.clone()).or_default();
+                e.0 += t;
+                e.1 += a;
+            }
+        }
+        sum.into_iter().map(|(name, (total, available))| ResourceInfo { name, total, available }).collect()
+    }
+
+    fn kv(&self, op: KvOp) -> Result<KvAnswer, Error> {
+        let Some(inner) = self.0.upgrade() else { return Err(Error::Shutdown) };
+        match inner.control(Request::Kv(op)) {
             Ok(Response::Kv(a)) => Ok(a),
             Ok(Response::Error(m)) => Err(Error::Invalid(m)),
             Ok(other) => Err(Error::Invalid(format!("the head answered a KV request with {other:?}"))),
             Err(e) => Err(Error::Invalid(format!("the KV store is out of reach: {e}"))),
-        })
+        }
     }
 
-    fn kill_actor(&self, actor: u128) -> bool {
+    fn kill_actor(&self, actor: ActorId) -> bool {
         let Some(inner) = self.0.upgrade() else { return false };
-        let owner = (actor >> 96) as u32;
+        let owner = (actor.0 >> 96) as u32;
         if owner == inner.rank {
             return false;
         }
         if let Some(peer) = inner.candidates().into_iter().find(|c| c.node == NodeId(u64::from(owner))).and_then(|c| inner.peer_of(&c)) {
-            inner.remote.kill_actor(&peer, actor);
+            inner.remote.kill_actor(&peer, actor.0);
         }
         true
     }
 
-    fn fetch(&self, id: u128) -> Option<ObjectRef<Untyped>> {
+    fn fetch(&self, id: ObjectId) -> Option<ObjectRef<Untyped>> {
         let inner = self.0.upgrade()?;
-        let owner = (id >> 96) as u32;
+        let owner = id.node();
         if owner == inner.rank {
             return None;
         }
         // A live node: fetched from it; a node the cluster knew but lost (or never had): lost.
         let peer = inner.candidates().into_iter().find(|c| c.node == NodeId(u64::from(owner))).and_then(|c| inner.peer_of(&c));
-        inner.remote.fetch(peer, id)
+        inner.remote.fetch(peer, id.0)
     }
 
-    fn actor_call(&self, actor: u128, method: &str, args: Vec<RawArg>) -> Option<Result<ObjectRef<Untyped>, Error>> {
+    fn actor_call(&self, actor: ActorId, method: &str, args: Vec<RawArg>) -> Option<Result<ObjectRef<Untyped>, Error>> {
         let inner = self.0.upgrade()?;
         // An actor's id names the node that made it (ids are `node | worker | seq`).
-        let owner = (actor >> 96) as u32;
+        let owner = (actor.0 >> 96) as u32;
         if owner == inner.rank {
             return None;
         }

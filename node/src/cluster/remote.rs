@@ -37,8 +37,10 @@ use serde::{Deserialize, Serialize};
 
 use super::bulk::{self, BulkServer, Ticket, BULK_TICKET};
 use super::fabric::{FabricInfo, NodeFabric};
-use crate::pool::{failure_of, to_options, Pool, TaskFn};
-use crate::wire::{Key, WireFailure, WireOptions};
+use crate::api::{CallOptions, Failure, Service};
+use crate::router::TaskFn;
+use crate::wire::{Key, WireOptions};
+use rayhpc::ids::{ActorId, ObjectId};
 
 /// Owner → executor: run this task.
 pub const TASK: Kind = Kind(0x110);
@@ -170,7 +172,7 @@ struct TaskMsg {
 enum Outcome {
     Inline(Vec<u8>),
     Stored { id: u128, len: u64 },
-    Failed(WireFailure),
+    Failed(Failure),
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -212,7 +214,7 @@ pub struct Candidate {
 
 /// The cross-node task and object service of one node.
 pub struct Remote {
-    pool: Weak<Pool>,
+    pool: Weak<Service>,
     me: NodeId,
     seq: AtomicU64,
     pending: Mutex<HashMap<u64, Pending>>,
@@ -354,34 +356,9 @@ fn request_as(o: &WireOptions, cpus: f64) -> BTreeMap<String, f64> {
     r
 }
 
-fn kind_of(k: &str) -> FailureKind {
-    match k {
-        "worker_died" => FailureKind::WorkerDied,
-        "actor_died" => FailureKind::ActorDied,
-        "cancelled" => FailureKind::Cancelled,
-        _ => FailureKind::Error,
-    }
-}
-
-/// The error a failure reported by another node stands for.
-fn error_of(f: WireFailure) -> Error {
-    match f.kind.as_str() {
-        "task" | "worker_died" | "cancelled" | "actor_died" => Error::Task(Box::new(TaskError {
-            function: f.function.into(),
-            kind: kind_of(&f.kind),
-            message: f.message,
-            attempts: f.attempts,
-            payload: f.payload.map(Into::into),
-        })),
-        "object_lost" => Error::ObjectLost(f.message),
-        "store" => Error::Invalid(f.message),
-        _ => Error::Invalid(format!("on another node: {}", f.message)),
-    }
-}
-
 impl Remote {
     /// The service of the node whose pool is `pool` and transport id `me`.
-    pub fn new(pool: &Arc<Pool>, me: NodeId) -> Arc<Remote> {
+    pub fn new(pool: &Arc<Service>, me: NodeId) -> Arc<Remote> {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         // Ends when the last sender (the `Remote`) goes.
         let spawned = std::thread::Builder::new().name("rayhpc-remote".into()).spawn(move || {
@@ -406,7 +383,7 @@ impl Remote {
             actor_places: Mutex::new(Vec::new()),
             jobs: Mutex::new(tx),
             replace: std::sync::OnceLock::new(),
-            copies: Mutex::new(Copies { budget: pool.services().rt.object_store().capacity() as u64 / 4, ..Copies::default() }),
+            copies: Mutex::new(Copies { budget: pool.runtime().object_store().capacity() as u64 / 4, ..Copies::default() }),
             pulled: (AtomicU64::new(0), AtomicU64::new(0)),
             fabric: std::sync::OnceLock::new(),
             fabric_of: std::sync::OnceLock::new(),
@@ -644,7 +621,7 @@ impl Remote {
         let want = request_as(options, 0.0);
         let pool = self.pool.upgrade()?;
         let local: BTreeMap<String, (f64, f64)> =
-            pool.services().rt.resources().into_iter().map(|v| (v.name.to_string(), (v.total, v.available))).collect();
+            pool.runtime().resources().into_iter().map(|v| (v.name.to_string(), (v.total, v.available))).collect();
         let recent = self.recent_actors();
         let taken = |n: NodeId, k: &str| recent.get(&n).and_then(|m| m.get(k)).copied().unwrap_or(0.0);
         let free = |res: &BTreeMap<String, (f64, f64)>, n: NodeId| {
@@ -689,7 +666,7 @@ impl Remote {
         let pool = self.pool.upgrade()?;
         let cpu = want.get("CPU").copied().unwrap_or(0.0);
         let local: BTreeMap<String, (f64, f64)> =
-            pool.services().rt.resources().into_iter().map(|v| (v.name.to_string(), (v.total, v.available))).collect();
+            pool.runtime().resources().into_iter().map(|v| (v.name.to_string(), (v.total, v.available))).collect();
         let inflight = lock(&self.inflight);
         let has =
             |res: &BTreeMap<String, (f64, f64)>| want.iter().all(|(k, v)| *v <= 0.0 || res.get(k).is_some_and(|(t, _)| t + 1e-9 >= *v));
@@ -763,7 +740,7 @@ impl Remote {
         options: WireOptions,
     ) -> Result<ObjectRef<Untyped>, Error> {
         let pool = self.pool.upgrade().ok_or(Error::Shutdown)?;
-        let (r, promise) = pool.services().rt.promise()?;
+        let (r, promise) = pool.runtime().promise()?;
         let retries_left = options.max_retries.unwrap_or(rayhpc::DEFAULT_MAX_RETRIES);
         let cpus = options.num_cpus.unwrap_or(1.0);
         let p = Pending { node: peer.node(), func, args, options, promise, exported: Vec::new(), cpus, retries_left };
@@ -789,7 +766,7 @@ impl Remote {
     fn send(self: &Arc<Self>, peer: &Peer, mut p: Pending) {
         let Some(pool) = self.pool.upgrade() else { return };
         let (func, skip) = match &p.func {
-            TaskFn::Python(key) => match pool.function_blob(key) {
+            TaskFn::Python(key) => match pool.workers().blob(key) {
                 Some(blob) => (MsgFn::Python { key: *key, blob: blob.to_vec() }, 1),
                 None => {
                     p.promise.fail(Error::Invalid("unknown function (not registered in this runtime)".into()));
@@ -797,7 +774,7 @@ impl Remote {
                 }
             },
             TaskFn::Native(name) => (MsgFn::Native(name.clone()), 0),
-            TaskFn::Method { actor, method } => (MsgFn::Method { actor: *actor, method: method.clone() }, 0),
+            TaskFn::Method { actor, method } => (MsgFn::Method { actor: actor.0, method: method.clone() }, 0),
         };
         // A Python task's first argument is the key itself (`py.task` takes it as its first
         // input): the executor puts it back.
@@ -955,7 +932,7 @@ impl Remote {
                 if let (Ok(actor), Some(pool)) = (postcard::from_bytes::<u128>(&payload), me.pool.upgrade()) {
                     // Killed here, in order with the calls that came before and after it; only
                     // freeing its name (which may wait for the head) is left to another thread.
-                    pool.kill_id_then_free_name(actor);
+                    pool.kill_local(ActorId(actor), false);
                 }
             }
             _ => {
@@ -998,22 +975,22 @@ impl Remote {
         let requester = peer.node();
         let (f, mut args) = match &msg.func {
             MsgFn::Python { key, blob } => {
-                pool.define(*key, blob);
-                (pool.services().task, vec![RawArg::Bytes(key.to_vec())])
+                pool.workers().define(*key, blob);
+                (pool.python_task(), vec![RawArg::Bytes(key.to_vec())])
             }
             MsgFn::Native(name) => match pool.native(name) {
                 Ok(f) => (f, Vec::new()),
-                Err(e) => return answer(Outcome::Failed(failure_of(e, false))),
+                Err(e) => return answer(Outcome::Failed(Failure::of(e, false))),
             },
             MsgFn::Method { actor, method } => {
                 // The actor's own ordered mailbox takes it, as any call.
                 let args = match self.received(peer, &pool, msg.args, false) {
                     Ok(a) => a,
-                    Err(e) => return answer(Outcome::Failed(failure_of(e, true))),
+                    Err(e) => return answer(Outcome::Failed(Failure::of(e, true))),
                 };
-                let r = match pool.call_actor_id(*actor, method, args) {
+                let r = match pool.call_actor_id(ActorId(*actor), method, args) {
                     Ok(r) => r,
-                    Err(e) => return answer(Outcome::Failed(failure_of(e, true))),
+                    Err(e) => return answer(Outcome::Failed(Failure::of(e, true))),
                 };
                 let (me, held) = (self.clone(), r.clone());
                 r.on_ready(move || {
@@ -1023,18 +1000,18 @@ impl Remote {
                 return;
             }
         };
-        let rt = pool.services().rt.clone();
+        let rt = pool.runtime().clone();
         // The owner lets its exports go when the task is done.
         match self.received(peer, &pool, msg.args, false) {
             Ok(a) => args.extend(a),
-            Err(e) => return answer(Outcome::Failed(failure_of(e, false))),
+            Err(e) => return answer(Outcome::Failed(Failure::of(e, false))),
         }
-        let mut options = to_options(&msg.options, false);
+        let mut options = CallOptions::new(msg.options.clone()).task;
         // Retries are the owner's: it sends the task again if this node dies.
         options = options.max_retries(0);
         let r = match f.remote(&rt, args, &options) {
             Ok(r) => r,
-            Err(e) => return answer(Outcome::Failed(failure_of(e, false))),
+            Err(e) => return answer(Outcome::Failed(Failure::of(e, false))),
         };
         let me = self.clone();
         let held = r.clone();
@@ -1051,7 +1028,7 @@ impl Remote {
         {
             let outcome = match held.with_inline_bytes(<[u8]>::to_vec) {
                 Some(Ok(b)) => Outcome::Inline(b),
-                Some(Err(e)) => Outcome::Failed(failure_of(e, false)),
+                Some(Err(e)) => Outcome::Failed(Failure::of(e, false)),
                 None => match held.try_view() {
                     Some(Ok(v)) => {
                         let id = held.id().0;
@@ -1061,8 +1038,8 @@ impl Remote {
                         lock(&me.lent).entry(requester).or_default().push(id);
                         Outcome::Stored { id, len }
                     }
-                    Some(Err(e)) => Outcome::Failed(failure_of(e, false)),
-                    None => Outcome::Failed(failure_of(Error::Invalid("not ready when done".into()), false)),
+                    Some(Err(e)) => Outcome::Failed(Failure::of(e, false)),
+                    None => Outcome::Failed(Failure::of(Error::Invalid("not ready when done".into()), false)),
                 },
             };
             answer(outcome);
@@ -1072,7 +1049,7 @@ impl Remote {
     /// The arguments of a call from `peer`, as this node's: bytes as they are, objects as
     /// refs of this node's copy (see [`Copies`]), pulled from `peer` if there is none yet
     /// (`lent`: tell it when pulled, or at once when a copy was here already).
-    fn received(self: &Arc<Self>, peer: &Peer, pool: &Pool, args: Vec<Arg>, lent: bool) -> Result<Vec<RawArg>, Error> {
+    fn received(self: &Arc<Self>, peer: &Peer, pool: &Service, args: Vec<Arg>, lent: bool) -> Result<Vec<RawArg>, Error> {
         let mut out = Vec::with_capacity(args.len());
         for a in args {
             match a {
@@ -1085,7 +1062,7 @@ impl Remote {
 
     /// This node's copy of object `id` of `peer` (`len` bytes): the one there is, or a new
     /// one that a pull completes (`lent`: as [`Remote::received`]).
-    fn copy_of(self: &Arc<Self>, peer: &Peer, pool: &Pool, id: u128, len: u64, lent: bool) -> Result<ObjectRef<Untyped>, Error> {
+    fn copy_of(self: &Arc<Self>, peer: &Peer, pool: &Service, id: u128, len: u64, lent: bool) -> Result<ObjectRef<Untyped>, Error> {
         let mut copies = lock(&self.copies);
         if let Some(r) = copies.get(id) {
             drop(copies);
@@ -1096,7 +1073,7 @@ impl Remote {
             }
             return Ok(r);
         }
-        let (r, promise) = pool.services().rt.promise()?;
+        let (r, promise) = pool.runtime().promise()?;
         copies.keep(id, &r, len);
         drop(copies);
         self.pull(peer.clone(), id, len, promise, lent);
@@ -1115,7 +1092,9 @@ impl Remote {
         }
         match msg.outcome {
             // Its worker process died over there: a system failure, retried like here.
-            Outcome::Failed(f) if f.kind == "worker_died" && p.retries_left != 0 => self.lost(p, peer.node(), &f.message),
+            Outcome::Failed(f) if f.kind == crate::api::ErrorKind::WorkerDied && p.retries_left != 0 => {
+                self.lost(p, peer.node(), &f.message)
+            }
             outcome => {
                 for id in p.exported.drain(..) {
                     self.unexport(id);
@@ -1124,7 +1103,7 @@ impl Remote {
                     Outcome::Inline(b) => {
                         let _ = p.promise.fulfill(&b);
                     }
-                    Outcome::Failed(f) => p.promise.fail(error_of(f)),
+                    Outcome::Failed(f) => p.promise.fail(f.into_error()),
                     Outcome::Stored { id, len } => self.pull(peer.clone(), id, len, p.promise, true),
                 }
             }
@@ -1135,9 +1114,9 @@ impl Remote {
     /// value): answered once it is ready, with its bytes or as a lent export.
     fn on_fetch(self: &Arc<Self>, peer: &Peer, id: u64, payload: &[u8]) {
         let Some(obj) = object_id(peer, id, payload, "fetch") else { return };
-        let found = self.pool.upgrade().and_then(|p| p.escaped_here(obj));
+        let found = self.pool.upgrade().and_then(|p| p.escaped_here(ObjectId(obj)));
         let Some(r) = found else {
-            let o = Outcome::Failed(failure_of(Error::ObjectLost(format!("{obj:032x} is not known on the node that made it")), false));
+            let o = Outcome::Failed(Failure::of(Error::ObjectLost(format!("{obj:032x} is not known on the node that made it")), false));
             let _ = peer.respond(id, FETCH, &postcard::to_allocvec(&o).expect("an outcome serializes"));
             return;
         };
@@ -1157,7 +1136,7 @@ impl Remote {
     /// that node is gone: the object is lost.
     pub fn fetch(self: &Arc<Self>, peer: Option<Peer>, id: u128) -> Option<ObjectRef<Untyped>> {
         let pool = self.pool.upgrade()?;
-        let (r, promise) = pool.services().rt.promise().ok()?;
+        let (r, promise) = pool.runtime().promise().ok()?;
         let Some(peer) = peer else {
             promise.fail(Error::ObjectLost(format!("{id:032x}: the node that made it is gone")));
             return Some(r);
@@ -1183,7 +1162,7 @@ impl Remote {
                     lock(&me.copies).keep(key, &r2, len);
                     me.pull(peer, key, len, promise, true)
                 }
-                Ok(Outcome::Failed(f)) => promise.fail(error_of(f)),
+                Ok(Outcome::Failed(f)) => promise.fail(f.into_error()),
                 Err(e) => promise.fail(Error::ObjectLost(format!("{id:032x} from node {}: {e}", peer.node()))),
             }
         });
@@ -1203,9 +1182,10 @@ impl Remote {
         let pool = self.pool.upgrade().ok_or(Error::Shutdown)?;
         let refs: Vec<ObjectRef<Untyped>> =
             args.iter().filter_map(|a| if let RawArg::Ref(r) = a { Some(r.clone()) } else { None }).collect();
-        pool.services().rt.wait_for(&refs, refs.len(), None)?;
-        let blob = pool.function_blob(&key).ok_or_else(|| Error::Invalid("unknown actor class (not registered in this runtime)".into()))?;
-        let class = pool.class_name(&key).unwrap_or_else(|| "Actor".into());
+        pool.runtime().wait_for(&refs, refs.len(), None)?;
+        let blob =
+            pool.workers().blob(&key).ok_or_else(|| Error::Invalid("unknown actor class (not registered in this runtime)".into()))?;
+        let class = pool.actors().class_name(&key).unwrap_or_else(|| "Actor".into());
         let (wargs, exported) = self.outgoing(&args)?;
         // Lent to that node (let go if it dies, or when it says it pulled them), whatever
         // happens to this creation.
@@ -1226,14 +1206,13 @@ impl Remote {
         };
         let Ok(msg) = postcard::from_bytes::<ActorMsg>(payload) else { return answer(Err("a malformed actor".into())) };
         let Some(pool) = self.pool.upgrade() else { return answer(Err("shut down".into())) };
-        pool.define(msg.key, &msg.blob);
-        pool.class(msg.key, &msg.class);
+        pool.define_local(msg.key, &msg.blob, Some(&msg.class));
         // Lent: the requester lets them go when this node says it pulled them.
         let args = match self.received(peer, &pool, msg.args, true) {
             Ok(a) => a,
             Err(e) => return answer(Err(e.to_string())),
         };
-        answer(pool.create_pinned(msg.key, &msg.options, args).map_err(|e| e.to_string()));
+        answer(pool.create_pinned(msg.key, &CallOptions::new(msg.options.clone()), args).map(|a| a.0).map_err(|e| e.to_string()));
     }
 
     /// Kills an actor of `peer`'s node.
@@ -1282,7 +1261,7 @@ impl Remote {
             let _ = peer.refuse(id, "the object cannot be read");
             return;
         };
-        let (base, len) = pool.services().rt.object_store().region();
+        let (base, len) = pool.runtime().object_store().region();
         let offset = (view.as_ptr() as usize).wrapping_sub(base as usize);
         if view.stored_key().is_none() || (view.as_ptr() as usize) < base as usize || offset + view.len() > len {
             let _ = peer.refuse(id, "the object is not in the arena");
@@ -1361,7 +1340,7 @@ impl Remote {
     /// The pull failed (the message says why).
     pub fn pull_blocking(&self, peer: &Peer, id: u128, len: u64, via: Via, started: std::time::Instant) -> Result<(u64, u64), String> {
         let pool = self.pool.upgrade().ok_or("shut down")?;
-        let (r, promise) = pool.services().rt.promise().map_err(|e| e.to_string())?;
+        let (r, promise) = pool.runtime().promise().map_err(|e| e.to_string())?;
         promise.fulfill_with(len as usize, |buf| self.pull_into(peer, id, buf, via)).map_err(|e| e.to_string())?;
         let nanos = started.elapsed().as_nanos() as u64;
         let digest = match r.try_view() {
@@ -1382,7 +1361,7 @@ impl Remote {
         started: std::time::Instant,
     ) -> Result<(u64, u64, u32), String> {
         let pool = self.pool.upgrade().ok_or("shut down")?;
-        let (r, promise) = pool.services().rt.promise().map_err(|e| e.to_string())?;
+        let (r, promise) = pool.runtime().promise().map_err(|e| e.to_string())?;
         let (from, named) = self.source_for(peer, id, len);
         let mut source = None;
         let done = promise.fulfill_with(len as usize, |buf| self.pull_spread(peer, (from, named), id, buf, Via::Best).map(|s| source = s));
@@ -1475,20 +1454,19 @@ impl Remote {
     /// object is read into the promised one).
     fn run_local(self: &Arc<Self>, p: Pending) {
         let Some(pool) = self.pool.upgrade() else { return };
-        let s = pool.services();
         let f = match &p.func {
-            TaskFn::Python(_) => Ok(s.task),
+            TaskFn::Python(_) => Ok(pool.python_task()),
             TaskFn::Native(name) => pool.native(name),
             TaskFn::Method { actor, method } => {
                 // Its node is gone, and the actor with it.
                 return p.promise.fail(Error::ActorDied {
                     class: "?".into(),
-                    actor: format!("{actor:032x}"),
+                    actor: format!("{:032x}", actor.0),
                     reason: format!("the node that held it is gone (method {method})").into(),
                 });
             }
         };
-        match f.and_then(|f| f.remote(&s.rt, p.args, &to_options(&p.options, false))) {
+        match f.and_then(|f| f.remote(pool.runtime(), p.args, &CallOptions::new(p.options.clone()).task)) {
             Ok(r) => {
                 let (held, promise) = (r.clone(), p.promise);
                 r.on_ready(move || match held.try_view() {
