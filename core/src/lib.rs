@@ -41,4 +41,4 @@ pub use options::{Options, DEFAULT_MAX_RETRIES};
 pub use rayhpc_objstore as objstore;
 pub use rayhpc_objstore::Hugepages;
 pub use rayhpc_sched::{Pin, ResourceView};
-pub use runtime::{Config, Promise, Runtime, DEFAULT_INLINE_THRESHOLD};
+pub use runtime::{CancelOutcome, Config, Promise, Runtime, DEFAULT_INLINE_THRESHOLD};

@@ -9,6 +9,17 @@
 //! `complete` sets the value (`OnceLock`), then the slot's [`WaitList`] event; waiters are
 //! registered on that list. The list (in `rayhpc-sched`, model-checked with loom) hands every
 //! registered waiter out exactly once, and completing a slot nobody waits on takes no lock.
+//!
+//! # Cancellation
+//! A task's cancel is a state of its result slot: a level (0 none, 1 interrupt, 2 force)
+//! that only grows, next to the cell where the task waits while nobody runs it (from its
+//! submission, through the wait for its arguments, while it is queued, and again between two
+//! attempts). A cancel raises the level and tries to take the task out of the cell: taken,
+//! it never runs and fails as cancelled at once; not there, it is running (or being parked
+//! again), and the level decides later: whoever parks a task (again) looks at the level after
+//! parking it and takes it back if it is raised; a run that ends in an error while the level
+//! is raised is a cancelled one. The handshake is [`rayhpc_sched::signal::CancelFlag`],
+//! model-checked with loom there.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -18,7 +29,7 @@ use std::sync::{Arc, OnceLock};
 
 use crossbeam_utils::atomic::AtomicCell;
 
-use rayhpc_sched::signal::WaitList;
+use rayhpc_sched::signal::{CancelFlag, WaitList};
 use rayhpc_sched::ClassId;
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
@@ -58,15 +69,24 @@ pub(crate) struct Slot {
     pub(crate) id: ObjectId,
     value: OnceLock<Outcome>,
     waiters: WaitList<Waiter>,
-    /// The task that produces this object while it is queued and nobody started it: an
-    /// executor takes it from here to run it, or a thread waiting for the object does
-    /// (`Runtime::get` runs it inline). Whoever takes it first runs it. A pointer-sized
-    /// `AtomicCell` is a lock-free atomic swap.
+    /// The task that produces this object while nobody runs it: while it waits for its
+    /// arguments, while it is queued, between two attempts. An executor takes it from here to
+    /// run it, or a thread waiting for the object does (`Runtime::get` runs it inline), or a
+    /// cancel does. Whoever takes it first has it. A pointer-sized `AtomicCell` is a
+    /// lock-free atomic swap.
     job: AtomicCell<Option<Box<TaskSpec>>>,
-    /// The resource class of `job` while it is parked (`NO_JOB` otherwise), readable without
-    /// taking the job.
+    /// The resource class of `job` while it is queued (`NO_JOB` otherwise, and while it waits
+    /// for its arguments: then nobody may run it), readable without taking the job.
     job_class: AtomicU32,
+    /// The cancel level of the task that produces this object: 0 none, [`CANCEL_INTERRUPT`],
+    /// [`CANCEL_FORCE`]. Only grows.
+    cancel: CancelFlag,
 }
+
+/// Cancel level: interrupt the running task (a binding's worker gets SIGINT).
+pub(crate) const CANCEL_INTERRUPT: u8 = 1;
+/// Cancel level: stop it by force (a binding's worker gets SIGKILL).
+pub(crate) const CANCEL_FORCE: u8 = 2;
 
 const NO_JOB: u32 = u32::MAX;
 
@@ -87,6 +107,7 @@ impl Slot {
             waiters: WaitList::new(),
             job: AtomicCell::new(None),
             job_class: AtomicU32::new(NO_JOB),
+            cancel: CancelFlag::new(),
         })
     }
 
@@ -97,10 +118,48 @@ impl Slot {
         s
     }
 
-    /// Parks the producing task here while it is queued.
-    pub(crate) fn set_job(&self, spec: Box<TaskSpec>) {
+    /// Parks the producing task here while it is queued, then looks for a cancel (see the
+    /// module doc). `Some(spec)`: it was cancelled and is taken back: the caller must fail it
+    /// rather than queue it. `None`: queue it (a queue entry that finds the cell empty, the
+    /// task taken by a cancel or run inline meanwhile, skips it).
+    #[must_use]
+    pub(crate) fn park_job(&self, spec: Box<TaskSpec>) -> Option<Box<TaskSpec>> {
+        // Relaxed: a hint; the job cell below publishes the spec.
         self.job_class.store(spec.class.0, Ordering::Relaxed);
+        // Release (crossbeam stores an `Option<Box>` with an AcqRel swap): the spec is
+        // published to whoever takes it (an Acquire swap). The cancel handshake does not lean
+        // on the swap; its fences carry it (the loom model parks with a Release-only write).
         self.job.store(Some(spec));
+        // SYNC POINT: `CancelFlag::parked` fences, then reads the level: pairs with the fence
+        // in `request_cancel`. A cancel that did not find the job parked is seen here.
+        self.cancel.parked(|| self.take_job())
+    }
+
+    /// Parks the producing task here while it waits for its arguments: a cancel can take it
+    /// (and fail it at once); nobody can run it ([`Slot::queued_class`] stays `None`). When
+    /// the arguments are ready, the launcher takes it ([`Slot::take_job`]) and parks it
+    /// again with [`Slot::park_job`], which looks for a cancel.
+    pub(crate) fn park_waiting(&self, spec: Box<TaskSpec>) {
+        self.job.store(Some(spec));
+    }
+
+    /// Raises the cancel level to `CANCEL_FORCE` or `CANCEL_INTERRUPT`, then tries to take
+    /// the parked task. `Some(spec)`: the caller has it and must fail it (nobody else will
+    /// run it). `None`: it is running, or between two parkings (its parker then sees the
+    /// level), or done.
+    pub(crate) fn request_cancel(&self, force: bool) -> Option<Box<TaskSpec>> {
+        let level = if force { CANCEL_FORCE } else { CANCEL_INTERRUPT };
+        // SYNC POINT: `CancelFlag::cancel` raises the level, fences (pairs with the fence in
+        // `park_job`), then swaps the cell: the same swap as an executor's or an inline
+        // runner's `take_job`, so exactly one of them gets the task.
+        self.cancel.cancel(level, || self.take_job())
+    }
+
+    /// The cancel level (0: none). A read without a fence: whoever acts on a 0 must not need
+    /// more than a hint (see `execute`), or must be ordered with the cancel by a lock of its
+    /// own (a binding: see [`crate::raw::current_cancel`]).
+    pub(crate) fn cancel_level(&self) -> u8 {
+        self.cancel.level()
     }
 
     /// Takes the producing task to run it; `None` when someone else took it.

@@ -43,6 +43,40 @@ pub fn current_task() -> Option<crate::ids::ObjectId> {
     crate::task::current_task()
 }
 
+/// Runs `f` so that the first task, put or promise it makes on this thread takes the id
+/// `id` (a binding whose caller in another process named the result: the caller makes ids
+/// with a worker number of its own, so they collide with no other). Nothing else changes;
+/// the override ends with `f`.
+pub fn with_task_id<R>(id: crate::ids::TaskId, f: impl FnOnce() -> R) -> R {
+    crate::runtime::with_task_id(id, f)
+}
+
+/// The cancel level of the task running on this thread: 0 none (and outside a task, and in
+/// an actor method), 1 interrupt, 2 force (see [`crate::Runtime::cancel`]).
+///
+/// How a binding that runs calls in worker processes uses it, with one lock `L` of its own
+/// that guards its table of running calls (task → worker pid):
+/// - start of a call: lock `L`; if `current_cancel() != 0`, do not start it (return any
+///   failure: the runtime reports it as cancelled); else register the worker's pid; unlock.
+/// - end of a call: lock `L`; unregister the pid (before the worker can be reaped); unlock;
+///   then return the call's outcome.
+/// - cancel: [`crate::Runtime::cancel`] first, outside `L`; if it returns `Running`: lock
+///   `L`; if a pid is registered for that task, signal it (SIGINT, or SIGKILL with `force`);
+///   unlock.
+///
+/// `L` orders the cancel with the start: the level is raised before the cancel's critical
+/// section, so a start whose critical section comes after it reads the level, and one that
+/// came before it registered the pid the cancel finds. And with the end: a worker killed by
+/// the cancel's signal is reaped by a call whose unregistering comes after the cancel's
+/// critical section, so the runtime, which reads the level after the call returns, sees it
+/// and reports the lost worker as cancelled, without a retry.
+///
+/// `Runtime::cancel` is better called outside `L`: when it dequeues the task it fails the
+/// object on the calling thread, which runs the object's `on_ready` callbacks there.
+pub fn current_cancel() -> u8 {
+    crate::task::current_cancel()
+}
+
 /// What a raw invocation produced.
 pub enum RawOutput {
     /// Result bytes: kept inline when small, else copied into the store.

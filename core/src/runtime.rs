@@ -20,7 +20,7 @@ use crate::ids::{ActorId, ObjectId, TaskId};
 use crate::object::{Notify, ObjectRef, ObjectView, Outcome, Slot, Waiter};
 use crate::options::{Options, DEFAULT_MAX_RETRIES};
 use crate::store::Blob;
-use crate::task::{execute, submit_when_ready, CoreJob, TaskSpec, Work};
+use crate::task::{execute, fail_cancelled, submit_when_ready, CoreJob, TaskSpec, Work};
 use rayhpc_objstore::{Hugepages, Store, StoreConfig};
 
 /// Default size limit of results kept inline with their owner; larger ones go to the store.
@@ -110,6 +110,24 @@ impl Config {
     }
 }
 
+/// What [`Runtime::cancel`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The object was already computed (or failed): nothing changed.
+    Finished,
+    /// The task had not started (queued, or waiting for its arguments): it never will. Its
+    /// object failed at once with [`crate::FailureKind::Cancelled`], and so do the tasks that
+    /// depend on it.
+    Dequeued,
+    /// The task had not finished: it was running (or between two attempts, or about to be
+    /// queued), and the cancel is recorded in it; it may have ended since, either way. A run
+    /// that has not started its call does not start it; a running call is the caller's to
+    /// interrupt (a binding signals its worker; see [`crate::raw::current_cancel`]). If the
+    /// run fails, whatever the failure, the task fails as [`crate::FailureKind::Cancelled`]
+    /// and is not retried; if it succeeds, its value stands.
+    Running,
+}
+
 /// 30% of physical memory (Ray's default share for its object store), 1 GiB if unknown.
 fn default_store_bytes() -> usize {
     let total_kib = std::fs::read_to_string("/proc/meminfo")
@@ -152,8 +170,13 @@ pub(crate) struct ThreadState {
     runtime: RefCell<Option<Runtime>>,
     /// This thread's id generator: (worker number, next sequence number).
     idgen: Cell<(u32, u64)>,
-    /// The result object of the task running on this thread (see [`crate::raw::current_task`]).
-    pub(crate) task: Cell<Option<ObjectId>>,
+    /// The id the next task made on this thread takes instead (see
+    /// [`crate::raw::with_task_id`]).
+    next_id: Cell<Option<TaskId>>,
+    /// The result slot of the task running on this thread: its id and its cancel level (see
+    /// [`crate::raw::current_task`], [`crate::raw::current_cancel`]). Read by taking it out
+    /// and putting it back (a `Cell`, no borrow flag).
+    pub(crate) task: Cell<Option<Arc<Slot>>>,
     /// The store keys of the inputs of the call running on this thread (see
     /// [`crate::raw::stored_inputs`]).
     pub(crate) stored_inputs: RefCell<Vec<Option<u128>>>,
@@ -164,6 +187,7 @@ thread_local! {
         ThreadState {
             runtime: RefCell::new(None),
             idgen: Cell::new((0, 0)),
+            next_id: Cell::new(None),
             task: Cell::new(None),
             stored_inputs: RefCell::new(Vec::new()),
         }
@@ -175,6 +199,20 @@ static NEXT_WORKER: AtomicU32 = AtomicU32::new(1);
 /// The worker number of ids made on a thread whose thread-locals are gone, and their sequence.
 const LATE_WORKER: u32 = u32::MAX;
 static LATE_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Runs `f` with `id` as the id of the next task (or put, or promise) made on this thread;
+/// the override is gone when `f` returns, used or not.
+pub(crate) fn with_task_id<R>(id: TaskId, f: impl FnOnce() -> R) -> R {
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            let _ = THREAD.try_with(|st| st.next_id.set(None));
+        }
+    }
+    THREAD.with(|st| st.next_id.set(Some(id)));
+    let _clear = Clear;
+    f()
+}
 
 /// Runs `f` with the runtime of the current executor thread.
 pub(crate) fn with_current<R>(f: impl FnOnce(&ThreadState, &Arc<RuntimeInner>) -> R) -> R {
@@ -511,6 +549,33 @@ impl Runtime {
         Ok(())
     }
 
+    /// Cancels the task that produces `r` (Ray's `cancel`; `force`: the caller will stop a
+    /// running call by force). Not started, the task never runs and fails as
+    /// [`crate::FailureKind::Cancelled`] at once ([`CancelOutcome::Dequeued`]); running, the
+    /// cancel is recorded in the task and decides how it ends ([`CancelOutcome::Running`]);
+    /// done, nothing changes ([`CancelOutcome::Finished`]). A second cancel with `force`
+    /// upgrades the first. Never blocks; a dequeued task's object is failed on this thread
+    /// (its `on_ready` callbacks run here, and its dependents are launched from here).
+    ///
+    /// Only tasks are cancelled: for an actor call or a [`Runtime::promise`]'s object that is
+    /// not ready the answer is `Running` and nothing reads the cancel (a binding refuses
+    /// those itself).
+    pub fn cancel<T>(&self, r: &ObjectRef<T>, force: bool) -> CancelOutcome {
+        let slot = &r.slot;
+        if slot.is_ready() {
+            return CancelOutcome::Finished;
+        }
+        // SYNC POINT: raises the level, fences, swaps the job cell (see `Slot::request_cancel`,
+        // and `launch` for the other side).
+        if let Some(t) = slot.request_cancel(force) {
+            fail_cancelled(&t);
+            return CancelOutcome::Dequeued;
+        }
+        // Not `Finished` even if it is done by now: it may be this cancel that ended it (a run
+        // that saw the level before its call, or failed after it).
+        CancelOutcome::Running
+    }
+
     /// Kills an actor: calls not yet run fail with [`Error::ActorDied`], later calls too; the
     /// call running now (if any) finishes. Its resources are given back and its name freed.
     pub fn kill<A>(&self, actor: &ActorHandle<A>) {
@@ -783,6 +848,9 @@ impl RuntimeInner {
     pub(crate) fn next_task_id(&self) -> TaskId {
         THREAD
             .try_with(|st| {
+                if let Some(id) = st.next_id.take() {
+                    return id;
+                }
                 let (mut w, s) = st.idgen.get();
                 if w == 0 {
                     w = NEXT_WORKER.fetch_add(1, Ordering::Relaxed);

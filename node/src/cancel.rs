@@ -1,14 +1,19 @@
-//! Cancellation of Python tasks: which tasks were asked to stop, and which worker process
-//! runs each task now, in one table under one lock, so that a cancel and a task's start or
-//! end are ordered: a cancel before the start stops the task when it would start; one while
-//! it runs signals its worker; one after its end does nothing.
+//! Cancellation of Python tasks. Whether a task was cancelled is the task's own state, in
+//! the core ([`rayhpc::Runtime::cancel`], [`rayhpc::raw::current_cancel`]); what this module
+//! keeps is which worker process runs each task now, under one lock that orders a cancel
+//! with the start and the end of the task's call (the protocol of `current_cancel`):
+//! - a cancel before the call starts is seen at its start, and the call is not sent;
+//! - a cancel while it runs finds the worker and signals it (SIGINT: KeyboardInterrupt in
+//!   the call; with `force`, SIGKILL);
+//! - after the call, a task whose cancel level is set ends cancelled, and its worker, which
+//!   may have been signalled, is retired rather than reused.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use rayhpc::ids::ObjectId;
-use rayhpc::raw::RawFailure;
-use rayhpc::FailureKind;
+use rayhpc::raw::{current_cancel, RawFailure};
+use rayhpc::{CancelOutcome, FailureKind, ObjectRef, Runtime, Untyped};
 
 use crate::api::lock;
 
@@ -17,51 +22,42 @@ pub fn cancelled() -> RawFailure {
     RawFailure { kind: FailureKind::Cancelled, message: "the task was cancelled (rayhpc.cancel)".into(), payload: None }
 }
 
-#[derive(Default)]
-struct Table {
-    /// Tasks asked to stop (by result id) that have not started or ended since.
-    asked: HashSet<ObjectId>,
-    /// The worker process running each task now.
-    running: HashMap<ObjectId, u32>,
-}
-
-/// The cancellation table of one node's worker pool.
+/// The worker process running each Python task now.
 #[derive(Default)]
 pub struct Cancels {
-    t: Mutex<Table>,
+    running: Mutex<HashMap<ObjectId, u32>>,
 }
 
 impl Cancels {
-    /// Asks task `id` to stop: a running one's worker gets SIGINT (KeyboardInterrupt in its
-    /// Python code) or, with `force`, SIGKILL; one not started yet fails when it would start.
-    pub fn cancel(&self, id: ObjectId, force: bool) {
-        let mut t = lock(&self.t);
-        t.asked.insert(id);
-        if let Some(&pid) = t.running.get(&id) {
-            // Under the lock: the worker is not reaped (its pid reused) meanwhile.
-            let _ = crate::signal::send(pid, if force { crate::signal::KILL } else { crate::signal::INTERRUPT });
+    /// Cancels the task of `r` (see [`Runtime::cancel`]); a running one's worker is
+    /// signalled.
+    pub fn cancel(&self, rt: &Runtime, r: &ObjectRef<Untyped>, force: bool) {
+        // Outside the lock: a task taken off the queue fails on this thread, which then runs
+        // what waited on it (its dependents may start a call and take the lock). The level
+        // is raised before the lock is taken below, so a start that follows sees it.
+        if rt.cancel(r, force) == CancelOutcome::Running {
+            if let Some(&pid) = lock(&self.running).get(&r.id()) {
+                // Under the lock: the call is not over (its worker not reaped) meanwhile.
+                let _ = crate::signal::send(pid, if force { crate::signal::KILL } else { crate::signal::INTERRUPT });
+            }
         }
     }
 
-    /// Task `id` starts on worker `pid`: true if it was cancelled (it must not run).
+    /// The task running on this thread (result `id`) starts its call on worker `pid`:
+    /// false if it was cancelled (the call must not be sent).
     pub fn start(&self, id: ObjectId, pid: u32) -> bool {
-        let mut t = lock(&self.t);
-        if t.asked.remove(&id) {
-            return true;
+        let mut running = lock(&self.running);
+        if current_cancel() != 0 {
+            return false;
         }
-        t.running.insert(id, pid);
-        false
+        running.insert(id, pid);
+        true
     }
 
-    /// Task `id` ended: true if it was cancelled while it ran.
+    /// The call of task `id` ended: true if the task was cancelled (its worker may have been
+    /// signalled: it must not be reused).
     pub fn finish(&self, id: ObjectId) -> bool {
-        let mut t = lock(&self.t);
-        t.running.remove(&id);
-        t.asked.remove(&id)
-    }
-
-    /// Forgets a request for task `id`, which ended without running (its result is set).
-    pub fn forget(&self, id: ObjectId) {
-        lock(&self.t).asked.remove(&id);
+        lock(&self.running).remove(&id);
+        current_cancel() != 0
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use rayhpc::objstore::fdpass;
 use rayhpc::objstore::ring::{Channel, Consumer, Producer, RingError};
 
-use crate::wire;
+use crate::wire::{self, IdGen};
 
 /// True while the process at the other end of `c` is there: it closes the connection when
 /// it goes. `c` is non-blocking, and nothing more is sent on it: a read of 0 bytes is its end.
@@ -53,6 +53,8 @@ pub struct Link {
     store_socket: PathBuf,
     /// Whether this is a worker (its node sends it calls) rather than an attached driver.
     worker: bool,
+    /// How this process names its calls' results.
+    ids: IdGen,
 }
 
 impl Link {
@@ -67,19 +69,21 @@ impl Link {
         hello.extend_from_slice(&std::process::id().to_le_bytes());
         (&conn).write_all(&hello).map_err(|e| format!("{}: {e}", sock.display()))?;
         conn.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-        let mut buf = [0u8; 8];
+        let mut buf = [0u8; 16];
         let (n, mut fds) = fdpass::recv(&conn, &mut buf).map_err(|e| format!("{}: {e}", sock.display()))?;
-        if n != 8 || &buf != wire::NODE_MAGIC || fds.len() != 1 {
-            return Err(format!("{} did not answer as a rayhpc node runtime", sock.display()));
+        if n != 16 || &buf[..8] != wire::NODE_MAGIC || fds.len() != 1 {
+            return Err(format!("{} did not answer as a rayhpc node runtime of this version", sock.display()));
         }
+        let word = |i: usize| u32::from_le_bytes(buf[i..i + 4].try_into().expect("4 bytes"));
+        let ids = IdGen { node: word(8), worker: word(12) };
         let ch = Channel::attach(fds.remove(0)).map_err(|e| e.to_string())?;
         conn.set_nonblocking(true).map_err(|e| e.to_string())?;
         let (tx, rx) = ch.peer_ends();
-        Ok(Link { tx, rx, peer: Liveness::Conn(conn), ch, store_socket: dir.join("store.sock"), worker: false })
+        Ok(Link { tx, rx, peer: Liveness::Conn(conn), ch, store_socket: dir.join("store.sock"), worker: false, ids })
     }
 
     /// The channel this process was started with, as a worker (`RAYHPC_WORKER_FD`,
-    /// `RAYHPC_STORE_SOCKET`).
+    /// `RAYHPC_STORE_SOCKET`, `RAYHPC_IDS`).
     ///
     /// # Errors
     /// The variables are not set (not started by a node runtime) or the channel is bad.
@@ -89,6 +93,7 @@ impl Link {
             .and_then(|v| v.parse().ok())
             .ok_or("RAYHPC_WORKER_FD is not set: this process was not started by a rayhpc runtime")?;
         let store_socket = std::env::var_os("RAYHPC_STORE_SOCKET").ok_or("RAYHPC_STORE_SOCKET is not set")?;
+        let ids = std::env::var("RAYHPC_IDS").ok().and_then(|v| IdGen::from_env(&v)).ok_or("RAYHPC_IDS is not set or malformed")?;
         let fd = fdpass::claim_inherited(n).map_err(|e| e.to_string())?;
         let ch = Channel::attach(fd).map_err(|e| e.to_string())?;
         let (tx, rx) = ch.peer_ends();
@@ -99,12 +104,18 @@ impl Link {
             ch,
             store_socket: store_socket.into(),
             worker: true,
+            ids,
         })
     }
 
     /// The node's object store socket (large values are read and written through it).
     pub fn store_socket(&self) -> &Path {
         &self.store_socket
+    }
+
+    /// How this process names its calls' results.
+    pub fn ids(&self) -> IdGen {
+        self.ids
     }
 
     /// Whether this process is a worker of the node (rather than an attached driver).

@@ -143,7 +143,10 @@ impl Node {
                 return Err(NodeError::Io(format!("cannot serve the object store at {}", socket.display()), e));
             }
         };
-        let service = Service::new(rt.clone(), WorkerConfig { python: cfg.python, sys_path: cfg.sys_path, store_socket: socket });
+        let service = Service::new(
+            rt.clone(),
+            WorkerConfig { python: cfg.python, sys_path: cfg.sys_path, store_socket: socket, node_id: cfg.node_id },
+        );
         Ok(Node {
             rt,
             service,

@@ -11,6 +11,8 @@ use std::time::Duration;
 use rayhpc::objstore::fdpass;
 use rayhpc::objstore::ring::Channel;
 
+use rayhpc::ids::ObjectId;
+
 use crate::api::{lock, timeout_secs, ActorRef, Api, Arg, CallOptions, ErrorKind, Failure, Func, Ref, Result, Service, Value};
 use crate::session::Session;
 use crate::wire::{self, Call, Envelope, Reply, WireArg, WireFunc};
@@ -21,11 +23,48 @@ impl Requests for Service {
         let reply = match wire::decode::<Envelope>(body) {
             Ok(env) => {
                 s.release(env.release);
-                serve_call(self, s, ch, env.call).unwrap_or_else(Reply::Failed)
+                serve_call(self, s, ch, env.call, false).unwrap_or_else(Reply::Failed)
             }
             Err(m) => Reply::Failed(Failure::new(ErrorKind::System, m)),
         };
         wire::encode(&reply)
+    }
+
+    fn post(&self, s: &mut Session, ch: &Channel, body: &[u8]) {
+        match wire::decode::<Envelope>(body) {
+            Ok(env) => {
+                s.release(env.release);
+                // Only calls that make an object the peer named are posted, and their
+                // failures become that object's: nothing is left to answer.
+                if let Err(f) = serve_call(self, s, ch, env.call, true) {
+                    eprintln!("rayhpc node: a posted call failed with nothing to hold its error: {f}");
+                }
+            }
+            Err(m) => eprintln!("rayhpc node: a malformed posted call was dropped: {m}"),
+        }
+    }
+}
+
+/// Makes object `id`, which the peer named, with `make`; holds it for the peer. A posted
+/// call's failure becomes the object's (its `get` raises it); a request's is the caller's.
+fn made_as(svc: &Service, s: &mut Session, id: ObjectId, posted: bool, actor: bool, make: impl FnOnce() -> Result<Ref>) -> Result<Reply> {
+    let failure = match rayhpc::raw::with_task_id(id.task(), make) {
+        Ok(r) if r.id() == id => return Ok(Reply::Ref(s.lend(r))),
+        Ok(r) => {
+            Failure::new(ErrorKind::System, format!("the call made object {:032x}, not {:032x} as its caller named it", r.id().0, id.0))
+        }
+        Err(f) => f,
+    };
+    if !posted {
+        return Err(failure);
+    }
+    match rayhpc::raw::with_task_id(id.task(), || svc.runtime().promise()) {
+        Ok((r, promise)) => {
+            promise.fail(failure.into_error());
+            s.lend(Ref::local(r, actor));
+            Ok(Reply::Done)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -54,7 +93,7 @@ fn secs(t: Option<f64>) -> Result<Option<Duration>> {
     timeout_secs(t)
 }
 
-fn serve_call(svc: &Service, s: &mut Session, ch: &Channel, call: Call) -> Result<Reply> {
+fn serve_call(svc: &Service, s: &mut Session, ch: &Channel, call: Call, posted: bool) -> Result<Reply> {
     // A wait ends early when the peer's channel closes (its actor killed, the runtime shut
     // down), instead of holding the executor.
     let stop = || ch.closed();
@@ -63,22 +102,27 @@ fn serve_call(svc: &Service, s: &mut Session, ch: &Channel, call: Call) -> Resul
             svc.define(key, &blob, class_name.as_deref())?;
             Reply::Done
         }
-        Call::Submit { func, options, args } => {
+        Call::Submit { id, func, options, args } => {
             let f = match func {
                 WireFunc::Python(k) => Func::Python(k),
                 WireFunc::Native(n) => Func::Native(n),
             };
-            let r = svc.submit(&f, args_of(svc, s, args)?, &CallOptions::new(options))?;
-            Reply::Ref(s.lend(r))
+            let made = args_of(svc, s, args).and_then(|args| Ok((args, s.options(options)?)));
+            made_as(svc, s, id, posted, false, || {
+                let (args, o) = made?;
+                svc.submit(&f, args, &o)
+            })?
         }
         Call::CreateActor { key, options, args } => {
             let a = svc.create_actor(key, args_of(svc, s, args)?, &CallOptions::new(options))?;
             Reply::Actor(s.lend_actor(a), key)
         }
-        Call::Method { actor, method, args } => {
-            let a = actor_of(svc, s, actor)?;
-            let r = svc.call_actor(&a, &method, args_of(svc, s, args)?)?;
-            Reply::Ref(s.lend(r))
+        Call::Method { id, actor, method, args } => {
+            let made = actor_of(svc, s, actor).and_then(|a| Ok((a, args_of(svc, s, args)?)));
+            made_as(svc, s, id, posted, true, || {
+                let (a, args) = made?;
+                svc.call_actor(&a, &method, args)
+            })?
         }
         Call::Put { bytes } => {
             let r = svc.put(bytes.len(), &mut |buf| {
@@ -199,7 +243,12 @@ pub fn attach_driver(svc: &Arc<Service>, drivers: &Drivers, conn: std::os::unix:
     }
     let pid = u32::from_le_bytes(hello[8..].try_into().expect("4 bytes"));
     let ch = Channel::create(RING)?;
-    fdpass::send(&conn, wire::NODE_MAGIC, &[ch.fd()])?;
+    let ids = svc.workers().peer_ids();
+    let mut answer_ = [0u8; 16];
+    answer_[..8].copy_from_slice(wire::NODE_MAGIC);
+    answer_[8..12].copy_from_slice(&ids.node.to_le_bytes());
+    answer_[12..].copy_from_slice(&ids.worker.to_le_bytes());
+    fdpass::send(&conn, &answer_, &[ch.fd()])?;
     conn.set_nonblocking(true)?;
     lock(&drivers.0).push(ch.clone());
     let mut w = Worker::new(Peer::Driver { conn, pid }, ch);
@@ -212,6 +261,7 @@ pub fn attach_driver(svc: &Arc<Service>, drivers: &Drivers, conn: std::os::unix:
                     break;
                 }
             }
+            Ok(Answer::Post(body)) => s.post(&mut w.session, &w.ch, &body),
             Ok(Answer::Released | Answer::Done(_)) => {}
             Err(_) => break, // gone, or the runtime shut down
         }

@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use rayhpc::ids::{ActorId, ObjectId};
 use rayhpc::objstore::Object;
 
-use crate::api::{ActorRef, Api, ErrorKind, Failure, Ref, Service};
+use crate::api::{ActorRef, Api, CallOptions, ErrorKind, Failure, Ref, Service};
+use crate::wire::Opts;
 use crate::wire::Release;
 
 /// One peer's handles.
@@ -22,6 +23,8 @@ pub struct Session {
     actors: HashMap<ActorId, (ActorRef, u32)>,
     /// Objects the peer sealed into the store as its running call's result, by key.
     pub(crate) adopted: HashMap<u128, Object>,
+    /// The options its calls named, by their number.
+    options: HashMap<u64, std::sync::Arc<CallOptions>>,
 }
 
 impl Session {
@@ -32,6 +35,19 @@ impl Session {
         e.0.get_or_insert(r);
         e.2 += 1;
         id
+    }
+
+    /// The options a call names: new ones are kept under their number.
+    ///
+    /// # Errors
+    /// A number the peer never sent.
+    pub fn options(&mut self, o: Opts) -> Result<std::sync::Arc<CallOptions>, Failure> {
+        match o {
+            Opts::New(n, w) => Ok(self.options.entry(n).or_insert_with(|| std::sync::Arc::new(CallOptions::new(w))).clone()),
+            Opts::Known(n) => {
+                self.options.get(&n).cloned().ok_or_else(|| Failure::new(ErrorKind::Value, format!("options {n} were never sent")))
+            }
+        }
     }
 
     /// Holds `a` for the peer.

@@ -12,6 +12,7 @@
 //! | error (worker → runtime) | `[2, 0 × 3][m: u32][message: m bytes, UTF-8][payload]` |
 //! | request (worker → runtime) | `[3, 0 × 7][postcard Envelope]`: a nested call of the API |
 //! | release (worker → runtime) | `[4, 0 × 7][postcard Release]`: handles the worker dropped (no reply) |
+//! | post (worker → runtime) | `[5, 0 × 7][postcard Envelope]`: a call whose result the peer named itself (no reply) |
 //!
 //! The first argument of a call (after a method's name) is the call's layout (how the rest
 //! map onto positional and keyword parameters, pickled by the driver; empty for
@@ -38,6 +39,7 @@ pub const OK: u8 = 1;
 pub const ERR: u8 = 2;
 pub const REQUEST: u8 = 3;
 pub const RELEASE: u8 = 4;
+pub const POST: u8 = 5;
 
 /// A message as the worker reads it.
 pub enum Request<'a> {
@@ -60,6 +62,7 @@ pub enum Response<'a> {
     Err { message: &'a str, payload: &'a [u8] },
     Request(&'a [u8]),
     Release(&'a [u8]),
+    Post(&'a [u8]),
 }
 
 pub use crate::api::WireOptions;
@@ -93,10 +96,12 @@ pub enum Call {
         blob: Vec<u8>,
         class_name: Option<String>,
     },
-    /// Submits a task. Reply: `Ref`.
+    /// Submits a task; its result is object `id` (made by the peer, see [`IdGen`]). Reply
+    /// (as a request; none as a post): `Ref`.
     Submit {
+        id: ObjectId,
         func: WireFunc,
-        options: WireOptions,
+        options: Opts,
         args: Vec<WireArg>,
     },
     /// Creates an actor of class `key`. Reply: `Actor`.
@@ -105,8 +110,9 @@ pub enum Call {
         options: WireOptions,
         args: Vec<WireArg>,
     },
-    /// Calls a method of an actor. Reply: `Ref`.
+    /// Calls a method of an actor; its result is object `id`. Reply (as a request): `Ref`.
     Method {
+        id: ObjectId,
         actor: ActorId,
         method: String,
         args: Vec<WireArg>,
@@ -176,6 +182,39 @@ pub enum Call {
     Kv(crate::kv::KvOp),
 }
 
+/// A call's options: sent whole the first time, then named by their number (the node keeps
+/// each peer's, so a stream of calls does not resend or rebuild them).
+#[derive(Serialize, Deserialize, Debug)]
+pub enum Opts {
+    New(u64, WireOptions),
+    Known(u64),
+}
+
+/// How a peer makes the ids of its calls' results itself (so that a call need not wait for
+/// its reply): task ids `node | worker | seq` with the node's number and a worker number the
+/// node gave this peer alone, and a sequence of the peer's own.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdGen {
+    pub node: u32,
+    pub worker: u32,
+}
+
+impl IdGen {
+    /// The worker numbers the node hands to peers (the core's own threads count up from 1).
+    pub const FIRST_PEER: u32 = 0x8000_0000;
+
+    /// `node:worker`, as the `RAYHPC_IDS` variable of a worker process carries it.
+    pub fn to_env(self) -> String {
+        format!("{}:{}", self.node, self.worker)
+    }
+
+    /// The inverse of [`IdGen::to_env`].
+    pub fn from_env(s: &str) -> Option<IdGen> {
+        let (n, w) = s.split_once(':')?;
+        Some(IdGen { node: n.parse().ok()?, worker: w.parse().ok()? })
+    }
+}
+
 /// What a peer let go of since it last said.
 #[derive(Serialize, Deserialize, Debug, Default)]
 pub struct Release {
@@ -214,9 +253,9 @@ pub enum Reply {
 }
 
 /// A driver's hello to a node runtime (then its pid, u32), and the node's answer (with the
-/// channel's descriptor).
-pub const DRIVER_MAGIC: &[u8; 8] = b"RHPCDRV\x01";
-pub const NODE_MAGIC: &[u8; 8] = b"RHPCNOD\x01";
+/// channel's descriptor; then the driver's [`IdGen`]: node, worker, u32 each).
+pub const DRIVER_MAGIC: &[u8; 8] = b"RHPCDRV\x02";
+pub const NODE_MAGIC: &[u8; 8] = b"RHPCNOD\x02";
 
 /// A value that lives in the node's store, named in place of its bytes: the magic, the key
 /// and the length, little-endian. (Pickled values start with 0x80: never with the magic.)
@@ -265,6 +304,10 @@ pub fn item_of(b: &[u8], i: usize) -> Result<&[u8], String> {
 
 pub fn request_header() -> [u8; 8] {
     [REQUEST, 0, 0, 0, 0, 0, 0, 0]
+}
+
+pub fn post_header() -> [u8; 8] {
+    [POST, 0, 0, 0, 0, 0, 0, 0]
 }
 
 pub fn release_header() -> [u8; 8] {
@@ -363,6 +406,7 @@ pub fn parse_response(m: &[u8]) -> Result<Response<'_>, String> {
         }
         Some(&REQUEST) => Ok(Response::Request(m.get(8..).ok_or("request cut short")?)),
         Some(&RELEASE) => Ok(Response::Release(m.get(8..).ok_or("release cut short")?)),
+        Some(&POST) => Ok(Response::Post(m.get(8..).ok_or("post cut short")?)),
         other => Err(format!("unknown response {other:?}")),
     }
 }

@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,7 @@ use rayhpc::{FailureKind, Runtime};
 use crate::api::lock;
 use crate::cancel::Cancels;
 use crate::session::Session;
-use crate::wire::{self, Key, Response};
+use crate::wire::{self, IdGen, Key, Response};
 
 /// Bytes of each ring of a worker's channel (pages are faulted only as used).
 pub const RING: usize = 32 << 20;
@@ -48,6 +48,8 @@ pub struct WorkerConfig {
     pub sys_path: String,
     /// The store's socket, which workers connect to for large values.
     pub store_socket: PathBuf,
+    /// The node's number in its cluster (part of every id made there).
+    pub node_id: u32,
 }
 
 /// Serves the requests a peer sends on its channel (the node's server).
@@ -55,6 +57,9 @@ pub trait Requests: Send + Sync {
     /// Answers one request of the peer whose session is `s` and whose channel is `ch`: the
     /// reply's encoded bytes.
     fn serve(&self, s: &mut Session, ch: &Channel, body: &[u8]) -> Vec<u8>;
+
+    /// Makes one call the peer posted (no reply: a failure becomes the object's).
+    fn post(&self, s: &mut Session, ch: &Channel, body: &[u8]);
 }
 
 /// A failure of `kind` with `message` and no payload.
@@ -135,6 +140,7 @@ impl Drop for Worker {
 pub(crate) enum Answer {
     Done(Result<RawOutput, RawFailure>),
     Request(Vec<u8>),
+    Post(Vec<u8>),
     Released,
 }
 
@@ -151,6 +157,8 @@ pub struct Workers {
     channels: Mutex<HashMap<u32, Arc<Channel>>>,
     closed: AtomicBool,
     started: AtomicUsize,
+    /// The next worker number of a peer's ids (see [`IdGen`]).
+    next_peer: AtomicU32,
     /// Cancellation requests and the tasks running now.
     pub(crate) cancels: Cancels,
 }
@@ -167,6 +175,7 @@ impl Workers {
             channels: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             started: AtomicUsize::new(0),
+            next_peer: AtomicU32::new(IdGen::FIRST_PEER),
             cancels: Cancels::default(),
         }
     }
@@ -196,6 +205,11 @@ impl Workers {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// The ids of a new peer (a worker process, an attached driver): its own worker number.
+    pub(crate) fn peer_ids(&self) -> IdGen {
+        IdGen { node: self.config.node_id, worker: self.next_peer.fetch_add(1, Ordering::Relaxed) }
+    }
+
     /// Starts a worker process.
     pub(crate) fn spawn(&self) -> std::io::Result<Worker> {
         if self.closed() {
@@ -210,6 +224,7 @@ impl Workers {
                 .env("RAYHPC_WORKER_FD", fd.as_raw_fd().to_string())
                 .env("RAYHPC_SYS_PATH", &self.config.sys_path)
                 .env("RAYHPC_STORE_SOCKET", &self.config.store_socket)
+                .env("RAYHPC_IDS", self.peer_ids().to_env())
                 .stdin(Stdio::null())
                 .spawn()?
             // `fd` closes here: only the child holds the inherited copy.
@@ -266,7 +281,7 @@ impl Workers {
         let mut w = self.checkout()?;
         // From here until `finish`, a cancel of this task signals this worker.
         if let Some(id) = me {
-            if self.cancels.start(id, w.child.id()) {
+            if !self.cancels.start(id, w.child.id()) {
                 lock(&self.idle).push(w);
                 return Err(crate::cancel::cancelled());
             }
@@ -277,6 +292,11 @@ impl Workers {
         });
         // Off the running list before the worker can be reaped (its pid then reused).
         let was_cancelled = me.is_some_and(|id| self.cancels.finish(id));
+        if was_cancelled {
+            // Signalled, perhaps: never reused.
+            self.retire(w);
+            return Err(crate::cancel::cancelled());
+        }
         match out {
             Ok(r) => {
                 if !self.closed() {
@@ -284,14 +304,7 @@ impl Workers {
                 } else {
                     self.retire(w);
                 }
-                if was_cancelled {
-                    return Err(crate::cancel::cancelled());
-                }
                 r
-            }
-            Err(_) if was_cancelled => {
-                self.retire(w);
-                Err(crate::cancel::cancelled())
             }
             Err(e) => {
                 let msg = self.lost(w, &e, "this task");
@@ -342,6 +355,7 @@ impl Workers {
                 Answer::Done(r) => return Ok(r),
                 Answer::Released => {}
                 Answer::Request(body) => reply(server, w, &body)?,
+                Answer::Post(body) => server.post(&mut w.session, &w.ch, &body),
             }
         }
     }
@@ -421,6 +435,7 @@ pub(crate) fn answer(rt: Option<&Runtime>, w: &mut Worker) -> Result<Answer, Rin
             payload: (!payload.is_empty()).then(|| Arc::from(payload)),
         })),
         Ok(Response::Request(body)) => Answer::Request(body.to_vec()),
+        Ok(Response::Post(body)) => Answer::Post(body.to_vec()),
         Ok(Response::Release(body)) => {
             // Handles the worker dropped: let go of them now (not at its next request, which
             // an idle worker may never make).

@@ -6,8 +6,11 @@
 //!   `set_ready` interleave. Setting an event nobody waits on takes no lock.
 //! - [`RunFlag`]: the "is a turn scheduled?" flag of a mailbox served by one runner at a
 //!   time (an actor). No message is left in the mailbox with no turn scheduled.
+//! - [`CancelFlag`]: the cancel request of a job parked in a cell that whoever runs it (or
+//!   cancels it) empties with one swap. A cancel either takes the parked job or is seen by
+//!   whoever parks it next: a cancelled job is never left parked with nobody to fail it.
 
-use crate::loom::sync::atomic::{fence, AtomicBool, Ordering::SeqCst};
+use crate::loom::sync::atomic::{fence, AtomicBool, AtomicU8, Ordering::SeqCst};
 use crate::loom::sync::Mutex;
 
 /// A once-set event plus the waiters registered before it was set.
@@ -129,5 +132,77 @@ impl RunFlag {
     /// Whether a turn is pending or running.
     pub fn is_set(&self) -> bool {
         self.scheduled.load(SeqCst)
+    }
+}
+
+/// The cancel request of a job that waits in a cell of its own (the runtime: a task parked in
+/// its result slot), which a runner, or a canceller, empties with one atomic swap. The cell
+/// is the caller's; the protocol only needs that parking writes it and taking swaps it, so
+/// that exactly one party gets the job.
+///
+/// Protocol (Dekker with fences, as [`WaitList`]): the canceller raises the level, fences,
+/// and tries to take the job ([`CancelFlag::cancel`]); whoever parks the job, the first time
+/// or again (a retry), fences after parking and reads the level ([`CancelFlag::parked`]),
+/// and takes the job back if it is raised. The two fences are totally ordered: if the
+/// canceller's comes first, the parker reads the raised level; if the parker's does, the
+/// canceller's swap finds the job parked (or already taken by a runner, which then runs it
+/// and owns the cancel from there). So a cancel is never lost between two attempts, or
+/// between the wait for a job's inputs and its queueing.
+///
+/// Levels only grow (`fetch_max`): a forced cancel (2 in the runtime) after an interrupting
+/// one (1) upgrades it; a later weaker one does not downgrade it.
+pub struct CancelFlag {
+    level: AtomicU8,
+}
+
+impl Default for CancelFlag {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CancelFlag {
+    /// No cancel requested (level 0).
+    pub fn new() -> Self {
+        CancelFlag { level: AtomicU8::new(0) }
+    }
+
+    /// Canceller: raises the level to at least `level` (> 0), then tries to take the parked
+    /// job with `take`. `Some(job)`: the canceller has it and must fail it; nobody else will
+    /// run it. `None`: someone took it first (it runs, or it is between two parkings, and
+    /// then its parker sees the level).
+    pub fn cancel<J>(&self, level: u8, take: impl FnOnce() -> Option<J>) -> Option<J> {
+        debug_assert!(level > 0, "level 0 means no cancel");
+        // SeqCst: one total order with the fences; an RMW, so that two cancels compose.
+        self.level.fetch_max(level, SeqCst);
+        // SYNC POINT: pairs with the fence in `parked`: the level is raised before the cell
+        // is looked at.
+        fence(SeqCst);
+        take()
+    }
+
+    /// Parker: call right after parking the job in its cell. When a cancel is seen, tries to
+    /// take the job back with `take`: `Some(job)` then means the parker must fail it instead
+    /// of queueing it. `None`: no cancel was seen (queue the job), or one was and someone
+    /// else took the job (the canceller, which fails it, or a runner, which owns it now).
+    pub fn parked<J>(&self, take: impl FnOnce() -> Option<J>) -> Option<J> {
+        // SYNC POINT: pairs with the fence in `cancel`: the job is in its cell before the
+        // level is read.
+        fence(SeqCst);
+        // SeqCst: loom models SeqCst accesses as AcqRel, so the fences carry the proof; after
+        // the fence even Relaxed would do (C++20 [atomics.order]: a write sequenced before a
+        // SeqCst fence is seen by a read sequenced after a later SeqCst fence).
+        if self.level.load(SeqCst) == 0 {
+            return None;
+        }
+        take()
+    }
+
+    /// The level now (0: no cancel). No fence: a hint for a runner that already holds the
+    /// job (a cancel that raced with its taking may be missed, and then the caller learns it
+    /// from a later read, or through its own lock, as a binding does).
+    pub fn level(&self) -> u8 {
+        // SeqCst: a plain `mov` on x86 and arm64's `ldar`; nothing is concluded from a 0 here.
+        self.level.load(SeqCst)
     }
 }

@@ -311,40 +311,55 @@ def test_num_returns_gives_one_ref_per_item(ray_start):
 
 
 def test_cancel_stops_queued_and_running_tasks(ray_start):
+    # Tasks say when they started and block until released (KV events, not sleeps), so each
+    # cancel below meets the state it is meant for, however slow the machine.
     @ray.remote
-    def slow(s):
-        time.sleep(s)
-        return s
+    def block(tag):
+        ray.kv.put(f"started/{tag}", b"1")
+        v = 0
+        while not ray.kv.exists(f"release/{tag}"):
+            v = ray.kv.watch(f"release/{tag}", since=v, timeout=1).version
+        return tag
 
     @ray.remote
     def after(x):
         return x
 
+    def wait_started(*tags):
+        v, end = 0, time.monotonic() + 60
+        while not all(ray.kv.exists(f"started/{t}") for t in tags):
+            assert time.monotonic() < end, f"{tags} did not start"
+            v = ray.kv.watch("started/", since=v, timeout=1).version
+
     # Running: interrupted (KeyboardInterrupt in the task), or its worker killed with force.
     for force in (False, True):
-        r = slow.remote(60)
-        time.sleep(0.5)
-        t = time.perf_counter()
+        tag = f"run-{force}"
+        r = block.remote(tag)
+        wait_started(tag)
         ray.cancel(r, force=force)
         with pytest.raises(exceptions.TaskCancelledError):
-            ray.get(r, timeout=30)
-        assert time.perf_counter() - t < 20
-    # Queued behind two running tasks on two CPUs: never runs; a dependent task fails too.
-    busy = [slow.remote(1) for _ in range(2)]
-    queued = slow.remote(30)
+            ray.get(r, timeout=60)
+    # Queued behind two running tasks on two CPUs: fails at once (the CPUs still held) and
+    # never runs; a task depending on it fails too, once it gets a CPU.
+    busy = [block.remote("b0"), block.remote("b1")]
+    wait_started("b0", "b1")
+    queued = block.remote("q")
     dependent = after.remote(queued)
     ray.cancel(queued)
     with pytest.raises(exceptions.TaskCancelledError):
-        ray.get(queued, timeout=30)
+        ray.get(queued, timeout=60)
+    for t in ("b0", "b1", "q"):
+        ray.kv.put(f"release/{t}", b"1")
     with pytest.raises(exceptions.TaskCancelledError):
-        ray.get(dependent, timeout=30)
-    assert ray.get(busy) == [1, 1]
+        ray.get(dependent, timeout=60)
+    assert ray.get(busy) == ["b0", "b1"]
+    assert not ray.kv.exists("started/q"), "the cancelled queued task ran"
     # Done already: nothing changes; workers are fine afterwards.
-    done = slow.remote(0)
+    done = after.remote(0)
     assert ray.get(done) == 0
     ray.cancel(done)
     assert ray.get(done) == 0
-    assert ray.get([slow.remote(0) for _ in range(4)]) == [0] * 4
+    assert ray.get([after.remote(i) for i in range(4)]) == [0, 1, 2, 3]
     with pytest.raises(TypeError):
         ray.cancel("not a ref")
 

@@ -178,7 +178,7 @@ pub struct WireOptions {
 
 /// [`WireOptions`] with the core's options made from them once (a binding builds one per
 /// function or `.options()` call and reuses it for every submit).
-#[derive(Clone, Debug)]
+#[derive(Debug, Clone)]
 pub struct CallOptions {
     /// As given.
     pub wire: WireOptions,

@@ -17,7 +17,7 @@ use rayhpc::objstore::{Client, StoreError};
 use super::{lock, ActorRef, Api, Arg, CallOptions, ErrorKind, Failure, Fill, Func, NodeInfo, Ref, Released, ResourceInfo, Result, Value};
 use crate::client::Link;
 use crate::kv::{KvAnswer, KvOp};
-use crate::wire::{self, Call, Envelope, Key, Release, Reply, Request, WireArg, WireFunc};
+use crate::wire::{self, Call, Envelope, IdGen, Key, Opts, Release, Reply, Request, WireArg, WireFunc};
 
 /// Values up to this size travel in the ring's messages; larger ones through the store.
 pub const RING_VALUE_MAX: usize = 1 << 20;
@@ -30,7 +30,13 @@ pub struct RingClient {
     released: Arc<Released>,
     /// Functions and classes already defined at the node from this process.
     defined: Mutex<HashSet<Key>>,
+    /// Options sent to the node, by content: their number there and whether a task with
+    /// them was accepted (later ones are posted).
+    options: Mutex<Sent>,
     worker: bool,
+    /// How this process makes its calls' result ids, and its next sequence number.
+    ids: IdGen,
+    seq: std::sync::atomic::AtomicU64,
 }
 
 impl RingClient {
@@ -39,9 +45,12 @@ impl RingClient {
         RingClient {
             store_socket: link.store_socket().to_path_buf(),
             worker: link.is_worker(),
+            ids: link.ids(),
             link: Mutex::new(Some(link)),
             released: Arc::default(),
             defined: Mutex::new(HashSet::new()),
+            options: Mutex::new(Sent::default()),
+            seq: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -111,6 +120,52 @@ impl RingClient {
                 r => Ok(r),
             },
             _ => Err(Failure::new(ErrorKind::System, "the node runtime sent a call while a request was outstanding")),
+        }
+    }
+
+    /// Sends a call one-way: its result's id was made here, and a failure becomes that
+    /// object's (raised by `get`). Calls on the ring are served in order, so a later request
+    /// sees the object.
+    ///
+    /// # Errors
+    /// The node is gone, or the call is over the ring's message limit.
+    pub fn post(&self, call: Call) -> Result<()> {
+        let body = wire::encode(&Envelope { release: self.take_released(), call });
+        self.with_link(|l| l.send(&[&wire::post_header(), &body])).map_err(ring_failure)
+    }
+
+    /// A fresh id for a call's result.
+    fn next_id(&self) -> ObjectId {
+        let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        rayhpc::ids::TaskId::new(self.ids.node, self.ids.worker, seq).object(0)
+    }
+
+    /// `options` as the call carries them: whole the first time options of that content
+    /// are used, then by number (a loop of `f.options(...).remote()` sends them once); and
+    /// whether a task with them was accepted.
+    fn opts(&self, options: &CallOptions) -> (Opts, bool) {
+        // By content, not by the `CallOptions` object: bindings make a new one for every
+        // `.options()` call, and what is kept here (and at the node) must stay bounded by
+        // the distinct options a program uses.
+        let content = wire::encode(&options.wire);
+        let mut sent = lock(&self.options);
+        if let Some(&n) = sent.by_content.get(&content) {
+            return (Opts::Known(n), sent.accepted.contains(&n));
+        }
+        let n = sent.by_content.len() as u64;
+        sent.by_content.insert(content, n);
+        (Opts::New(n, options.wire.clone()), false)
+    }
+
+    /// Sends a call that makes object `id`: one-way once calls of its kind were accepted
+    /// (`accepted`), else as a request whose error is the caller's.
+    fn make(&self, id: ObjectId, call: Call, accepted: bool) -> Result<()> {
+        if accepted {
+            return self.post(call);
+        }
+        match self.request(call)? {
+            Reply::Ref(got) if got == id => Ok(()),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -187,6 +242,13 @@ impl RingClient {
     }
 }
 
+/// What a [`RingClient`] sent of its calls' options.
+#[derive(Default)]
+struct Sent {
+    by_content: std::collections::HashMap<Vec<u8>, u64>,
+    accepted: HashSet<u64>,
+}
+
 fn unexpected(r: Reply) -> Failure {
     Failure::new(ErrorKind::System, format!("unexpected reply from the node runtime: {r:?}"))
 }
@@ -258,8 +320,14 @@ impl Api for RingClient {
                 ))
             }
         };
-        let reply = self.request(Call::Submit { func, options: options.wire.clone(), args: Self::wire_args(args)? })?;
-        self.ref_of(reply, false)
+        let id = self.next_id();
+        let (opts, accepted) = self.opts(options);
+        let n = match &opts {
+            Opts::New(n, _) | Opts::Known(n) => *n,
+        };
+        self.make(id, Call::Submit { id, func, options: opts, args: Self::wire_args(args)? }, accepted)?;
+        lock(&self.options).accepted.insert(n);
+        Ok(Ref::remote(id, false, &self.released))
     }
 
     fn create_actor(&self, class: Key, args: Vec<Arg>, options: &CallOptions) -> Result<ActorRef> {
@@ -268,8 +336,10 @@ impl Api for RingClient {
     }
 
     fn call_actor(&self, actor: &ActorRef, method: &str, args: Vec<Arg>) -> Result<Ref> {
-        let reply = self.request(Call::Method { actor: actor.id(), method: method.to_string(), args: Self::wire_args(args)? })?;
-        self.ref_of(reply, true)
+        // Always one-way: a call of a dead actor fails at `get`, as Ray's do.
+        let id = self.next_id();
+        self.make(id, Call::Method { id, actor: actor.id(), method: method.to_string(), args: Self::wire_args(args)? }, true)?;
+        Ok(Ref::remote(id, true, &self.released))
     }
 
     fn kill(&self, actor: &ActorRef) -> Result<()> {

@@ -403,14 +403,7 @@ impl Api for Service {
         if r.from_actor() {
             return Err(Failure::new(ErrorKind::Value, "cancelling an actor call is not supported yet: kill the actor instead"));
         }
-        let local = r.as_local()?;
-        if !local.is_ready() {
-            self.workers.cancels.cancel(local.id(), force);
-            // Done meanwhile (it ran, or failed before it started): nothing to stop.
-            if local.is_ready() {
-                self.workers.cancels.forget(local.id());
-            }
-        }
+        self.workers.cancels.cancel(&self.rt, r.as_local()?, force);
         Ok(())
     }
 

@@ -17,14 +17,25 @@ def _extend_path():
 
 
 class _Interrupt:
-    """SIGINT (a cancelled task) interrupts the running call only: between calls it is
-    ignored, so it never breaks the loop's own work."""
+    """SIGINT (a cancelled task) interrupts the running call only: outside one it never breaks
+    the loop's own work. One that arrives before the call's body started (the node signals
+    the worker as soon as the call is sent) is kept for the call; one after the call ended
+    is never read, because the node retires a worker whose call was cancelled."""
 
     in_call = False
+    pending = False
 
     @classmethod
     def handler(cls, signum, frame):
         if cls.in_call:
+            raise KeyboardInterrupt
+        cls.pending = True
+
+    @classmethod
+    def enter(cls):
+        cls.in_call = True
+        if cls.pending:
+            cls.pending = False
             raise KeyboardInterrupt
 
 
@@ -79,7 +90,7 @@ def main():
             values = [loads(b) for b in body[1:]]
             body = None
             returns = 1
-            _Interrupt.in_call = True
+            _Interrupt.enter()
             if layout:
                 npos, names, returns = pickle.loads(layout)
                 result = fn(*values[:npos], **dict(zip(names, values[npos:])))
