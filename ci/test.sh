@@ -76,6 +76,9 @@ target/venv/bin/python -m pip install -q --upgrade pip
 target/venv/bin/python -m pip install -q './bindings/python[test]'
 # The launcher the cluster tests start, with the fabric backend (they run both paths).
 cargo build --locked -q -p rayhpc-launcher --features fabric
+# The API suite also runs on a 2-node namespace Slurm cluster (test_api_modes.py): Slurm and
+# munge first (root only; without them that mode is skipped and says why).
+if [ "$(id -u)" = 0 ]; then bash slurm/cluster.sh install; fi
 target/venv/bin/python -m pytest -q bindings/python/tests
 
 [ "${1:-}" = quick ] && exit 0
