@@ -75,6 +75,17 @@ if [ -n "${RAYHPC_C_PREFIX:-}" ]; then
     || { cat "$work/c.err"; die "the C driver failed"; }
   grep -qx "sum of squares of 0..299 = 8955050" <<<"$out" || { echo "$out"; cat "$work/c.err"; die "the C driver's sum is wrong"; }
   say "srun -N$nodes with a C driver: library:symbol tasks, sum right"
+  # A Rust driver (launcher/examples/attached.rs) attached to a 2-node launch: its native
+  # tasks (each 50 ms, answering the pid of the node runtime that ran it) spread over both.
+  cc -std=c99 -shared -fPIC "$root/launcher/examples/where.c" $(pkg-config --cflags --libs rayhpc) -o "$work/libwhere.so"
+  cargo build --locked -q --manifest-path "$root/Cargo.toml" -p rayhpc-launcher --example attached
+  cp "$root/target/debug/examples/attached" "$work/attached"
+  out=$(on_ctl srun -N2 --ntasks-per-node=1 --chdir="$work" "$rayhpc" launch -- "$work/attached" "$work/libwhere.so:where" 16 50 2>"$work/rust.err") \
+    || { cat "$work/rust.err"; die "the Rust driver failed"; }
+  echo "$out"
+  grep -q "^16 tasks ran on 2 nodes: " <<<"$out" || { cat "$work/rust.err"; die "the Rust driver's tasks did not spread over both nodes"; }
+  grep -q "^a bad argument: task .* failed: where takes one 8-byte integer" <<<"$out" || die "the Rust driver's bad call did not fail clearly"
+  say "srun -N2 with a Rust driver: its library:symbol tasks ran on both nodes"
 else
   say "RAYHPC_C_PREFIX not set (bindings/c/install.sh PREFIX first): the C driver is not run"
 fi

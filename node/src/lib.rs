@@ -316,3 +316,30 @@ pub fn publish_address(address: &Path) -> std::io::Result<PathBuf> {
     std::fs::rename(&tmp, &path)?;
     Ok(path)
 }
+
+/// Attaches this process, as a driver, to a node runtime: `address` is its session
+/// directory (or its `node.sock`), or "auto" for the node of this job ([`address_file`]),
+/// or empty for `$RAYHPC_ADDRESS` (what `rayhpc launch` gives the command it runs). The
+/// client is the [`api::Api`] a Rust program then calls: tasks and actors are `library:symbol`
+/// functions and classes, which the nodes load themselves.
+///
+/// # Errors
+/// No address, or no node runtime there.
+pub fn connect(address: &str) -> api::Result<api::RingClient> {
+    use api::{ErrorKind, Failure};
+    let address = match address {
+        "" => std::env::var("RAYHPC_ADDRESS")
+            .map_err(|_| Failure::new(ErrorKind::Value, "no address given and RAYHPC_ADDRESS is not set (run under `rayhpc launch`)"))?,
+        a => a.to_string(),
+    };
+    let dir = if address == "auto" {
+        let file = address_file().map_err(|e| Failure::new(ErrorKind::Value, format!("no address file: {e}")))?;
+        let a = std::fs::read_to_string(&file)
+            .map_err(|_| Failure::new(ErrorKind::Shutdown, format!("no running rayhpc node runtime for this job ({} does not exist)", file.display())))?;
+        PathBuf::from(a.trim())
+    } else {
+        PathBuf::from(address)
+    };
+    let dir = if dir.file_name().is_some_and(|n| n == "node.sock") { dir.parent().map(Path::to_path_buf).unwrap_or(dir) } else { dir };
+    api::RingClient::attach(&dir)
+}
