@@ -334,8 +334,9 @@ pub fn connect(address: &str) -> api::Result<api::RingClient> {
     };
     let dir = if address == "auto" {
         let file = address_file().map_err(|e| Failure::new(ErrorKind::Value, format!("no address file: {e}")))?;
-        let a = std::fs::read_to_string(&file)
-            .map_err(|_| Failure::new(ErrorKind::Shutdown, format!("no running rayhpc node runtime for this job ({} does not exist)", file.display())))?;
+        let a = std::fs::read_to_string(&file).map_err(|_| {
+            Failure::new(ErrorKind::Shutdown, format!("no running rayhpc node runtime for this job ({} does not exist)", file.display()))
+        })?;
         PathBuf::from(a.trim())
     } else {
         PathBuf::from(address)
