@@ -7,6 +7,7 @@
 //!
 //! Nodes find the head through [`rendezvous`]; every connection proves the job's secret
 //! (see `rayhpc-transport`).
+#![deny(unsafe_code)] // but for the registration of the object arena with the fabric (`fabric`)
 
 pub mod bench;
 pub mod bulk;
@@ -27,14 +28,14 @@ use rayhpc_transport::{Config, Endpoint, Frame, Kind, NodeId, Peer};
 use self::control::{Head, Load, NodeInfo, Request, Response, CONTROL};
 use self::fabric::{FabricMode, NodeFabric};
 use self::remote::{Candidate, Remote, Via};
-use crate::api::{NodeInfo as ApiNode, ResourceInfo};
-use crate::kv::{self, KvAnswer, KvEvents, KvOp};
-use crate::router::{Here, Router, TaskFn};
-use crate::wire::WireOptions;
-use crate::Node;
 use rayhpc::ids::{ActorId, ObjectId};
 use rayhpc::raw::RawArg;
 use rayhpc::{Error, ObjectRef, Untyped};
+use rayhpc_node::api::{NodeInfo as ApiNode, ResourceInfo};
+use rayhpc_node::kv::{self, KvAnswer, KvEvents, KvOp};
+use rayhpc_node::router::{Here, Router, TaskFn};
+use rayhpc_node::wire::WireOptions;
+use rayhpc_node::Node;
 
 /// One-way, head → node: stop now (the launch ended).
 pub const STOP: Kind = Kind(0x101);
@@ -124,7 +125,7 @@ struct Inner {
     watches: Mutex<Vec<Parked>>,
 }
 
-/// A member's KV watch that the head answers later (see [`crate::kv`]).
+/// A member's KV watch that the head answers later (see [`rayhpc_node::kv`]).
 struct Parked {
     peer: Peer,
     id: u64,
@@ -699,7 +700,7 @@ impl Router for RouterOf {
 
     fn create_actor(
         &self,
-        key: crate::wire::Key,
+        key: rayhpc_node::wire::Key,
         options: &WireOptions,
         args: Vec<RawArg>,
         here: Here<'_, ActorId>,
@@ -714,7 +715,7 @@ impl Router for RouterOf {
         }
     }
 
-    fn name_actor(&self, name: &str, actor: ActorId, key: crate::wire::Key) -> Result<(), Error> {
+    fn name_actor(&self, name: &str, actor: ActorId, key: rayhpc_node::wire::Key) -> Result<(), Error> {
         let Some(inner) = self.0.upgrade() else { return Ok(()) };
         let owner = (actor.0 >> 96) as u32;
         match inner.control(Request::ActorName { name: name.to_string(), node: owner, actor: actor.0, key }) {
@@ -724,7 +725,7 @@ impl Router for RouterOf {
         }
     }
 
-    fn lookup_actor(&self, name: &str) -> Option<(ActorId, crate::wire::Key)> {
+    fn lookup_actor(&self, name: &str) -> Option<(ActorId, rayhpc_node::wire::Key)> {
         let inner = self.0.upgrade()?;
         match inner.control(Request::ActorLookup { name: name.to_string() }) {
             Ok(Response::Actor(found)) => found.map(|(id, key)| (ActorId(id), key)),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::kv::{Kv, KvAnswer, KvOp};
+use rayhpc_node::kv::{Kv, KvAnswer, KvOp};
 
 /// The transport frame kind of control messages (requests and their answers).
 pub const CONTROL: u16 = 0x100;
@@ -43,7 +43,7 @@ pub struct NodeInfo {
     /// How objects are pulled from this node: "tcp", or "fabric:<provider>".
     pub transport: String,
     /// Its RDMA fabric (address and registered arena), if it has one.
-    pub fabric: Option<super::fabric::FabricInfo>,
+    pub fabric: Option<crate::fabric::FabricInfo>,
     /// False once it left or missed its heartbeats.
     pub alive: bool,
 }
@@ -80,7 +80,7 @@ pub enum Request {
     },
     /// The node table (for `rayhpc status` and drivers).
     View,
-    /// An operation on the KV store ([`crate::kv`]). A watch is answered at once here; the
+    /// An operation on the KV store ([`rayhpc_node::kv`]). A watch is answered at once here; the
     /// head's server parks one that has nothing to answer yet.
     Kv(KvOp),
     /// Stores a function (a pickled Python function, by its 16-byte key).

@@ -35,12 +35,12 @@ use rayhpc::{Error, FailureKind, ObjectRef, ObjectView, Promise, TaskError, Unty
 use rayhpc_transport::{Kind, NodeId, Peer};
 use serde::{Deserialize, Serialize};
 
-use super::bulk::{self, BulkServer, Ticket, BULK_TICKET};
-use super::fabric::{FabricInfo, NodeFabric};
-use crate::api::{CallOptions, Failure, Service};
-use crate::router::TaskFn;
-use crate::wire::{Key, WireOptions};
+use crate::bulk::{self, BulkServer, Ticket, BULK_TICKET};
+use crate::fabric::{FabricInfo, NodeFabric};
 use rayhpc::ids::{ActorId, ObjectId};
+use rayhpc_node::api::{CallOptions, Failure, Service};
+use rayhpc_node::router::TaskFn;
+use rayhpc_node::wire::{Key, WireOptions};
 
 /// Owner → executor: run this task.
 pub const TASK: Kind = Kind(0x110);
@@ -1092,7 +1092,7 @@ impl Remote {
         }
         match msg.outcome {
             // Its worker process died over there: a system failure, retried like here.
-            Outcome::Failed(f) if f.kind == crate::api::ErrorKind::WorkerDied && p.retries_left != 0 => {
+            Outcome::Failed(f) if f.kind == rayhpc_node::api::ErrorKind::WorkerDied && p.retries_left != 0 => {
                 self.lost(p, peer.node(), &f.message)
             }
             outcome => {
@@ -1344,7 +1344,7 @@ impl Remote {
         promise.fulfill_with(len as usize, |buf| self.pull_into(peer, id, buf, via)).map_err(|e| e.to_string())?;
         let nanos = started.elapsed().as_nanos() as u64;
         let digest = match r.try_view() {
-            Some(Ok(v)) => super::bench::digest(&v),
+            Some(Ok(v)) => crate::bench::digest(&v),
             _ => return Err("the pulled copy cannot be read".into()),
         };
         Ok((nanos, digest))
@@ -1373,7 +1373,7 @@ impl Remote {
         done.map_err(|e| e.to_string())?;
         let round = source.map_or(1, |s| s.round.saturating_add(1));
         let digest = match r.try_view() {
-            Some(Ok(v)) => super::bench::digest(&v),
+            Some(Ok(v)) => crate::bench::digest(&v),
             _ => return Err("the pulled copy cannot be read".into()),
         };
         Ok((nanos, digest, round))

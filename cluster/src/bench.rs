@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rayhpc_transport::{Kind, Peer};
 use serde::{Deserialize, Serialize};
 
-use super::remote::{Remote, Via};
+use crate::remote::{Remote, Via};
 
 /// Head → node: accept a raw TCP stream of `len` bytes (answer: the port).
 pub const BENCH_RAW: Kind = Kind(0x120);
