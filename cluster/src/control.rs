@@ -1,9 +1,9 @@
-//! The control store's messages (postcard, in transport frames of kind [`CONTROL`]) and the
-//! head's state: the node table with joins, leaves and heartbeats; the cluster resource view
-//! every node receives with each heartbeat's answer; a function table (Python functions by
-//! key, so that a node that never saw the driver can run them); named actors; a KV store with
-//! watches. None of it is on the per-task path: tasks and objects are tracked by their
-//! owners.
+//! The control store's messages (postcard, in transport frames of kind `Control`: see
+//! [`crate::messages`]) and the head's state: the node table with joins, leaves and
+//! heartbeats; the cluster resource view every node receives with each heartbeat's answer; a
+//! function table (Python functions by key, so that a node that never saw the driver can
+//! run them); named actors; a KV store with watches. None of it is on the per-task path:
+//! tasks and objects are tracked by their owners.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -11,9 +11,6 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use rayhpc_node::kv::{Kv, KvAnswer, KvOp};
-
-/// The transport frame kind of control messages (requests and their answers).
-pub const CONTROL: u16 = 0x100;
 
 /// One node as the cluster sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
