@@ -11,7 +11,7 @@ use std::time::Duration;
 use rayhpc::ids::ActorId;
 use rayhpc::raw::RawArg;
 use rayhpc::{Error, ObjectRef, Untyped};
-use rayhpc_node::api::CallOptions;
+use rayhpc_node::api::{CallOptions, ErrorKind, Failure};
 use rayhpc_node::wire::{Key, WireOptions};
 use rayhpc_transport::Peer;
 
@@ -25,7 +25,13 @@ impl Remote {
     ///
     /// # Errors
     /// The node refused (the reason), or is gone.
-    pub(crate) fn create_actor(self: &Arc<Self>, peer: &Peer, key: Key, options: &WireOptions, args: Vec<RawArg>) -> Result<u128, Error> {
+    pub(crate) fn create_actor(
+        self: &Arc<Self>,
+        peer: &Peer,
+        key: Key,
+        options: &WireOptions,
+        args: Vec<RawArg>,
+    ) -> Result<ActorId, Error> {
         let service = self.service.upgrade().ok_or(Error::Shutdown)?;
         let refs: Vec<ObjectRef<Untyped>> =
             args.iter().filter_map(|a| if let RawArg::Ref(r) = a { Some(r.clone()) } else { None }).collect();
@@ -44,7 +50,7 @@ impl Remote {
             .map_err(|e| Error::Invalid(format!("node {}: {e}", peer.node())))?;
         postcard::from_bytes::<ActorMade>(&f.payload)
             .map_err(|e| Error::Invalid(format!("a malformed answer from node {}: {e}", peer.node())))?
-            .map_err(|e| Error::Invalid(format!("node {} could not create the actor: {e}", peer.node())))
+            .map_err(|f| Error::Invalid(format!("node {} could not create the actor: {}", peer.node(), f.message)))
     }
 
     /// `ActorNew`: an actor created here for another node (reached by id, pinned until
@@ -53,28 +59,30 @@ impl Remote {
         let answer = |r: ActorMade| {
             let _ = peer.respond(id, Msg::ActorNew.kind(), &postcard::to_allocvec(&r).expect("an answer serializes"));
         };
-        let Ok(msg) = postcard::from_bytes::<ActorMsg>(payload) else { return answer(Err("a malformed actor".into())) };
-        let Some(service) = self.service.upgrade() else { return answer(Err("shut down".into())) };
+        let Ok(msg) = postcard::from_bytes::<ActorMsg>(payload) else {
+            return answer(Err(Failure::new(ErrorKind::System, "a malformed actor")));
+        };
+        let Some(service) = self.service.upgrade() else { return answer(Err(Failure::new(ErrorKind::Shutdown, "shut down"))) };
         service.define_local(msg.key, &msg.blob, Some(&msg.class));
         // Lent: the requester lets them go when this node says it pulled them.
         let args = match self.received(peer, &service, msg.args, true) {
             Ok(a) => a,
-            Err(e) => return answer(Err(e.to_string())),
+            Err(e) => return answer(Err(Failure::of(e, false))),
         };
-        answer(service.create_pinned(msg.key, &CallOptions::new(msg.options.clone()), args).map(|a| a.0).map_err(|e| e.to_string()));
+        answer(service.create_pinned(msg.key, &CallOptions::new(msg.options.clone()), args).map_err(|e| Failure::of(e, false)));
     }
 
     /// `ActorKill`: kills an actor of this node, in order with the calls that came before
     /// and after it; only freeing its name (which may wait for the head) is left to another
     /// thread.
     pub(crate) fn on_actor_kill(&self, payload: &[u8]) {
-        if let (Ok(actor), Some(service)) = (postcard::from_bytes::<u128>(payload), self.service.upgrade()) {
-            service.kill_local(ActorId(actor), false);
+        if let (Ok(actor), Some(service)) = (postcard::from_bytes::<ActorId>(payload), self.service.upgrade()) {
+            service.kill_local(actor, false);
         }
     }
 
     /// Kills an actor of `peer`'s node.
-    pub(crate) fn kill_actor(&self, peer: &Peer, actor: u128) {
+    pub(crate) fn kill_actor(&self, peer: &Peer, actor: ActorId) {
         if let Ok(b) = postcard::to_allocvec(&actor) {
             let _ = peer.send(Msg::ActorKill.kind(), &b);
         }

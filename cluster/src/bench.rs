@@ -12,6 +12,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rayhpc::ids::ObjectId;
 use rayhpc_transport::Peer;
 
 use crate::messages::{BenchAsk, Msg};
@@ -93,7 +94,7 @@ fn sink(l: &TcpListener, len: u64) -> std::io::Result<()> {
 /// # Errors
 /// The node refused, or the stream failed.
 pub(crate) fn raw_stream(peer: &Peer, len: u64) -> Result<f64, String> {
-    let ask = postcard::to_allocvec(&BenchAsk { id: 0, len, fabric: false, tree: false }).map_err(|e| e.to_string())?;
+    let ask = postcard::to_allocvec(&BenchAsk { id: ObjectId(0), len, fabric: false, tree: false }).map_err(|e| e.to_string())?;
     let f = peer.request(Msg::BenchRaw.kind(), &ask, Duration::from_secs(30)).map_err(|e| e.to_string())?;
     let port = u16::from_le_bytes(f.payload.get(..2).and_then(|b| b.try_into().ok()).ok_or("a bad answer")?);
     let mut s = TcpStream::connect(SocketAddr::new(peer.remote_addr().ip(), port)).map_err(|e| e.to_string())?;
@@ -140,7 +141,7 @@ pub(crate) fn pull(
     len: u64,
     via: Via,
 ) -> Result<f64, String> {
-    let id = object.id().0;
+    let id = object.id();
     remote.export_for_bench(id, object.clone());
     let r = ask_pull(peer, id, len, via == Via::Fabric, false);
     remote.unexport_for_bench(id);
@@ -149,7 +150,7 @@ pub(crate) fn pull(
     Ok(len as f64 / (ns as f64 * 1e-9))
 }
 
-fn ask_pull(peer: &Peer, id: u128, len: u64, fabric: bool, tree: bool) -> Result<(u64, u64, u32), String> {
+fn ask_pull(peer: &Peer, id: ObjectId, len: u64, fabric: bool, tree: bool) -> Result<(u64, u64, u32), String> {
     let ask = postcard::to_allocvec(&BenchAsk { id, len, fabric, tree }).map_err(|e| e.to_string())?;
     let f = peer.request(Msg::BenchPull.kind(), &ask, Duration::from_secs(600)).map_err(|e| e.to_string())?;
     postcard::from_bytes::<(u64, u64, u32)>(&f.payload).map_err(|e| format!("a bad answer: {e}"))
@@ -188,7 +189,7 @@ pub(crate) fn broadcast(
     len: u64,
     tree: bool,
 ) -> Result<Broadcast, String> {
-    let id = object.id().0;
+    let id = object.id();
     remote.export_for_bench(id, object.clone());
     let t = Instant::now();
     let answers: Vec<_> = std::thread::scope(|s| {

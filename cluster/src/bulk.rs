@@ -17,6 +17,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rayhpc::ids::ObjectId;
 use rayhpc::{ObjectRef, Untyped};
 use rayhpc_transport::Peer;
 
@@ -146,7 +147,7 @@ impl BulkServer {
 ///
 /// # Errors
 /// No ticket, a connection or read failure: the message says which.
-pub fn pull(peer: &Peer, id: u128, buf: &mut [u8]) -> Result<(), String> {
+pub fn pull(peer: &Peer, id: ObjectId, buf: &mut [u8]) -> Result<(), String> {
     let total = buf.len() as u64;
     let streams = streams_for(total);
     let per = total.div_ceil(streams as u64).next_multiple_of(4096);
@@ -168,8 +169,8 @@ pub fn pull(peer: &Peer, id: u128, buf: &mut [u8]) -> Result<(), String> {
 }
 
 /// One stream: a ticket, then bytes `[off, off + part.len())` into `part`.
-fn stream(peer: &Peer, id: u128, off: u64, part: &mut [u8]) -> Result<(), String> {
-    let what = || format!("bulk pull of {id:032x} from node {}", peer.node());
+fn stream(peer: &Peer, id: ObjectId, off: u64, part: &mut [u8]) -> Result<(), String> {
+    let what = || format!("bulk pull of {:032x} from node {}", id.0, peer.node());
     let ask = postcard::to_allocvec(&id).map_err(|e| e.to_string())?;
     let f = peer.request(Msg::BulkTicket.kind(), &ask, Duration::from_secs(30)).map_err(|e| format!("{}: {e}", what()))?;
     let t: Ticket = postcard::from_bytes(&f.payload).map_err(|e| format!("{}: a bad ticket: {e}", what()))?;

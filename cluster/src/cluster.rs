@@ -14,7 +14,7 @@ use rayhpc_transport::{Config, Endpoint, NodeId, Peer};
 use crate::bench;
 use crate::bulk::BulkServer;
 use crate::control::{NodeInfo, Request, Response};
-use crate::error::{err, ClusterError};
+use crate::error::ClusterError;
 use crate::fabric::{FabricMode, NodeFabric};
 use crate::membership::{ask, default_ip, route_to, Membership, REQUEST_TIMEOUT};
 use crate::messages::{self, Msg};
@@ -79,7 +79,7 @@ impl Cluster {
         let ip = match (&cfg.role, cfg.bind) {
             (_, Some(ip)) => ip,
             (Role::Head, None) => default_ip(),
-            (Role::Member { head }, None) => route_to(*head).map_err(|e| err(format!("no route to the head at {head}: {e}")))?,
+            (Role::Member { head }, None) => route_to(*head).map_err(|e| ClusterError::io(format!("no route to the head at {head}"), e))?,
         };
         // Transport ids: the rank, so that the lower rank arbitrates a pair's connection.
         let weak = Arc::downgrade(&inner);
@@ -97,23 +97,24 @@ impl Cluster {
                     i.on_disconnect(peer, reason);
                 }
             });
-        let endpoint = Endpoint::bind(SocketAddr::new(ip, 0), config).map_err(|e| err(format!("cannot listen on {ip}: {e}")))?;
+        let endpoint =
+            Endpoint::bind(SocketAddr::new(ip, 0), config).map_err(|e| ClusterError::connect(format!("cannot listen on {ip}"), e))?;
         let addr = endpoint.local_addr();
         let _ = inner.endpoint.set(endpoint);
-        let bulk = BulkServer::start(ip).map_err(|e| err(format!("cannot listen for bulk streams on {ip}: {e}")))?;
+        let bulk = BulkServer::start(ip).map_err(|e| ClusterError::io(format!("cannot listen for bulk streams on {ip}"), e))?;
         inner.remote.set_bulk(bulk);
         match NodeFabric::open(&cfg.fabric, ip, node.runtime().object_store()) {
             Ok(Some(f)) => {
                 let weak = Arc::downgrade(&inner);
                 let lookup = Box::new(move |n: NodeId| {
                     let inner = weak.upgrade()?;
-                    inner.view_now().into_iter().find(|x| x.transport_id == n.0 && x.alive).and_then(|x| x.fabric)
+                    inner.view_now().into_iter().find(|x| x.transport_id == n && x.alive).and_then(|x| x.fabric)
                 });
                 inner.remote.set_fabric(Arc::new(f), lookup);
             }
             Ok(None) => {}
             Err(e) if cfg.fabric == FabricMode::Auto => eprintln!("rayhpc node: no RDMA fabric ({e}): objects move over TCP"),
-            Err(e) => return Err(err(format!("cannot open the fabric asked for: {e}"))),
+            Err(e) => return Err(ClusterError::Fabric(e)),
         }
         let weak = Arc::downgrade(&inner);
         inner.remote.set_peer_lookup(Box::new(move |n: NodeId| {
@@ -126,21 +127,21 @@ impl Cluster {
             Role::Head => {
                 let (h, cv) = inner.head.as_ref().expect("the head's");
                 let Response::Joined { view, .. } = lock(h).handle(Request::Join(me), Instant::now()) else {
-                    return Err(err("the head could not enter itself in the node table"));
+                    return Err(ClusterError::Unexpected("the head could not enter itself in the node table".into()));
                 };
                 *inner.view.write().unwrap_or_else(|e| e.into_inner()) = view;
                 cv.notify_all();
             }
             Role::Member { head } => {
                 let ep = inner.endpoint.get().expect("set");
-                let peer = ep.connect(head).map_err(|e| err(format!("cannot reach the head at {head}: {e}")))?;
+                let peer = ep.connect(head).map_err(|e| ClusterError::connect(format!("cannot reach the head at {head}"), e))?;
                 match ask(&peer, &Request::Join(me), REQUEST_TIMEOUT)? {
                     Response::Joined { id, view } => {
                         inner.id.store(id, Ordering::Release);
                         *inner.view.write().unwrap_or_else(|e| e.into_inner()) = view;
                     }
-                    Response::Error(m) => return Err(err(format!("the head refused this node: {m}"))),
-                    other => return Err(err(format!("the head answered a join with {other:?}"))),
+                    Response::Error(m) => return Err(ClusterError::Refused(m)),
+                    other => return Err(ClusterError::Unexpected(format!("the head answered a join with {other:?}"))),
                 }
                 *lock(&inner.head_peer) = Some(peer);
             }
@@ -158,7 +159,7 @@ impl Cluster {
         let ticker = std::thread::Builder::new()
             .name("rayhpc-heartbeat".into())
             .spawn(move || i.tick_loop())
-            .map_err(|e| err(format!("cannot start the heartbeat thread: {e}")))?;
+            .map_err(|e| ClusterError::io("cannot start the heartbeat thread", e))?;
         Ok(Cluster { inner, ticker: Mutex::new(Some(ticker)) })
     }
 
@@ -183,14 +184,14 @@ impl Cluster {
     /// # Errors
     /// Not the head, or fewer than `n` nodes joined in time (the message names who did).
     pub fn wait_nodes(&self, n: usize, timeout: Duration) -> Result<Vec<NodeInfo>, ClusterError> {
-        let Some((h, cv)) = &self.inner.head else { return Err(err("only the head waits for nodes")) };
+        let Some((h, cv)) = &self.inner.head else { return Err(ClusterError::NotHead("waits for nodes")) };
         let deadline = Instant::now() + timeout;
         let mut g = lock(h);
         while g.alive() < n {
             let now = Instant::now();
             if now >= deadline {
-                let joined: Vec<_> = g.view().into_iter().filter(|x| x.alive).map(|x| format!("rank {} ({})", x.rank, x.host)).collect();
-                return Err(err(format!("{} of {n} nodes joined within {timeout:?}: {}", g.alive(), joined.join(", "))));
+                let who: Vec<_> = g.view().into_iter().filter(|x| x.alive).map(|x| format!("rank {} ({})", x.rank, x.host)).collect();
+                return Err(ClusterError::NotJoined { joined: g.alive(), expected: n, within: timeout, who: who.join(", ") });
             }
             g = cv.wait_timeout(g, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
         }
@@ -213,7 +214,7 @@ impl Cluster {
                 }
                 Ok(())
             })
-            .map_err(|e| err(format!("cannot make the object: {e}")))
+            .map_err(|e| ClusterError::Bench(format!("cannot make the object: {e}")))
     }
 
     /// The head: the raw TCP stream's rate, the object pull rate over TCP and over the
@@ -224,24 +225,26 @@ impl Cluster {
     /// Not the head, or a measurement failed.
     pub fn bench_pull(&self, len: u64, trials: usize) -> Result<Vec<PullFigures>, ClusterError> {
         if self.inner.head.is_none() {
-            return Err(err("only the head runs the bench"));
+            return Err(ClusterError::NotHead("runs the bench"));
         }
         let object = self.bench_object(len, 0)?;
         let mut out = Vec::new();
         for c in self.inner.candidates() {
             let rank = c.node.0 as u32;
-            let peer = self.inner.peer_of(&c).ok_or_else(|| err(format!("cannot reach node {}", c.node)))?;
+            let peer = self.inner.peer_of(&c).ok_or_else(|| ClusterError::Bench(format!("cannot reach node {}", c.node)))?;
             let fabric =
                 self.inner.remote.fabric_provider().is_some() && self.inner.view_now().iter().any(|n| n.rank == rank && n.fabric.is_some());
             let mut f = PullFigures { rank, raw_tcp: 0.0, pull_tcp: 0.0, pull_fabric: fabric.then_some(0.0) };
             for _ in 0..trials.max(1) {
-                f.raw_tcp = f.raw_tcp.max(bench::raw_stream(&peer, len).map_err(|e| err(format!("raw stream to rank {rank}: {e}")))?);
-                let tcp =
-                    bench::pull(&self.inner.remote, &peer, &object, len, Via::Tcp).map_err(|e| err(format!("pull by rank {rank}: {e}")))?;
+                f.raw_tcp = f
+                    .raw_tcp
+                    .max(bench::raw_stream(&peer, len).map_err(|e| ClusterError::Bench(format!("raw stream to rank {rank}: {e}")))?);
+                let tcp = bench::pull(&self.inner.remote, &peer, &object, len, Via::Tcp)
+                    .map_err(|e| ClusterError::Bench(format!("pull by rank {rank}: {e}")))?;
                 f.pull_tcp = f.pull_tcp.max(tcp);
                 if let Some(best) = &mut f.pull_fabric {
                     let rate = bench::pull(&self.inner.remote, &peer, &object, len, Via::Fabric)
-                        .map_err(|e| err(format!("fabric pull by rank {rank}: {e}")))?;
+                        .map_err(|e| ClusterError::Bench(format!("fabric pull by rank {rank}: {e}")))?;
                     *best = best.max(rate);
                 }
             }
@@ -258,12 +261,12 @@ impl Cluster {
     /// Not the head, or a pull failed.
     pub fn bench_broadcast(&self, len: u64) -> Result<(usize, bench::Broadcast, bench::Broadcast), ClusterError> {
         if self.inner.head.is_none() {
-            return Err(err("only the head runs the bench"));
+            return Err(ClusterError::NotHead("runs the bench"));
         }
         let peers: Vec<Peer> = self.inner.candidates().iter().filter_map(|c| self.inner.peer_of(c)).collect();
         let run = |tree: bool| {
             let object = self.bench_object(len, u8::from(tree))?;
-            bench::broadcast(&self.inner.remote, &peers, &object, len, tree).map_err(|e| err(format!("broadcast: {e}")))
+            bench::broadcast(&self.inner.remote, &peers, &object, len, tree).map_err(|e| ClusterError::Bench(format!("broadcast: {e}")))
         };
         let direct = run(false)?;
         let tree = run(true)?;

@@ -8,9 +8,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
+use rayhpc::ids::ActorId;
 use rayhpc_node::kv::{Kv, KvAnswer, KvOp};
+use rayhpc_node::wire::Key;
+use rayhpc_transport::NodeId;
+use serde::{Deserialize, Serialize};
 
 /// One node as the cluster sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,7 +22,7 @@ pub struct NodeInfo {
     /// Its rank in the launch (the head is rank 0).
     pub rank: u32,
     /// Its transport node id.
-    pub transport_id: u64,
+    pub transport_id: NodeId,
     /// Host name.
     pub host: String,
     /// Its transport endpoint, `ip:port`.
@@ -83,14 +85,14 @@ pub enum Request {
     /// Stores a function (a pickled Python function, by its 16-byte key).
     FnPut {
         /// Key.
-        key: [u8; 16],
+        key: Key,
         /// The pickled function.
         blob: Vec<u8>,
     },
     /// Reads a function.
     FnGet {
         /// Key.
-        key: [u8; 16],
+        key: Key,
     },
     /// Names an actor (fails if the name is taken by a live actor).
     ActorName {
@@ -98,17 +100,17 @@ pub enum Request {
         name: String,
         /// The node that holds it.
         node: u32,
-        /// Its id there.
-        actor: u128,
+        /// Its id.
+        actor: ActorId,
         /// Its class's key.
-        key: [u8; 16],
+        key: Key,
     },
     /// Forgets a name (its actor is gone or its creation failed).
     ActorForget {
         /// The name.
         name: String,
         /// The actor it named.
-        actor: u128,
+        actor: ActorId,
     },
     /// Where a named actor lives.
     ActorLookup {
@@ -139,7 +141,7 @@ pub enum Response {
     /// A value, if the key exists.
     Value(Option<Vec<u8>>),
     /// A named actor: its id and class key.
-    Actor(Option<(u128, [u8; 16])>),
+    Actor(Option<(ActorId, Key)>),
     /// The KV store's answer.
     Kv(KvAnswer),
     /// Done.
@@ -159,8 +161,8 @@ pub struct Head {
     nodes: Vec<(NodeInfo, Instant)>,
     version: u64,
     kv: Kv,
-    functions: HashMap<[u8; 16], Vec<u8>>,
-    actors: HashMap<String, (u32, u128, [u8; 16])>,
+    functions: HashMap<Key, Vec<u8>>,
+    actors: HashMap<String, (u32, ActorId, Key)>,
     stopping: bool,
 }
 
@@ -192,7 +194,7 @@ impl Head {
 
     /// Marks the node of transport id `tid` dead (its connection ended); true if it was
     /// alive.
-    pub fn disconnected(&mut self, tid: u64) -> bool {
+    pub fn disconnected(&mut self, tid: NodeId) -> bool {
         let mut any = false;
         for (n, _) in &mut self.nodes {
             if n.transport_id == tid && n.alive && n.id != 0 {
@@ -312,7 +314,7 @@ mod tests {
         NodeInfo {
             id: 99,
             rank,
-            transport_id: rank as u64,
+            transport_id: NodeId(rank.into()),
             host: format!("node{rank}"),
             addr: format!("10.0.0.{rank}:1"),
             resources: [("CPU".to_string(), (2.0, 2.0))].into(),
@@ -352,8 +354,8 @@ mod tests {
         assert_eq!(h.handle(Request::Leave { id: 3 }, t1), Response::Ok);
         assert_eq!(h.alive(), 2);
         // A closed connection counts a node dead at once.
-        assert!(h.disconnected(1));
-        assert!(!h.disconnected(1));
+        assert!(h.disconnected(NodeId(1)));
+        assert!(!h.disconnected(NodeId(1)));
         assert_eq!(h.alive(), 1);
     }
 
@@ -369,10 +371,13 @@ mod tests {
         assert!(matches!(h.handle(Request::Kv(KvOp::Put { key: vec![0; 5000], value: vec![], overwrite: true }), now), Response::Error(_)));
         h.handle(Request::FnPut { key: [1; 16], blob: b"f".to_vec() }, now);
         assert_eq!(h.handle(Request::FnGet { key: [1; 16] }, now), Response::Value(Some(b"f".to_vec())));
-        assert_eq!(h.handle(Request::ActorName { name: "c".into(), node: 0, actor: 5, key: [2; 16] }, now), Response::Ok);
-        assert!(matches!(h.handle(Request::ActorName { name: "c".into(), node: 0, actor: 6, key: [2; 16] }, now), Response::Error(_)));
-        assert_eq!(h.handle(Request::ActorLookup { name: "c".into() }, now), Response::Actor(Some((5, [2; 16]))));
-        h.handle(Request::ActorForget { name: "c".into(), actor: 5 }, now);
+        assert_eq!(h.handle(Request::ActorName { name: "c".into(), node: 0, actor: ActorId(5), key: [2; 16] }, now), Response::Ok);
+        assert!(matches!(
+            h.handle(Request::ActorName { name: "c".into(), node: 0, actor: ActorId(6), key: [2; 16] }, now),
+            Response::Error(_)
+        ));
+        assert_eq!(h.handle(Request::ActorLookup { name: "c".into() }, now), Response::Actor(Some((ActorId(5), [2; 16]))));
+        h.handle(Request::ActorForget { name: "c".into(), actor: ActorId(5) }, now);
         assert_eq!(h.handle(Request::ActorLookup { name: "c".into() }, now), Response::Actor(None));
         h.handle(Request::Shutdown, now);
         assert!(h.stopping());

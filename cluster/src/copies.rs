@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 
+use rayhpc::ids::ObjectId;
 use rayhpc::{ObjectRef, Untyped};
 
 /// The most copies kept (small ones cost no store bytes but a table entry).
@@ -20,7 +21,7 @@ pub(crate) fn failed(r: &ObjectRef<Untyped>) -> bool {
 #[derive(Default)]
 pub(crate) struct Copies {
     /// id → (the copy, its bytes, when it was last used).
-    map: HashMap<u128, (ObjectRef<Untyped>, u64, u64)>,
+    map: HashMap<ObjectId, (ObjectRef<Untyped>, u64, u64)>,
     bytes: u64,
     /// The most bytes kept.
     budget: u64,
@@ -34,7 +35,7 @@ impl Copies {
     }
 
     /// The copy of `id` if there is one that did not fail.
-    pub(crate) fn get(&mut self, id: u128) -> Option<ObjectRef<Untyped>> {
+    pub(crate) fn get(&mut self, id: ObjectId) -> Option<ObjectRef<Untyped>> {
         self.tick += 1;
         let tick = self.tick;
         let (r, len, used) = self.map.get_mut(&id)?;
@@ -49,13 +50,13 @@ impl Copies {
     }
 
     /// Whether a copy of `id` is kept.
-    pub(crate) fn contains(&self, id: u128) -> bool {
+    pub(crate) fn contains(&self, id: ObjectId) -> bool {
         self.map.contains_key(&id)
     }
 
     /// Keeps `r` as the copy of `id`, then lets the least recently used go while over the
     /// budget; whether `r` is kept.
-    pub(crate) fn keep(&mut self, id: u128, r: &ObjectRef<Untyped>, len: u64) -> bool {
+    pub(crate) fn keep(&mut self, id: ObjectId, r: &ObjectRef<Untyped>, len: u64) -> bool {
         if len > self.budget {
             // Too large to keep: not shared (and any placeholder of it goes).
             if let Some((_, old, _)) = self.map.remove(&id) {
@@ -88,24 +89,24 @@ mod tests {
         let rt = Runtime::init(Config { executors: Some(1), ..Config::default() }).unwrap();
         let mut c = Copies::new(100);
         let (a, pa) = rt.promise().unwrap();
-        c.keep(1, &a, 60);
+        c.keep(ObjectId(1), &a, 60);
         // A copy still being pulled is shared as it is.
-        assert_eq!(c.get(1).map(|r| r.id()), Some(a.id()));
+        assert_eq!(c.get(ObjectId(1)).map(|r| r.id()), Some(a.id()));
         let (b, _pb) = rt.promise().unwrap();
-        c.keep(2, &b, 30);
+        c.keep(ObjectId(2), &b, 30);
         assert_eq!(c.bytes, 90);
-        c.get(1);
+        c.get(ObjectId(1));
         // Over the budget: the least recently used (2) goes, not the one just read.
         let (d, _pd) = rt.promise().unwrap();
-        c.keep(3, &d, 30);
-        assert!(c.get(2).is_none());
+        c.keep(ObjectId(3), &d, 30);
+        assert!(c.get(ObjectId(2)).is_none());
         assert_eq!((c.bytes, c.map.len()), (90, 2));
         // Larger than the whole budget: not kept.
-        c.keep(4, &d, 101);
-        assert!(c.get(4).is_none());
+        c.keep(ObjectId(4), &d, 101);
+        assert!(c.get(ObjectId(4)).is_none());
         // A copy whose pull failed is not handed out again.
         pa.fail(Error::ObjectLost("its node died".into()));
-        assert!(c.get(1).is_none());
+        assert!(c.get(ObjectId(1)).is_none());
         assert_eq!(c.bytes, 30);
         rt.shutdown();
     }

@@ -15,7 +15,7 @@ use rayhpc_node::Node;
 use rayhpc_transport::{Config, Endpoint, NodeId, Peer};
 
 use crate::control::{Head, Load, NodeInfo, Request, Response};
-use crate::error::{err, ClusterError};
+use crate::error::ClusterError;
 use crate::messages::Msg;
 use crate::place::Resources;
 use crate::remote::{lock, Remote};
@@ -106,8 +106,8 @@ fn encode<T: serde::Serialize>(r: &T) -> Vec<u8> {
 
 /// Sends a control request and reads the answer.
 pub(crate) fn ask(peer: &Peer, r: &Request, timeout: Duration) -> Result<Response, ClusterError> {
-    let f = peer.request(Msg::Control.kind(), &encode(r), timeout).map_err(|e| err(e.to_string()))?;
-    postcard::from_bytes(&f.payload).map_err(|e| err(format!("a malformed answer from the head: {e}")))
+    let f = peer.request(Msg::Control.kind(), &encode(r), timeout)?;
+    Ok(postcard::from_bytes(&f.payload)?)
 }
 
 /// Asks the head at `head` for the node table (what `rayhpc status` shows), from a
@@ -116,11 +116,11 @@ pub(crate) fn ask(peer: &Peer, r: &Request, timeout: Duration) -> Result<Respons
 /// # Errors
 /// The head cannot be reached or refuses (a wrong secret).
 pub fn query(head: SocketAddr, secret: &[u8], request: &Request) -> Result<Response, ClusterError> {
-    let ip = route_to(head).map_err(|e| err(format!("no route to {head}: {e}")))?;
+    let ip = route_to(head).map_err(|e| ClusterError::io(format!("no route to {head}"), e))?;
     let probe = u64::MAX - u64::from(std::process::id());
     let ep = Endpoint::bind(SocketAddr::new(ip, 0), Config::new(NodeId(probe), secret.to_vec()))
-        .map_err(|e| err(format!("cannot open an endpoint: {e}")))?;
-    let peer = ep.connect(head).map_err(|e| err(format!("cannot reach the head at {head}: {e}")))?;
+        .map_err(|e| ClusterError::connect("cannot open an endpoint", e))?;
+    let peer = ep.connect(head).map_err(|e| ClusterError::connect(format!("cannot reach the head at {head}"), e))?;
     let r = ask(&peer, request, REQUEST_TIMEOUT);
     ep.shutdown();
     r
@@ -151,7 +151,7 @@ impl Membership {
         NodeInfo {
             id: 0,
             rank: self.rank,
-            transport_id: u64::from(self.rank),
+            transport_id: NodeId(u64::from(self.rank)),
             host: hostname(),
             addr: addr.to_string(),
             resources: load.resources,
@@ -189,10 +189,10 @@ impl Membership {
             cv.notify_all();
             return Ok(a);
         }
-        let peer = lock(&self.head_peer).clone().ok_or_else(|| err("no head"))?;
+        let peer = lock(&self.head_peer).clone().ok_or(ClusterError::NoHead)?;
         // A watch waits at the head for as long as it asked, then the answer travels.
         let timeout = match &r {
-            Request::Kv(KvOp::Watch { timeout, .. }) => REQUEST_TIMEOUT + kv::watch_timeout(*timeout).map_err(err)?,
+            Request::Kv(KvOp::Watch { timeout, .. }) => REQUEST_TIMEOUT + kv::watch_timeout(*timeout).map_err(ClusterError::Invalid)?,
             _ => REQUEST_TIMEOUT,
         };
         ask(&peer, &r, timeout)
@@ -239,7 +239,7 @@ impl Membership {
         let view = self.view_now();
         view.into_iter()
             .filter(|n| n.alive && n.rank != self.rank)
-            .filter_map(|n| Some(Candidate { node: NodeId(n.transport_id), addr: n.addr.parse().ok()?, resources: n.resources }))
+            .filter_map(|n| Some(Candidate { node: n.transport_id, addr: n.addr.parse().ok()?, resources: n.resources }))
             .collect()
     }
 
@@ -307,7 +307,7 @@ impl Membership {
     pub(crate) fn on_disconnect(&self, peer: &Peer, reason: &str) {
         self.remote.on_disconnect(peer.node(), reason);
         if let Some((h, cv)) = &self.head {
-            lock(h).disconnected(peer.node().0);
+            lock(h).disconnected(peer.node());
             cv.notify_all();
             lock(&self.watches).retain(|w| w.peer.node() != peer.node());
         } else if peer.node() == NodeId(0) && !self.stop.load(Ordering::Acquire) {
@@ -337,7 +337,7 @@ impl Membership {
                     // Its connection is closed, so that what was sent to it is sent again.
                     let tid = view.iter().find(|n| n.id == id).map(|n| n.transport_id);
                     if let (Some(tid), Some(ep)) = (tid, self.endpoint.get()) {
-                        if let Some(p) = ep.peer(NodeId(tid)) {
+                        if let Some(p) = ep.peer(tid) {
                             p.close();
                         }
                     }

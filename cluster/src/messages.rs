@@ -8,14 +8,14 @@
 //! | `Task` | 0x110 | owner → executor, one-way | [`TaskMsg`] | |
 //! | `TaskDone` | 0x111 | executor → owner, one-way | [`DoneMsg`] | |
 //! | `Pull` | 0x112 | puller → exporter, request | [`PullMsg`] | the chunk's bytes |
-//! | `Unexport` | 0x113 | puller → exporter, one-way | the object's id | |
-//! | `BulkTicket` | 0x114 | puller → exporter, request | the object's id | [`Ticket`] |
-//! | `Fetch` | 0x115 | reader → the object's node, request | the object's id | [`Outcome`] |
+//! | `Unexport` | 0x113 | puller → exporter, one-way | [`ObjectId`] | |
+//! | `BulkTicket` | 0x114 | puller → exporter, request | [`ObjectId`] | [`Ticket`] |
+//! | `Fetch` | 0x115 | reader → the object's node, request | [`ObjectId`] | [`Outcome`] |
 //! | `ActorNew` | 0x116 | requester → node, request | [`ActorMsg`] | [`ActorMade`] |
-//! | `ActorKill` | 0x117 | requester → the actor's node, one-way | the actor's id | |
-//! | `Locate` | 0x118 | puller → exporter, request | the object's id | `(offset, len)` in the arena |
-//! | `Unpin` | 0x119 | puller → exporter, one-way | the object's id | |
-//! | `Where` | 0x11A | puller → owner, request | the object's id | [`Source`] (perhaps later) |
+//! | `ActorKill` | 0x117 | requester → the actor's node, one-way | [`ActorId`] | |
+//! | `Locate` | 0x118 | puller → exporter, request | [`ObjectId`] | `(offset, len)` in the arena |
+//! | `Unpin` | 0x119 | puller → exporter, one-way | [`ObjectId`] | |
+//! | `Where` | 0x11A | puller → owner, request | [`ObjectId`] | [`Source`] (perhaps later) |
 //! | `Pulled` | 0x11B | puller → owner, one-way | [`PulledMsg`] | |
 //! | `BenchRaw` | 0x120 | head → node, request | [`BenchAsk`] | a port (u16, little-endian) |
 //! | `BenchPull` | 0x121 | head → node, request | [`BenchAsk`] | `(nanoseconds, digest, round)` |
@@ -23,9 +23,10 @@
 //! A frame of any other kind is logged and dropped (a request among them is refused, so that
 //! its sender does not wait).
 
+use rayhpc::ids::{ActorId, ObjectId};
 use rayhpc_node::api::Failure;
 use rayhpc_node::wire::{Key, WireOptions};
-use rayhpc_transport::{Frame, Kind, Peer};
+use rayhpc_transport::{Frame, Kind, NodeId, Peer};
 use serde::{Deserialize, Serialize};
 
 use crate::bench;
@@ -125,7 +126,7 @@ pub enum Arg {
     /// An object the sender exports, to pull.
     Object {
         /// Its id.
-        id: u128,
+        id: ObjectId,
         /// Its length.
         len: u64,
     },
@@ -146,7 +147,7 @@ pub enum MsgFn {
     /// A method of an actor of the receiving node.
     Method {
         /// The actor.
-        actor: u128,
+        actor: ActorId,
         /// The method's name.
         method: String,
     },
@@ -173,7 +174,7 @@ pub enum Outcome {
     /// An object the sender lends until the receiver pulled it (`Unexport`).
     Stored {
         /// Its id.
-        id: u128,
+        id: ObjectId,
         /// Its length.
         len: u64,
     },
@@ -194,7 +195,7 @@ pub struct DoneMsg {
 #[derive(Serialize, Deserialize, Debug)]
 pub struct PullMsg {
     /// The object.
-    pub id: u128,
+    pub id: ObjectId,
     /// The first byte.
     pub offset: u64,
     /// How many.
@@ -217,14 +218,14 @@ pub struct ActorMsg {
 }
 
 /// The answer to `ActorNew`: the actor's id, or why it was not made.
-pub type ActorMade = Result<u128, String>;
+pub type ActorMade = Result<ActorId, Failure>;
 
-/// The answer to `Where`: pull from `node` (a transport id) that has the object, `round`
-/// pulls away from its owner (0: the owner).
+/// The answer to `Where`: pull from `node` that has the object, `round` pulls away from its
+/// owner (0: the owner).
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Source {
     /// The node.
-    pub node: u64,
+    pub node: NodeId,
     /// Its distance from the owner, in pulls.
     pub round: u32,
 }
@@ -233,9 +234,9 @@ pub struct Source {
 #[derive(Serialize, Deserialize, Debug)]
 pub struct PulledMsg {
     /// The object.
-    pub id: u128,
+    pub id: ObjectId,
     /// The source `Where` named.
-    pub source: u64,
+    pub source: NodeId,
     /// Whether the puller has a complete copy (it is then a source for others).
     pub ok: bool,
 }
@@ -255,7 +256,7 @@ pub struct Ticket {
 #[derive(Serialize, Deserialize, Debug)]
 pub struct BenchAsk {
     /// The object (`BenchPull`).
-    pub id: u128,
+    pub id: ObjectId,
     /// Bytes.
     pub len: u64,
     /// Pull over the fabric (else TCP).
@@ -312,5 +313,15 @@ mod tests {
         numbers.dedup();
         assert_eq!(numbers.len(), Msg::ALL.len());
         assert_eq!(Msg::of(Kind(0x1FF)), None);
+    }
+
+    #[test]
+    fn typed_ids_travel_as_the_integers_they_wrap() {
+        let id = (7u128 << 96) | 42;
+        assert_eq!(postcard::to_allocvec(&ObjectId(id)).unwrap(), postcard::to_allocvec(&id).unwrap());
+        assert_eq!(postcard::to_allocvec(&ActorId(id)).unwrap(), postcard::to_allocvec(&id).unwrap());
+        assert_eq!(postcard::to_allocvec(&NodeId(3)).unwrap(), postcard::to_allocvec(&3u64).unwrap());
+        let m = PulledMsg { id: ObjectId(id), source: NodeId(3), ok: true };
+        assert_eq!(postcard::to_allocvec(&m).unwrap(), postcard::to_allocvec(&(id, 3u64, true)).unwrap());
     }
 }

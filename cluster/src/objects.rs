@@ -30,15 +30,15 @@ use crate::remote::{lock, object_id, FabricLookup, Remote};
 /// A node's objects as the cluster sees them.
 pub(crate) struct Objects {
     /// Objects this node lends to others: id → (the object, how many holders).
-    exports: Mutex<HashMap<u128, (ObjectRef<Untyped>, usize)>>,
+    exports: Mutex<HashMap<ObjectId, (ObjectRef<Untyped>, usize)>>,
     /// Results exported for each node until it pulled them (dropped if it dies).
-    pub(crate) lent: Mutex<HashMap<NodeId, Vec<u128>>>,
+    pub(crate) lent: Mutex<HashMap<NodeId, Vec<ObjectId>>>,
     /// Copies of other nodes' objects pulled here, shared by every reader on this node.
     pub(crate) copies: Mutex<Copies>,
     /// Objects pulled into this node, and their bytes.
     pub(crate) pulled: (AtomicU64, AtomicU64),
     /// Objects pinned in the arena for another node's fabric read, until it says `Unpin`.
-    pub(crate) pins: Mutex<HashMap<NodeId, Vec<(u128, ObjectView)>>>,
+    pub(crate) pins: Mutex<HashMap<NodeId, Vec<(ObjectId, ObjectView)>>>,
     /// This node's bulk listener (large objects to pullers).
     bulk: OnceLock<Arc<BulkServer>>,
     /// This node's RDMA fabric, if it has one.
@@ -64,7 +64,7 @@ impl Objects {
 
     /// Whether `id` is exported; `then` runs under the exports' lock (so that an unexport
     /// cannot slip in between).
-    pub(crate) fn if_exported(&self, id: u128, then: impl FnOnce()) -> bool {
+    pub(crate) fn if_exported(&self, id: ObjectId, then: impl FnOnce()) -> bool {
         let exports = lock(&self.exports);
         let found = exports.contains_key(&id);
         if found {
@@ -98,7 +98,7 @@ impl Remote {
 
     /// The object `id` as this node can serve it to a puller: an export, or a complete copy
     /// of another node's object (a source of a tree).
-    pub(crate) fn served(&self, id: u128) -> Option<ObjectRef<Untyped>> {
+    pub(crate) fn served(&self, id: ObjectId) -> Option<ObjectRef<Untyped>> {
         if let Some(r) = lock(&self.objects.exports).get(&id).map(|(r, _)| r.clone()) {
             return Some(r);
         }
@@ -106,12 +106,12 @@ impl Remote {
     }
 
     /// Lends `r` as `id` (once more).
-    pub(crate) fn export(&self, id: u128, r: ObjectRef<Untyped>) {
+    pub(crate) fn export(&self, id: ObjectId, r: ObjectRef<Untyped>) {
         lock(&self.objects.exports).entry(id).or_insert((r, 0)).1 += 1;
     }
 
     /// Lets one lending of `id` go; the last one forgets how it spread.
-    pub(crate) fn unexport(&self, id: u128) {
+    pub(crate) fn unexport(&self, id: ObjectId) {
         let mut ex = lock(&self.objects.exports);
         if let Some(e) = ex.get_mut(&id) {
             e.1 -= 1;
@@ -130,13 +130,13 @@ impl Remote {
     /// # Errors
     /// An argument failed (what the call fails with, as Ray propagates it), or cannot be
     /// read; nothing stays exported then.
-    pub(crate) fn outgoing(&self, args: &[RawArg]) -> Result<(Vec<Arg>, Vec<u128>), Error> {
+    pub(crate) fn outgoing(&self, args: &[RawArg]) -> Result<(Vec<Arg>, Vec<ObjectId>), Error> {
         let (mut out, mut exported) = (Vec::with_capacity(args.len()), Vec::new());
         let read = |r: &ObjectRef<Untyped>| -> Result<Arg, Error> {
             match r.with_inline_bytes(<[u8]>::to_vec) {
                 Some(b) => b.map(Arg::Value),
                 None => match r.try_view() {
-                    Some(v) => v.map(|v| Arg::Object { id: r.id().0, len: v.len() as u64 }),
+                    Some(v) => v.map(|v| Arg::Object { id: r.id(), len: v.len() as u64 }),
                     None => Err(Error::Invalid("an argument is not ready".into())),
                 },
             }
@@ -181,7 +181,7 @@ impl Remote {
 
     /// This node's copy of object `id` of `peer` (`len` bytes): the one there is, or a new
     /// one that a pull completes (`lent`: as [`Remote::received`]).
-    fn copy_of(self: &Arc<Self>, peer: &Peer, service: &Service, id: u128, len: u64, lent: bool) -> Result<ObjectRef<Untyped>, Error> {
+    fn copy_of(self: &Arc<Self>, peer: &Peer, service: &Service, id: ObjectId, len: u64, lent: bool) -> Result<ObjectRef<Untyped>, Error> {
         let mut copies = lock(&self.objects.copies);
         if let Some(r) = copies.get(id) {
             drop(copies);
@@ -207,7 +207,7 @@ impl Remote {
             Some(Err(e)) => Outcome::Failed(Failure::of(e, false)),
             None => match held.try_view() {
                 Some(Ok(v)) => {
-                    let id = held.id().0;
+                    let id = held.id();
                     let len = v.len() as u64;
                     drop(v);
                     self.export(id, held.clone());
@@ -222,7 +222,7 @@ impl Remote {
 
     /// `Unexport`: the node pulled a result this node lent it.
     pub(crate) fn on_unexport(&self, peer: &Peer, payload: &[u8]) {
-        let Ok(id) = postcard::from_bytes::<u128>(payload) else { return };
+        let Ok(id) = postcard::from_bytes::<ObjectId>(payload) else { return };
         let mut lent = lock(&self.objects.lent);
         if let Some(ids) = lent.get_mut(&peer.node()) {
             if let Some(i) = ids.iter().position(|x| *x == id) {
@@ -237,9 +237,9 @@ impl Remote {
     /// inside a value): answered once it is ready, with its bytes or as a lent export.
     pub(crate) fn on_fetch(self: &Arc<Self>, peer: &Peer, id: u64, payload: &[u8]) {
         let Some(obj) = object_id(peer, id, payload, "fetch") else { return };
-        let found = self.service.upgrade().and_then(|s| s.escaped_here(ObjectId(obj)));
+        let found = self.service.upgrade().and_then(|s| s.escaped_here(obj));
         let Some(r) = found else {
-            let o = Outcome::Failed(Failure::of(Error::ObjectLost(format!("{obj:032x} is not known on the node that made it")), false));
+            let o = Outcome::Failed(Failure::of(Error::ObjectLost(format!("{:032x} is not known on the node that made it", obj.0)), false));
             let _ = peer.respond(id, Msg::Fetch.kind(), &postcard::to_allocvec(&o).expect("an outcome serializes"));
             return;
         };
@@ -255,11 +255,11 @@ impl Remote {
 
     /// Fetches object `id` from the node that made it (`peer`); `None` for the peer means
     /// that node is gone: the object is lost.
-    pub(crate) fn fetch(self: &Arc<Self>, peer: Option<Peer>, id: u128) -> Option<ObjectRef<Untyped>> {
+    pub(crate) fn fetch(self: &Arc<Self>, peer: Option<Peer>, id: ObjectId) -> Option<ObjectRef<Untyped>> {
         let service = self.service.upgrade()?;
         let (r, promise) = service.runtime().promise().ok()?;
         let Some(peer) = peer else {
-            promise.fail(Error::ObjectLost(format!("{id:032x}: the node that made it is gone")));
+            promise.fail(Error::ObjectLost(format!("{:032x}: the node that made it is gone", id.0)));
             return Some(r);
         };
         if let Some(copy) = lock(&self.objects.copies).get(id) {
@@ -284,7 +284,7 @@ impl Remote {
                     me.pull(peer, key, len, promise, true)
                 }
                 Ok(Outcome::Failed(f)) => promise.fail(f.into_error()),
-                Err(e) => promise.fail(Error::ObjectLost(format!("{id:032x} from node {}: {e}", peer.node()))),
+                Err(e) => promise.fail(Error::ObjectLost(format!("{:032x} from node {}: {e}", id.0, peer.node()))),
             }
         });
         if let Err(e) = spawned {
@@ -298,7 +298,7 @@ impl Remote {
         let Some(obj) = object_id(peer, id, payload, "ticket request") else { return };
         let r = self.served(obj);
         let (Some(r), Some(server)) = (r, self.objects.bulk.get()) else {
-            let _ = peer.refuse(id, &format!("object {obj:032x} is not exported here, or no bulk listener"));
+            let _ = peer.refuse(id, &format!("object {:032x} is not exported here, or no bulk listener", obj.0));
             return;
         };
         let len = match r.try_view() {
@@ -325,7 +325,7 @@ impl Remote {
         let Some(obj) = object_id(peer, id, payload, "locate") else { return };
         let r = self.served(obj);
         let (Some(r), Some(service)) = (r, self.service.upgrade()) else {
-            let _ = peer.refuse(id, &format!("object {obj:032x} is not exported here"));
+            let _ = peer.refuse(id, &format!("object {:032x} is not exported here", obj.0));
             return;
         };
         let Some(Ok(view)) = r.try_view() else {
@@ -345,7 +345,7 @@ impl Remote {
 
     /// `Unpin`: `peer` read what `Locate` pinned for it.
     pub(crate) fn on_unpin(&self, peer: &Peer, payload: &[u8]) {
-        let Ok(obj) = postcard::from_bytes::<u128>(payload) else { return };
+        let Ok(obj) = postcard::from_bytes::<ObjectId>(payload) else { return };
         let mut pins = lock(&self.objects.pins);
         if let Some(list) = pins.get_mut(&peer.node()) {
             if let Some(i) = list.iter().position(|(x, _)| *x == obj) {
@@ -361,7 +361,7 @@ impl Remote {
             return;
         };
         let Some(r) = self.served(m.id) else {
-            let _ = peer.refuse(id, &format!("object {:032x} is not exported here", m.id));
+            let _ = peer.refuse(id, &format!("object {:032x} is not exported here", m.id.0));
             return;
         };
         match r.try_view() {

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rayhpc::ids::ObjectId;
 use rayhpc::{ObjectRef, Promise, Untyped};
 use rayhpc_transport::Peer;
 
@@ -38,7 +39,7 @@ impl Remote {
     /// Pulls object `id` (`len` bytes) from `peer` into this node's store, completing
     /// `promise`; then (`lent`: a result the peer lent) tells the peer to let it go. On a
     /// thread of its own: a pull is chunks in flight, each waited for in turn.
-    pub(crate) fn pull(self: &Arc<Self>, peer: Peer, id: u128, len: u64, promise: Promise, lent: bool) {
+    pub(crate) fn pull(self: &Arc<Self>, peer: Peer, id: ObjectId, len: u64, promise: Promise, lent: bool) {
         self.objects.pulled.0.fetch_add(1, Ordering::Relaxed);
         self.objects.pulled.1.fetch_add(len, Ordering::Relaxed);
         let me = self.clone();
@@ -71,7 +72,7 @@ impl Remote {
     ///
     /// # Errors
     /// The pull failed (the message says why).
-    pub(crate) fn pull_blocking(&self, peer: &Peer, id: u128, len: u64, via: Via, started: Instant) -> Result<(u64, u64), String> {
+    pub(crate) fn pull_blocking(&self, peer: &Peer, id: ObjectId, len: u64, via: Via, started: Instant) -> Result<(u64, u64), String> {
         let service = self.service.upgrade().ok_or("shut down")?;
         let (r, promise) = service.runtime().promise().map_err(|e| e.to_string())?;
         promise.fulfill_with(len as usize, |buf| self.pull_into(peer, id, buf, via)).map_err(|e| e.to_string())?;
@@ -89,7 +90,7 @@ impl Remote {
     pub(crate) fn pull_shared_blocking(
         self: &Arc<Self>,
         peer: &Peer,
-        id: u128,
+        id: ObjectId,
         len: u64,
         started: Instant,
     ) -> Result<(u64, u64, u32), String> {
@@ -113,12 +114,12 @@ impl Remote {
     }
 
     /// Exports an object for the bench's pull.
-    pub(crate) fn export_for_bench(&self, id: u128, r: ObjectRef<Untyped>) {
+    pub(crate) fn export_for_bench(&self, id: ObjectId, r: ObjectRef<Untyped>) {
         self.export(id, r);
     }
 
     /// Ends [`Remote::export_for_bench`].
-    pub(crate) fn unexport_for_bench(&self, id: u128) {
+    pub(crate) fn unexport_for_bench(&self, id: ObjectId) {
         self.unexport(id);
     }
 
@@ -126,7 +127,7 @@ impl Remote {
     /// the fabric when both nodes have one (falling back to TCP if that fails), else over
     /// bulk streams when large (see `bulk`), else (or if those fail) in chunks on the
     /// control connection.
-    pub(crate) fn pull_into(&self, peer: &Peer, id: u128, buf: &mut [u8], via: Via) -> Result<(), String> {
+    pub(crate) fn pull_into(&self, peer: &Peer, id: ObjectId, buf: &mut [u8], via: Via) -> Result<(), String> {
         if via != Via::Tcp {
             match self.fabric_pull(peer, id, buf) {
                 Ok(true) => return Ok(()),
@@ -134,7 +135,7 @@ impl Remote {
                 Ok(false) if via == Via::Fabric => return Err(format!("no fabric between this node and node {}", peer.node())),
                 Ok(false) => {}
                 Err(e) if via == Via::Fabric => return Err(e),
-                Err(e) => eprintln!("rayhpc node: fabric pull of {id:032x}: {e}; pulling over TCP instead"),
+                Err(e) => eprintln!("rayhpc node: fabric pull of {:032x}: {e}; pulling over TCP instead", id.0),
             }
         }
         if buf.len() >= BULK_FROM {
@@ -149,7 +150,7 @@ impl Remote {
     /// Reads object `id` of `peer` over the fabric: `Locate`, one read of its range, `Unpin`.
     /// False when there is no fabric between the two nodes (this one or `peer`'s node has
     /// none, or they differ).
-    fn fabric_pull(&self, peer: &Peer, id: u128, buf: &mut [u8]) -> Result<bool, String> {
+    fn fabric_pull(&self, peer: &Peer, id: ObjectId, buf: &mut [u8]) -> Result<bool, String> {
         let Some(fabric) = self.objects.fabric.get() else { return Ok(false) };
         let Some(info) = self.objects.fabric_of.get().and_then(|f| f(peer.node())) else { return Ok(false) };
         if info.provider != fabric.info().provider {
@@ -174,7 +175,7 @@ impl Remote {
 
 /// Reads `buf.len()` bytes of object `id` from `peer` into `buf`, [`IN_FLIGHT`] chunks at a
 /// time, on the control connection.
-fn pull_chunks(peer: &Peer, id: u128, buf: &mut [u8]) -> Result<(), String> {
+fn pull_chunks(peer: &Peer, id: ObjectId, buf: &mut [u8]) -> Result<(), String> {
     let total = buf.len();
     let mut inflight = std::collections::VecDeque::new();
     let mut next = 0usize;
@@ -184,14 +185,14 @@ fn pull_chunks(peer: &Peer, id: u128, buf: &mut [u8]) -> Result<(), String> {
             let len = CHUNK.min(total - next);
             let msg = postcard::to_allocvec(&PullMsg { id, offset: next as u64, len: len as u32 }).map_err(|e| e.to_string())?;
             let pending =
-                peer.start_request(Msg::Pull.kind(), &msg).map_err(|e| format!("pull of {id:032x} from node {}: {e}", peer.node()))?;
+                peer.start_request(Msg::Pull.kind(), &msg).map_err(|e| format!("pull of {:032x} from node {}: {e}", id.0, peer.node()))?;
             inflight.push_back((next, len, pending));
             next += len;
         }
         let Some((off, len, pending)) = inflight.pop_front() else { return Ok(()) };
-        let f = pending.wait(timeout).map_err(|e| format!("pull of {id:032x} from node {}: {e}", peer.node()))?;
+        let f = pending.wait(timeout).map_err(|e| format!("pull of {:032x} from node {}: {e}", id.0, peer.node()))?;
         if f.payload.len() != len {
-            return Err(format!("pull of {id:032x}: {} bytes for a {len}-byte chunk", f.payload.len()));
+            return Err(format!("pull of {:032x}: {} bytes for a {len}-byte chunk", id.0, f.payload.len()));
         }
         buf[off..off + len].copy_from_slice(&f.payload);
     }

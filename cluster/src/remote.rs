@@ -19,6 +19,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Instant;
 
+use rayhpc::ids::ObjectId;
 use rayhpc::raw::RawArg;
 use rayhpc_node::api::Service;
 use rayhpc_node::wire::WireOptions;
@@ -52,7 +53,7 @@ pub(crate) struct Remote {
     /// Objects lent, pinned, copied and pulled.
     pub(crate) objects: Objects,
     /// Exports that several nodes pull: where their copies are (see [`crate::spread`]).
-    pub(crate) spreads: Mutex<HashMap<u128, Spread>>,
+    pub(crate) spreads: Mutex<HashMap<ObjectId, Spread>>,
     /// Actors placed lately (placement counts them, see [`place::place_actor`]).
     pub(crate) placed: Mutex<Vec<Placed>>,
     /// Places a task again (set by the cluster: live nodes only, else here).
@@ -67,8 +68,8 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The object id a request of `peer` names, or `None` after refusing the malformed request
 /// (`what` it was) with a message.
-pub(crate) fn object_id(peer: &Peer, id: u64, payload: &[u8], what: &str) -> Option<u128> {
-    let obj = postcard::from_bytes::<u128>(payload).ok();
+pub(crate) fn object_id(peer: &Peer, id: u64, payload: &[u8], what: &str) -> Option<ObjectId> {
+    let obj = postcard::from_bytes::<ObjectId>(payload).ok();
     if obj.is_none() {
         let _ = peer.refuse(id, &format!("a malformed {what}"));
     }

@@ -48,7 +48,7 @@ impl Router for RouterOf {
         let peer = inner.remote.place_actor(options, &nodes).and_then(|c| inner.peer_of(&c));
         inner.remote.note_actor(peer.as_ref().map(Peer::node), options);
         match peer {
-            Some(peer) => inner.remote.create_actor(&peer, key, options, args).map(ActorId),
+            Some(peer) => inner.remote.create_actor(&peer, key, options, args),
             None => here(args),
         }
     }
@@ -56,7 +56,7 @@ impl Router for RouterOf {
     fn name_actor(&self, name: &str, actor: ActorId, key: Key) -> Result<(), Error> {
         let Some(inner) = self.0.upgrade() else { return Ok(()) };
         let owner = (actor.0 >> 96) as u32;
-        match inner.control(Request::ActorName { name: name.to_string(), node: owner, actor: actor.0, key }) {
+        match inner.control(Request::ActorName { name: name.to_string(), node: owner, actor, key }) {
             Ok(Response::Error(m)) => Err(Error::NameTaken(m)),
             Ok(_) => Ok(()),
             Err(e) => Err(Error::Invalid(format!("cannot name the actor: {e}"))),
@@ -66,14 +66,14 @@ impl Router for RouterOf {
     fn lookup_actor(&self, name: &str) -> Option<(ActorId, Key)> {
         let inner = self.0.upgrade()?;
         match inner.control(Request::ActorLookup { name: name.to_string() }) {
-            Ok(Response::Actor(found)) => found.map(|(id, key)| (ActorId(id), key)),
+            Ok(Response::Actor(found)) => found,
             _ => None,
         }
     }
 
     fn forget_actor(&self, name: &str, actor: ActorId) {
         if let Some(inner) = self.0.upgrade() {
-            let _ = inner.control(Request::ActorForget { name: name.to_string(), actor: actor.0 });
+            let _ = inner.control(Request::ActorForget { name: name.to_string(), actor });
         }
     }
 
@@ -122,7 +122,7 @@ impl Router for RouterOf {
             return false;
         }
         if let Some(peer) = inner.candidates().into_iter().find(|c| c.node == NodeId(u64::from(owner))).and_then(|c| inner.peer_of(&c)) {
-            inner.remote.kill_actor(&peer, actor.0);
+            inner.remote.kill_actor(&peer, actor);
         }
         true
     }
@@ -135,7 +135,7 @@ impl Router for RouterOf {
         }
         // A live node: fetched from it; a node the cluster knew but lost (or never had): lost.
         let peer = inner.candidates().into_iter().find(|c| c.node == NodeId(u64::from(owner))).and_then(|c| inner.peer_of(&c));
-        inner.remote.fetch(peer, id.0)
+        inner.remote.fetch(peer, id)
     }
 
     fn actor_call(&self, actor: ActorId, method: &str, args: Vec<RawArg>) -> Option<Result<ObjectRef<Untyped>, Error>> {

@@ -10,6 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+use rayhpc::ids::ObjectId;
 use rayhpc_transport::{NodeId, Peer};
 
 use crate::messages::{Msg, PulledMsg, Source};
@@ -71,14 +72,14 @@ impl Remote {
         let queued = self.objects.if_exported(obj, || lock(&self.spreads).entry(obj).or_default().waiting.push_back((peer.clone(), id)));
         if !queued {
             // Not this node's to spread (a copy it serves, or nothing): pull from it.
-            let _ = peer.respond(id, Msg::Where.kind(), &source_bytes(&Source { node: self.me.0, round: 0 }));
+            let _ = peer.respond(id, Msg::Where.kind(), &source_bytes(&Source { node: self.me, round: 0 }));
             return;
         }
         self.answer_waiting(obj);
     }
 
     /// Answers the waiting pullers of `obj` while a source is free.
-    fn answer_waiting(&self, obj: u128) {
+    fn answer_waiting(&self, obj: ObjectId) {
         let mut answers = Vec::new();
         {
             let mut spreads = lock(&self.spreads);
@@ -90,7 +91,7 @@ impl Remote {
                 let Some((peer, rid)) = sp.waiting.pop_front() else { break };
                 *sp.busy.entry(node).or_default() += 1;
                 sp.assigned.push((peer.node(), node));
-                answers.push((peer, rid, Source { node: node.0, round }));
+                answers.push((peer, rid, Source { node, round }));
             }
         }
         let mut undo = false;
@@ -98,7 +99,7 @@ impl Remote {
             if peer.respond(rid, Msg::Where.kind(), &source_bytes(&source)).is_err() {
                 // That puller is gone: its source is free.
                 if let Some(sp) = lock(&self.spreads).get_mut(&obj) {
-                    undo |= sp.release(peer.node(), NodeId(source.node));
+                    undo |= sp.release(peer.node(), source.node);
                 }
             }
         }
@@ -113,17 +114,17 @@ impl Remote {
         {
             let mut spreads = lock(&self.spreads);
             let Some(sp) = spreads.get_mut(&m.id) else { return };
-            if !sp.release(peer.node(), NodeId(m.source)) {
+            if !sp.release(peer.node(), m.source) {
                 return; // not a pull this spread named (a stale report)
             }
             if m.ok {
-                let round = if m.source == self.me.0 { 0 } else { sp.have.iter().find(|(n, _)| n.0 == m.source).map_or(0, |(_, r)| *r) };
+                let round = if m.source == self.me { 0 } else { sp.have.iter().find(|(n, _)| *n == m.source).map_or(0, |(_, r)| *r) };
                 if !sp.have.iter().any(|(n, _)| *n == peer.node()) {
                     sp.have.push((peer.node(), round.saturating_add(1)));
                 }
-            } else if m.source != self.me.0 {
+            } else if m.source != self.me {
                 // That copy failed (evicted, or its node is going): no longer a source.
-                sp.have.retain(|(n, _)| n.0 != m.source);
+                sp.have.retain(|(n, _)| *n != m.source);
             }
         }
         self.answer_waiting(m.id);
@@ -131,16 +132,16 @@ impl Remote {
 
     /// Forgets how `obj` spread (it is no longer exported): pullers still waiting pull from
     /// this node, and fail there as any pull of an object gone.
-    pub(crate) fn forget_spread(&self, obj: u128) {
+    pub(crate) fn forget_spread(&self, obj: ObjectId) {
         let Some(sp) = lock(&self.spreads).remove(&obj) else { return };
         for (peer, rid) in sp.waiting {
-            let _ = peer.respond(rid, Msg::Where.kind(), &source_bytes(&Source { node: self.me.0, round: 0 }));
+            let _ = peer.respond(rid, Msg::Where.kind(), &source_bytes(&Source { node: self.me, round: 0 }));
         }
     }
 
     /// Node `node` is gone: it leaves every tree, whose waiting pullers may then be answered.
     pub(crate) fn spreads_lose(&self, node: NodeId) {
-        let objs: Vec<u128> = {
+        let objs: Vec<ObjectId> = {
             let mut spreads = lock(&self.spreads);
             for sp in spreads.values_mut() {
                 sp.lose(node);
@@ -154,7 +155,7 @@ impl Remote {
 
     /// The node `peer`'s export `id` should be pulled from (asked of `peer` for objects from
     /// [`TREE_FROM`] up), and the connection to it.
-    pub(crate) fn source_for(&self, peer: &Peer, id: u128, len: u64) -> (Peer, Option<Source>) {
+    pub(crate) fn source_for(&self, peer: &Peer, id: ObjectId, len: u64) -> (Peer, Option<Source>) {
         if len < TREE_FROM {
             return (peer.clone(), None);
         }
@@ -165,10 +166,10 @@ impl Remote {
             .ok()
             .and_then(|f| postcard::from_bytes::<Source>(&f.payload).ok());
         let Some(source) = answer else { return (peer.clone(), None) };
-        if source.node == peer.node().0 {
+        if source.node == peer.node() {
             return (peer.clone(), Some(source));
         }
-        match self.peer(NodeId(source.node)) {
+        match self.peer(source.node) {
             Some(p) => (p, Some(source)),
             None => {
                 // Unreachable: tell the owner, pull from it.
@@ -187,7 +188,7 @@ impl Remote {
         &self,
         peer: &Peer,
         (from, source): (Peer, Option<Source>),
-        id: u128,
+        id: ObjectId,
         buf: &mut [u8],
         via: Via,
     ) -> Result<Option<Source>, String> {
@@ -200,14 +201,14 @@ impl Remote {
                 if from.node() == peer.node() {
                     return Err(e);
                 }
-                eprintln!("rayhpc node: pull of {id:032x} from node {} (a copy): {e}; pulling from its owner", from.node());
+                eprintln!("rayhpc node: pull of {:032x} from node {} (a copy): {e}; pulling from its owner", id.0, from.node());
                 self.pull_into(peer, id, buf, via).map(|()| None)
             }
         }
     }
 
     /// Tells `peer` (the owner of `id`) that a pull from `source` ended.
-    pub(crate) fn report_pulled(&self, peer: &Peer, id: u128, source: Source, ok: bool) {
+    pub(crate) fn report_pulled(&self, peer: &Peer, id: ObjectId, source: Source, ok: bool) {
         let _ = peer.send(Msg::Pulled.kind(), &postcard::to_allocvec(&PulledMsg { id, source: source.node, ok }).expect("serializes"));
     }
 }

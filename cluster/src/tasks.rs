@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rayhpc::ids::ActorId;
+use rayhpc::ids::ObjectId;
 use rayhpc::raw::RawArg;
 use rayhpc::{Error, FailureKind, ObjectRef, Promise, TaskError, Untyped};
 use rayhpc_node::api::{CallOptions, ErrorKind, Failure};
@@ -37,7 +37,7 @@ pub(crate) struct Pending {
     options: WireOptions,
     promise: Promise,
     /// The objects exported for it.
-    exported: Vec<u128>,
+    exported: Vec<ObjectId>,
     cpus: f64,
     retries_left: i32,
 }
@@ -169,7 +169,7 @@ impl Remote {
                 }
             },
             TaskFn::Native(name) => (MsgFn::Native(name.clone()), 0),
-            TaskFn::Method { actor, method } => (MsgFn::Method { actor: actor.0, method: method.clone() }, 0),
+            TaskFn::Method { actor, method } => (MsgFn::Method { actor: *actor, method: method.clone() }, 0),
         };
         // A Python task's first argument is the key itself (`py.task` takes it as its first
         // input): the executor puts it back.
@@ -273,7 +273,7 @@ impl Remote {
                     Ok(a) => a,
                     Err(e) => return answer(Outcome::Failed(Failure::of(e, true))),
                 };
-                let r = match service.call_actor_id(ActorId(*actor), method, args) {
+                let r = match service.call_actor_id(*actor, method, args) {
                     Ok(r) => r,
                     Err(e) => return answer(Outcome::Failed(Failure::of(e, true))),
                 };
