@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use crate::fabric::{FabricMode, NodeFabric};
 use crate::membership::{ask, default_ip, route_to, Membership, REQUEST_TIMEOUT};
 use crate::messages::{self, Msg};
 use crate::pull::Via;
-use crate::remote::lock;
+use crate::remote::{lock, Members, Remote};
 use crate::router::RouterOf;
 
 /// This node's part.
@@ -75,12 +75,27 @@ impl Cluster {
     /// The endpoint cannot bind; a member cannot reach or join the head.
     pub fn start(node: Arc<Node>, cfg: ClusterConfig) -> Result<Cluster, ClusterError> {
         let is_head = matches!(cfg.role, Role::Head);
-        let inner = Arc::new(Membership::new(node.clone(), cfg.rank, is_head));
         let ip = match (&cfg.role, cfg.bind) {
             (_, Some(ip)) => ip,
             (Role::Head, None) => default_ip(),
             (Role::Member { head }, None) => route_to(*head).map_err(|e| ClusterError::io(format!("no route to the head at {head}"), e))?,
         };
+        let bulk = BulkServer::start(ip).map_err(|e| ClusterError::io(format!("cannot listen for bulk streams on {ip}"), e))?;
+        let fabric = match NodeFabric::open(&cfg.fabric, ip, node.runtime().object_store()) {
+            Ok(f) => f,
+            Err(e) if cfg.fabric == FabricMode::Auto => {
+                eprintln!("rayhpc node: no RDMA fabric ({e}): objects move over TCP");
+                None
+            }
+            Err(e) => return Err(ClusterError::Fabric(e)),
+        };
+        // The membership holds the cross-node service, which reaches the other nodes through
+        // the membership.
+        let me = NodeId(u64::from(cfg.rank));
+        let inner = Arc::new_cyclic(|members: &Weak<Membership>| {
+            let members: Weak<dyn Members> = members.clone();
+            Membership::new(node.clone(), cfg.rank, is_head, Remote::new(node.service(), me, members, bulk, fabric))
+        });
         // Transport ids: the rank, so that the lower rank arbitrates a pair's connection.
         let weak = Arc::downgrade(&inner);
         let w2 = weak.clone();
@@ -101,27 +116,6 @@ impl Cluster {
             Endpoint::bind(SocketAddr::new(ip, 0), config).map_err(|e| ClusterError::connect(format!("cannot listen on {ip}"), e))?;
         let addr = endpoint.local_addr();
         let _ = inner.endpoint.set(endpoint);
-        let bulk = BulkServer::start(ip).map_err(|e| ClusterError::io(format!("cannot listen for bulk streams on {ip}"), e))?;
-        inner.remote.set_bulk(bulk);
-        match NodeFabric::open(&cfg.fabric, ip, node.runtime().object_store()) {
-            Ok(Some(f)) => {
-                let weak = Arc::downgrade(&inner);
-                let lookup = Box::new(move |n: NodeId| {
-                    let inner = weak.upgrade()?;
-                    inner.view_now().into_iter().find(|x| x.transport_id == n && x.alive).and_then(|x| x.fabric)
-                });
-                inner.remote.set_fabric(Arc::new(f), lookup);
-            }
-            Ok(None) => {}
-            Err(e) if cfg.fabric == FabricMode::Auto => eprintln!("rayhpc node: no RDMA fabric ({e}): objects move over TCP"),
-            Err(e) => return Err(ClusterError::Fabric(e)),
-        }
-        let weak = Arc::downgrade(&inner);
-        inner.remote.set_peer_lookup(Box::new(move |n: NodeId| {
-            let inner = weak.upgrade()?;
-            let c = inner.candidates().into_iter().find(|c| c.node == n)?;
-            inner.peer_of(&c)
-        }));
         let me = inner.info(addr);
         match cfg.role {
             Role::Head => {
@@ -147,14 +141,6 @@ impl Cluster {
             }
         }
         node.service().set_router(Arc::new(RouterOf(Arc::downgrade(&inner))));
-        let weak = Arc::downgrade(&inner);
-        inner.remote.set_replace(Box::new(move |p| {
-            let Some(inner) = weak.upgrade() else { return };
-            // Live nodes only (no dialing from here), else this node.
-            let nodes = inner.candidates();
-            let peer = inner.remote.place_for(&p, &nodes).and_then(|c| inner.endpoint.get().and_then(|e| e.peer(c.node)));
-            inner.remote.resend(p, peer);
-        }));
         let i = inner.clone();
         let ticker = std::thread::Builder::new()
             .name("rayhpc-heartbeat".into())

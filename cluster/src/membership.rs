@@ -16,9 +16,10 @@ use rayhpc_transport::{Config, Endpoint, NodeId, Peer};
 
 use crate::control::{Head, Load, NodeInfo, Request, Response};
 use crate::error::ClusterError;
+use crate::fabric::FabricInfo;
 use crate::messages::Msg;
 use crate::place::Resources;
-use crate::remote::{lock, Remote};
+use crate::remote::{lock, Members, Remote};
 
 /// How often a node reports to the head.
 pub const HEARTBEAT: Duration = Duration::from_millis(500);
@@ -41,6 +42,8 @@ pub(crate) struct Candidate {
 /// A node's membership (see the module's docs).
 pub(crate) struct Membership {
     pub(crate) node: Arc<Node>,
+    /// Set once, right after the membership is made: the endpoint's handlers need the
+    /// membership (weak), and binding can fail, which `Arc::new_cyclic`'s closure cannot.
     pub(crate) endpoint: OnceLock<Endpoint>,
     pub(crate) id: AtomicU32,
     pub(crate) rank: u32,
@@ -127,10 +130,11 @@ pub fn query(head: SocketAddr, secret: &[u8], request: &Request) -> Result<Respo
 }
 
 impl Membership {
-    /// The membership of `node` of rank `rank` (the head's when `is_head`), not joined yet.
-    pub(crate) fn new(node: Arc<Node>, rank: u32, is_head: bool) -> Membership {
+    /// The membership of `node` of rank `rank` (the head's when `is_head`), not joined yet,
+    /// whose cross-node service is `remote`.
+    pub(crate) fn new(node: Arc<Node>, rank: u32, is_head: bool, remote: Arc<Remote>) -> Membership {
         Membership {
-            remote: Remote::new(node.service(), NodeId(u64::from(rank))),
+            remote,
             node,
             endpoint: OnceLock::new(),
             id: AtomicU32::new(0),
@@ -357,5 +361,24 @@ impl Membership {
                 Err(e) => self.set_stop(&format!("lost the head: {e}")),
             }
         }
+    }
+}
+
+impl Members for Membership {
+    fn candidates(&self) -> Vec<Candidate> {
+        Membership::candidates(self)
+    }
+
+    fn peer(&self, node: NodeId) -> Option<Peer> {
+        let c = self.candidates().into_iter().find(|c| c.node == node)?;
+        self.peer_of(&c)
+    }
+
+    fn connected(&self, node: NodeId) -> Option<Peer> {
+        self.endpoint.get()?.peer(node)
+    }
+
+    fn fabric_of(&self, node: NodeId) -> Option<FabricInfo> {
+        self.view_now().into_iter().find(|x| x.transport_id == node && x.alive).and_then(|x| x.fabric)
     }
 }

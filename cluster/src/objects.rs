@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rayhpc::ids::ObjectId;
@@ -25,7 +25,7 @@ use crate::bulk::BulkServer;
 use crate::copies::{failed, Copies};
 use crate::fabric::{FabricInfo, NodeFabric};
 use crate::messages::{Arg, Msg, Outcome, PullMsg, Ticket};
-use crate::remote::{lock, object_id, FabricLookup, Remote};
+use crate::remote::{lock, object_id, Remote};
 
 /// A node's objects as the cluster sees them.
 pub(crate) struct Objects {
@@ -40,25 +40,23 @@ pub(crate) struct Objects {
     /// Objects pinned in the arena for another node's fabric read, until it says `Unpin`.
     pub(crate) pins: Mutex<HashMap<NodeId, Vec<(ObjectId, ObjectView)>>>,
     /// This node's bulk listener (large objects to pullers).
-    bulk: OnceLock<Arc<BulkServer>>,
+    bulk: Arc<BulkServer>,
     /// This node's RDMA fabric, if it has one.
-    pub(crate) fabric: OnceLock<Arc<NodeFabric>>,
-    /// Another node's fabric (from the cluster's view).
-    pub(crate) fabric_of: OnceLock<FabricLookup>,
+    pub(crate) fabric: Option<NodeFabric>,
 }
 
 impl Objects {
-    /// Nothing lent or copied yet; copies kept within `copy_budget` bytes.
-    pub(crate) fn new(copy_budget: u64) -> Objects {
+    /// Nothing lent or copied yet; copies kept within `copy_budget` bytes; large objects
+    /// served over `bulk`, and pulled over `fabric` when there is one.
+    pub(crate) fn new(copy_budget: u64, bulk: Arc<BulkServer>, fabric: Option<NodeFabric>) -> Objects {
         Objects {
             exports: Mutex::new(HashMap::new()),
             lent: Mutex::new(HashMap::new()),
             copies: Mutex::new(Copies::new(copy_budget)),
             pulled: (AtomicU64::new(0), AtomicU64::new(0)),
             pins: Mutex::new(HashMap::new()),
-            bulk: OnceLock::new(),
-            fabric: OnceLock::new(),
-            fabric_of: OnceLock::new(),
+            bulk,
+            fabric,
         }
     }
 
@@ -75,25 +73,14 @@ impl Objects {
 }
 
 impl Remote {
-    /// Serves bulk streams of this node's exports from `server`.
-    pub(crate) fn set_bulk(&self, server: Arc<BulkServer>) {
-        let _ = self.objects.bulk.set(server);
-    }
-
-    /// Pulls over `fabric` from nodes that `lookup` finds one for (once).
-    pub(crate) fn set_fabric(&self, fabric: Arc<NodeFabric>, lookup: FabricLookup) {
-        let _ = self.objects.fabric.set(fabric);
-        let _ = self.objects.fabric_of.set(lookup);
-    }
-
     /// What this node tells the cluster of its fabric, if it has one.
     pub(crate) fn fabric_info(&self) -> Option<FabricInfo> {
-        self.objects.fabric.get().map(|f| f.info().clone())
+        self.objects.fabric.as_ref().map(|f| f.info().clone())
     }
 
     /// The fabric's provider, if this node has one.
     pub(crate) fn fabric_provider(&self) -> Option<String> {
-        self.objects.fabric.get().map(|f| f.info().provider.clone())
+        self.objects.fabric.as_ref().map(|f| f.info().provider.clone())
     }
 
     /// The object `id` as this node can serve it to a puller: an export, or a complete copy
@@ -297,10 +284,11 @@ impl Remote {
     pub(crate) fn on_ticket(&self, peer: &Peer, id: u64, payload: &[u8]) {
         let Some(obj) = object_id(peer, id, payload, "ticket request") else { return };
         let r = self.served(obj);
-        let (Some(r), Some(server)) = (r, self.objects.bulk.get()) else {
-            let _ = peer.refuse(id, &format!("object {:032x} is not exported here, or no bulk listener", obj.0));
+        let Some(r) = r else {
+            let _ = peer.refuse(id, &format!("object {:032x} is not exported here", obj.0));
             return;
         };
+        let server = &self.objects.bulk;
         let len = match r.try_view() {
             Some(Ok(v)) => v.len() as u64,
             _ => {

@@ -151,8 +151,8 @@ impl Remote {
     /// False when there is no fabric between the two nodes (this one or `peer`'s node has
     /// none, or they differ).
     fn fabric_pull(&self, peer: &Peer, id: ObjectId, buf: &mut [u8]) -> Result<bool, String> {
-        let Some(fabric) = self.objects.fabric.get() else { return Ok(false) };
-        let Some(info) = self.objects.fabric_of.get().and_then(|f| f(peer.node())) else { return Ok(false) };
+        let Some(fabric) = &self.objects.fabric else { return Ok(false) };
+        let Some(info) = self.fabric_of(peer.node()) else { return Ok(false) };
         if info.provider != fabric.info().provider {
             return Ok(false);
         }

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use rayhpc::ids::ObjectId;
@@ -25,18 +25,26 @@ use rayhpc_node::api::Service;
 use rayhpc_node::wire::WireOptions;
 use rayhpc_transport::{NodeId, Peer};
 
-use crate::fabric::FabricInfo;
+use crate::bulk::BulkServer;
+use crate::fabric::{FabricInfo, NodeFabric};
 use crate::membership::Candidate;
 use crate::objects::Objects;
 use crate::place::{self, Decision, NodeLoad, Placed};
 use crate::spread::Spread;
 use crate::tasks::{Resend, Tasks};
 
-/// How [`Remote`] reaches another node.
-pub(crate) type PeerLookup = Box<dyn Fn(NodeId) -> Option<Peer> + Send + Sync>;
-
-/// How [`Remote`] finds another node's fabric.
-pub(crate) type FabricLookup = Box<dyn Fn(NodeId) -> Option<FabricInfo> + Send + Sync>;
+/// What the cross-node service needs of its cluster's membership: the other nodes as the
+/// view has them, and the connections to them.
+pub(crate) trait Members: Send + Sync {
+    /// The other live nodes.
+    fn candidates(&self) -> Vec<Candidate>;
+    /// The connection to live node `node`, made on first use.
+    fn peer(&self, node: NodeId) -> Option<Peer>;
+    /// The connection to node `node` if there is one already (no dialing).
+    fn connected(&self, node: NodeId) -> Option<Peer>;
+    /// Live node `node`'s fabric, if it has one.
+    fn fabric_of(&self, node: NodeId) -> Option<FabricInfo>;
+}
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -56,10 +64,8 @@ pub(crate) struct Remote {
     pub(crate) spreads: Mutex<HashMap<ObjectId, Spread>>,
     /// Actors placed lately (placement counts them, see [`place::place_actor`]).
     pub(crate) placed: Mutex<Vec<Placed>>,
-    /// Places a task again (set by the cluster: live nodes only, else here).
-    replace: OnceLock<Box<dyn Fn(Resend) + Send + Sync>>,
-    /// The connection to a node, by transport id (set by the cluster).
-    peer_of: OnceLock<PeerLookup>,
+    /// The cluster's membership, which holds this service (hence weak).
+    members: Weak<dyn Members>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -77,8 +83,16 @@ pub(crate) fn object_id(peer: &Peer, id: u64, payload: &[u8], what: &str) -> Opt
 }
 
 impl Remote {
-    /// The service of the node whose API is `service` and transport id `me`.
-    pub(crate) fn new(service: &Arc<Service>, me: NodeId) -> Arc<Remote> {
+    /// The service of the node whose API is `service` and transport id `me`, in the
+    /// cluster of `members`, serving bulk streams from `bulk` and pulling over `fabric`
+    /// when it has one.
+    pub(crate) fn new(
+        service: &Arc<Service>,
+        me: NodeId,
+        members: Weak<dyn Members>,
+        bulk: Arc<BulkServer>,
+        fabric: Option<NodeFabric>,
+    ) -> Arc<Remote> {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         // Ends when the last sender (the `Remote`) goes.
         let spawned = std::thread::Builder::new().name("rayhpc-remote".into()).spawn(move || {
@@ -94,11 +108,10 @@ impl Remote {
             me,
             jobs: Mutex::new(tx),
             tasks: Tasks::default(),
-            objects: Objects::new(service.runtime().object_store().capacity() as u64 / 4),
+            objects: Objects::new(service.runtime().object_store().capacity() as u64 / 4, bulk, fabric),
             spreads: Mutex::new(HashMap::new()),
             placed: Mutex::new(Vec::new()),
-            replace: OnceLock::new(),
-            peer_of: OnceLock::new(),
+            members,
         })
     }
 
@@ -114,24 +127,24 @@ impl Remote {
         self.defer(move || f(&me, &peer, id, &payload));
     }
 
-    /// How a task is placed again (the cluster's view; see [`Remote::resend`]).
-    pub(crate) fn set_replace(&self, f: Box<dyn Fn(Resend) + Send + Sync>) {
-        let _ = self.replace.set(f);
-    }
-
-    /// The cluster's way of placing a task again, if it set one.
-    pub(crate) fn replacer(&self) -> Option<&(dyn Fn(Resend) + Send + Sync)> {
-        self.replace.get().map(|f| &**f)
-    }
-
-    /// How to reach another node (once).
-    pub(crate) fn set_peer_lookup(&self, f: PeerLookup) {
-        let _ = self.peer_of.set(f);
-    }
-
-    /// The connection to node `node`, if the cluster knows it.
+    /// The connection to live node `node`, made on first use.
     pub(crate) fn peer(&self, node: NodeId) -> Option<Peer> {
-        self.peer_of.get().and_then(|f| f(node))
+        self.members.upgrade()?.peer(node)
+    }
+
+    /// Live node `node`'s fabric, if it has one.
+    pub(crate) fn fabric_of(&self, node: NodeId) -> Option<FabricInfo> {
+        self.members.upgrade()?.fabric_of(node)
+    }
+
+    /// Places a task that could not run where it was sent again: on the node placement
+    /// picks among the live ones already connected (no dialing from here), else here (also
+    /// once the cluster is gone).
+    pub(crate) fn replace(self: &Arc<Self>, p: Resend) {
+        let Some(members) = self.members.upgrade() else { return self.resend(p, None) };
+        let nodes = members.candidates();
+        let peer = self.place_for(&p, &nodes).and_then(|c| members.connected(c.node));
+        self.resend(p, peer);
     }
 
     /// This node as placement sees it.

@@ -45,6 +45,16 @@ pub(crate) struct Pending {
 /// A task whose node died, to run again (opaque outside this module).
 pub(crate) struct Resend(Pending);
 
+/// What becomes of a task that could not run where it was sent with `retries_left` retries
+/// left (-1: no limit): placed again with the retries then left, or (`None`) failed.
+pub(crate) fn next_attempt(retries_left: i32) -> Option<i32> {
+    match retries_left {
+        0 => None,
+        n if n > 0 => Some(n - 1),
+        n => Some(n),
+    }
+}
+
 /// The tasks of one node across the cluster.
 pub(crate) struct Tasks {
     seq: AtomicU64,
@@ -212,14 +222,9 @@ impl Remote {
         for id in p.exported.drain(..) {
             self.unexport(id);
         }
-        if p.retries_left != 0 {
-            if p.retries_left > 0 {
-                p.retries_left -= 1;
-            }
-            match self.replacer() {
-                Some(replace) => replace(Resend(p)),
-                None => self.run_local(p),
-            }
+        if let Some(left) = next_attempt(p.retries_left) {
+            p.retries_left = left;
+            self.replace(Resend(p));
         } else {
             let function = match &p.func {
                 TaskFn::Python(_) => "py.task".to_string(),
@@ -379,5 +384,19 @@ impl Remote {
             }
             Err(e) => p.promise.fail(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_attempt;
+
+    #[test]
+    fn a_lost_task_is_placed_again_while_its_retries_allow() {
+        assert_eq!(next_attempt(3), Some(2));
+        assert_eq!(next_attempt(1), Some(0));
+        assert_eq!(next_attempt(0), None);
+        // -1: as often as it takes.
+        assert_eq!(next_attempt(-1), Some(-1));
     }
 }
