@@ -240,8 +240,8 @@ impl Cluster {
     }
 
     /// The head: a broadcast of a fresh `len`-byte object to every other node at once, from
-    /// the head alone, then as a tree (see [`crate::spread`]): `(nodes, from the head, as a
-    /// tree)`.
+    /// the head alone, then as a tree (the copies spreading as the crate's docs say):
+    /// `(nodes, from the head, as a tree)`.
     ///
     /// # Errors
     /// Not the head, or a pull failed.

@@ -39,7 +39,7 @@ pub struct NodeInfo {
     pub store_backing: String,
     /// Objects this node pulled from others, and their bytes.
     pub pulled: (u64, u64),
-    /// How objects are pulled from this node: "tcp", or "fabric:<provider>".
+    /// How objects are pulled from this node: `tcp`, or `fabric:<provider>`.
     pub transport: String,
     /// Its RDMA fabric (address and registered arena), if it has one.
     pub fabric: Option<crate::fabric::FabricInfo>,

@@ -1,5 +1,5 @@
 //! Every transport message kind of the cluster, in one table, with the payload each carries
-//! (postcard), and [`dispatch`], which hands every frame that arrives to its handler.
+//! (postcard), and `dispatch`, which hands every frame that arrives to its handler.
 //!
 //! | kind ([`Msg`]) | number | from → to | payload | answer |
 //! |---|---|---|---|---|
@@ -59,7 +59,7 @@ pub enum Msg {
     Locate,
     /// The asker read what `Locate` pinned.
     Unpin,
-    /// Which node to pull an object from ([`crate::spread`]).
+    /// Which node to pull an object from (the broadcast tree).
     Where,
     /// A pull from the source that `Where` named ended.
     Pulled,
