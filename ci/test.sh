@@ -18,7 +18,7 @@ pkgs=()
 have cc || pkgs+=(gcc libc6-dev)
 have pkg-config || pkgs+=(pkg-config)
 { have pkg-config && pkg-config --exists hwloc libudev; } || pkgs+=(libhwloc-dev libudev-dev)
-# libfabric's headers: the RDMA fabric backend (feature `fabric` of the transport, node and
+# libfabric's headers: the RDMA fabric backend (feature `fabric` of the transport, cluster and
 # launcher), tested over its tcp;ofi_rxm and shm providers (no RDMA device here).
 { have pkg-config && pkg-config --exists libfabric; } || pkgs+=(libfabric-dev)
 # Python 3 with venv and pip: the Python package is built (maturin, from PyPI) and tested.
@@ -49,7 +49,7 @@ cargo test --workspace --locked
 
 step "the fabric backend (libfabric: tcp;ofi_rxm and shm providers)"
 cargo test -p rayhpc-transport --features fabric --locked
-cargo test -p rayhpc-node --features fabric --locked --lib
+cargo test -p rayhpc-cluster --features fabric --locked
 cargo test -p rayhpc-launcher --features fabric --locked --test cli
 
 step "the hwloc topology backend"

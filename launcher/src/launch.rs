@@ -15,7 +15,7 @@
 //! first of its host starts none and exits 0). Rank 0 is the head: it binds an ephemeral
 //! port on `--interface` (default: the address its host name resolves to), publishes that
 //! address and a fresh job secret in the launch's rendezvous directory
-//! (`rayhpc_node::cluster::rendezvous`), waits for every host's node to join, and only then
+//! (`rayhpc_cluster::rendezvous`), waits for every host's node to join, and only then
 //! runs the command. The other ranks find the head there, join it from the interface that
 //! routes to it, and serve until the head stops them (when the command exits) or is lost.
 //! `--head` and `--address HOST:PORT` (with `--secret-file`) do the same by hand.
@@ -28,8 +28,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use rayhpc_node::cluster::fabric::FabricMode;
-use rayhpc_node::cluster::{rendezvous, Cluster, ClusterConfig, Role};
+use rayhpc_cluster::fabric::FabricMode;
+use rayhpc_cluster::{rendezvous, Cluster, ClusterConfig, Role};
 use rayhpc_node::{Node, NodeConfig};
 
 use crate::bootstrap::{self, Placement};
@@ -101,7 +101,7 @@ fn bench_across(c: &Cluster, b: &BenchAcross, start_ms: f64) -> Result<i32> {
             "{}",
             serde_json::json!({
                 "nodes": c.view().len(), "cluster_start_ms": start_ms, "object_bytes": b.bytes, "transport": transport,
-                "fabric_provider": c.fabric(), "pull_streams": rayhpc_node::cluster::bulk::streams_for(b.bytes), "links": nodes,
+                "fabric_provider": c.fabric(), "pull_streams": rayhpc_cluster::bulk::streams_for(b.bytes), "links": nodes,
                 "copies_verified": true,
                 "broadcast": broadcast.map(|(n, d, t)| serde_json::json!({
                     "bytes": b.broadcast, "to_nodes": n,
@@ -121,7 +121,7 @@ fn bench_across(c: &Cluster, b: &BenchAcross, start_ms: f64) -> Result<i32> {
                 f.rank,
                 gib(f.raw_tcp),
                 b.bytes >> 20,
-                rayhpc_node::cluster::bulk::streams_for(b.bytes),
+                rayhpc_cluster::bulk::streams_for(b.bytes),
                 gib(f.pull_tcp),
                 f.pull_tcp / f.raw_tcp
             );
@@ -200,7 +200,7 @@ fn resources_of(json: Option<&str>) -> Result<HashMap<String, f64>> {
 }
 
 /// The cluster's resources: every live node's, summed.
-fn cluster_sum(view: &[rayhpc_node::cluster::control::NodeInfo]) -> Vec<(String, f64, f64)> {
+fn cluster_sum(view: &[rayhpc_cluster::control::NodeInfo]) -> Vec<(String, f64, f64)> {
     let mut sum: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
     for n in view.iter().filter(|n| n.alive) {
         for (k, (t, a)) in &n.resources {
@@ -426,7 +426,7 @@ fn head_of(t: &Target) -> Result<(SocketAddr, Vec<u8>)> {
 
 /// How objects move between the nodes of `view`: the fabric if every live node has the
 /// same one, else TCP (and which nodes lack it).
-fn transports(view: &[rayhpc_node::cluster::control::NodeInfo]) -> String {
+fn transports(view: &[rayhpc_cluster::control::NodeInfo]) -> String {
     let live: Vec<_> = view.iter().filter(|n| n.alive).collect();
     let kinds: std::collections::BTreeSet<&str> = live.iter().map(|n| n.transport.as_str()).collect();
     match kinds.len() {
@@ -437,9 +437,9 @@ fn transports(view: &[rayhpc_node::cluster::control::NodeInfo]) -> String {
 
 /// `rayhpc status`: the head's node table, as a table or JSON.
 pub fn status(t: &Target, json: bool) -> Result<()> {
-    use rayhpc_node::cluster::control::{Request, Response};
+    use rayhpc_cluster::control::{Request, Response};
     let (head, secret) = head_of(t)?;
-    let nodes = match rayhpc_node::cluster::query(head, &secret, &Request::View)? {
+    let nodes = match rayhpc_cluster::query(head, &secret, &Request::View)? {
         Response::View { nodes, .. } => nodes,
         other => bail!("the head answered {other:?}"),
     };
@@ -492,9 +492,9 @@ pub fn status(t: &Target, json: bool) -> Result<()> {
 
 /// `rayhpc stop`: asks the head to stop the cluster.
 pub fn stop(t: &Target) -> Result<()> {
-    use rayhpc_node::cluster::control::{Request, Response};
+    use rayhpc_cluster::control::{Request, Response};
     let (head, secret) = head_of(t)?;
-    match rayhpc_node::cluster::query(head, &secret, &Request::Shutdown)? {
+    match rayhpc_cluster::query(head, &secret, &Request::Shutdown)? {
         Response::Ok => {
             eprintln!("rayhpc stop: the head at {head} is stopping the cluster");
             Ok(())

@@ -151,7 +151,7 @@ enum Cmd {
 /// What `rayhpc fabric` prints: whether this build has the RDMA fabric backend, which
 /// libfabric providers are offered here, and what `--fabric auto` would take.
 fn fabric_report() {
-    use rayhpc_node::cluster::fabric::{offered, RDMA_PROVIDERS};
+    use rayhpc_cluster::fabric::{offered, RDMA_PROVIDERS};
     match offered() {
         None => println!("fabric: not built (cargo feature `fabric`): objects move over TCP"),
         Some(list) => {
@@ -161,7 +161,7 @@ fn fabric_report() {
                 Some(p) => println!("--fabric auto takes: {p}"),
                 None => println!("--fabric auto takes: none (no RDMA provider): objects move over TCP unless one is named"),
             }
-            if !rayhpc_node::cluster::fabric::rdma_devices() {
+            if !rayhpc_cluster::fabric::rdma_devices() {
                 println!("no RDMA device here (nothing in /sys/class/infiniband or /sys/class/cxi): --fabric auto does not look further");
             }
         }

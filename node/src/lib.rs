@@ -21,7 +21,6 @@ pub mod alloc;
 pub mod api;
 pub mod cancel;
 pub mod client;
-pub mod cluster;
 pub mod kv;
 pub mod native;
 pub mod router;

@@ -2,9 +2,9 @@
 //! link's own rate, what a pull should approach) and an object pull through the transport
 //! (chunked, pipelined, into the puller's store).
 //!
-//! The head drives: `BENCH_RAW` asks a node to accept one plain TCP connection on its
+//! The head drives: `BenchRaw` asks a node to accept one plain TCP connection on its
 //! interface and to read `len` bytes from it (it answers with the port, then acknowledges the
-//! end with one byte on that connection); `BENCH_PULL` asks it to pull an object the head
+//! end with one byte on that connection); `BenchPull` asks it to pull an object the head
 //! exports, and answers with the nanoseconds it took.
 
 use std::io::{Read, Write};
@@ -12,74 +12,63 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rayhpc_transport::{Kind, Peer};
-use serde::{Deserialize, Serialize};
+use rayhpc::ids::ObjectId;
+use rayhpc_transport::Peer;
 
-use super::remote::{Remote, Via};
+use crate::messages::{BenchAsk, Msg};
+use crate::pull::Via;
+use crate::remote::Remote;
 
-/// Head → node: accept a raw TCP stream of `len` bytes (answer: the port).
-pub const BENCH_RAW: Kind = Kind(0x120);
-/// Head → node: pull object `id` of `len` bytes (answer: nanoseconds taken).
-pub const BENCH_PULL: Kind = Kind(0x121);
-
-#[derive(Serialize, Deserialize)]
-struct Ask {
-    id: u128,
-    len: u64,
-    /// Pull over the fabric (else TCP).
-    fabric: bool,
-    /// Pull as a reader would, from the source the owner names (a broadcast tree).
-    tree: bool,
+/// The ask of a bench request, or `None` after refusing a malformed one.
+fn ask_of(peer: &Peer, id: u64, payload: &[u8]) -> Option<BenchAsk> {
+    let ask = postcard::from_bytes::<BenchAsk>(payload).ok();
+    if ask.is_none() {
+        let _ = peer.refuse(id, "a malformed bench request");
+    }
+    ask
 }
 
-/// Serves the two requests (on the node being measured); false for other kinds.
-pub fn on_message(remote: &Arc<Remote>, peer: &Peer, kind: Kind, id: u64, payload: &[u8]) -> bool {
-    let Ok(ask) = postcard::from_bytes::<Ask>(payload) else {
-        if kind == BENCH_RAW || kind == BENCH_PULL {
-            let _ = peer.refuse(id, "a malformed bench request");
-            return true;
+/// `BenchRaw` (on the node being measured): accepts one plain TCP connection on its
+/// interface and reads the bytes asked from it; answers with the port.
+pub(crate) fn on_raw(peer: &Peer, id: u64, payload: &[u8]) {
+    let Some(ask) = ask_of(peer, id, payload) else { return };
+    let ip = peer.local_addr().ip();
+    let listener = match TcpListener::bind((ip, 0)) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = peer.refuse(id, &format!("cannot listen: {e}"));
+            return;
         }
-        return false;
     };
-    match kind {
-        BENCH_RAW => {
-            let ip = peer.local_addr().ip();
-            let listener = match TcpListener::bind((ip, 0)) {
-                Ok(l) => l,
-                Err(e) => {
-                    let _ = peer.refuse(id, &format!("cannot listen: {e}"));
-                    return true;
-                }
-            };
-            let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-            std::thread::spawn(move || {
-                let _ = sink(&listener, ask.len);
-            });
-            let _ = peer.respond(id, BENCH_RAW, &port.to_le_bytes());
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    std::thread::spawn(move || {
+        let _ = sink(&listener, ask.len);
+    });
+    let _ = peer.respond(id, Msg::BenchRaw.kind(), &port.to_le_bytes());
+}
+
+/// `BenchPull` (on the node being measured): pulls the object the head exports, on a
+/// thread of its own; answers with the figures.
+pub(crate) fn on_pull(remote: &Arc<Remote>, peer: &Peer, id: u64, payload: &[u8]) {
+    let Some(ask) = ask_of(peer, id, payload) else { return };
+    let (peer, remote) = (peer.clone(), remote.clone());
+    std::thread::spawn(move || {
+        let t = Instant::now();
+        let via = if ask.fabric { Via::Fabric } else { Via::Tcp };
+        let r = if ask.tree {
+            remote.pull_shared_blocking(&peer, ask.id, ask.len, t)
+        } else {
+            remote.pull_blocking(&peer, ask.id, ask.len, via, t).map(|(n, d)| (n, d, 1))
+        };
+        match r {
+            Ok(figures) => {
+                let _ = peer.respond(id, Msg::BenchPull.kind(), &postcard::to_allocvec(&figures).expect("figures serialize"));
+            }
+            Err(e) => {
+                let _ = peer.refuse(id, &e);
+            }
         }
-        BENCH_PULL => {
-            let (peer, remote) = (peer.clone(), remote.clone());
-            std::thread::spawn(move || {
-                let t = Instant::now();
-                let via = if ask.fabric { Via::Fabric } else { Via::Tcp };
-                let r = if ask.tree {
-                    remote.pull_shared_blocking(&peer, ask.id, ask.len, t)
-                } else {
-                    remote.pull_blocking(&peer, ask.id, ask.len, via, t).map(|(n, d)| (n, d, 1))
-                };
-                match r {
-                    Ok(figures) => {
-                        let _ = peer.respond(id, BENCH_PULL, &postcard::to_allocvec(&figures).expect("figures serialize"));
-                    }
-                    Err(e) => {
-                        let _ = peer.refuse(id, &e);
-                    }
-                }
-            });
-        }
-        _ => return false,
-    }
-    true
+    });
 }
 
 /// Accepts one connection, reads `len` bytes, acknowledges with one byte.
@@ -104,9 +93,9 @@ fn sink(l: &TcpListener, len: u64) -> std::io::Result<()> {
 ///
 /// # Errors
 /// The node refused, or the stream failed.
-pub fn raw_stream(peer: &Peer, len: u64) -> Result<f64, String> {
-    let ask = postcard::to_allocvec(&Ask { id: 0, len, fabric: false, tree: false }).map_err(|e| e.to_string())?;
-    let f = peer.request(BENCH_RAW, &ask, Duration::from_secs(30)).map_err(|e| e.to_string())?;
+pub(crate) fn raw_stream(peer: &Peer, len: u64) -> Result<f64, String> {
+    let ask = postcard::to_allocvec(&BenchAsk { id: ObjectId(0), len, fabric: false, tree: false }).map_err(|e| e.to_string())?;
+    let f = peer.request(Msg::BenchRaw.kind(), &ask, Duration::from_secs(30)).map_err(|e| e.to_string())?;
     let port = u16::from_le_bytes(f.payload.get(..2).and_then(|b| b.try_into().ok()).ok_or("a bad answer")?);
     let mut s = TcpStream::connect(SocketAddr::new(peer.remote_addr().ip(), port)).map_err(|e| e.to_string())?;
     s.set_nodelay(true).map_err(|e| e.to_string())?;
@@ -145,8 +134,14 @@ pub fn digest(bytes: &[u8]) -> u64 {
 ///
 /// # Errors
 /// The pull failed, or the copy differs from `object` (its [`digest`]).
-pub fn pull(remote: &Arc<Remote>, peer: &Peer, object: &rayhpc::ObjectRef<rayhpc::Untyped>, len: u64, via: Via) -> Result<f64, String> {
-    let id = object.id().0;
+pub(crate) fn pull(
+    remote: &Arc<Remote>,
+    peer: &Peer,
+    object: &rayhpc::ObjectRef<rayhpc::Untyped>,
+    len: u64,
+    via: Via,
+) -> Result<f64, String> {
+    let id = object.id();
     remote.export_for_bench(id, object.clone());
     let r = ask_pull(peer, id, len, via == Via::Fabric, false);
     remote.unexport_for_bench(id);
@@ -155,9 +150,9 @@ pub fn pull(remote: &Arc<Remote>, peer: &Peer, object: &rayhpc::ObjectRef<rayhpc
     Ok(len as f64 / (ns as f64 * 1e-9))
 }
 
-fn ask_pull(peer: &Peer, id: u128, len: u64, fabric: bool, tree: bool) -> Result<(u64, u64, u32), String> {
-    let ask = postcard::to_allocvec(&Ask { id, len, fabric, tree }).map_err(|e| e.to_string())?;
-    let f = peer.request(BENCH_PULL, &ask, Duration::from_secs(600)).map_err(|e| e.to_string())?;
+fn ask_pull(peer: &Peer, id: ObjectId, len: u64, fabric: bool, tree: bool) -> Result<(u64, u64, u32), String> {
+    let ask = postcard::to_allocvec(&BenchAsk { id, len, fabric, tree }).map_err(|e| e.to_string())?;
+    let f = peer.request(Msg::BenchPull.kind(), &ask, Duration::from_secs(600)).map_err(|e| e.to_string())?;
     postcard::from_bytes::<(u64, u64, u32)>(&f.payload).map_err(|e| format!("a bad answer: {e}"))
 }
 
@@ -187,14 +182,14 @@ pub struct Broadcast {
 ///
 /// # Errors
 /// A pull failed, or a copy differs.
-pub fn broadcast(
+pub(crate) fn broadcast(
     remote: &Arc<Remote>,
     peers: &[Peer],
     object: &rayhpc::ObjectRef<rayhpc::Untyped>,
     len: u64,
     tree: bool,
 ) -> Result<Broadcast, String> {
-    let id = object.id().0;
+    let id = object.id();
     remote.export_for_bench(id, object.clone());
     let t = Instant::now();
     let answers: Vec<_> = std::thread::scope(|s| {

@@ -1,19 +1,18 @@
-//! The control store's messages (postcard, in transport frames of kind [`CONTROL`]) and the
-//! head's state: the node table with joins, leaves and heartbeats; the cluster resource view
-//! every node receives with each heartbeat's answer; a function table (Python functions by
-//! key, so that a node that never saw the driver can run them); named actors; a KV store with
-//! watches. None of it is on the per-task path: tasks and objects are tracked by their
-//! owners.
+//! The control store's messages (postcard, in transport frames of kind `Control`: see
+//! [`crate::messages`]) and the head's state: the node table with joins, leaves and
+//! heartbeats; the cluster resource view every node receives with each heartbeat's answer; a
+//! function table (Python functions by key, so that a node that never saw the driver can
+//! run them); named actors; a KV store with watches. None of it is on the per-task path:
+//! tasks and objects are tracked by their owners.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use rayhpc::ids::ActorId;
+use rayhpc_node::kv::{Kv, KvAnswer, KvOp};
+use rayhpc_node::wire::Key;
+use rayhpc_transport::NodeId;
 use serde::{Deserialize, Serialize};
-
-use crate::kv::{Kv, KvAnswer, KvOp};
-
-/// The transport frame kind of control messages (requests and their answers).
-pub const CONTROL: u16 = 0x100;
 
 /// One node as the cluster sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,7 +22,7 @@ pub struct NodeInfo {
     /// Its rank in the launch (the head is rank 0).
     pub rank: u32,
     /// Its transport node id.
-    pub transport_id: u64,
+    pub transport_id: NodeId,
     /// Host name.
     pub host: String,
     /// Its transport endpoint, `ip:port`.
@@ -40,10 +39,10 @@ pub struct NodeInfo {
     pub store_backing: String,
     /// Objects this node pulled from others, and their bytes.
     pub pulled: (u64, u64),
-    /// How objects are pulled from this node: "tcp", or "fabric:<provider>".
+    /// How objects are pulled from this node: `tcp`, or `fabric:<provider>`.
     pub transport: String,
     /// Its RDMA fabric (address and registered arena), if it has one.
-    pub fabric: Option<super::fabric::FabricInfo>,
+    pub fabric: Option<crate::fabric::FabricInfo>,
     /// False once it left or missed its heartbeats.
     pub alive: bool,
 }
@@ -80,20 +79,20 @@ pub enum Request {
     },
     /// The node table (for `rayhpc status` and drivers).
     View,
-    /// An operation on the KV store ([`crate::kv`]). A watch is answered at once here; the
+    /// An operation on the KV store ([`rayhpc_node::kv`]). A watch is answered at once here; the
     /// head's server parks one that has nothing to answer yet.
     Kv(KvOp),
     /// Stores a function (a pickled Python function, by its 16-byte key).
     FnPut {
         /// Key.
-        key: [u8; 16],
+        key: Key,
         /// The pickled function.
         blob: Vec<u8>,
     },
     /// Reads a function.
     FnGet {
         /// Key.
-        key: [u8; 16],
+        key: Key,
     },
     /// Names an actor (fails if the name is taken by a live actor).
     ActorName {
@@ -101,17 +100,17 @@ pub enum Request {
         name: String,
         /// The node that holds it.
         node: u32,
-        /// Its id there.
-        actor: u128,
+        /// Its id.
+        actor: ActorId,
         /// Its class's key.
-        key: [u8; 16],
+        key: Key,
     },
     /// Forgets a name (its actor is gone or its creation failed).
     ActorForget {
         /// The name.
         name: String,
         /// The actor it named.
-        actor: u128,
+        actor: ActorId,
     },
     /// Where a named actor lives.
     ActorLookup {
@@ -142,7 +141,7 @@ pub enum Response {
     /// A value, if the key exists.
     Value(Option<Vec<u8>>),
     /// A named actor: its id and class key.
-    Actor(Option<(u128, [u8; 16])>),
+    Actor(Option<(ActorId, Key)>),
     /// The KV store's answer.
     Kv(KvAnswer),
     /// Done.
@@ -162,8 +161,8 @@ pub struct Head {
     nodes: Vec<(NodeInfo, Instant)>,
     version: u64,
     kv: Kv,
-    functions: HashMap<[u8; 16], Vec<u8>>,
-    actors: HashMap<String, (u32, u128, [u8; 16])>,
+    functions: HashMap<Key, Vec<u8>>,
+    actors: HashMap<String, (u32, ActorId, Key)>,
     stopping: bool,
 }
 
@@ -195,7 +194,7 @@ impl Head {
 
     /// Marks the node of transport id `tid` dead (its connection ended); true if it was
     /// alive.
-    pub fn disconnected(&mut self, tid: u64) -> bool {
+    pub fn disconnected(&mut self, tid: NodeId) -> bool {
         let mut any = false;
         for (n, _) in &mut self.nodes {
             if n.transport_id == tid && n.alive && n.id != 0 {
@@ -315,7 +314,7 @@ mod tests {
         NodeInfo {
             id: 99,
             rank,
-            transport_id: rank as u64,
+            transport_id: NodeId(rank.into()),
             host: format!("node{rank}"),
             addr: format!("10.0.0.{rank}:1"),
             resources: [("CPU".to_string(), (2.0, 2.0))].into(),
@@ -355,8 +354,8 @@ mod tests {
         assert_eq!(h.handle(Request::Leave { id: 3 }, t1), Response::Ok);
         assert_eq!(h.alive(), 2);
         // A closed connection counts a node dead at once.
-        assert!(h.disconnected(1));
-        assert!(!h.disconnected(1));
+        assert!(h.disconnected(NodeId(1)));
+        assert!(!h.disconnected(NodeId(1)));
         assert_eq!(h.alive(), 1);
     }
 
@@ -372,10 +371,13 @@ mod tests {
         assert!(matches!(h.handle(Request::Kv(KvOp::Put { key: vec![0; 5000], value: vec![], overwrite: true }), now), Response::Error(_)));
         h.handle(Request::FnPut { key: [1; 16], blob: b"f".to_vec() }, now);
         assert_eq!(h.handle(Request::FnGet { key: [1; 16] }, now), Response::Value(Some(b"f".to_vec())));
-        assert_eq!(h.handle(Request::ActorName { name: "c".into(), node: 0, actor: 5, key: [2; 16] }, now), Response::Ok);
-        assert!(matches!(h.handle(Request::ActorName { name: "c".into(), node: 0, actor: 6, key: [2; 16] }, now), Response::Error(_)));
-        assert_eq!(h.handle(Request::ActorLookup { name: "c".into() }, now), Response::Actor(Some((5, [2; 16]))));
-        h.handle(Request::ActorForget { name: "c".into(), actor: 5 }, now);
+        assert_eq!(h.handle(Request::ActorName { name: "c".into(), node: 0, actor: ActorId(5), key: [2; 16] }, now), Response::Ok);
+        assert!(matches!(
+            h.handle(Request::ActorName { name: "c".into(), node: 0, actor: ActorId(6), key: [2; 16] }, now),
+            Response::Error(_)
+        ));
+        assert_eq!(h.handle(Request::ActorLookup { name: "c".into() }, now), Response::Actor(Some((ActorId(5), [2; 16]))));
+        h.handle(Request::ActorForget { name: "c".into(), actor: ActorId(5) }, now);
         assert_eq!(h.handle(Request::ActorLookup { name: "c".into() }, now), Response::Actor(None));
         h.handle(Request::Shutdown, now);
         assert!(h.stopping());

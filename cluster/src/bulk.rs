@@ -3,8 +3,8 @@
 //! stream), so that a pull runs at the link's rate and never stalls the control connection.
 //!
 //! 1. The puller asks the exporter, over their authenticated control connection, for a
-//!    ticket to object `id` (`BULK_TICKET`): 16 random bytes, good for one stream, and the
-//!    port of the exporter's bulk listener.
+//!    ticket to object `id` (`BulkTicket`, answered with a [`Ticket`]): 16 random bytes,
+//!    good for one stream, and the port of the exporter's bulk listener.
 //! 2. It connects there and sends the ticket (a connection without a valid one is closed,
 //!    and logged), then reads of `(offset, length)`: the exporter writes those bytes of the
 //!    object, in order. A large object is split across [`streams_for`] such streams.
@@ -17,25 +17,14 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rayhpc::ids::ObjectId;
 use rayhpc::{ObjectRef, Untyped};
-use rayhpc_transport::{Kind, Peer};
-use serde::{Deserialize, Serialize};
+use rayhpc_transport::Peer;
 
-/// Puller → exporter: a ticket for object `id` (answer: [`Ticket`]).
-pub const BULK_TICKET: Kind = Kind(0x114);
+use crate::messages::{Msg, Ticket};
+
 /// A ticket unused this long is dropped.
 const TICKET_LIFE: Duration = Duration::from_secs(30);
-
-/// The answer to [`BULK_TICKET`].
-#[derive(Serialize, Deserialize, Debug)]
-pub struct Ticket {
-    /// What the stream must start with.
-    pub ticket: [u8; 16],
-    /// Where the exporter's bulk listener is.
-    pub addr: SocketAddr,
-    /// The object's length.
-    pub len: u64,
-}
 
 /// Streams waiting for their ticket at once, at most (more are closed at once).
 const MAX_PENDING: usize = 32;
@@ -158,7 +147,7 @@ impl BulkServer {
 ///
 /// # Errors
 /// No ticket, a connection or read failure: the message says which.
-pub fn pull(peer: &Peer, id: u128, buf: &mut [u8]) -> Result<(), String> {
+pub fn pull(peer: &Peer, id: ObjectId, buf: &mut [u8]) -> Result<(), String> {
     let total = buf.len() as u64;
     let streams = streams_for(total);
     let per = total.div_ceil(streams as u64).next_multiple_of(4096);
@@ -180,10 +169,10 @@ pub fn pull(peer: &Peer, id: u128, buf: &mut [u8]) -> Result<(), String> {
 }
 
 /// One stream: a ticket, then bytes `[off, off + part.len())` into `part`.
-fn stream(peer: &Peer, id: u128, off: u64, part: &mut [u8]) -> Result<(), String> {
-    let what = || format!("bulk pull of {id:032x} from node {}", peer.node());
+fn stream(peer: &Peer, id: ObjectId, off: u64, part: &mut [u8]) -> Result<(), String> {
+    let what = || format!("bulk pull of {:032x} from node {}", id.0, peer.node());
     let ask = postcard::to_allocvec(&id).map_err(|e| e.to_string())?;
-    let f = peer.request(BULK_TICKET, &ask, Duration::from_secs(30)).map_err(|e| format!("{}: {e}", what()))?;
+    let f = peer.request(Msg::BulkTicket.kind(), &ask, Duration::from_secs(30)).map_err(|e| format!("{}: {e}", what()))?;
     let t: Ticket = postcard::from_bytes(&f.payload).map_err(|e| format!("{}: a bad ticket: {e}", what()))?;
     let mut s = TcpStream::connect(t.addr).map_err(|e| format!("{}: {e}", what()))?;
     let _ = s.set_nodelay(true);

@@ -1,0 +1,232 @@
+//! Tasks, actors and objects across nodes: [`Remote`], the cross-node service of one node.
+//! Each concept has its file: placement ([`crate::place`], pure), forwarded tasks
+//! ([`crate::tasks`]), objects lent, fetched and pulled ([`crate::objects`],
+//! [`crate::pull`], [`crate::copies`]), the broadcast tree ([`crate::spread`]) and actors
+//! on other nodes ([`crate::actors`]); the messages are in [`crate::messages`].
+//!
+//! **Threads.** Nothing here blocks a connection's reader or an executor: messages and
+//! completions are handed to one service thread per node (`rayhpc-remote`), which writes
+//! answers; each pull runs on a thread of its own.
+//!
+//! **Failures.** When a node's connection ends (or a send to it fails), every task sent to
+//! it is placed again (on another live node, or here) while its `max_retries` allows, else
+//! fails as a lost worker; so is a task whose worker process died over there. Objects being
+//! pulled from it fail with [`rayhpc::Error::ObjectLost`]; what this node exported for it is
+//! let go.
+
+use std::collections::HashMap;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
+
+use rayhpc::ids::ObjectId;
+use rayhpc::raw::RawArg;
+use rayhpc_node::api::Service;
+use rayhpc_node::wire::WireOptions;
+use rayhpc_transport::{NodeId, Peer};
+
+use crate::bulk::BulkServer;
+use crate::fabric::{FabricInfo, NodeFabric};
+use crate::membership::Candidate;
+use crate::objects::Objects;
+use crate::place::{self, Decision, NodeLoad, Placed};
+use crate::spread::Spread;
+use crate::tasks::{Resend, Tasks};
+
+/// What the cross-node service needs of its cluster's membership: the other nodes as the
+/// view has them, and the connections to them.
+pub(crate) trait Members: Send + Sync {
+    /// The other live nodes.
+    fn candidates(&self) -> Vec<Candidate>;
+    /// The connection to live node `node`, made on first use.
+    fn peer(&self, node: NodeId) -> Option<Peer>;
+    /// The connection to node `node` if there is one already (no dialing).
+    fn connected(&self, node: NodeId) -> Option<Peer>;
+    /// Live node `node`'s fabric, if it has one.
+    fn fabric_of(&self, node: NodeId) -> Option<FabricInfo>;
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The cross-node task and object service of one node.
+pub(crate) struct Remote {
+    /// The node's service (the API's implementation).
+    pub(crate) service: Weak<Service>,
+    /// This node's transport id.
+    pub(crate) me: NodeId,
+    /// The service thread's queue.
+    jobs: Mutex<Sender<Job>>,
+    /// Tasks sent to other nodes and run for them.
+    pub(crate) tasks: Tasks,
+    /// Objects lent, pinned, copied and pulled.
+    pub(crate) objects: Objects,
+    /// Exports that several nodes pull: where their copies are (see [`crate::spread`]).
+    pub(crate) spreads: Mutex<HashMap<ObjectId, Spread>>,
+    /// Actors placed lately (placement counts them, see [`place::place_actor`]).
+    pub(crate) placed: Mutex<Vec<Placed>>,
+    /// The cluster's membership, which holds this service (hence weak).
+    members: Weak<dyn Members>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The object id a request of `peer` names, or `None` after refusing the malformed request
+/// (`what` it was) with a message.
+pub(crate) fn object_id(peer: &Peer, id: u64, payload: &[u8], what: &str) -> Option<ObjectId> {
+    let obj = postcard::from_bytes::<ObjectId>(payload).ok();
+    if obj.is_none() {
+        let _ = peer.refuse(id, &format!("a malformed {what}"));
+    }
+    obj
+}
+
+impl Remote {
+    /// The service of the node whose API is `service` and transport id `me`, in the
+    /// cluster of `members`, serving bulk streams from `bulk` and pulling over `fabric`
+    /// when it has one.
+    pub(crate) fn new(
+        service: &Arc<Service>,
+        me: NodeId,
+        members: Weak<dyn Members>,
+        bulk: Arc<BulkServer>,
+        fabric: Option<NodeFabric>,
+    ) -> Arc<Remote> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        // Ends when the last sender (the `Remote`) goes.
+        let spawned = std::thread::Builder::new().name("rayhpc-remote".into()).spawn(move || {
+            for job in rx {
+                job();
+            }
+        });
+        if let Err(e) = spawned {
+            eprintln!("rayhpc node: cannot start the remote service thread: {e}");
+        }
+        Arc::new(Remote {
+            service: Arc::downgrade(service),
+            me,
+            jobs: Mutex::new(tx),
+            tasks: Tasks::default(),
+            objects: Objects::new(service.runtime().object_store().capacity() as u64 / 4, bulk, fabric),
+            spreads: Mutex::new(HashMap::new()),
+            placed: Mutex::new(Vec::new()),
+            members,
+        })
+    }
+
+    /// Runs `f` on the service thread.
+    pub(crate) fn defer(&self, f: impl FnOnce() + Send + 'static) {
+        let _ = lock(&self.jobs).send(Box::new(f));
+    }
+
+    /// Handles a message of `peer` (request `id`, 0 if one-way) with `f` on the service
+    /// thread.
+    pub(crate) fn later(self: &Arc<Self>, peer: &Peer, id: u64, payload: Vec<u8>, f: fn(&Arc<Remote>, &Peer, u64, &[u8])) {
+        let (me, peer) = (self.clone(), peer.clone());
+        self.defer(move || f(&me, &peer, id, &payload));
+    }
+
+    /// The connection to live node `node`, made on first use.
+    pub(crate) fn peer(&self, node: NodeId) -> Option<Peer> {
+        self.members.upgrade()?.peer(node)
+    }
+
+    /// Live node `node`'s fabric, if it has one.
+    pub(crate) fn fabric_of(&self, node: NodeId) -> Option<FabricInfo> {
+        self.members.upgrade()?.fabric_of(node)
+    }
+
+    /// Places a task that could not run where it was sent again: on the node placement
+    /// picks among the live ones already connected (no dialing from here), else here (also
+    /// once the cluster is gone).
+    pub(crate) fn replace(self: &Arc<Self>, p: Resend) {
+        let Some(members) = self.members.upgrade() else { return self.resend(p, None) };
+        let nodes = members.candidates();
+        let peer = self.place_for(&p, &nodes).and_then(|c| members.connected(c.node));
+        self.resend(p, peer);
+    }
+
+    /// This node as placement sees it.
+    fn here(&self) -> Option<NodeLoad> {
+        let service = self.service.upgrade()?;
+        let resources = service.runtime().resources().into_iter().map(|v| (v.name.to_string(), (v.total, v.available))).collect();
+        Some(NodeLoad { node: self.me, resources, promised: self.tasks.promised(self.me) })
+    }
+
+    /// The other nodes as placement sees them.
+    fn loads(&self, nodes: &[Candidate]) -> Vec<NodeLoad> {
+        nodes.iter().map(|c| NodeLoad { node: c.node, resources: c.resources.clone(), promised: self.tasks.promised(c.node) }).collect()
+    }
+
+    /// The candidate a decision names (`None`: here).
+    fn chosen(d: Decision, nodes: &[Candidate]) -> Option<Candidate> {
+        match d {
+            Decision::Here => None,
+            Decision::There(n) => nodes.iter().find(|c| c.node == n).cloned(),
+        }
+    }
+
+    /// Where a task asking for `options` should run: `None` here, else the chosen node (see
+    /// [`place::place_task`]).
+    pub(crate) fn place(&self, options: &WireOptions, nodes: &[Candidate]) -> Option<Candidate> {
+        let here = self.here()?;
+        Self::chosen(place::place_task(&place::task_ask(options), &here, &self.loads(nodes), 0), nodes)
+    }
+
+    /// [`Remote::place`] for a task whose arguments are `args` (this node's objects: see
+    /// [`place::STAY_FROM`]).
+    pub(crate) fn place_task(&self, options: &WireOptions, args: &[RawArg], nodes: &[Candidate]) -> Option<Candidate> {
+        let bytes: u64 = args
+            .iter()
+            .map(|a| match a {
+                RawArg::Bytes(b) => b.len() as u64,
+                RawArg::Ref(r) => match r.try_view() {
+                    Some(Ok(v)) if v.is_stored() => v.len() as u64,
+                    _ => 0,
+                },
+            })
+            .sum();
+        let here = self.here()?;
+        Self::chosen(place::place_task(&place::task_ask(options), &here, &self.loads(nodes), bytes), nodes)
+    }
+
+    /// Where an actor asking for `options` should live: `None` here (see
+    /// [`place::place_actor`]).
+    pub(crate) fn place_actor(&self, options: &WireOptions, nodes: &[Candidate]) -> Option<Candidate> {
+        let here = self.here()?;
+        let now = Instant::now();
+        let mut placed = lock(&self.placed);
+        placed.retain(|p| p.is_recent(now));
+        Self::chosen(place::place_actor(&place::actor_ask(options), &here, &self.loads(nodes), &placed, now), nodes)
+    }
+
+    /// Notes an actor placed on `node` (`None`: here) asking for `options` (see
+    /// [`Remote::place_actor`]).
+    pub(crate) fn note_actor(&self, node: Option<NodeId>, options: &WireOptions) {
+        let node = node.unwrap_or(self.me);
+        lock(&self.placed).push(Placed { node, ask: place::actor_ask(options), at: Instant::now() });
+    }
+
+    /// A node's connection ended: its tasks go elsewhere (or fail), what was lent to it goes.
+    pub(crate) fn on_disconnect(self: &Arc<Self>, node: NodeId, reason: &str) {
+        let lost = self.tasks.take_node(node);
+        // On the service thread, after the frames that node sent before it went (a LOCATE
+        // or WHERE still queued would pin or wait for it again).
+        let me = self.clone();
+        self.defer(move || {
+            lock(&me.objects.pins).remove(&node);
+            me.spreads_lose(node);
+        });
+        let lent = lock(&self.objects.lent).remove(&node).unwrap_or_default();
+        for id in lent {
+            self.unexport(id);
+        }
+        let (me, reason) = (self.clone(), reason.to_string());
+        self.defer(move || {
+            for p in lost {
+                me.lost(p, node, &format!("node {node} died while running it ({reason})"));
+            }
+        });
+    }
+}

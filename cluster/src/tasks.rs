@@ -1,0 +1,402 @@
+//! Tasks forwarded to other nodes, and run here for them.
+//!
+//! A task (Python, native `library:symbol`, or a method of an actor of another node) is
+//! submitted where its driver or worker runs; placement ([`crate::place`]) may send it to
+//! another node. Forwarding is one-way messages, so that no thread waits per task: `Task`
+//! owner → executor (the function, its arguments inline or as objects the owner exports for
+//! the executor to pull, the options, the owner's number for it), `TaskDone` executor →
+//! owner (the result inline, or an object the executor lends, or the failure); the owner's
+//! ref is a [`Promise`] of the core. A node never forwards a task it got from another node
+//! (no ping-pong).
+//!
+//! A task whose node dies, whose send fails, or whose worker process died over there is
+//! placed again while its `max_retries` allows (another live node, or here), else fails as a
+//! lost worker.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rayhpc::ids::ObjectId;
+use rayhpc::raw::RawArg;
+use rayhpc::{Error, FailureKind, ObjectRef, Promise, TaskError, Untyped};
+use rayhpc_node::api::{CallOptions, ErrorKind, Failure};
+use rayhpc_node::router::TaskFn;
+use rayhpc_node::wire::WireOptions;
+use rayhpc_transport::{NodeId, Peer};
+
+use crate::membership::Candidate;
+use crate::messages::{DoneMsg, Msg, MsgFn, Outcome, TaskMsg};
+use crate::remote::{lock, Remote};
+
+/// A task sent to another node, until its outcome is in.
+pub(crate) struct Pending {
+    node: NodeId,
+    func: TaskFn,
+    args: Vec<RawArg>,
+    options: WireOptions,
+    promise: Promise,
+    /// The objects exported for it.
+    exported: Vec<ObjectId>,
+    cpus: f64,
+    retries_left: i32,
+}
+
+/// A task whose node died, to run again (opaque outside this module).
+pub(crate) struct Resend(Pending);
+
+/// What becomes of a task that could not run where it was sent with `retries_left` retries
+/// left (-1: no limit): placed again with the retries then left, or (`None`) failed.
+pub(crate) fn next_attempt(retries_left: i32) -> Option<i32> {
+    match retries_left {
+        0 => None,
+        n if n > 0 => Some(n - 1),
+        n => Some(n),
+    }
+}
+
+/// The tasks of one node across the cluster.
+pub(crate) struct Tasks {
+    seq: AtomicU64,
+    pending: Mutex<HashMap<u64, Pending>>,
+    /// CPUs of the tasks in flight per node (placement counts them against its last report).
+    inflight: Mutex<HashMap<NodeId, f64>>,
+    /// Tasks run here for others (counted for `rayhpc status` and tests).
+    pub(crate) ran_for_others: AtomicU64,
+    /// Tasks sent to others.
+    pub(crate) sent: AtomicU64,
+}
+
+impl Default for Tasks {
+    fn default() -> Tasks {
+        Tasks {
+            seq: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::new()),
+            ran_for_others: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Tasks {
+    /// CPUs of the tasks placed on `node` (this node too) and not seen finish.
+    pub(crate) fn promised(&self, node: NodeId) -> f64 {
+        lock(&self.inflight).get(&node).copied().unwrap_or(0.0)
+    }
+
+    fn add(&self, node: NodeId, cpus: f64) {
+        *lock(&self.inflight).entry(node).or_default() += cpus;
+    }
+
+    fn done(&self, node: NodeId, cpus: f64) {
+        if let Some(n) = lock(&self.inflight).get_mut(&node) {
+            *n -= cpus;
+        }
+    }
+
+    /// Takes back every task sent to `node` (its connection ended), and forgets its load.
+    pub(crate) fn take_node(&self, node: NodeId) -> Vec<Pending> {
+        let lost: Vec<Pending> = {
+            let mut pending = lock(&self.pending);
+            let seqs: Vec<u64> = pending.iter().filter(|(_, p)| p.node == node).map(|(s, _)| *s).collect();
+            seqs.into_iter().filter_map(|s| pending.remove(&s)).collect()
+        };
+        lock(&self.inflight).remove(&node);
+        lost
+    }
+}
+
+impl Remote {
+    /// Runs a task on this node through `here`, counting it in this node's load until it
+    /// finishes.
+    ///
+    /// # Errors
+    /// As `here`.
+    pub(crate) fn run_here(
+        self: &Arc<Self>,
+        args: Vec<RawArg>,
+        options: &WireOptions,
+        here: &dyn Fn(Vec<RawArg>) -> Result<ObjectRef<Untyped>, Error>,
+    ) -> Result<ObjectRef<Untyped>, Error> {
+        let cpu = options.num_cpus.unwrap_or(1.0);
+        let r = here(args)?;
+        self.tasks.add(self.me, cpu);
+        let me = Arc::downgrade(self);
+        let node = self.me;
+        r.on_ready(move || {
+            if let Some(me) = me.upgrade() {
+                me.tasks.done(node, cpu);
+            }
+        });
+        Ok(r)
+    }
+
+    /// Sends the task (`args[0]` is the function key's bytes, as `py.task` takes them) to
+    /// `peer`; the returned ref is completed when its outcome comes back.
+    ///
+    /// # Errors
+    /// This runtime is shut down, or the function is unknown here.
+    pub(crate) fn submit(
+        self: &Arc<Self>,
+        peer: &Peer,
+        func: TaskFn,
+        args: Vec<RawArg>,
+        options: WireOptions,
+    ) -> Result<ObjectRef<Untyped>, Error> {
+        let service = self.service.upgrade().ok_or(Error::Shutdown)?;
+        let (r, promise) = service.runtime().promise()?;
+        let retries_left = options.max_retries.unwrap_or(rayhpc::DEFAULT_MAX_RETRIES);
+        let cpus = options.num_cpus.unwrap_or(1.0);
+        let p = Pending { node: peer.node(), func, args, options, promise, exported: Vec::new(), cpus, retries_left };
+        self.send_when_ready(peer.clone(), p);
+        Ok(r)
+    }
+
+    /// Waits (without a thread) for the arguments to be ready, then sends.
+    fn send_when_ready(self: &Arc<Self>, peer: Peer, p: Pending) {
+        let unready: Vec<ObjectRef<Untyped>> =
+            p.args.iter().filter_map(|a| if let RawArg::Ref(r) = a { (!r.is_ready()).then(|| r.clone()) } else { None }).collect();
+        if let Some(first) = unready.first() {
+            let me = self.clone();
+            first.on_ready(move || {
+                let m = me.clone();
+                me.defer(move || m.send_when_ready(peer, p));
+            });
+            return;
+        }
+        self.send(&peer, p);
+    }
+
+    fn send(self: &Arc<Self>, peer: &Peer, mut p: Pending) {
+        let Some(service) = self.service.upgrade() else { return };
+        let (func, skip) = match &p.func {
+            TaskFn::Python(key) => match service.workers().blob(key) {
+                Some(blob) => (MsgFn::Python { key: *key, blob: blob.to_vec() }, 1),
+                None => {
+                    p.promise.fail(Error::Invalid("unknown function (not registered in this runtime)".into()));
+                    return;
+                }
+            },
+            TaskFn::Native(name) => (MsgFn::Native(name.clone()), 0),
+            TaskFn::Method { actor, method } => (MsgFn::Method { actor: *actor, method: method.clone() }, 0),
+        };
+        // A Python task's first argument is the key itself (`py.task` takes it as its first
+        // input): the executor puts it back.
+        let args = match self.outgoing(&p.args[skip.min(p.args.len())..]) {
+            Ok((a, exported)) => {
+                p.exported = exported;
+                a
+            }
+            // Ray's propagation: a failed argument fails the task, which does not run.
+            Err(e) => return p.promise.fail(e),
+        };
+        let seq = self.tasks.seq.fetch_add(1, Ordering::Relaxed);
+        let msg = TaskMsg { seq, func, args, options: p.options.clone() };
+        let bytes = match postcard::to_allocvec(&msg) {
+            Ok(b) => b,
+            Err(e) => {
+                p.promise.fail(Error::Invalid(format!("cannot encode a task for another node: {e}")));
+                return;
+            }
+        };
+        if !peer.is_open() {
+            return self.lost(p, peer.node(), "its connection is closed");
+        }
+        self.tasks.add(peer.node(), p.cpus);
+        lock(&self.tasks.pending).insert(seq, p);
+        self.tasks.sent.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = peer.send(Msg::Task.kind(), &bytes) {
+            // Taken back (unless the disconnect handler already did) and placed again.
+            let back = lock(&self.tasks.pending).remove(&seq);
+            if let Some(p) = back {
+                self.tasks.done(peer.node(), p.cpus);
+                self.lost(p, peer.node(), &e.to_string());
+            }
+        }
+    }
+
+    /// A task that could not run where it was sent: placed again while its retries allow
+    /// (`max_retries = -1`: always), else failed as a lost worker.
+    pub(crate) fn lost(self: &Arc<Self>, mut p: Pending, node: NodeId, reason: &str) {
+        for id in p.exported.drain(..) {
+            self.unexport(id);
+        }
+        if let Some(left) = next_attempt(p.retries_left) {
+            p.retries_left = left;
+            self.replace(Resend(p));
+        } else {
+            let function = match &p.func {
+                TaskFn::Python(_) => "py.task".to_string(),
+                TaskFn::Native(n) => n.clone(),
+                TaskFn::Method { method, .. } => method.clone(),
+            };
+            p.promise.fail(Error::Task(Box::new(TaskError {
+                function: function.into(),
+                kind: FailureKind::WorkerDied,
+                message: format!("node {node} could not run it ({reason})"),
+                attempts: 1,
+                payload: None,
+            })));
+        }
+    }
+
+    /// `Task`: a task from another node: pull its objects, run it here, answer when it is
+    /// done.
+    pub(crate) fn on_task(self: &Arc<Self>, peer: &Peer, payload: &[u8]) {
+        let msg: TaskMsg = match postcard::from_bytes(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("rayhpc node: a malformed task from node {}: {e}", peer.node());
+                return;
+            }
+        };
+        let Some(service) = self.service.upgrade() else { return };
+        self.tasks.ran_for_others.fetch_add(1, Ordering::Relaxed);
+        let seq = msg.seq;
+        let answer = {
+            let peer = peer.clone();
+            move |outcome: Outcome| {
+                if let Ok(b) = postcard::to_allocvec(&DoneMsg { seq, outcome }) {
+                    let _ = peer.send(Msg::TaskDone.kind(), &b);
+                }
+            }
+        };
+        let requester = peer.node();
+        let (f, mut args) = match &msg.func {
+            MsgFn::Python { key, blob } => {
+                service.workers().define(*key, blob);
+                (service.python_task(), vec![RawArg::Bytes(key.to_vec())])
+            }
+            MsgFn::Native(name) => match service.native(name) {
+                Ok(f) => (f, Vec::new()),
+                Err(e) => return answer(Outcome::Failed(Failure::of(e, false))),
+            },
+            MsgFn::Method { actor, method } => {
+                // The actor's own ordered mailbox takes it, as any call.
+                let args = match self.received(peer, &service, msg.args, false) {
+                    Ok(a) => a,
+                    Err(e) => return answer(Outcome::Failed(Failure::of(e, true))),
+                };
+                let r = match service.call_actor_id(*actor, method, args) {
+                    Ok(r) => r,
+                    Err(e) => return answer(Outcome::Failed(Failure::of(e, true))),
+                };
+                let (me, held) = (self.clone(), r.clone());
+                r.on_ready(move || {
+                    let m = me.clone();
+                    me.defer(move || answer(m.outcome_of(&held, requester)));
+                });
+                return;
+            }
+        };
+        let rt = service.runtime().clone();
+        // The owner lets its exports go when the task is done.
+        match self.received(peer, &service, msg.args, false) {
+            Ok(a) => args.extend(a),
+            Err(e) => return answer(Outcome::Failed(Failure::of(e, false))),
+        }
+        let mut options = CallOptions::new(msg.options.clone()).task;
+        // Retries are the owner's: it sends the task again if this node dies.
+        options = options.max_retries(0);
+        let r = match f.remote(&rt, args, &options) {
+            Ok(r) => r,
+            Err(e) => return answer(Outcome::Failed(Failure::of(e, false))),
+        };
+        let me = self.clone();
+        let held = r.clone();
+        r.on_ready(move || {
+            let m = me.clone();
+            me.defer(move || answer(m.outcome_of(&held, requester)));
+        });
+    }
+
+    /// `TaskDone`: the outcome of a task this node sent.
+    pub(crate) fn on_done(self: &Arc<Self>, peer: &Peer, payload: &[u8]) {
+        let Ok(msg) = postcard::from_bytes::<DoneMsg>(payload) else {
+            eprintln!("rayhpc node: a malformed task outcome from node {}", peer.node());
+            return;
+        };
+        let Some(mut p) = lock(&self.tasks.pending).remove(&msg.seq) else { return };
+        self.tasks.done(p.node, p.cpus);
+        match msg.outcome {
+            // Its worker process died over there: a system failure, retried like here.
+            Outcome::Failed(f) if f.kind == ErrorKind::WorkerDied && p.retries_left != 0 => self.lost(p, peer.node(), &f.message),
+            outcome => {
+                for id in p.exported.drain(..) {
+                    self.unexport(id);
+                }
+                match outcome {
+                    Outcome::Inline(b) => {
+                        let _ = p.promise.fulfill(&b);
+                    }
+                    Outcome::Failed(f) => p.promise.fail(f.into_error()),
+                    Outcome::Stored { id, len } => self.pull(peer.clone(), id, len, p.promise, true),
+                }
+            }
+        }
+    }
+
+    /// Where a task to place again should go (as [`Remote::place`]).
+    pub(crate) fn place_for(&self, p: &Resend, nodes: &[Candidate]) -> Option<Candidate> {
+        self.place(&p.0.options, nodes)
+    }
+
+    /// Places a task again: on `peer` (a live node the cluster chose), else here.
+    pub(crate) fn resend(self: &Arc<Self>, p: Resend, peer: Option<Peer>) {
+        let mut p = p.0;
+        p.options.max_retries = Some(p.retries_left);
+        match peer {
+            Some(peer) => {
+                p.node = peer.node();
+                self.send_when_ready(peer, p);
+            }
+            None => self.run_local(p),
+        }
+    }
+
+    /// Runs a task here; its promise completes with the local result (a copy: the result
+    /// object is read into the promised one).
+    fn run_local(self: &Arc<Self>, p: Pending) {
+        let Some(service) = self.service.upgrade() else { return };
+        let f = match &p.func {
+            TaskFn::Python(_) => Ok(service.python_task()),
+            TaskFn::Native(name) => service.native(name),
+            TaskFn::Method { actor, method } => {
+                // Its node is gone, and the actor with it.
+                return p.promise.fail(Error::ActorDied {
+                    class: "?".into(),
+                    actor: format!("{:032x}", actor.0),
+                    reason: format!("the node that held it is gone (method {method})").into(),
+                });
+            }
+        };
+        match f.and_then(|f| f.remote(service.runtime(), p.args, &CallOptions::new(p.options.clone()).task)) {
+            Ok(r) => {
+                let (held, promise) = (r.clone(), p.promise);
+                r.on_ready(move || match held.try_view() {
+                    Some(Ok(v)) => {
+                        let _ = promise.fulfill(&v);
+                    }
+                    Some(Err(e)) => promise.fail(e),
+                    None => {}
+                });
+            }
+            Err(e) => p.promise.fail(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_attempt;
+
+    #[test]
+    fn a_lost_task_is_placed_again_while_its_retries_allow() {
+        assert_eq!(next_attempt(3), Some(2));
+        assert_eq!(next_attempt(1), Some(0));
+        assert_eq!(next_attempt(0), None);
+        // -1: as often as it takes.
+        assert_eq!(next_attempt(-1), Some(-1));
+    }
+}
