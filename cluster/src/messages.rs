@@ -135,11 +135,12 @@ pub enum Arg {
 /// A forwarded task's function.
 #[derive(Serialize, Deserialize, Debug)]
 pub enum MsgFn {
-    /// A Python function: its key and pickled body (the executor may not know it).
+    /// A Python function: its key and pickled body (empty when the sender sent it to this
+    /// node before: only a node's first task of a function carries it).
     Python {
         /// The function's key.
         key: Key,
-        /// Its pickled body.
+        /// Its pickled body, or nothing.
         blob: Vec<u8>,
     },
     /// A native `library:symbol` function.
@@ -283,8 +284,8 @@ pub(crate) fn dispatch(m: &Membership, peer: &Peer, frame: Frame) {
         Msg::Stop => m.set_stop("the head stopped the cluster"),
         Msg::BenchRaw => bench::on_raw(peer, id, &payload),
         Msg::BenchPull => bench::on_pull(remote, peer, id, &payload),
-        Msg::Task => remote.later(peer, id, payload, |r, p, _, b| r.on_task(p, b)),
-        Msg::TaskDone => remote.later(peer, id, payload, |r, p, _, b| r.on_done(p, b)),
+        Msg::Task => remote.now_or_later(peer, id, payload, |r, p, _, b| r.on_task(p, b)),
+        Msg::TaskDone => remote.now_or_later(peer, id, payload, |r, p, _, b| r.on_done(p, b)),
         Msg::Pull => remote.later(peer, id, payload, |r, p, id, b| r.on_pull(p, id, b)),
         Msg::Unexport => remote.later(peer, id, payload, |r, p, _, b| r.on_unexport(p, b)),
         Msg::BulkTicket => remote.later(peer, id, payload, |r, p, id, b| r.on_ticket(p, id, b)),

@@ -56,6 +56,9 @@ pub(crate) struct Remote {
     pub(crate) me: NodeId,
     /// The service thread's queue.
     jobs: Mutex<Sender<Job>>,
+    /// Frames of each node deferred to the service thread and not yet handled (see
+    /// [`Remote::now_or_later`]).
+    queued: Mutex<HashMap<NodeId, usize>>,
     /// Tasks sent to other nodes and run for them.
     pub(crate) tasks: Tasks,
     /// Objects lent, pinned, copied and pulled.
@@ -107,6 +110,7 @@ impl Remote {
             service: Arc::downgrade(service),
             me,
             jobs: Mutex::new(tx),
+            queued: Mutex::new(HashMap::new()),
             tasks: Tasks::default(),
             objects: Objects::new(service.runtime().object_store().capacity() as u64 / 4, bulk, fabric),
             spreads: Mutex::new(HashMap::new()),
@@ -123,8 +127,32 @@ impl Remote {
     /// Handles a message of `peer` (request `id`, 0 if one-way) with `f` on the service
     /// thread.
     pub(crate) fn later(self: &Arc<Self>, peer: &Peer, id: u64, payload: Vec<u8>, f: fn(&Arc<Remote>, &Peer, u64, &[u8])) {
+        let node = peer.node();
+        *lock(&self.queued).entry(node).or_default() += 1;
         let (me, peer) = (self.clone(), peer.clone());
-        self.defer(move || f(&me, &peer, id, &payload));
+        self.defer(move || {
+            f(&me, &peer, id, &payload);
+            let mut queued = lock(&me.queued);
+            if let Some(n) = queued.get_mut(&node) {
+                *n -= 1;
+                if *n == 0 {
+                    queued.remove(&node);
+                }
+            }
+        });
+    }
+
+    /// Handles a message of `peer` with `f` at once, on the connection's reader thread, when
+    /// no earlier frame of that node waits for the service thread (so a node's frames are
+    /// still handled in the order it sent them); else as [`Remote::later`]. Only for
+    /// handlers that neither block nor write much (tasks and their outcomes): they are the
+    /// stream of a busy cluster, and a hop to the service thread costs each of them two
+    /// wake-ups.
+    pub(crate) fn now_or_later(self: &Arc<Self>, peer: &Peer, id: u64, payload: Vec<u8>, f: fn(&Arc<Remote>, &Peer, u64, &[u8])) {
+        if lock(&self.queued).contains_key(&peer.node()) {
+            return self.later(peer, id, payload, f);
+        }
+        f(self, peer, id, &payload);
     }
 
     /// The connection to live node `node`, made on first use.

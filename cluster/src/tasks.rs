@@ -13,7 +13,7 @@
 //! placed again while its `max_retries` allows (another live node, or here), else fails as a
 //! lost worker.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -22,7 +22,7 @@ use rayhpc::raw::RawArg;
 use rayhpc::{Error, FailureKind, ObjectRef, Promise, TaskError, Untyped};
 use rayhpc_node::api::{CallOptions, ErrorKind, Failure};
 use rayhpc_node::router::TaskFn;
-use rayhpc_node::wire::WireOptions;
+use rayhpc_node::wire::{Key, WireOptions};
 use rayhpc_transport::{NodeId, Peer};
 
 use crate::membership::Candidate;
@@ -65,6 +65,12 @@ pub(crate) struct Tasks {
     pub(crate) ran_for_others: AtomicU64,
     /// Tasks sent to others.
     pub(crate) sent: AtomicU64,
+    /// The Python functions each node was sent (with a task) by this node: later tasks of the
+    /// same function go without its pickle.
+    known: Mutex<HashSet<(NodeId, Key)>>,
+    /// The core's options of the last options a task came with (a stream of tasks mostly
+    /// shares them).
+    last_options: Mutex<Option<(WireOptions, rayhpc::Options)>>,
 }
 
 impl Default for Tasks {
@@ -75,6 +81,8 @@ impl Default for Tasks {
             inflight: Mutex::new(HashMap::new()),
             ran_for_others: AtomicU64::new(0),
             sent: AtomicU64::new(0),
+            known: Mutex::new(HashSet::new()),
+            last_options: Mutex::new(None),
         }
     }
 }
@@ -103,7 +111,22 @@ impl Tasks {
             seqs.into_iter().filter_map(|s| pending.remove(&s)).collect()
         };
         lock(&self.inflight).remove(&node);
+        lock(&self.known).retain(|(n, _)| *n != node);
         lost
+    }
+
+    /// The core's options of a task that came with `w`, run here for its owner (retries are
+    /// the owner's: it sends the task again if this node dies).
+    fn options(&self, w: &WireOptions) -> rayhpc::Options {
+        let mut last = lock(&self.last_options);
+        if let Some((lw, o)) = last.as_ref() {
+            if lw == w {
+                return o.clone();
+            }
+        }
+        let o = CallOptions::new(w.clone()).task.max_retries(0);
+        *last = Some((w.clone(), o.clone()));
+        o
     }
 }
 
@@ -170,9 +193,19 @@ impl Remote {
 
     fn send(self: &Arc<Self>, peer: &Peer, mut p: Pending) {
         let Some(service) = self.service.upgrade() else { return };
+        // The pickle goes with the first task of a function to a node; the function is
+        // marked known there only once that frame is written, so a later frame without it
+        // follows it on the connection (two first tasks may both carry it: harmless).
+        let mut first_of = None;
         let (func, skip) = match &p.func {
+            TaskFn::Python(key) if lock(&self.tasks.known).contains(&(peer.node(), *key)) => {
+                (MsgFn::Python { key: *key, blob: Vec::new() }, 1)
+            }
             TaskFn::Python(key) => match service.workers().blob(key) {
-                Some(blob) => (MsgFn::Python { key: *key, blob: blob.to_vec() }, 1),
+                Some(blob) => {
+                    first_of = Some(*key);
+                    (MsgFn::Python { key: *key, blob: blob.to_vec() }, 1)
+                }
                 None => {
                     p.promise.fail(Error::Invalid("unknown function (not registered in this runtime)".into()));
                     return;
@@ -206,7 +239,11 @@ impl Remote {
         self.tasks.add(peer.node(), p.cpus);
         lock(&self.tasks.pending).insert(seq, p);
         self.tasks.sent.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = peer.send(Msg::Task.kind(), &bytes) {
+        let sent = peer.send(Msg::Task.kind(), &bytes);
+        if let (Ok(()), Some(key)) = (&sent, first_of) {
+            lock(&self.tasks.known).insert((peer.node(), key));
+        }
+        if let Err(e) = sent {
             // Taken back (unless the disconnect handler already did) and placed again.
             let back = lock(&self.tasks.pending).remove(&seq);
             if let Some(p) = back {
@@ -242,7 +279,8 @@ impl Remote {
     }
 
     /// `Task`: a task from another node: pull its objects, run it here, answer when it is
-    /// done.
+    /// done (on the connection's reader thread, see [`Remote::now_or_later`]: it only
+    /// queues work; pulls run on threads of their own).
     pub(crate) fn on_task(self: &Arc<Self>, peer: &Peer, payload: &[u8]) {
         let msg: TaskMsg = match postcard::from_bytes(payload) {
             Ok(m) => m,
@@ -264,8 +302,14 @@ impl Remote {
         };
         let requester = peer.node();
         let (f, mut args) = match &msg.func {
+            MsgFn::Python { key, blob } if blob.is_empty() && service.workers().blob(key).is_none() => {
+                let m = format!("node {} sent a task of a function it never sent here", peer.node());
+                return answer(Outcome::Failed(Failure::new(ErrorKind::System, m)));
+            }
             MsgFn::Python { key, blob } => {
-                service.workers().define(*key, blob);
+                if !blob.is_empty() {
+                    service.workers().define(*key, blob);
+                }
                 (service.python_task(), vec![RawArg::Bytes(key.to_vec())])
             }
             MsgFn::Native(name) => match service.native(name) {
@@ -283,10 +327,8 @@ impl Remote {
                     Err(e) => return answer(Outcome::Failed(Failure::of(e, true))),
                 };
                 let (me, held) = (self.clone(), r.clone());
-                r.on_ready(move || {
-                    let m = me.clone();
-                    me.defer(move || answer(m.outcome_of(&held, requester)));
-                });
+                // Answered by the thread that completes it: a small frame, no hop.
+                r.on_ready(move || answer(me.outcome_of(&held, requester)));
                 return;
             }
         };
@@ -296,22 +338,22 @@ impl Remote {
             Ok(a) => args.extend(a),
             Err(e) => return answer(Outcome::Failed(Failure::of(e, false))),
         }
-        let mut options = CallOptions::new(msg.options.clone()).task;
-        // Retries are the owner's: it sends the task again if this node dies.
-        options = options.max_retries(0);
+        let options = self.tasks.options(&msg.options);
         let r = match f.remote(&rt, args, &options) {
             Ok(r) => r,
             Err(e) => return answer(Outcome::Failed(Failure::of(e, false))),
         };
         let me = self.clone();
         let held = r.clone();
-        r.on_ready(move || {
-            let m = me.clone();
-            me.defer(move || answer(m.outcome_of(&held, requester)));
-        });
+        // Answered by the thread that completes it (an executor, mostly): the outcome is a
+        // small frame (inline bytes up to the inline threshold, or an object's id), and the
+        // owner's reader always drains its connection, so the write does not wait.
+        r.on_ready(move || answer(me.outcome_of(&held, requester)));
     }
 
-    /// `TaskDone`: the outcome of a task this node sent.
+    /// `TaskDone`: the outcome of a task this node sent (on the connection's reader thread,
+    /// see [`Remote::now_or_later`]: completing the promise runs what waited on it, which
+    /// only queues work).
     pub(crate) fn on_done(self: &Arc<Self>, peer: &Peer, payload: &[u8]) {
         let Ok(msg) = postcard::from_bytes::<DoneMsg>(payload) else {
             eprintln!("rayhpc node: a malformed task outcome from node {}", peer.node());
@@ -321,7 +363,11 @@ impl Remote {
         self.tasks.done(p.node, p.cpus);
         match msg.outcome {
             // Its worker process died over there: a system failure, retried like here.
-            Outcome::Failed(f) if f.kind == ErrorKind::WorkerDied && p.retries_left != 0 => self.lost(p, peer.node(), &f.message),
+            // Placed again on the service thread (placing may dial another node).
+            Outcome::Failed(f) if f.kind == ErrorKind::WorkerDied && p.retries_left != 0 => {
+                let (me, node) = (self.clone(), peer.node());
+                self.defer(move || me.lost(p, node, &f.message));
+            }
             outcome => {
                 for id in p.exported.drain(..) {
                     self.unexport(id);
