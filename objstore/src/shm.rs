@@ -1,5 +1,7 @@
 //! The arena's memory: one shared mapping of a memfd (or hugetlbfs file), created with the
-//! best backing the machine offers, and the only `unsafe` of this crate.
+//! best backing the machine offers. Its raw byte access is `unsafe` (the store, client and
+//! table keep the contract); the crate's other `unsafe` is in `fdpass.rs`, `ring.rs`,
+//! `client.rs`, `store.rs` and `spill.rs`, each block with its `// SAFETY:` reason.
 //!
 //! Preference order ([`Hugepages::Auto`]): `memfd_create(MFD_HUGETLB)` with 2 MiB pages (or
 //! 1 GiB when asked), a file on a mounted hugetlbfs, a plain memfd with

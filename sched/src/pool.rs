@@ -7,7 +7,7 @@
 //! 1. [`Pool::submit`] wraps the job with its resource class in a `Runnable` and pushes it on
 //!    the submitting executor's own deque, or on the injector when the caller is not an
 //!    executor of this pool; then [`Sleep::notify`] wakes a worker if nobody is searching.
-//! 2. An executor finds it: own deque, then the injector (taking a batch), then the deques of
+//! 2. An executor finds it: own deque, then the injector (one job at a time), then the deques of
 //!    the other executors in victim order (same NUMA node first), then the waiting list of
 //!    the class it holds a lease for.
 //! 3. Admission. A job that needs nothing runs. A job of the class the executor already holds
@@ -728,8 +728,8 @@ fn awake<J: Job>(sh: &Shared<J>) -> isize {
     sh.total_threads.load(Ordering::SeqCst) as isize - sh.sleep.sleeping() as isize - sh.blocked.load(Ordering::SeqCst) as isize
 }
 
-/// Whether work is visibly queued beyond what this executor just took: its own deque (a
-/// batch taken from the injector lands there) or the injector.
+/// Whether work is visibly queued beyond what this executor just took: its own deque or
+/// the injector.
 fn more_work<J: Job>(st: &ThreadState, sh: &Shared<J>) -> bool {
     !sh.injector.is_empty() || with_local_in::<J, _>(st, sh.id, |l| !l.deque.is_empty()).unwrap_or(false)
 }

@@ -68,8 +68,9 @@
 //!
 //! [`fabric`] reads registered memory of a peer process over libfabric (RDMA where the
 //! hardware has it, else TCP or shared memory), through a small C shim; it needs libfabric's
-//! headers to build (`apt-get install libfabric-dev`). Its `fabric::sys` module is the only
-//! place with `unsafe`; without the feature the crate has none.
+//! headers to build (`apt-get install libfabric-dev`). Its `fabric::sys` module and
+//! `Fabric::register` (an `unsafe fn`: the caller keeps the registered memory alive) hold
+//! the crate's `unsafe`; without the feature the crate has none.
 #![cfg_attr(not(feature = "fabric"), forbid(unsafe_code))]
 #![cfg_attr(feature = "fabric", deny(unsafe_code))]
 
