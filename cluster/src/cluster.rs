@@ -215,9 +215,9 @@ impl Cluster {
         }
         let object = self.bench_object(len, 0)?;
         let mut out = Vec::new();
-        for c in self.inner.candidates() {
+        for c in self.inner.candidates().iter() {
             let rank = c.node.0 as u32;
-            let peer = self.inner.peer_of(&c).ok_or_else(|| ClusterError::Bench(format!("cannot reach node {}", c.node)))?;
+            let peer = self.inner.peer_of(c).ok_or_else(|| ClusterError::Bench(format!("cannot reach node {}", c.node)))?;
             let fabric =
                 self.inner.remote.fabric_provider().is_some() && self.inner.view_now().iter().any(|n| n.rank == rank && n.fabric.is_some());
             let mut f = PullFigures { rank, raw_tcp: 0.0, pull_tcp: 0.0, pull_fabric: fabric.then_some(0.0) };

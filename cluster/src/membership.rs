@@ -58,7 +58,14 @@ pub(crate) struct Membership {
     pub(crate) stop_reason: Mutex<Option<String>>,
     /// On the head: KV watches of other nodes waiting for a change.
     watches: Mutex<Vec<Parked>>,
+    /// The last placement candidates made from the view, and when (see
+    /// [`Membership::candidates`]).
+    candidates: Mutex<Option<(Instant, Arc<[Candidate]>)>>,
 }
+
+/// How long placement reuses the candidates it made from the view: the load figures in it
+/// change with heartbeats (every 500 ms); what this node placed since is counted apart.
+const CANDIDATES_FOR: Duration = Duration::from_millis(10);
 
 /// A member's KV watch that the head answers later (see [`rayhpc_node::kv`]).
 struct Parked {
@@ -145,6 +152,7 @@ impl Membership {
             stop: AtomicBool::new(false),
             stop_reason: Mutex::new(None),
             watches: Mutex::new(Vec::new()),
+            candidates: Mutex::new(None),
         }
     }
 
@@ -238,13 +246,24 @@ impl Membership {
         }
     }
 
-    /// The other live nodes, for placement.
-    pub(crate) fn candidates(&self) -> Vec<Candidate> {
+    /// The other live nodes, for placement: made from the view at most every
+    /// [`CANDIDATES_FOR`] (a stream of tasks would otherwise copy the node table, its
+    /// addresses and resources, for each one).
+    pub(crate) fn candidates(&self) -> Arc<[Candidate]> {
+        let mut last = lock(&self.candidates);
+        if let Some((at, c)) = last.as_ref() {
+            if at.elapsed() < CANDIDATES_FOR {
+                return c.clone();
+            }
+        }
         let view = self.view_now();
-        view.into_iter()
+        let c: Arc<[Candidate]> = view
+            .into_iter()
             .filter(|n| n.alive && n.rank != self.rank)
             .filter_map(|n| Some(Candidate { node: n.transport_id, addr: n.addr.parse().ok()?, resources: n.resources }))
-            .collect()
+            .collect();
+        *last = Some((Instant::now(), c.clone()));
+        c
     }
 
     /// The connection to a node (made on first use).
@@ -365,12 +384,12 @@ impl Membership {
 }
 
 impl Members for Membership {
-    fn candidates(&self) -> Vec<Candidate> {
+    fn candidates(&self) -> Arc<[Candidate]> {
         Membership::candidates(self)
     }
 
     fn peer(&self, node: NodeId) -> Option<Peer> {
-        let c = self.candidates().into_iter().find(|c| c.node == node)?;
+        let c = self.candidates().iter().find(|c| c.node == node)?.clone();
         self.peer_of(&c)
     }
 

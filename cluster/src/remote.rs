@@ -37,7 +37,7 @@ use crate::tasks::{Resend, Tasks};
 /// view has them, and the connections to them.
 pub(crate) trait Members: Send + Sync {
     /// The other live nodes.
-    fn candidates(&self) -> Vec<Candidate>;
+    fn candidates(&self) -> Arc<[Candidate]>;
     /// The connection to live node `node`, made on first use.
     fn peer(&self, node: NodeId) -> Option<Peer>;
     /// The connection to node `node` if there is one already (no dialing).

@@ -121,7 +121,7 @@ impl Router for RouterOf {
         if owner == inner.rank {
             return false;
         }
-        if let Some(peer) = inner.candidates().into_iter().find(|c| c.node == NodeId(u64::from(owner))).and_then(|c| inner.peer_of(&c)) {
+        if let Some(peer) = inner.candidates().iter().find(|c| c.node == NodeId(u64::from(owner))).and_then(|c| inner.peer_of(c)) {
             inner.remote.kill_actor(&peer, actor);
         }
         true
@@ -134,7 +134,7 @@ impl Router for RouterOf {
             return None;
         }
         // A live node: fetched from it; a node the cluster knew but lost (or never had): lost.
-        let peer = inner.candidates().into_iter().find(|c| c.node == NodeId(u64::from(owner))).and_then(|c| inner.peer_of(&c));
+        let peer = inner.candidates().iter().find(|c| c.node == NodeId(u64::from(owner))).and_then(|c| inner.peer_of(c));
         inner.remote.fetch(peer, id)
     }
 
@@ -145,7 +145,7 @@ impl Router for RouterOf {
         if owner == inner.rank {
             return None;
         }
-        let c = inner.candidates().into_iter().find(|c| c.node == NodeId(u64::from(owner)))?;
+        let c = inner.candidates().iter().find(|c| c.node == NodeId(u64::from(owner)))?.clone();
         let peer = inner.peer_of(&c)?;
         let func = TaskFn::Method { actor, method: method.to_string() };
         // No retries: a call lost with its node finds the actor gone.
