@@ -22,11 +22,16 @@ bindings/c/install.sh "$prefix"
 export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
 out="$PWD/target/c-examples"
 mkdir -p "$out"
-for src in examples/c/hello.c examples/c/tree.c examples/c/counter.c examples/c/bench.c examples/c/cluster.c bindings/c/tests/bad_inputs.c; do
-  name="$(basename "$src" .c)"
-  # The documented command (warnings as errors, and as C++ too: the header is for both).
-  cc -std=c99 -Wall -Wextra -Werror "$src" $(pkg-config --cflags --libs rayhpc) -o "$out/$name"
+# The documented commands (warnings as errors, and as C++ too: the header is for both).
+cflags=(-std=c99 -Wall -Wextra -Werror)
+for src in examples/c/hello.c examples/c/tree.c examples/c/bench.c examples/c/cluster.c bindings/c/tests/bad_inputs.c bindings/c/tests/threads.c; do
+  cc "${cflags[@]}" "$src" $(pkg-config --cflags --libs rayhpc) -o "$out/$(basename "$src" .c)"
 done
+cc "${cflags[@]}" examples/c/counter.c examples/c/counter_class.c $(pkg-config --cflags --libs rayhpc) -o "$out/counter"
+# Shared libraries of functions and classes, which a runtime loads by name (library:symbol).
+cc "${cflags[@]}" -shared -fPIC examples/c/square.c $(pkg-config --cflags --libs rayhpc) -o "$out/libsquare.so"
+cc "${cflags[@]}" -shared -fPIC examples/c/counter_class.c $(pkg-config --cflags --libs rayhpc) -o "$out/libcounter.so"
+cc "${cflags[@]}" -shared -fPIC bindings/c/tests/testlib.c $(pkg-config --cflags --libs rayhpc) -o "$out/libtestlib.so"
 c++ -x c++ -fsyntax-only -Wall -Werror $(pkg-config --cflags rayhpc) - <<<'#include <rayhpc.h>
 int main() { return rayhpc_status_name(RAYHPC_OK) == nullptr; }'
 
@@ -34,35 +39,56 @@ int main() { return rayhpc_status_name(RAYHPC_OK) == nullptr; }'
 grep -qx '40 + 2 = 42' "$out/hello.txt"
 "$out/tree" 1024 | tee "$out/tree.txt"
 grep -qx 'sum of 1..1024 = 524800 by 1023 tasks' "$out/tree.txt"
+counter_ok() {
+  grep -qx 'counter after 1+2+...+10 from 100: 155' "$1" && grep -qx 'a call with a wrong count: RAYHPC_E_ARG_COUNT' "$1" \
+    && grep -qx 'a call after kill: RAYHPC_E_ACTOR_DIED' "$1"
+}
 "$out/counter" | tee "$out/counter.txt"
-grep -qx 'a call after kill: RAYHPC_E_ACTOR_DIED' "$out/counter.txt"
-"$out/bad_inputs" > "$out/bad_inputs.txt" || { cat "$out/bad_inputs.txt"; exit 1; }
+counter_ok "$out/counter.txt"
+"$out/bad_inputs" "$out/libtestlib.so" > "$out/bad_inputs.txt" || { cat "$out/bad_inputs.txt"; exit 1; }
 tail -1 "$out/bad_inputs.txt"
+"$out/threads" "$out/libtestlib.so" | tee "$out/threads.txt"
+grep -q 'embedded: all threads went on at once' "$out/threads.txt"
 
-# A C driver attached to a node runtime (`rayhpc launch`), running library:symbol tasks the
-# node loads from a shared library built with the documented command.
-cc -std=c99 -Wall -Wextra -Werror -shared -fPIC examples/c/square.c $(pkg-config --cflags --libs rayhpc) -o "$out/libsquare.so"
+# C drivers attached to a node runtime (`rayhpc launch`), running library:symbol tasks and
+# actors the node loads from shared libraries built with the documented commands.
 cargo build --locked -q -p rayhpc-launcher
-RAYHPC_RUNTIME_DIR="$out/rt" target/debug/rayhpc launch -- "$out/cluster" "$out/libsquare.so" 100 | tee "$out/cluster.txt"
+launch() { RAYHPC_RUNTIME_DIR="$out/rt" target/debug/rayhpc launch -- "$@"; }
+launch "$out/cluster" "$out/libsquare.so" 100 | tee "$out/cluster.txt"
 grep -qx 'sum of squares of 0..99 = 328350' "$out/cluster.txt"
 grep -qx "a bad call: RAYHPC_E_TASK: task '$out/libsquare.so:square' failed: square takes one 8-byte integer" "$out/cluster.txt"
+launch "$out/counter" "$out/libcounter.so" | tee "$out/counter-attached.txt"
+counter_ok "$out/counter-attached.txt"
+launch "$out/bad_inputs" "$out/libtestlib.so" > "$out/bad_inputs-attached.txt" || { cat "$out/bad_inputs-attached.txt"; exit 1; }
+tail -1 "$out/bad_inputs-attached.txt"
+launch "$out/threads" "$out/libtestlib.so" | tee "$out/threads-attached.txt"
+grep -q 'attached: all threads went on at once' "$out/threads-attached.txt"
 
 # No memory error, no leak (definite or indirect) in the examples and the bad-input test,
 # with the library built without mimalloc so that valgrind sees all of its allocations too
 # (found first through LD_LIBRARY_PATH: the examples' rpath is a RUNPATH).
 CARGO_TARGET_DIR=target/c-valgrind cargo build --release --locked -q -p rayhpc-c --no-default-features
-for run in "hello" "tree 128" "counter" "bench 2000 1" "bad_inputs"; do
+for run in "hello" "tree 128" "counter" "bench 2000 1" "bad_inputs $out/libtestlib.so" "threads $out/libtestlib.so 5000"; do
   LD_LIBRARY_PATH="$PWD/target/c-valgrind/release" valgrind -q --error-exitcode=9 --leak-check=full \
     --errors-for-leak-kinds=definite,indirect "$out"/$run > "$out/valgrind.txt" 2>&1 \
     || { cat "$out/valgrind.txt"; echo "valgrind: $run" >&2; exit 1; }
   echo "valgrind clean: $run"
 done
-# The attached C driver too (the node is the rayhpc binary; valgrind watches the driver).
-RAYHPC_RUNTIME_DIR="$out/rt" target/debug/rayhpc launch -- env LD_LIBRARY_PATH="$PWD/target/c-valgrind/release" \
-  valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite,indirect "$out/cluster" "$out/libsquare.so" 20 \
-  > "$out/valgrind.txt" 2>&1 || { cat "$out/valgrind.txt"; echo "valgrind: cluster (attached)" >&2; exit 1; }
+# The attached C drivers too (the node is the rayhpc binary; valgrind watches the driver). A
+# small store: valgrind's leak check reads through every mapping, the store's arena too.
+attached_valgrind() {
+  RAYHPC_RUNTIME_DIR="$out/rt" target/debug/rayhpc launch --object-store-memory $((256 << 20)) -- env LD_LIBRARY_PATH="$PWD/target/c-valgrind/release" \
+    valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite,indirect "$@" \
+    > "$out/valgrind.txt" 2>&1 || { cat "$out/valgrind.txt"; echo "valgrind: $* (attached)" >&2; exit 1; }
+}
+attached_valgrind "$out/cluster" "$out/libsquare.so" 20
 grep -qx 'sum of squares of 0..19 = 2470' "$out/valgrind.txt" || { cat "$out/valgrind.txt"; exit 1; }
-echo "valgrind clean: cluster (attached to a node runtime)"
+attached_valgrind "$out/counter" "$out/libcounter.so"
+counter_ok "$out/valgrind.txt" || { cat "$out/valgrind.txt"; exit 1; }
+attached_valgrind "$out/threads" "$out/libtestlib.so" 5000
+grep -q 'attached: all threads went on at once' "$out/valgrind.txt" || { cat "$out/valgrind.txt"; exit 1; }
+attached_valgrind "$out/bad_inputs" "$out/libtestlib.so"
+echo "valgrind clean: cluster, counter, threads and bad_inputs (attached to a node runtime)"
 readelf -d "$out/hello" | grep -q RUNPATH || { echo "the examples' rpath is not a RUNPATH: LD_LIBRARY_PATH would not win" >&2; exit 1; }
 
 # The throughput example beside `rayhpc bench` in the same run, alternated five times

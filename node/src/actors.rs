@@ -1,5 +1,6 @@
-//! The node's Python actors: the registry of classes and live actors, and [`PyActor`], the
-//! state of one actor, which owns a worker process of its own.
+//! The node's actors: the registry of Python classes and of live actors (Python and native),
+//! and [`PyActor`], the state of one Python actor, which owns a worker process of its own.
+//! (A native actor's state is a [`crate::native::NativeActor`].)
 //!
 //! A Python actor is a raw actor of the core runtime whose state owns a worker process: the
 //! core runs its calls one at a time in submission order, each a round trip on that worker's
@@ -19,6 +20,7 @@ use rayhpc::raw::{raw_actor, raw_actor_by_id, stored_inputs, RawActor, RawActorH
 use rayhpc::{Error, FailureKind, Runtime};
 
 use crate::api::{lock, CallOptions, Service};
+use crate::native::{NativeClass, Signature};
 use crate::wire::{self, Key};
 use crate::workers::{by_key, failure, Worker};
 
@@ -33,9 +35,14 @@ pub(crate) struct ActorControl {
     pub(crate) named: Mutex<Option<(String, ActorId)>>,
 }
 
+/// The class key of native actors (they have no Python class).
+pub const NATIVE_KEY: Key = [0; 16];
+
 struct ActorEntry {
     class: Arc<RawClass>,
     key: Key,
+    /// A native class's methods.
+    methods: Option<Arc<Signature>>,
     control: Arc<ActorControl>,
     /// A handle kept while the actor may be reached by id only (its handle travelled inside
     /// a value, or another node created it): such an actor lives until killed or shutdown.
@@ -43,13 +50,29 @@ struct ActorEntry {
 }
 
 /// The classes and actors of one node.
-#[derive(Default)]
 pub struct Actors {
     classes: Mutex<HashMap<Key, Arc<RawClass>>>,
     actors: Mutex<HashMap<ActorId, ActorEntry>>,
     /// Actors being constructed, by the token their constructor finds them with.
     pending: Mutex<HashMap<u64, Arc<ActorControl>>>,
     next_token: AtomicU64,
+    /// The registry's size at which gone actors are next swept out.
+    sweep_at: Mutex<usize>,
+}
+
+/// The registry's size at which gone actors are first swept out.
+const SWEEP_FIRST: usize = 1024;
+
+impl Default for Actors {
+    fn default() -> Self {
+        Actors {
+            classes: Mutex::default(),
+            actors: Mutex::default(),
+            pending: Mutex::default(),
+            next_token: AtomicU64::new(0),
+            sweep_at: Mutex::new(SWEEP_FIRST),
+        }
+    }
 }
 
 impl Actors {
@@ -100,8 +123,45 @@ impl Actors {
         if let Some(name) = &w.actor_name {
             *lock(&control.named) = Some((name.clone(), h.id()));
         }
-        lock(&self.actors).insert(h.id(), ActorEntry { class, key, control, pinned: None });
+        self.insert(h.id(), ActorEntry { class, key, methods: None, control, pinned: None });
         Ok(h)
+    }
+
+    /// Creates an actor of native class `class` on this node.
+    pub(crate) fn create_native(
+        &self,
+        rt: &Runtime,
+        class: &NativeClass,
+        options: &CallOptions,
+        args: Vec<RawArg>,
+    ) -> Result<RawActorHandle, Error> {
+        let h = class.raw().remote(rt, args, &options.actor)?;
+        let control = Arc::new(ActorControl { ch: Mutex::new(None), killed: AtomicBool::new(false), named: Mutex::new(None) });
+        if let Some(name) = &options.wire.actor_name {
+            *lock(&control.named) = Some((name.clone(), h.id()));
+        }
+        let entry =
+            ActorEntry { class: class.raw().clone(), key: NATIVE_KEY, methods: Some(class.signature().clone()), control, pinned: None };
+        self.insert(h.id(), entry);
+        Ok(h)
+    }
+
+    /// Records a new actor. Now and then (each time the registry doubled) the entries of
+    /// actors that are gone for good (no handle, no name) are dropped, so that a program
+    /// making many short-lived actors does not grow the registry without end.
+    fn insert(&self, id: ActorId, e: ActorEntry) {
+        let mut actors = lock(&self.actors);
+        actors.insert(id, e);
+        let mut sweep_at = lock(&self.sweep_at);
+        if actors.len() >= *sweep_at {
+            actors.retain(|id, e| e.pinned.is_some() || lock(&e.control.named).is_some() || raw_actor_by_id(*id).is_some());
+            *sweep_at = (2 * actors.len()).max(SWEEP_FIRST);
+        }
+    }
+
+    /// The methods of actor `actor`, when its class is native.
+    pub fn methods_of(&self, actor: ActorId) -> Option<Arc<Signature>> {
+        lock(&self.actors).get(&actor).and_then(|e| e.methods.clone())
     }
 
     /// The class of a live actor of this node, and a handle to it.

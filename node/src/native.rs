@@ -1,9 +1,15 @@
 #![allow(unsafe_code)] // the C ABI: calls through function pointers, dlopen, the outputs
 
-//! Native (C ABI) task functions, as the C API defines them (`rayhpc_task_fn`):
-//! `int32_t f(const rayhpc_bytes *args, size_t nargs, rayhpc_output *out, void *user)`.
+//! Native (C ABI) task functions and actor classes, as the C API defines them:
+//! - a function (`rayhpc_task_fn`):
+//!   `int32_t f(const rayhpc_bytes *args, size_t nargs, rayhpc_output *out, void *user)`;
+//! - a class (`rayhpc_class_def`): a constructor that makes the state, methods by name with
+//!   their arity, a destructor, and a user pointer ([`ClassDef`]), run as a raw actor of the
+//!   core ([`NativeClass`], whose state is a [`NativeActor`]).
+//!
 //! Both a C program's embedded runtime (`librayhpc`) and a node runtime (which loads
-//! `library:symbol` functions for drivers attached to it) call them through this module.
+//! `library:symbol` functions and classes for drivers attached to it) call them through this
+//! module: there is one implementation of what a native call or actor does.
 //!
 //! An output may be written by a different copy of the C API than the one that made it: a
 //! node runtime (the `rayhpc` binary) calls a function of a library linked against
@@ -11,10 +17,14 @@
 //! its maker's operations ([`OutputOps`]), and the exported functions only check the magic
 //! and call through them: the bytes are always allocated and freed by the same copy.
 
+use std::collections::HashMap;
 use std::ffi::{c_char, c_void, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use rayhpc::raw::RawFailure;
+use rayhpc::raw::{raw_actor, RawActor, RawClass, RawFailure, RawOutput};
 use rayhpc::FailureKind;
+use serde::{Deserialize, Serialize};
 
 /// The C API's status codes these operations return (a subset of `rayhpc_status`).
 pub mod status {
@@ -161,15 +171,16 @@ pub fn call(
     }
 }
 
-/// Loads `library:symbol` (the library by `dlopen`, kept loaded for the process's life).
+/// The address of `symbol` in `library` for `library:symbol` (the library loaded by
+/// `dlopen`, kept loaded for the process's life).
 ///
 /// # Errors
 /// No `:` in the name, a library that cannot be loaded, or a missing symbol: the message
-/// says which.
-pub fn load(name: &str) -> Result<NativeFn, String> {
-    let (lib, sym) = name.rsplit_once(':').ok_or_else(|| format!("{name:?} is not library:symbol"))?;
-    let clib = CString::new(lib).map_err(|_| "a library path with a NUL".to_string())?;
-    let csym = CString::new(sym).map_err(|_| "a symbol with a NUL".to_string())?;
+/// says which ([`Missing`]).
+fn symbol(name: &str) -> Result<*mut c_void, Missing> {
+    let (lib, sym) = name.rsplit_once(':').ok_or_else(|| Missing(format!("{name:?} is not library:symbol")))?;
+    let clib = CString::new(lib).map_err(|_| Missing("a library path with a NUL".to_string()))?;
+    let csym = CString::new(sym).map_err(|_| Missing("a symbol with a NUL".to_string()))?;
     // SAFETY: a valid NUL-terminated path; dlopen has no other precondition. Loading runs the
     // library's constructors: the caller named the library to run code from it.
     let h = unsafe { libc::dlopen(clib.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
@@ -183,13 +194,33 @@ pub fn load(name: &str) -> Result<NativeFn, String> {
             // SAFETY: non-null, NUL-terminated, and no dl call happens before it is copied.
             unsafe { CStr::from_ptr(why) }.to_string_lossy().into_owned()
         };
-        return Err(format!("cannot load {lib:?}: {why}"));
+        return Err(Missing(format!("cannot load {lib:?}: {why}")));
     }
     // SAFETY: a handle dlopen returned, and a valid NUL-terminated symbol name.
     let p = unsafe { libc::dlsym(h, csym.as_ptr()) };
     if p.is_null() {
-        return Err(format!("{lib:?} has no symbol {sym:?}"));
+        return Err(Missing(format!("{lib:?} has no symbol {sym:?}")));
     }
+    Ok(p)
+}
+
+/// Why a `library:symbol` could not be had: its library or symbol is not there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Missing(pub String);
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Loads `library:symbol`, a function of the `rayhpc_task_fn` signature.
+///
+/// # Errors
+/// No `:` in the name, a library that cannot be loaded, or a missing symbol: the message
+/// says which.
+pub fn load(name: &str) -> Result<NativeFn, String> {
+    let p = symbol(name).map_err(|m| m.0)?;
     // SAFETY: the caller promises (by naming it) that the symbol is a function of the
     // `rayhpc_task_fn` signature; function and data pointers have the same size here.
     Ok(unsafe { std::mem::transmute::<*mut c_void, NativeFn>(p) })
@@ -204,4 +235,327 @@ pub fn run(f: NativeFn, name: &str, inputs: &[&[u8]]) -> Result<Vec<u8>, RawFail
         // output; `f` has the task signature (the promise of whoever named it).
         |args, n, out| unsafe { f(args, n, out, std::ptr::null_mut()) },
     )
+}
+
+// ------------------------------------------------------------------------- actor classes
+
+/// A class's constructor (`rayhpc_ctor_fn`): builds the state (`*state`) from the creation
+/// arguments; 0 on success, anything else fails the creation (the actor is dead).
+pub type CtorFn =
+    unsafe extern "C" fn(args: *const NativeBytes, nargs: usize, state: *mut *mut c_void, out: *mut NativeOutput, user: *mut c_void) -> i32;
+
+/// A method (`rayhpc_method_fn`): runs on the state, one call at a time per actor.
+pub type MethodFn =
+    unsafe extern "C" fn(state: *mut c_void, args: *const NativeBytes, nargs: usize, out: *mut NativeOutput, user: *mut c_void) -> i32;
+
+/// A class's destructor (`rayhpc_dtor_fn`): frees the state when the actor ends.
+pub type DtorFn = unsafe extern "C" fn(state: *mut c_void, user: *mut c_void);
+
+/// One method of a class definition (`rayhpc_method`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct MethodDef {
+    /// Its name, NUL-terminated.
+    pub name: *const c_char,
+    /// The function (NULL is refused).
+    pub call: Option<MethodFn>,
+    /// Its number of arguments (-1: any).
+    pub nargs: i32,
+}
+
+/// The first word of every class definition (`RAYHPC_CLASS_MAGIC`, "rayhpccl"): a symbol
+/// that does not start with it is refused, not followed.
+pub const CLASS_MAGIC: u64 = 0x7261_7968_7063_636c;
+
+/// A native actor class as C defines it (`rayhpc_class_def`): what a `library:symbol` class
+/// names, and what `rayhpc_register_class` is given piece by piece.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ClassDef {
+    /// [`CLASS_MAGIC`].
+    pub magic: u64,
+    /// The class's name, NUL-terminated (shown in errors).
+    pub name: *const c_char,
+    /// The constructor (NULL is refused).
+    pub ctor: Option<CtorFn>,
+    /// The destructor (may be NULL).
+    pub dtor: Option<DtorFn>,
+    /// `nmethods` methods.
+    pub methods: *const MethodDef,
+    /// How many.
+    pub nmethods: usize,
+    /// Passed to every function of the class.
+    pub user: *mut c_void,
+}
+
+/// Why a class could not be had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClassError {
+    /// Its library or symbol is not there.
+    Missing(String),
+    /// A NULL where the definition needs a pointer.
+    Null(String),
+    /// Anything else malformed (not a class definition, text that is not UTF-8, a bad arity).
+    Invalid(String),
+}
+
+impl std::fmt::Display for ClassError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClassError::Missing(m) | ClassError::Null(m) | ClassError::Invalid(m) => f.write_str(m),
+        }
+    }
+}
+
+/// The methods of a native class with their arities (-1: any): what a call is checked
+/// against before it is made (by either carrier of the API) and again when it runs.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Signature {
+    /// The class's name.
+    pub class: String,
+    /// (name, arity) of each method.
+    pub methods: Vec<(String, i32)>,
+}
+
+/// Why a call does not fit its class.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Misfit {
+    /// The class has no such method.
+    NoMethod(String),
+    /// The method takes another number of arguments.
+    ArgCount(String),
+}
+
+impl Misfit {
+    /// What it says.
+    pub fn message(&self) -> &str {
+        match self {
+            Misfit::NoMethod(m) | Misfit::ArgCount(m) => m,
+        }
+    }
+}
+
+impl Signature {
+    /// Whether a call of `method` with `nargs` arguments fits the class.
+    ///
+    /// # Errors
+    /// No such method, or another number of arguments.
+    pub fn check(&self, method: &str, nargs: usize) -> Result<(), Misfit> {
+        fits(&self.class, method, self.methods.iter().find(|(m, _)| m == method).map(|(_, n)| *n), nargs)
+    }
+}
+
+/// Whether a call fits a method of arity `want` (`None`: no such method).
+fn fits(class: &str, method: &str, want: Option<i32>, nargs: usize) -> Result<(), Misfit> {
+    match want {
+        None => Err(Misfit::NoMethod(format!("{class} has no method {method:?}"))),
+        Some(w) if w >= 0 && w as usize != nargs => Err(Misfit::ArgCount(format!("{class}.{method} takes {w} argument(s), {nargs} given"))),
+        Some(_) => Ok(()),
+    }
+}
+
+/// A class's functions, copied out of its definition.
+struct Functions {
+    name: String,
+    ctor: CtorFn,
+    dtor: Option<DtorFn>,
+    methods: HashMap<String, (MethodFn, i32)>,
+    user: *mut c_void,
+}
+
+// SAFETY: whoever defines a class promises that its functions and `user` may be used from any
+// thread (one call at a time per actor state): the C API's documented contract.
+unsafe impl Send for Functions {}
+// SAFETY: as above; the fields are only read.
+unsafe impl Sync for Functions {}
+
+/// A native actor class: its functions, the core's raw class that runs them, and its
+/// methods' signature.
+pub struct NativeClass {
+    functions: Arc<Functions>,
+    raw: Arc<RawClass>,
+    signature: Arc<Signature>,
+}
+
+impl std::fmt::Debug for NativeClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NativeClass({})", self.functions.name)
+    }
+}
+
+/// The text at `p`, which the definition needs (`what` names it in errors).
+///
+/// # Safety
+/// `p` is NULL or NUL-terminated.
+unsafe fn def_text(p: *const c_char, what: &str) -> Result<String, ClassError> {
+    if p.is_null() {
+        return Err(ClassError::Null(format!("{what} is NULL")));
+    }
+    // SAFETY: non-null and NUL-terminated (the caller's contract).
+    let s = unsafe { CStr::from_ptr(p) }.to_str().map_err(|_| ClassError::Invalid(format!("{what} is not UTF-8")))?;
+    Ok(s.to_string())
+}
+
+impl NativeClass {
+    /// The class `def` defines (everything but `user` and the functions copied).
+    ///
+    /// # Safety
+    /// `def`'s strings are NULL or NUL-terminated; `methods` is NULL or points to `nmethods`
+    /// entries; the functions have the C API's signatures and, with `user`, may be used from
+    /// any thread for as long as the process runs.
+    ///
+    /// # Errors
+    /// A NULL name, constructor, methods array or method, a name that is not UTF-8, an arity
+    /// below -1, or a magic word that is not [`CLASS_MAGIC`].
+    pub unsafe fn from_def(def: &ClassDef) -> Result<NativeClass, ClassError> {
+        if def.magic != CLASS_MAGIC {
+            return Err(ClassError::Invalid(format!("not a rayhpc_class_def: its magic is {:#x}, not RAYHPC_CLASS_MAGIC", def.magic)));
+        }
+        // SAFETY: the caller's contract.
+        let name = unsafe { def_text(def.name, "the class's name") }?;
+        let Some(ctor) = def.ctor else { return Err(ClassError::Null(format!("{name}: the constructor is NULL"))) };
+        if def.nmethods > 0 && def.methods.is_null() {
+            return Err(ClassError::Null(format!("{name}: methods is NULL with {} method(s)", def.nmethods)));
+        }
+        let defs = if def.nmethods == 0 {
+            &[][..]
+        } else {
+            // SAFETY: non-null and `nmethods` long (the caller's contract).
+            unsafe { std::slice::from_raw_parts(def.methods, def.nmethods) }
+        };
+        let mut methods = HashMap::with_capacity(defs.len());
+        let mut table = Vec::with_capacity(defs.len());
+        for m in defs {
+            // SAFETY: the caller's contract.
+            let mname = unsafe { def_text(m.name, "a method name") }?;
+            let Some(f) = m.call else { return Err(ClassError::Null(format!("{name}: method {mname} is NULL"))) };
+            if m.nargs < -1 {
+                return Err(ClassError::Invalid(format!("{name}: method {mname}: nargs {}, not a count or -1 for any", m.nargs)));
+            }
+            methods.insert(mname.clone(), (f, m.nargs));
+            table.push((mname, m.nargs));
+        }
+        let functions = Arc::new(Functions { name: name.clone(), ctor, dtor: def.dtor, methods, user: def.user });
+        let made = functions.clone();
+        let raw = Arc::new(raw_actor(&name, move |inputs: &[&[u8]]| {
+            NativeActor::construct(&made, inputs).map(|a| Box::new(a) as Box<dyn RawActor>)
+        }));
+        Ok(NativeClass { functions, raw, signature: Arc::new(Signature { class: name, methods: table }) })
+    }
+
+    /// The class's name.
+    pub fn name(&self) -> &str {
+        &self.functions.name
+    }
+
+    /// The core's raw class whose actors' states are [`NativeActor`]s of this class.
+    pub fn raw(&self) -> &Arc<RawClass> {
+        &self.raw
+    }
+
+    /// Its methods and their arities.
+    pub fn signature(&self) -> &Arc<Signature> {
+        &self.signature
+    }
+}
+
+/// Runs `f`, a call into a native function and the handling of its output: a panic (of
+/// this side: one unwinding out of a C function aborts before it gets here) fails the call.
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, RawFailure>) -> Result<T, RawFailure> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(RawFailure { kind: FailureKind::Error, message: format!("{what} panicked (a bug of rayhpc)"), payload: None })
+    })
+}
+
+/// The state of one native actor: what its constructor made, used by one call at a time
+/// (the core runs an actor's calls in order, one after another) and freed by the class's
+/// destructor when the core drops it (killed, or its last handle and call gone).
+pub struct NativeActor {
+    functions: Arc<Functions>,
+    state: *mut c_void,
+}
+
+// SAFETY: the state is used by one call at a time, from whichever executor runs the actor's
+// turn: the class's contract (its functions may be called from any thread).
+unsafe impl Send for NativeActor {}
+
+impl NativeActor {
+    /// Runs the constructor on `inputs`: the state, or its failure (the constructor's own
+    /// message, else "C's constructor returned rc"; `*state` is then not used: freeing what
+    /// it made is the constructor's business).
+    fn construct(functions: &Arc<Functions>, inputs: &[&[u8]]) -> Result<NativeActor, RawFailure> {
+        let c = functions;
+        let what = format!("{}'s constructor", c.name);
+        let mut state: *mut c_void = std::ptr::null_mut();
+        guarded(&what, || {
+            call(
+                inputs,
+                || what.clone(),
+                // SAFETY: the class's constructor, with `n` descriptors of bytes alive for the
+                // call, a state location and an output valid for it, and the class's `user`.
+                |args, n, out| unsafe { (c.ctor)(args, n, &mut state, out, c.user) },
+            )
+        })?;
+        Ok(NativeActor { functions: c.clone(), state })
+    }
+}
+
+impl RawActor for NativeActor {
+    fn call(&mut self, method: &str, inputs: &[&[u8]]) -> Result<RawOutput, RawFailure> {
+        let c = &self.functions;
+        let found = c.methods.get(method).copied();
+        if let Err(m) = fits(&c.name, method, found.map(|(_, n)| n), inputs.len()) {
+            return Err(RawFailure { kind: FailureKind::BadArguments, message: m.message().to_string(), payload: None });
+        }
+        let (f, _) = found.expect("checked by fits");
+        let (state, what) = (self.state, format!("{}.{method}", c.name));
+        guarded(&what, || {
+            call(
+                inputs,
+                || what.clone(),
+                // SAFETY: the state this actor's constructor made, used by this call alone;
+                // `n` descriptors of bytes alive for the call; an output valid for it.
+                |args, n, out| unsafe { f(state, args, n, out, c.user) },
+            )
+        })
+        .map(RawOutput::Bytes)
+    }
+}
+
+impl Drop for NativeActor {
+    fn drop(&mut self) {
+        if let Some(d) = self.functions.dtor {
+            let (state, user) = (self.state, self.functions.user);
+            // SAFETY: the state the constructor made, freed once, after its last call.
+            let _ = catch_unwind(AssertUnwindSafe(|| unsafe { d(state, user) }));
+        }
+    }
+}
+
+/// The class `library:symbol` names (a `rayhpc_class_def`), loaded once per process: the
+/// library stays loaded, and every actor of the class shares its functions.
+///
+/// # Errors
+/// The library or symbol is missing ([`ClassError::Missing`]), or the symbol is not a class
+/// definition or a malformed one.
+pub fn load_class(name: &str) -> Result<Arc<NativeClass>, ClassError> {
+    static LOADED: OnceLock<Mutex<HashMap<String, Arc<NativeClass>>>> = OnceLock::new();
+    let loaded = LOADED.get_or_init(Mutex::default);
+    if let Some(c) = loaded.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
+        return Ok(c.clone());
+    }
+    // Loaded without the lock held: loading runs the library's constructors, which may call
+    // the API.
+    let p = symbol(name).map_err(|m| ClassError::Missing(format!("no actor class {name:?}: {m}")))?;
+    // SAFETY: a symbol's address is readable for at least a word in practice (code or data
+    // of a mapped library); only the first word is read until it is known to be a class.
+    let magic = unsafe { p.cast::<u64>().read_unaligned() };
+    if magic != CLASS_MAGIC || !p.cast::<ClassDef>().is_aligned() {
+        return Err(ClassError::Invalid(format!("{name:?} is not a rayhpc_class_def (it does not start with RAYHPC_CLASS_MAGIC)")));
+    }
+    // SAFETY: an aligned class definition (its magic says so) in a library loaded for the
+    // process's life; its contract is the C API's (whoever defined it promises it).
+    let class = unsafe { NativeClass::from_def(&*p.cast::<ClassDef>()) }?;
+    let mut loaded = loaded.lock().unwrap_or_else(|e| e.into_inner());
+    Ok(loaded.entry(name.to_string()).or_insert_with(|| Arc::new(class)).clone())
 }

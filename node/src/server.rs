@@ -4,7 +4,12 @@
 //! [`Session`] holds, made on the node's [`Service`], and answered. The server adds no
 //! semantics of its own: only the carrier's concerns (ids, values in place in the store, a
 //! peer that goes away while it waits).
+//!
+//! An attached driver may open several links (one per thread that calls the API, so that a
+//! thread blocked in `get` holds up no other): each is served by a thread of its own, and
+//! all share the handles of its first link ([`Call::Join`], [`Session`]).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,21 +18,14 @@ use rayhpc::objstore::ring::Channel;
 
 use rayhpc::ids::ObjectId;
 
-use crate::api::{lock, timeout_secs, ActorRef, Api, Arg, CallOptions, ErrorKind, Failure, Func, Ref, Result, Service, Value};
-use crate::session::Session;
-use crate::wire::{self, Call, Envelope, Reply, WireArg, WireFunc};
+use crate::api::{lock, timeout_secs, ActorRef, Api, Arg, CallOptions, Class, ErrorKind, Failure, Func, Ref, Result, Service, Value};
+use crate::session::{Session, SessionHandle};
+use crate::wire::{self, Call, Envelope, Reply, WireArg, WireClass, WireFunc};
 use crate::workers::{answer, reply, Answer, Peer, Requests, Worker, RING};
 
 impl Requests for Service {
     fn serve(&self, s: &mut Session, ch: &Channel, body: &[u8]) -> Vec<u8> {
-        let reply = match wire::decode::<Envelope>(body) {
-            Ok(env) => {
-                s.release(env.release);
-                serve_call(self, s, ch, env.call, false).unwrap_or_else(Reply::Failed)
-            }
-            Err(m) => Reply::Failed(Failure::new(ErrorKind::System, m)),
-        };
-        wire::encode(&reply)
+        serve_request(self, None, s, ch, body)
     }
 
     fn post(&self, s: &mut Session, ch: &Channel, body: &[u8]) {
@@ -42,6 +40,59 @@ impl Requests for Service {
             }
             Err(m) => eprintln!("rayhpc node: a malformed posted call was dropped: {m}"),
         }
+    }
+}
+
+/// The sessions of attached drivers' first links, by the worker number the node gave each
+/// (with the driver's pid): what the driver's other links join.
+type FirstLinks = Mutex<HashMap<u32, (u32, SessionHandle)>>;
+
+/// The server of one link of an attached driver: the service's, and [`Call::Join`].
+struct DriverLink<'a> {
+    svc: &'a Service,
+    first: &'a FirstLinks,
+    pid: u32,
+}
+
+impl Requests for DriverLink<'_> {
+    fn serve(&self, s: &mut Session, ch: &Channel, body: &[u8]) -> Vec<u8> {
+        serve_request(self.svc, Some((self.first, self.pid)), s, ch, body)
+    }
+
+    fn post(&self, s: &mut Session, ch: &Channel, body: &[u8]) {
+        self.svc.post(s, ch, body)
+    }
+}
+
+/// Answers one request (encoded); `joins` (an attached driver's link) lets it join the
+/// session of the driver's first link.
+fn serve_request(svc: &Service, joins: Option<(&FirstLinks, u32)>, s: &mut Session, ch: &Channel, body: &[u8]) -> Vec<u8> {
+    let reply = match wire::decode::<Envelope>(body) {
+        Ok(env) => {
+            s.release(env.release);
+            match env.call {
+                Call::Join { worker } => join(joins, s, worker).map(|()| Reply::Done),
+                call => serve_call(svc, s, ch, call, false),
+            }
+            .unwrap_or_else(Reply::Failed)
+        }
+        Err(m) => Reply::Failed(Failure::new(ErrorKind::System, m)),
+    };
+    wire::encode(&reply)
+}
+
+/// Makes this link's session the one of the first link of the same driver (`worker`).
+fn join(joins: Option<(&FirstLinks, u32)>, s: &mut Session, worker: u32) -> Result<()> {
+    let Some((first, pid)) = joins else {
+        return Err(Failure::new(ErrorKind::Value, "only a link of an attached driver may join another"));
+    };
+    let joined = lock(first).get(&worker).filter(|(p, _)| *p == pid).and_then(|(_, h)| h.join());
+    match joined {
+        Some(shared) => {
+            *s = shared;
+            Ok(())
+        }
+        None => Err(Failure::new(ErrorKind::Value, format!("no live link of process {pid} has worker number {worker}"))),
     }
 }
 
@@ -84,9 +135,15 @@ fn refs_of(svc: &Service, s: &mut Session, ids: &[rayhpc::ids::ObjectId]) -> Res
 /// The handle of actor `id` the peer names: one it holds, else one reached by id.
 fn actor_of(svc: &Service, s: &Session, id: rayhpc::ids::ActorId) -> Result<ActorRef> {
     match s.actor(id) {
-        Some(a) => Ok(a.clone()),
+        Some(a) => Ok(a),
         None => svc.actor_from_id(id, svc.actors().key_of(id).unwrap_or_default()),
     }
+}
+
+/// Holds `a` for the peer: the reply that names it.
+fn actor_reply(s: &mut Session, a: ActorRef) -> Reply {
+    let (key, methods) = (a.class_key(), a.methods().map(|m| (**m).clone()));
+    Reply::Actor(s.lend_actor(a), key, methods)
 }
 
 fn secs(t: Option<f64>) -> Result<Option<Duration>> {
@@ -107,15 +164,20 @@ fn serve_call(svc: &Service, s: &mut Session, ch: &Channel, call: Call, posted: 
                 WireFunc::Python(k) => Func::Python(k),
                 WireFunc::Native(n) => Func::Native(n),
             };
-            let made = args_of(svc, s, args).and_then(|args| Ok((args, s.options(options)?)));
+            // The options first: a call that fails still leaves them known for later ones.
+            let made = s.options(options).and_then(|o| Ok((args_of(svc, s, args)?, o)));
             made_as(svc, s, id, posted, false, || {
                 let (args, o) = made?;
                 svc.submit(&f, args, &o)
             })?
         }
-        Call::CreateActor { key, options, args } => {
-            let a = svc.create_actor(key, args_of(svc, s, args)?, &CallOptions::new(options))?;
-            Reply::Actor(s.lend_actor(a), key)
+        Call::CreateActor { class, options, args } => {
+            let class = match class {
+                WireClass::Python(k) => Class::Python(k),
+                WireClass::Native(n) => Class::Native(n),
+            };
+            let a = svc.create_actor(&class, args_of(svc, s, args)?, &CallOptions::new(options))?;
+            actor_reply(s, a)
         }
         Call::Method { id, actor, method, args } => {
             let made = actor_of(svc, s, actor).and_then(|a| Ok((a, args_of(svc, s, args)?)));
@@ -161,15 +223,14 @@ fn serve_call(svc: &Service, s: &mut Session, ch: &Channel, call: Call, posted: 
         }
         Call::GetActor { name } => {
             let a = svc.get_actor(&name)?;
-            let key = a.class_key();
-            Reply::Actor(s.lend_actor(a), key)
+            actor_reply(s, a)
         }
         Call::Escape { id } => {
             // A ref this peer holds is kept while its id travels; one it only passes on
             // (escaped already, here or on the node that made it) needs nothing, and above
             // all no fetch.
             if let Some(r) = s.get(id) {
-                svc.escape(r)?;
+                svc.escape(&r)?;
             }
             Reply::Done
         }
@@ -180,10 +241,10 @@ fn serve_call(svc: &Service, s: &mut Session, ch: &Channel, call: Call, posted: 
         }
         Call::ActorFromId { actor, key } => {
             let a = match s.actor(actor) {
-                Some(a) => a.clone(),
+                Some(a) => a,
                 None => svc.actor_from_id(actor, key)?,
             };
-            Reply::Actor(s.lend_actor(a), key)
+            actor_reply(s, a)
         }
         Call::Cancel { id, force } => {
             svc.cancel(&s.resolve(svc, id)?, force)?;
@@ -210,26 +271,33 @@ fn serve_call(svc: &Service, s: &mut Session, ch: &Channel, call: Call, posted: 
         Call::Resources => Reply::Resources(svc.resources()?),
         Call::Nodes => Reply::Nodes(svc.nodes()?),
         Call::Kv(op) => Reply::Kv(svc.kv(op)?),
+        Call::Sync => Reply::Done,
+        Call::Join { .. } => return Err(Failure::new(ErrorKind::Value, "a link joins with a request of its own, first")),
     })
 }
 
-/// The channels of attached drivers, closed when the node stops.
+/// The links of attached drivers: their channels, closed when the node stops, and the
+/// sessions of their first links.
 #[derive(Default)]
-pub struct Drivers(Mutex<Vec<Arc<Channel>>>);
+pub struct Drivers {
+    channels: Mutex<Vec<Arc<Channel>>>,
+    first: Arc<FirstLinks>,
+}
 
 impl Drivers {
     /// Closes every driver's channel (they see the node gone).
     pub fn close_all(&self) {
-        for ch in lock(&self.0).drain(..) {
+        for ch in lock(&self.channels).drain(..) {
             ch.close();
         }
     }
 }
 
-/// Serves a driver process that connected to this node runtime (`init(address=...)`): reads
-/// its hello (magic and pid), hands it a channel (the descriptor over the connection) and
-/// answers its requests, on a thread of its own, until it goes. Its handles are let go when
-/// it does.
+/// Serves a link of a driver process that connected to this node runtime
+/// (`init(address=...)`): reads its hello (magic and pid), hands it a channel (the
+/// descriptor over the connection) and answers its requests, on a thread of its own, until
+/// it goes. A driver's first link has a session of its own; its other links join it
+/// ([`Call::Join`]). Its handles are let go when all its links are gone.
 ///
 /// # Errors
 /// The hello is not a driver's, or the channel cannot be made or sent.
@@ -250,14 +318,25 @@ pub fn attach_driver(svc: &Arc<Service>, drivers: &Drivers, conn: std::os::unix:
     answer_[12..].copy_from_slice(&ids.worker.to_le_bytes());
     fdpass::send(&conn, &answer_, &[ch.fd()])?;
     conn.set_nonblocking(true)?;
-    lock(&drivers.0).push(ch.clone());
+    {
+        let mut channels = lock(&drivers.channels);
+        channels.retain(|c| !c.closed());
+        channels.push(ch.clone());
+    }
     let mut w = Worker::new(Peer::Driver { conn, pid }, ch);
+    w.session = Session::of_driver(ids);
+    {
+        let mut first = lock(&drivers.first);
+        first.retain(|_, (_, h)| h.alive());
+        first.insert(ids.worker, (pid, w.session.handle()));
+    }
     let svc = Arc::downgrade(svc);
+    let first = drivers.first.clone();
     std::thread::Builder::new().name(format!("rayhpc-driver-{pid}")).spawn(move || loop {
         let Some(s) = svc.upgrade() else { break };
         match answer(None, &mut w) {
             Ok(Answer::Request(body)) => {
-                if reply(&*s, &mut w, &body).is_err() {
+                if reply(&DriverLink { svc: &s, first: &first, pid }, &mut w, &body).is_err() {
                     break;
                 }
             }

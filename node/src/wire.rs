@@ -86,6 +86,15 @@ pub enum WireFunc {
     Native(String),
 }
 
+/// The class of an actor to create.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub enum WireClass {
+    /// A Python class by key (defined at the node with its class name).
+    Python(Key),
+    /// A native C class `library:symbol` (a `rayhpc_class_def`, loaded by the node).
+    Native(String),
+}
+
 /// A call of the API ([`crate::api::Api`]) from a peer of a ring. The table of every kind
 /// is the enum itself: each variant is answered by exactly one arm of the server.
 #[derive(Serialize, Deserialize, Debug)]
@@ -104,9 +113,9 @@ pub enum Call {
         options: Opts,
         args: Vec<WireArg>,
     },
-    /// Creates an actor of class `key`. Reply: `Actor`.
+    /// Creates an actor of `class`. Reply: `Actor`.
     CreateActor {
-        key: Key,
+        class: WireClass,
         options: WireOptions,
         args: Vec<WireArg>,
     },
@@ -180,6 +189,15 @@ pub enum Call {
     Nodes,
     /// An operation on the cluster's KV store. Reply: `Kv`.
     Kv(crate::kv::KvOp),
+    /// Another link of an attached driver (the first request on it): from now on its calls
+    /// share the handles of the driver's first link, the one the node gave worker number
+    /// `worker` (of the same process). Reply: `Done`.
+    Join {
+        worker: u32,
+    },
+    /// Answered once the link's earlier messages are served (the node serves a link in
+    /// order): how a client knows that its posts were. Reply: `Done`.
+    Sync,
 }
 
 /// A call's options: sent whole the first time, then named by their number (the node keeps
@@ -241,8 +259,8 @@ pub enum Reply {
     Done,
     Ref(ObjectId),
     Refs(Vec<ObjectId>),
-    /// An actor: id, class key.
-    Actor(ActorId, Key),
+    /// An actor: id, class key, and a native class's methods.
+    Actor(ActorId, Key, Option<crate::native::Signature>),
     Values(Vec<Result<Vec<u8>, Failure>>),
     Ready(Vec<u32>),
     Resources(Vec<ResourceInfo>),
@@ -254,8 +272,8 @@ pub enum Reply {
 
 /// A driver's hello to a node runtime (then its pid, u32), and the node's answer (with the
 /// channel's descriptor; then the driver's [`IdGen`]: node, worker, u32 each).
-pub const DRIVER_MAGIC: &[u8; 8] = b"RHPCDRV\x02";
-pub const NODE_MAGIC: &[u8; 8] = b"RHPCNOD\x02";
+pub const DRIVER_MAGIC: &[u8; 8] = b"RHPCDRV\x03";
+pub const NODE_MAGIC: &[u8; 8] = b"RHPCNOD\x03";
 
 /// A value that lives in the node's store, named in place of its bytes: the magic, the key
 /// and the length, little-endian. (Pickled values start with 0x80: never with the magic.)

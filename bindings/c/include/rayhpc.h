@@ -15,6 +15,12 @@
 #include <stdint.h>
 
 /**
+ * The first field of every `rayhpc_class_def` ("rayhpccl"): a symbol that does not start
+ * with it is refused as a class.
+ */
+#define RAYHPC_CLASS_MAGIC 8242002282533839724
+
+/**
  * What every call returns. `RAYHPC_OK` is 0; on any other status `rayhpc_last_error()`
  * explains it.
  */
@@ -253,7 +259,8 @@ typedef uint64_t rayhpc_view;
 
 /**
  * An actor's constructor: builds the state (`*state`) from the creation arguments. Returns
- * 0 on success; anything else kills the actor (its message set with `rayhpc_output_error`).
+ * 0 on success; anything else kills the actor (its message set with `rayhpc_output_error`;
+ * `*state` is then not used: the constructor frees what it made).
  */
 typedef int32_t (*rayhpc_ctor_fn)(const rayhpc_bytes *args,
                                   size_t nargs,
@@ -262,7 +269,8 @@ typedef int32_t (*rayhpc_ctor_fn)(const rayhpc_bytes *args,
                                   void *user);
 
 /**
- * Frees an actor's state when the actor ends (killed, or its last handle released).
+ * Frees an actor's state when the actor ends (killed, or its last handle released), after
+ * its last call.
  */
 typedef void (*rayhpc_dtor_fn)(void *state, void *user);
 
@@ -298,6 +306,51 @@ typedef struct {
  * A live actor. 0 is never valid. Release it with `rayhpc_actor_release`.
  */
 typedef uint64_t rayhpc_actor;
+
+/**
+ * An actor class defined as data, for a runtime to load as `library:symbol` (the symbol
+ * names a `rayhpc_class_def`), as it loads task functions: what a program attached to
+ * `rayhpc launch` creates its actors from, e.g.
+ * `rayhpc_actor_create("/path/libcounter.so:counter_class", ...)` (the node loads the
+ * library; embedded, this process does). The functions and `user` must be usable from any
+ * thread for as long as the process runs. For example:
+ *
+ * ```c
+ * static const rayhpc_method methods[] = {{"add", counter_add, 1}, {"get", counter_get, 0}};
+ * const rayhpc_class_def counter_class = {RAYHPC_CLASS_MAGIC, "Counter", counter_new,
+ *                                         counter_free, methods, 2, NULL};
+ * ```
+ */
+typedef struct {
+  /**
+   * `RAYHPC_CLASS_MAGIC`.
+   */
+  uint64_t magic;
+  /**
+   * The class's name (shown in errors).
+   */
+  const char *name;
+  /**
+   * The constructor (not NULL).
+   */
+  rayhpc_ctor_fn ctor;
+  /**
+   * The destructor (may be NULL).
+   */
+  rayhpc_dtor_fn dtor;
+  /**
+   * `nmethods` methods.
+   */
+  const rayhpc_method *methods;
+  /**
+   * How many.
+   */
+  size_t nmethods;
+  /**
+   * Passed to every function of the class.
+   */
+  void *user;
+} rayhpc_class_def;
 
 #ifdef __cplusplus
 extern "C" {
@@ -500,7 +553,9 @@ rayhpc_status rayhpc_output_error(rayhpc_output *out, const char *message);
 
 /**
  * Registers actor class `name`: its constructor, destructor (may be NULL) and `nmethods`
- * methods. `user` is passed to all of them; they must be usable from any thread.
+ * methods. `user` is passed to all of them; they must be usable from any thread. The
+ * class is for this process's embedded runtime: attached to a node runtime, actors are of
+ * `library:symbol` classes (`rayhpc_class_def`), which the node loads.
  *
  * # Safety
  * `name` and every method name are NUL-terminated; `methods` points to `nmethods` entries.
@@ -513,8 +568,11 @@ rayhpc_status rayhpc_register_class(const char *name,
                                     void *user);
 
 /**
- * Creates an actor of class `class_name` (its constructor runs once the argument refs are
- * ready). `options` may be NULL; its resources are held for the actor's life.
+ * Creates an actor of class `class_name`: a class registered in this process
+ * (`rayhpc_register_class`; embedded only), or `library:symbol` naming a
+ * `rayhpc_class_def` (loaded by the node runtime when attached, else in this process). Its
+ * constructor runs once the argument refs are ready. `options` may be NULL; its resources
+ * are held for the actor's life.
  *
  * # Safety
  * `class_name` is NUL-terminated; `args` has `nargs` entries; `options` is NULL or valid;
@@ -528,7 +586,8 @@ rayhpc_status rayhpc_actor_create(const char *class_name,
 
 /**
  * Calls `method` on the actor; `*out` is the handle of its result. Calls to one actor run
- * one at a time, in the order they were made.
+ * one at a time, in the order they were made. A method the class does not have, or a
+ * wrong number of arguments, is refused at once.
  *
  * # Safety
  * `method` is NUL-terminated; `args` has `nargs` entries; `out` is writable.

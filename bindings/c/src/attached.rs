@@ -1,28 +1,27 @@
 //! The C API attached to a node runtime (`rayhpc launch`, `python -m rayhpc.node`) instead
 //! of an embedded one: `rayhpc_init` with an address (or `$RAYHPC_ADDRESS`, as a driver under
-//! `rayhpc launch` has it). Calls become requests over the link (`rayhpc_node::client`):
-//! tasks are `library:symbol` functions the node loads and runs (it cannot run functions
-//! registered in this process), objects live at the node and handles name them there;
-//! large values are read from the node's store. Actors need the embedded runtime for now.
+//! `rayhpc launch` has it). Calls go through the node layer's API over the node's rings
+//! (`rayhpc_node::api::RingClient`: a link per calling thread, so that no thread waits for
+//! another's `get`). Tasks and actor classes are `library:symbol` functions and
+//! `rayhpc_class_def`s the node loads and runs (it cannot run what is registered in this
+//! process); objects live at the node and handles name them there; large values are read in
+//! place from the node's store (zero-copy views).
 //!
 //! Handles made here have bit 63 set (embedded ones never do), so a handle of one mode is
 //! never taken for one of the other.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use rayhpc_node::api::{Api, Arg, CallOptions, ErrorKind, Failure, Func, Ref, RingClient, Value, WireOptions};
+use rayhpc_node::api::{Api, Func, Ref, RingClient, Value};
 
-use crate::{
-    fail, lock, rayhpc_arg, rayhpc_options, rayhpc_status, resources_of, text, Table, ARG_BYTES, ARG_REF, RAYHPC_E_ACTOR_DIED,
-    RAYHPC_E_BAD_HANDLE, RAYHPC_E_INVALID, RAYHPC_E_SHUTDOWN, RAYHPC_E_STORE, RAYHPC_E_TASK, RAYHPC_E_TIMEOUT,
-};
+use crate::{fail, from_failure, lock, rayhpc_arg, rayhpc_options, rayhpc_status, Table, RAYHPC_E_BAD_HANDLE, RAYHPC_E_SHUTDOWN};
 
 /// The tag of this mode's handles.
 pub(crate) const TAG: u64 = 1 << 63;
 
 static ON: AtomicBool = AtomicBool::new(false);
-static CLIENT: Mutex<Option<std::sync::Arc<RingClient>>> = Mutex::new(None);
+static CLIENT: Mutex<Option<Arc<RingClient>>> = Mutex::new(None);
 /// Handle → the node's object.
 static REFS: Mutex<Table<Ref>> = Mutex::new(Table::new());
 /// View handle → the bytes (mapped from the node's store when they live there).
@@ -36,16 +35,8 @@ pub(crate) fn on() -> bool {
 /// Attaches to the node runtime at `address`: its session directory, or "auto" (this
 /// job's address file).
 pub(crate) fn attach(address: &str) -> Result<(), rayhpc_status> {
-    let dir = if address == "auto" {
-        let file = rayhpc_node::address_file().map_err(|e| fail(RAYHPC_E_INVALID, format!("no address file: {e}")))?;
-        let a = std::fs::read_to_string(&file)
-            .map_err(|_| fail(RAYHPC_E_SHUTDOWN, format!("no running rayhpc node runtime found ({} does not exist)", file.display())))?;
-        std::path::PathBuf::from(a.trim())
-    } else {
-        std::path::PathBuf::from(address)
-    };
-    let client = RingClient::attach(&dir).map_err(|f| fail(RAYHPC_E_SHUTDOWN, f.message))?;
-    *lock(&CLIENT) = Some(std::sync::Arc::new(client));
+    let client = rayhpc_node::connect(address).map_err(|f| from_failure(&f))?;
+    *lock(&CLIENT) = Some(Arc::new(client));
     ON.store(true, Ordering::Release);
     Ok(())
 }
@@ -61,62 +52,19 @@ pub(crate) fn detach() {
     }
 }
 
-/// The status and message of a failure.
-fn failure(f: &Failure) -> rayhpc_status {
-    let status = match f.kind {
-        ErrorKind::Task | ErrorKind::WorkerDied | ErrorKind::Cancelled => RAYHPC_E_TASK,
-        ErrorKind::ActorDied => RAYHPC_E_ACTOR_DIED,
-        ErrorKind::Timeout => RAYHPC_E_TIMEOUT,
-        ErrorKind::Store | ErrorKind::ObjectLost => RAYHPC_E_STORE,
-        ErrorKind::Shutdown => RAYHPC_E_SHUTDOWN,
-        _ => RAYHPC_E_INVALID,
-    };
-    fail(status, f.to_string())
-}
-
-fn client() -> Result<std::sync::Arc<RingClient>, rayhpc_status> {
+pub(crate) fn client() -> Result<Arc<RingClient>, rayhpc_status> {
     lock(&CLIENT).clone().ok_or_else(|| fail(RAYHPC_E_SHUTDOWN, "not attached"))
 }
 
-fn ref_of(h: u64) -> Result<Ref, rayhpc_status> {
+pub(crate) fn ref_of(h: u64) -> Result<Ref, rayhpc_status> {
     if h & TAG == 0 {
         return Err(fail(RAYHPC_E_BAD_HANDLE, format!("ref {h:#x} is not a handle of this attachment")));
     }
     lock(&REFS).get(h & !TAG).cloned().ok_or_else(|| fail(RAYHPC_E_BAD_HANDLE, format!("ref {h:#x} is released or was never made")))
 }
 
-fn new_ref(r: Ref) -> u64 {
+pub(crate) fn new_ref(r: Ref) -> u64 {
     lock(&REFS).insert(r) | TAG
-}
-
-/// The options of a call, as the node takes them.
-///
-/// # Safety
-/// `o` is NULL or valid, its string NUL-terminated.
-unsafe fn wire_options(o: *const rayhpc_options) -> Result<WireOptions, rayhpc_status> {
-    let mut w = WireOptions::default();
-    if o.is_null() {
-        return Ok(w);
-    }
-    // SAFETY: non-null; the caller's contract.
-    let o = unsafe { &*o };
-    if o.num_cpus >= 0.0 {
-        w.num_cpus = Some(o.num_cpus);
-    }
-    if o.num_gpus >= 0.0 {
-        w.num_gpus = Some(o.num_gpus);
-    }
-    if !o.resources.is_null() {
-        // SAFETY: non-null, NUL-terminated (the caller's contract).
-        w.resources = resources_of(unsafe { text(o.resources, "options.resources") }?)?;
-    }
-    if o.max_retries >= -1 {
-        w.max_retries = Some(o.max_retries);
-    }
-    if o.retry_exceptions != 0 {
-        w.retry_exceptions = Some(true);
-    }
-    Ok(w)
 }
 
 /// Submits `name` (`library:symbol`) at the node; the result's handle.
@@ -135,23 +83,9 @@ pub(crate) unsafe fn submit(
             format!("{name:?}: a program attached to a node runtime runs library:symbol functions (the node loads them), not functions registered in this process"),
         ));
     }
-    // SAFETY: the caller's contract.
-    let args = unsafe { crate::arg_slice(args, nargs) }?;
-    let mut out = Vec::with_capacity(args.len());
-    for (i, a) in args.iter().enumerate() {
-        match a.kind {
-            // SAFETY: the caller's contract for argument bytes.
-            ARG_BYTES => out.push(Arg::Bytes(unsafe { crate::bytes(a.bytes.data, a.bytes.len, "argument bytes") }?.to_vec())),
-            ARG_REF => out.push(Arg::Ref(
-                ref_of(a.r#ref)
-                    .map_err(|_| fail(RAYHPC_E_BAD_HANDLE, format!("argument {i}: ref {:#x} is released or was never made", a.r#ref)))?,
-            )),
-            k => return Err(crate::bad_kind(i, k)),
-        }
-    }
-    // SAFETY: the caller's contract.
-    let options = CallOptions::new(unsafe { wire_options(options) }?);
-    let r = client()?.submit(&Func::Native(name.to_string()), out, &options).map_err(|f| failure(&f))?;
+    // SAFETY: the caller's contract, passed on.
+    let (args, options) = unsafe { (crate::api_args(args, nargs)?, crate::call_options(options)?) };
+    let r = client()?.submit(&Func::Native(name.to_string()), args, &options).map_err(|f| from_failure(&f))?;
     Ok(new_ref(r))
 }
 
@@ -162,19 +96,19 @@ pub(crate) fn put(bytes: &[u8]) -> Result<u64, rayhpc_status> {
             buf.copy_from_slice(bytes);
             Ok(())
         })
-        .map_err(|f| failure(&f))?;
+        .map_err(|f| from_failure(&f))?;
     Ok(new_ref(r))
 }
 
 fn secs(t: Option<f64>) -> Result<Option<std::time::Duration>, rayhpc_status> {
-    rayhpc_node::api::timeout_secs(t).map_err(|f| failure(&f))
+    rayhpc_node::api::timeout_secs(t).map_err(|f| from_failure(&f))
 }
 
 /// The value of object `h`, waiting at most `timeout` seconds (`None`: forever).
 fn value_of(h: u64, timeout: Option<f64>) -> Result<Value, rayhpc_status> {
     let r = ref_of(h)?;
-    let mut values = client()?.get(std::slice::from_ref(&r), secs(timeout)?).map_err(|f| failure(&f))?;
-    values.pop().expect("one value per ref").map_err(|f| failure(&f))
+    let mut values = client()?.get(std::slice::from_ref(&r), secs(timeout)?).map_err(|f| from_failure(&f))?;
+    values.pop().expect("one value per ref").map_err(|f| from_failure(&f))
 }
 
 /// The bytes of object `h`, copied.
@@ -216,7 +150,7 @@ pub(crate) fn ref_release(h: u64) -> rayhpc_status {
 /// Which of `hs` are ready once `num_returns` are, or at the timeout.
 pub(crate) fn wait(hs: &[u64], num_returns: usize, timeout: Option<f64>) -> Result<Vec<bool>, rayhpc_status> {
     let refs = hs.iter().map(|&h| ref_of(h)).collect::<Result<Vec<_>, _>>()?;
-    let ix = client()?.wait(&refs, num_returns, secs(timeout)?).map_err(|f| failure(&f))?;
+    let ix = client()?.wait(&refs, num_returns, secs(timeout)?).map_err(|f| from_failure(&f))?;
     let mut ready = vec![false; hs.len()];
     for i in ix {
         if let Some(r) = ready.get_mut(i as usize) {

@@ -21,9 +21,11 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
-use rayhpc_node::native::{self, NativeBytes, NativeOutput};
+use rayhpc_node::api::{ActorRef, Api, Arg, CallOptions, Class, ErrorKind, Failure, Ref as ApiRef, Service, WireOptions};
+use rayhpc_node::native::{self, ClassError, NativeBytes, NativeClass, NativeOutput};
+use rayhpc_node::workers::WorkerConfig;
 
 mod attached;
 mod spin;
@@ -41,8 +43,8 @@ use std::time::{Duration, Instant};
 #[global_allocator]
 static GLOBAL: rayhpc_node::alloc::Allocator = rayhpc_node::alloc::Allocator;
 
-use rayhpc::raw::{raw_actor, raw_function, RawActor, RawActorHandle, RawArg, RawClass, RawFailure, RawFn, RawOutput};
-use rayhpc::{Config, Error, FailureKind, ObjectRef, ObjectView, Options, Runtime, Untyped};
+use rayhpc::raw::{raw_function, RawArg, RawFailure, RawFn, RawOutput};
+use rayhpc::{Config, Error, ObjectRef, ObjectView, Options, Runtime, Untyped};
 
 /// What every call returns. `RAYHPC_OK` is 0; on any other status `rayhpc_last_error()`
 /// explains it.
@@ -302,6 +304,9 @@ impl<T> Table<T> {
 }
 
 static RT: RwLock<Option<Runtime>> = RwLock::new(None);
+/// The node layer's API over the embedded runtime (set and cleared with `RT`): actors go
+/// through it, as they go through the attachment's client when attached.
+static SERVICE: Mutex<Option<Arc<Service>>> = Mutex::new(None);
 static REFS: SpinLock<Refs> = SpinLock::new(Refs { table: Table::new(), rt: None });
 
 /// The refs' table, and a copy of the running runtime (set and cleared with `RT`, under
@@ -525,6 +530,7 @@ pub unsafe extern "C" fn rayhpc_init(config: *const rayhpc_config) -> rayhpc_sta
             }
             let new = Runtime::init(c).map_err(|e| from_error(&e))?;
             REFS.lock().rt = Some(new.clone());
+            *lock(&SERVICE) = Some(Service::new(new.clone(), WorkerConfig::default()));
             *rt = Some(new);
             Ok(())
         })())
@@ -540,10 +546,12 @@ pub extern "C" fn rayhpc_shutdown() -> rayhpc_status {
         // sees its own handles untouched); the runtime is stopped after the lock is let go, as a
         // running task may still call the API (and take the lock) before it finishes.
         if attached::on() {
+            let actors = lock(&ACTORS).drain();
             attached::detach();
+            drop(actors);
             return RAYHPC_OK;
         }
-        let (rt, handles) = {
+        let (rt, service, handles) = {
             let mut g = RT.write().unwrap_or_else(|e| e.into_inner());
             let Some(rt) = g.take() else { return fail(RAYHPC_E_NOT_INITIALIZED, "rayhpc is not initialized") };
             let views = lock(&VIEWS).drain();
@@ -553,11 +561,15 @@ pub extern "C" fn rayhpc_shutdown() -> rayhpc_status {
                 r.drain()
             };
             let actors = lock(&ACTORS).drain();
-            (rt, (views, refs, actors))
+            (rt, lock(&SERVICE).take(), (views, refs, actors))
         };
+        if let Some(s) = &service {
+            s.shutdown();
+        }
         rt.shutdown();
         // Dropped outside every lock (an actor's destructor is user code).
         drop(handles);
+        drop(service);
         RAYHPC_OK
     })
 }
@@ -659,27 +671,34 @@ fn function(name: &str) -> Result<Func, rayhpc_status> {
     Ok(funcs.as_ref().and_then(|m| m.get(name)).expect("just registered").clone())
 }
 
-fn options_of(o: &rayhpc_options) -> Result<Options, rayhpc_status> {
-    let mut opts = Options::new();
+/// The options of a call as the node layer takes them (and, through them, the core).
+///
+/// # Safety
+/// `o` is NULL or valid, its string NUL-terminated.
+unsafe fn call_options(o: *const rayhpc_options) -> Result<CallOptions, rayhpc_status> {
+    let mut w = WireOptions::default();
+    if o.is_null() {
+        return Ok(CallOptions::new(w));
+    }
+    // SAFETY: non-null; the caller's contract.
+    let o = unsafe { &*o };
     if o.num_cpus >= 0.0 {
-        opts = opts.num_cpus(o.num_cpus);
+        w.num_cpus = Some(o.num_cpus);
     }
     if o.num_gpus >= 0.0 {
-        opts = opts.num_gpus(o.num_gpus);
+        w.num_gpus = Some(o.num_gpus);
     }
     if !o.resources.is_null() {
-        // SAFETY: non-null; the caller's contract says NUL-terminated.
-        for (k, v) in resources_of(unsafe { text(o.resources, "options.resources") }?)? {
-            opts = opts.resource(&k, v);
-        }
+        // SAFETY: non-null, NUL-terminated (the caller's contract).
+        w.resources = resources_of(unsafe { text(o.resources, "options.resources") }?)?;
     }
     if o.max_retries >= -1 {
-        opts = opts.max_retries(o.max_retries);
+        w.max_retries = Some(o.max_retries);
     }
     if o.retry_exceptions != 0 {
-        opts = opts.retry_exceptions(true);
+        w.retry_exceptions = Some(true);
     }
-    Ok(opts)
+    Ok(CallOptions::new(w))
 }
 
 /// Submits a call of function `name` with `nargs` arguments; `*out` is the handle of its
@@ -897,8 +916,8 @@ unsafe fn check_call(
     if options.is_null() {
         Ok(None)
     } else {
-        // SAFETY: non-null; the caller's contract.
-        Ok(Some(options_of(unsafe { &*options })?))
+        // SAFETY: valid (the caller's contract).
+        Ok(Some(unsafe { call_options(options) }?.task))
     }
 }
 
@@ -1490,7 +1509,8 @@ fn output_status(s: i32, what: &str) -> rayhpc_status {
 // ---------------------------------------------------------------------------- actors
 
 /// An actor's constructor: builds the state (`*state`) from the creation arguments. Returns
-/// 0 on success; anything else kills the actor (its message set with `rayhpc_output_error`).
+/// 0 on success; anything else kills the actor (its message set with `rayhpc_output_error`;
+/// `*state` is then not used: the constructor frees what it made).
 pub type rayhpc_ctor_fn = Option<
     unsafe extern "C" fn(
         args: *const rayhpc_bytes,
@@ -1507,7 +1527,8 @@ pub type rayhpc_method_fn = Option<
     unsafe extern "C" fn(state: *mut c_void, args: *const rayhpc_bytes, nargs: usize, out: *mut rayhpc_output, user: *mut c_void) -> i32,
 >;
 
-/// Frees an actor's state when the actor ends (killed, or its last handle released).
+/// Frees an actor's state when the actor ends (killed, or its last handle released), after
+/// its last call.
 pub type rayhpc_dtor_fn = Option<unsafe extern "C" fn(state: *mut c_void, user: *mut c_void)>;
 
 /// One method of an actor class.
@@ -1522,82 +1543,64 @@ pub struct rayhpc_method {
     pub nargs: i32,
 }
 
+/// The first field of every `rayhpc_class_def` ("rayhpccl"): a symbol that does not start
+/// with it is refused as a class.
+pub const RAYHPC_CLASS_MAGIC: u64 = 0x726179687063636c;
+
+/// An actor class defined as data, for a runtime to load as `library:symbol` (the symbol
+/// names a `rayhpc_class_def`), as it loads task functions: what a program attached to
+/// `rayhpc launch` creates its actors from, e.g.
+/// `rayhpc_actor_create("/path/libcounter.so:counter_class", ...)` (the node loads the
+/// library; embedded, this process does). The functions and `user` must be usable from any
+/// thread for as long as the process runs. For example:
+///
+/// ```c
+/// static const rayhpc_method methods[] = {{"add", counter_add, 1}, {"get", counter_get, 0}};
+/// const rayhpc_class_def counter_class = {RAYHPC_CLASS_MAGIC, "Counter", counter_new,
+///                                         counter_free, methods, 2, NULL};
+/// ```
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct rayhpc_class_def {
+    /// `RAYHPC_CLASS_MAGIC`.
+    pub magic: u64,
+    /// The class's name (shown in errors).
+    pub name: *const c_char,
+    /// The constructor (not NULL).
+    pub ctor: rayhpc_ctor_fn,
+    /// The destructor (may be NULL).
+    pub dtor: rayhpc_dtor_fn,
+    /// `nmethods` methods.
+    pub methods: *const rayhpc_method,
+    /// How many.
+    pub nmethods: usize,
+    /// Passed to every function of the class.
+    pub user: *mut c_void,
+}
+
+// The C API's class definition is the node's (`rayhpc_node::native`), with the C API's names
+// for the same `repr(C)` types (function pointers of the same ABI).
+const _: () = assert!(
+    RAYHPC_CLASS_MAGIC == native::CLASS_MAGIC
+        && std::mem::size_of::<rayhpc_class_def>() == std::mem::size_of::<native::ClassDef>()
+        && std::mem::align_of::<rayhpc_class_def>() == std::mem::align_of::<native::ClassDef>()
+        && std::mem::size_of::<rayhpc_method>() == std::mem::size_of::<native::MethodDef>()
+        && std::mem::align_of::<rayhpc_method>() == std::mem::align_of::<native::MethodDef>()
+);
+
 /// A live actor. 0 is never valid. Release it with `rayhpc_actor_release`.
 pub type rayhpc_actor = u64;
 
-type CtorPtr = unsafe extern "C" fn(*const rayhpc_bytes, usize, *mut *mut c_void, *mut rayhpc_output, *mut c_void) -> i32;
-type MethodPtr = unsafe extern "C" fn(*mut c_void, *const rayhpc_bytes, usize, *mut rayhpc_output, *mut c_void) -> i32;
-type DtorPtr = unsafe extern "C" fn(*mut c_void, *mut c_void);
-
-struct CClass {
-    name: String,
-    ctor: CtorPtr,
-    dtor: Option<DtorPtr>,
-    methods: HashMap<String, (MethodPtr, i32)>,
-    user: *mut c_void,
-}
-
-// SAFETY: the caller of `rayhpc_register_class` promises that its functions and `user` may
-// be used from any thread (one call at a time per actor state).
-unsafe impl Send for CClass {}
-// SAFETY: as above.
-unsafe impl Sync for CClass {}
-
-struct CActor {
-    class: std::sync::Arc<CClass>,
-    state: *mut c_void,
-}
-
-// SAFETY: an actor's state is used by one call at a time (the core runs an actor's calls one
-// after another), from whichever executor thread runs its turn: the class's contract.
-unsafe impl Send for CActor {}
-
-impl RawActor for CActor {
-    fn call(&mut self, method: &str, inputs: &[&[u8]]) -> Result<RawOutput, RawFailure> {
-        let Some(&(f, _)) = self.class.methods.get(method) else {
-            return Err(RawFailure {
-                kind: FailureKind::BadArguments,
-                message: format!("{} has no method {method}", self.class.name),
-                payload: None,
-            });
-        };
-        let (state, class) = (self.state, &self.class);
-        call_c(
-            inputs,
-            || format!("{}.{method}", class.name),
-            |args, n, out| {
-                // SAFETY: the state is this actor's (made by its constructor, used by one call at
-                // a time); `args` describe `n` byte ranges alive for the call; `out` is valid for it.
-                unsafe { f(state, args, n, out, class.user) }
-            },
-        )
-        .map(RawOutput::Bytes)
-    }
-}
-
-impl Drop for CActor {
-    fn drop(&mut self) {
-        if let Some(d) = self.class.dtor {
-            // SAFETY: the state the constructor made, dropped once, after its last call.
-            unsafe { d(self.state, self.class.user) };
-        }
-    }
-}
-
-struct ActorEntry {
-    handle: RawActorHandle,
-    class: std::sync::Arc<CClass>,
-    raw: std::sync::Arc<RawClass>,
-}
-
-/// A registered class: its C functions, and the core's raw class made of them.
-type ClassEntry = (std::sync::Arc<CClass>, std::sync::Arc<RawClass>);
-
-static CLASSES: RwLock<Option<HashMap<String, ClassEntry>>> = RwLock::new(None);
-static ACTORS: Mutex<Table<ActorEntry>> = Mutex::new(Table::new());
+/// Classes registered in this process, by name (for the process's life: their actors may
+/// outlive a runtime).
+static CLASSES: RwLock<Option<HashMap<String, Arc<NativeClass>>>> = RwLock::new(None);
+/// Actor handles, of either mode (drained when the runtime stops or detaches).
+static ACTORS: Mutex<Table<ActorRef>> = Mutex::new(Table::new());
 
 /// Registers actor class `name`: its constructor, destructor (may be NULL) and `nmethods`
-/// methods. `user` is passed to all of them; they must be usable from any thread.
+/// methods. `user` is passed to all of them; they must be usable from any thread. The
+/// class is for this process's embedded runtime: attached to a node runtime, actors are of
+/// `library:symbol` classes (`rayhpc_class_def`), which the node loads.
 ///
 /// # Safety
 /// `name` and every method name are NUL-terminated; `methods` points to `nmethods` entries.
@@ -1613,54 +1616,85 @@ pub unsafe extern "C" fn rayhpc_register_class(
     guard(|| {
         status_of((|| {
             // SAFETY: the caller's contract.
-            let name = unsafe { text(name, "name") }?;
-            let Some(ctor) = ctor else { return Err(fail(RAYHPC_E_NULL, "the constructor is NULL")) };
-            if nmethods > 0 && methods.is_null() {
-                return Err(fail(RAYHPC_E_NULL, "methods is NULL"));
-            }
-            // SAFETY: non-null and `nmethods` long (the caller's contract).
-            let ms = if nmethods == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(methods, nmethods) } };
-            let mut table = HashMap::new();
-            for m in ms {
-                // SAFETY: the caller's contract.
-                let mname = unsafe { text(m.name, "a method name") }?;
-                let Some(f) = m.call else { return Err(fail(RAYHPC_E_NULL, format!("method {mname} is NULL"))) };
-                if m.nargs < -1 {
-                    return Err(fail(RAYHPC_E_INVALID, format!("method {mname}: nargs {}", m.nargs)));
-                }
-                table.insert(mname.to_string(), (f, m.nargs));
-            }
-            let class = std::sync::Arc::new(CClass { name: name.to_string(), ctor, dtor, methods: table, user });
-            let c2 = class.clone();
-            let raw = std::sync::Arc::new(raw_actor(name, move |inputs: &[&[u8]]| {
-                let mut state: *mut c_void = std::ptr::null_mut();
-                call_c(
-                    inputs,
-                    || format!("{}'s constructor", c2.name),
-                    |args, n, out| {
-                        // SAFETY: the registered constructor, with `n` argument descriptors of
-                        // bytes alive for the call, and a state location and output valid for it.
-                        unsafe { (c2.ctor)(args, n, &mut state, out, c2.user) }
-                    },
-                )?;
-                Ok(Box::new(CActor { class: c2.clone(), state }) as Box<dyn RawActor>)
-            }));
-            CLASSES.write().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).insert(name.to_string(), (class, raw));
+            let name_text = unsafe { text(name, "name") }?;
+            let def = rayhpc_class_def { magic: RAYHPC_CLASS_MAGIC, name, ctor, dtor, methods, nmethods, user };
+            // SAFETY: the same layout (asserted above); the caller's contract for its pointers.
+            let class = unsafe { NativeClass::from_def(&*std::ptr::from_ref(&def).cast::<native::ClassDef>()) }.map_err(|e| {
+                let status = match e {
+                    ClassError::Null(_) => RAYHPC_E_NULL,
+                    _ => RAYHPC_E_INVALID,
+                };
+                fail(status, e.to_string())
+            })?;
+            CLASSES
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert_with(HashMap::new)
+                .insert(name_text.to_string(), Arc::new(class));
             Ok(())
         })())
     })
 }
 
-fn raw_args_of(args: *const rayhpc_arg, nargs: usize) -> Result<Vec<RawArg>, rayhpc_status> {
-    // SAFETY: `nargs` entries at `args` (the public callers' contract).
-    let any_ref = unsafe { arg_slice(args, nargs) }?.iter().any(|a| a.kind == ARG_REF);
-    if any_ref {
-        // SAFETY: as above.
-        unsafe { raw_args_in(args, nargs, &REFS.lock()) }
-    } else {
-        // SAFETY: as above.
-        unsafe { raw_args_in(args, nargs, &NO_REFS) }
+/// The API an actor call goes through: the embedded runtime's service, or the attachment.
+fn api() -> Result<Arc<dyn Api>, rayhpc_status> {
+    if attached::on() {
+        return attached::client().map(|c| c as Arc<dyn Api>);
     }
+    lock(&SERVICE).clone().map(|s| s as Arc<dyn Api>).ok_or_else(not_initialized)
+}
+
+/// The status and message of a failure the API reports.
+fn from_failure(f: &Failure) -> rayhpc_status {
+    let status = match f.kind {
+        ErrorKind::Task | ErrorKind::WorkerDied | ErrorKind::Cancelled => RAYHPC_E_TASK,
+        ErrorKind::ActorDied => RAYHPC_E_ACTOR_DIED,
+        ErrorKind::Timeout => RAYHPC_E_TIMEOUT,
+        ErrorKind::Store | ErrorKind::ObjectLost => RAYHPC_E_STORE,
+        ErrorKind::Shutdown => RAYHPC_E_SHUTDOWN,
+        ErrorKind::Unknown => RAYHPC_E_UNKNOWN_FUNCTION,
+        ErrorKind::ArgCount => RAYHPC_E_ARG_COUNT,
+        ErrorKind::NoActor => RAYHPC_E_BAD_HANDLE,
+        ErrorKind::Value | ErrorKind::System => RAYHPC_E_INVALID,
+    };
+    fail(status, f.to_string())
+}
+
+/// The arguments `args[..nargs]` as the API takes them (refs of this mode's table).
+///
+/// # Safety
+/// As `raw_args_in`.
+unsafe fn api_args(args: *const rayhpc_arg, nargs: usize) -> Result<Vec<Arg>, rayhpc_status> {
+    // SAFETY: the caller's contract.
+    let args = unsafe { arg_slice(args, nargs) }?;
+    let mut out = Vec::with_capacity(args.len());
+    for (i, a) in args.iter().enumerate() {
+        out.push(match a.kind {
+            // SAFETY: the caller's contract for argument bytes.
+            ARG_BYTES => Arg::Bytes(unsafe { bytes(a.bytes.data, a.bytes.len, "argument bytes") }?.to_vec()),
+            ARG_REF if attached::on() => Arg::Ref(
+                attached::ref_of(a.r#ref)
+                    .map_err(|_| fail(RAYHPC_E_BAD_HANDLE, format!("argument {i}: ref {:#x} is released or was never made", a.r#ref)))?,
+            ),
+            ARG_REF => Arg::Ref(ApiRef::local(arg_ref(i, a, &REFS.lock())?.clone(), false)),
+            k => return Err(bad_kind(i, k)),
+        });
+    }
+    Ok(out)
+}
+
+/// A ref handle of this mode for `r`.
+fn ref_handle(r: ApiRef) -> Result<rayhpc_ref, rayhpc_status> {
+    if attached::on() {
+        return Ok(attached::new_ref(r));
+    }
+    let o = r.as_local().map_err(|f| from_failure(&f))?.clone();
+    Ok(REFS.lock().insert(o))
+}
+
+/// The actor of handle `actor`.
+fn actor_of(actor: rayhpc_actor) -> Result<ActorRef, rayhpc_status> {
+    lock(&ACTORS).get(actor).cloned().ok_or_else(|| fail(RAYHPC_E_BAD_HANDLE, format!("actor {actor:#x} is released or was never made")))
 }
 
 /// The argument descriptors `args[..nargs]` of a call, their refs looked up in `refs`.
@@ -1723,8 +1757,11 @@ fn bad_kind(i: usize, k: i32) -> rayhpc_status {
     fail(RAYHPC_E_INVALID, format!("argument {i}: kind {k} is neither RAYHPC_ARG_BYTES nor RAYHPC_ARG_REF"))
 }
 
-/// Creates an actor of class `class_name` (its constructor runs once the argument refs are
-/// ready). `options` may be NULL; its resources are held for the actor's life.
+/// Creates an actor of class `class_name`: a class registered in this process
+/// (`rayhpc_register_class`; embedded only), or `library:symbol` naming a
+/// `rayhpc_class_def` (loaded by the node runtime when attached, else in this process). Its
+/// constructor runs once the argument refs are ready. `options` may be NULL; its resources
+/// are held for the actor's life.
 ///
 /// # Safety
 /// `class_name` is NUL-terminated; `args` has `nargs` entries; `options` is NULL or valid;
@@ -1739,33 +1776,22 @@ pub unsafe extern "C" fn rayhpc_actor_create(
 ) -> rayhpc_status {
     guard(|| {
         status_of((|| {
-            if attached::on() {
-                return Err(fail(
-                    RAYHPC_E_INVALID,
-                    "actors need the embedded runtime: a program attached to a node runtime cannot use them yet",
-                ));
-            }
             if out.is_null() {
                 return Err(fail(RAYHPC_E_NULL, "out is NULL"));
             }
             // SAFETY: the caller's contract.
             let name = unsafe { text(class_name, "class_name") }?;
-            let rt = runtime()?;
-            let (class, raw) = CLASSES
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
-                .and_then(|m| m.get(name).cloned())
-                .ok_or_else(|| fail(RAYHPC_E_UNKNOWN_FUNCTION, format!("no actor class registered as {name:?}")))?;
-            let args = raw_args_of(args, nargs)?;
-            let opts = if options.is_null() {
-                Options::new()
-            } else {
-                // SAFETY: non-null; the caller's contract.
-                options_of(unsafe { &*options })?
+            let api = api()?;
+            let registered = CLASSES.read().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(|m| m.get(name).cloned());
+            let class = match registered {
+                Some(c) => Class::Registered(c),
+                None if name.contains(':') => Class::Native(name.to_string()),
+                None => return Err(fail(RAYHPC_E_UNKNOWN_FUNCTION, format!("no actor class registered as {name:?} (nor library:symbol)"))),
             };
-            let handle = raw.remote(&rt, args, &opts).map_err(|e| from_error(&e))?;
-            let h = lock(&ACTORS).insert(ActorEntry { handle, class, raw });
+            // SAFETY: the caller's contract, passed on.
+            let (args, options) = unsafe { (api_args(args, nargs)?, call_options(options)?) };
+            let a = api.create_actor(&class, args, &options).map_err(|f| from_failure(&f))?;
+            let h = lock(&ACTORS).insert(a);
             // SAFETY: non-null, writable.
             unsafe { out.write(h) };
             Ok(())
@@ -1774,7 +1800,8 @@ pub unsafe extern "C" fn rayhpc_actor_create(
 }
 
 /// Calls `method` on the actor; `*out` is the handle of its result. Calls to one actor run
-/// one at a time, in the order they were made.
+/// one at a time, in the order they were made. A method the class does not have, or a
+/// wrong number of arguments, is refused at once.
 ///
 /// # Safety
 /// `method` is NUL-terminated; `args` has `nargs` entries; `out` is writable.
@@ -1788,35 +1815,17 @@ pub unsafe extern "C" fn rayhpc_actor_call(
 ) -> rayhpc_status {
     guard(|| {
         status_of((|| {
-            if attached::on() {
-                return Err(fail(
-                    RAYHPC_E_INVALID,
-                    "actors need the embedded runtime: a program attached to a node runtime cannot use them yet",
-                ));
-            }
             if out.is_null() {
                 return Err(fail(RAYHPC_E_NULL, "out is NULL"));
             }
             // SAFETY: the caller's contract.
             let method = unsafe { text(method, "method") }?;
-            runtime()?;
-            let (handle, class, raw) = {
-                let actors = lock(&ACTORS);
-                let e = actors
-                    .get(actor)
-                    .ok_or_else(|| fail(RAYHPC_E_BAD_HANDLE, format!("actor {actor:#x} is released or was never made")))?;
-                (e.handle.clone(), e.class.clone(), e.raw.clone())
-            };
-            let &(_, want) = class
-                .methods
-                .get(method)
-                .ok_or_else(|| fail(RAYHPC_E_UNKNOWN_FUNCTION, format!("{} has no method {method:?}", class.name)))?;
-            if want >= 0 && want as usize != nargs {
-                return Err(fail(RAYHPC_E_ARG_COUNT, format!("{}.{method} takes {want} argument(s), {nargs} given", class.name)));
-            }
-            let args = raw_args_of(args, nargs)?;
-            let r = raw.call(&handle, method, args).map_err(|e| from_error(&e))?;
-            let h = REFS.lock().insert(r);
+            let api = api()?;
+            let a = actor_of(actor)?;
+            // SAFETY: the caller's contract, passed on.
+            let args = unsafe { api_args(args, nargs) }?;
+            let r = api.call_actor(&a, method, args).map_err(|f| from_failure(&f))?;
+            let h = ref_handle(r)?;
             // SAFETY: non-null, writable.
             unsafe { out.write(h) };
             Ok(())
@@ -1829,17 +1838,7 @@ pub unsafe extern "C" fn rayhpc_actor_call(
 /// it still).
 #[no_mangle]
 pub extern "C" fn rayhpc_actor_kill(actor: rayhpc_actor) -> rayhpc_status {
-    guard(|| {
-        status_of((|| {
-            let rt = runtime()?;
-            let handle = lock(&ACTORS)
-                .get(actor)
-                .map(|e| e.handle.clone())
-                .ok_or_else(|| fail(RAYHPC_E_BAD_HANDLE, format!("actor {actor:#x} is released or was never made")))?;
-            rt.kill(&handle);
-            Ok(())
-        })())
-    })
+    guard(|| status_of((|| api()?.kill(&actor_of(actor)?).map_err(|f| from_failure(&f)))()))
 }
 
 /// Releases an actor handle; the actor ends (destructor run) once no handle and no queued

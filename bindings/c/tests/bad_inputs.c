@@ -1,8 +1,11 @@
 #define _POSIX_C_SOURCE 200809L
 /* Every bad input of the C API gets its own status and a message, and the process goes on:
  * NULL pointers, unknown names, wrong argument counts, buffers too small, handles used after
- * release, calls before init and after shutdown, a failing task, a timeout. Exits non-zero
- * on the first expectation that does not hold. */
+ * release, calls before init and after shutdown, a failing task, a timeout, actor classes
+ * that are not there or not classes, methods a class does not have. Embedded
+ * (`bad_inputs LIB`), and attached to a node runtime (`rayhpc launch -- bad_inputs LIB`: the
+ * bad inputs of that mode); LIB is testlib.c's shared library. Exits non-zero when an
+ * expectation does not hold (after trying them all). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <stdio.h>
@@ -107,7 +110,81 @@ static int32_t nap(const rayhpc_bytes *args, size_t nargs, rayhpc_output *out, v
   return 0;
 }
 
-int main(void) {
+static char lib_sym[4096];
+
+/* "LIB:symbol" of the test library. */
+static const char *sym(const char *lib, const char *symbol) {
+  snprintf(lib_sym, sizeof lib_sym, "%s:%s", lib, symbol);
+  return lib_sym;
+}
+
+/* The bad inputs of a program attached to a node runtime: what is registered in this
+ * process cannot run there, and native classes the node loads are checked as embedded. */
+static int attached(const char *lib) {
+  rayhpc_ref r = 0;
+  rayhpc_actor act = 0, dead = 0;
+  size_t len = 0;
+  int64_t v = 0, one = 1;
+  rayhpc_arg a1 = {RAYHPC_ARG_BYTES, {(const uint8_t *)&one, sizeof one}, 0};
+  rayhpc_method ms[] = {{"m", nothing_m, 0}};
+  expect("register class K", rayhpc_register_class("K", nothing_new, NULL, ms, 1, NULL), RAYHPC_OK, NULL);
+  expect("register echo", rayhpc_register("echo", echo, NULL, 1), RAYHPC_OK, NULL);
+  expect("init (attached)", rayhpc_init(NULL), RAYHPC_OK, NULL);
+  expect("a registered class used attached", rayhpc_actor_create("K", NULL, 0, NULL, &act), RAYHPC_E_INVALID, "registered in this process");
+  expect("a registered function used attached", rayhpc_submit("echo", &a1, 1, NULL, &r), RAYHPC_E_UNKNOWN_FUNCTION, "library:symbol");
+  expect("create of an unknown name", rayhpc_actor_create("NoSuch", NULL, 0, NULL, &act), RAYHPC_E_UNKNOWN_FUNCTION, "NoSuch");
+  expect("create of an unknown class symbol", rayhpc_actor_create(sym(lib, "no_such_class"), NULL, 0, NULL, &act), RAYHPC_E_UNKNOWN_FUNCTION, "no symbol");
+  expect("create of an unloadable library", rayhpc_actor_create("libnope.so:c", NULL, 0, NULL, &act), RAYHPC_E_UNKNOWN_FUNCTION, "cannot load");
+  expect("create of a symbol that is no class", rayhpc_actor_create(sym(lib, "not_a_class"), NULL, 0, NULL, &act), RAYHPC_E_INVALID, "not a rayhpc_class_def");
+  expect("create of a class without constructor", rayhpc_actor_create(sym(lib, "no_ctor_class"), NULL, 0, NULL, &act), RAYHPC_E_INVALID, "constructor is NULL");
+  expect("create NULL out", rayhpc_actor_create(sym(lib, "tally_class"), NULL, 0, NULL, NULL), RAYHPC_E_NULL, "out");
+  expect("create", rayhpc_actor_create(sym(lib, "tally_class"), NULL, 0, NULL, &act), RAYHPC_OK, NULL);
+  expect("call an unknown method", rayhpc_actor_call(act, "nope", NULL, 0, &r), RAYHPC_E_UNKNOWN_FUNCTION, "nope");
+  expect("call with the wrong count", rayhpc_actor_call(act, "add", NULL, 0, &r), RAYHPC_E_ARG_COUNT, "takes 1");
+  expect("call NULL method", rayhpc_actor_call(act, NULL, NULL, 0, &r), RAYHPC_E_NULL, "method");
+  rayhpc_arg dangling = {RAYHPC_ARG_REF, {NULL, 0}, 12345};
+  expect("call with a ref never made", rayhpc_actor_call(act, "add", &dangling, 1, &r), RAYHPC_E_BAD_HANDLE, "never made");
+  expect("call", rayhpc_actor_call(act, "add", &a1, 1, &r), RAYHPC_OK, NULL);
+  expect("its result", rayhpc_get_into(r, 10, &v, sizeof v, &len), RAYHPC_OK, NULL);
+  if (v != 1) { printf("FAIL tally add: %lld\n", (long long)v); failures++; }
+  rayhpc_ref_release(r);
+  expect("call with a bad argument", rayhpc_actor_call(act, "add", &(rayhpc_arg){RAYHPC_ARG_BYTES, {(const uint8_t *)"x", 1}, 0}, 1, &r), RAYHPC_OK, NULL);
+  expect("fails in the method", rayhpc_get_into(r, 10, &v, sizeof v, &len), RAYHPC_E_TASK, "add takes one 8-byte integer");
+  rayhpc_ref_release(r);
+  expect("kill", rayhpc_actor_kill(act), RAYHPC_OK, NULL);
+  expect("call after kill", rayhpc_actor_call(act, "get", NULL, 0, &r), RAYHPC_OK, NULL);
+  expect("fails as a dead actor", rayhpc_get_into(r, 10, &v, sizeof v, &len), RAYHPC_E_ACTOR_DIED, NULL);
+  rayhpc_ref_release(r);
+  expect("actor release", rayhpc_actor_release(act), RAYHPC_OK, NULL);
+  expect("call a released actor", rayhpc_actor_call(act, "get", NULL, 0, &r), RAYHPC_E_BAD_HANDLE, "released");
+  expect("kill a released actor", rayhpc_actor_kill(act), RAYHPC_E_BAD_HANDLE, "released");
+  expect("release twice", rayhpc_actor_release(act), RAYHPC_E_BAD_HANDLE, NULL);
+  expect("create with a refusing constructor", rayhpc_actor_create(sym(lib, "tally_class"), &a1, 1, NULL, &dead), RAYHPC_OK, NULL);
+  expect("call it", rayhpc_actor_call(dead, "get", NULL, 0, &r), RAYHPC_OK, NULL);
+  expect("fails: the constructor failed", rayhpc_get_into(r, 10, &v, sizeof v, &len), RAYHPC_E_ACTOR_DIED, "refuses arguments");
+  rayhpc_ref_release(r);
+  rayhpc_actor_release(dead);
+  int64_t nap_ms = 300;
+  rayhpc_arg am = {RAYHPC_ARG_BYTES, {(const uint8_t *)&nap_ms, sizeof nap_ms}, 0};
+  expect("submit nap", rayhpc_submit(sym(lib, "nap"), &am, 1, NULL, &r), RAYHPC_OK, NULL);
+  expect("get with a short timeout", rayhpc_get_into(r, 0.01, &v, sizeof v, &len), RAYHPC_E_TIMEOUT, NULL);
+  expect("get it after all", rayhpc_get_into(r, -1, &v, sizeof v, &len), RAYHPC_OK, NULL);
+  rayhpc_ref_release(r);
+  expect("create for after shutdown", rayhpc_actor_create(sym(lib, "tally_class"), NULL, 0, NULL, &act), RAYHPC_OK, NULL);
+  expect("shutdown (detach)", rayhpc_shutdown(), RAYHPC_OK, NULL);
+  expect("call after shutdown", rayhpc_actor_call(act, "get", NULL, 0, &r), RAYHPC_E_NOT_INITIALIZED, NULL);
+  expect("create after shutdown", rayhpc_actor_create(sym(lib, "tally_class"), NULL, 0, NULL, &act), RAYHPC_E_NOT_INITIALIZED, NULL);
+  printf("%s: %d failure(s)\n", failures ? "FAILED" : "all bad inputs handled (attached)", failures);
+  return failures ? 1 : 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    fprintf(stderr, "usage: %s /path/to/libtestlib.so\n", argv[0]);
+    return 2;
+  }
+  const char *lib = argv[1];
+  if (getenv("RAYHPC_ADDRESS")) return attached(lib);
   rayhpc_ref r = 0, r2 = 0;
   rayhpc_view v = 0;
   size_t len = 0;
@@ -217,6 +294,22 @@ int main(void) {
   expect("register class", rayhpc_register_class("K", nothing_new, NULL, ms, 1, NULL), RAYHPC_OK, NULL);
   rayhpc_actor act = 0;
   expect("create of an unknown class", rayhpc_actor_create("NoSuch", NULL, 0, NULL, &act), RAYHPC_E_UNKNOWN_FUNCTION, "NoSuch");
+  expect("create of an unknown class symbol", rayhpc_actor_create(sym(lib, "no_such_class"), NULL, 0, NULL, &act), RAYHPC_E_UNKNOWN_FUNCTION, "no symbol");
+  expect("create of a symbol that is no class", rayhpc_actor_create(sym(lib, "not_a_class"), NULL, 0, NULL, &act), RAYHPC_E_INVALID, "not a rayhpc_class_def");
+  expect("create of a class without constructor", rayhpc_actor_create(sym(lib, "no_ctor_class"), NULL, 0, NULL, &act), RAYHPC_E_INVALID, "constructor is NULL");
+  expect("create NULL out", rayhpc_actor_create("K", NULL, 0, NULL, NULL), RAYHPC_E_NULL, "out");
+  expect("create a library:symbol class here", rayhpc_actor_create(sym(lib, "tally_class"), NULL, 0, NULL, &act), RAYHPC_OK, NULL);
+  expect("call its unknown method", rayhpc_actor_call(act, "nope", NULL, 0, &r), RAYHPC_E_UNKNOWN_FUNCTION, "Tally has no method");
+  expect("call it with the wrong count", rayhpc_actor_call(act, "add", NULL, 0, &r), RAYHPC_E_ARG_COUNT, "takes 1");
+  int64_t two = 2;
+  rayhpc_arg a2 = {RAYHPC_ARG_BYTES, {(const uint8_t *)&two, sizeof two}, 0};
+  expect("call it", rayhpc_actor_call(act, "add", &a2, 1, &r), RAYHPC_OK, NULL);
+  int64_t got = 0;
+  expect("its result", rayhpc_get_into(r, 10, &got, sizeof got, &len), RAYHPC_OK, NULL);
+  if (got != 2) { printf("FAIL tally add: %lld\n", (long long)got); failures++; }
+  rayhpc_ref_release(r);
+  expect("release it", rayhpc_actor_release(act), RAYHPC_OK, NULL);
+  expect("kill a released actor", rayhpc_actor_kill(act), RAYHPC_E_BAD_HANDLE, "released");
   expect("create", rayhpc_actor_create("K", NULL, 0, NULL, &act), RAYHPC_OK, NULL);
   expect("call an unknown method", rayhpc_actor_call(act, "nope", NULL, 0, &r), RAYHPC_E_UNKNOWN_FUNCTION, "nope");
   expect("call with the wrong count", rayhpc_actor_call(act, "m", &one, 1, &r), RAYHPC_E_ARG_COUNT, "takes 0");
@@ -229,6 +322,7 @@ int main(void) {
   rayhpc_ref_release(r);
   expect("actor release", rayhpc_actor_release(act), RAYHPC_OK, NULL);
   expect("call after release", rayhpc_actor_call(act, "m", NULL, 0, &r), RAYHPC_E_BAD_HANDLE, "released");
+  expect("a released actor called with bad arguments", rayhpc_actor_call(act, "m", &one, 1, &r), RAYHPC_E_BAD_HANDLE, "released");
   expect("release twice", rayhpc_actor_release(act), RAYHPC_E_BAD_HANDLE, NULL);
   expect("create with a refusing constructor", rayhpc_actor_create("K", &one, 1, NULL, &act), RAYHPC_OK, NULL);
   expect("call", rayhpc_actor_call(act, "m", NULL, 0, &r), RAYHPC_OK, NULL);
@@ -298,6 +392,7 @@ int main(void) {
   alarm(0);
   expect("submit after shutdown", rayhpc_submit("echo", &one, 1, NULL, &r), RAYHPC_E_NOT_INITIALIZED, NULL);
   expect("put after shutdown", rayhpc_put("x", 1, &r), RAYHPC_E_NOT_INITIALIZED, NULL);
+  expect("create an actor after shutdown", rayhpc_actor_create("K", NULL, 0, NULL, &act), RAYHPC_E_NOT_INITIALIZED, NULL);
   expect("shutdown twice", rayhpc_shutdown(), RAYHPC_E_NOT_INITIALIZED, NULL);
   expect("init again after shutdown", rayhpc_init(NULL), RAYHPC_OK, NULL);
   rayhpc_ref fresh = 0;

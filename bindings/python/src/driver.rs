@@ -349,7 +349,7 @@ pub fn submit(
 pub fn create_actor(py: Python<'_>, key: &[u8], args: &Bound<'_, PyList>, options: &Bound<'_, TaskOptions>) -> PyResult<PyActorRef> {
     let (api, key, args) = (api()?, key_of(key)?, args_of(args)?);
     let o = &options.get().o;
-    let a = py.detach(|| api.create_actor(key, args, o)).map_err(py_err)?;
+    let a = py.detach(|| api.create_actor(&api::Class::Python(key), args, o)).map_err(py_err)?;
     Ok(PyActorRef { a })
 }
 

@@ -24,6 +24,8 @@ use std::time::Duration;
 use rayhpc::ids::{ActorId, ObjectId};
 use rayhpc::objstore::ClientView;
 use rayhpc::raw::{RawActorHandle, RawFn};
+
+use crate::native::{ClassError, Misfit, NativeClass, Signature};
 use rayhpc::{Error, ObjectRef, ObjectView, Options, Untyped};
 use serde::{Deserialize, Serialize};
 
@@ -58,8 +60,14 @@ pub enum ErrorKind {
     NoActor,
     /// The object was lost with the node that held it.
     ObjectLost,
-    /// A bad argument to the call (an unknown function, a bad option, a name taken...).
+    /// A bad argument to the call (a bad option, a name taken, a handle of another
+    /// carrier...).
     Value,
+    /// No such function, class or method (a `library:symbol` not there, a method its class
+    /// does not have).
+    Unknown,
+    /// A call with another number of arguments than its method takes.
+    ArgCount,
     /// Anything else (a protocol error, a failure of the system).
     System,
 }
@@ -78,6 +86,8 @@ impl ErrorKind {
             ErrorKind::NoActor => "no_actor",
             ErrorKind::ObjectLost => "object_lost",
             ErrorKind::Value => "value",
+            ErrorKind::Unknown => "unknown",
+            ErrorKind::ArgCount => "arg_count",
             ErrorKind::System => "system",
         }
     }
@@ -241,6 +251,33 @@ pub enum Func {
     Raw(RawFn),
 }
 
+/// The class of an actor.
+#[derive(Clone, Debug)]
+pub enum Class {
+    /// A Python class, by the key it was defined under ([`Api::define`] with a class name).
+    Python(Key),
+    /// A native C-ABI class `library:symbol` (a `rayhpc_class_def`), which the node that
+    /// runs the actor loads.
+    Native(String),
+    /// A native class registered in this very process (in-process carrier only: another
+    /// process cannot run it).
+    Registered(Arc<NativeClass>),
+}
+
+impl From<ClassError> for Failure {
+    fn from(e: ClassError) -> Failure {
+        let kind = if matches!(e, ClassError::Missing(_)) { ErrorKind::Unknown } else { ErrorKind::Value };
+        Failure::new(kind, e.to_string())
+    }
+}
+
+impl From<Misfit> for Failure {
+    fn from(m: Misfit) -> Failure {
+        let kind = if matches!(m, Misfit::NoMethod(_)) { ErrorKind::Unknown } else { ErrorKind::ArgCount };
+        Failure::new(kind, m.message())
+    }
+}
+
 /// An object handle. Cloning it is cheap; the object lives while a handle (or a task that
 /// needs it) does.
 #[derive(Clone)]
@@ -334,6 +371,9 @@ pub struct ActorRef {
     id: ActorId,
     /// The key of its class (Python: what the handle's methods come from).
     key: Key,
+    /// A native class's methods (unknown for a Python class): calls are checked against
+    /// them before they are made.
+    methods: Option<Arc<Signature>>,
     inner: ActorInner,
 }
 
@@ -363,16 +403,40 @@ impl Drop for RemoteActor {
 impl ActorRef {
     /// A handle of the in-process carrier.
     pub fn local(h: RawActorHandle, key: Key) -> ActorRef {
-        ActorRef { id: h.id(), key, inner: ActorInner::Local(h) }
+        ActorRef { id: h.id(), key, methods: None, inner: ActorInner::Local(h) }
     }
 
     /// A handle that reaches its actor by id only.
     pub fn by_id(id: ActorId, key: Key) -> ActorRef {
-        ActorRef { id, key, inner: ActorInner::ById }
+        ActorRef { id, key, methods: None, inner: ActorInner::ById }
     }
 
     fn remote(id: ActorId, key: Key, released: &Arc<Released>) -> ActorRef {
-        ActorRef { id, key, inner: ActorInner::Remote(Arc::new(RemoteActor { id, released: released.clone() })) }
+        ActorRef { id, key, methods: None, inner: ActorInner::Remote(Arc::new(RemoteActor { id, released: released.clone() })) }
+    }
+
+    /// The same handle, knowing its class's methods (a native class's).
+    pub fn with_methods(mut self, methods: Option<Arc<Signature>>) -> ActorRef {
+        self.methods = methods;
+        self
+    }
+
+    /// Its class's methods, when known (a native class's).
+    pub fn methods(&self) -> Option<&Arc<Signature>> {
+        self.methods.as_ref()
+    }
+
+    /// Whether a call of `method` with `nargs` arguments fits the actor's class, as far as
+    /// the handle knows it (a Python class's methods are not known: any call goes).
+    ///
+    /// # Errors
+    /// No such method ([`ErrorKind::Unknown`]) or another number of arguments
+    /// ([`ErrorKind::ArgCount`]).
+    pub fn check_call(&self, method: &str, nargs: usize) -> Result<()> {
+        match &self.methods {
+            Some(m) => m.check(method, nargs).map_err(Failure::from),
+            None => Ok(()),
+        }
     }
 
     /// The actor's id.
@@ -476,10 +540,13 @@ pub trait Api: Send + Sync {
     /// one pickled value or ref per argument.)
     fn submit(&self, f: &Func, args: Vec<Arg>, options: &CallOptions) -> Result<Ref>;
 
-    /// Creates an actor of class `class` (defined with a class name).
-    fn create_actor(&self, class: Key, args: Vec<Arg>, options: &CallOptions) -> Result<ActorRef>;
+    /// Creates an actor of class `class` (a Python class defined with a class name, a native
+    /// `library:symbol` class, or one registered in this process).
+    fn create_actor(&self, class: &Class, args: Vec<Arg>, options: &CallOptions) -> Result<ActorRef>;
 
-    /// Calls `method` of `actor`; calls of one actor run in submission order.
+    /// Calls `method` of `actor`; calls of one actor run in submission order. A call that
+    /// does not fit the methods the handle knows (a native class's) is refused at once
+    /// ([`ActorRef::check_call`]).
     fn call_actor(&self, actor: &ActorRef, method: &str, args: Vec<Arg>) -> Result<Ref>;
 
     /// Kills `actor`: a call running now ends, later ones fail with [`ErrorKind::ActorDied`].

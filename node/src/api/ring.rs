@@ -2,30 +2,51 @@
 //! and an attached driver. Each call is one request and its reply ([`crate::wire`]); the
 //! node's server makes the call on its [`super::Service`]. Handles the process drops are
 //! told with its next request. Large values go through the node's store: a `put` writes
-//! the object into the shared arena itself; a `get` maps it in place.
+//! the object into the shared arena itself; a `get` maps it in place (zero-copy).
+//!
+//! **Many threads at once.** A worker has one link (its node also sends it calls on it). An
+//! attached driver has a link *per thread* that calls the API (up to [`MAX_LINKS`], then
+//! threads share them, each always the same one), each served by a thread of the node: a
+//! thread blocked in `get` holds up no other thread's calls. Chosen over one link whose
+//! replies are told apart by request ids: that would need the node to serve one link's
+//! requests out of order (a blocked `get` handed to another thread) and a demultiplexer
+//! here, where separate links keep every link's protocol what it is. A thread's calls all go
+//! on its own link, so they are served in the order it made them (a thread's submit, then
+//! its get, sees its own submit). The links of a driver share its handles at the node
+//! ([`crate::session`]): a ref made by one thread is good on another's link; the node waits
+//! the moment it takes for a result another link is bringing. A link is attached when a
+//! thread first calls, and given back to the client when the thread ends (its next user
+//! continues after everything the ended thread sent).
 
-use std::collections::HashSet;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use rayhpc::ids::{ActorId, ObjectId};
 use rayhpc::objstore::ring::RingError;
 use rayhpc::objstore::{Client, StoreError};
 
-use super::{lock, ActorRef, Api, Arg, CallOptions, ErrorKind, Failure, Fill, Func, NodeInfo, Ref, Released, ResourceInfo, Result, Value};
+use super::{
+    lock, ActorRef, Api, Arg, CallOptions, Class, ErrorKind, Failure, Fill, Func, NodeInfo, Ref, Released, ResourceInfo, Result, Value,
+};
 use crate::client::Link;
 use crate::kv::{KvAnswer, KvOp};
-use crate::wire::{self, Call, Envelope, IdGen, Key, Opts, Release, Reply, Request, WireArg, WireFunc};
+use crate::wire::{self, Call, Envelope, IdGen, Key, Opts, Release, Reply, Request, WireArg, WireClass, WireFunc};
 
 /// Values up to this size travel in the ring's messages; larger ones through the store.
 pub const RING_VALUE_MAX: usize = 1 << 20;
 
+/// The most links a driver opens (each costs a thread of the node and a channel); threads
+/// past it share them.
+pub const MAX_LINKS: usize = 64;
+
 /// The API over a ring channel (see the module's docs).
 pub struct RingClient {
-    /// One request at a time (and, in a worker, the loop that waits for the next call).
-    link: Mutex<Option<Link>>,
+    links: Links,
     store_socket: PathBuf,
     released: Arc<Released>,
     /// Functions and classes already defined at the node from this process.
@@ -39,14 +60,103 @@ pub struct RingClient {
     seq: std::sync::atomic::AtomicU64,
 }
 
+/// A client's links to its node (see the module's docs).
+struct Links {
+    /// The first link: a worker's only one.
+    first: Arc<Slot>,
+    /// Where a driver's further links attach (`None`: a worker, one link).
+    dir: Option<PathBuf>,
+    /// This client, as threads' leases name it.
+    serial: u64,
+    pool: Arc<Mutex<Pool>>,
+}
+
+#[derive(Default)]
+struct Pool {
+    all: Vec<Arc<Slot>>,
+    /// Links no thread uses now.
+    idle: Vec<Arc<Slot>>,
+    closed: bool,
+    /// The next link a thread past [`MAX_LINKS`] shares.
+    next: usize,
+}
+
+/// One link, and how many threads use it (one, but past [`MAX_LINKS`]).
+struct Slot {
+    link: Mutex<Option<Link>>,
+    leases: AtomicUsize,
+    /// The handles the link's posts named since its last request (a driver's).
+    named: Mutex<Named>,
+}
+
+impl Slot {
+    fn new(link: Link) -> Arc<Slot> {
+        Arc::new(Slot { link: Mutex::new(Some(link)), leases: AtomicUsize::new(0), named: Mutex::default() })
+    }
+}
+
+/// Handles a call names, kept alive until the node served it: for a request, until its
+/// reply; for a post of a driver's, until a later request on the same link is answered (the
+/// node serves a link in order). A release of them, which goes with whatever message any
+/// thread sends next, may reach the node on another link and be served first: it must find
+/// the call already served.
+#[derive(Default)]
+struct Named {
+    refs: Vec<Ref>,
+    actors: Vec<ActorRef>,
+}
+
+/// How many handles a link's posts may keep named before the client asks the node whether it
+/// served them ([`Call::Sync`]).
+const NAMED_MAX: usize = 1024;
+
+/// A thread's use of a link of a client, given back when the thread ends.
+struct Lease {
+    serial: u64,
+    slot: Arc<Slot>,
+    pool: Weak<Mutex<Pool>>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.slot.leases.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Some(pool) = self.pool.upgrade() {
+                let mut p = lock(&pool);
+                if !p.closed {
+                    p.idle.push(self.slot.clone());
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// The links this thread uses, one per client.
+    static LEASES: RefCell<Vec<Lease>> = const { RefCell::new(Vec::new()) };
+}
+
 impl RingClient {
-    /// A client over `link`.
+    /// A client over `link`, its only link (a worker's).
     pub fn new(link: Link) -> RingClient {
+        RingClient::with_links(link, None)
+    }
+
+    /// A client whose first link is `link`; with `dir`, threads attach links of their own
+    /// there.
+    fn with_links(link: Link, dir: Option<PathBuf>) -> RingClient {
+        static SERIAL: AtomicU64 = AtomicU64::new(0);
+        let first = Slot::new(link);
+        let (store_socket, worker, ids) = {
+            let l = lock(&first.link);
+            let l = l.as_ref().expect("just made");
+            (l.store_socket().to_path_buf(), l.is_worker(), l.ids())
+        };
+        let pool = Pool { all: vec![first.clone()], idle: vec![first.clone()], ..Pool::default() };
         RingClient {
-            store_socket: link.store_socket().to_path_buf(),
-            worker: link.is_worker(),
-            ids: link.ids(),
-            link: Mutex::new(Some(link)),
+            links: Links { first, dir, serial: SERIAL.fetch_add(1, Ordering::Relaxed), pool: Arc::new(Mutex::new(pool)) },
+            store_socket,
+            worker,
+            ids,
             released: Arc::default(),
             defined: Mutex::new(HashSet::new()),
             options: Mutex::new(Sent::default()),
@@ -59,7 +169,70 @@ impl RingClient {
     /// # Errors
     /// Nothing listens there, or it does not answer as a node runtime.
     pub fn attach(dir: &Path) -> Result<RingClient> {
-        Link::attach(dir).map(RingClient::new).map_err(|m| Failure::new(ErrorKind::Shutdown, m))
+        Link::attach(dir).map(|l| RingClient::with_links(l, Some(dir.to_path_buf()))).map_err(|m| Failure::new(ErrorKind::Shutdown, m))
+    }
+
+    /// The link of the calling thread: a worker's only one; a driver thread's own (attached
+    /// on its first call, or one given back by a thread that ended).
+    fn slot(&self) -> std::result::Result<Arc<Slot>, RingError> {
+        let Some(dir) = &self.links.dir else { return Ok(self.links.first.clone()) };
+        let serial = self.links.serial;
+        let mine = LEASES.try_with(|l| l.borrow().iter().find(|l| l.serial == serial).map(|l| l.slot.clone()));
+        if let Ok(Some(slot)) = mine {
+            return Ok(slot);
+        }
+        let slot = self.free_slot(dir)?;
+        slot.leases.fetch_add(1, Ordering::AcqRel);
+        let lease = Lease { serial, slot: slot.clone(), pool: Arc::downgrade(&self.links.pool) };
+        // A thread whose thread-locals are gone (it is ending) uses the link for this call
+        // only: the lease, dropped at once, gives it back.
+        let _ = LEASES.try_with(move |l| {
+            let mut l = l.borrow_mut();
+            l.retain(|l| l.pool.strong_count() > 0);
+            l.push(lease);
+        });
+        Ok(slot)
+    }
+
+    /// A link for a thread that has none: an idle one, a new one, or past [`MAX_LINKS`]
+    /// (or when no new one can be had) one that other threads use.
+    fn free_slot(&self, dir: &Path) -> std::result::Result<Arc<Slot>, RingError> {
+        let shared = |p: &mut Pool| {
+            p.next = p.next.wrapping_add(1);
+            p.all.get(p.next % p.all.len().max(1)).cloned().ok_or(RingError::Closed)
+        };
+        {
+            let mut p = lock(&self.links.pool);
+            if p.closed {
+                return Err(RingError::Closed);
+            }
+            if let Some(s) = p.idle.pop() {
+                return Ok(s);
+            }
+            if p.all.len() >= MAX_LINKS {
+                return shared(&mut p);
+            }
+        }
+        // Attached and joined without the pool's lock (a round trip to the node).
+        let made = Link::attach(dir).and_then(|mut l| match exchange(&mut l, Call::Join { worker: self.ids.worker }, Release::default()) {
+            Ok(Reply::Done) => Ok(l),
+            Ok(other) => Err(unexpected(other).message),
+            Err(f) => Err(f.message),
+        });
+        let mut p = lock(&self.links.pool);
+        match made {
+            Ok(l) if p.closed => {
+                l.close();
+                Err(RingError::Closed)
+            }
+            Ok(l) => {
+                let s = Slot::new(l);
+                p.all.push(s.clone());
+                Ok(s)
+            }
+            // This thread's calls then wait for another's: slower, still correct.
+            Err(_) => shared(&mut p),
+        }
     }
 
     /// Whether this process is a worker of its node.
@@ -67,19 +240,29 @@ impl RingClient {
         self.worker
     }
 
-    /// Runs `f` on the link (none once detached).
+    /// Runs `f` on the calling thread's link (a worker's only one; none once detached).
     ///
     /// # Errors
     /// Detached ([`RingError::Closed`]), or `f`'s.
     pub fn with_link<R>(&self, f: impl FnOnce(&mut Link) -> std::result::Result<R, RingError>) -> std::result::Result<R, RingError> {
-        let mut g = lock(&self.link);
+        let slot = self.slot()?;
+        let mut g = lock(&slot.link);
         f(g.as_mut().ok_or(RingError::Closed)?)
     }
 
-    /// Closes the channel: the node lets go of this process's handles.
+    /// Closes the channels: the node lets go of this process's handles. (A link whose
+    /// thread is waiting for a reply closes once the reply came.)
     pub fn detach(&self) {
-        if let Some(l) = lock(&self.link).take() {
-            l.close();
+        let slots = {
+            let mut p = lock(&self.links.pool);
+            p.closed = true;
+            p.idle.clear();
+            std::mem::take(&mut p.all)
+        };
+        for s in slots.iter().chain([&self.links.first]) {
+            if let Some(l) = lock(&s.link).take() {
+                l.close();
+            }
         }
     }
 
@@ -108,19 +291,16 @@ impl RingClient {
     /// # Errors
     /// The node is gone, the request is over the ring's message limit, or the node refused.
     pub fn request(&self, call: Call) -> Result<Reply> {
-        let body = wire::encode(&Envelope { release: self.take_released(), call });
-        let m = self.with_link(|l| {
-            l.send(&[&wire::request_header(), &body])?;
-            l.recv(None)
-        });
-        let m = m.map_err(ring_failure)?;
-        match wire::parse_request(&m).map_err(|e| Failure::new(ErrorKind::System, e))? {
-            Request::Reply(b) => match wire::decode(b).map_err(|e| Failure::new(ErrorKind::System, e))? {
-                Reply::Failed(f) => Err(f),
-                r => Ok(r),
-            },
-            _ => Err(Failure::new(ErrorKind::System, "the node runtime sent a call while a request was outstanding")),
-        }
+        let slot = self.slot().map_err(ring_failure)?;
+        let (reply, served) = {
+            let mut g = lock(&slot.link);
+            let l = g.as_mut().ok_or_else(|| ring_failure(RingError::Closed))?;
+            // What the link's earlier posts named: served once this request is answered.
+            let served = std::mem::take(&mut *lock(&slot.named));
+            (exchange(l, call, self.take_released()), served)
+        };
+        drop(served);
+        reply
     }
 
     /// Sends a call one-way: its result's id was made here, and a failure becomes that
@@ -130,8 +310,30 @@ impl RingClient {
     /// # Errors
     /// The node is gone, or the call is over the ring's message limit.
     pub fn post(&self, call: Call) -> Result<()> {
+        self.post_naming(call, Named::default())
+    }
+
+    /// [`RingClient::post`] of a call that names `named` (kept until the node served it).
+    fn post_naming(&self, call: Call, named: Named) -> Result<()> {
+        let slot = self.slot().map_err(ring_failure)?;
         let body = wire::encode(&Envelope { release: self.take_released(), call });
-        self.with_link(|l| l.send(&[&wire::post_header(), &body])).map_err(ring_failure)
+        let pending = {
+            let mut g = lock(&slot.link);
+            let l = g.as_mut().ok_or_else(|| ring_failure(RingError::Closed))?;
+            l.send(&[&wire::post_header(), &body]).map_err(ring_failure)?;
+            if self.links.dir.is_none() || named.refs.is_empty() && named.actors.is_empty() {
+                // Nothing named, or one link: a release comes after the post on it.
+                return Ok(());
+            }
+            let mut n = lock(&slot.named);
+            n.refs.extend(named.refs);
+            n.actors.extend(named.actors);
+            n.refs.len() + n.actors.len()
+        };
+        if pending > NAMED_MAX {
+            Self::done(self.request(Call::Sync)?)?;
+        }
+        Ok(())
     }
 
     /// A fresh id for a call's result.
@@ -152,18 +354,27 @@ impl RingClient {
         if let Some(&n) = sent.by_content.get(&content) {
             return (Opts::Known(n), sent.accepted.contains(&n));
         }
-        let n = sent.by_content.len() as u64;
+        let n = sent.next;
+        sent.next += 1;
         sent.by_content.insert(content, n);
         (Opts::New(n, options.wire.clone()), false)
     }
 
+    /// Forgets options `n`, whose call could not be sent: the next call with them sends
+    /// them whole again (under a new number).
+    fn unsent(&self, n: u64) {
+        lock(&self.options).by_content.retain(|_, v| *v != n);
+    }
+
     /// Sends a call that makes object `id`: one-way once calls of its kind were accepted
     /// (`accepted`), else as a request whose error is the caller's.
-    fn make(&self, id: ObjectId, call: Call, accepted: bool) -> Result<()> {
+    fn make(&self, id: ObjectId, call: Call, accepted: bool, named: Named) -> Result<()> {
         if accepted {
-            return self.post(call);
+            return self.post_naming(call, named);
         }
-        match self.request(call)? {
+        let reply = self.request(call);
+        drop(named);
+        match reply? {
             Reply::Ref(got) if got == id => Ok(()),
             other => Err(unexpected(other)),
         }
@@ -199,12 +410,17 @@ impl RingClient {
         Err(Failure::new(ErrorKind::System, "no free object key after 4 tries"))
     }
 
-    fn wire_args(args: Vec<Arg>) -> Result<Vec<WireArg>> {
+    /// The arguments as a call carries them; the refs they name go to `named`.
+    fn wire_args(args: Vec<Arg>, named: &mut Named) -> Result<Vec<WireArg>> {
         args.into_iter()
             .map(|a| match a {
                 Arg::Bytes(b) => Ok(WireArg::Value(b)),
                 Arg::Ref(r) => match &r.inner {
-                    super::RefInner::Remote(_) => Ok(WireArg::Ref(r.id())),
+                    super::RefInner::Remote(_) => {
+                        let id = r.id();
+                        named.refs.push(r);
+                        Ok(WireArg::Ref(id))
+                    }
                     super::RefInner::Local(_) => Err(super::foreign("ObjectRef")),
                 },
             })
@@ -220,7 +436,7 @@ impl RingClient {
 
     fn actor_of(&self, reply: Reply) -> Result<ActorRef> {
         match reply {
-            Reply::Actor(id, key) => Ok(ActorRef::remote(id, key, &self.released)),
+            Reply::Actor(id, key, methods) => Ok(ActorRef::remote(id, key, &self.released).with_methods(methods.map(Arc::new))),
             other => Err(unexpected(other)),
         }
     }
@@ -242,11 +458,43 @@ impl RingClient {
     }
 }
 
+impl Drop for RingClient {
+    fn drop(&mut self) {
+        // Threads' leases may outlive the client: its links close with it.
+        self.detach();
+    }
+}
+
 /// What a [`RingClient`] sent of its calls' options.
 #[derive(Default)]
 struct Sent {
-    by_content: std::collections::HashMap<Vec<u8>, u64>,
+    by_content: HashMap<Vec<u8>, u64>,
     accepted: HashSet<u64>,
+    /// The next number.
+    next: u64,
+}
+
+/// One round trip on `l`: the request (with the handles dropped since the last one), its
+/// reply. A reply that failed as a whole is the `Err`.
+fn exchange(l: &mut Link, call: Call, release: Release) -> Result<Reply> {
+    let body = wire::encode(&Envelope { release, call });
+    l.send(&[&wire::request_header(), &body]).map_err(ring_failure)?;
+    let m = l.recv(None).map_err(ring_failure)?;
+    match wire::parse_request(&m).map_err(|e| Failure::new(ErrorKind::System, e))? {
+        Request::Reply(b) => match wire::decode(b).map_err(|e| Failure::new(ErrorKind::System, e))? {
+            Reply::Failed(f) => Err(f),
+            r => Ok(r),
+        },
+        _ => Err(Failure::new(ErrorKind::System, "the node runtime sent a call while a request was outstanding")),
+    }
+}
+
+/// What a function or class registered in this process is, to a client of a node runtime.
+fn registered_here(what: &str, name: &str) -> Failure {
+    Failure::new(
+        ErrorKind::Value,
+        format!("{what} '{name}' is registered in this process, which is attached to a node runtime: name it as library:symbol"),
+    )
 }
 
 fn unexpected(r: Reply) -> Failure {
@@ -310,35 +558,46 @@ impl Api for RingClient {
         let func = match f {
             Func::Python(k) => WireFunc::Python(*k),
             Func::Native(n) => WireFunc::Native(n.clone()),
-            Func::Raw(f) => {
-                return Err(Failure::new(
-                    ErrorKind::Value,
-                    format!(
-                        "function '{}' is registered in this process, which is attached to a node runtime: name it as library:symbol",
-                        f.name()
-                    ),
-                ))
-            }
+            Func::Raw(f) => return Err(registered_here("function", f.name())),
         };
         let id = self.next_id();
+        let mut named = Named::default();
+        let args = Self::wire_args(args, &mut named)?;
         let (opts, accepted) = self.opts(options);
-        let n = match &opts {
-            Opts::New(n, _) | Opts::Known(n) => *n,
+        let (n, new) = match &opts {
+            Opts::New(n, _) => (*n, true),
+            Opts::Known(n) => (*n, false),
         };
-        self.make(id, Call::Submit { id, func, options: opts, args: Self::wire_args(args)? }, accepted)?;
+        if let Err(f) = self.make(id, Call::Submit { id, func, options: opts, args }, accepted, named) {
+            if new {
+                self.unsent(n);
+            }
+            return Err(f);
+        }
         lock(&self.options).accepted.insert(n);
         Ok(Ref::remote(id, false, &self.released))
     }
 
-    fn create_actor(&self, class: Key, args: Vec<Arg>, options: &CallOptions) -> Result<ActorRef> {
-        let reply = self.request(Call::CreateActor { key: class, options: options.wire.clone(), args: Self::wire_args(args)? })?;
-        self.actor_of(reply)
+    fn create_actor(&self, class: &Class, args: Vec<Arg>, options: &CallOptions) -> Result<ActorRef> {
+        let class = match class {
+            Class::Python(k) => WireClass::Python(*k),
+            Class::Native(n) => WireClass::Native(n.clone()),
+            Class::Registered(c) => return Err(registered_here("actor class", c.name())),
+        };
+        let mut named = Named::default();
+        let args = Self::wire_args(args, &mut named)?;
+        let reply = self.request(Call::CreateActor { class, options: options.wire.clone(), args });
+        drop(named);
+        self.actor_of(reply?)
     }
 
     fn call_actor(&self, actor: &ActorRef, method: &str, args: Vec<Arg>) -> Result<Ref> {
+        actor.check_call(method, args.len())?;
         // Always one-way: a call of a dead actor fails at `get`, as Ray's do.
         let id = self.next_id();
-        self.make(id, Call::Method { id, actor: actor.id(), method: method.to_string(), args: Self::wire_args(args)? }, true)?;
+        let mut named = Named { refs: Vec::new(), actors: vec![actor.clone()] };
+        let args = Self::wire_args(args, &mut named)?;
+        self.make(id, Call::Method { id, actor: actor.id(), method: method.to_string(), args }, true, named)?;
         Ok(Ref::remote(id, true, &self.released))
     }
 

@@ -6,11 +6,11 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use rayhpc::ids::{ActorId, ObjectId};
-use rayhpc::raw::{raw_actor_by_id, raw_function, RawArg, RawFn, RawOutput, RawState};
+use rayhpc::raw::{raw_actor_by_id, raw_function, RawActorHandle, RawArg, RawFn, RawOutput, RawState};
 use rayhpc::{Error, FailureKind, ObjectRef, Options, Runtime, Untyped};
 
-use super::{lock, ActorRef, Api, Arg, CallOptions, ErrorKind, Failure, Fill, Func, NodeInfo, Ref, ResourceInfo, Result, Value};
-use crate::actors::Actors;
+use super::{lock, ActorRef, Api, Arg, CallOptions, Class, ErrorKind, Failure, Fill, Func, NodeInfo, Ref, ResourceInfo, Result, Value};
+use crate::actors::{Actors, NATIVE_KEY};
 use crate::kv::{KvAnswer, KvOp, LocalKv};
 use crate::router::{Router, TaskFn};
 use crate::wire::{self, Key};
@@ -22,10 +22,11 @@ pub struct Service {
     me: Weak<Service>,
     workers: Workers,
     actors: Actors,
-    /// `py.task`, the raw function every Python task runs as.
-    task: RawFn,
+    /// `py.task`, the raw function every Python task runs as (registered on first use: a
+    /// C program's service never needs it).
+    task: OnceLock<RawFn>,
     /// Splits a result of several returns (`py.item`, native: no Python involved).
-    item: RawFn,
+    item: OnceLock<RawFn>,
     /// Native functions loaded for callers (`library:symbol`), by name.
     natives: Mutex<HashMap<String, RawFn>>,
     /// Objects a ref to which travelled inside a value (pickled): kept until shutdown, and
@@ -40,26 +41,17 @@ pub struct Service {
 impl Service {
     /// The service of runtime `rt`, whose Python workers start as `config` says.
     pub fn new(rt: Runtime, config: WorkerConfig) -> Arc<Service> {
-        Arc::new_cyclic(|me: &Weak<Service>| {
-            // Weak: the function lives in the process-wide registry for good, the service
-            // (and through it the runtime and its store) must not.
-            let s = me.clone();
-            let task = raw_function("py.task", move |inputs: &[&[u8]]| match s.upgrade() {
-                Some(s) => s.workers.call(&*s, inputs),
-                None => Err(failure(FailureKind::Error, "the runtime is shut down")),
-            });
-            Service {
-                workers: Workers::new(config, rt.clone()),
-                rt,
-                me: me.clone(),
-                actors: Actors::default(),
-                task,
-                item: raw_function("py.item", item),
-                natives: Mutex::new(HashMap::new()),
-                escaped: Mutex::new(HashMap::new()),
-                router: OnceLock::new(),
-                kv: LocalKv::default(),
-            }
+        Arc::new_cyclic(|me: &Weak<Service>| Service {
+            workers: Workers::new(config, rt.clone()),
+            rt,
+            me: me.clone(),
+            actors: Actors::default(),
+            task: OnceLock::new(),
+            item: OnceLock::new(),
+            natives: Mutex::new(HashMap::new()),
+            escaped: Mutex::new(HashMap::new()),
+            router: OnceLock::new(),
+            kv: LocalKv::default(),
         })
     }
 
@@ -80,7 +72,15 @@ impl Service {
 
     /// The raw function every Python task runs as.
     pub fn python_task(&self) -> RawFn {
-        self.task
+        *self.task.get_or_init(|| {
+            // Weak: the function lives in the process-wide registry for good, the service
+            // (and through it the runtime and its store) must not.
+            let s = self.me.clone();
+            raw_function("py.task", move |inputs: &[&[u8]]| match s.upgrade() {
+                Some(s) => s.workers.call(&*s, inputs),
+                None => Err(failure(FailureKind::Error, "the runtime is shut down")),
+            })
+        })
     }
 
     /// Makes work go through `r` first, which may send it to another node (once, when the
@@ -115,6 +115,20 @@ impl Service {
         let raw = raw_function(name, move |inputs: &[&[u8]]| crate::native::run(f, &owned, inputs).map(RawOutput::Bytes));
         natives.insert(name.to_string(), raw);
         Ok(raw)
+    }
+
+    /// An actor handle of this node's actor `h` (of class `key`), knowing its methods when it
+    /// is native.
+    fn actor_ref(&self, h: RawActorHandle, key: Key) -> ActorRef {
+        let methods = self.actors.methods_of(h.id());
+        ActorRef::local(h, key).with_methods(methods)
+    }
+
+    /// Creates an actor of native class `class` on this node. (Native actors are made where
+    /// they are asked for: the cluster places Python classes only.)
+    fn create_native(&self, class: &crate::native::NativeClass, options: &CallOptions, args: Vec<RawArg>) -> Result<ActorRef> {
+        let h = self.actors.create_native(&self.rt, class, options, args)?;
+        Ok(ActorRef::local(h, NATIVE_KEY).with_methods(Some(class.signature().clone())))
     }
 
     /// Creates an actor of class `key` on this node, pinned (reached by id until killed):
@@ -305,7 +319,7 @@ impl Api for Service {
                 let mut raw = Vec::with_capacity(args.len() + 1);
                 raw.push(RawArg::Bytes(key.to_vec()));
                 raw.extend(Self::raw_args(args)?);
-                (self.task, TaskFn::Python(*key), raw)
+                (self.python_task(), TaskFn::Python(*key), raw)
             }
             Func::Native(name) => (self.native(name)?, TaskFn::Native(name.clone()), Self::raw_args(args)?),
             Func::Raw(f) => return Ok(Ref::local(f.remote(&self.rt, Self::raw_args(args)?, &options.task)?, false)),
@@ -318,8 +332,13 @@ impl Api for Service {
         Ok(Ref::local(r, false))
     }
 
-    fn create_actor(&self, class: Key, args: Vec<Arg>, options: &CallOptions) -> Result<ActorRef> {
+    fn create_actor(&self, class: &Class, args: Vec<Arg>, options: &CallOptions) -> Result<ActorRef> {
         let args = Self::raw_args(args)?;
+        let class = match class {
+            Class::Python(key) => *key,
+            Class::Native(name) => return self.create_native(&*crate::native::load_class(name)?, options, args),
+            Class::Registered(c) => return self.create_native(c, options, args),
+        };
         let Some(router) = self.router() else {
             return Ok(ActorRef::local(self.actors.create(&self.rt, class, options, args)?, class));
         };
@@ -347,6 +366,7 @@ impl Api for Service {
     }
 
     fn call_actor(&self, actor: &ActorRef, method: &str, args: Vec<Arg>) -> Result<Ref> {
+        actor.check_call(method, args.len())?;
         let args = Self::raw_args(args)?;
         let r = match actor.local_handle().and_then(|h| self.actors.find(h.id()).map(|(c, _)| (c, h))) {
             Some((class, h)) => class.call(h, method, args)?,
@@ -367,7 +387,7 @@ impl Api for Service {
         match self.rt.get_actor::<RawState>(name) {
             Ok(h) => {
                 let key = self.actors.key_of(h.id()).ok_or_else(not_found)?;
-                Ok(ActorRef::local(h, key))
+                Ok(self.actor_ref(h, key))
             }
             Err(_) => match self.router().and_then(|r| r.lookup_actor(name)) {
                 Some((id, key)) => Ok(ActorRef::by_id(id, key)),
@@ -413,7 +433,8 @@ impl Api for Service {
         (0..n)
             .map(|i| {
                 let args = vec![RawArg::Ref(local.clone()), RawArg::Bytes(i.to_le_bytes().to_vec())];
-                Ok(Ref::local(self.item.remote(&self.rt, args, &o)?, r.from_actor()))
+                let split = *self.item.get_or_init(|| raw_function("py.item", item));
+                Ok(Ref::local(split.remote(&self.rt, args, &o)?, r.from_actor()))
             })
             .collect()
     }
@@ -441,8 +462,8 @@ impl Api for Service {
     fn actor_from_id(&self, id: ActorId, key: Key) -> Result<ActorRef> {
         // Gone already, or on another node: calls through it are made by id.
         Ok(match raw_actor_by_id(id) {
-            Some(h) => ActorRef::local(h, key),
-            None => ActorRef::by_id(id, key),
+            Some(h) => self.actor_ref(h, key),
+            None => ActorRef::by_id(id, key).with_methods(self.actors.methods_of(id)),
         })
     }
 
