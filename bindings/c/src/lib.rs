@@ -372,14 +372,23 @@ unsafe fn text<'a>(p: *const c_char, what: &str) -> Result<&'a str, rayhpc_statu
 /// # Safety
 /// `data` points to `len` readable bytes that stay valid during the call (or `len` is 0).
 unsafe fn bytes<'a>(data: *const u8, len: usize, what: &str) -> Result<&'a [u8], rayhpc_status> {
-    if len == 0 {
+    // SAFETY: the caller's contract.
+    unsafe { c_slice(data, len, || format!("{what} is NULL with a length of {len}")) }
+}
+
+/// `n` items at `p` (which may be NULL when `n` is 0); `null` says what a NULL with items is.
+///
+/// # Safety
+/// `p` points to `n` readable items that stay valid during the call (or `n` is 0).
+unsafe fn c_slice<'a, T>(p: *const T, n: usize, null: impl FnOnce() -> String) -> Result<&'a [T], rayhpc_status> {
+    if n == 0 {
         return Ok(&[]);
     }
-    if data.is_null() {
-        return Err(fail(RAYHPC_E_NULL, format!("{what} is NULL with a length of {len}")));
+    if p.is_null() {
+        return Err(fail(RAYHPC_E_NULL, null()));
     }
-    // SAFETY: non-null; the caller guarantees `len` readable bytes for the call's duration.
-    Ok(unsafe { std::slice::from_raw_parts(data, len) })
+    // SAFETY: non-null; the caller guarantees `n` readable items for the call's duration.
+    Ok(unsafe { std::slice::from_raw_parts(p, n) })
 }
 
 /// Writes `v` to the caller's `out`.
@@ -411,6 +420,25 @@ fn status_of(r: Result<(), rayhpc_status>) -> rayhpc_status {
         Ok(()) => RAYHPC_OK,
         Err(s) => s,
     }
+}
+
+/// The body of an entry point that makes one value into `*out` (`RAYHPC_E_NULL` when `out`
+/// is NULL, before anything is done): its status.
+///
+/// # Safety
+/// `out` is NULL or writable for a `T`.
+unsafe fn make_into<T>(out: *mut T, make: impl FnOnce() -> Result<T, rayhpc_status>) -> rayhpc_status {
+    guard(|| {
+        status_of((|| {
+            if out.is_null() {
+                return Err(fail(RAYHPC_E_NULL, "out is NULL"));
+            }
+            let v = make()?;
+            // SAFETY: non-null, writable (the caller's contract).
+            unsafe { out.write(v) };
+            Ok(())
+        })())
+    })
 }
 
 /// The text of the last error of this thread (valid until this thread's next call).
@@ -1449,15 +1477,8 @@ pub unsafe extern "C" fn rayhpc_wait(
 /// `out` is the output passed to the running task function; `data` has `len` bytes.
 #[no_mangle]
 pub unsafe extern "C" fn rayhpc_output_set(out: *mut rayhpc_output, data: *const c_void, len: usize) -> rayhpc_status {
-    guard(|| {
-        // SAFETY: the caller's contract: NULL or the output passed to the running task.
-        let ops = match unsafe { native::ops_of(native_out(out)) } {
-            Ok(o) => o,
-            Err(s) => return output_status(s, "out"),
-        };
-        // SAFETY: a live output (checked), the caller's contract for `data`.
-        output_status(unsafe { (ops.set)(native_out(out), data, len) }, "data")
-    })
+    // SAFETY: the caller's contract for `out`; for `data`, passed on to the operation.
+    unsafe { on_output(out, "data", |ops, o| (ops.set)(o, data, len)) }
 }
 
 /// Makes the result of the running task a buffer of `len` bytes (zeroed) for the function
@@ -1468,15 +1489,8 @@ pub unsafe extern "C" fn rayhpc_output_set(out: *mut rayhpc_output, data: *const
 /// `out` is the output passed to the running task function; `buf` is writable.
 #[no_mangle]
 pub unsafe extern "C" fn rayhpc_output_alloc(out: *mut rayhpc_output, len: usize, buf: *mut *mut c_void) -> rayhpc_status {
-    guard(|| {
-        // SAFETY: as in `rayhpc_output_set`.
-        let ops = match unsafe { native::ops_of(native_out(out)) } {
-            Ok(o) => o,
-            Err(s) => return output_status(s, "out"),
-        };
-        // SAFETY: a live output (checked), the caller's contract for `buf`.
-        output_status(unsafe { (ops.alloc)(native_out(out), len, buf) }, "buf")
-    })
+    // SAFETY: the caller's contract for `out`; for `buf`, passed on to the operation.
+    unsafe { on_output(out, "buf", |ops, o| (ops.alloc)(o, len, buf)) }
 }
 
 /// Sets the error message of the running task (used when the function returns non-zero).
@@ -1485,14 +1499,23 @@ pub unsafe extern "C" fn rayhpc_output_alloc(out: *mut rayhpc_output, len: usize
 /// `out` is the output passed to the running task function; `message` is NUL-terminated.
 #[no_mangle]
 pub unsafe extern "C" fn rayhpc_output_error(out: *mut rayhpc_output, message: *const c_char) -> rayhpc_status {
+    // SAFETY: the caller's contract for `out`; for `message`, passed on to the operation.
+    unsafe { on_output(out, "message", |ops, o| (ops.error)(o, message)) }
+}
+
+/// Runs operation `op` of output `out`'s maker, if `out` is an output (its magic checked);
+/// its status, with `what` naming the pointer a NULL status is about.
+///
+/// # Safety
+/// `out` is NULL or the output passed to the running task function; `op` is called with a
+/// live output and makes one of its maker's operations, with the caller's other arguments.
+unsafe fn on_output(out: *mut rayhpc_output, what: &str, op: impl FnOnce(&native::OutputOps, *mut NativeOutput) -> i32) -> rayhpc_status {
     guard(|| {
-        // SAFETY: as in `rayhpc_output_set`.
-        let ops = match unsafe { native::ops_of(native_out(out)) } {
-            Ok(o) => o,
-            Err(s) => return output_status(s, "out"),
-        };
-        // SAFETY: a live output (checked), the caller's contract for `message`.
-        output_status(unsafe { (ops.error)(native_out(out), message) }, "message")
+        // SAFETY: the caller's contract: NULL or the output passed to the running task.
+        match unsafe { native::ops_of(native_out(out)) } {
+            Ok(ops) => output_status(op(ops, native_out(out)), what),
+            Err(s) => output_status(s, "out"),
+        }
     })
 }
 
@@ -1739,14 +1762,8 @@ unsafe fn check_args(args: *const rayhpc_arg, nargs: usize, refs: &Table<ObjectR
 /// # Safety
 /// As `raw_args_in`.
 unsafe fn arg_slice<'a>(args: *const rayhpc_arg, nargs: usize) -> Result<&'a [rayhpc_arg], rayhpc_status> {
-    if nargs == 0 {
-        return Ok(&[]);
-    }
-    if args.is_null() {
-        return Err(fail(RAYHPC_E_NULL, format!("args is NULL with {nargs} argument(s)")));
-    }
-    // SAFETY: non-null and `nargs` long (the caller's contract).
-    Ok(unsafe { std::slice::from_raw_parts(args, nargs) })
+    // SAFETY: the caller's contract.
+    unsafe { c_slice(args, nargs, || format!("args is NULL with {nargs} argument(s)")) }
 }
 
 fn arg_ref<'t>(i: usize, a: &rayhpc_arg, refs: &'t Table<ObjectRef<Untyped>>) -> Result<&'t ObjectRef<Untyped>, rayhpc_status> {
@@ -1774,29 +1791,23 @@ pub unsafe extern "C" fn rayhpc_actor_create(
     options: *const rayhpc_options,
     out: *mut rayhpc_actor,
 ) -> rayhpc_status {
-    guard(|| {
-        status_of((|| {
-            if out.is_null() {
-                return Err(fail(RAYHPC_E_NULL, "out is NULL"));
-            }
-            // SAFETY: the caller's contract.
-            let name = unsafe { text(class_name, "class_name") }?;
-            let api = api()?;
-            let registered = CLASSES.read().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(|m| m.get(name).cloned());
-            let class = match registered {
-                Some(c) => Class::Registered(c),
-                None if name.contains(':') => Class::Native(name.to_string()),
-                None => return Err(fail(RAYHPC_E_UNKNOWN_FUNCTION, format!("no actor class registered as {name:?} (nor library:symbol)"))),
-            };
-            // SAFETY: the caller's contract, passed on.
-            let (args, options) = unsafe { (api_args(args, nargs)?, call_options(options)?) };
-            let a = api.create_actor(&class, args, &options).map_err(|f| from_failure(&f))?;
-            let h = lock(&ACTORS).insert(a);
-            // SAFETY: non-null, writable.
-            unsafe { out.write(h) };
-            Ok(())
-        })())
-    })
+    let make = || {
+        // SAFETY: the caller's contract.
+        let name = unsafe { text(class_name, "class_name") }?;
+        let api = api()?;
+        let registered = CLASSES.read().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(|m| m.get(name).cloned());
+        let class = match registered {
+            Some(c) => Class::Registered(c),
+            None if name.contains(':') => Class::Native(name.to_string()),
+            None => return Err(fail(RAYHPC_E_UNKNOWN_FUNCTION, format!("no actor class registered as {name:?} (nor library:symbol)"))),
+        };
+        // SAFETY: the caller's contract, passed on.
+        let (args, options) = unsafe { (api_args(args, nargs)?, call_options(options)?) };
+        let a = api.create_actor(&class, args, &options).map_err(|f| from_failure(&f))?;
+        Ok(lock(&ACTORS).insert(a))
+    };
+    // SAFETY: the caller's contract for `out`.
+    unsafe { make_into(out, make) }
 }
 
 /// Calls `method` on the actor; `*out` is the handle of its result. Calls to one actor run
@@ -1813,24 +1824,17 @@ pub unsafe extern "C" fn rayhpc_actor_call(
     nargs: usize,
     out: *mut rayhpc_ref,
 ) -> rayhpc_status {
-    guard(|| {
-        status_of((|| {
-            if out.is_null() {
-                return Err(fail(RAYHPC_E_NULL, "out is NULL"));
-            }
-            // SAFETY: the caller's contract.
-            let method = unsafe { text(method, "method") }?;
-            let api = api()?;
-            let a = actor_of(actor)?;
-            // SAFETY: the caller's contract, passed on.
-            let args = unsafe { api_args(args, nargs) }?;
-            let r = api.call_actor(&a, method, args).map_err(|f| from_failure(&f))?;
-            let h = ref_handle(r)?;
-            // SAFETY: non-null, writable.
-            unsafe { out.write(h) };
-            Ok(())
-        })())
-    })
+    let make = || {
+        // SAFETY: the caller's contract.
+        let method = unsafe { text(method, "method") }?;
+        let api = api()?;
+        let a = actor_of(actor)?;
+        // SAFETY: the caller's contract, passed on.
+        let args = unsafe { api_args(args, nargs) }?;
+        ref_handle(api.call_actor(&a, method, args).map_err(|f| from_failure(&f))?)
+    };
+    // SAFETY: the caller's contract for `out`.
+    unsafe { make_into(out, make) }
 }
 
 /// Kills the actor: calls not run yet (and later ones) fail with `RAYHPC_E_ACTOR_DIED`; a
