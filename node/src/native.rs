@@ -559,3 +559,113 @@ pub fn load_class(name: &str) -> Result<Arc<NativeClass>, ClassError> {
     let mut loaded = loaded.lock().unwrap_or_else(|e| e.into_inner());
     Ok(loaded.entry(name.to_string()).or_insert_with(|| Arc::new(class)).clone())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rayhpc::raw::RawArg;
+    use rayhpc::{Config, Options, Runtime};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    static DROPPED: AtomicUsize = AtomicUsize::new(0);
+
+    unsafe extern "C" fn new(_: *const NativeBytes, nargs: usize, state: *mut *mut c_void, out: *mut NativeOutput, _: *mut c_void) -> i32 {
+        if nargs > 0 {
+            // SAFETY: the live output of this call.
+            let ops = unsafe { ops_of(out) }.unwrap();
+            // SAFETY: as above, and a NUL-terminated message.
+            unsafe { (ops.error)(out, c"no arguments, please".as_ptr()) };
+            return 3;
+        }
+        // SAFETY: the state location of this call.
+        unsafe { state.write(Box::into_raw(Box::new(0i64)).cast()) };
+        0
+    }
+
+    unsafe extern "C" fn add(state: *mut c_void, args: *const NativeBytes, _: usize, out: *mut NativeOutput, _: *mut c_void) -> i32 {
+        // SAFETY: one argument (the class's arity, checked before the call) of 8 bytes (this
+        // test's calls), and this actor's state.
+        let (by, total) = unsafe { ((*args).data.cast::<i64>().read_unaligned(), &mut *state.cast::<i64>()) };
+        *total += by;
+        // SAFETY: the live output of this call, 8 readable bytes.
+        unsafe { (ops_of(out).unwrap().set)(out, std::ptr::from_ref(total).cast(), 8) }
+    }
+
+    unsafe extern "C" fn free(state: *mut c_void, _: *mut c_void) {
+        // SAFETY: the state `new` made, freed once.
+        drop(unsafe { Box::from_raw(state.cast::<i64>()) });
+        DROPPED.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn def(methods: &[MethodDef]) -> ClassDef {
+        ClassDef {
+            magic: CLASS_MAGIC,
+            name: c"Total".as_ptr(),
+            ctor: Some(new),
+            dtor: Some(free),
+            methods: methods.as_ptr(),
+            nmethods: methods.len(),
+            user: std::ptr::null_mut(),
+        }
+    }
+
+    #[test]
+    fn malformed_class_definitions_are_refused_with_what_is_wrong() {
+        let good = [MethodDef { name: c"add".as_ptr(), call: Some(add), nargs: 1 }];
+        let err = |d: ClassDef| {
+            // SAFETY: the definitions' pointers are valid or NULL.
+            unsafe { NativeClass::from_def(&d) }.unwrap_err()
+        };
+        assert!(matches!(err(ClassDef { magic: 7, ..def(&good) }), ClassError::Invalid(m) if m.contains("magic")));
+        assert!(matches!(err(ClassDef { ctor: None, ..def(&good) }), ClassError::Null(m) if m.contains("constructor")));
+        assert!(matches!(err(ClassDef { name: std::ptr::null(), ..def(&good) }), ClassError::Null(m) if m.contains("name")));
+        assert!(matches!(err(ClassDef { methods: std::ptr::null(), ..def(&good) }), ClassError::Null(m) if m.contains("methods")));
+        let null_method = [MethodDef { name: c"add".as_ptr(), call: None, nargs: 1 }];
+        assert!(matches!(err(def(&null_method)), ClassError::Null(m) if m.contains("method add")));
+        let bad_arity = [MethodDef { name: c"add".as_ptr(), call: Some(add), nargs: -2 }];
+        assert!(matches!(err(def(&bad_arity)), ClassError::Invalid(m) if m.contains("nargs -2")));
+        assert!(matches!(load_class("libc.so.6:no_such_class_here"), Err(ClassError::Missing(m)) if m.contains("no symbol")));
+        assert!(matches!(load_class("libc.so.6:malloc"), Err(ClassError::Invalid(m)) if m.contains("not a rayhpc_class_def")));
+    }
+
+    #[test]
+    fn a_native_actor_runs_its_methods_checks_them_and_is_destroyed_by_the_core() {
+        let methods = [MethodDef { name: c"add".as_ptr(), call: Some(add), nargs: 1 }];
+        // SAFETY: a valid definition of this test's functions.
+        let class = unsafe { NativeClass::from_def(&def(&methods)) }.unwrap();
+        assert_eq!(class.signature().check("add", 1), Ok(()));
+        assert!(matches!(class.signature().check("add", 0), Err(Misfit::ArgCount(m)) if m == "Total.add takes 1 argument(s), 0 given"));
+        assert!(matches!(class.signature().check("sub", 1), Err(Misfit::NoMethod(m)) if m.contains("Total has no method \"sub\"")));
+
+        let rt = Runtime::init(Config { executors: Some(2), ..Config::default() }).unwrap();
+        let h = class.raw().remote(&rt, vec![], &Options::new()).unwrap();
+        let add5 = || vec![RawArg::Bytes(5i64.to_le_bytes().to_vec())];
+        let a = class.raw().call(&h, "add", add5()).unwrap();
+        let b = class.raw().call(&h, "add", add5()).unwrap();
+        assert_eq!(&*rt.get_bytes(&a).unwrap(), &5i64.to_le_bytes());
+        assert_eq!(&*rt.get_bytes(&b).unwrap(), &10i64.to_le_bytes());
+        // Calls that do not fit fail (the state is not touched), and the actor goes on.
+        let e = rt.get_bytes(&class.raw().call(&h, "sub", add5()).unwrap()).unwrap_err().to_string();
+        assert!(e.contains("Total has no method"), "{e}");
+        let e = rt.get_bytes(&class.raw().call(&h, "add", vec![]).unwrap()).unwrap_err().to_string();
+        assert!(e.contains("takes 1 argument(s), 0 given"), "{e}");
+        let c = class.raw().call(&h, "add", add5()).unwrap();
+        assert_eq!(&*rt.get_bytes(&c).unwrap(), &15i64.to_le_bytes());
+
+        // A constructor that fails kills its actor with its message.
+        let dead = class.raw().remote(&rt, vec![RawArg::Bytes(vec![1])], &Options::new()).unwrap();
+        let e = rt.get_bytes(&class.raw().call(&dead, "add", add5()).unwrap()).unwrap_err().to_string();
+        assert!(e.contains("no arguments, please"), "{e}");
+
+        // The last handle gone, the core drops the state: the destructor runs, once.
+        let before = DROPPED.load(Ordering::SeqCst);
+        drop((h, dead));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while DROPPED.load(Ordering::SeqCst) == before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(DROPPED.load(Ordering::SeqCst), before + 1);
+        rt.shutdown();
+    }
+}
