@@ -706,3 +706,76 @@ impl Api for RingClient {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Node, NodeConfig};
+    use std::sync::atomic::AtomicBool;
+    use std::time::Instant;
+
+    /// A native task of no argument use and an empty result, from libc (`sched_yield`
+    /// ignores the task signature's arguments and returns 0).
+    const EMPTY: &str = "libc.so.6:sched_yield";
+
+    #[test]
+    fn threads_wait_for_no_other_threads_request_and_handles_are_good_across_links() {
+        let cfg = NodeConfig { num_cpus: Some(2.0), object_store_memory: Some(64 << 20), ..NodeConfig::default() };
+        let node = Arc::new(Node::start(cfg).unwrap());
+        let dir = node.listen().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let serving = {
+            let (node, stop) = (node.clone(), stop.clone());
+            std::thread::spawn(move || node.serve(|| !stop.load(Ordering::Acquire)))
+        };
+        let c = Arc::new(RingClient::attach(&dir).unwrap());
+
+        // One thread waits 5 s in a request of its own (a watch of keys nobody writes).
+        let t0 = Instant::now();
+        let watcher = {
+            let c = c.clone();
+            std::thread::spawn(move || c.kv(KvOp::Watch { prefix: b"nobody/".to_vec(), since: 0, timeout: 5.0 }).map(|_| t0.elapsed()))
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        let f = Func::Native(EMPTY.into());
+        let o = CallOptions::default();
+        // Results posted on this thread's link, for other threads to get on theirs.
+        let handed: Vec<Ref> = (0..200).map(|_| c.submit(&f, vec![], &o).unwrap()).collect();
+        let workers: Vec<_> = handed
+            .chunks(50)
+            .map(|mine| {
+                let (c, f, o, mine) = (c.clone(), f.clone(), o.clone(), mine.to_vec());
+                std::thread::spawn(move || {
+                    for r in &mine {
+                        assert!(c.get(std::slice::from_ref(r), None).unwrap().pop().unwrap().unwrap().is_empty());
+                    }
+                    for i in 0..100u64 {
+                        // An argument whose last handle goes with the call that names it: its
+                        // release (sent by whichever thread sends next) must not overtake it.
+                        let x = c
+                            .put(8, &mut |b| {
+                                b.copy_from_slice(&i.to_le_bytes());
+                                Ok(())
+                            })
+                            .unwrap();
+                        let r = c.submit(&f, vec![Arg::Ref(x)], &o).unwrap();
+                        let got = c.get(std::slice::from_ref(&r), None).unwrap().pop().unwrap();
+                        assert!(got.unwrap().is_empty());
+                    }
+                })
+            })
+            .collect();
+        drop(handed);
+        for w in workers {
+            w.join().unwrap();
+        }
+        let took = t0.elapsed();
+        assert!(!watcher.is_finished() && took < Duration::from_secs(5), "the threads waited for the watch ({took:?})");
+        eprintln!("4 threads' 1400 calls while another thread waited: {took:?}");
+        assert!(watcher.join().unwrap().unwrap() >= Duration::from_secs(5));
+        c.detach();
+        stop.store(true, Ordering::Release);
+        serving.join().unwrap().unwrap();
+        node.shutdown();
+    }
+}
