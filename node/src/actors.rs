@@ -19,7 +19,7 @@ use rayhpc::objstore::Object;
 use rayhpc::raw::{raw_actor, raw_actor_by_id, stored_inputs, RawActor, RawActorHandle, RawArg, RawClass, RawFailure, RawOutput};
 use rayhpc::{Error, FailureKind, Runtime};
 
-use crate::api::{lock, CallOptions, Service};
+use crate::api::{lock, CallOptions, Service, NATIVE_KEY};
 use crate::native::{NativeClass, Signature};
 use crate::wire::{self, Key};
 use crate::workers::{by_key, failure, Worker};
@@ -34,9 +34,6 @@ pub(crate) struct ActorControl {
     /// killed).
     pub(crate) named: Mutex<Option<(String, ActorId)>>,
 }
-
-/// The class key of native actors (they have no Python class).
-pub const NATIVE_KEY: Key = [0; 16];
 
 struct ActorEntry {
     class: Arc<RawClass>,
@@ -166,8 +163,12 @@ impl Actors {
 
     /// The class of a live actor of this node, and a handle to it.
     pub(crate) fn find(&self, actor: ActorId) -> Option<(Arc<RawClass>, RawActorHandle)> {
-        let class = lock(&self.actors).get(&actor).map(|e| e.class.clone())?;
-        Some((class, raw_actor_by_id(actor)?))
+        Some((self.class_of(actor)?, raw_actor_by_id(actor)?))
+    }
+
+    /// The class of actor `actor` of this node.
+    pub(crate) fn class_of(&self, actor: ActorId) -> Option<Arc<RawClass>> {
+        lock(&self.actors).get(&actor).map(|e| e.class.clone())
     }
 
     /// The class key of actor `actor`.

@@ -461,9 +461,9 @@ impl NativeClass {
 
 /// Runs `f`, a call into a native function and the handling of its output: a panic (of
 /// this side: one unwinding out of a C function aborts before it gets here) fails the call.
-fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, RawFailure>) -> Result<T, RawFailure> {
+fn guarded<T>(what: impl FnOnce() -> String, f: impl FnOnce() -> Result<T, RawFailure>) -> Result<T, RawFailure> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
-        Err(RawFailure { kind: FailureKind::Error, message: format!("{what} panicked (a bug of rayhpc)"), payload: None })
+        Err(RawFailure { kind: FailureKind::Error, message: format!("{} panicked (a bug of rayhpc)", what()), payload: None })
     })
 }
 
@@ -485,12 +485,12 @@ impl NativeActor {
     /// it made is the constructor's business).
     fn construct(functions: &Arc<Functions>, inputs: &[&[u8]]) -> Result<NativeActor, RawFailure> {
         let c = functions;
-        let what = format!("{}'s constructor", c.name);
+        let what = || format!("{}'s constructor", c.name);
         let mut state: *mut c_void = std::ptr::null_mut();
-        guarded(&what, || {
+        guarded(what, || {
             call(
                 inputs,
-                || what.clone(),
+                what,
                 // SAFETY: the class's constructor, with `n` descriptors of bytes alive for the
                 // call, a state location and an output valid for it, and the class's `user`.
                 |args, n, out| unsafe { (c.ctor)(args, n, &mut state, out, c.user) },
@@ -508,11 +508,12 @@ impl RawActor for NativeActor {
             return Err(RawFailure { kind: FailureKind::BadArguments, message: m.message().to_string(), payload: None });
         }
         let (f, _) = found.expect("checked by fits");
-        let (state, what) = (self.state, format!("{}.{method}", c.name));
-        guarded(&what, || {
+        // Named only when it fails: no allocation on a call's way.
+        let (state, what) = (self.state, || format!("{}.{method}", c.name));
+        guarded(what, || {
             call(
                 inputs,
-                || what.clone(),
+                what,
                 // SAFETY: the state this actor's constructor made, used by this call alone;
                 // `n` descriptors of bytes alive for the call; an output valid for it.
                 |args, n, out| unsafe { f(state, args, n, out, c.user) },

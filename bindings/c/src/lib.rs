@@ -1711,7 +1711,7 @@ fn ref_handle(r: ApiRef) -> Result<rayhpc_ref, rayhpc_status> {
     if attached::on() {
         return Ok(attached::new_ref(r));
     }
-    let o = r.as_local().map_err(|f| from_failure(&f))?.clone();
+    let o = r.into_local().map_err(|f| from_failure(&f))?;
     Ok(REFS.lock().insert(o))
 }
 

@@ -23,9 +23,12 @@ use std::time::Duration;
 
 use rayhpc::ids::{ActorId, ObjectId};
 use rayhpc::objstore::ClientView;
-use rayhpc::raw::{RawActorHandle, RawFn};
+use rayhpc::raw::{RawActorHandle, RawClass, RawFn};
 
 use crate::native::{ClassError, Misfit, NativeClass, Signature};
+
+/// The class key of native actors (they have no Python class).
+pub const NATIVE_KEY: Key = [0; 16];
 use rayhpc::{Error, ObjectRef, ObjectView, Options, Untyped};
 use serde::{Deserialize, Serialize};
 
@@ -343,6 +346,17 @@ impl Ref {
         self.actor
     }
 
+    /// The runtime's handle (in-process carrier), taken out of this one.
+    ///
+    /// # Errors
+    /// A handle of a ring client.
+    pub fn into_local(self) -> Result<ObjectRef<Untyped>> {
+        match self.inner {
+            RefInner::Local(r) => Ok(r),
+            RefInner::Remote(_) => Err(foreign("ObjectRef")),
+        }
+    }
+
     /// The runtime's handle (in-process carrier).
     ///
     /// # Errors
@@ -379,8 +393,9 @@ pub struct ActorRef {
 
 #[derive(Clone)]
 enum ActorInner {
-    /// The runtime's own handle (an actor of this node).
-    Local(RawActorHandle),
+    /// The runtime's own handle (an actor of this node), and its class when the handle was
+    /// made with it (a native class's: calls need not look it up).
+    Local(RawActorHandle, Option<Arc<RawClass>>),
     /// Reached by id: an actor of another node, or one this handle does not keep alive.
     ById,
     /// Held for this process by the node at the other end of a ring (kept for its `Drop`,
@@ -403,7 +418,17 @@ impl Drop for RemoteActor {
 impl ActorRef {
     /// A handle of the in-process carrier.
     pub fn local(h: RawActorHandle, key: Key) -> ActorRef {
-        ActorRef { id: h.id(), key, methods: None, inner: ActorInner::Local(h) }
+        ActorRef { id: h.id(), key, methods: None, inner: ActorInner::Local(h, None) }
+    }
+
+    /// A handle of the in-process carrier to an actor of native class `class`.
+    pub fn native(h: RawActorHandle, class: &NativeClass) -> ActorRef {
+        ActorRef {
+            id: h.id(),
+            key: NATIVE_KEY,
+            methods: Some(class.signature().clone()),
+            inner: ActorInner::Local(h, Some(class.raw().clone())),
+        }
     }
 
     /// A handle that reaches its actor by id only.
@@ -452,7 +477,15 @@ impl ActorRef {
     /// The runtime's handle, when it is an actor of this node held by this handle.
     pub fn local_handle(&self) -> Option<&RawActorHandle> {
         match &self.inner {
-            ActorInner::Local(h) => Some(h),
+            ActorInner::Local(h, _) => Some(h),
+            _ => None,
+        }
+    }
+
+    /// The runtime's handle and the actor's class, when the handle was made with it.
+    pub(crate) fn local_class(&self) -> Option<(&RawActorHandle, &Arc<RawClass>)> {
+        match &self.inner {
+            ActorInner::Local(h, Some(c)) => Some((h, c)),
             _ => None,
         }
     }

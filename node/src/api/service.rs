@@ -10,7 +10,7 @@ use rayhpc::raw::{raw_actor_by_id, raw_function, RawActorHandle, RawArg, RawFn, 
 use rayhpc::{Error, FailureKind, ObjectRef, Options, Runtime, Untyped};
 
 use super::{lock, ActorRef, Api, Arg, CallOptions, Class, ErrorKind, Failure, Fill, Func, NodeInfo, Ref, ResourceInfo, Result, Value};
-use crate::actors::{Actors, NATIVE_KEY};
+use crate::actors::Actors;
 use crate::kv::{KvAnswer, KvOp, LocalKv};
 use crate::router::{Router, TaskFn};
 use crate::wire::{self, Key};
@@ -127,8 +127,7 @@ impl Service {
     /// Creates an actor of native class `class` on this node. (Native actors are made where
     /// they are asked for: the cluster places Python classes only.)
     fn create_native(&self, class: &crate::native::NativeClass, options: &CallOptions, args: Vec<RawArg>) -> Result<ActorRef> {
-        let h = self.actors.create_native(&self.rt, class, options, args)?;
-        Ok(ActorRef::local(h, NATIVE_KEY).with_methods(Some(class.signature().clone())))
+        Ok(ActorRef::native(self.actors.create_native(&self.rt, class, options, args)?, class))
     }
 
     /// Creates an actor of class `key` on this node, pinned (reached by id until killed):
@@ -368,8 +367,9 @@ impl Api for Service {
     fn call_actor(&self, actor: &ActorRef, method: &str, args: Vec<Arg>) -> Result<Ref> {
         actor.check_call(method, args.len())?;
         let args = Self::raw_args(args)?;
-        let r = match actor.local_handle().and_then(|h| self.actors.find(h.id()).map(|(c, _)| (c, h))) {
-            Some((class, h)) => class.call(h, method, args)?,
+        let known = actor.local_class().map(|(h, c)| (h, c.clone()));
+        let r = match known.or_else(|| actor.local_handle().and_then(|h| self.actors.class_of(h.id()).map(|c| (h, c)))) {
+            Some((h, class)) => class.call(h, method, args)?,
             None => self.call_actor_id(actor.id(), method, args)?,
         };
         Ok(Ref::local(r, true))
