@@ -146,10 +146,6 @@ fn actor_reply(s: &mut Session, a: ActorRef) -> Reply {
     Reply::Actor(s.lend_actor(a), key, methods)
 }
 
-fn secs(t: Option<f64>) -> Result<Option<Duration>> {
-    timeout_secs(t)
-}
-
 fn serve_call(svc: &Service, s: &mut Session, ch: &Channel, call: Call, posted: bool) -> Result<Reply> {
     // A wait ends early when the peer's channel closes (its actor killed, the runtime shut
     // down), instead of holding the executor.
@@ -195,7 +191,7 @@ fn serve_call(svc: &Service, s: &mut Session, ch: &Channel, call: Call, posted: 
         }
         Call::Get { ids, timeout } => {
             let refs = refs_of(svc, s, &ids)?;
-            let values = svc.get_until(&refs, secs(timeout)?, Some(&stop))?;
+            let values = svc.get_until(&refs, timeout_secs(timeout)?, Some(&stop))?;
             // A stored object goes by key: the peer reads it in place, pinned by the ref it
             // holds until it has its own pin.
             Reply::Values(
@@ -215,7 +211,7 @@ fn serve_call(svc: &Service, s: &mut Session, ch: &Channel, call: Call, posted: 
         }
         Call::Wait { ids, num_returns, timeout } => {
             let refs = refs_of(svc, s, &ids)?;
-            Reply::Ready(svc.wait_indices_until(&refs, num_returns, secs(timeout)?, Some(&stop))?)
+            Reply::Ready(svc.wait_indices_until(&refs, num_returns, timeout_secs(timeout)?, Some(&stop))?)
         }
         Call::Kill { actor } => {
             svc.kill(&actor_of(svc, s, actor)?)?;
