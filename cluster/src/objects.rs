@@ -174,7 +174,7 @@ impl Remote {
             drop(copies);
             if lent {
                 if let Ok(b) = postcard::to_allocvec(&id) {
-                    let _ = peer.send(Msg::Unexport.kind(), &b);
+                    let _ = peer.post(Msg::Unexport.kind(), &b);
                 }
             }
             return Ok(r);

@@ -57,7 +57,7 @@ impl Remote {
             }
             if lent {
                 if let Ok(b) = postcard::to_allocvec(&id) {
-                    let _ = peer.send(Msg::Unexport.kind(), &b);
+                    let _ = peer.post(Msg::Unexport.kind(), &b);
                 }
             }
         });

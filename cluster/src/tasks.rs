@@ -239,7 +239,7 @@ impl Remote {
         self.tasks.add(peer.node(), p.cpus);
         lock(&self.tasks.pending).insert(seq, p);
         self.tasks.sent.fetch_add(1, Ordering::Relaxed);
-        let sent = peer.send(Msg::Task.kind(), &bytes);
+        let sent = peer.post(Msg::Task.kind(), &bytes);
         if let (Ok(()), Some(key)) = (&sent, first_of) {
             lock(&self.tasks.known).insert((peer.node(), key));
         }
@@ -296,7 +296,7 @@ impl Remote {
             let peer = peer.clone();
             move |outcome: Outcome| {
                 if let Ok(b) = postcard::to_allocvec(&DoneMsg { seq, outcome }) {
-                    let _ = peer.send(Msg::TaskDone.kind(), &b);
+                    let _ = peer.post(Msg::TaskDone.kind(), &b);
                 }
             }
         };

@@ -142,6 +142,11 @@ pub(crate) fn linger_close(stream: &TcpStream) {
     let _ = stream.shutdown(Shutdown::Both);
 }
 
+/// Logs a connection dropped for bad input, on one line.
+pub(crate) fn log_dropped(addr: std::net::SocketAddr, reason: &str) {
+    eprintln!("rayhpc[transport]: dropped {addr}: {reason}");
+}
+
 /// Reasons travel in REFUSED frames; keep them short (and at a character boundary).
 pub(crate) fn truncate(reason: &str) -> &str {
     let mut end = reason.len().min(1024);

@@ -6,7 +6,7 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth;
 use crate::conn::{self, Conn, ReadError};
 use crate::frame::{write_frame, Frame, Kind, DEFAULT_MAX_PAYLOAD};
-use crate::peer::{lock, DisconnectHandler, Hooks, MessageHandler, Peer, PeerParts};
+use crate::peer::{lock, DisconnectHandler, Hooks, MessageHandler, Owner, Peer, PeerParts};
 use crate::{Error, NodeId};
 
 /// The payload limit before a peer has proved the secret: a stranger cannot make this side
@@ -198,11 +198,24 @@ pub(crate) struct Shared {
 }
 
 /// Logs a connection dropped for bad input: one line on stderr, and the endpoint's counter.
-pub(crate) fn log_drop(ep: Option<&Shared>, addr: SocketAddr, reason: &str) {
-    if let Some(ep) = ep {
-        ep.dropped.fetch_add(1, Ordering::Relaxed);
+fn log_drop(ep: &Shared, addr: SocketAddr, reason: &str) {
+    ep.dropped.fetch_add(1, Ordering::Relaxed);
+    conn::log_dropped(addr, reason);
+}
+
+impl Owner for Shared {
+    fn unregister(&self, peer: &Peer) {
+        let mut reg = lock(&self.reg);
+        if matches!(reg.slots.get(&peer.node()), Some(Slot::Live(p)) if p.same(peer)) {
+            reg.slots.remove(&peer.node());
+        }
+        drop(reg);
+        self.changed.notify_all();
     }
-    eprintln!("rayhpc[transport]: dropped {addr}: {reason}");
+
+    fn dropped(&self, addr: SocketAddr, reason: &str) {
+        log_drop(self, addr, reason);
+    }
 }
 
 /// A node's transport: a listener accepting authenticated connections from the job's other
@@ -486,15 +499,6 @@ impl Shared {
         Ok(peer)
     }
 
-    pub(crate) fn unregister(&self, peer: &Peer) {
-        let mut reg = lock(&self.reg);
-        if matches!(reg.slots.get(&peer.node()), Some(Slot::Live(p)) if p.same(peer)) {
-            reg.slots.remove(&peer.node());
-        }
-        drop(reg);
-        self.changed.notify_all();
-    }
-
     fn parts(self: &Arc<Self>, stream: &Arc<TcpStream>, theirs: &Hello, remote_addr: SocketAddr) -> Result<PeerParts, io::Error> {
         stream.set_read_timeout(None)?;
         stream.set_write_timeout(self.write_timeout)?;
@@ -506,7 +510,7 @@ impl Shared {
             stream: stream.clone(),
             remote_max: theirs.max_payload as usize,
             hooks: self.hooks.clone(),
-            endpoint: Arc::downgrade(self),
+            endpoint: Arc::downgrade(self) as Weak<dyn Owner>,
         })
     }
 
@@ -639,7 +643,7 @@ impl Shared {
                 if hs.len() >= self.max_handshakes {
                     drop(hs);
                     let reason = format!("{} handshakes already in progress", self.max_handshakes);
-                    log_drop(Some(&*self), addr, &reason);
+                    log_drop(&self, addr, &reason);
                     conn::refuse_and_close(&stream, &reason);
                     continue;
                 }
@@ -658,7 +662,7 @@ impl Shared {
             if let Err(e) = self.spawn("rayhpc-transport-conn", move || s.serve(st, addr, id)) {
                 lock(&self.handshaking).remove(&id);
                 let reason = format!("cannot start a thread: {e}");
-                log_drop(Some(&*self), addr, &reason);
+                log_drop(&self, addr, &reason);
                 conn::refuse_and_close(&stream, &reason);
             }
         }
@@ -678,7 +682,7 @@ impl Shared {
                     conn::linger_close(&stream);
                     return;
                 }
-                log_drop(Some(&*self), addr, &e.reason);
+                log_drop(&self, addr, &e.reason);
                 if e.tell {
                     conn::refuse_and_close(&stream, &e.reason);
                 } else {
@@ -753,6 +757,8 @@ impl Shared {
             let _ = s.shutdown(Shutdown::Both);
         }
         for p in peers {
+            // What was posted goes out before the connection closes.
+            let _ = p.write_posted();
             p.close_with("endpoint shut down".into());
         }
         let me = thread::current().id();

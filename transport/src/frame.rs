@@ -271,8 +271,21 @@ impl Header {
 /// Writes one frame: header then payload, in as few system calls as the writer allows
 /// (vectored), without copying the payload into a new buffer.
 pub fn write_frame<W: Write + ?Sized>(w: &mut W, kind: Kind, flags: u16, id: u64, payload: &[u8]) -> io::Result<()> {
+    write_frame_after(w, &[], kind, flags, id, payload)
+}
+
+/// [`write_frame`] after the bytes `before` (frames encoded earlier), in the same vectored
+/// writes.
+pub(crate) fn write_frame_after<W: Write + ?Sized>(
+    w: &mut W,
+    before: &[u8],
+    kind: Kind,
+    flags: u16,
+    id: u64,
+    payload: &[u8],
+) -> io::Result<()> {
     let head = Header::new(kind, flags, id, payload.len()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?.encode();
-    let mut slices = [IoSlice::new(&head), IoSlice::new(payload)];
+    let mut slices = [IoSlice::new(before), IoSlice::new(&head), IoSlice::new(payload)];
     let mut rest = &mut slices[..];
     while !rest.is_empty() {
         match w.write_vectored(rest) {

@@ -55,6 +55,12 @@
 //! [`Peer::respond`] (or [`Peer::refuse`]) now or later from another thread. PING is answered
 //! by the transport itself ([`Peer::ping`]).
 //!
+//! One-way messages can also be posted ([`Peer::post`]): queued in the connection's outbox
+//! and written several to a system call by the connection's writer thread. A stream of small
+//! messages (a cluster's tasks and their outcomes) then costs a copy per message rather than
+//! a system call, and wakes the receiver once per batch. Frames leave a connection in the
+//! order they were posted or sent, whatever the threads.
+//!
 //! ## Bad input
 //!
 //! Nothing a peer sends can panic this crate or make it allocate past the limit (checked
@@ -80,6 +86,7 @@ mod endpoint;
 #[cfg(feature = "fabric")]
 pub mod fabric;
 pub mod frame;
+mod outbox;
 mod peer;
 
 use std::fmt;

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,9 +12,18 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use crate::conn::{self, Conn};
-use crate::endpoint::Shared;
-use crate::frame::{write_frame, Frame, Kind, FLAG_RESPONSE};
+use crate::frame::{write_frame_after, Frame, Header, Kind, FLAG_RESPONSE};
+use crate::outbox::{Flush, Writer, FLUSH_AT, POST_MAX};
 use crate::{Error, NodeId};
+
+/// What a connection needs of the endpoint that made it, which it holds weakly (the
+/// endpoint owns its connections).
+pub(crate) trait Owner: Send + Sync {
+    /// Takes the ended connection `peer` out of the endpoint's table.
+    fn unregister(&self, peer: &Peer);
+    /// Counts and logs a connection dropped for bad input.
+    fn dropped(&self, addr: SocketAddr, reason: &str);
+}
 
 /// What the endpoint's user registers to receive requests and one-way messages. It runs on
 /// the connection's reader thread: while it runs, nothing else is read from that connection,
@@ -45,15 +55,21 @@ struct Inner {
     remote_addr: SocketAddr,
     local_addr: SocketAddr,
     stream: Arc<TcpStream>,
-    /// One frame is written whole at a time.
-    write_lock: Mutex<()>,
+    /// One write at a time: a frame whole, or an outbox's frames. Holds the buffer an
+    /// outbox is swapped into to be written (kept for its allocation).
+    write_lock: Mutex<Vec<u8>>,
+    /// Frames posted and not yet written, encoded end to end (see [`Peer::post`]). Taken
+    /// only under `write_lock`, so that whatever is written after a post follows it.
+    outbox: Mutex<Vec<u8>>,
+    /// The thread that writes the outbox.
+    writer: Arc<Writer>,
     /// The largest payload the other side accepts (from its HELLO).
     remote_max: usize,
     next_id: AtomicU64,
     open: AtomicBool,
     state: Mutex<State>,
     hooks: Arc<Hooks>,
-    endpoint: Weak<Shared>,
+    endpoint: Weak<dyn Owner>,
 }
 
 /// A connection to another node. Cheap to clone (all clones are the same connection); safe
@@ -77,7 +93,7 @@ pub(crate) struct PeerParts {
     pub(crate) stream: Arc<TcpStream>,
     pub(crate) remote_max: usize,
     pub(crate) hooks: Arc<Hooks>,
-    pub(crate) endpoint: Weak<Shared>,
+    pub(crate) endpoint: Weak<dyn Owner>,
 }
 
 impl Peer {
@@ -89,7 +105,9 @@ impl Peer {
                 remote_addr: p.remote_addr,
                 local_addr: p.local_addr,
                 stream: p.stream,
-                write_lock: Mutex::new(()),
+                write_lock: Mutex::new(Vec::new()),
+                outbox: Mutex::new(Vec::new()),
+                writer: Arc::default(),
                 remote_max: p.remote_max,
                 next_id: AtomicU64::new(1),
                 open: AtomicBool::new(true),
@@ -143,6 +161,54 @@ impl Peer {
     pub fn send(&self, kind: Kind, payload: &[u8]) -> Result<(), Error> {
         app_kind(kind)?;
         self.write(kind, 0, 0, payload)
+    }
+
+    /// Posts a one-way message (id 0): queues it to be written with the other frames posted
+    /// to this connection meanwhile, by the connection's writer thread, or at once by this
+    /// thread when the queue is long (256 KiB) or the payload large (over 64 KiB, which is
+    /// then not copied). For streams of small messages, where a system call per frame (and
+    /// a wake-up of the receiver per frame) would cost more than the message.
+    ///
+    /// Order is kept: frames leave a connection in the order they were posted, sent,
+    /// requested or answered, whatever the threads (a write takes what was posted before
+    /// it first). `Ok` says the frame is queued; if the connection fails before it is
+    /// written, the disconnect callback runs, as for a frame lost in the socket's buffer.
+    pub fn post(&self, kind: Kind, payload: &[u8]) -> Result<(), Error> {
+        app_kind(kind)?;
+        if payload.len() > POST_MAX.min(self.inner.remote_max) {
+            return self.write(kind, 0, 0, payload);
+        }
+        if !self.is_open() {
+            return Err(self.disconnected());
+        }
+        // `payload.len() <= POST_MAX`: the length fits the header's 32 bits.
+        let head = Header { kind, flags: 0, id: 0, len: payload.len() as u32 }.encode();
+        let (first, full) = {
+            let mut out = lock(&self.inner.outbox);
+            let first = out.is_empty();
+            out.extend_from_slice(&head);
+            out.extend_from_slice(payload);
+            (first, out.len() >= FLUSH_AT)
+        };
+        if full {
+            return self.write_posted();
+        }
+        if first && !self.inner.writer.wake(self) {
+            return self.write_posted();
+        }
+        Ok(())
+    }
+
+    /// Writes what was posted to this connection and not yet written.
+    pub(crate) fn write_posted(&self) -> Result<(), Error> {
+        let written = {
+            let mut buf = lock(&self.inner.write_lock);
+            std::mem::swap(&mut *buf, &mut *lock(&self.inner.outbox));
+            let r = (&*self.inner.stream).write_all(&buf);
+            recycle(&mut buf);
+            r
+        };
+        self.written(written)
     }
 
     /// Sends a request and waits up to `timeout` for its response. Many threads may have
@@ -217,9 +283,17 @@ impl Peer {
             return Err(self.disconnected());
         }
         let written = {
-            let _one_at_a_time = lock(&self.inner.write_lock);
-            write_frame(&mut &*self.inner.stream, kind, flags, id, payload)
+            let mut buf = lock(&self.inner.write_lock);
+            std::mem::swap(&mut *buf, &mut *lock(&self.inner.outbox));
+            // What was posted before leaves first, in the same system call.
+            let r = write_frame_after(&mut &*self.inner.stream, &buf, kind, flags, id, payload);
+            recycle(&mut buf);
+            r
         };
+        self.written(written)
+    }
+
+    fn written(&self, written: std::io::Result<()>) -> Result<(), Error> {
         if let Err(e) = written {
             // A frame cut short (error or write timeout) leaves the stream out of step.
             self.close_with(format!("write failed: {e}"));
@@ -245,7 +319,11 @@ impl Peer {
             self.inner.open.store(false, Ordering::Release);
             std::mem::take(&mut st.pending)
         };
+        // Posted and never to be written.
+        std::mem::take(&mut *lock(&self.inner.outbox));
         let _ = self.inner.stream.shutdown(Shutdown::Both);
+        // Its write, if it is in one, fails now.
+        self.inner.writer.stop();
         if let Some(ep) = self.inner.endpoint.upgrade() {
             ep.unregister(self);
         }
@@ -294,8 +372,10 @@ impl Peer {
                 self.close_with(reason);
             }
             Stop::Bad(reason) => {
-                let ep = self.inner.endpoint.upgrade();
-                crate::endpoint::log_drop(ep.as_deref(), self.inner.remote_addr, &reason);
+                match self.inner.endpoint.upgrade() {
+                    Some(ep) => ep.dropped(self.inner.remote_addr, &reason),
+                    None => conn::log_dropped(self.inner.remote_addr, &reason),
+                }
                 // Tell the peer why, unless a writer is mid-frame (then the frame would be
                 // torn and the reason unreadable anyway).
                 if let Ok(_g) = self.inner.write_lock.try_lock() {
@@ -359,6 +439,21 @@ enum Stop {
     Quiet(String),
     /// The peer sent something invalid: logged, told, dropped.
     Bad(String),
+}
+
+/// Empties a write buffer, keeping its allocation unless a burst made it large.
+fn recycle(buf: &mut Vec<u8>) {
+    buf.clear();
+    if buf.capacity() > 4 * FLUSH_AT {
+        *buf = Vec::new();
+    }
+}
+
+impl Flush for Peer {
+    fn flush(&self) {
+        // A failure closes the connection, which tells the user.
+        let _ = self.write_posted();
+    }
 }
 
 fn app_kind(kind: Kind) -> Result<(), Error> {

@@ -266,6 +266,116 @@ fn a_silent_connection_is_dropped_at_the_handshake_deadline() {
     assert_eq!(a.ep.stats().dropped, 1);
 }
 
+/// The note thread `t` posts as its `i`-th message: `[t, i (4 bytes), filler]`, of varying
+/// length, now and then over the size that is written at once instead of queued.
+fn note(t: u8, i: u32) -> Vec<u8> {
+    let mut payload = vec![t];
+    payload.extend_from_slice(&i.to_le_bytes());
+    let len = if i.is_multiple_of(997) { 100 << 10 } else { 5 + (i as usize * 7919) % 200 };
+    payload.resize(len, t ^ i as u8);
+    payload
+}
+
+/// Checks that `got` holds each of `threads` threads' `per_thread` notes once, in order.
+fn check_notes(got: &[Vec<u8>], threads: u8, per_thread: u32) {
+    let mut next = vec![0u32; threads as usize];
+    for n in got {
+        let (t, i) = (n[0], u32::from_le_bytes(n[1..5].try_into().unwrap()));
+        assert_eq!(i, next[t as usize], "thread {t}'s notes out of order");
+        assert_eq!(*n, note(t, i), "note {i} of thread {t} garbled");
+        next[t as usize] += 1;
+    }
+    assert_eq!(next, vec![per_thread; threads as usize], "notes lost");
+}
+
+#[test]
+fn posted_messages_keep_each_threads_order_with_its_sends_and_requests() {
+    const THREADS: u8 = 4;
+    const PER_THREAD: u32 = 5000;
+    let (a, b) = (node(1), node(2));
+    let p = a.ep.connect(b.ep.local_addr()).unwrap();
+    thread::scope(|s| {
+        for t in 0..THREADS {
+            let p = &p;
+            s.spawn(move || {
+                for i in 0..PER_THREAD {
+                    let n = note(t, i);
+                    if i % 100 == 7 {
+                        p.send(NOTE, &n).unwrap();
+                    } else {
+                        p.post(NOTE, &n).unwrap();
+                    }
+                    if i % 500 == 499 {
+                        // A request after posts: answered, and they arrived before it.
+                        echo(p, &[t]);
+                    }
+                }
+            });
+        }
+    });
+    let got: Vec<Vec<u8>> = (0..THREADS as u32 * PER_THREAD).map(|_| b.notes.recv_timeout(LONG).unwrap()).collect();
+    check_notes(&got, THREADS, PER_THREAD);
+    assert_eq!((a.ep.stats().dropped, b.ep.stats().dropped), (0, 0));
+}
+
+#[test]
+fn messages_posted_before_a_shutdown_arrive_and_a_closed_connection_refuses_posts() {
+    const PER_THREAD: u32 = 3000;
+    let (a, b) = (node(1), node(2));
+    let p = a.ep.connect(b.ep.local_addr()).unwrap();
+    for i in 0..PER_THREAD {
+        p.post(NOTE, &note(0, i)).unwrap();
+    }
+    a.ep.shutdown();
+    let got: Vec<Vec<u8>> = (0..PER_THREAD).map(|_| b.notes.recv_timeout(LONG).unwrap()).collect();
+    check_notes(&got, 1, PER_THREAD);
+    assert!(matches!(p.post(NOTE, b"late"), Err(Error::Disconnected { .. })));
+    assert!(matches!(p.post(Kind::PING, b""), Err(Error::ReservedKind(Kind::PING))), "the transport's own kinds cannot be posted");
+}
+
+#[test]
+fn a_peer_that_stops_reading_holds_up_only_its_own_posted_frames() {
+    const PER_PEER: u32 = 20_000;
+    const BIG: u32 = 600;
+    let big = |i: u32| vec![i as u8; 60 << 10];
+    let a = node(1);
+    // B's handler blocks while the test holds the gate: B stops reading, its socket fills.
+    let gate = Arc::new(Mutex::new(()));
+    let (tx, b_notes) = mpsc::channel();
+    let g = gate.clone();
+    let tx = Mutex::new(tx);
+    let b = Endpoint::bind(
+        loopback(),
+        Config::new(NodeId(2), SECRET).on_message(move |_, f| {
+            drop(g.lock().unwrap());
+            let _ = tx.lock().unwrap().send(f.payload);
+        }),
+    )
+    .unwrap();
+    let c = node(3);
+    let (pb, pc) = (a.ep.connect(b.local_addr()).unwrap(), a.ep.connect(c.ep.local_addr()).unwrap());
+    let held = gate.lock().unwrap();
+    thread::scope(|s| {
+        // 36 MiB, far more than the socket buffers hold: this thread ends up waiting on B.
+        let to_b = s.spawn(|| {
+            for i in 0..BIG {
+                pb.post(NOTE, &big(i)).unwrap();
+            }
+        });
+        for i in 0..PER_PEER {
+            pc.post(NOTE, &note(0, i)).unwrap();
+        }
+        let got: Vec<Vec<u8>> = (0..PER_PEER).map(|_| c.notes.recv_timeout(LONG).unwrap()).collect();
+        check_notes(&got, 1, PER_PEER);
+        assert!(!to_b.is_finished(), "B's frames cannot all have left while B reads nothing");
+        drop(held);
+        to_b.join().unwrap();
+    });
+    for i in 0..BIG {
+        assert!(b_notes.recv_timeout(LONG).unwrap() == big(i), "B's frame {i} lost or garbled");
+    }
+}
+
 #[test]
 fn two_threads_each_way_ten_thousand_requests_on_one_connection() {
     const PER_THREAD: u32 = 10_000;
