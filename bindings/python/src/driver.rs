@@ -16,6 +16,7 @@ use rayhpc_node::wire::Key;
 use rayhpc_node::{Node, NodeConfig};
 
 use crate::buffer::{Held, Pinned};
+use crate::parts;
 
 /// This process's runtime: the API, and what carries it.
 #[derive(Clone)]
@@ -423,21 +424,11 @@ pub fn actor_from_id(py: Python<'_>, id: &[u8], key: &[u8]) -> PyResult<PyActorR
 /// copied once, straight into the store when large.
 #[pyfunction]
 pub fn put(py: Python<'_>, parts: &Bound<'_, PyList>) -> PyResult<PyObjectRef> {
-    let total = crate::worker::total_len(parts)?;
+    let total = parts::total_len(parts)?;
     let api = api()?;
     // The copy needs the GIL (Python buffers): this call keeps it.
-    let mut copy_err = None;
-    let r = api.put(total, &mut |buf| {
-        crate::worker::copy_parts(py, parts, buf).map_err(|e| {
-            let m = e.to_string();
-            copy_err = Some(e);
-            m
-        })
-    });
-    match (r, copy_err) {
-        (_, Some(e)) => Err(e),
-        (r, None) => Ok(PyObjectRef { r: r.map_err(py_err)? }),
-    }
+    let r = parts::fill_with(py, parts, |fill| api.put(total, fill))?;
+    Ok(PyObjectRef { r: r.map_err(py_err)? })
 }
 
 /// A failed object as Python reads it: `(kind, function, message, payload, attempts)`.

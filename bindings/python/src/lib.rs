@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 
 mod buffer;
 mod driver;
+mod parts;
 mod worker;
 
 #[pymodule]

@@ -9,7 +9,6 @@
 
 use std::sync::Arc;
 
-use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
@@ -20,6 +19,7 @@ use rayhpc_node::wire::{self, Call, Reply, Request};
 
 use crate::buffer::{Held, Pinned};
 use crate::driver::{py_err, set_state, state, State};
+use crate::parts;
 
 fn ring() -> PyResult<Arc<RingClient>> {
     state()?.ring.ok_or_else(|| PyRuntimeError::new_err("not a worker process"))
@@ -77,24 +77,13 @@ fn send(py: Python<'_>, ring: &RingClient, parts: &[&[u8]]) -> PyResult<()> {
 pub fn worker_ok(py: Python<'_>, parts: &Bound<'_, PyList>) -> PyResult<()> {
     let ring = ring()?;
     ring.flush_released().map_err(py_err)?;
-    let total = total_len(parts)?;
+    let total = parts::total_len(parts)?;
     if total <= RING_VALUE_MAX {
         let mut bytes = vec![0u8; total];
-        copy_parts(py, parts, &mut bytes)?;
+        parts::copy_parts(py, parts, &mut bytes)?;
         return send(py, &ring, &[&wire::ok_header(), &bytes]);
     }
-    let mut copy_err = None;
-    let key = ring.store_new(total, &mut |buf| {
-        copy_parts(py, parts, buf).map_err(|e| {
-            let m = e.to_string();
-            copy_err = Some(e);
-            m
-        })
-    });
-    if let Some(e) = copy_err {
-        return Err(e);
-    }
-    let key = key.map_err(py_err)?;
+    let key = parts::fill_with(py, parts, |fill| ring.store_new(total, fill))?.map_err(py_err)?;
     let adopted = py.detach(|| ring.request(Call::Adopt { key, as_ref: false }));
     // The runtime holds its own reference now (or refused): this one goes either way.
     let _ = ring.store().map_err(py_err)?.release(key);
@@ -132,25 +121,4 @@ pub fn stored(marker: &[u8]) -> PyResult<Pinned> {
         Some(v) => Ok(Pinned::new(Held::Client(v))),
         None => Err(PyRuntimeError::new_err(format!("object {key:032x} is not in the node's store"))),
     }
-}
-
-/// The total length of the parts (buffers).
-pub fn total_len(parts: &Bound<'_, PyList>) -> PyResult<usize> {
-    let mut total = 0usize;
-    for p in parts.iter() {
-        total += PyBuffer::<u8>::get(&p)?.len_bytes();
-    }
-    Ok(total)
-}
-
-/// Copies the parts, in order, into `out` (exactly their total length).
-pub fn copy_parts(py: Python<'_>, parts: &Bound<'_, PyList>, out: &mut [u8]) -> PyResult<()> {
-    let mut at = 0;
-    for p in parts.iter() {
-        let b = PyBuffer::<u8>::get(&p)?;
-        let n = b.len_bytes();
-        b.copy_to_slice(py, &mut out[at..at + n])?;
-        at += n;
-    }
-    Ok(())
 }
