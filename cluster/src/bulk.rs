@@ -9,7 +9,7 @@
 //!    and logged), then reads of `(offset, length)`: the exporter writes those bytes of the
 //!    object, in order. A large object is split across [`streams_for`] such streams.
 //!
-//! The `(offset, length)` reads are the shape a one-sided RDMA read will take.
+//! The puller's side is [`BulkStreams`], a [`RangeReader`]; the exporter's, [`BulkServer`].
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -21,7 +21,9 @@ use rayhpc::ids::ObjectId;
 use rayhpc::{ObjectRef, Untyped};
 use rayhpc_transport::Peer;
 
+use crate::error::ReadError;
 use crate::messages::{Msg, Ticket};
+use crate::read::RangeReader;
 
 /// A ticket unused this long is dropped.
 const TICKET_LIFE: Duration = Duration::from_secs(30);
@@ -142,45 +144,56 @@ impl BulkServer {
     }
 }
 
-/// Reads object `id` from the node at `peer` into `buf` (its whole length), over
-/// [`streams_for`] bulk streams, each reading its range straight into `buf`.
-///
-/// # Errors
-/// No ticket, a connection or read failure: the message says which.
-pub fn pull(peer: &Peer, id: ObjectId, buf: &mut [u8]) -> Result<(), String> {
-    let total = buf.len() as u64;
-    let streams = streams_for(total);
-    let per = total.div_ceil(streams as u64).next_multiple_of(4096);
-    let mut work: Vec<(&mut [u8], u64)> = Vec::new();
-    let mut rest: &mut [u8] = buf;
-    let mut off = 0u64;
-    while !rest.is_empty() {
-        let n = per.min(rest.len() as u64) as usize;
-        let (a, b) = rest.split_at_mut(n);
-        work.push((a, off));
-        off += n as u64;
-        rest = b;
-    }
-    std::thread::scope(|s| {
-        let handles: Vec<_> = work.into_iter().map(|(part, off)| s.spawn(move || stream(peer, id, off, part))).collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a bulk stream panicked".into()))).collect::<Result<Vec<()>, String>>()
-    })
-    .map(drop)
+/// Reads over bulk streams: [`streams_for`] the read's length (or `streams`), each a ticket,
+/// then its part of the range straight into its part of the buffer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BulkStreams {
+    /// Streams per read (`None`: [`streams_for`] its length).
+    pub streams: Option<usize>,
 }
 
-/// One stream: a ticket, then bytes `[off, off + part.len())` into `part`.
-fn stream(peer: &Peer, id: ObjectId, off: u64, part: &mut [u8]) -> Result<(), String> {
-    let what = || format!("bulk pull of {:032x} from node {}", id.0, peer.node());
-    let ask = postcard::to_allocvec(&id).map_err(|e| e.to_string())?;
-    let f = peer.request(Msg::BulkTicket.kind(), &ask, Duration::from_secs(30)).map_err(|e| format!("{}: {e}", what()))?;
-    let t: Ticket = postcard::from_bytes(&f.payload).map_err(|e| format!("{}: a bad ticket: {e}", what()))?;
-    let mut s = TcpStream::connect(t.addr).map_err(|e| format!("{}: {e}", what()))?;
+impl RangeReader for BulkStreams {
+    fn name(&self) -> &'static str {
+        "bulk streams"
+    }
+
+    fn read(&self, peer: &Peer, id: ObjectId, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        let whole = (offset, buf.len() as u64);
+        let streams = self.streams.unwrap_or_else(|| streams_for(whole.1)).max(1);
+        let per = whole.1.div_ceil(streams as u64).next_multiple_of(4096).max(4096) as usize;
+        if buf.len() <= per {
+            // One stream (a read of nothing too: it still asks for the range).
+            return stream(peer, id, whole, offset, buf);
+        }
+        std::thread::scope(|s| {
+            let handles: Vec<_> = buf
+                .chunks_mut(per)
+                .enumerate()
+                .map(|(i, part)| s.spawn(move || stream(peer, id, whole, offset.saturating_add((i * per) as u64), part)))
+                .collect();
+            handles.into_iter().try_for_each(|h| h.join().unwrap_or(Err(ReadError::Panicked("bulk stream"))))
+        })
+    }
+}
+
+/// One stream of the read of `whole` (offset, length): a ticket, then bytes
+/// `[off, off + part.len())` into `part`.
+fn stream(peer: &Peer, id: ObjectId, whole: (u64, u64), off: u64, part: &mut [u8]) -> Result<(), ReadError> {
+    let node = peer.node();
+    let ask = postcard::to_allocvec(&id).expect("an id serializes");
+    let f = peer.request(Msg::BulkTicket.kind(), &ask, Duration::from_secs(30))?;
+    let t: Ticket = postcard::from_bytes(&f.payload).map_err(|source| ReadError::Malformed { what: "ticket", node, source })?;
+    if whole.0.checked_add(whole.1).is_none_or(|end| end > t.len) {
+        return Err(ReadError::OutOfRange { offset: whole.0, want: whole.1, len: t.len });
+    }
+    let io = |source| ReadError::Io { what: format!("bulk stream from node {node} ({})", t.addr), source };
+    let mut s = TcpStream::connect(t.addr).map_err(io)?;
     let _ = s.set_nodelay(true);
     let mut req = Vec::with_capacity(32);
     req.extend_from_slice(&t.ticket);
     req.extend_from_slice(&off.to_le_bytes());
     req.extend_from_slice(&(part.len() as u64).to_le_bytes());
-    s.write_all(&req).map_err(|e| format!("{}: {e}", what()))?;
-    s.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
-    s.read_exact(part).map_err(|e| format!("{}: {e}", what()))
+    s.write_all(&req).map_err(io)?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).map_err(io)?;
+    s.read_exact(part).map_err(io)
 }

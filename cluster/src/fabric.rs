@@ -2,13 +2,13 @@
 //!
 //! A node that opens a fabric registers its whole object arena once, at start, and puts
 //! the fabric's address and the region's (base, key, length) in its join record
-//! ([`FabricInfo`]). To pull an object, a node asks its owner where it lies (`LOCATE`: the
-//! owner pins it and answers its offset in the arena), reads `(offset, length)` of the
-//! owner's region straight into its own arena (`fi_read`, chunked and pipelined by
-//! `rayhpc-transport`), then lets the pin go (`UNPIN`). Anything that fails on this path
-//! (no fabric on either side, an object outside the arena, a provider error, a timeout)
-//! falls back to the TCP pull, which reads the same `(offset, length)` ranges over
-//! streams; a node whose peer died fails the pull there.
+//! ([`FabricInfo`]). To read a range of an object ([`FabricReads`], a
+//! [`RangeReader`]), a node asks its owner where it lies (`Locate`: the owner pins it and
+//! answers its offset in the arena), reads that range of the owner's region straight into
+//! its own arena (`fi_read`, chunked and pipelined by `rayhpc-transport`), then lets the pin
+//! go (`Unpin`). A pull that fails on this path (no fabric on either side, an object outside
+//! the arena, a provider error, a timeout) goes on over TCP, which reads the same ranges
+//! (see `pull.rs`); a node whose peer died fails the pull there.
 //!
 //! [`FabricMode::Auto`] takes the best RDMA provider offered ([`RDMA_PROVIDERS`]) and falls
 //! back to TCP with one log line when there is none or the feature is off; a provider named
@@ -16,8 +16,15 @@
 //! start.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
+use rayhpc::ids::ObjectId;
+use rayhpc_transport::{NodeId, Peer};
 use serde::{Deserialize, Serialize};
+
+use crate::error::ReadError;
+use crate::messages::Msg;
+use crate::read::RangeReader;
 
 /// What a node tells the cluster of its fabric (in its join record).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,7 +96,7 @@ mod imp {
     use rayhpc_transport::fabric::{Fabric, FabricOptions, PeerAddr, Region, RemoteRegion};
     use rayhpc_transport::NodeId;
 
-    use super::{FabricInfo, FabricMode, IpAddr};
+    use super::{FabricInfo, FabricMode, IpAddr, ReadError};
 
     /// This node's fabric: the endpoint and the registered arena.
     pub struct NodeFabric {
@@ -156,17 +163,17 @@ mod imp {
         ///
         /// # Errors
         /// `buf` is outside the arena, the peer's address is bad, or the read failed.
-        pub fn read(&self, node: NodeId, peer: &FabricInfo, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+        pub fn read(&self, node: NodeId, peer: &FabricInfo, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
             let start = (buf.as_ptr() as usize).wrapping_sub(self.region.as_ptr() as usize);
             if buf.as_ptr() < self.region.as_ptr() as *const u8 || start.saturating_add(buf.len()) > self.region.len() {
-                return Err("the destination is not in the registered arena".into());
+                return Err(ReadError::Destination);
             }
             let addr = {
                 let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
                 match peers.get(&node) {
                     Some(a) => *a,
                     None => {
-                        let a = self.fabric.connect(&peer.address).map_err(|e| e.to_string())?;
+                        let a = self.fabric.connect(&peer.address)?;
                         peers.insert(node, a);
                         a
                     }
@@ -180,7 +187,7 @@ mod imp {
                 // A timed-out peer's address is void: connect again next time.
                 self.peers.lock().unwrap_or_else(|e| e.into_inner()).remove(&node);
             }
-            r.map_err(|e| e.to_string())
+            Ok(r?)
         }
     }
 }
@@ -189,7 +196,7 @@ mod imp {
 mod imp {
     use rayhpc_transport::NodeId;
 
-    use super::{FabricInfo, FabricMode, IpAddr};
+    use super::{FabricInfo, FabricMode, IpAddr, ReadError};
 
     /// This build has no fabric backend: never made.
     pub struct NodeFabric(std::convert::Infallible);
@@ -219,13 +226,60 @@ mod imp {
         ///
         /// # Errors
         /// None: there is no such value.
-        pub fn read(&self, _node: NodeId, _peer: &FabricInfo, _offset: u64, _buf: &mut [u8]) -> Result<(), String> {
+        pub fn read(&self, _node: NodeId, _peer: &FabricInfo, _offset: u64, _buf: &mut [u8]) -> Result<(), ReadError> {
             match self.0 {}
         }
     }
 }
 
 pub use imp::NodeFabric;
+
+/// Reads over this node's fabric (a [`RangeReader`]): `Locate` (the holder pins the object
+/// and answers where it lies in its arena), one read of the range, `Unpin`. The other node's
+/// fabric is what `theirs` says of it (the cluster's view): none, or another provider than
+/// this node's, is [`ReadError::NoPath`]. The buffer must lie in this node's arena.
+pub struct FabricReads<'a, F> {
+    fabric: &'a NodeFabric,
+    theirs: F,
+}
+
+impl<'a, F: Fn(NodeId) -> Option<FabricInfo>> FabricReads<'a, F> {
+    /// Reads over `fabric` from the nodes whose fabric `theirs` tells.
+    pub fn new(fabric: &'a NodeFabric, theirs: F) -> Self {
+        FabricReads { fabric, theirs }
+    }
+}
+
+impl<F: Fn(NodeId) -> Option<FabricInfo>> RangeReader for FabricReads<'_, F> {
+    fn name(&self) -> &'static str {
+        "fabric"
+    }
+
+    fn read(&self, peer: &Peer, id: ObjectId, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        let node = peer.node();
+        let Some(info) = (self.theirs)(node).filter(|i| i.provider == self.fabric.info().provider) else {
+            return Err(ReadError::NoPath { path: "fabric", node });
+        };
+        let ask = postcard::to_allocvec(&id).expect("an id serializes");
+        let read = peer
+            .request(Msg::Locate.kind(), &ask, Duration::from_secs(30))
+            .map_err(ReadError::from)
+            .and_then(|f| {
+                postcard::from_bytes::<(u64, u64)>(&f.payload).map_err(|source| ReadError::Malformed { what: "location", node, source })
+            })
+            .and_then(|(at, len)| {
+                let want = buf.len() as u64;
+                match offset.checked_add(want) {
+                    Some(end) if end <= len => self.fabric.read(node, &info, at.saturating_add(offset), buf),
+                    _ => Err(ReadError::OutOfRange { offset, want, len }),
+                }
+            });
+        // Whatever the answer (one that came too late may still have pinned it): Locate and
+        // Unpin are handled in order there, and an Unpin of nothing is nothing.
+        let _ = peer.send(Msg::Unpin.kind(), &ask);
+        read
+    }
+}
 
 #[cfg(test)]
 mod tests {

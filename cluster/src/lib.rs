@@ -7,9 +7,10 @@
 //!
 //! Nodes find the head through [`rendezvous`]; every connection proves the job's secret
 //! (see `rayhpc-transport`). Once in, the cluster is the node's [`rayhpc_node::router::Router`]:
-//! tasks and actors go where [`place`] decides, objects move between nodes (bulk streams,
-//! [`bulk`]; an RDMA fabric, [`fabric`]; a broadcast tree when many pull one), every message
-//! kind being in one table ([`messages`]).
+//! tasks and actors go where [`place`] decides, objects move between nodes (ranges read by a
+//! [`read::RangeReader`]: chunks on the control connection, bulk streams ([`bulk`]), an RDMA
+//! fabric ([`fabric`]); a broadcast tree when many pull one), every message kind being in
+//! one table ([`messages`]).
 #![deny(unsafe_code)] // but for the registration of the object arena with the fabric (`fabric`)
 
 mod actors;
@@ -25,6 +26,7 @@ pub mod messages;
 mod objects;
 pub mod place;
 mod pull;
+pub mod read;
 mod remote;
 pub mod rendezvous;
 mod router;
@@ -32,7 +34,7 @@ mod spread;
 mod tasks;
 
 pub use crate::cluster::{Cluster, ClusterConfig, PullFigures, Role};
-pub use crate::error::ClusterError;
+pub use crate::error::{ClusterError, ReadError};
 pub use crate::membership::{default_ip, hostname, query, route_to, HEARTBEAT};
-pub use crate::pull::{CHUNK, IN_FLIGHT};
+pub use crate::read::{CHUNK, IN_FLIGHT};
 pub use crate::spread::{FANOUT, TREE_FROM};

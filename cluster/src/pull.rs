@@ -1,26 +1,24 @@
-//! Pulls: how the bytes of another node's object reach this node's store. Over the fabric
-//! when both nodes have one ([`crate::fabric`]: `Locate`, one read, `Unpin`), else over bulk
-//! streams when large ([`crate::bulk`]), else (or if those fail) in chunks on the control
-//! connection (`Pull`: [`IN_FLIGHT`] chunks of [`CHUNK`] bytes in flight, each written where
-//! it belongs). Every path is a read of `(offset, length)` ranges of a remote object. A pull
-//! of a large object first asks its owner which node to pull from ([`crate::spread`]).
+//! Pulls: how the bytes of another node's object reach this node's store, read by the
+//! [`RangeReader`]s that apply, best first ([`Remote::pull_into`]): the fabric when both
+//! nodes have the same one ([`crate::fabric`]), bulk streams from [`BULK_FROM`] bytes
+//! ([`crate::bulk`]), chunks on the control connection always ([`crate::read`]). A pull of
+//! a large object first asks its owner which node to pull from ([`crate::spread`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rayhpc::ids::ObjectId;
 use rayhpc::{ObjectRef, Promise, Untyped};
 use rayhpc_transport::Peer;
 
-use crate::bulk;
-use crate::messages::{Msg, PullMsg};
+use crate::bulk::BulkStreams;
+use crate::error::ReadError;
+use crate::fabric::FabricReads;
+use crate::messages::Msg;
+use crate::read::{self, Chunks, RangeReader};
 use crate::remote::{lock, Remote};
 
-/// Bytes per pulled chunk.
-pub const CHUNK: usize = 4 << 20;
-/// Chunks in flight per pull.
-pub const IN_FLIGHT: usize = 8;
 /// Objects from this size up are pulled over bulk streams.
 const BULK_FROM: usize = 1 << 20;
 
@@ -33,6 +31,11 @@ pub enum Via {
     Tcp,
     /// The fabric only (fails without one).
     Fabric,
+}
+
+/// What a failed pull of `id` fails its object with.
+fn failed(id: ObjectId, e: &ReadError) -> String {
+    format!("pull of {:032x}: {e}", id.0)
 }
 
 impl Remote {
@@ -48,8 +51,9 @@ impl Remote {
             // source is asked for before the store's space is taken (it may take a while).
             let (from, named) = me.source_for(&peer, id, len);
             let mut source = None;
-            let done =
-                promise.fulfill_with(len as usize, |buf| me.pull_spread(&peer, (from, named), id, buf, Via::Best).map(|s| source = s));
+            let done = promise.fulfill_with(len as usize, |buf| {
+                me.pull_spread(&peer, (from, named), id, buf, Via::Best).map(|s| source = s).map_err(|e| failed(id, &e))
+            });
             if let Some(s) = source {
                 // A source for others only if this node keeps the copy (see `Copies`).
                 let servable = lock(&me.objects.copies).contains(id);
@@ -75,7 +79,9 @@ impl Remote {
     pub(crate) fn pull_blocking(&self, peer: &Peer, id: ObjectId, len: u64, via: Via, started: Instant) -> Result<(u64, u64), String> {
         let service = self.service.upgrade().ok_or("shut down")?;
         let (r, promise) = service.runtime().promise().map_err(|e| e.to_string())?;
-        promise.fulfill_with(len as usize, |buf| self.pull_into(peer, id, buf, via)).map_err(|e| e.to_string())?;
+        promise
+            .fulfill_with(len as usize, |buf| self.pull_into(peer, id, buf, via).map_err(|e| failed(id, &e)))
+            .map_err(|e| e.to_string())?;
         let nanos = started.elapsed().as_nanos() as u64;
         let digest = match r.try_view() {
             Some(Ok(v)) => crate::bench::digest(&v),
@@ -98,7 +104,9 @@ impl Remote {
         let (r, promise) = service.runtime().promise().map_err(|e| e.to_string())?;
         let (from, named) = self.source_for(peer, id, len);
         let mut source = None;
-        let done = promise.fulfill_with(len as usize, |buf| self.pull_spread(peer, (from, named), id, buf, Via::Best).map(|s| source = s));
+        let done = promise.fulfill_with(len as usize, |buf| {
+            self.pull_spread(peer, (from, named), id, buf, Via::Best).map(|s| source = s).map_err(|e| failed(id, &e))
+        });
         let nanos = started.elapsed().as_nanos() as u64;
         let servable = lock(&self.objects.copies).keep(id, &r, len);
         if let Some(s) = source {
@@ -124,76 +132,26 @@ impl Remote {
     }
 
     /// Reads `buf.len()` bytes of object `id` from `peer` into `buf`: with [`Via::Best`], over
-    /// the fabric when both nodes have one (falling back to TCP if that fails), else over
-    /// bulk streams when large (see `bulk`), else (or if those fail) in chunks on the
-    /// control connection.
-    pub(crate) fn pull_into(&self, peer: &Peer, id: ObjectId, buf: &mut [u8], via: Via) -> Result<(), String> {
-        if via != Via::Tcp {
-            match self.fabric_pull(peer, id, buf) {
-                Ok(true) => return Ok(()),
-                // No fabric between the two (either lacks one, or theirs differ): TCP.
-                Ok(false) if via == Via::Fabric => return Err(format!("no fabric between this node and node {}", peer.node())),
-                Ok(false) => {}
-                Err(e) if via == Via::Fabric => return Err(e),
-                Err(e) => eprintln!("rayhpc node: fabric pull of {:032x}: {e}; pulling over TCP instead", id.0),
+    /// the fabric when both nodes have the same one, else (or if that fails) over bulk
+    /// streams when large, else (or if those fail) in chunks on the control connection;
+    /// [`Via::Tcp`] leaves the fabric out, [`Via::Fabric`] all but it.
+    pub(crate) fn pull_into(&self, peer: &Peer, id: ObjectId, buf: &mut [u8], via: Via) -> Result<(), ReadError> {
+        let fabric = self.objects.fabric.as_ref().filter(|_| via != Via::Tcp).map(|f| FabricReads::new(f, |n| self.fabric_of(n)));
+        let (bulk, chunks) = (BulkStreams::default(), Chunks::default());
+        let mut readers: Vec<&dyn RangeReader> = Vec::with_capacity(3);
+        if let Some(f) = &fabric {
+            readers.push(f);
+        }
+        if via != Via::Fabric {
+            if buf.len() >= BULK_FROM {
+                readers.push(&bulk);
             }
+            readers.push(&chunks);
         }
-        if buf.len() >= BULK_FROM {
-            match bulk::pull(peer, id, buf) {
-                Ok(()) => return Ok(()),
-                Err(e) => eprintln!("rayhpc node: {e}; pulling through the control connection instead"),
-            }
+        if readers.is_empty() {
+            // The fabric only, and this node has none.
+            return Err(ReadError::NoPath { path: "fabric", node: peer.node() });
         }
-        pull_chunks(peer, id, buf)
-    }
-
-    /// Reads object `id` of `peer` over the fabric: `Locate`, one read of its range, `Unpin`.
-    /// False when there is no fabric between the two nodes (this one or `peer`'s node has
-    /// none, or they differ).
-    fn fabric_pull(&self, peer: &Peer, id: ObjectId, buf: &mut [u8]) -> Result<bool, String> {
-        let Some(fabric) = &self.objects.fabric else { return Ok(false) };
-        let Some(info) = self.fabric_of(peer.node()) else { return Ok(false) };
-        if info.provider != fabric.info().provider {
-            return Ok(false);
-        }
-        let ask = postcard::to_allocvec(&id).map_err(|e| e.to_string())?;
-        let located = peer
-            .request(Msg::Locate.kind(), &ask, Duration::from_secs(30))
-            .map_err(|e| format!("locate: {e}"))
-            .and_then(|f| postcard::from_bytes::<(u64, u64)>(&f.payload).map_err(|e| format!("a malformed location: {e}")));
-        let read = match located {
-            Ok((offset, len)) if len == buf.len() as u64 => fabric.read(peer.node(), &info, offset, buf),
-            Ok((_, len)) => Err(format!("the object is {len} bytes, not {}", buf.len())),
-            Err(e) => Err(e),
-        };
-        // Whatever the answer (one that came too late may still have pinned it): Locate and
-        // Unpin are handled in order there, and an Unpin of nothing is nothing.
-        let _ = peer.send(Msg::Unpin.kind(), &ask);
-        read.map(|()| true)
-    }
-}
-
-/// Reads `buf.len()` bytes of object `id` from `peer` into `buf`, [`IN_FLIGHT`] chunks at a
-/// time, on the control connection.
-fn pull_chunks(peer: &Peer, id: ObjectId, buf: &mut [u8]) -> Result<(), String> {
-    let total = buf.len();
-    let mut inflight = std::collections::VecDeque::new();
-    let mut next = 0usize;
-    let timeout = Duration::from_secs(60);
-    loop {
-        while inflight.len() < IN_FLIGHT && next < total {
-            let len = CHUNK.min(total - next);
-            let msg = postcard::to_allocvec(&PullMsg { id, offset: next as u64, len: len as u32 }).map_err(|e| e.to_string())?;
-            let pending =
-                peer.start_request(Msg::Pull.kind(), &msg).map_err(|e| format!("pull of {:032x} from node {}: {e}", id.0, peer.node()))?;
-            inflight.push_back((next, len, pending));
-            next += len;
-        }
-        let Some((off, len, pending)) = inflight.pop_front() else { return Ok(()) };
-        let f = pending.wait(timeout).map_err(|e| format!("pull of {:032x} from node {}: {e}", id.0, peer.node()))?;
-        if f.payload.len() != len {
-            return Err(format!("pull of {:032x}: {} bytes for a {len}-byte chunk", id.0, f.payload.len()));
-        }
-        buf[off..off + len].copy_from_slice(&f.payload);
+        read::first_of(&readers, peer, id, 0, buf)
     }
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use rayhpc::ids::ObjectId;
 use rayhpc_transport::{NodeId, Peer};
 
+use crate::error::ReadError;
 use crate::messages::{Msg, PulledMsg, Source};
 use crate::pull::Via;
 use crate::remote::{lock, object_id, Remote};
@@ -191,7 +192,7 @@ impl Remote {
         id: ObjectId,
         buf: &mut [u8],
         via: Via,
-    ) -> Result<Option<Source>, String> {
+    ) -> Result<Option<Source>, ReadError> {
         let r = self.pull_into(&from, id, buf, via);
         let Some(source) = source else { return r.map(|()| None) };
         match r {
