@@ -149,6 +149,12 @@ impl Cluster {
         Ok(Cluster { inner, ticker: Mutex::new(Some(ticker)) })
     }
 
+    /// This node's membership (what tests reach into).
+    #[cfg(test)]
+    pub(crate) fn membership(&self) -> &Arc<Membership> {
+        &self.inner
+    }
+
     /// This node's transport address.
     pub fn address(&self) -> SocketAddr {
         self.inner.endpoint.get().expect("set").local_addr()

@@ -22,6 +22,9 @@ use rayhpc_transport::Peer;
 use crate::error::ReadError;
 use crate::messages::{Msg, PullMsg};
 
+#[cfg(test)]
+mod conformance;
+
 /// Bytes per pulled chunk.
 pub const CHUNK: usize = 4 << 20;
 /// Chunks in flight per pull.
