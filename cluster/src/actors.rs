@@ -16,7 +16,8 @@ use rayhpc_node::wire::{Key, WireOptions};
 use rayhpc_transport::Peer;
 
 use crate::messages::{ActorMade, ActorMsg, Msg};
-use crate::remote::{lock, Remote};
+use crate::remote::Remote;
+use crate::sync::lock;
 
 impl Remote {
     /// Creates an actor of class `key` on `peer`'s node (its arguments ready: this waits for

@@ -24,6 +24,7 @@ use rayhpc_transport::Peer;
 use crate::error::ReadError;
 use crate::messages::{Msg, Ticket};
 use crate::read::RangeReader;
+use crate::sync::lock;
 
 /// A ticket unused this long is dropped.
 const TICKET_LIFE: Duration = Duration::from_secs(30);
@@ -58,10 +59,6 @@ impl Drop for BulkServer {
         // Wakes the accept thread, which then sees the server gone and ends.
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(100));
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl BulkServer {

@@ -14,13 +14,15 @@ use rayhpc_transport::{Config, Endpoint, NodeId, Peer};
 use crate::bench;
 use crate::bulk::BulkServer;
 use crate::control::{NodeInfo, Request, Response};
+use crate::dispatch::{disconnected, dispatch};
 use crate::error::ClusterError;
 use crate::fabric::{FabricMode, NodeFabric};
 use crate::membership::{ask, default_ip, route_to, Membership, REQUEST_TIMEOUT};
-use crate::messages::{self, Msg};
+use crate::messages::Msg;
 use crate::pull::Via;
-use crate::remote::{lock, Members, Remote};
+use crate::remote::{Members, Remote};
 use crate::router::RouterOf;
+use crate::sync::lock;
 
 /// This node's part.
 pub enum Role {
@@ -104,12 +106,12 @@ impl Cluster {
             .handshake_timeout(Duration::from_secs(3))
             .on_message(move |peer, frame| {
                 if let Some(i) = weak.upgrade() {
-                    messages::dispatch(&i, peer, frame);
+                    dispatch(&i, peer, frame);
                 }
             })
             .on_disconnect(move |peer, reason| {
                 if let Some(i) = w2.upgrade() {
-                    i.on_disconnect(peer, reason);
+                    disconnected(&i, peer, reason);
                 }
             });
         let endpoint =

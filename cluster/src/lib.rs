@@ -19,6 +19,7 @@ pub mod bulk;
 mod cluster;
 pub mod control;
 mod copies;
+mod dispatch;
 mod error;
 pub mod fabric;
 mod membership;
@@ -31,6 +32,7 @@ mod remote;
 pub mod rendezvous;
 mod router;
 mod spread;
+mod sync;
 mod tasks;
 
 pub use crate::cluster::{Cluster, ClusterConfig, PullFigures, Role};

@@ -19,7 +19,8 @@ use crate::error::ClusterError;
 use crate::fabric::FabricInfo;
 use crate::messages::Msg;
 use crate::place::Resources;
-use crate::remote::{lock, Members, Remote};
+use crate::remote::{Members, Remote};
+use crate::sync::lock;
 
 /// How often a node reports to the head.
 pub const HEARTBEAT: Duration = Duration::from_millis(500);
@@ -325,10 +326,9 @@ impl Membership {
         let _ = peer.respond(id, Msg::Control.kind(), &encode(&answer));
     }
 
-    /// A connection ended: what went to that node is placed again, the head counts it dead,
-    /// a member that lost the head stops.
-    pub(crate) fn on_disconnect(&self, peer: &Peer, reason: &str) {
-        self.remote.on_disconnect(peer.node(), reason);
+    /// A connection ended (after the cross-node service heard of it): the head counts the
+    /// node dead, a member that lost the head stops.
+    pub(crate) fn on_disconnect(&self, peer: &Peer) {
         if let Some((h, cv)) = &self.head {
             lock(h).disconnected(peer.node());
             cv.notify_all();

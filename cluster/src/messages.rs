@@ -1,5 +1,5 @@
 //! Every transport message kind of the cluster, in one table, with the payload each carries
-//! (postcard), and `dispatch`, which hands every frame that arrives to its handler.
+//! (postcard). Which handler each frame goes to is `dispatch.rs`'s.
 //!
 //! | kind ([`Msg`]) | number | from → to | payload | answer |
 //! |---|---|---|---|---|
@@ -26,11 +26,8 @@
 use rayhpc::ids::{ActorId, ObjectId};
 use rayhpc_node::api::Failure;
 use rayhpc_node::wire::{Key, WireOptions};
-use rayhpc_transport::{Frame, Kind, NodeId, Peer};
+use rayhpc_transport::{Kind, NodeId, Peer};
 use serde::{Deserialize, Serialize};
-
-use crate::bench;
-use crate::membership::Membership;
 
 /// A message kind of the cluster (see the table in the module's docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -266,37 +263,14 @@ pub struct BenchAsk {
     pub tree: bool,
 }
 
-/// Hands a frame from `peer` to its handler. Control and stop are the membership's; the
-/// bench's are answered on threads of their own; every other kind is handled on the
-/// cross-node service's thread, off the connection's reader (the handling may write answers
-/// and chunks).
-pub(crate) fn dispatch(m: &Membership, peer: &Peer, frame: Frame) {
-    let Some(msg) = Msg::of(frame.kind) else {
-        eprintln!("rayhpc node: a message of unknown {} from node {}: dropped", frame.kind, peer.node());
-        if frame.id != 0 {
-            let _ = peer.refuse(frame.id, &format!("unknown message {}", frame.kind));
-        }
-        return;
-    };
-    let (id, payload, remote) = (frame.id, frame.payload, &m.remote);
-    match msg {
-        Msg::Control => m.on_control(peer, id, &payload),
-        Msg::Stop => m.set_stop("the head stopped the cluster"),
-        Msg::BenchRaw => bench::on_raw(peer, id, &payload),
-        Msg::BenchPull => bench::on_pull(remote, peer, id, &payload),
-        Msg::Task => remote.now_or_later(peer, id, payload, |r, p, _, b| r.on_task(p, b)),
-        Msg::TaskDone => remote.now_or_later(peer, id, payload, |r, p, _, b| r.on_done(p, b)),
-        Msg::Pull => remote.later(peer, id, payload, |r, p, id, b| r.on_pull(p, id, b)),
-        Msg::Unexport => remote.later(peer, id, payload, |r, p, _, b| r.on_unexport(p, b)),
-        Msg::BulkTicket => remote.later(peer, id, payload, |r, p, id, b| r.on_ticket(p, id, b)),
-        Msg::Fetch => remote.later(peer, id, payload, |r, p, id, b| r.on_fetch(p, id, b)),
-        Msg::ActorNew => remote.later(peer, id, payload, |r, p, id, b| r.on_actor_new(p, id, b)),
-        Msg::ActorKill => remote.later(peer, id, payload, |r, _, _, b| r.on_actor_kill(b)),
-        Msg::Locate => remote.later(peer, id, payload, |r, p, id, b| r.on_locate(p, id, b)),
-        Msg::Unpin => remote.later(peer, id, payload, |r, p, _, b| r.on_unpin(p, b)),
-        Msg::Where => remote.later(peer, id, payload, |r, p, id, b| r.on_where(p, id, b)),
-        Msg::Pulled => remote.later(peer, id, payload, |r, p, _, b| r.on_pulled(p, b)),
+/// The object id a request of `peer` names, or `None` after refusing the malformed request
+/// (`what` it was) with a message.
+pub(crate) fn object_id(peer: &Peer, id: u64, payload: &[u8], what: &str) -> Option<ObjectId> {
+    let obj = postcard::from_bytes::<ObjectId>(payload).ok();
+    if obj.is_none() {
+        let _ = peer.refuse(id, &format!("a malformed {what}"));
     }
+    obj
 }
 
 #[cfg(test)]

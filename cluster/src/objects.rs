@@ -24,8 +24,10 @@ use rayhpc_transport::{NodeId, Peer};
 use crate::bulk::BulkServer;
 use crate::copies::{failed, Copies};
 use crate::fabric::{FabricInfo, NodeFabric};
+use crate::messages::object_id;
 use crate::messages::{Arg, Msg, Outcome, PullMsg, Ticket};
-use crate::remote::{lock, object_id, Remote};
+use crate::remote::Remote;
+use crate::sync::lock;
 
 /// A node's objects as the cluster sees them.
 pub(crate) struct Objects {

@@ -17,7 +17,8 @@ use crate::error::ReadError;
 use crate::fabric::FabricReads;
 use crate::messages::Msg;
 use crate::read::{self, Chunks, RangeReader};
-use crate::remote::{lock, Remote};
+use crate::remote::Remote;
+use crate::sync::lock;
 
 /// Objects from this size up are pulled over bulk streams.
 const BULK_FROM: usize = 1 << 20;

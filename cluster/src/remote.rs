@@ -31,6 +31,7 @@ use crate::membership::Candidate;
 use crate::objects::Objects;
 use crate::place::{self, Decision, NodeLoad, Placed};
 use crate::spread::Spread;
+use crate::sync::lock;
 use crate::tasks::{Resend, Tasks};
 
 /// What the cross-node service needs of its cluster's membership: the other nodes as the
@@ -69,20 +70,6 @@ pub(crate) struct Remote {
     pub(crate) placed: Mutex<Vec<Placed>>,
     /// The cluster's membership, which holds this service (hence weak).
     members: Weak<dyn Members>,
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The object id a request of `peer` names, or `None` after refusing the malformed request
-/// (`what` it was) with a message.
-pub(crate) fn object_id(peer: &Peer, id: u64, payload: &[u8], what: &str) -> Option<ObjectId> {
-    let obj = postcard::from_bytes::<ObjectId>(payload).ok();
-    if obj.is_none() {
-        let _ = peer.refuse(id, &format!("a malformed {what}"));
-    }
-    obj
 }
 
 impl Remote {
@@ -234,27 +221,5 @@ impl Remote {
     pub(crate) fn note_actor(&self, node: Option<NodeId>, options: &WireOptions) {
         let node = node.unwrap_or(self.me);
         lock(&self.placed).push(Placed { node, ask: place::actor_ask(options), at: Instant::now() });
-    }
-
-    /// A node's connection ended: its tasks go elsewhere (or fail), what was lent to it goes.
-    pub(crate) fn on_disconnect(self: &Arc<Self>, node: NodeId, reason: &str) {
-        let lost = self.tasks.take_node(node);
-        // On the service thread, after the frames that node sent before it went (a LOCATE
-        // or WHERE still queued would pin or wait for it again).
-        let me = self.clone();
-        self.defer(move || {
-            lock(&me.objects.pins).remove(&node);
-            me.spreads_lose(node);
-        });
-        let lent = lock(&self.objects.lent).remove(&node).unwrap_or_default();
-        for id in lent {
-            self.unexport(id);
-        }
-        let (me, reason) = (self.clone(), reason.to_string());
-        self.defer(move || {
-            for p in lost {
-                me.lost(p, node, &format!("node {node} died while running it ({reason})"));
-            }
-        });
     }
 }

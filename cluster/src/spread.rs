@@ -14,9 +14,11 @@ use rayhpc::ids::ObjectId;
 use rayhpc_transport::{NodeId, Peer};
 
 use crate::error::ReadError;
+use crate::messages::object_id;
 use crate::messages::{Msg, PulledMsg, Source};
 use crate::pull::Via;
-use crate::remote::{lock, object_id, Remote};
+use crate::remote::Remote;
+use crate::sync::lock;
 
 /// Objects from this size up spread as a tree when several nodes pull them at once.
 pub const TREE_FROM: u64 = 8 << 20;

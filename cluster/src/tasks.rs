@@ -27,7 +27,8 @@ use rayhpc_transport::{NodeId, Peer};
 
 use crate::membership::Candidate;
 use crate::messages::{DoneMsg, Msg, MsgFn, Outcome, TaskMsg};
-use crate::remote::{lock, Remote};
+use crate::remote::Remote;
+use crate::sync::lock;
 
 /// A task sent to another node, until its outcome is in.
 pub(crate) struct Pending {

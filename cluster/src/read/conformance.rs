@@ -18,7 +18,8 @@ use super::{Chunks, RangeReader, ReadError, CHUNK};
 use crate::bulk::BulkStreams;
 use crate::cluster::{Cluster, ClusterConfig, Role};
 use crate::fabric::FabricMode;
-use crate::remote::{lock, Remote};
+use crate::remote::Remote;
+use crate::sync::lock;
 
 /// Bytes before and after each range read in its destination object, which must stay as
 /// they were; the destination is then never inline (over 64 KiB), so a fabric read can land
