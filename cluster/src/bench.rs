@@ -16,8 +16,9 @@ use rayhpc::ids::ObjectId;
 use rayhpc_transport::Peer;
 
 use crate::messages::{BenchAsk, Msg};
-use crate::pull::Via;
+use crate::pull::{pull_failed, Via};
 use crate::remote::Remote;
+use crate::sync::lock;
 
 /// The ask of a bench request, or `None` after refusing a malformed one.
 fn ask_of(peer: &Peer, id: u64, payload: &[u8]) -> Option<BenchAsk> {
@@ -142,9 +143,9 @@ pub(crate) fn pull(
     via: Via,
 ) -> Result<f64, String> {
     let id = object.id();
-    remote.export_for_bench(id, object.clone());
+    remote.export(id, object.clone());
     let r = ask_pull(peer, id, len, via == Via::Fabric, false);
-    remote.unexport_for_bench(id);
+    remote.unexport(id);
     let (ns, theirs, _) = r?;
     check(object, theirs)?;
     Ok(len as f64 / (ns as f64 * 1e-9))
@@ -190,14 +191,14 @@ pub(crate) fn broadcast(
     tree: bool,
 ) -> Result<Broadcast, String> {
     let id = object.id();
-    remote.export_for_bench(id, object.clone());
+    remote.export(id, object.clone());
     let t = Instant::now();
     let answers: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = peers.iter().map(|p| s.spawn(move || ask_pull(p, id, len, false, tree))).collect();
         handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a bench thread panicked".into()))).collect()
     });
     let secs = t.elapsed().as_secs_f64();
-    remote.unexport_for_bench(id);
+    remote.unexport(id);
     let mut rounds = 0;
     for a in answers {
         let (_, theirs, round) = a?;
@@ -205,4 +206,57 @@ pub(crate) fn broadcast(
         rounds = rounds.max(round);
     }
     Ok(Broadcast { secs, rounds })
+}
+
+impl Remote {
+    /// Pulls object `id` (`len` bytes) from `peer` into a new object of this node and lets
+    /// it go (what the bench measures: the transfer, into this node's store): the
+    /// nanoseconds from `started` to the end of the transfer, and the copy's digest.
+    ///
+    /// # Errors
+    /// The pull failed (the message says why).
+    pub(crate) fn pull_blocking(&self, peer: &Peer, id: ObjectId, len: u64, via: Via, started: Instant) -> Result<(u64, u64), String> {
+        let service = self.service.upgrade().ok_or("shut down")?;
+        let (r, promise) = service.runtime().promise().map_err(|e| e.to_string())?;
+        promise
+            .fulfill_with(len as usize, |buf| self.pull_into(peer, id, buf, via).map_err(|e| pull_failed(id, &e)))
+            .map_err(|e| e.to_string())?;
+        let nanos = started.elapsed().as_nanos() as u64;
+        let digest = match r.try_view() {
+            Some(Ok(v)) => digest(&v),
+            _ => return Err("the pulled copy cannot be read".into()),
+        };
+        Ok((nanos, digest))
+    }
+
+    /// As a reader of `peer`'s export `id` would get it (see [`crate::spread`]): pulled
+    /// from the source `peer` names, then kept as this node's copy (so that it serves
+    /// others). The nanoseconds from `started` to the end, the copy's digest, and its round.
+    pub(crate) fn pull_shared_blocking(
+        self: &Arc<Self>,
+        peer: &Peer,
+        id: ObjectId,
+        len: u64,
+        started: Instant,
+    ) -> Result<(u64, u64, u32), String> {
+        let service = self.service.upgrade().ok_or("shut down")?;
+        let (r, promise) = service.runtime().promise().map_err(|e| e.to_string())?;
+        let (from, named) = self.source_for(peer, id, len);
+        let mut source = None;
+        let done = promise.fulfill_with(len as usize, |buf| {
+            self.pull_spread(peer, (from, named), id, buf, Via::Best).map(|s| source = s).map_err(|e| pull_failed(id, &e))
+        });
+        let nanos = started.elapsed().as_nanos() as u64;
+        let servable = lock(&self.objects.copies).keep(id, &r, len);
+        if let Some(s) = source {
+            self.report_pulled(peer, id, s, done.is_ok() && servable);
+        }
+        done.map_err(|e| e.to_string())?;
+        let round = source.map_or(1, |s| s.round.saturating_add(1));
+        let digest = match r.try_view() {
+            Some(Ok(v)) => digest(&v),
+            _ => return Err("the pulled copy cannot be read".into()),
+        };
+        Ok((nanos, digest, round))
+    }
 }

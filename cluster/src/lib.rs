@@ -11,12 +11,23 @@
 //! [`read::RangeReader`]: chunks on the control connection, bulk streams ([`bulk`]), an RDMA
 //! fabric ([`fabric`]); a broadcast tree when many pull one), every message kind being in
 //! one table ([`messages`]).
+//!
+//! The modules form layers, each using only those below it: message kinds and bodies
+//! ([`messages`]), errors, placement (pure) and the rendezvous at the bottom; reads of
+//! other nodes' objects ([`read`], [`bulk`], [`fabric`]); the head's control store
+//! ([`control`]); what the cross-node service holds (`state.rs`), then the service itself
+//! (`remote.rs`), then its behaviour (`pull.rs`, `serve.rs`, `spread.rs`, `objects.rs`,
+//! `tasks.rs`, `actors.rs`); the benches and the membership; the router and the dispatch of
+//! frames to their handlers; and [`Cluster`] on top (`python3 ci/module-cycles.py cluster/src`
+//! shows the graph).
 #![deny(unsafe_code)] // but for the registration of the object arena with the fabric (`fabric`)
 
 mod actors;
 pub mod bench;
 pub mod bulk;
 mod cluster;
+#[cfg(test)]
+mod conformance;
 pub mod control;
 mod copies;
 mod dispatch;
@@ -31,7 +42,9 @@ pub mod read;
 mod remote;
 pub mod rendezvous;
 mod router;
+mod serve;
 mod spread;
+mod state;
 mod sync;
 mod tasks;
 

@@ -18,8 +18,7 @@ use crate::control::{Head, Load, NodeInfo, Request, Response};
 use crate::error::ClusterError;
 use crate::fabric::FabricInfo;
 use crate::messages::Msg;
-use crate::place::Resources;
-use crate::remote::{Members, Remote};
+use crate::remote::{Candidate, Members, Remote};
 use crate::sync::lock;
 
 /// How often a node reports to the head.
@@ -28,17 +27,6 @@ pub const HEARTBEAT: Duration = Duration::from_millis(500);
 const MAX_ANSWER: usize = 48 << 20;
 /// How long a control request may take.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Another live node, as placement and the connections need it.
-#[derive(Clone, Debug)]
-pub(crate) struct Candidate {
-    /// Its transport id.
-    pub(crate) node: NodeId,
-    /// Its address.
-    pub(crate) addr: SocketAddr,
-    /// Its resources, as last reported.
-    pub(crate) resources: Resources,
-}
 
 /// A node's membership (see the module's docs).
 pub(crate) struct Membership {

@@ -1,7 +1,7 @@
-//! Objects between nodes: what this node lends (exports), how it serves them (`Pull`
-//! chunks, bulk tickets, `Locate`/`Unpin` for fabric reads), and how it takes in the objects
-//! of others (arguments of a task or actor sent here, results, refs that travelled inside
-//! values: `Fetch`), into its [`Copies`].
+//! Objects between nodes: what this node lends (exports; how it serves them is
+//! [`crate::serve`]'s), and how it takes in the objects of others (arguments of a task or
+//! actor sent here, results, refs that travelled inside values: `Fetch`), into its
+//! [`crate::copies::Copies`], each pulled on a thread of its own ([`Remote::pull`]).
 //!
 //! A task's arguments go inline or as objects the owner exports for the executor to pull; a
 //! stored result is exported by the executor and pulled by the owner at once (so that the
@@ -10,90 +10,22 @@
 //! that made it (`Fetch`, answered once it is ready); if that node is gone, the object is
 //! lost.
 
-use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rayhpc::ids::ObjectId;
 use rayhpc::raw::RawArg;
-use rayhpc::{Error, ObjectRef, ObjectView, Untyped};
+use rayhpc::{Error, ObjectRef, Promise, Untyped};
 use rayhpc_node::api::{Failure, Service};
 use rayhpc_transport::{NodeId, Peer};
 
-use crate::bulk::BulkServer;
-use crate::copies::{failed, Copies};
-use crate::fabric::{FabricInfo, NodeFabric};
-use crate::messages::object_id;
-use crate::messages::{Arg, Msg, Outcome, PullMsg, Ticket};
+use crate::messages::{object_id, Arg, Msg, Outcome};
+use crate::pull::{pull_failed, Via};
 use crate::remote::Remote;
 use crate::sync::lock;
 
-/// A node's objects as the cluster sees them.
-pub(crate) struct Objects {
-    /// Objects this node lends to others: id → (the object, how many holders).
-    exports: Mutex<HashMap<ObjectId, (ObjectRef<Untyped>, usize)>>,
-    /// Results exported for each node until it pulled them (dropped if it dies).
-    pub(crate) lent: Mutex<HashMap<NodeId, Vec<ObjectId>>>,
-    /// Copies of other nodes' objects pulled here, shared by every reader on this node.
-    pub(crate) copies: Mutex<Copies>,
-    /// Objects pulled into this node, and their bytes.
-    pub(crate) pulled: (AtomicU64, AtomicU64),
-    /// Objects pinned in the arena for another node's fabric read, until it says `Unpin`.
-    pub(crate) pins: Mutex<HashMap<NodeId, Vec<(ObjectId, ObjectView)>>>,
-    /// This node's bulk listener (large objects to pullers).
-    bulk: Arc<BulkServer>,
-    /// This node's RDMA fabric, if it has one.
-    pub(crate) fabric: Option<NodeFabric>,
-}
-
-impl Objects {
-    /// Nothing lent or copied yet; copies kept within `copy_budget` bytes; large objects
-    /// served over `bulk`, and pulled over `fabric` when there is one.
-    pub(crate) fn new(copy_budget: u64, bulk: Arc<BulkServer>, fabric: Option<NodeFabric>) -> Objects {
-        Objects {
-            exports: Mutex::new(HashMap::new()),
-            lent: Mutex::new(HashMap::new()),
-            copies: Mutex::new(Copies::new(copy_budget)),
-            pulled: (AtomicU64::new(0), AtomicU64::new(0)),
-            pins: Mutex::new(HashMap::new()),
-            bulk,
-            fabric,
-        }
-    }
-
-    /// Whether `id` is exported; `then` runs under the exports' lock (so that an unexport
-    /// cannot slip in between).
-    pub(crate) fn if_exported(&self, id: ObjectId, then: impl FnOnce()) -> bool {
-        let exports = lock(&self.exports);
-        let found = exports.contains_key(&id);
-        if found {
-            then();
-        }
-        found
-    }
-}
-
 impl Remote {
-    /// What this node tells the cluster of its fabric, if it has one.
-    pub(crate) fn fabric_info(&self) -> Option<FabricInfo> {
-        self.objects.fabric.as_ref().map(|f| f.info().clone())
-    }
-
-    /// The fabric's provider, if this node has one.
-    pub(crate) fn fabric_provider(&self) -> Option<String> {
-        self.objects.fabric.as_ref().map(|f| f.info().provider.clone())
-    }
-
-    /// The object `id` as this node can serve it to a puller: an export, or a complete copy
-    /// of another node's object (a source of a tree).
-    pub(crate) fn served(&self, id: ObjectId) -> Option<ObjectRef<Untyped>> {
-        if let Some(r) = lock(&self.objects.exports).get(&id).map(|(r, _)| r.clone()) {
-            return Some(r);
-        }
-        lock(&self.objects.copies).get(id).filter(|r| r.is_ready() && !failed(r))
-    }
-
     /// Lends `r` as `id` (once more).
     pub(crate) fn export(&self, id: ObjectId, r: ObjectRef<Untyped>) {
         lock(&self.objects.exports).entry(id).or_insert((r, 0)).1 += 1;
@@ -155,8 +87,8 @@ impl Remote {
     }
 
     /// The arguments of a call from `peer`, as this node's: bytes as they are, objects as
-    /// refs of this node's copy (see [`Copies`]), pulled from `peer` if there is none yet
-    /// (`lent`: tell it when pulled, or at once when a copy was here already).
+    /// refs of this node's copy (see [`crate::copies::Copies`]), pulled from `peer` if there
+    /// is none yet (`lent`: tell it when pulled, or at once when a copy was here already).
     pub(crate) fn received(self: &Arc<Self>, peer: &Peer, service: &Service, args: Vec<Arg>, lent: bool) -> Result<Vec<RawArg>, Error> {
         let mut out = Vec::with_capacity(args.len());
         for a in args {
@@ -282,94 +214,34 @@ impl Remote {
         Some(r)
     }
 
-    /// `BulkTicket`: a ticket for a bulk stream of an exported object.
-    pub(crate) fn on_ticket(&self, peer: &Peer, id: u64, payload: &[u8]) {
-        let Some(obj) = object_id(peer, id, payload, "ticket request") else { return };
-        let r = self.served(obj);
-        let Some(r) = r else {
-            let _ = peer.refuse(id, &format!("object {:032x} is not exported here", obj.0));
-            return;
-        };
-        let server = &self.objects.bulk;
-        let len = match r.try_view() {
-            Some(Ok(v)) => v.len() as u64,
-            _ => {
-                let _ = peer.refuse(id, "the object cannot be read");
-                return;
+    /// Pulls object `id` (`len` bytes) from `peer` into this node's store, completing
+    /// `promise`; then (`lent`: a result the peer lent) tells the peer to let it go. On a
+    /// thread of its own: a pull is chunks in flight, each waited for in turn.
+    pub(crate) fn pull(self: &Arc<Self>, peer: Peer, id: ObjectId, len: u64, promise: Promise, lent: bool) {
+        self.objects.pulled.0.fetch_add(1, Ordering::Relaxed);
+        self.objects.pulled.1.fetch_add(len, Ordering::Relaxed);
+        let me = self.clone();
+        let spawned = std::thread::Builder::new().name("rayhpc-pull".into()).spawn(move || {
+            // Pulled or not, the lender lets it go (a failed pull fails the object here). The
+            // source is asked for before the store's space is taken (it may take a while).
+            let (from, named) = me.source_for(&peer, id, len);
+            let mut source = None;
+            let done = promise.fulfill_with(len as usize, |buf| {
+                me.pull_spread(&peer, (from, named), id, buf, Via::Best).map(|s| source = s).map_err(|e| pull_failed(id, &e))
+            });
+            if let Some(s) = source {
+                // A source for others only if this node keeps the copy (see `Copies`).
+                let servable = lock(&me.objects.copies).contains(id);
+                me.report_pulled(&peer, id, s, done.is_ok() && servable);
             }
-        };
-        match server.ticket(r) {
-            Ok(ticket) => {
-                let t = Ticket { ticket, addr: server.addr(), len };
-                let _ = peer.respond(id, Msg::BulkTicket.kind(), &postcard::to_allocvec(&t).expect("a ticket serializes"));
-            }
-            Err(e) => {
-                let _ = peer.refuse(id, &format!("no ticket: {e}"));
-            }
-        }
-    }
-
-    /// `Locate`: where an exported object lies in this node's arena, for `peer`'s fabric
-    /// read: pinned there for it until it says `Unpin` (or its connection ends).
-    pub(crate) fn on_locate(&self, peer: &Peer, id: u64, payload: &[u8]) {
-        let Some(obj) = object_id(peer, id, payload, "locate") else { return };
-        let r = self.served(obj);
-        let (Some(r), Some(service)) = (r, self.service.upgrade()) else {
-            let _ = peer.refuse(id, &format!("object {:032x} is not exported here", obj.0));
-            return;
-        };
-        let Some(Ok(view)) = r.try_view() else {
-            let _ = peer.refuse(id, "the object cannot be read");
-            return;
-        };
-        let (base, len) = service.runtime().object_store().region();
-        let offset = (view.as_ptr() as usize).wrapping_sub(base as usize);
-        if view.stored_key().is_none() || (view.as_ptr() as usize) < base as usize || offset + view.len() > len {
-            let _ = peer.refuse(id, "the object is not in the arena");
-            return;
-        }
-        let answer = (offset as u64, view.len() as u64);
-        lock(&self.objects.pins).entry(peer.node()).or_default().push((obj, view));
-        let _ = peer.respond(id, Msg::Locate.kind(), &postcard::to_allocvec(&answer).expect("a location serializes"));
-    }
-
-    /// `Unpin`: `peer` read what `Locate` pinned for it.
-    pub(crate) fn on_unpin(&self, peer: &Peer, payload: &[u8]) {
-        let Ok(obj) = postcard::from_bytes::<ObjectId>(payload) else { return };
-        let mut pins = lock(&self.objects.pins);
-        if let Some(list) = pins.get_mut(&peer.node()) {
-            if let Some(i) = list.iter().position(|(x, _)| *x == obj) {
-                list.swap_remove(i);
-            }
-        }
-    }
-
-    /// `Pull`: serves a chunk of an exported object.
-    pub(crate) fn on_pull(&self, peer: &Peer, id: u64, payload: &[u8]) {
-        let Ok(m) = postcard::from_bytes::<PullMsg>(payload) else {
-            let _ = peer.refuse(id, "a malformed pull");
-            return;
-        };
-        let Some(r) = self.served(m.id) else {
-            let _ = peer.refuse(id, &format!("object {:032x} is not exported here", m.id.0));
-            return;
-        };
-        match r.try_view() {
-            Some(Ok(v)) => {
-                let a = usize::try_from(m.offset).unwrap_or(usize::MAX);
-                let b = a.saturating_add(m.len as usize);
-                match v.get(a..b) {
-                    Some(chunk) => {
-                        let _ = peer.respond(id, Msg::Pull.kind(), chunk);
-                    }
-                    None => {
-                        let _ = peer.refuse(id, &format!("bytes {a}..{b} of a {}-byte object", v.len()));
-                    }
+            if lent {
+                if let Ok(b) = postcard::to_allocvec(&id) {
+                    let _ = peer.post(Msg::Unexport.kind(), &b);
                 }
             }
-            _ => {
-                let _ = peer.refuse(id, "the object cannot be read");
-            }
+        });
+        if let Err(e) = spawned {
+            eprintln!("rayhpc node: cannot start a pull: {e}");
         }
     }
 }

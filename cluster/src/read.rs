@@ -10,8 +10,8 @@
 //!   both nodes have the same fabric).
 //!
 //! A pull tries the ones that apply, best first ([`first_of`]). The exporter's side:
-//! `Pull`, `BulkTicket`, `Locate` and `Unpin` answered by the node holding the object, and
-//! the bulk listener ([`crate::bulk::BulkServer`]).
+//! `Pull`, `BulkTicket`, `Locate` and `Unpin` answered by the node holding the object
+//! (`serve.rs`), and the bulk listener ([`crate::bulk::BulkServer`]).
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -21,9 +21,6 @@ use rayhpc_transport::Peer;
 
 use crate::error::ReadError;
 use crate::messages::{Msg, PullMsg};
-
-#[cfg(test)]
-mod conformance;
 
 /// Bytes per pulled chunk.
 pub const CHUNK: usize = 4 << 20;

@@ -1,8 +1,12 @@
-//! Tasks, actors and objects across nodes: [`Remote`], the cross-node service of one node.
-//! Each concept has its file: placement ([`crate::place`], pure), forwarded tasks
-//! ([`crate::tasks`]), objects lent, fetched and pulled ([`crate::objects`],
-//! [`crate::pull`], [`crate::copies`]), the broadcast tree ([`crate::spread`]) and actors
-//! on other nodes ([`crate::actors`]); the messages are in [`crate::messages`].
+//! Tasks, actors and objects across nodes: [`Remote`], the cross-node service of one node:
+//! what it holds ([`crate::state`]), its service thread, the membership it reaches the
+//! other nodes through ([`Members`]), and placement ([`crate::place`], pure). What it does
+//! is in `impl Remote` blocks of the modules above this one, each using only those below
+//! it: reads of other nodes' objects ([`crate::pull`]), the exporter's answers
+//! ([`crate::serve`]), the broadcast tree ([`crate::spread`]), objects lent, fetched and
+//! pulled ([`crate::objects`]), forwarded tasks ([`crate::tasks`]) and actors on other nodes
+//! ([`crate::actors`]); `dispatch.rs` hands it the frames, whose kinds and bodies are in
+//! [`crate::messages`].
 //!
 //! **Threads.** Nothing here blocks a connection's reader or an executor: messages and
 //! completions are handed to one service thread per node (`rayhpc-remote`), which writes
@@ -15,6 +19,7 @@
 //! let go.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
@@ -27,12 +32,9 @@ use rayhpc_transport::{NodeId, Peer};
 
 use crate::bulk::BulkServer;
 use crate::fabric::{FabricInfo, NodeFabric};
-use crate::membership::Candidate;
-use crate::objects::Objects;
-use crate::place::{self, Decision, NodeLoad, Placed};
-use crate::spread::Spread;
+use crate::place::{self, Decision, NodeLoad, Placed, Resources};
+use crate::state::{Objects, Spread, Tasks};
 use crate::sync::lock;
-use crate::tasks::{Resend, Tasks};
 
 /// What the cross-node service needs of its cluster's membership: the other nodes as the
 /// view has them, and the connections to them.
@@ -45,6 +47,17 @@ pub(crate) trait Members: Send + Sync {
     fn connected(&self, node: NodeId) -> Option<Peer>;
     /// Live node `node`'s fabric, if it has one.
     fn fabric_of(&self, node: NodeId) -> Option<FabricInfo>;
+}
+
+/// Another live node, as placement and the connections need it.
+#[derive(Clone, Debug)]
+pub(crate) struct Candidate {
+    /// Its transport id.
+    pub(crate) node: NodeId,
+    /// Its address.
+    pub(crate) addr: SocketAddr,
+    /// Its resources, as last reported.
+    pub(crate) resources: Resources,
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -142,6 +155,21 @@ impl Remote {
         f(self, peer, id, &payload);
     }
 
+    /// What this node tells the cluster of its fabric, if it has one.
+    pub(crate) fn fabric_info(&self) -> Option<FabricInfo> {
+        self.objects.fabric.as_ref().map(|f| f.info().clone())
+    }
+
+    /// The fabric's provider, if this node has one.
+    pub(crate) fn fabric_provider(&self) -> Option<String> {
+        self.objects.fabric.as_ref().map(|f| f.info().provider.clone())
+    }
+
+    /// The cluster's membership, while it lasts.
+    pub(crate) fn members(&self) -> Option<Arc<dyn Members>> {
+        self.members.upgrade()
+    }
+
     /// The connection to live node `node`, made on first use.
     pub(crate) fn peer(&self, node: NodeId) -> Option<Peer> {
         self.members.upgrade()?.peer(node)
@@ -150,16 +178,6 @@ impl Remote {
     /// Live node `node`'s fabric, if it has one.
     pub(crate) fn fabric_of(&self, node: NodeId) -> Option<FabricInfo> {
         self.members.upgrade()?.fabric_of(node)
-    }
-
-    /// Places a task that could not run where it was sent again: on the node placement
-    /// picks among the live ones already connected (no dialing from here), else here (also
-    /// once the cluster is gone).
-    pub(crate) fn replace(self: &Arc<Self>, p: Resend) {
-        let Some(members) = self.members.upgrade() else { return self.resend(p, None) };
-        let nodes = members.candidates();
-        let peer = self.place_for(&p, &nodes).and_then(|c| members.connected(c.node));
-        self.resend(p, peer);
     }
 
     /// This node as placement sees it.

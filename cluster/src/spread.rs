@@ -7,7 +7,6 @@
 //! that fails is reported and the owner pulled from instead; a node that dies leaves the
 //! tree.
 
-use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use rayhpc::ids::ObjectId;
@@ -25,41 +24,6 @@ pub const TREE_FROM: u64 = 8 << 20;
 /// Pulls one node serves at once of an object that spreads as a tree (1: a binomial tree,
 /// the nodes that have the object doubling every round).
 pub const FANOUT: u32 = 1;
-
-/// An owner's view of one object that several nodes pull: who has a copy (and how many
-/// pulls from the owner away), who is serving how many pulls, who waits for a source.
-#[derive(Default)]
-pub(crate) struct Spread {
-    have: Vec<(NodeId, u32)>,
-    busy: HashMap<NodeId, u32>,
-    /// (puller, source) of the pulls in progress: a puller that dies frees its source.
-    assigned: Vec<(NodeId, NodeId)>,
-    waiting: VecDeque<(Peer, u64)>,
-}
-
-impl Spread {
-    /// The pull of `puller` from `source` ended (or never will): the source is free again.
-    fn release(&mut self, puller: NodeId, source: NodeId) -> bool {
-        let Some(i) = self.assigned.iter().position(|a| *a == (puller, source)) else { return false };
-        self.assigned.swap_remove(i);
-        if let Some(b) = self.busy.get_mut(&source) {
-            *b = b.saturating_sub(1);
-        }
-        true
-    }
-
-    /// Node `node` is gone: it is no source, pulls from or by it end, it waits no more.
-    fn lose(&mut self, node: NodeId) {
-        self.have.retain(|(n, _)| *n != node);
-        self.busy.remove(&node);
-        let theirs: Vec<(NodeId, NodeId)> = self.assigned.iter().filter(|(p, _)| *p == node).copied().collect();
-        for (p, source) in theirs {
-            self.release(p, source);
-        }
-        self.assigned.retain(|(_, src)| *src != node);
-        self.waiting.retain(|(p, _)| p.node() != node);
-    }
-}
 
 fn source_bytes(s: &Source) -> Vec<u8> {
     postcard::to_allocvec(s).expect("a source serializes")

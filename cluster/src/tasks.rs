@@ -6,130 +6,27 @@
 //! owner → executor (the function, its arguments inline or as objects the owner exports for
 //! the executor to pull, the options, the owner's number for it), `TaskDone` executor →
 //! owner (the result inline, or an object the executor lends, or the failure); the owner's
-//! ref is a [`Promise`] of the core. A node never forwards a task it got from another node
+//! ref is a [`rayhpc::Promise`] of the core. A node never forwards a task it got from another node
 //! (no ping-pong).
 //!
 //! A task whose node dies, whose send fails, or whose worker process died over there is
 //! placed again while its `max_retries` allows (another live node, or here), else fails as a
 //! lost worker.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
-use rayhpc::ids::ObjectId;
 use rayhpc::raw::RawArg;
-use rayhpc::{Error, FailureKind, ObjectRef, Promise, TaskError, Untyped};
+use rayhpc::{Error, FailureKind, ObjectRef, TaskError, Untyped};
 use rayhpc_node::api::{CallOptions, ErrorKind, Failure};
 use rayhpc_node::router::TaskFn;
-use rayhpc_node::wire::{Key, WireOptions};
+use rayhpc_node::wire::WireOptions;
 use rayhpc_transport::{NodeId, Peer};
 
-use crate::membership::Candidate;
 use crate::messages::{DoneMsg, Msg, MsgFn, Outcome, TaskMsg};
-use crate::remote::Remote;
+use crate::remote::{Candidate, Remote};
+use crate::state::{next_attempt, Pending, Resend};
 use crate::sync::lock;
-
-/// A task sent to another node, until its outcome is in.
-pub(crate) struct Pending {
-    node: NodeId,
-    func: TaskFn,
-    args: Vec<RawArg>,
-    options: WireOptions,
-    promise: Promise,
-    /// The objects exported for it.
-    exported: Vec<ObjectId>,
-    cpus: f64,
-    retries_left: i32,
-}
-
-/// A task whose node died, to run again (opaque outside this module).
-pub(crate) struct Resend(Pending);
-
-/// What becomes of a task that could not run where it was sent with `retries_left` retries
-/// left (-1: no limit): placed again with the retries then left, or (`None`) failed.
-pub(crate) fn next_attempt(retries_left: i32) -> Option<i32> {
-    match retries_left {
-        0 => None,
-        n if n > 0 => Some(n - 1),
-        n => Some(n),
-    }
-}
-
-/// The tasks of one node across the cluster.
-pub(crate) struct Tasks {
-    seq: AtomicU64,
-    pending: Mutex<HashMap<u64, Pending>>,
-    /// CPUs of the tasks in flight per node (placement counts them against its last report).
-    inflight: Mutex<HashMap<NodeId, f64>>,
-    /// Tasks run here for others (counted for `rayhpc status` and tests).
-    pub(crate) ran_for_others: AtomicU64,
-    /// Tasks sent to others.
-    pub(crate) sent: AtomicU64,
-    /// The Python functions each node was sent (with a task) by this node: later tasks of the
-    /// same function go without its pickle.
-    known: Mutex<HashSet<(NodeId, Key)>>,
-    /// The core's options of the last options a task came with (a stream of tasks mostly
-    /// shares them).
-    last_options: Mutex<Option<(WireOptions, rayhpc::Options)>>,
-}
-
-impl Default for Tasks {
-    fn default() -> Tasks {
-        Tasks {
-            seq: AtomicU64::new(1),
-            pending: Mutex::new(HashMap::new()),
-            inflight: Mutex::new(HashMap::new()),
-            ran_for_others: AtomicU64::new(0),
-            sent: AtomicU64::new(0),
-            known: Mutex::new(HashSet::new()),
-            last_options: Mutex::new(None),
-        }
-    }
-}
-
-impl Tasks {
-    /// CPUs of the tasks placed on `node` (this node too) and not seen finish.
-    pub(crate) fn promised(&self, node: NodeId) -> f64 {
-        lock(&self.inflight).get(&node).copied().unwrap_or(0.0)
-    }
-
-    fn add(&self, node: NodeId, cpus: f64) {
-        *lock(&self.inflight).entry(node).or_default() += cpus;
-    }
-
-    fn done(&self, node: NodeId, cpus: f64) {
-        if let Some(n) = lock(&self.inflight).get_mut(&node) {
-            *n -= cpus;
-        }
-    }
-
-    /// Takes back every task sent to `node` (its connection ended), and forgets its load.
-    pub(crate) fn take_node(&self, node: NodeId) -> Vec<Pending> {
-        let lost: Vec<Pending> = {
-            let mut pending = lock(&self.pending);
-            let seqs: Vec<u64> = pending.iter().filter(|(_, p)| p.node == node).map(|(s, _)| *s).collect();
-            seqs.into_iter().filter_map(|s| pending.remove(&s)).collect()
-        };
-        lock(&self.inflight).remove(&node);
-        lock(&self.known).retain(|(n, _)| *n != node);
-        lost
-    }
-
-    /// The core's options of a task that came with `w`, run here for its owner (retries are
-    /// the owner's: it sends the task again if this node dies).
-    fn options(&self, w: &WireOptions) -> rayhpc::Options {
-        let mut last = lock(&self.last_options);
-        if let Some((lw, o)) = last.as_ref() {
-            if lw == w {
-                return o.clone();
-            }
-        }
-        let o = CallOptions::new(w.clone()).task.max_retries(0);
-        *last = Some((w.clone(), o.clone()));
-        o
-    }
-}
 
 impl Remote {
     /// Runs a task on this node through `here`, counting it in this node's load until it
@@ -384,6 +281,16 @@ impl Remote {
         }
     }
 
+    /// Places a task that could not run where it was sent again: on the node placement
+    /// picks among the live ones already connected (no dialing from here), else here (also
+    /// once the cluster is gone).
+    pub(crate) fn replace(self: &Arc<Self>, p: Resend) {
+        let Some(members) = self.members() else { return self.resend(p, None) };
+        let nodes = members.candidates();
+        let peer = self.place_for(&p, &nodes).and_then(|c| members.connected(c.node));
+        self.resend(p, peer);
+    }
+
     /// Where a task to place again should go (as [`Remote::place`]).
     pub(crate) fn place_for(&self, p: &Resend, nodes: &[Candidate]) -> Option<Candidate> {
         self.place(&p.0.options, nodes)
@@ -431,19 +338,5 @@ impl Remote {
             }
             Err(e) => p.promise.fail(e),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::next_attempt;
-
-    #[test]
-    fn a_lost_task_is_placed_again_while_its_retries_allow() {
-        assert_eq!(next_attempt(3), Some(2));
-        assert_eq!(next_attempt(1), Some(0));
-        assert_eq!(next_attempt(0), None);
-        // -1: as often as it takes.
-        assert_eq!(next_attempt(-1), Some(-1));
     }
 }

@@ -1,4 +1,5 @@
-//! One test of what a [`RangeReader`] must do, run against each: [`Chunks`], bulk streams
+//! The conformance test of the readers of other nodes' objects ([`crate::read`]): one test
+//! of what a [`RangeReader`] must do, run against each: [`Chunks`], bulk streams
 //! and (with the `fabric` feature, over libfabric's `tcp;ofi_rxm`) the fabric. Two node
 //! runtimes of this process in a cluster over loopback: the head holds and exports an
 //! object (a real store, the real handlers of `Pull`, `BulkTicket`, `Locate`, `Unpin`), the
@@ -14,10 +15,11 @@ use rayhpc::{ObjectRef, Untyped};
 use rayhpc_node::{Node, NodeConfig};
 use rayhpc_transport::{NodeId, Peer};
 
-use super::{Chunks, RangeReader, ReadError, CHUNK};
 use crate::bulk::BulkStreams;
 use crate::cluster::{Cluster, ClusterConfig, Role};
+use crate::error::ReadError;
 use crate::fabric::FabricMode;
+use crate::read::{Chunks, RangeReader, CHUNK};
 use crate::remote::Remote;
 use crate::sync::lock;
 
