@@ -22,30 +22,16 @@ use rayhpc_sched::ClassId;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, FailureKind, Result};
-use crate::function::{decode_args, encode_result, ArgSpec, Arguments, Callable, Failure, IntoArgs, MethodCallable, Output};
+use crate::function::{decode_args, ArgSpec, Arguments, Callable, IntoArgs, MethodCallable};
 use crate::ids::{ActorId, FunctionId};
+use crate::invoke::{encode_result, guarded, task_error, ClassEntry, Ctor, Failure, MethodEntry, MethodInvoke};
 use crate::object::{Notify, ObjectRef, Slot, Waiter};
 use crate::options::Options;
 use crate::runtime::Runtime;
-use crate::task::{guarded, task_error, with_inputs, CoreJob};
+use crate::task::{with_inputs, CoreJob};
 
 /// Calls one turn runs before it lets other work use the executor.
 pub const BATCH: usize = 256;
-
-pub(crate) type Ctor = dyn Fn(&[&[u8]]) -> std::result::Result<Box<dyn Any + Send>, Failure> + Send + Sync;
-pub(crate) type MethodInvoke = dyn Fn(&mut (dyn Any + Send), &[&[u8]]) -> std::result::Result<Output, Failure> + Send + Sync;
-
-pub(crate) struct ClassEntry {
-    pub(crate) name: Arc<str>,
-    type_id: TypeId,
-    ctor: Box<Ctor>,
-}
-
-pub(crate) struct MethodEntry {
-    name: Arc<str>,
-    id: FunctionId,
-    invoke: Box<MethodInvoke>,
-}
 
 /// A registered actor class with state type `A`, built from constructor arguments `CArgs`.
 pub struct ActorClass<A, CArgs> {

@@ -1,16 +1,14 @@
-//! Remote functions: registration under a stable name, typed calls, and the type-erased
-//! entry that the runtime invokes with argument bytes.
+//! Remote functions: registration under a stable name and typed calls.
 //!
 //! A function is registered once per process with [`function`] (or [`try_function`] for one
-//! that returns `Result`). The registry maps its [`FunctionId`] (a stable hash of the name)
-//! to the entry, so a task spec names its function by id and any process that registered
-//! the same name can run it; the handle also keeps the entry itself, so local submission
-//! never looks the name up.
+//! that returns `Result`), into the registry of `invoke` under its [`FunctionId`]: a closure
+//! over argument bytes that decodes them as the parameter types, calls the function and
+//! encodes its result. The traits here turn a call site's values and refs into argument
+//! specs, and argument bytes back into values.
 
-use std::collections::HashMap;
 use std::fmt::Display;
 use std::marker::PhantomData;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -18,6 +16,7 @@ use serde::Serialize;
 use crate::codec;
 use crate::error::{FailureKind, Result};
 use crate::ids::FunctionId;
+use crate::invoke::{encode_result, register, Failure, FnEntry};
 use crate::object::{ObjectRef, Slot};
 use crate::options::Options;
 use crate::runtime::Runtime;
@@ -26,61 +25,6 @@ use crate::runtime::Runtime;
 pub(crate) enum ArgSpec {
     Value(Vec<u8>),
     Ref(Arc<Slot>),
-}
-
-/// A failure inside an invocation, before it becomes a [`crate::TaskError`].
-#[derive(Debug)]
-pub(crate) struct Failure {
-    pub kind: FailureKind,
-    pub message: String,
-    /// Bytes a language binding attaches (Python: the pickled exception), handed back with
-    /// the error unchanged.
-    pub payload: Option<Arc<[u8]>>,
-}
-
-impl Failure {
-    pub(crate) fn new(kind: FailureKind, message: impl Into<String>) -> Self {
-        Failure { kind, message: message.into(), payload: None }
-    }
-}
-
-/// What an invocation produced: bytes to seal (inline or into the store), or an object a
-/// worker process already sealed into the store itself.
-pub(crate) enum Output {
-    Bytes(Vec<u8>),
-    Stored(rayhpc_objstore::Object),
-}
-
-pub(crate) type Invoke = dyn Fn(&[&[u8]]) -> std::result::Result<Output, Failure> + Send + Sync;
-
-/// A registered function as the runtime sees it.
-pub(crate) struct FnEntry {
-    pub name: Arc<str>,
-    pub id: FunctionId,
-    pub invoke: Box<Invoke>,
-}
-
-fn registry() -> &'static RwLock<HashMap<FunctionId, &'static FnEntry>> {
-    static R: OnceLock<RwLock<HashMap<FunctionId, &'static FnEntry>>> = OnceLock::new();
-    R.get_or_init(Default::default)
-}
-
-/// Looks a registered function up by name (what a process that receives a task spec from
-/// elsewhere does). Returns its id when registered.
-pub fn lookup(name: &str) -> Option<FunctionId> {
-    let id = FunctionId::of(name);
-    registry().read().unwrap_or_else(|e| e.into_inner()).get(&id).map(|e| e.id)
-}
-
-/// Registered functions live as long as the process (they are registered once, like Ray's
-/// `@ray.remote` at module level): a task refers to its entry without a reference count, so
-/// no counter bounces between the submitting and the executing CPU.
-pub(crate) fn register(name: &str, invoke: Box<Invoke>) -> &'static FnEntry {
-    let e: &'static FnEntry = Box::leak(Box::new(FnEntry { name: name.into(), id: FunctionId::of(name), invoke }));
-    // Registering a name again replaces the entry for lookups by id; handles already made
-    // keep the entry they were made with.
-    registry().write().unwrap_or_else(|e| e.into_inner()).insert(e.id, e);
-    e
 }
 
 /// A tuple of argument types that can be decoded from argument bytes.
@@ -199,10 +143,6 @@ arity!(8; A1 X1, A2 X2, A3 X3, A4 X4, A5 X5, A6 X6, A7 X7, A8 X8);
 
 pub(crate) fn decode_args<Args: Arguments>(inputs: &[&[u8]]) -> std::result::Result<Args, Failure> {
     Args::decode(inputs).map_err(|m| Failure::new(FailureKind::BadArguments, m))
-}
-
-pub(crate) fn encode_result<R: Serialize>(r: &R) -> std::result::Result<Output, Failure> {
-    codec::encode(r).map(Output::Bytes).map_err(|e| Failure::new(FailureKind::BadResult, e.to_string()))
 }
 
 /// A registered remote function: `Args` is the tuple of its parameter types, `R` its result.

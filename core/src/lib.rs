@@ -26,6 +26,7 @@ pub mod codec;
 mod error;
 mod function;
 pub mod ids;
+mod invoke;
 mod object;
 mod options;
 pub mod raw;
@@ -35,7 +36,8 @@ mod task;
 
 pub use actor::{actor, try_actor, ActorClass, ActorHandle, Method};
 pub use error::{Error, FailureKind, ResourceError, Result, TaskError};
-pub use function::{function, lookup, try_function, Arguments, Callable, IntoArg, IntoArgs, MethodCallable, RemoteFn};
+pub use function::{function, try_function, Arguments, Callable, IntoArg, IntoArgs, MethodCallable, RemoteFn};
+pub use invoke::lookup;
 pub use object::{ObjectRef, ObjectView, Untyped};
 pub use options::{Options, DEFAULT_MAX_RETRIES};
 pub use rayhpc_objstore as objstore;

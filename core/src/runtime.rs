@@ -12,11 +12,12 @@ use rayhpc_sched::{ClassId, Pin, Pool, PoolConfig, ResourceView, Topology};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::actor::{ActorCell, ActorHandle, ClassEntry, CreateSpec};
+use crate::actor::{ActorCell, ActorHandle, CreateSpec};
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::function::{ArgSpec, ArgSpecPub, FnEntry};
+use crate::function::{ArgSpec, ArgSpecPub};
 use crate::ids::{ActorId, ObjectId, TaskId};
+use crate::invoke::{ClassEntry, FnEntry};
 use crate::object::{Notify, ObjectRef, ObjectView, Outcome, Slot, Waiter};
 use crate::options::{Options, DEFAULT_MAX_RETRIES};
 use crate::store::Blob;
@@ -864,10 +865,10 @@ impl RuntimeInner {
     }
 
     /// Seals what an invocation produced as object `id`.
-    pub(crate) fn seal_output(&self, id: ObjectId, out: crate::function::Output) -> Outcome {
+    pub(crate) fn seal_output(&self, id: ObjectId, out: crate::invoke::Output) -> Outcome {
         match out {
-            crate::function::Output::Bytes(b) => self.seal(id, b),
-            crate::function::Output::Stored(o) => Ok(Blob::Stored(o)),
+            crate::invoke::Output::Bytes(b) => self.seal(id, b),
+            crate::invoke::Output::Stored(o) => Ok(Blob::Stored(o)),
         }
     }
 

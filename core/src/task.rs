@@ -14,16 +14,16 @@
 //! (a hint) and after a failed one (a failure while cancelled is the cancel's, and never
 //! retried).
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rayhpc_sched::{ClassId, Job};
 
 use crate::actor::{ActorCell, CreateSpec};
-use crate::error::{Error, FailureKind, TaskError};
-use crate::function::{ArgSpec, Failure, FnEntry};
+use crate::error::{Error, FailureKind};
+use crate::function::ArgSpec;
 use crate::ids::{ObjectId, TaskId};
+use crate::invoke::{guarded, task_error, Failure, FnEntry};
 use crate::object::{Notify, Slot, Waiter};
 use crate::runtime::{with_current, RuntimeInner, ThreadState, THREAD};
 use crate::store::Bytes;
@@ -221,28 +221,6 @@ pub(crate) fn with_inputs_in<R>(st: &ThreadState, args: &[ArgSpec], f: impl FnOn
     Ok(out)
 }
 
-/// Runs `f`, turning a panic into a [`Failure`].
-pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T, Failure>) -> Result<T, Failure> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => r,
-        Err(p) => Err(Failure::new(FailureKind::Panic, panic_message(&*p))),
-    }
-}
-
-pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panic with a non-string payload".to_string()
-    }
-}
-
-pub(crate) fn task_error(function: &Arc<str>, f: Failure, attempts: u32) -> Error {
-    Error::Task(Box::new(TaskError { function: function.clone(), kind: f.kind, message: f.message, attempts, payload: f.payload }))
-}
-
 /// `f` of the result slot of the task running on this thread (`None` outside a task, in an
 /// actor method, and on a thread whose thread-locals are gone).
 fn with_running<R: Default>(f: impl FnOnce(Option<&Slot>) -> R) -> R {
@@ -339,7 +317,7 @@ mod tests {
     use std::sync::atomic::AtomicU32;
 
     use super::*;
-    use crate::function::{register, Output};
+    use crate::invoke::{register, Output};
     use crate::{Config, Runtime};
 
     fn spec(rt: &Runtime, name: &str, runs: &Arc<AtomicU32>, attempts: u32) -> Box<TaskSpec> {
