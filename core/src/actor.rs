@@ -22,10 +22,10 @@ use rayhpc_sched::ClassId;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, FailureKind, Result};
-use crate::function::{decode_args, ArgSpec, Arguments, Callable, IntoArgs, MethodCallable};
+use crate::function::{decode_args, Arguments, Callable, IntoArgs, MethodCallable};
 use crate::ids::{ActorId, FunctionId};
 use crate::invoke::{encode_result, guarded, task_error, ClassEntry, Ctor, Failure, MethodEntry, MethodInvoke};
-use crate::object::{Notify, ObjectRef, Slot, Waiter};
+use crate::object::{ArgSpec, Notify, ObjectRef, Slot, Waiter};
 use crate::options::Options;
 use crate::runtime::Runtime;
 use crate::task::{with_inputs, CoreJob};

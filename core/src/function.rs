@@ -8,7 +8,6 @@
 
 use std::fmt::Display;
 use std::marker::PhantomData;
-use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -17,15 +16,9 @@ use crate::codec;
 use crate::error::{FailureKind, Result};
 use crate::ids::FunctionId;
 use crate::invoke::{encode_result, register, Failure, FnEntry};
-use crate::object::{ObjectRef, Slot};
+use crate::object::{ArgSpec, ObjectRef};
 use crate::options::Options;
 use crate::runtime::Runtime;
-
-/// An argument of a task spec: encoded bytes, or an object to wait for and read.
-pub(crate) enum ArgSpec {
-    Value(Vec<u8>),
-    Ref(Arc<Slot>),
-}
 
 /// A tuple of argument types that can be decoded from argument bytes.
 pub trait Arguments: Sized + 'static {

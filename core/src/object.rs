@@ -1,6 +1,10 @@
 //! Objects as their owner sees them: a [`Slot`] per object (the future's state), the typed
 //! handle [`ObjectRef`], and the zero-copy [`ObjectView`].
 //!
+//! The slot of a task's result is also where the task waits whenever nobody runs it, so the
+//! task's spec ([`TaskSpec`]) and its arguments ([`ArgSpec`]: bytes, or objects to read) are
+//! defined here, as data; the task layer above resolves and runs them.
+//!
 //! # The slot protocol
 //! A slot is written once (`complete`) and read many times. Readers that must wait register
 //! a [`Waiter`]: a parked thread, or anything that implements [`Notify`] (a task waiting for
@@ -35,9 +39,9 @@ use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::ids::ObjectId;
+use crate::ids::{ObjectId, TaskId};
+use crate::invoke::FnEntry;
 use crate::store::Blob;
-use crate::task::TaskSpec;
 use rayhpc_objstore::View;
 
 /// The value of a finished object: its bytes, or the error of the task that should have
@@ -62,6 +66,30 @@ impl Waiter {
             Waiter::Callback(n) => n.notify(),
         }
     }
+}
+
+/// An argument of a task spec: encoded bytes, or an object to wait for and read.
+pub(crate) enum ArgSpec {
+    Value(Vec<u8>),
+    Ref(Arc<Slot>),
+}
+
+/// Everything needed to run one task, here or elsewhere. Whenever nobody runs it, it waits
+/// in the slot of its result, `ret` (see [`Slot::park_job`]).
+pub(crate) struct TaskSpec {
+    /// The stable id: what a spec sent to another node is known by (unused on one node).
+    #[allow(dead_code)]
+    pub id: TaskId,
+    pub func: &'static FnEntry,
+    pub args: Vec<ArgSpec>,
+    pub class: ClassId,
+    /// Retries left for application errors (-1: forever), used only with `retry_exceptions`.
+    pub retries_left: i32,
+    pub retry_exceptions: bool,
+    pub attempts: u32,
+    /// A per-call name shown in errors instead of the function's.
+    pub name: Option<Arc<str>>,
+    pub ret: Arc<Slot>,
 }
 
 /// The state of one object.

@@ -12,10 +12,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::actor::{cell_by_id, class_of_ctor, ActorClass, ActorHandle, Method};
 use crate::error::{FailureKind, Result};
-use crate::function::ArgSpec;
 use crate::ids::ActorId;
 use crate::invoke::{register, Failure, FnEntry, Output};
-use crate::object::{ObjectRef, Untyped};
+use crate::object::{ArgSpec, ObjectRef, Untyped};
 use crate::options::Options;
 use crate::runtime::Runtime;
 

@@ -15,13 +15,13 @@ use serde::Serialize;
 use crate::actor::{ActorCell, ActorHandle, CreateSpec};
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::function::{ArgSpec, ArgSpecPub};
+use crate::function::ArgSpecPub;
 use crate::ids::{ActorId, ObjectId, TaskId};
 use crate::invoke::{ClassEntry, FnEntry};
-use crate::object::{Notify, ObjectRef, ObjectView, Outcome, Slot, Waiter};
+use crate::object::{ArgSpec, Notify, ObjectRef, ObjectView, Outcome, Slot, TaskSpec, Waiter};
 use crate::options::{Options, DEFAULT_MAX_RETRIES};
 use crate::store::Blob;
-use crate::task::{execute, fail_cancelled, submit_when_ready, CoreJob, TaskSpec, Work};
+use crate::task::{execute, fail_cancelled, submit_when_ready, CoreJob, Work};
 use rayhpc_objstore::{Hugepages, Store, StoreConfig};
 
 /// Default size limit of results kept inline with their owner; larger ones go to the store.

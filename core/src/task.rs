@@ -1,4 +1,4 @@
-//! Task specs, dependency resolution and execution.
+//! Tasks: dependency resolution and execution.
 //!
 //! A task travels: `RemoteFn::remote` → [`crate::Runtime`] builds a [`TaskSpec`] (function
 //! id and entry, argument bytes or refs, resource class, retry policy, result slot) → if
@@ -21,29 +21,11 @@ use rayhpc_sched::{ClassId, Job};
 
 use crate::actor::{ActorCell, CreateSpec};
 use crate::error::{Error, FailureKind};
-use crate::function::ArgSpec;
-use crate::ids::{ObjectId, TaskId};
-use crate::invoke::{guarded, task_error, Failure, FnEntry};
-use crate::object::{Notify, Slot, Waiter};
+use crate::ids::ObjectId;
+use crate::invoke::{guarded, task_error, Failure};
+use crate::object::{ArgSpec, Notify, Slot, TaskSpec, Waiter};
 use crate::runtime::{with_current, RuntimeInner, ThreadState, THREAD};
 use crate::store::Bytes;
-
-/// Everything needed to run one task, here or elsewhere.
-pub(crate) struct TaskSpec {
-    /// The stable id: what a spec sent to another node is known by (unused on one node).
-    #[allow(dead_code)]
-    pub id: TaskId,
-    pub func: &'static FnEntry,
-    pub args: Vec<ArgSpec>,
-    pub class: ClassId,
-    /// Retries left for application errors (-1: forever), used only with `retry_exceptions`.
-    pub retries_left: i32,
-    pub retry_exceptions: bool,
-    pub attempts: u32,
-    /// A per-call name shown in errors instead of the function's.
-    pub name: Option<Arc<str>>,
-    pub ret: Arc<Slot>,
-}
 
 /// What the pool runs.
 pub(crate) enum CoreJob {
