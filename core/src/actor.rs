@@ -28,7 +28,7 @@ use crate::invoke::{encode_result, guarded, task_error, ClassEntry, Ctor, Failur
 use crate::object::{ArgSpec, Notify, ObjectRef, Slot, Waiter};
 use crate::options::Options;
 use crate::runtime::Runtime;
-use crate::task::{with_inputs, CoreJob};
+use crate::state::{with_inputs, ActorCall, ActorCell, CoreJob, CreateSpec, Runner, RuntimeInner};
 
 /// Calls one turn runs before it lets other work use the executor.
 pub const BATCH: usize = 256;
@@ -301,40 +301,8 @@ impl<A: Send + 'static, Args, R> Method<A, Args, R> {
     }
 }
 
-pub(crate) struct ActorCall {
-    method: &'static MethodEntry,
-    args: Vec<ArgSpec>,
-    ret: Arc<Slot>,
-}
-
-struct Runner {
-    state: Option<Box<dyn Any + Send>>,
-    head: Option<ActorCall>,
-}
-
-/// One actor, as the runtime holds it.
-pub(crate) struct ActorCell {
-    pub(crate) id: ActorId,
-    pub(crate) class: Arc<ClassEntry>,
-    pub(crate) name: Option<String>,
-    rt: Runtime,
-    mailbox: SegQueue<ActorCall>,
-    scheduled: RunFlag,
-    runner: Mutex<Runner>,
-    pub(crate) dead: OnceLock<Error>,
-    /// Resources held for the actor's life, given back when it dies.
-    held: Mutex<Option<ClassId>>,
-}
-
-/// The creation job of an actor.
-pub(crate) struct CreateSpec {
-    pub cell: Arc<ActorCell>,
-    pub args: Vec<ArgSpec>,
-    pub holds_resources: bool,
-}
-
 impl ActorCell {
-    pub(crate) fn new(id: ActorId, class: Arc<ClassEntry>, name: Option<String>, rt: Runtime) -> Arc<Self> {
+    pub(crate) fn new(id: ActorId, class: Arc<ClassEntry>, name: Option<String>, rt: Arc<RuntimeInner>) -> Arc<Self> {
         let cell = Arc::new(ActorCell {
             id,
             class,
@@ -373,7 +341,7 @@ impl ActorCell {
     }
 
     fn submit_turn(self: &Arc<Self>) {
-        self.rt.inner.pool().submit(CoreJob::ActorTurn(self.clone()), ClassId::FREE);
+        self.rt.pool().submit(CoreJob::ActorTurn(self.clone()), ClassId::FREE);
     }
 
     /// Marks the actor dead with `e` (first reason wins), gives back its resources and
@@ -381,7 +349,7 @@ impl ActorCell {
     pub(crate) fn kill(self: &Arc<Self>, e: Error) {
         let _ = self.dead.set(e);
         if let Some(c) = self.held.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            self.rt.inner.pool().release(c);
+            self.rt.pool().release(c);
         }
         self.schedule();
     }
@@ -425,7 +393,7 @@ impl ActorCell {
                     out = Err(e);
                 }
             }
-            call.ret.complete(out.and_then(|b| self.rt.inner.seal_output(call.ret.id, b)));
+            call.ret.complete(out.and_then(|b| self.rt.seal_output(call.ret.id, b)));
         }
         if self.dead.get().is_some() {
             // Killed: the state's destructor runs here, on the actor's own turn.
@@ -458,7 +426,7 @@ impl ActorCell {
 impl Drop for ActorCell {
     fn drop(&mut self) {
         if let Some(c) = self.held.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
-            self.rt.inner.pool().release(c);
+            self.rt.pool().release(c);
         }
         let mut d = directory().lock().unwrap_or_else(|e| e.into_inner());
         if d.get(&self.id).is_some_and(|w| w.strong_count() == 0) {
@@ -481,7 +449,7 @@ impl CreateSpec {
             // take the resources (the job gives them back when it returns).
             let mut held = cell.held.lock().unwrap_or_else(|e| e.into_inner());
             if cell.dead.get().is_none() {
-                *held = cell.rt.inner.pool().detach_resources();
+                *held = cell.rt.pool().detach_resources();
             }
         }
         let built = if cell.dead.get().is_some() {

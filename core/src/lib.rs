@@ -31,6 +31,7 @@ mod object;
 mod options;
 pub mod raw;
 mod runtime;
+mod state;
 mod store;
 mod task;
 

@@ -34,7 +34,7 @@ pub struct RawFailure {
 /// `Some` for an input read in place from the node's store (another process of the node may
 /// read it there by key), `None` for one passed inline. Empty outside a call.
 pub fn stored_inputs() -> Vec<Option<u128>> {
-    crate::task::stored_inputs()
+    crate::state::stored_inputs()
 }
 
 /// The result object of the task running on this thread (`None` outside a task, and in an
@@ -48,7 +48,7 @@ pub fn current_task() -> Option<crate::ids::ObjectId> {
 /// with a worker number of its own, so they collide with no other). Nothing else changes;
 /// the override ends with `f`.
 pub fn with_task_id<R>(id: crate::ids::TaskId, f: impl FnOnce() -> R) -> R {
-    crate::runtime::with_task_id(id, f)
+    crate::state::with_task_id(id, f)
 }
 
 /// The cancel level of the task running on this thread: 0 none (and outside a task, and in

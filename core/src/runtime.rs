@@ -1,27 +1,27 @@
 //! The runtime embedded in the calling process: configuration, start-up and shutdown, and
 //! the calls of Ray's core API (`get`, `put`, `wait`, `kill`, named actors).
 
-use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
-use rayhpc_sched::{ClassId, Pin, Pool, PoolConfig, ResourceView, Topology};
+use rayhpc_sched::{ClassId, Job, Pin, Pool, PoolConfig, ResourceView, Topology};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::actor::{ActorCell, ActorHandle, CreateSpec};
+use crate::actor::ActorHandle;
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::function::ArgSpecPub;
-use crate::ids::{ActorId, ObjectId, TaskId};
+use crate::ids::{ActorId, TaskId};
 use crate::invoke::{ClassEntry, FnEntry};
 use crate::object::{ArgSpec, Notify, ObjectRef, ObjectView, Outcome, Slot, TaskSpec, Waiter};
 use crate::options::{Options, DEFAULT_MAX_RETRIES};
+use crate::state::{with_current, ActorCell, CoreJob, CreateSpec, RuntimeInner, THREAD};
 use crate::store::Blob;
-use crate::task::{execute, fail_cancelled, submit_when_ready, CoreJob, Work};
+use crate::task::{execute, fail_cancelled, submit_when_ready, Work};
 use rayhpc_objstore::{Hugepages, Store, StoreConfig};
 
 /// Default size limit of results kept inline with their owner; larger ones go to the store.
@@ -137,18 +137,6 @@ fn default_store_bytes() -> usize {
     total_kib.map_or(1 << 30, |k| k * 1024 / 10 * 3)
 }
 
-pub(crate) struct RuntimeInner {
-    pool: OnceLock<Pool<CoreJob>>,
-    /// The class of a default task (`{CPU: 1}`), `None` when the runtime has less than one
-    /// CPU: default tasks are then refused as infeasible at submit.
-    cpu1: OnceLock<Option<ClassId>>,
-    store: Arc<Store>,
-    inline_threshold: usize,
-    actors: Mutex<HashMap<String, Arc<ActorCell>>>,
-    shutdown: AtomicBool,
-    node: u32,
-}
-
 /// A handle to a running runtime. Cheap to clone. Call [`Runtime::shutdown`] when done: the
 /// executor threads run until then.
 #[derive(Clone)]
@@ -160,64 +148,6 @@ impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime").field("executors", &self.executors()).field("shutdown", &self.is_shutdown()).finish()
     }
-}
-
-/// What a thread carries for the runtime, in one thread-local: in a shared library (the C
-/// API's `librayhpc.so`) every access to a thread-local is a call to `__tls_get_addr`, so a
-/// task's path reaches it once and passes it on.
-pub(crate) struct ThreadState {
-    /// The runtime whose job runs on this thread: set for good on executor threads when the
-    /// pool starts them, and for the duration of an inline run on any other thread.
-    runtime: RefCell<Option<Runtime>>,
-    /// This thread's id generator: (worker number, next sequence number).
-    idgen: Cell<(u32, u64)>,
-    /// The id the next task made on this thread takes instead (see
-    /// [`crate::raw::with_task_id`]).
-    next_id: Cell<Option<TaskId>>,
-    /// The result slot of the task running on this thread: its id and its cancel level (see
-    /// [`crate::raw::current_task`], [`crate::raw::current_cancel`]). Read by taking it out
-    /// and putting it back (a `Cell`, no borrow flag).
-    pub(crate) task: Cell<Option<Arc<Slot>>>,
-    /// The store keys of the inputs of the call running on this thread (see
-    /// [`crate::raw::stored_inputs`]).
-    pub(crate) stored_inputs: RefCell<Vec<Option<u128>>>,
-}
-
-thread_local! {
-    pub(crate) static THREAD: ThreadState = const {
-        ThreadState {
-            runtime: RefCell::new(None),
-            idgen: Cell::new((0, 0)),
-            next_id: Cell::new(None),
-            task: Cell::new(None),
-            stored_inputs: RefCell::new(Vec::new()),
-        }
-    };
-}
-
-static NEXT_WORKER: AtomicU32 = AtomicU32::new(1);
-
-/// The worker number of ids made on a thread whose thread-locals are gone, and their sequence.
-const LATE_WORKER: u32 = u32::MAX;
-static LATE_SEQ: AtomicU64 = AtomicU64::new(0);
-
-/// Runs `f` with `id` as the id of the next task (or put, or promise) made on this thread;
-/// the override is gone when `f` returns, used or not.
-pub(crate) fn with_task_id<R>(id: TaskId, f: impl FnOnce() -> R) -> R {
-    struct Clear;
-    impl Drop for Clear {
-        fn drop(&mut self) {
-            let _ = THREAD.try_with(|st| st.next_id.set(None));
-        }
-    }
-    THREAD.with(|st| st.next_id.set(Some(id)));
-    let _clear = Clear;
-    f()
-}
-
-/// Runs `f` with the runtime of the current executor thread.
-pub(crate) fn with_current<R>(f: impl FnOnce(&ThreadState, &Arc<RuntimeInner>) -> R) -> R {
-    THREAD.with(|st| f(st, &st.runtime.borrow().as_ref().expect("jobs run on executor threads, which carry their runtime").inner))
 }
 
 impl Runtime {
@@ -249,7 +179,7 @@ impl Runtime {
         let weak = Arc::downgrade(&inner);
         let hook: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             if let Some(inner) = weak.upgrade() {
-                THREAD.with(|st| *st.runtime.borrow_mut() = Some(Runtime { inner }));
+                THREAD.with(|st| *st.runtime.borrow_mut() = Some(inner));
             }
         });
         let pc = PoolConfig {
@@ -272,7 +202,7 @@ impl Runtime {
 
     /// The runtime of the task or actor running on this thread (`None` outside one).
     pub fn current() -> Option<Runtime> {
-        THREAD.try_with(|st| st.runtime.borrow().clone()).ok().flatten()
+        THREAD.try_with(|st| st.runtime.borrow().clone()).ok().flatten().map(|inner| Runtime { inner })
     }
 
     /// Stops the runtime: queued work is cancelled (its objects fail with
@@ -582,7 +512,7 @@ impl Runtime {
     pub fn kill<A>(&self, actor: &ActorHandle<A>) {
         let c = &actor.cell;
         c.kill(Error::ActorDied { class: c.class.name.clone(), actor: c.id.to_string(), reason: "killed by kill()".into() });
-        self.forget_actor(c);
+        self.inner.forget_actor(c);
     }
 
     /// The live actor registered under `name`, if it has state type `A`.
@@ -594,15 +524,6 @@ impl Runtime {
         cell.and_then(ActorHandle::from_cell).ok_or_else(|| Error::NoSuchActor(name.into()))
     }
 
-    pub(crate) fn forget_actor(&self, cell: &Arc<ActorCell>) {
-        if let Some(n) = &cell.name {
-            let mut m = self.inner.actors.lock().unwrap_or_else(|e| e.into_inner());
-            if m.get(n).is_some_and(|c| Arc::ptr_eq(c, cell)) {
-                m.remove(n);
-            }
-        }
-    }
-
     pub(crate) fn create_actor(&self, class: Arc<ClassEntry>, o: &Options, args: Vec<ArgSpec>) -> Result<Arc<ActorCell>> {
         if self.is_shutdown() {
             return Err(Error::Shutdown);
@@ -611,7 +532,7 @@ impl Runtime {
         // An actor holds no resources unless asked to (Ray: 0 CPUs for its life by default).
         let res_class = if o.default_resources() { ClassId::FREE } else { pool.class(&o.request(0.0))? };
         let id = ActorId(self.next_task_id().0);
-        let cell = ActorCell::new(id, class, o.name.clone(), self.clone());
+        let cell = ActorCell::new(id, class, o.name.clone(), self.inner.clone());
         if let Some(n) = &o.name {
             let mut m = self.inner.actors.lock().unwrap_or_else(|e| e.into_inner());
             if m.contains_key(n) {
@@ -696,7 +617,7 @@ impl Runtime {
                     // its job runs: only a thread without one installs it here.)
                     let absent = st.runtime.borrow().is_none();
                     if absent {
-                        *st.runtime.borrow_mut() = Some(self.clone());
+                        *st.runtime.borrow_mut() = Some(self.inner.clone());
                     }
                     execute(t, &self.inner, st);
                     if absent {
@@ -835,49 +756,30 @@ impl Notify for WaitGroup {
     }
 }
 
-impl RuntimeInner {
-    pub(crate) fn pool(&self) -> &Pool<CoreJob> {
-        self.pool.get().expect("the pool is set before the runtime is handed out")
-    }
-
-    pub(crate) fn is_shutdown(&self) -> bool {
-        self.shutdown.load(Ordering::Acquire)
-    }
-
-    /// A fresh task id: (node, this thread's worker number, its next sequence number). No
-    /// shared counter is touched after a thread's first id.
-    pub(crate) fn next_task_id(&self) -> TaskId {
-        THREAD
-            .try_with(|st| {
-                if let Some(id) = st.next_id.take() {
-                    return id;
+/// How the pool runs each job: a task by the task layer, an actor's turn and its creation by
+/// the actor layer.
+impl Job for CoreJob {
+    fn run(self) {
+        match self {
+            CoreJob::Task(slot) => {
+                if let Some(t) = slot.take_job() {
+                    with_current(|st, rt| execute(t, rt, st))
                 }
-                let (mut w, s) = st.idgen.get();
-                if w == 0 {
-                    w = NEXT_WORKER.fetch_add(1, Ordering::Relaxed);
-                }
-                st.idgen.set((w, s + 1));
-                TaskId::new(self.node, w, s)
-            })
-            // A thread whose thread-locals are gone (a put from a thread-local destructor):
-            // the worker number kept for such ids, with a shared sequence.
-            .unwrap_or_else(|_| TaskId::new(self.node, LATE_WORKER, LATE_SEQ.fetch_add(1, Ordering::Relaxed)))
-    }
-
-    /// Seals what an invocation produced as object `id`.
-    pub(crate) fn seal_output(&self, id: ObjectId, out: crate::invoke::Output) -> Outcome {
-        match out {
-            crate::invoke::Output::Bytes(b) => self.seal(id, b),
-            crate::invoke::Output::Stored(o) => Ok(Blob::Stored(o)),
+            }
+            CoreJob::ActorTurn(a) => a.turn(),
+            CoreJob::ActorCreate(c) => (*c).run(),
         }
     }
 
-    /// Seals result bytes of object `id`: inline when small, else into the store.
-    pub(crate) fn seal(&self, id: ObjectId, bytes: Vec<u8>) -> Outcome {
-        if bytes.len() <= self.inline_threshold {
-            Ok(Blob::Inline(bytes))
-        } else {
-            crate::store::put(&self.store, id, &bytes)
+    fn cancel(self) {
+        match self {
+            CoreJob::Task(slot) => {
+                if let Some(t) = slot.take_job() {
+                    t.ret.complete(Err(Error::Shutdown));
+                }
+            }
+            CoreJob::ActorTurn(a) => a.cancel(),
+            CoreJob::ActorCreate(c) => (*c).cancel(),
         }
     }
 }

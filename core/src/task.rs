@@ -1,4 +1,5 @@
-//! Tasks: dependency resolution and execution.
+//! Tasks: dependency resolution (an actor's creation waits for its argument refs here too)
+//! and execution.
 //!
 //! A task travels: `RemoteFn::remote` → [`crate::Runtime`] builds a [`TaskSpec`] (function
 //! id and entry, argument bytes or refs, resource class, retry policy, result slot) → if
@@ -17,51 +18,13 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rayhpc_sched::{ClassId, Job};
+use rayhpc_sched::ClassId;
 
-use crate::actor::{ActorCell, CreateSpec};
-use crate::error::{Error, FailureKind};
+use crate::error::FailureKind;
 use crate::ids::ObjectId;
 use crate::invoke::{guarded, task_error, Failure};
 use crate::object::{ArgSpec, Notify, Slot, TaskSpec, Waiter};
-use crate::runtime::{with_current, RuntimeInner, ThreadState, THREAD};
-use crate::store::Bytes;
-
-/// What the pool runs.
-pub(crate) enum CoreJob {
-    /// A task, parked in its result slot (see [`Slot::take_job`]): the pool's queue entry
-    /// may find it already taken by a thread that ran it inline, or by a cancel (which
-    /// failed it); then it skips it.
-    Task(Arc<Slot>),
-    ActorTurn(Arc<ActorCell>),
-    ActorCreate(Box<CreateSpec>),
-}
-
-impl Job for CoreJob {
-    fn run(self) {
-        match self {
-            CoreJob::Task(slot) => {
-                if let Some(t) = slot.take_job() {
-                    with_current(|st, rt| execute(t, rt, st))
-                }
-            }
-            CoreJob::ActorTurn(a) => a.turn(),
-            CoreJob::ActorCreate(c) => (*c).run(),
-        }
-    }
-
-    fn cancel(self) {
-        match self {
-            CoreJob::Task(slot) => {
-                if let Some(t) = slot.take_job() {
-                    t.ret.complete(Err(Error::Shutdown));
-                }
-            }
-            CoreJob::ActorTurn(a) => a.cancel(),
-            CoreJob::ActorCreate(c) => (*c).cancel(),
-        }
-    }
-}
+use crate::state::{with_inputs_in, CoreJob, CreateSpec, RuntimeInner, ThreadState, THREAD};
 
 /// Work that waits for its argument refs before it can be queued.
 pub(crate) enum Work {
@@ -163,46 +126,6 @@ pub(crate) fn submit_when_ready(rt: &Arc<RuntimeInner>, job: Work, class: ClassI
     p.notify();
 }
 
-/// The store keys of the running call's inputs, as `with_inputs` saw them.
-pub(crate) fn stored_inputs() -> Vec<Option<u128>> {
-    THREAD.try_with(|st| st.stored_inputs.borrow().clone()).unwrap_or_default()
-}
-
-/// Resolves argument bytes and runs `f` over them (stored arguments stay pinned meanwhile).
-/// `Err` carries the error of the first failed argument, which becomes the task's own result
-/// (Ray's propagation).
-pub(crate) fn with_inputs<R>(args: &[ArgSpec], f: impl FnOnce(&[&[u8]]) -> R) -> Result<R, Error> {
-    THREAD.with(|st| with_inputs_in(st, args, f))
-}
-
-/// [`with_inputs`] on this thread's state, already reached.
-pub(crate) fn with_inputs_in<R>(st: &ThreadState, args: &[ArgSpec], f: impl FnOnce(&[&[u8]]) -> R) -> Result<R, Error> {
-    let held = args
-        .iter()
-        .map(|a| match a {
-            ArgSpec::Value(b) => Ok(Bytes::Inline(b.as_slice())),
-            ArgSpec::Ref(s) => match s.get() {
-                Some(Ok(blob)) => blob.read(),
-                Some(Err(e)) => Err(e.clone()),
-                None => Err(Error::Invalid(format!("argument object {} was not ready when the task started", s.id))),
-            },
-        })
-        .collect::<Result<Vec<Bytes<'_>>, Error>>()?;
-    let slices: Vec<&[u8]> = held.iter().map(|b| &**b).collect();
-    let keys: Vec<Option<u128>> = held
-        .iter()
-        .map(|b| match b {
-            Bytes::Stored(v) => Some(v.key()),
-            Bytes::Inline(_) => None,
-        })
-        .collect();
-    // Nested calls (a blocked call lending its thread) save and restore the outer call's.
-    let outer = std::mem::replace(&mut *st.stored_inputs.borrow_mut(), keys);
-    let out = f(&slices);
-    *st.stored_inputs.borrow_mut() = outer;
-    Ok(out)
-}
-
 /// `f` of the result slot of the task running on this thread (`None` outside a task, in an
 /// actor method, and on a thread whose thread-locals are gone).
 fn with_running<R: Default>(f: impl FnOnce(Option<&Slot>) -> R) -> R {
@@ -299,6 +222,7 @@ mod tests {
     use std::sync::atomic::AtomicU32;
 
     use super::*;
+    use crate::error::Error;
     use crate::invoke::{register, Output};
     use crate::{Config, Runtime};
 
