@@ -27,7 +27,6 @@ use crate::ids::{ActorId, FunctionId};
 use crate::invoke::{encode_result, guarded, task_error, ClassEntry, Ctor, Failure, MethodEntry, MethodInvoke};
 use crate::object::{ArgSpec, Notify, ObjectRef, Slot, Waiter};
 use crate::options::Options;
-use crate::runtime::Runtime;
 use crate::state::{with_inputs, ActorCall, ActorCell, CoreJob, CreateSpec, Runner, RuntimeInner};
 
 /// Calls one turn runs before it lets other work use the executor.
@@ -35,8 +34,8 @@ pub const BATCH: usize = 256;
 
 /// A registered actor class with state type `A`, built from constructor arguments `CArgs`.
 pub struct ActorClass<A, CArgs> {
-    entry: Arc<ClassEntry>,
-    defaults: Options,
+    pub(crate) entry: Arc<ClassEntry>,
+    pub(crate) defaults: Options,
     _p: PhantomData<fn(CArgs) -> A>,
 }
 
@@ -166,13 +165,6 @@ impl<A: Send + 'static, CArgs> ActorClass<A, CArgs> {
         self.make_method(name, invoke)
     }
 
-    /// Creates an actor from arguments already in the runtime's form (the raw API).
-    pub(crate) fn remote_specs(&self, rt: &Runtime, options: &Options, args: Vec<ArgSpec>) -> Result<ActorHandle<A>> {
-        let o = self.defaults.merged(options);
-        let cell = rt.create_actor(self.entry.clone(), &o, args)?;
-        Ok(ActorHandle { cell, _p: PhantomData })
-    }
-
     fn make_method<Args, R>(&self, name: &str, invoke: Box<MethodInvoke>) -> Method<A, Args, R> {
         let full = format!("{}.{name}", self.entry.name);
         // Like functions, methods are registered once per process and live as long as it.
@@ -185,27 +177,6 @@ impl<A: Send + 'static, CArgs> ActorClass<A, CArgs> {
     pub fn with_options(mut self, o: Options) -> Self {
         self.defaults = o;
         self
-    }
-
-    /// Creates an actor. Returns its handle at once; calls made before the constructor has
-    /// run wait for it.
-    ///
-    /// # Errors
-    /// Unencodable arguments, an infeasible resource request, a name already taken, or a
-    /// runtime that is shut down.
-    pub fn remote(&self, rt: &Runtime, args: impl IntoArgs<CArgs>) -> Result<ActorHandle<A>> {
-        self.remote_with(rt, &Options::default(), args)
-    }
-
-    /// Creates an actor with options that override the class defaults.
-    ///
-    /// # Errors
-    /// As [`ActorClass::remote`].
-    pub fn remote_with(&self, rt: &Runtime, options: &Options, args: impl IntoArgs<CArgs>) -> Result<ActorHandle<A>> {
-        let o = self.defaults.merged(options);
-        let args = args.into_args()?.into_iter().map(|a| a.0).collect();
-        let cell = rt.create_actor(self.entry.clone(), &o, args)?;
-        Ok(ActorHandle { cell, _p: PhantomData })
     }
 }
 
@@ -264,6 +235,10 @@ impl<A> ActorHandle<A> {
     /// True once the actor is dead (killed, or its constructor failed).
     pub fn is_dead(&self) -> bool {
         self.cell.dead.get().is_some()
+    }
+    /// The handle of an actor just created from a class with state type `A`.
+    pub(crate) fn new(cell: Arc<ActorCell>) -> Self {
+        ActorHandle { cell, _p: PhantomData }
     }
     pub(crate) fn from_cell(cell: Arc<ActorCell>) -> Option<Self>
     where

@@ -18,7 +18,6 @@ use crate::ids::FunctionId;
 use crate::invoke::{encode_result, register, Failure, FnEntry};
 use crate::object::{ArgSpec, ObjectRef};
 use crate::options::Options;
-use crate::runtime::Runtime;
 
 /// A tuple of argument types that can be decoded from argument bytes.
 pub trait Arguments: Sized + 'static {
@@ -208,22 +207,5 @@ impl<Args, R> RemoteFn<Args, R> {
     pub fn with_options(mut self, o: Options) -> Self {
         self.defaults = o;
         self
-    }
-
-    /// Submits a call: returns at once with the future of its result.
-    ///
-    /// # Errors
-    /// Arguments that cannot be encoded, a resource request the runtime can never satisfy,
-    /// or a runtime that is shut down.
-    pub fn remote(&self, rt: &Runtime, args: impl IntoArgs<Args>) -> Result<ObjectRef<R>> {
-        rt.submit_task(self.entry, args.into_args()?, &self.defaults)
-    }
-
-    /// Submits a call with options that override the defaults for this call only.
-    ///
-    /// # Errors
-    /// As [`RemoteFn::remote`].
-    pub fn remote_with(&self, rt: &Runtime, options: &Options, args: impl IntoArgs<Args>) -> Result<ObjectRef<R>> {
-        rt.submit_task(self.entry, args.into_args()?, &self.defaults.merged(options))
     }
 }

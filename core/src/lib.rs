@@ -33,6 +33,7 @@ pub mod raw;
 mod runtime;
 mod state;
 mod store;
+mod submit;
 mod task;
 
 pub use actor::{actor, try_actor, ActorClass, ActorHandle, Method};

@@ -7,21 +7,18 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
-use rayhpc_sched::{ClassId, Job, Pin, Pool, PoolConfig, ResourceView, Topology};
+use rayhpc_sched::{Job, Pin, Pool, PoolConfig, ResourceView, Topology};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::actor::ActorHandle;
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::function::ArgSpecPub;
-use crate::ids::{ActorId, TaskId};
-use crate::invoke::{ClassEntry, FnEntry};
-use crate::object::{ArgSpec, Notify, ObjectRef, ObjectView, Outcome, Slot, TaskSpec, Waiter};
-use crate::options::{Options, DEFAULT_MAX_RETRIES};
-use crate::state::{with_current, ActorCell, CoreJob, CreateSpec, RuntimeInner, THREAD};
+use crate::ids::TaskId;
+use crate::object::{Notify, ObjectRef, ObjectView, Outcome, Slot, Waiter};
+use crate::state::{with_current, CoreJob, RuntimeInner, THREAD};
 use crate::store::Blob;
-use crate::task::{execute, fail_cancelled, submit_when_ready, Work};
+use crate::task::{execute, fail_cancelled};
 use rayhpc_objstore::{Hugepages, Store, StoreConfig};
 
 /// Default size limit of results kept inline with their owner; larger ones go to the store.
@@ -522,70 +519,6 @@ impl Runtime {
     pub fn get_actor<A: 'static>(&self, name: &str) -> Result<ActorHandle<A>> {
         let cell = self.inner.actors.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned();
         cell.and_then(ActorHandle::from_cell).ok_or_else(|| Error::NoSuchActor(name.into()))
-    }
-
-    pub(crate) fn create_actor(&self, class: Arc<ClassEntry>, o: &Options, args: Vec<ArgSpec>) -> Result<Arc<ActorCell>> {
-        if self.is_shutdown() {
-            return Err(Error::Shutdown);
-        }
-        let pool = self.inner.pool();
-        // An actor holds no resources unless asked to (Ray: 0 CPUs for its life by default).
-        let res_class = if o.default_resources() { ClassId::FREE } else { pool.class(&o.request(0.0))? };
-        let id = ActorId(self.next_task_id().0);
-        let cell = ActorCell::new(id, class, o.name.clone(), self.inner.clone());
-        if let Some(n) = &o.name {
-            let mut m = self.inner.actors.lock().unwrap_or_else(|e| e.into_inner());
-            if m.contains_key(n) {
-                return Err(Error::NameTaken(n.clone()));
-            }
-            m.insert(n.clone(), cell.clone());
-        }
-        let spec = CreateSpec { cell: cell.clone(), args, holds_resources: res_class != ClassId::FREE };
-        submit_when_ready(&self.inner, Work::ActorCreate(Box::new(spec)), res_class);
-        Ok(cell)
-    }
-
-    /// Checks that a task with options `o` could ever run here (what a submit would refuse:
-    /// malformed or infeasible resources), without submitting anything.
-    ///
-    /// # Errors
-    /// [`Error::Resources`] as a submit would return it; [`Error::Shutdown`].
-    pub fn check_task_options(&self, o: &Options) -> Result<()> {
-        if self.is_shutdown() {
-            return Err(Error::Shutdown);
-        }
-        self.inner.pool().class(&o.request(1.0)).map(drop).map_err(Error::from)
-    }
-
-    pub(crate) fn submit_task<R>(&self, func: &'static FnEntry, args: Vec<ArgSpecPub>, o: &Options) -> Result<ObjectRef<R>> {
-        self.submit_specs(func, args.into_iter().map(|a| a.0).collect(), o)
-    }
-
-    /// [`Runtime::submit_task`] with the arguments in the runtime's own form.
-    pub(crate) fn submit_specs<R>(&self, func: &'static FnEntry, args: Vec<ArgSpec>, o: &Options) -> Result<ObjectRef<R>> {
-        let inner = &self.inner;
-        if inner.is_shutdown() {
-            return Err(Error::Shutdown);
-        }
-        let class = match inner.cpu1.get().copied().flatten() {
-            Some(c) if o.default_resources() => c,
-            _ => inner.pool().class(&o.request(1.0))?,
-        };
-        let id = inner.next_task_id();
-        let ret = Slot::new(id.object(0));
-        let spec = TaskSpec {
-            id,
-            func,
-            args,
-            class,
-            retries_left: o.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
-            retry_exceptions: o.retry_exceptions.unwrap_or(false),
-            attempts: 0,
-            name: o.name.as_deref().map(Arc::from),
-            ret: ret.clone(),
-        };
-        submit_when_ready(inner, Work::Task(Box::new(spec)), class);
-        Ok(ObjectRef::from_slot(ret))
     }
 
     /// Runs `f`, which waits for work done outside the runtime's threads on behalf of the
