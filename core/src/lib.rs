@@ -23,12 +23,14 @@
 
 mod actor;
 pub mod codec;
+mod config;
 mod error;
 mod function;
 pub mod ids;
 mod invoke;
 mod object;
 mod options;
+mod promise;
 pub mod raw;
 mod runtime;
 mod state;
@@ -37,12 +39,14 @@ mod submit;
 mod task;
 
 pub use actor::{actor, try_actor, ActorClass, ActorHandle, Method};
+pub use config::{Config, DEFAULT_INLINE_THRESHOLD};
 pub use error::{Error, FailureKind, ResourceError, Result, TaskError};
 pub use function::{function, try_function, Arguments, Callable, IntoArg, IntoArgs, MethodCallable, RemoteFn};
 pub use invoke::lookup;
 pub use object::{ObjectRef, ObjectView, Untyped};
 pub use options::{Options, DEFAULT_MAX_RETRIES};
+pub use promise::Promise;
 pub use rayhpc_objstore as objstore;
 pub use rayhpc_objstore::Hugepages;
 pub use rayhpc_sched::{Pin, ResourceView};
-pub use runtime::{CancelOutcome, Config, Promise, Runtime, DEFAULT_INLINE_THRESHOLD};
+pub use runtime::{CancelOutcome, Runtime};

@@ -1,5 +1,6 @@
-//! The runtime embedded in the calling process: configuration, start-up and shutdown, and
-//! the calls of Ray's core API (`get`, `put`, `wait`, `kill`, named actors).
+//! The runtime embedded in the calling process: start-up and shutdown, and the calls of
+//! Ray's core API (`get`, `put`, `wait`, `cancel`, `kill`, named actors). Submitting tasks
+//! and actors is in `submit`, its configuration in `config`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
@@ -7,106 +8,21 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
-use rayhpc_sched::{Job, Pin, Pool, PoolConfig, ResourceView, Topology};
+use rayhpc_sched::{Job, Pool, PoolConfig, ResourceView, Topology};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::actor::ActorHandle;
 use crate::codec;
+use crate::config::{default_store_bytes, Config};
 use crate::error::{Error, Result};
 use crate::ids::TaskId;
-use crate::object::{Notify, ObjectRef, ObjectView, Outcome, Slot, Waiter};
+use crate::object::{Notify, ObjectRef, ObjectView, Slot, Waiter};
+use crate::promise::Promise;
 use crate::state::{with_current, CoreJob, RuntimeInner, THREAD};
 use crate::store::Blob;
 use crate::task::{execute, fail_cancelled};
-use rayhpc_objstore::{Hugepages, Store, StoreConfig};
-
-/// Default size limit of results kept inline with their owner; larger ones go to the store.
-pub const DEFAULT_INLINE_THRESHOLD: usize = 64 * 1024;
-
-/// How to start a runtime. `Config::default()` gives one executor per CPU of the process's
-/// affinity mask and as many logical CPUs.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Logical CPUs (default: the number of executors).
-    pub num_cpus: Option<f64>,
-    /// Logical GPUs (default 0).
-    pub num_gpus: f64,
-    /// Custom resources, e.g. `[("ssd", 2.0)]`.
-    pub resources: Vec<(String, f64)>,
-    /// Executor threads (default: one per CPU of the affinity mask).
-    pub executors: Option<usize>,
-    /// How executors are bound to CPUs (default: each to its NUMA node's; see [`Pin`]).
-    pub pin: Pin,
-    /// Results up to this size stay inline (default 64 KiB).
-    pub inline_threshold: usize,
-    /// Object store capacity in bytes (default: 30% of the machine's memory).
-    pub object_store_memory: Option<usize>,
-    /// Page sizes for the object store's arena (default: hugetlb 2 MiB pages when reserved,
-    /// else THP, else 4 KiB).
-    pub hugepages: Hugepages,
-    /// Where the object store spills when memory runs short (default: a per-job directory
-    /// under the temporary directory, removed at shutdown).
-    pub spill_dir: Option<std::path::PathBuf>,
-    /// How long a put waits for pinned objects to go when the store is full (default 5 s).
-    pub store_full_wait: Duration,
-    /// How long an idle executor spins before it parks (default 50 µs).
-    pub spin: Duration,
-    /// This node's number in a cluster (0 when embedded).
-    pub node_id: u32,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            num_cpus: None,
-            num_gpus: 0.0,
-            resources: Vec::new(),
-            executors: None,
-            pin: Pin::default(),
-            inline_threshold: DEFAULT_INLINE_THRESHOLD,
-            object_store_memory: None,
-            hugepages: Hugepages::Auto,
-            spill_dir: None,
-            store_full_wait: Duration::from_secs(5),
-            spin: Duration::from_micros(50),
-            node_id: 0,
-        }
-    }
-}
-
-impl Config {
-    /// Sets the logical CPU count.
-    pub fn num_cpus(mut self, n: f64) -> Self {
-        self.num_cpus = Some(n);
-        self
-    }
-    /// Sets the logical GPU count.
-    pub fn num_gpus(mut self, n: f64) -> Self {
-        self.num_gpus = n;
-        self
-    }
-    /// Adds a custom resource.
-    pub fn resource(mut self, name: &str, amount: f64) -> Self {
-        self.resources.push((name.into(), amount));
-        self
-    }
-    /// Sets the number of executor threads.
-    pub fn executors(mut self, n: usize) -> Self {
-        self.executors = Some(n);
-        self
-    }
-    /// Sets the spill directory.
-    pub fn spill_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
-        self.spill_dir = Some(dir.into());
-        self
-    }
-    /// Sets the object store capacity.
-    pub fn object_store_memory(mut self, bytes: usize) -> Self {
-        self.object_store_memory = Some(bytes);
-        self
-    }
-}
+use rayhpc_objstore::{Store, StoreConfig};
 
 /// What [`Runtime::cancel`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,14 +40,6 @@ pub enum CancelOutcome {
     /// run fails, whatever the failure, the task fails as [`crate::FailureKind::Cancelled`]
     /// and is not retried; if it succeeds, its value stands.
     Running,
-}
-
-/// 30% of physical memory (Ray's default share for its object store), 1 GiB if unknown.
-fn default_store_bytes() -> usize {
-    let total_kib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok()));
-    total_kib.map_or(1 << 30, |k| k * 1024 / 10 * 3)
 }
 
 /// A handle to a running runtime. Cheap to clone. Call [`Runtime::shutdown`] when done: the
@@ -228,8 +136,8 @@ impl Runtime {
         self.inner.pool().threads()
     }
 
-    /// Each executor's home CPU (the one it is bound to under [`Pin::Cpu`]; under the
-    /// default [`Pin::Numa`] it may run on any CPU of that CPU's NUMA node).
+    /// Each executor's home CPU (the one it is bound to under [`Pin::Cpu`](crate::Pin::Cpu); under the
+    /// default [`Pin::Numa`](crate::Pin::Numa) it may run on any CPU of that CPU's NUMA node).
     pub fn executor_cpus(&self) -> Vec<usize> {
         self.inner.pool().executor_cpus().to_vec()
     }
@@ -313,7 +221,7 @@ impl Runtime {
         }
         let id = self.next_task_id().object(0);
         let slot = Slot::new(id);
-        let p = Promise { slot: Some(slot.clone()), store: self.inner.store.clone(), inline_threshold: self.inner.inline_threshold };
+        let p = Promise::new(slot.clone(), self.inner.store.clone(), self.inner.inline_threshold);
         Ok((ObjectRef::from_slot(slot), p))
     }
 
@@ -592,79 +500,6 @@ impl Runtime {
             return pool.block_in_place(|| slot.wait(deadline));
         }
         slot.wait(deadline)
-    }
-}
-
-/// The completer of a [`Runtime::promise`]. Dropped without completing, it fails its object
-/// with [`Error::ObjectLost`], so that no reader waits forever.
-pub struct Promise {
-    slot: Option<Arc<Slot>>,
-    store: Arc<Store>,
-    inline_threshold: usize,
-}
-
-impl Promise {
-    /// The object's id.
-    pub fn id(&self) -> crate::ids::ObjectId {
-        self.slot.as_ref().expect("until completed").id
-    }
-
-    fn complete(mut self, outcome: Outcome) {
-        if let Some(s) = self.slot.take() {
-            s.complete(outcome);
-        }
-    }
-
-    /// Completes the object with `len` bytes that `fill` writes in place (inline when small,
-    /// else straight into the store's arena: one copy from wherever `fill` reads). On an
-    /// error (the store's, or `fill`'s) the object fails with it.
-    ///
-    /// # Errors
-    /// The store cannot hold the object, or `fill` failed (its message).
-    pub fn fulfill_with(self, len: usize, fill: impl FnOnce(&mut [u8]) -> std::result::Result<(), String>) -> Result<()> {
-        let id = self.id();
-        let blob = if len <= self.inline_threshold {
-            let mut b = vec![0; len];
-            fill(&mut b).map(|()| Blob::Inline(b)).map_err(Error::ObjectLost)
-        } else {
-            match self.store.create(id.0, len) {
-                Ok(mut a) => fill(a.as_mut_slice()).map(|()| Blob::Stored(a.seal())).map_err(Error::ObjectLost),
-                Err(e) => Err(crate::store::store_error(e)),
-            }
-        };
-        let r = blob.as_ref().map(drop).map_err(Clone::clone);
-        self.complete(blob);
-        r
-    }
-
-    /// Completes the object with a copy of `bytes`.
-    ///
-    /// # Errors
-    /// As [`Promise::fulfill_with`].
-    pub fn fulfill(self, bytes: &[u8]) -> Result<()> {
-        self.fulfill_with(bytes.len(), |b| {
-            b.copy_from_slice(bytes);
-            Ok(())
-        })
-    }
-
-    /// Fails the object with `e` (readers get it; tasks that depend on it fail with it).
-    pub fn fail(self, e: Error) {
-        self.complete(Err(e));
-    }
-}
-
-impl Drop for Promise {
-    fn drop(&mut self) {
-        if let Some(s) = self.slot.take() {
-            s.complete(Err(Error::ObjectLost(format!("{}: its producer went away without a value", s.id))));
-        }
-    }
-}
-
-impl std::fmt::Debug for Promise {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Promise({:?})", self.slot.as_ref().map(|s| s.id))
     }
 }
 
