@@ -21,6 +21,19 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+// The modules are layers; each uses only the modules of the lines above its own
+// (ci/module-cycles.py checks that they form no cycle):
+//   ids, error, options, codec, store, config   leaves
+//   invoke     what the runtime invokes: entries of functions, constructors, methods
+//   object     slots (which park the task specs), ObjectRef, ObjectView
+//   function   typed functions: argument and call traits, RemoteFn
+//   promise    objects completed from outside the runtime
+//   state      RuntimeInner, ThreadState, CoreJob and the actor cell, as data
+//   task       tasks: dependency resolution, execution, retries
+//   actor      actors: classes, handles, methods, turns (not using task, nor task it)
+//   runtime    the Runtime façade, and the pool's dispatch of each CoreJob
+//   submit     submitting tasks and actors, the remote calls of RemoteFn and ActorClass
+//   raw        the untyped API of the bindings
 mod actor;
 pub mod codec;
 mod config;
