@@ -330,6 +330,10 @@ impl ActorCell {
     }
 
     /// Runs up to [`BATCH`] calls in order.
+    ///
+    /// Out of line, like [`CreateSpec::run`]: the pool's dispatch of a job, whose prologue
+    /// every task runs through, stays small.
+    #[inline(never)]
     pub(crate) fn turn(self: &Arc<Self>) {
         let mut r = self.runner();
         for _ in 0..BATCH {
@@ -417,6 +421,8 @@ impl Notify for ActorCell {
 }
 
 impl CreateSpec {
+    /// Builds the actor's state (see [`ActorCell::turn`] on why it is out of line).
+    #[inline(never)]
     pub(crate) fn run(self) {
         let cell = self.cell.clone();
         if self.holds_resources {

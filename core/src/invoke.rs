@@ -96,6 +96,7 @@ pub(crate) fn encode_result<R: Serialize>(r: &R) -> std::result::Result<Output, 
 }
 
 /// Runs `f`, turning a panic into a [`Failure`].
+#[inline]
 pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T, Failure>) -> Result<T, Failure> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,

@@ -174,6 +174,7 @@ pub(crate) fn with_inputs<R>(args: &[ArgSpec], f: impl FnOnce(&[&[u8]]) -> R) ->
 }
 
 /// [`with_inputs`] on this thread's state, already reached.
+#[inline]
 pub(crate) fn with_inputs_in<R>(st: &ThreadState, args: &[ArgSpec], f: impl FnOnce(&[&[u8]]) -> R) -> Result<R, Error> {
     let held = args
         .iter()
