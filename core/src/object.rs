@@ -154,10 +154,10 @@ impl Slot {
     pub(crate) fn park_job(&self, spec: Box<TaskSpec>) -> Option<Box<TaskSpec>> {
         // Relaxed: a hint; the job cell below publishes the spec.
         self.job_class.store(spec.class.0, Ordering::Relaxed);
-        // Release (crossbeam stores an `Option<Box>` with an AcqRel swap): the spec is
-        // published to whoever takes it (an Acquire swap). The cancel handshake does not lean
-        // on the swap; its fences carry it (the loom model parks with a Release-only write).
-        self.job.store(Some(spec));
+        // Release (`put_job` is an AcqRel swap): the spec is published to whoever takes it (an
+        // Acquire swap). The cancel handshake does not lean on the swap; its fences carry it
+        // (the loom model parks with a Release-only write).
+        self.put_job(spec);
         // SYNC POINT: `CancelFlag::parked` fences, then reads the level: pairs with the fence
         // in `request_cancel`. A cancel that did not find the job parked is seen here.
         self.cancel.parked(|| self.take_job())
@@ -168,7 +168,17 @@ impl Slot {
     /// the arguments are ready, the launcher takes it ([`Slot::take_job`]) and parks it
     /// again with [`Slot::park_job`], which looks for a cancel.
     pub(crate) fn park_waiting(&self, spec: Box<TaskSpec>) {
-        self.job.store(Some(spec));
+        self.put_job(spec);
+    }
+
+    /// Puts `spec` in the job cell: what `AtomicCell::store` does for an `Option<Box>` (a
+    /// swap, then the old value dropped), with the old value, always empty, looked at inline:
+    /// parking a task calls no drop glue.
+    #[inline]
+    fn put_job(&self, spec: Box<TaskSpec>) {
+        if let Some(old) = self.job.swap(Some(spec)) {
+            drop(old);
+        }
     }
 
     /// Raises the cancel level to `CANCEL_FORCE` or `CANCEL_INTERRUPT`, then tries to take

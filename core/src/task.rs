@@ -153,7 +153,8 @@ pub(crate) fn current_cancel() -> u8 {
 pub(crate) const CANCELLED: &str = "the task was cancelled (rayhpc.cancel)";
 
 /// Fails a task that a cancel stopped: it did not run (again), or its run failed while it
-/// was cancelled.
+/// was cancelled. Cold: kept out of the paths that launch and run tasks.
+#[cold]
 pub(crate) fn fail_cancelled(t: &TaskSpec) {
     let e = task_error(t.name.as_ref().unwrap_or(&t.func.name), Failure::new(FailureKind::Cancelled, CANCELLED), t.attempts);
     t.ret.complete(Err(e));
