@@ -10,6 +10,9 @@
 //! Scheduling protocol (no lost turn): the `scheduled` flag is a [`RunFlag`] (in
 //! `rayhpc-sched`, model-checked with loom): a submitter pushes, then requests a turn; a turn
 //! that empties the mailbox finishes the flag with one more look at the mailbox.
+//!
+//! The cell's fields are defined with the runtime's state (the `state` module), beside the
+//! pool's job type that holds cells; what a cell does is here.
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
