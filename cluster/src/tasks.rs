@@ -194,7 +194,7 @@ impl Remote {
             let peer = peer.clone();
             move |outcome: Outcome| {
                 if let Ok(b) = postcard::to_allocvec(&DoneMsg { seq, outcome }) {
-                    let _ = peer.post(Msg::TaskDone.kind(), &b);
+                    let _ = peer.send(Msg::TaskDone.kind(), &b);
                 }
             }
         };

@@ -55,6 +55,9 @@ struct Held {
     options: HashMap<u64, Arc<CallOptions>>,
     /// Releases of the peer's own results that came (on another link) before the result.
     early: HashMap<ObjectId, u32>,
+    /// Links waiting on `grew` (a notify costs a system call even when nobody waits: it is
+    /// made only when somebody does).
+    waiting: u32,
 }
 
 impl Default for Session {
@@ -122,7 +125,18 @@ impl Session {
             if !wait || left.is_zero() {
                 return None;
             }
+            held.waiting += 1;
             held = self.shared.grew.wait_timeout(held, left).unwrap_or_else(|e| e.into_inner()).0;
+            held.waiting -= 1;
+        }
+    }
+
+    /// Ends a change of the holdings: wakes the links waiting for one, if any.
+    fn grown(&self, held: MutexGuard<'_, Held>) {
+        let wake = held.waiting > 0;
+        drop(held);
+        if wake {
+            self.shared.grew.notify_all();
         }
     }
 
@@ -142,8 +156,7 @@ impl Session {
         let e = held.refs.entry(id).or_insert((None, r.from_actor(), 0));
         e.0.get_or_insert(r);
         e.2 += 1;
-        drop(held);
-        self.shared.grew.notify_all();
+        self.grown(held);
         id
     }
 
@@ -154,8 +167,9 @@ impl Session {
     pub fn options(&mut self, o: Opts) -> Result<Arc<CallOptions>, Failure> {
         match o {
             Opts::New(n, w) => {
-                let o = self.held().options.entry(n).or_insert_with(|| Arc::new(CallOptions::new(w))).clone();
-                self.shared.grew.notify_all();
+                let mut held = self.held();
+                let o = held.options.entry(n).or_insert_with(|| Arc::new(CallOptions::new(w))).clone();
+                self.grown(held);
                 Ok(o)
             }
             // Numbered by the peer: new ones may be on their way on another link.
@@ -175,8 +189,9 @@ impl Session {
     /// Holds object `id`, whose ref travelled inside a value, for the peer: resolved when
     /// first used.
     pub fn lend_by_id(&mut self, id: ObjectId, from_actor: bool) -> ObjectId {
-        self.held().refs.entry(id).or_insert((None, from_actor, 0)).2 += 1;
-        self.shared.grew.notify_all();
+        let mut held = self.held();
+        held.refs.entry(id).or_insert((None, from_actor, 0)).2 += 1;
+        self.grown(held);
         id
     }
 

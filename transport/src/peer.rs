@@ -8,7 +8,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
 use std::time::{Duration, Instant};
 
 use crate::conn::{self, Conn};
@@ -157,7 +157,11 @@ impl Peer {
         lock(&self.inner.state).closed.clone()
     }
 
-    /// Sends a one-way message (id 0: no reply expected).
+    /// Sends a one-way message (id 0: no reply expected): written at once by this thread,
+    /// or, when another thread is writing to the connection, queued for that thread to
+    /// write next (no thread waits for another's write, and frames sent at once share
+    /// system calls). A frame queued so is lost, like one in the socket's buffer, if the
+    /// connection fails first: the disconnect callback runs.
     pub fn send(&self, kind: Kind, payload: &[u8]) -> Result<(), Error> {
         app_kind(kind)?;
         self.write(kind, 0, 0, payload)
@@ -201,14 +205,27 @@ impl Peer {
 
     /// Writes what was posted to this connection and not yet written.
     pub(crate) fn write_posted(&self) -> Result<(), Error> {
-        let written = {
-            let mut buf = lock(&self.inner.write_lock);
-            std::mem::swap(&mut *buf, &mut *lock(&self.inner.outbox));
+        let written = self.drain(lock(&self.inner.write_lock));
+        self.written(written)
+    }
+
+    /// Writes what the outbox holds, again until it is empty, then lets go of the write
+    /// lock (`buf`) while the outbox is seen empty under its lock: a frame queued by a
+    /// thread that found the write lock taken (see [`Peer::write`]) is written by the
+    /// holder, or by that thread once it takes the lock, never left behind.
+    fn drain(&self, mut buf: MutexGuard<'_, Vec<u8>>) -> std::io::Result<()> {
+        loop {
+            let mut out = lock(&self.inner.outbox);
+            if out.is_empty() {
+                drop(buf);
+                return Ok(());
+            }
+            std::mem::swap(&mut *buf, &mut *out);
+            drop(out);
             let r = (&*self.inner.stream).write_all(&buf);
             recycle(&mut buf);
-            r
-        };
-        self.written(written)
+            r?;
+        }
     }
 
     /// Sends a request and waits up to `timeout` for its response. Many threads may have
@@ -282,15 +299,41 @@ impl Peer {
         if !self.is_open() {
             return Err(self.disconnected());
         }
-        let written = {
-            let mut buf = lock(&self.inner.write_lock);
-            std::mem::swap(&mut *buf, &mut *lock(&self.inner.outbox));
-            // What was posted before leaves first, in the same system call.
-            let r = write_frame_after(&mut &*self.inner.stream, &buf, kind, flags, id, payload);
-            recycle(&mut buf);
-            r
+        let mut buf = match self.inner.write_lock.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                // Another thread is writing: a small frame is queued behind what it
+                // writes, for it to write next (or for this thread, if it is done by
+                // then), so that no thread waits for another's write.
+                if payload.len() <= POST_MAX && self.queue(kind, flags, id, payload) {
+                    return match self.inner.write_lock.try_lock() {
+                        Ok(g) => self.written(self.drain(g)),
+                        Err(TryLockError::Poisoned(p)) => self.written(self.drain(p.into_inner())),
+                        Err(TryLockError::WouldBlock) => Ok(()),
+                    };
+                }
+                lock(&self.inner.write_lock)
+            }
         };
+        std::mem::swap(&mut *buf, &mut *lock(&self.inner.outbox));
+        // What was queued before leaves first, in the same system call.
+        let r = write_frame_after(&mut &*self.inner.stream, &buf, kind, flags, id, payload);
+        recycle(&mut buf);
+        let written = r.and_then(|()| self.drain(buf));
         self.written(written)
+    }
+
+    /// Queues a frame in the outbox unless it is full; whether it did.
+    fn queue(&self, kind: Kind, flags: u16, id: u64, payload: &[u8]) -> bool {
+        let mut out = lock(&self.inner.outbox);
+        if out.len() >= FLUSH_AT {
+            return false;
+        }
+        // `payload.len() <= POST_MAX`: the length fits the header's 32 bits.
+        out.extend_from_slice(&Header { kind, flags, id, len: payload.len() as u32 }.encode());
+        out.extend_from_slice(payload);
+        true
     }
 
     fn written(&self, written: std::io::Result<()>) -> Result<(), Error> {

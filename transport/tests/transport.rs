@@ -319,6 +319,28 @@ fn posted_messages_keep_each_threads_order_with_its_sends_and_requests() {
 }
 
 #[test]
+fn frames_sent_by_many_threads_at_once_all_arrive_each_threads_in_order() {
+    // A thread that finds another writing queues its frame for that one: none may be lost
+    // or overtake an earlier one of its thread.
+    const THREADS: u8 = 8;
+    const PER_THREAD: u32 = 4000;
+    let (a, b) = (node(1), node(2));
+    let p = a.ep.connect(b.ep.local_addr()).unwrap();
+    thread::scope(|s| {
+        for t in 0..THREADS {
+            let p = &p;
+            s.spawn(move || {
+                for i in 0..PER_THREAD {
+                    p.send(NOTE, &note(t, i)).unwrap();
+                }
+            });
+        }
+    });
+    let got: Vec<Vec<u8>> = (0..THREADS as u32 * PER_THREAD).map(|_| b.notes.recv_timeout(LONG).unwrap()).collect();
+    check_notes(&got, THREADS, PER_THREAD);
+}
+
+#[test]
 fn messages_posted_before_a_shutdown_arrive_and_a_closed_connection_refuses_posts() {
     const PER_THREAD: u32 = 3000;
     let (a, b) = (node(1), node(2));
