@@ -42,6 +42,8 @@ pub(crate) fn dispatch(m: &Membership, peer: &Peer, frame: Frame) {
         Msg::Unpin => remote.later(peer, id, payload, |r, p, _, b| r.on_unpin(p, b)),
         Msg::Where => remote.later(peer, id, payload, |r, p, id, b| r.on_where(p, id, b)),
         Msg::Pulled => remote.later(peer, id, payload, |r, p, _, b| r.on_pulled(p, b)),
+        // After the `Task` it names (frames of a node are handled in order).
+        Msg::Cancel => remote.now_or_later(peer, id, payload, |r, p, _, b| r.on_cancel(p, b)),
     }
 }
 

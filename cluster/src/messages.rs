@@ -17,6 +17,7 @@
 //! | `Unpin` | 0x119 | puller → exporter, one-way | [`ObjectId`] | |
 //! | `Where` | 0x11A | puller → owner, request | [`ObjectId`] | [`Source`] (perhaps later) |
 //! | `Pulled` | 0x11B | puller → owner, one-way | [`PulledMsg`] | |
+//! | `Cancel` | 0x11C | canceller → the result's node, owner → executor, one-way | [`CancelMsg`] | |
 //! | `BenchRaw` | 0x120 | head → node, request | [`BenchAsk`] | a port (u16, little-endian) |
 //! | `BenchPull` | 0x121 | head → node, request | [`BenchAsk`] | `(nanoseconds, digest, round)` |
 //!
@@ -60,6 +61,8 @@ pub enum Msg {
     Where,
     /// A pull from the source that `Where` named ended.
     Pulled,
+    /// Cancel a task (`ray.cancel`).
+    Cancel,
     /// Bench: accept a raw TCP stream ([`crate::bench`]).
     BenchRaw,
     /// Bench: pull an object the head exports.
@@ -68,7 +71,7 @@ pub enum Msg {
 
 impl Msg {
     /// Every kind.
-    pub const ALL: [Msg; 16] = [
+    pub const ALL: [Msg; 17] = [
         Msg::Control,
         Msg::Stop,
         Msg::Task,
@@ -83,6 +86,7 @@ impl Msg {
         Msg::Unpin,
         Msg::Where,
         Msg::Pulled,
+        Msg::Cancel,
         Msg::BenchRaw,
         Msg::BenchPull,
     ];
@@ -104,6 +108,7 @@ impl Msg {
             Msg::Unpin => 0x119,
             Msg::Where => 0x11A,
             Msg::Pulled => 0x11B,
+            Msg::Cancel => 0x11C,
             Msg::BenchRaw => 0x120,
             Msg::BenchPull => 0x121,
         })
@@ -187,6 +192,24 @@ pub struct DoneMsg {
     pub seq: u64,
     /// How it turned out.
     pub outcome: Outcome,
+}
+
+/// `Cancel`: which task, and how (`force`: kill its worker).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CancelMsg {
+    /// The task.
+    pub target: CancelTarget,
+    /// Kill the worker running it instead of interrupting it.
+    pub force: bool,
+}
+
+/// The task a `Cancel` names.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelTarget {
+    /// The task of result `id`, to the node that made the id (its owner).
+    Result(ObjectId),
+    /// Task `seq` of the sender, to the node it sent it to.
+    Sent(u64),
 }
 
 /// `Pull`: bytes `[offset, offset + len)` of object `id`.

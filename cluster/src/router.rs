@@ -16,6 +16,7 @@ use rayhpc_transport::{NodeId, Peer};
 
 use crate::control::{Request, Response};
 use crate::membership::Membership;
+use crate::messages::{CancelMsg, CancelTarget, Msg};
 
 /// The pool's [`Router`]: placement over the cluster's view.
 pub(crate) struct RouterOf(pub(crate) Weak<Membership>);
@@ -136,6 +137,24 @@ impl Router for RouterOf {
         // A live node: fetched from it; a node the cluster knew but lost (or never had): lost.
         let peer = inner.candidates().iter().find(|c| c.node == NodeId(u64::from(owner))).and_then(|c| inner.peer_of(c));
         inner.remote.fetch(peer, id)
+    }
+
+    fn cancel(&self, id: ObjectId, force: bool) -> bool {
+        let Some(inner) = self.0.upgrade() else { return false };
+        if inner.remote.cancel_routed(id, force) {
+            return true;
+        }
+        let owner = id.node();
+        if owner == inner.rank {
+            return false;
+        }
+        // Made by another node (this one holds a copy of its ref): the cancel goes there.
+        let peer = inner.candidates().iter().find(|c| c.node == NodeId(u64::from(owner))).and_then(|c| inner.peer_of(c));
+        if let Some(peer) = peer {
+            let msg = CancelMsg { target: CancelTarget::Result(id), force };
+            let _ = peer.send(Msg::Cancel.kind(), &postcard::to_allocvec(&msg).expect("serializes"));
+        }
+        true
     }
 
     fn actor_call(&self, actor: ActorId, method: &str, args: Vec<RawArg>) -> Option<Result<ObjectRef<Untyped>, Error>> {

@@ -63,6 +63,11 @@ pub(crate) struct Tasks {
     /// The core's options of the last options a task came with (a stream of tasks mostly
     /// shares them).
     pub(crate) last_options: Mutex<Option<(WireOptions, rayhpc::Options)>>,
+    /// Results of the tasks held until their arguments are ready to send, and whether each
+    /// was cancelled meanwhile (with `force` or not).
+    pub(crate) unsent: Mutex<HashMap<ObjectId, Option<bool>>>,
+    /// The tasks run here for others while they run: (owner, its number) → the result here.
+    pub(crate) running: Mutex<HashMap<(NodeId, u64), ObjectRef<Untyped>>>,
 }
 
 impl Default for Tasks {
@@ -75,6 +80,8 @@ impl Default for Tasks {
             sent: AtomicU64::new(0),
             known: Mutex::new(HashSet::new()),
             last_options: Mutex::new(None),
+            unsent: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
         }
     }
 }

@@ -16,17 +16,38 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use rayhpc::ids::ObjectId;
 use rayhpc::raw::RawArg;
 use rayhpc::{Error, FailureKind, ObjectRef, TaskError, Untyped};
-use rayhpc_node::api::{CallOptions, ErrorKind, Failure};
+use rayhpc_node::api::{Api, CallOptions, ErrorKind, Failure, Ref};
 use rayhpc_node::router::TaskFn;
 use rayhpc_node::wire::WireOptions;
 use rayhpc_transport::{NodeId, Peer};
 
-use crate::messages::{DoneMsg, Msg, MsgFn, Outcome, TaskMsg};
+use crate::messages::{CancelMsg, CancelTarget, DoneMsg, Msg, MsgFn, Outcome, TaskMsg};
 use crate::remote::{Candidate, Remote};
 use crate::state::{next_attempt, Pending, Resend};
 use crate::sync::lock;
+
+/// The function a task failure names.
+fn function_name(f: &TaskFn) -> String {
+    match f {
+        TaskFn::Python(_) => "py.task".to_string(),
+        TaskFn::Native(n) => n.clone(),
+        TaskFn::Method { method, .. } => method.clone(),
+    }
+}
+
+/// The failure of a task cancelled before it was sent.
+fn cancelled(f: &TaskFn) -> Error {
+    Error::Task(Box::new(TaskError {
+        function: function_name(f).into(),
+        kind: FailureKind::Cancelled,
+        message: "the task was cancelled before it ran".into(),
+        attempts: 0,
+        payload: None,
+    }))
+}
 
 impl Remote {
     /// Runs a task on this node through `here`, counting it in this node's load until it
@@ -70,23 +91,79 @@ impl Remote {
         let retries_left = options.max_retries.unwrap_or(rayhpc::DEFAULT_MAX_RETRIES);
         let cpus = options.num_cpus.unwrap_or(1.0);
         let p = Pending { node: peer.node(), func, args, options, promise, exported: Vec::new(), cpus, retries_left };
-        self.send_when_ready(peer.clone(), p);
+        self.send_when_ready(peer.clone(), p, false);
         Ok(r)
     }
 
-    /// Waits (without a thread) for the arguments to be ready, then sends.
-    fn send_when_ready(self: &Arc<Self>, peer: Peer, p: Pending) {
+    /// Waits (without a thread) for the arguments to be ready, then sends; `held`: it
+    /// waited already (the task is among the unsent, which a cancel looks at).
+    fn send_when_ready(self: &Arc<Self>, peer: Peer, p: Pending, held: bool) {
         let unready: Vec<ObjectRef<Untyped>> =
             p.args.iter().filter_map(|a| if let RawArg::Ref(r) = a { (!r.is_ready()).then(|| r.clone()) } else { None }).collect();
+        let id = p.promise.id();
         if let Some(first) = unready.first() {
+            if !held {
+                lock(&self.tasks.unsent).insert(id, None);
+            }
             let me = self.clone();
             first.on_ready(move || {
                 let m = me.clone();
-                me.defer(move || m.send_when_ready(peer, p));
+                me.defer(move || m.send_when_ready(peer, p, true));
             });
             return;
         }
+        if !held {
+            return self.send(&peer, p);
+        }
+        // Cancelled while it waited: it never runs.
+        if lock(&self.tasks.unsent).get(&id).is_some_and(Option::is_some) {
+            lock(&self.tasks.unsent).remove(&id);
+            return p.promise.fail(cancelled(&p.func));
+        }
         self.send(&peer, p);
+        // Cancelled while it was being sent: the cancel follows it.
+        if let Some(Some(force)) = lock(&self.tasks.unsent).remove(&id) {
+            self.cancel_routed(id, force);
+        }
+    }
+
+    /// Cancels task `id` if this node routed it to another node: held until its arguments
+    /// are ready (it then never runs), or sent (the node running it is told). False when
+    /// this node did not route it.
+    pub(crate) fn cancel_routed(&self, id: ObjectId, force: bool) -> bool {
+        if let Some(c) = lock(&self.tasks.unsent).get_mut(&id) {
+            *c = Some(force);
+            return true;
+        }
+        // Cancels are rare: a scan of the tasks in flight, not an index on every send.
+        let sent = lock(&self.tasks.pending).iter().find(|(_, p)| p.promise.id() == id).map(|(seq, p)| (*seq, p.node));
+        let Some((seq, node)) = sent else { return false };
+        if let Some(peer) = self.peer(node) {
+            let msg = CancelMsg { target: CancelTarget::Sent(seq), force };
+            let _ = peer.send(Msg::Cancel.kind(), &postcard::to_allocvec(&msg).expect("serializes"));
+        }
+        true
+    }
+
+    /// `Cancel`: of a task this node made (`Result`: the canceller holds a copy of its
+    /// ref on another node), or of one it runs for the sender (`Sent`).
+    pub(crate) fn on_cancel(self: &Arc<Self>, peer: &Peer, payload: &[u8]) {
+        let Ok(msg) = postcard::from_bytes::<CancelMsg>(payload) else {
+            eprintln!("rayhpc node: a malformed cancel from node {}", peer.node());
+            return;
+        };
+        let Some(service) = self.service.upgrade() else { return };
+        let r = match msg.target {
+            // Passed to that node, so escaped here: its ref is known by id.
+            CancelTarget::Result(id) => service.ref_from_id(id, false).ok(),
+            CancelTarget::Sent(seq) => lock(&self.tasks.running).get(&(peer.node(), seq)).map(|r| Ref::local(r.clone(), false)),
+        };
+        // Gone already (done, or never known): nothing to cancel.
+        if let Some(r) = r {
+            if let Err(e) = service.cancel(&r, msg.force) {
+                eprintln!("rayhpc node: a cancel from node {}: {e}", peer.node());
+            }
+        }
     }
 
     fn send(self: &Arc<Self>, peer: &Peer, mut p: Pending) {
@@ -161,13 +238,8 @@ impl Remote {
             p.retries_left = left;
             self.replace(Resend(p));
         } else {
-            let function = match &p.func {
-                TaskFn::Python(_) => "py.task".to_string(),
-                TaskFn::Native(n) => n.clone(),
-                TaskFn::Method { method, .. } => method.clone(),
-            };
             p.promise.fail(Error::Task(Box::new(TaskError {
-                function: function.into(),
+                function: function_name(&p.func).into(),
                 kind: FailureKind::WorkerDied,
                 message: format!("node {node} could not run it ({reason})"),
                 attempts: 1,
@@ -243,10 +315,15 @@ impl Remote {
         };
         let me = self.clone();
         let held = r.clone();
+        // Known while it runs, for a cancel from the owner.
+        lock(&self.tasks.running).insert((requester, seq), r.clone());
         // Answered by the thread that completes it (an executor, mostly): the outcome is a
         // small frame (inline bytes up to the inline threshold, or an object's id), and the
         // owner's reader always drains its connection, so the write does not wait.
-        r.on_ready(move || answer(me.outcome_of(&held, requester)));
+        r.on_ready(move || {
+            lock(&me.tasks.running).remove(&(requester, seq));
+            answer(me.outcome_of(&held, requester))
+        });
     }
 
     /// `TaskDone`: the outcome of a task this node sent (on the connection's reader thread,
@@ -303,7 +380,7 @@ impl Remote {
         match peer {
             Some(peer) => {
                 p.node = peer.node();
-                self.send_when_ready(peer, p);
+                self.send_when_ready(peer, p, false);
             }
             None => self.run_local(p),
         }

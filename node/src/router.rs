@@ -83,6 +83,11 @@ pub trait Router: Send + Sync {
     /// names the node that made it); `None` when it would live here.
     fn actor_call(&self, actor: ActorId, method: &str, args: Vec<RawArg>) -> Option<Result<ObjectRef<Untyped>, Error>>;
 
+    /// Cancels the task of result `id` if this node sent it to another node (or holds it
+    /// until its arguments are ready to send), or if another node made `id` (the cancel
+    /// goes there); false when the task is this node's to cancel.
+    fn cancel(&self, id: ObjectId, force: bool) -> bool;
+
     /// Runs `op` on the cluster's KV store (the head's).
     ///
     /// # Errors

@@ -92,14 +92,6 @@ KNOWN_DRIFT = {
     # RayTaskError(TaskCancelledError).
     "cancel_queued": {"*": (
         "mismatch: dependent: observed [true, \"TaskCancelledError\"], expected [true, \"RayTaskError(TaskCancelledError)\"]")},
-    # Cluster only: a task the head sent to another node is not cancelled at all (from the
-    # driver or from a task): it runs, and `get` returns its value.
-    "cancel_when_the_head_is_busy": {
-        "cluster": (
-            "mismatch: from_the_driver: observed [false, \"no error\"], expected [true, \"TaskCancelledError\"]; "
-            "never_ran: observed false, expected true; "
-            "from_a_task: observed [[false, \"no error\"], false], expected [[true, \"TaskCancelledError\"], true]"),
-    },
     # A running task interrupted by cancel raises plain TaskCancelledError; Ray wraps it as a
     # task error (RayTaskError(TaskCancelledError)). (force=True agrees: TaskCancelledError.)
     "cancel_running": {"*": (

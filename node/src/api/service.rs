@@ -423,6 +423,9 @@ impl Api for Service {
         if r.from_actor() {
             return Err(Failure::new(ErrorKind::Value, "cancelling an actor call is not supported yet: kill the actor instead"));
         }
+        if self.router().is_some_and(|router| router.cancel(r.id(), force)) {
+            return Ok(());
+        }
         self.workers.cancels.cancel(&self.rt, r.as_local()?, force);
         Ok(())
     }
