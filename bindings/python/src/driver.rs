@@ -226,6 +226,13 @@ pub fn init(
     set_state(State { api: node.service().clone(), node: Some(node), ring: None })
 }
 
+/// The node this process's runtime is: its rank in a launch (0: an embedded runtime, which
+/// is a node of its own).
+#[pyfunction]
+pub fn node_rank() -> PyResult<u32> {
+    Ok(state()?.ring.map_or(0, |r| r.node()))
+}
+
 /// Stops the embedded runtime (its workers too), or detaches from the node. A no-op when
 /// not initialized.
 #[pyfunction]

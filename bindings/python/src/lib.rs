@@ -29,6 +29,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(driver::wait, m)?)?;
     m.add_function(wrap_pyfunction!(driver::resources, m)?)?;
     m.add_function(wrap_pyfunction!(driver::nodes, m)?)?;
+    m.add_function(wrap_pyfunction!(driver::node_rank, m)?)?;
     m.add_function(wrap_pyfunction!(driver::kv, m)?)?;
     m.add_function(wrap_pyfunction!(driver::workers, m)?)?;
     m.add_function(wrap_pyfunction!(driver::mode_name, m)?)?;

@@ -118,13 +118,6 @@ KNOWN_DRIFT = {
     # RuntimeContext has get_job_id, get_node_id, get_assigned_resources and namespace only.
     "runtime_context_api": {"*": (
         "mismatch: missing_methods: observed [\"get_task_id\", \"get_actor_id\", \"get_worker_id\", \"get_actor_name\", \"get_task_name\", \"get_placement_group_id\", \"get_runtime_env_string\", \"was_current_actor_reconstructed\", \"current_actor\", \"get_accelerator_ids\"], expected []")},
-    # Cluster only: the job id is Slurm's job id (not 8 hex digits), and get_node_id() is
-    # rank 0's id on every node: a probe on node2 does not report node2's id from ray.nodes().
-    "runtime_context_ids": {
-        "cluster": (
-            "mismatch: job_id_hex8: observed false, expected true; "
-            "node_id_per_node: observed [true, false], expected [true, true]"),
-    },
     # get_assigned_resources() is always {}; no task or actor ids.
     "runtime_context_in_workers": {"*": (
         "mismatch: task_assigned_resources: observed {}, expected {\"CPU\": 1.0}; "

@@ -240,6 +240,11 @@ impl RingClient {
         self.worker
     }
 
+    /// The node this client talks to: its number (the rank in a launch).
+    pub fn node(&self) -> u32 {
+        self.ids.node
+    }
+
     /// Runs `f` on the calling thread's link (a worker's only one; none once detached).
     ///
     /// # Errors

@@ -687,12 +687,19 @@ def nodes():
     } for rank, alive, address, host, resources in _native.nodes()]
 
 
+def _job_id():
+    # Ray's job ids are 4 bytes in hex; under Slurm, the job's number in those 4 bytes.
+    job = os.environ.get("SLURM_JOB_ID", "")
+    return f"{int(job) & 0xFFFFFFFF:08x}" if job.isdigit() else "01000000"
+
+
 class RuntimeContext:
     def get_node_id(self):
-        return "0" * 56
+        # As ray.nodes() names the node this process's runtime is.
+        return f"{_native.node_rank():056x}"
 
     def get_job_id(self):
-        return os.environ.get("SLURM_JOB_ID", "01000000")
+        return _job_id()
 
     @property
     def namespace(self):
