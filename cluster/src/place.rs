@@ -17,7 +17,9 @@
 //! CPUs count 0 unless asked. It goes where every resource it asks for is free now: here
 //! first, else the node with the most free CPUs. Resources given to actors placed in the last
 //! [`RECENT`] count as taken (the nodes' reports may not show them yet), so that a burst of
-//! actors spreads. When no node has it free: here if this node has it at all (the actor
+//! actors spreads; what actors this node killed in the last [`RECENT`] held counts as free
+//! on their nodes (up to the nodes' totals), so that actors made right after others were
+//! killed find the room those left. When no node has it free: here if this node has it at all (the actor
 //! waits), else the first node that has. Asked for what no node has: here (where it fails).
 
 use std::collections::{BTreeMap, HashMap};
@@ -142,21 +144,29 @@ pub fn place_task(ask: &Ask, here: &NodeLoad, nodes: &[NodeLoad], input_bytes: u
 }
 
 /// Where an actor asking `ask` lives (see the module's docs), `placed` being the actors
-/// placed lately (those of the last [`RECENT`] before `now` count).
-pub fn place_actor(ask: &Ask, here: &NodeLoad, nodes: &[NodeLoad], placed: &[Placed], now: Instant) -> Decision {
-    let mut taken: HashMap<NodeId, Ask> = HashMap::new();
-    for p in placed.iter().filter(|p| p.is_recent(now)) {
-        for (k, v) in &p.ask {
-            *taken.entry(p.node).or_default().entry(k.clone()).or_default() += v;
+/// placed lately and `freed` those killed lately (those of the last [`RECENT`] before
+/// `now` count: what a killed actor held is free on its node, up to the node's totals,
+/// whatever its last report says).
+pub fn place_actor(ask: &Ask, here: &NodeLoad, nodes: &[NodeLoad], placed: &[Placed], freed: &[Placed], now: Instant) -> Decision {
+    let sum = |list: &[Placed]| {
+        let mut by_node: HashMap<NodeId, Ask> = HashMap::new();
+        for p in list.iter().filter(|p| p.is_recent(now)) {
+            for (k, v) in &p.ask {
+                *by_node.entry(p.node).or_default().entry(k.clone()).or_default() += v;
+            }
         }
-    }
-    let taken = |n: NodeId, k: &str| taken.get(&n).and_then(|m| m.get(k)).copied().unwrap_or(0.0);
-    let free =
-        |n: &NodeLoad| ask.iter().all(|(k, v)| *v <= 0.0 || n.resources.get(k).is_some_and(|(_, a)| a - taken(n.node, k) + SLACK >= *v));
+        by_node
+    };
+    let (taken, given_back) = (sum(placed), sum(freed));
+    let of = |m: &HashMap<NodeId, Ask>, n: NodeId, k: &str| m.get(&n).and_then(|m| m.get(k)).copied().unwrap_or(0.0);
+    // Free on node `n`: what it reported plus what was freed there since (at most its
+    // total), less what was placed there since.
+    let avail = |n: &NodeLoad, k: &str| n.resources.get(k).map(|(t, a)| (a + of(&given_back, n.node, k)).min(*t) - of(&taken, n.node, k));
+    let free = |n: &NodeLoad| ask.iter().all(|(k, v)| *v <= 0.0 || avail(n, k).is_some_and(|a| a + SLACK >= *v));
     if free(here) {
         return Decision::Here;
     }
-    let cpus = |n: &NodeLoad| n.resources.get("CPU").map_or(0.0, |(_, a)| *a) - taken(n.node, "CPU");
+    let cpus = |n: &NodeLoad| avail(n, "CPU").unwrap_or(0.0);
     let others = || nodes.iter().filter(|n| n.node != here.node);
     if let Some(n) = others().filter(|n| free(n)).max_by(|a, b| cpus(a).total_cmp(&cpus(b))) {
         return Decision::There(n.node);
@@ -257,7 +267,31 @@ mod tests {
                 vec![node(A, &[("GPU", 2.0, 2.0)], 0.0)], vec![], Here),
         ];
         for (what, ask, here, nodes, placed, want) in cases {
-            assert_eq!(place_actor(&ask, &here, &nodes, &placed, now), want, "{what}");
+            assert_eq!(place_actor(&ask, &here, &nodes, &placed, &[], now), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn what_actors_killed_lately_held_is_free_on_their_node_whatever_its_report_says() {
+        let now = Instant::now() + Duration::from_secs(10);
+        let two = ask(&[("CPU", 2.0)]);
+        let at = |node, ago: f64| Placed { node, ask: two.clone(), at: now - Duration::from_secs_f64(ago) };
+        // Two nodes of 2 CPUs whose whole-node actors were just killed; the other node's
+        // report may still show its CPUs taken.
+        let (here_free, a_busy, a_free) = (cpus(HERE, 2.0, 2.0), cpus(A, 2.0, 0.0), cpus(A, 2.0, 2.0));
+        #[rustfmt::skip]
+        let cases: Vec<(&str, NodeLoad, NodeLoad, Vec<Placed>, Vec<Placed>, Decision)> = vec![
+            ("freed here: here", here_free.clone(), a_busy.clone(), vec![], vec![at(HERE, 0.1)], Here),
+            ("placed here since: the node freed lately, though its report shows it busy", here_free.clone(), a_busy.clone(),
+                vec![at(HERE, 0.05)], vec![at(A, 0.1)], There(A)),
+            ("nothing freed there: here, where it waits", here_free.clone(), a_busy.clone(), vec![at(HERE, 0.05)], vec![], Here),
+            ("freed long ago: the report is to be believed", here_free.clone(), a_busy.clone(), vec![at(HERE, 0.05)],
+                vec![at(A, 1.5)], Here),
+            ("what is freed counts up to the node's total (a report may show it freed already)", cpus(HERE, 2.0, 0.0),
+                a_free.clone(), vec![at(A, 0.05)], vec![at(A, 0.1)], Here),
+        ];
+        for (what, here, a, placed, freed, want) in cases {
+            assert_eq!(place_actor(&two, &here, &[a], &placed, &freed, now), want, "{what}");
         }
     }
 

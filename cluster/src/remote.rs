@@ -24,7 +24,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
-use rayhpc::ids::ObjectId;
+use rayhpc::ids::{ActorId, ObjectId};
 use rayhpc::raw::RawArg;
 use rayhpc_node::api::Service;
 use rayhpc_node::wire::WireOptions;
@@ -62,6 +62,9 @@ pub(crate) struct Candidate {
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// The most actors whose holdings a node remembers (see [`Remote::note_made`]).
+const HOLDING_MAX: usize = 4096;
+
 /// The cross-node task and object service of one node.
 pub(crate) struct Remote {
     /// The node's service (the API's implementation).
@@ -81,6 +84,10 @@ pub(crate) struct Remote {
     pub(crate) spreads: Mutex<HashMap<ObjectId, Spread>>,
     /// Actors placed lately (placement counts them, see [`place::place_actor`]).
     pub(crate) placed: Mutex<Vec<Placed>>,
+    /// What the actors this node placed hold, and where, while they live.
+    pub(crate) holding: Mutex<HashMap<ActorId, Placed>>,
+    /// Actors this node placed and killed lately (placement counts what they held as free).
+    pub(crate) freed: Mutex<Vec<Placed>>,
     /// The cluster's membership, which holds this service (hence weak).
     members: Weak<dyn Members>,
 }
@@ -115,6 +122,8 @@ impl Remote {
             objects: Objects::new(service.runtime().object_store().capacity() as u64 / 4, bulk, fabric),
             spreads: Mutex::new(HashMap::new()),
             placed: Mutex::new(Vec::new()),
+            holding: Mutex::new(HashMap::new()),
+            freed: Mutex::new(Vec::new()),
             members,
         })
     }
@@ -231,7 +240,9 @@ impl Remote {
         let now = Instant::now();
         let mut placed = lock(&self.placed);
         placed.retain(|p| p.is_recent(now));
-        Self::chosen(place::place_actor(&place::actor_ask(options), &here, &self.loads(nodes), &placed, now), nodes)
+        let mut freed = lock(&self.freed);
+        freed.retain(|p| p.is_recent(now));
+        Self::chosen(place::place_actor(&place::actor_ask(options), &here, &self.loads(nodes), &placed, &freed, now), nodes)
     }
 
     /// Notes an actor placed on `node` (`None`: here) asking for `options` (see
@@ -239,5 +250,34 @@ impl Remote {
     pub(crate) fn note_actor(&self, node: Option<NodeId>, options: &WireOptions) {
         let node = node.unwrap_or(self.me);
         lock(&self.placed).push(Placed { node, ask: place::actor_ask(options), at: Instant::now() });
+    }
+
+    /// Notes that actor `actor`, placed on `node` (`None`: here) asking for `options`,
+    /// lives: what it holds is freed when this node kills it ([`Remote::note_kill`]).
+    pub(crate) fn note_made(&self, actor: ActorId, node: Option<NodeId>, options: &WireOptions) {
+        let node = node.unwrap_or(self.me);
+        let mut holding = lock(&self.holding);
+        if holding.len() >= HOLDING_MAX {
+            // Actors that ended otherwise than by a kill of this node are never taken out:
+            // the oldest goes (it is only of use right after a kill).
+            if let Some(oldest) = holding.iter().min_by_key(|(_, p)| p.at).map(|(a, _)| *a) {
+                holding.remove(&oldest);
+            }
+        }
+        holding.insert(actor, Placed { node, ask: place::actor_ask(options), at: Instant::now() });
+    }
+
+    /// Notes that this node killed actor `actor`: if it placed it, what it held counts as
+    /// free on its node from now on (the node's reports lag), and its placement no longer
+    /// counts as taking it.
+    pub(crate) fn note_kill(&self, actor: ActorId) {
+        let Some(held) = lock(&self.holding).remove(&actor) else { return };
+        {
+            let mut placed = lock(&self.placed);
+            if let Some(i) = placed.iter().rposition(|p| p.node == held.node && p.ask == held.ask) {
+                placed.remove(i);
+            }
+        }
+        lock(&self.freed).push(Placed { at: Instant::now(), ..held });
     }
 }

@@ -47,11 +47,16 @@ impl Router for RouterOf {
         let Some(inner) = self.0.upgrade() else { return here(args) };
         let nodes = inner.candidates();
         let peer = inner.remote.place_actor(options, &nodes).and_then(|c| inner.peer_of(&c));
-        inner.remote.note_actor(peer.as_ref().map(Peer::node), options);
-        match peer {
+        let node = peer.as_ref().map(Peer::node);
+        inner.remote.note_actor(node, options);
+        let made = match peer {
             Some(peer) => inner.remote.create_actor(&peer, key, options, args),
             None => here(args),
+        };
+        if let Ok(actor) = &made {
+            inner.remote.note_made(*actor, node, options);
         }
+        made
     }
 
     fn name_actor(&self, name: &str, actor: ActorId, key: Key) -> Result<(), Error> {
@@ -118,6 +123,7 @@ impl Router for RouterOf {
 
     fn kill_actor(&self, actor: ActorId) -> bool {
         let Some(inner) = self.0.upgrade() else { return false };
+        inner.remote.note_kill(actor);
         let owner = (actor.0 >> 96) as u32;
         if owner == inner.rank {
             return false;

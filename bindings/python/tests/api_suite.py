@@ -124,14 +124,6 @@ KNOWN_DRIFT = {
         "actor_assigned_resources: observed {}, expected {\"probe\": 1.0}; "
         "task_id_in_task: observed false, expected true; "
         "actor_id_in_actor: observed false, expected true")},
-    # Cluster only: actors that each need a whole node, made right after others like them
-    # were killed, are placed on the same node (the head's view of the other node's CPUs is
-    # stale): one of them never starts (here: not within START_BOUND; waited for 25 s in a
-    # separate run, it did not start either).
-    "whole_node_actors_after_kill": {
-        "cluster": (
-            "mismatch: right_after_kill: observed [false, true], expected [true, true]"),
-    },
 }
 
 
