@@ -195,6 +195,10 @@ mod tests {
         node(node_id, &[("CPU", total, free)], 0.0)
     }
 
+    /// A case of the killed actors' table: what it shows, this node, the other node, the
+    /// actors placed lately, those killed lately, and the decision.
+    type Freed = (&'static str, NodeLoad, NodeLoad, Vec<Placed>, Vec<Placed>, Decision);
+
     /// A case of a table: what it shows, the ask, this node, the others, the input bytes
     /// (tasks) or the actors placed lately, and the decision.
     type Case<T> = (&'static str, Ask, NodeLoad, Vec<NodeLoad>, T, Decision);
@@ -280,7 +284,7 @@ mod tests {
         // report may still show its CPUs taken.
         let (here_free, a_busy, a_free) = (cpus(HERE, 2.0, 2.0), cpus(A, 2.0, 0.0), cpus(A, 2.0, 2.0));
         #[rustfmt::skip]
-        let cases: Vec<(&str, NodeLoad, NodeLoad, Vec<Placed>, Vec<Placed>, Decision)> = vec![
+        let cases: Vec<Freed> = vec![
             ("freed here: here", here_free.clone(), a_busy.clone(), vec![], vec![at(HERE, 0.1)], Here),
             ("placed here since: the node freed lately, though its report shows it busy", here_free.clone(), a_busy.clone(),
                 vec![at(HERE, 0.05)], vec![at(A, 0.1)], There(A)),

@@ -321,9 +321,7 @@ _PROBES = []
 
 
 def probes():
-    """The probe actors, one per node, made on first use. (They are made once and kept: in
-    the cluster, actors made right after others were killed may be placed wrongly, see
-    `whole_node_actors_after_kill`.)"""
+    """The probe actors, one per node, made on first use and kept."""
     if not _PROBES:
         _PROBES.extend(Probe.remote() for _ in _alive_nodes())
     return _PROBES
