@@ -1678,6 +1678,7 @@ fn from_failure(f: &Failure) -> rayhpc_status {
         ErrorKind::Unknown => RAYHPC_E_UNKNOWN_FUNCTION,
         ErrorKind::ArgCount => RAYHPC_E_ARG_COUNT,
         ErrorKind::NoActor => RAYHPC_E_BAD_HANDLE,
+        ErrorKind::Resources => RAYHPC_E_RESOURCES,
         ErrorKind::Value | ErrorKind::System => RAYHPC_E_INVALID,
     };
     fail(status, f.to_string())
