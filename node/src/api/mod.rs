@@ -658,6 +658,14 @@ pub trait Api: Send + Sync {
     /// (the node is gone).
     fn get(&self, refs: &[Ref], timeout: Option<Duration>) -> Result<Vec<Result<Value>>>;
 
+    /// Reads one object as [`Api::get`] does and calls `f` with its bytes, in place; nothing
+    /// is kept once `f` returns (a binding copying a value out makes no value to hold).
+    fn read(&self, r: &Ref, timeout: Option<Duration>, f: &mut dyn FnMut(&[u8])) -> Result<()> {
+        let v = self.get(std::slice::from_ref(r), timeout)?.pop();
+        f(&v.ok_or_else(|| Failure::new(ErrorKind::System, "no value for the object"))??);
+        Ok(())
+    }
+
     /// Waits until `num_returns` of `refs` are ready or `timeout` passes; the indices of the
     /// ready ones, in order.
     fn wait(&self, refs: &[Ref], num_returns: usize, timeout: Option<Duration>) -> Result<Vec<u32>>;

@@ -315,7 +315,7 @@ impl Service {
     }
 
     /// A task of a function registered in this process, submitted to the core as it is.
-    #[inline]
+    #[inline(always)]
     fn submit_raw(&self, f: &RawFn, args: Vec<Arg>, options: &CallOptions) -> Result<Ref> {
         let args = if args.is_empty() { Vec::new() } else { Self::raw_args(args)? };
         f.remote(&self.rt, args, &options.task).map(|r| Ref::local(r, false)).map_err(Failure::from)
@@ -464,6 +464,24 @@ impl Api for Service {
 
     fn get(&self, refs: &[Ref], timeout: Option<Duration>) -> Result<Vec<Result<Value>>> {
         self.get_until(refs, timeout, None)
+    }
+
+    fn read(&self, r: &Ref, timeout: Option<Duration>, f: &mut dyn FnMut(&[u8])) -> Result<()> {
+        // As `get` waits (running a task nobody started here when there is no deadline), with
+        // no list made and a small value read without a view.
+        let o = r.as_local()?;
+        if !self.rt.wait_ready(o, timeout) {
+            let waited = timeout.unwrap_or_default();
+            return Err(Failure::new(ErrorKind::Timeout, format!("timed out after {waited:?} waiting for an object")));
+        }
+        let failed = |e| Failure::of(e, r.from_actor());
+        match o.with_inline_bytes(|b| f(b)) {
+            Some(done) => done.map_err(failed),
+            None => {
+                f(&self.rt.get_bytes(o).map_err(failed)?);
+                Ok(())
+            }
+        }
     }
 
     fn wait(&self, refs: &[Ref], num_returns: usize, timeout: Option<Duration>) -> Result<Vec<u32>> {
