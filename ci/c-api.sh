@@ -12,7 +12,7 @@ have() { command -v "$1" >/dev/null 2>&1; }
 have cbindgen || cargo install --locked cbindgen --version 0.29.4
 cbindgen --quiet --config bindings/c/cbindgen.toml --crate rayhpc-c --output target/rayhpc.h.generated bindings/c
 if ! diff -u bindings/c/include/rayhpc.h target/rayhpc.h.generated; then
-  echo "bindings/c/include/rayhpc.h is not what cbindgen makes of bindings/c/src/lib.rs: regenerate it" >&2
+  echo "bindings/c/include/rayhpc.h is not what cbindgen makes of bindings/c/src: regenerate it" >&2
   exit 1
 fi
 

@@ -60,7 +60,7 @@ fn take_state() -> Option<State> {
 /// The Python exception of a failed call.
 pub fn py_err(f: Failure) -> PyErr {
     match f.kind {
-        ErrorKind::Value | ErrorKind::NoActor => PyValueError::new_err(f.message),
+        ErrorKind::Value | ErrorKind::NoActor | ErrorKind::Resources => PyValueError::new_err(f.message),
         ErrorKind::Store => PyMemoryError::new_err(f.message),
         ErrorKind::ActorDied => Python::attach(|py| match py.import("rayhpc.exceptions").and_then(|m| m.getattr("ActorDiedError")) {
             Ok(cls) => PyErr::from_type(cls.cast_into().expect("a class"), f.message),

@@ -73,6 +73,9 @@ pub enum ErrorKind {
     ArgCount,
     /// Anything else (a protocol error, a failure of the system).
     System,
+    /// A resource request the runtime can never satisfy (or a malformed one): the call
+    /// was refused.
+    Resources,
 }
 
 impl ErrorKind {
@@ -92,6 +95,7 @@ impl ErrorKind {
             ErrorKind::Unknown => "unknown",
             ErrorKind::ArgCount => "arg_count",
             ErrorKind::System => "system",
+            ErrorKind::Resources => "resources",
         }
     }
 }
@@ -142,7 +146,8 @@ impl Failure {
             e @ (Error::ObjectTooLarge { .. } | Error::StoreFull { .. }) => plain(ErrorKind::Store, &e),
             e @ Error::NoSuchActor(_) => plain(ErrorKind::NoActor, &e),
             e @ Error::ObjectLost(_) => plain(ErrorKind::ObjectLost, &e),
-            e @ (Error::NameTaken(_) | Error::Invalid(_) | Error::Resources(_)) => plain(ErrorKind::Value, &e),
+            e @ Error::Resources(_) => plain(ErrorKind::Resources, &e),
+            e @ (Error::NameTaken(_) | Error::Invalid(_)) => plain(ErrorKind::Value, &e),
             e => plain(ErrorKind::System, &e),
         }
     }
@@ -282,21 +287,29 @@ impl From<Misfit> for Failure {
 }
 
 /// An object handle. Cloning it is cheap; the object lives while a handle (or a task that
-/// needs it) does.
+/// needs it) does. Two words: a binding keeps many in its tables.
 #[derive(Clone)]
 pub struct Ref {
     inner: RefInner,
-    /// Made by an actor call: a lost process reads as the actor's death.
-    actor: bool,
 }
 
+/// The handle, and whether an actor call made it (a lost process then reads as the actor's
+/// death). A full word of tag (`repr(u64)`): the handle is written and read as two words,
+/// which a submit's path does a few times.
 #[derive(Clone)]
+#[repr(u64)]
 enum RefInner {
     /// The runtime's own handle (in-process carrier).
     Local(ObjectRef<Untyped>),
+    /// The same, made by an actor call.
+    LocalOfActor(ObjectRef<Untyped>),
     /// An object held for this process by the node at the other end of a ring.
     Remote(Arc<RemoteRef>),
+    /// The same, made by an actor call.
+    RemoteOfActor(Arc<RemoteRef>),
 }
+
+const _: () = assert!(std::mem::size_of::<Ref>() == 2 * std::mem::size_of::<usize>());
 
 /// A ref held at the node for this process: let go (told with the next request) on drop.
 struct RemoteRef {
@@ -326,24 +339,61 @@ impl Released {
 impl Ref {
     /// A handle of the in-process carrier.
     pub fn local(r: ObjectRef<Untyped>, actor: bool) -> Ref {
-        Ref { inner: RefInner::Local(r), actor }
+        Ref { inner: if actor { RefInner::LocalOfActor(r) } else { RefInner::Local(r) } }
     }
 
     fn remote(id: ObjectId, actor: bool, released: &Arc<Released>) -> Ref {
-        Ref { inner: RefInner::Remote(Arc::new(RemoteRef { id, released: released.clone() })), actor }
+        let r = Arc::new(RemoteRef { id, released: released.clone() });
+        Ref { inner: if actor { RefInner::RemoteOfActor(r) } else { RefInner::Remote(r) } }
     }
 
     /// The object's id.
     pub fn id(&self) -> ObjectId {
         match &self.inner {
-            RefInner::Local(r) => r.id(),
-            RefInner::Remote(r) => r.id,
+            RefInner::Local(r) | RefInner::LocalOfActor(r) => r.id(),
+            RefInner::Remote(r) | RefInner::RemoteOfActor(r) => r.id,
         }
     }
 
     /// Whether an actor call made it.
     pub fn from_actor(&self) -> bool {
-        self.actor
+        matches!(self.inner, RefInner::LocalOfActor(_) | RefInner::RemoteOfActor(_))
+    }
+
+    /// The same handle, made by an actor call when `actor` (or when it was already).
+    pub(crate) fn or_from_actor(self, actor: bool) -> Ref {
+        let inner = match self.inner {
+            RefInner::Local(r) if actor => RefInner::LocalOfActor(r),
+            RefInner::Remote(r) if actor => RefInner::RemoteOfActor(r),
+            inner => inner,
+        };
+        Ref { inner }
+    }
+
+    /// Whether the object is known to be ready without asking the API: a handle of the
+    /// in-process carrier whose object is computed (or failed). False means "ask"
+    /// ([`Api::wait`]), not "not ready".
+    #[inline]
+    pub fn is_ready_here(&self) -> bool {
+        match &self.inner {
+            RefInner::Local(r) | RefInner::LocalOfActor(r) => r.is_ready(),
+            RefInner::Remote(_) | RefInner::RemoteOfActor(_) => false,
+        }
+    }
+
+    /// Calls `f` with the object's bytes when this handle has them at hand: an in-process
+    /// handle whose object is computed and small enough to be kept out of the store. `None`
+    /// otherwise (then [`Api::get`] is the way); `Some(Err)` when the object failed. A
+    /// binding's fast path for small results: no value made, no reference count taken,
+    /// nothing waited for.
+    #[inline]
+    pub fn with_ready_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Option<Result<R>> {
+        match &self.inner {
+            RefInner::Local(r) | RefInner::LocalOfActor(r) => {
+                r.with_inline_bytes(f).map(|v| v.map_err(|e| Failure::of(e, self.from_actor())))
+            }
+            RefInner::Remote(_) | RefInner::RemoteOfActor(_) => None,
+        }
     }
 
     /// The runtime's handle (in-process carrier), taken out of this one.
@@ -352,8 +402,8 @@ impl Ref {
     /// A handle of a ring client.
     pub fn into_local(self) -> Result<ObjectRef<Untyped>> {
         match self.inner {
-            RefInner::Local(r) => Ok(r),
-            RefInner::Remote(_) => Err(foreign("ObjectRef")),
+            RefInner::Local(r) | RefInner::LocalOfActor(r) => Ok(r),
+            RefInner::Remote(_) | RefInner::RemoteOfActor(_) => Err(foreign("ObjectRef")),
         }
     }
 
@@ -363,8 +413,8 @@ impl Ref {
     /// A handle of a ring client.
     pub fn as_local(&self) -> Result<&ObjectRef<Untyped>> {
         match &self.inner {
-            RefInner::Local(r) => Ok(r),
-            RefInner::Remote(_) => Err(foreign("ObjectRef")),
+            RefInner::Local(r) | RefInner::LocalOfActor(r) => Ok(r),
+            RefInner::Remote(_) | RefInner::RemoteOfActor(_) => Err(foreign("ObjectRef")),
         }
     }
 }
@@ -573,6 +623,17 @@ pub trait Api: Send + Sync {
     /// one pickled value or ref per argument.)
     fn submit(&self, f: &Func, args: Vec<Arg>, options: &CallOptions) -> Result<Ref>;
 
+    /// Checks a submit of `f` (with `options`, when given) as far as it can be checked
+    /// without making it: a function this carrier cannot run (one registered in this
+    /// process, over a ring; a `library:symbol` that does not load, in process), options the
+    /// runtime can never satisfy (in process, where the task would run). What passes may
+    /// still fail at the submit (the node decides). A binding checks a function it hands
+    /// out a handle of, and each call of a batch before it submits any.
+    fn check_submit(&self, f: &Func, options: Option<&CallOptions>) -> Result<()> {
+        let _ = (f, options);
+        Ok(())
+    }
+
     /// Creates an actor of class `class` (a Python class defined with a class name, a native
     /// `library:symbol` class, or one registered in this process).
     fn create_actor(&self, class: &Class, args: Vec<Arg>, options: &CallOptions) -> Result<ActorRef>;
@@ -596,6 +657,14 @@ pub trait Api: Send + Sync {
     /// value or failure per ref. The call itself fails only when it cannot be made at all
     /// (the node is gone).
     fn get(&self, refs: &[Ref], timeout: Option<Duration>) -> Result<Vec<Result<Value>>>;
+
+    /// Reads one object as [`Api::get`] does and calls `f` with its bytes, in place; nothing
+    /// is kept once `f` returns (a binding copying a value out makes no value to hold).
+    fn read(&self, r: &Ref, timeout: Option<Duration>, f: &mut dyn FnMut(&[u8])) -> Result<()> {
+        let v = self.get(std::slice::from_ref(r), timeout)?.pop();
+        f(&v.ok_or_else(|| Failure::new(ErrorKind::System, "no value for the object"))??);
+        Ok(())
+    }
 
     /// Waits until `num_returns` of `refs` are ready or `timeout` passes; the indices of the
     /// ready ones, in order.

@@ -421,12 +421,12 @@ impl RingClient {
             .map(|a| match a {
                 Arg::Bytes(b) => Ok(WireArg::Value(b)),
                 Arg::Ref(r) => match &r.inner {
-                    super::RefInner::Remote(_) => {
+                    super::RefInner::Remote(_) | super::RefInner::RemoteOfActor(_) => {
                         let id = r.id();
                         named.refs.push(r);
                         Ok(WireArg::Ref(id))
                     }
-                    super::RefInner::Local(_) => Err(super::foreign("ObjectRef")),
+                    super::RefInner::Local(_) | super::RefInner::LocalOfActor(_) => Err(super::foreign("ObjectRef")),
                 },
             })
             .collect()
@@ -449,8 +449,8 @@ impl RingClient {
     fn ids(refs: &[Ref]) -> Result<Vec<ObjectId>> {
         refs.iter()
             .map(|r| match &r.inner {
-                super::RefInner::Remote(_) => Ok(r.id()),
-                super::RefInner::Local(_) => Err(super::foreign("ObjectRef")),
+                super::RefInner::Remote(_) | super::RefInner::RemoteOfActor(_) => Ok(r.id()),
+                super::RefInner::Local(_) | super::RefInner::LocalOfActor(_) => Err(super::foreign("ObjectRef")),
             })
             .collect()
     }
@@ -494,10 +494,12 @@ fn exchange(l: &mut Link, call: Call, release: Release) -> Result<Reply> {
     }
 }
 
-/// What a function or class registered in this process is, to a client of a node runtime.
-fn registered_here(what: &str, name: &str) -> Failure {
+/// What a function or class registered in this process is, to a client of a node runtime:
+/// a function the node does not have ([`ErrorKind::Unknown`]), a class it cannot be given
+/// ([`ErrorKind::Value`]).
+fn registered_here(kind: ErrorKind, what: &str, name: &str) -> Failure {
     Failure::new(
-        ErrorKind::Value,
+        kind,
         format!("{what} '{name}' is registered in this process, which is attached to a node runtime: name it as library:symbol"),
     )
 }
@@ -563,7 +565,7 @@ impl Api for RingClient {
         let func = match f {
             Func::Python(k) => WireFunc::Python(*k),
             Func::Native(n) => WireFunc::Native(n.clone()),
-            Func::Raw(f) => return Err(registered_here("function", f.name())),
+            Func::Raw(f) => return Err(registered_here(ErrorKind::Unknown, "function", f.name())),
         };
         let id = self.next_id();
         let mut named = Named::default();
@@ -583,11 +585,18 @@ impl Api for RingClient {
         Ok(Ref::remote(id, false, &self.released))
     }
 
+    fn check_submit(&self, f: &Func, _options: Option<&CallOptions>) -> Result<()> {
+        match f {
+            Func::Raw(f) => Err(registered_here(ErrorKind::Unknown, "function", f.name())),
+            _ => Ok(()),
+        }
+    }
+
     fn create_actor(&self, class: &Class, args: Vec<Arg>, options: &CallOptions) -> Result<ActorRef> {
         let class = match class {
             Class::Python(k) => WireClass::Python(*k),
             Class::Native(n) => WireClass::Native(n.clone()),
-            Class::Registered(c) => return Err(registered_here("actor class", c.name())),
+            Class::Registered(c) => return Err(registered_here(ErrorKind::Value, "actor class", c.name())),
         };
         let mut named = Named::default();
         let args = Self::wire_args(args, &mut named)?;

@@ -1,7 +1,7 @@
 //! [`Service`]: the API's one implementation, in the node runtime. The embedded driver calls
 //! it directly; the node's server calls it for every request of a worker or attached driver.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -117,6 +117,15 @@ impl Service {
         Ok(raw)
     }
 
+    /// [`Service::native`] as a call takes it: a library or symbol that is not there is no
+    /// such function ([`ErrorKind::Unknown`]).
+    fn native_fn(&self, name: &str) -> Result<RawFn> {
+        self.native(name).map_err(|e| match e {
+            Error::Invalid(m) => Failure::new(ErrorKind::Unknown, m),
+            e => e.into(),
+        })
+    }
+
     /// An actor handle of this node's actor `h` (of class `key`), knowing its methods when it
     /// is native.
     fn actor_ref(&self, h: RawActorHandle, key: Key) -> ActorRef {
@@ -217,12 +226,15 @@ impl Service {
 
     /// The arguments as the core takes them.
     fn raw_args(args: Vec<Arg>) -> Result<Vec<RawArg>> {
-        args.into_iter()
-            .map(|a| match a {
-                Arg::Bytes(b) => Ok(RawArg::Bytes(b)),
-                Arg::Ref(r) => r.as_local().map(|r| RawArg::Ref(r.clone())),
-            })
-            .collect()
+        // A plain loop: none allocated for no argument, and no adapter on a submit's path.
+        let mut raw = Vec::with_capacity(args.len());
+        for a in args {
+            raw.push(match a {
+                Arg::Bytes(b) => RawArg::Bytes(b),
+                Arg::Ref(r) => RawArg::Ref(r.into_local()?),
+            });
+        }
+        Ok(raw)
     }
 
     fn locals(refs: &[Ref]) -> Result<Vec<ObjectRef<Untyped>>> {
@@ -286,10 +298,52 @@ impl Service {
         let n = n.min(locals.len());
         match stop {
             Some(stop) => self.wait_until(&locals, n, timeout, stop)?,
-            None => drop(self.rt.wait(&locals, n, timeout)?),
+            // Waiting for all of them: one after the other, as `get` waits (running a task
+            // nobody started on this thread when there is no deadline), with no callback
+            // registered on each.
+            None if n == locals.len() => {
+                let deadline = timeout.map(|t| Instant::now() + t);
+                for r in &locals {
+                    if !self.rt.wait_ready(r, deadline.map(|d| d.saturating_duration_since(Instant::now()))) {
+                        break;
+                    }
+                }
+            }
+            None => self.rt.wait_for(&locals, n, timeout)?,
         }
-        let ready: HashSet<ObjectId> = locals.iter().filter(|r| r.is_ready()).map(ObjectRef::id).collect();
-        Ok(locals.iter().enumerate().filter(|(_, r)| ready.contains(&r.id())).map(|(i, _)| i as u32).collect())
+        Ok(locals.iter().enumerate().filter(|(_, r)| r.is_ready()).map(|(i, _)| i as u32).collect())
+    }
+
+    /// A task of a function registered in this process, submitted to the core as it is.
+    #[inline(always)]
+    fn submit_raw(&self, f: &RawFn, args: Vec<Arg>, options: &CallOptions) -> Result<Ref> {
+        let args = if args.is_empty() { Vec::new() } else { Self::raw_args(args)? };
+        f.remote(&self.rt, args, &options.task).map(|r| Ref::local(r, false)).map_err(Failure::from)
+    }
+
+    /// A task of a Python or native function: run on this node, or where the router (in a
+    /// cluster) places it.
+    #[inline(never)]
+    fn submit_placed(&self, f: &Func, args: Vec<Arg>, options: &CallOptions) -> Result<Ref> {
+        let (raw, func, args) = match f {
+            Func::Raw(f) => return self.submit_raw(f, args, options),
+            Func::Python(key) => {
+                if self.workers.blob(key).is_none() {
+                    return Err(Failure::new(ErrorKind::Value, "unknown function (not registered in this runtime)"));
+                }
+                let mut raw = Vec::with_capacity(args.len() + 1);
+                raw.push(RawArg::Bytes(key.to_vec()));
+                raw.extend(Self::raw_args(args)?);
+                (self.python_task(), TaskFn::Python(*key), raw)
+            }
+            Func::Native(name) => (self.native_fn(name)?, TaskFn::Native(name.clone()), Self::raw_args(args)?),
+        };
+        let here = |args: Vec<RawArg>| raw.remote(&self.rt, args, &options.task);
+        let r = match self.router() {
+            Some(router) => router.route(func, args, &options.wire, &here)?,
+            None => here(args)?,
+        };
+        Ok(Ref::local(r, false))
     }
 
     /// Stops the workers and lets go of actors and escaped objects.
@@ -310,25 +364,22 @@ impl Api for Service {
     }
 
     fn submit(&self, f: &Func, args: Vec<Arg>, options: &CallOptions) -> Result<Ref> {
-        let (raw, func, args) = match f {
-            Func::Python(key) => {
-                if self.workers.blob(key).is_none() {
-                    return Err(Failure::new(ErrorKind::Value, "unknown function (not registered in this runtime)"));
-                }
-                let mut raw = Vec::with_capacity(args.len() + 1);
-                raw.push(RawArg::Bytes(key.to_vec()));
-                raw.extend(Self::raw_args(args)?);
-                (self.python_task(), TaskFn::Python(*key), raw)
-            }
-            Func::Native(name) => (self.native(name)?, TaskFn::Native(name.clone()), Self::raw_args(args)?),
-            Func::Raw(f) => return Ok(Ref::local(f.remote(&self.rt, Self::raw_args(args)?, &options.task)?, false)),
-        };
-        let here = |args: Vec<RawArg>| raw.remote(&self.rt, args, &options.task);
-        let r = match self.router() {
-            Some(router) => router.route(func, args, &options.wire, &here)?,
-            None => here(args)?,
-        };
-        Ok(Ref::local(r, false))
+        match f {
+            // In process, straight to the core: what its raw submit costs, and a branch.
+            Func::Raw(f) => self.submit_raw(f, args, options),
+            f => self.submit_placed(f, args, options),
+        }
+    }
+
+    fn check_submit(&self, f: &Func, options: Option<&CallOptions>) -> Result<()> {
+        if let Func::Native(name) = f {
+            self.native_fn(name)?;
+        }
+        // Where a cluster may place the task, this node's resources do not decide.
+        match options {
+            Some(o) if matches!(f, Func::Raw(_)) || self.router().is_none() => Ok(self.rt.check_task_options(&o.task)?),
+            _ => Ok(()),
+        }
     }
 
     fn create_actor(&self, class: &Class, args: Vec<Arg>, options: &CallOptions) -> Result<ActorRef> {
@@ -415,6 +466,24 @@ impl Api for Service {
         self.get_until(refs, timeout, None)
     }
 
+    fn read(&self, r: &Ref, timeout: Option<Duration>, f: &mut dyn FnMut(&[u8])) -> Result<()> {
+        // As `get` waits (running a task nobody started here when there is no deadline), with
+        // no list made and a small value read without a view.
+        let o = r.as_local()?;
+        if !self.rt.wait_ready(o, timeout) {
+            let waited = timeout.unwrap_or_default();
+            return Err(Failure::new(ErrorKind::Timeout, format!("timed out after {waited:?} waiting for an object")));
+        }
+        let failed = |e| Failure::of(e, r.from_actor());
+        match o.with_inline_bytes(|b| f(b)) {
+            Some(done) => done.map_err(failed),
+            None => {
+                f(&self.rt.get_bytes(o).map_err(failed)?);
+                Ok(())
+            }
+        }
+    }
+
     fn wait(&self, refs: &[Ref], num_returns: usize, timeout: Option<Duration>) -> Result<Vec<u32>> {
         self.wait_indices_until(refs, num_returns, timeout, None)
     }
@@ -450,7 +519,7 @@ impl Api for Service {
 
     fn ref_from_id(&self, id: ObjectId, from_actor: bool) -> Result<Ref> {
         match self.escaped(id) {
-            Some(r) => Ok(Ref { actor: r.actor || from_actor, ..r }),
+            Some(r) => Ok(r.or_from_actor(from_actor)),
             None => Err(Failure::new(ErrorKind::Value, format!("ObjectRef({:032x}) is not known to this runtime", id.0))),
         }
     }

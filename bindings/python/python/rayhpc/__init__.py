@@ -587,7 +587,7 @@ def _raise_for(failure):
         raise ActorDiedError(message)
     if kind == "cancelled":
         raise TaskCancelledError(f"task {function} was cancelled")
-    if kind in ("value", "no_actor"):
+    if kind in ("value", "no_actor", "resources"):
         raise ValueError(message)
     if kind == "timeout":
         raise GetTimeoutError(message)
