@@ -185,13 +185,10 @@ impl Peer {
         if !self.is_open() {
             return Err(self.disconnected());
         }
-        // `payload.len() <= POST_MAX`: the length fits the header's 32 bits.
-        let head = Header { kind, flags: 0, id: 0, len: payload.len() as u32 }.encode();
         let (first, full) = {
             let mut out = lock(&self.inner.outbox);
             let first = out.is_empty();
-            out.extend_from_slice(&head);
-            out.extend_from_slice(payload);
+            append(&mut out, kind, 0, 0, payload);
             (first, out.len() >= FLUSH_AT)
         };
         if full {
@@ -330,9 +327,7 @@ impl Peer {
         if out.len() >= FLUSH_AT {
             return false;
         }
-        // `payload.len() <= POST_MAX`: the length fits the header's 32 bits.
-        out.extend_from_slice(&Header { kind, flags, id, len: payload.len() as u32 }.encode());
-        out.extend_from_slice(payload);
+        append(&mut out, kind, flags, id, payload);
         true
     }
 
@@ -482,6 +477,14 @@ enum Stop {
     Quiet(String),
     /// The peer sent something invalid: logged, told, dropped.
     Bad(String),
+}
+
+/// Encodes a frame at the end of an outbox; `payload` is at most [`POST_MAX`] bytes (its
+/// length fits the header's 32 bits).
+fn append(out: &mut Vec<u8>, kind: Kind, flags: u16, id: u64, payload: &[u8]) {
+    debug_assert!(payload.len() <= POST_MAX);
+    out.extend_from_slice(&Header { kind, flags, id, len: payload.len() as u32 }.encode());
+    out.extend_from_slice(payload);
 }
 
 /// Empties a write buffer, keeping its allocation unless a burst made it large.

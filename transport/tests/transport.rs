@@ -288,56 +288,47 @@ fn check_notes(got: &[Vec<u8>], threads: u8, per_thread: u32) {
     assert_eq!(next, vec![per_thread; threads as usize], "notes lost");
 }
 
-#[test]
-fn posted_messages_keep_each_threads_order_with_its_sends_and_requests() {
-    const THREADS: u8 = 4;
-    const PER_THREAD: u32 = 5000;
+/// Node 1 runs `each(peer, t, i)` for the `i`-th message of each of `threads` threads at
+/// once; node 2 must get every thread's notes once, in order, and drop no connection.
+fn notes_from_threads(threads: u8, per_thread: u32, each: impl Fn(&Peer, u8, u32) + Sync) {
     let (a, b) = (node(1), node(2));
     let p = a.ep.connect(b.ep.local_addr()).unwrap();
     thread::scope(|s| {
-        for t in 0..THREADS {
-            let p = &p;
+        for t in 0..threads {
+            let (p, each) = (&p, &each);
             s.spawn(move || {
-                for i in 0..PER_THREAD {
-                    let n = note(t, i);
-                    if i % 100 == 7 {
-                        p.send(NOTE, &n).unwrap();
-                    } else {
-                        p.post(NOTE, &n).unwrap();
-                    }
-                    if i % 500 == 499 {
-                        // A request after posts: answered, and they arrived before it.
-                        echo(p, &[t]);
-                    }
+                for i in 0..per_thread {
+                    each(p, t, i);
                 }
             });
         }
     });
-    let got: Vec<Vec<u8>> = (0..THREADS as u32 * PER_THREAD).map(|_| b.notes.recv_timeout(LONG).unwrap()).collect();
-    check_notes(&got, THREADS, PER_THREAD);
+    let got: Vec<Vec<u8>> = (0..threads as u32 * per_thread).map(|_| b.notes.recv_timeout(LONG).unwrap()).collect();
+    check_notes(&got, threads, per_thread);
     assert_eq!((a.ep.stats().dropped, b.ep.stats().dropped), (0, 0));
+}
+
+#[test]
+fn posted_messages_keep_each_threads_order_with_its_sends_and_requests() {
+    notes_from_threads(4, 5000, |p, t, i| {
+        let n = note(t, i);
+        if i % 100 == 7 {
+            p.send(NOTE, &n).unwrap();
+        } else {
+            p.post(NOTE, &n).unwrap();
+        }
+        if i % 500 == 499 {
+            // A request after posts: answered, and they arrived before it.
+            echo(p, &[t]);
+        }
+    });
 }
 
 #[test]
 fn frames_sent_by_many_threads_at_once_all_arrive_each_threads_in_order() {
     // A thread that finds another writing queues its frame for that one: none may be lost
     // or overtake an earlier one of its thread.
-    const THREADS: u8 = 8;
-    const PER_THREAD: u32 = 4000;
-    let (a, b) = (node(1), node(2));
-    let p = a.ep.connect(b.ep.local_addr()).unwrap();
-    thread::scope(|s| {
-        for t in 0..THREADS {
-            let p = &p;
-            s.spawn(move || {
-                for i in 0..PER_THREAD {
-                    p.send(NOTE, &note(t, i)).unwrap();
-                }
-            });
-        }
-    });
-    let got: Vec<Vec<u8>> = (0..THREADS as u32 * PER_THREAD).map(|_| b.notes.recv_timeout(LONG).unwrap()).collect();
-    check_notes(&got, THREADS, PER_THREAD);
+    notes_from_threads(8, 4000, |p, t, i| p.send(NOTE, &note(t, i)).unwrap());
 }
 
 #[test]
