@@ -66,8 +66,46 @@ pub(crate) struct Tasks {
     /// Results of the tasks held until their arguments are ready to send, and whether each
     /// was cancelled meanwhile (with `force` or not).
     pub(crate) unsent: Mutex<HashMap<ObjectId, Option<bool>>>,
-    /// The tasks run here for others while they run: (owner, its number) → the result here.
-    pub(crate) running: Mutex<HashMap<(NodeId, u64), ObjectRef<Untyped>>>,
+    /// The tasks run here for others while they run.
+    pub(crate) running: Mutex<Running>,
+}
+
+/// The tasks run here for others, from their arrival until their outcome is sent.
+#[derive(Default)]
+pub(crate) struct Running {
+    /// (owner, its number for the task) → the result here.
+    tasks: HashMap<(NodeId, u64), ObjectRef<Untyped>>,
+    /// How many each owner has here.
+    per_owner: HashMap<NodeId, usize>,
+}
+
+impl Running {
+    pub(crate) fn insert(&mut self, owner: NodeId, seq: u64, r: ObjectRef<Untyped>) {
+        if self.tasks.insert((owner, seq), r).is_none() {
+            *self.per_owner.entry(owner).or_default() += 1;
+        }
+    }
+
+    pub(crate) fn get(&self, owner: NodeId, seq: u64) -> Option<&ObjectRef<Untyped>> {
+        self.tasks.get(&(owner, seq))
+    }
+
+    /// Forgets a task; how many of its owner's are left here.
+    pub(crate) fn remove(&mut self, owner: NodeId, seq: u64) -> usize {
+        if self.tasks.remove(&(owner, seq)).is_none() {
+            return self.per_owner.get(&owner).copied().unwrap_or(0);
+        }
+        match self.per_owner.get_mut(&owner) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                *n
+            }
+            _ => {
+                self.per_owner.remove(&owner);
+                0
+            }
+        }
+    }
 }
 
 impl Default for Tasks {
@@ -81,7 +119,7 @@ impl Default for Tasks {
             known: Mutex::new(HashSet::new()),
             last_options: Mutex::new(None),
             unsent: Mutex::new(HashMap::new()),
-            running: Mutex::new(HashMap::new()),
+            running: Mutex::default(),
         }
     }
 }

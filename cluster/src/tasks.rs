@@ -15,6 +15,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rayhpc::ids::ObjectId;
 use rayhpc::raw::RawArg;
@@ -28,6 +29,13 @@ use crate::messages::{CancelMsg, CancelTarget, DoneMsg, Msg, MsgFn, Outcome, Tas
 use crate::remote::{Candidate, Remote};
 use crate::state::{next_attempt, Pending, Resend};
 use crate::sync::lock;
+
+/// How long the outcome of a task may wait to be written when its owner has more tasks here
+/// (the last one's goes at once, and takes those waiting with it). A node busy with one
+/// owner's many short tasks then writes their outcomes a few at a time instead of one
+/// system call and one wake-up of the owner's reader each, which on loopback costs as much
+/// as an empty task.
+const OUTCOMES_LINGER: Duration = Duration::from_micros(200);
 
 /// The function a task failure names.
 fn function_name(f: &TaskFn) -> String {
@@ -156,7 +164,7 @@ impl Remote {
         let r = match msg.target {
             // Passed to that node, so escaped here: its ref is known by id.
             CancelTarget::Result(id) => service.ref_from_id(id, false).ok(),
-            CancelTarget::Sent(seq) => lock(&self.tasks.running).get(&(peer.node(), seq)).map(|r| Ref::local(r.clone(), false)),
+            CancelTarget::Sent(seq) => lock(&self.tasks.running).get(peer.node(), seq).map(|r| Ref::local(r.clone(), false)),
         };
         // Gone already (done, or never known): nothing to cancel.
         if let Some(r) = r {
@@ -264,9 +272,15 @@ impl Remote {
         let seq = msg.seq;
         let answer = {
             let peer = peer.clone();
-            move |outcome: Outcome| {
+            // `more`: the owner has more tasks here, whose outcomes will follow this one.
+            move |outcome: Outcome, more: bool| {
                 if let Ok(b) = postcard::to_allocvec(&DoneMsg { seq, outcome }) {
-                    let _ = peer.send(Msg::TaskDone.kind(), &b);
+                    let _ = match more {
+                        // The owner waits on the lot, not this one alone: let the outcomes
+                        // of a busy stretch share writes (and the owner's wake-ups).
+                        true => peer.post_within(Msg::TaskDone.kind(), &b, OUTCOMES_LINGER),
+                        false => peer.send(Msg::TaskDone.kind(), &b),
+                    };
                 }
             }
         };
@@ -274,7 +288,7 @@ impl Remote {
         let (f, mut args) = match &msg.func {
             MsgFn::Python { key, blob } if blob.is_empty() && service.workers().blob(key).is_none() => {
                 let m = format!("node {} sent a task of a function it never sent here", peer.node());
-                return answer(Outcome::Failed(Failure::new(ErrorKind::System, m)));
+                return answer(Outcome::Failed(Failure::new(ErrorKind::System, m)), false);
             }
             MsgFn::Python { key, blob } => {
                 if !blob.is_empty() {
@@ -284,21 +298,21 @@ impl Remote {
             }
             MsgFn::Native(name) => match service.native(name) {
                 Ok(f) => (f, Vec::new()),
-                Err(e) => return answer(Outcome::Failed(Failure::of(e, false))),
+                Err(e) => return answer(Outcome::Failed(Failure::of(e, false)), false),
             },
             MsgFn::Method { actor, method } => {
                 // The actor's own ordered mailbox takes it, as any call.
                 let args = match self.received(peer, &service, msg.args, false) {
                     Ok(a) => a,
-                    Err(e) => return answer(Outcome::Failed(Failure::of(e, true))),
+                    Err(e) => return answer(Outcome::Failed(Failure::of(e, true)), false),
                 };
                 let r = match service.call_actor_id(*actor, method, args) {
                     Ok(r) => r,
-                    Err(e) => return answer(Outcome::Failed(Failure::of(e, true))),
+                    Err(e) => return answer(Outcome::Failed(Failure::of(e, true)), false),
                 };
                 let (me, held) = (self.clone(), r.clone());
                 // Answered by the thread that completes it: a small frame, no hop.
-                r.on_ready(move || answer(me.outcome_of(&held, requester)));
+                r.on_ready(move || answer(me.outcome_of(&held, requester), false));
                 return;
             }
         };
@@ -306,23 +320,23 @@ impl Remote {
         // The owner lets its exports go when the task is done.
         match self.received(peer, &service, msg.args, false) {
             Ok(a) => args.extend(a),
-            Err(e) => return answer(Outcome::Failed(Failure::of(e, false))),
+            Err(e) => return answer(Outcome::Failed(Failure::of(e, false)), false),
         }
         let options = self.tasks.options(&msg.options);
         let r = match f.remote(&rt, args, &options) {
             Ok(r) => r,
-            Err(e) => return answer(Outcome::Failed(Failure::of(e, false))),
+            Err(e) => return answer(Outcome::Failed(Failure::of(e, false)), false),
         };
         let me = self.clone();
         let held = r.clone();
         // Known while it runs, for a cancel from the owner.
-        lock(&self.tasks.running).insert((requester, seq), r.clone());
+        lock(&self.tasks.running).insert(requester, seq, r.clone());
         // Answered by the thread that completes it (an executor, mostly): the outcome is a
         // small frame (inline bytes up to the inline threshold, or an object's id), and the
         // owner's reader always drains its connection, so the write does not wait.
         r.on_ready(move || {
-            lock(&me.tasks.running).remove(&(requester, seq));
-            answer(me.outcome_of(&held, requester))
+            let more = lock(&me.tasks.running).remove(requester, seq) > 0;
+            answer(me.outcome_of(&held, requester), more)
         });
     }
 

@@ -178,6 +178,17 @@ impl Peer {
     /// it first). `Ok` says the frame is queued; if the connection fails before it is
     /// written, the disconnect callback runs, as for a frame lost in the socket's buffer.
     pub fn post(&self, kind: Kind, payload: &[u8]) -> Result<(), Error> {
+        self.post_within(kind, payload, Duration::ZERO)
+    }
+
+    /// Posts a one-way message that may wait up to `within` to be written, so that the
+    /// frames posted meanwhile share its system call (and the receiver's wake-up). For a
+    /// stream of small messages that come too far apart to meet in one write otherwise, and
+    /// that no one waits on one by one: outcomes of tasks when more of the same sender's
+    /// are queued behind them, say. While they keep coming, the writer thread writes them
+    /// on its own clock (once per `within`) and the posting threads make no system call.
+    /// Otherwise as [`Peer::post`] (which is this with zero).
+    pub fn post_within(&self, kind: Kind, payload: &[u8], within: Duration) -> Result<(), Error> {
         app_kind(kind)?;
         if payload.len() > POST_MAX.min(self.inner.remote_max) {
             return self.write(kind, 0, 0, payload);
@@ -185,16 +196,22 @@ impl Peer {
         if !self.is_open() {
             return Err(self.disconnected());
         }
-        let (first, full) = {
+        let writer = &self.inner.writer;
+        let (ask, full) = {
             let mut out = lock(&self.inner.outbox);
             let first = out.is_empty();
             append(&mut out, kind, 0, 0, payload);
-            (first, out.len() >= FLUSH_AT)
+            // A frame that cannot wait as long as those ahead of it asks again.
+            let ask = first || (within.is_zero() && writer.lingering());
+            if !within.is_zero() {
+                writer.linger();
+            }
+            (ask, out.len() >= FLUSH_AT)
         };
         if full {
             return self.write_posted();
         }
-        if first && !self.inner.writer.wake(self) {
+        if ask && !writer.ask(self, within) {
             return self.write_posted();
         }
         Ok(())
@@ -496,9 +513,14 @@ fn recycle(buf: &mut Vec<u8>) {
 }
 
 impl Flush for Peer {
-    fn flush(&self) {
+    fn flush(&self) -> bool {
         // A failure closes the connection, which tells the user.
-        let _ = self.write_posted();
+        let guard = lock(&self.inner.write_lock);
+        if lock(&self.inner.outbox).is_empty() {
+            return false;
+        }
+        let _ = self.written(self.drain(guard));
+        true
     }
 }
 

@@ -325,6 +325,49 @@ fn posted_messages_keep_each_threads_order_with_its_sends_and_requests() {
 }
 
 #[test]
+fn messages_that_may_wait_keep_order_and_are_written_on_the_writers_clock() {
+    // Most notes may wait 300 µs for company; the last ones are followed by nothing, so
+    // only the writer thread's own clock writes them.
+    notes_from_threads(4, 3000, |p, t, i| {
+        let n = note(t, i);
+        match i % 50 {
+            7 => p.send(NOTE, &n).unwrap(),
+            8 => p.post(NOTE, &n).unwrap(),
+            _ => p.post_within(NOTE, &n, Duration::from_micros(300)).unwrap(),
+        }
+    });
+}
+
+#[test]
+fn a_message_that_cannot_wait_takes_those_that_could_along() {
+    let (a, b) = (node(1), node(2));
+    let p = a.ep.connect(b.ep.local_addr()).unwrap();
+    let hour = Duration::from_secs(3600);
+    let small = |i: u8| vec![i; 16];
+    // Each message that may wait an hour is followed by one that may not: both arrive now,
+    // in order (were the second held behind the first, this would wait for an hour).
+    for (i, urgent) in [(0u8, 0u8), (2, 1), (4, 2)] {
+        p.post_within(NOTE, &small(i), hour).unwrap();
+        match urgent {
+            0 => p.post(NOTE, &small(i + 1)).unwrap(),
+            1 => p.send(NOTE, &small(i + 1)).unwrap(),
+            _ => {
+                // The request's answer came after the message that waited: it was written.
+                echo(&p, b"a request");
+                p.post(NOTE, &small(i + 1)).unwrap();
+            }
+        }
+        for j in [i, i + 1] {
+            assert_eq!(b.notes.recv_timeout(LONG).unwrap(), small(j), "message {j} held back or out of order");
+        }
+    }
+    // And one left waiting goes out when the endpoint shuts down.
+    p.post_within(NOTE, &small(6), hour).unwrap();
+    a.ep.shutdown();
+    assert_eq!(b.notes.recv_timeout(LONG).unwrap(), small(6), "a waiting message lost at shutdown");
+}
+
+#[test]
 fn frames_sent_by_many_threads_at_once_all_arrive_each_threads_in_order() {
     // A thread that finds another writing queues its frame for that one: none may be lost
     // or overtake an earlier one of its thread.
