@@ -17,7 +17,8 @@ use std::time::Duration;
 use rayhpc::ids::ObjectId;
 use rayhpc::raw::RawArg;
 use rayhpc::{Error, ObjectRef, Promise, Untyped};
-use rayhpc_node::api::{Failure, Service};
+use rayhpc_node::api::Failure;
+use rayhpc_node::service::Service;
 use rayhpc_transport::{NodeId, Peer};
 
 use crate::messages::{object_id, Arg, Msg, Outcome};

@@ -26,7 +26,7 @@ use std::time::Instant;
 
 use rayhpc::ids::{ActorId, ObjectId};
 use rayhpc::raw::RawArg;
-use rayhpc_node::api::Service;
+use rayhpc_node::service::Service;
 use rayhpc_node::wire::WireOptions;
 use rayhpc_transport::{NodeId, Peer};
 

@@ -1,7 +1,7 @@
 //! A peer's end of a ring channel to its node runtime: a worker process (the channel
 //! inherited across `exec`, the node its parent) or an attached driver (connected to
 //! `node.sock` in the node's session directory, the channel's descriptor received over the
-//! connection after a hello). [`crate::api::RingClient`] makes the API's calls over it.
+//! connection after a hello). [`crate::ring_client::RingClient`] makes the API's calls over it.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;

@@ -1,15 +1,15 @@
 //! The node runtime: what runs on each node of a rayhpc cluster, and what a driver embeds
 //! when it starts without one. A [`Node`] is the core runtime ([`rayhpc::Runtime`]) plus
 //! - the object store's Unix socket, which worker processes map the arena through;
-//! - the API's one implementation, [`api::Service`]: tasks, actors, objects, names, the KV
+//! - the API's one implementation, [`service::Service`]: tasks, actors, objects, names, the KV
 //!   store, over the pool of Python worker processes ([`workers`], started on demand) and
 //!   one process per Python actor ([`actors`]);
 //! - when it serves as a node runtime ([`Node::listen`], [`Node::serve`]), the socket that
 //!   drivers attach to (`python -m rayhpc.node`, `rayhpc launch`), handing each a ring
 //!   channel of its own, whose requests the [`server`] makes on the service.
 //!
-//! Bindings call the [`api::Api`]: an embedded driver holds the node's [`api::Service`], a
-//! worker or attached driver an [`api::RingClient`]. Everything here is free of Python's C
+//! Bindings call the [`api::Api`]: an embedded driver holds the node's [`service::Service`], a
+//! worker or attached driver a [`ring_client::RingClient`]. Everything here is free of Python's C
 //! API: worker processes are plain children speaking [`wire`] over rings, so the `rayhpc`
 //! binary hosts a node without linking libpython, and the Python extension embeds the same
 //! code.
@@ -23,8 +23,10 @@ pub mod cancel;
 pub mod client;
 pub mod kv;
 pub mod native;
+pub mod ring_client;
 pub mod router;
 pub mod server;
+pub mod service;
 pub mod session;
 pub mod signal;
 pub mod wire;
@@ -39,8 +41,8 @@ use std::time::Duration;
 
 use rayhpc::{Config, Error, Runtime};
 
-use crate::api::Service;
 use crate::server::Drivers;
+use crate::service::Service;
 use crate::workers::WorkerConfig;
 
 /// What a node is started with.
@@ -324,7 +326,7 @@ pub fn publish_address(address: &Path) -> std::io::Result<PathBuf> {
 ///
 /// # Errors
 /// No address, or no node runtime there.
-pub fn connect(address: &str) -> api::Result<api::RingClient> {
+pub fn connect(address: &str) -> api::Result<ring_client::RingClient> {
     use api::{ErrorKind, Failure};
     let address = match address {
         "" => std::env::var("RAYHPC_ADDRESS")
@@ -341,5 +343,5 @@ pub fn connect(address: &str) -> api::Result<api::RingClient> {
         PathBuf::from(address)
     };
     let dir = if dir.file_name().is_some_and(|n| n == "node.sock") { dir.parent().map(Path::to_path_buf).unwrap_or(dir) } else { dir };
-    api::RingClient::attach(&dir)
+    ring_client::RingClient::attach(&dir)
 }

@@ -1,5 +1,5 @@
 //! The hook through which a node in a cluster sends work to other nodes: the node's
-//! [`crate::api::Service`] asks its [`Router`] (the cluster layer) before it runs a task or
+//! [`crate::service::Service`] asks its [`Router`] (the cluster layer) before it runs a task or
 //! creates an actor here, and for what only the cluster knows (names, nodes, the KV store,
 //! objects and actors of other nodes). Outside a cluster there is none.
 

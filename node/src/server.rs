@@ -18,7 +18,8 @@ use rayhpc::objstore::ring::Channel;
 
 use rayhpc::ids::ObjectId;
 
-use crate::api::{lock, timeout_secs, ActorRef, Api, Arg, CallOptions, Class, ErrorKind, Failure, Func, Ref, Result, Service, Value};
+use crate::api::{lock, timeout_secs, ActorRef, Api, Arg, CallOptions, Class, ErrorKind, Failure, Func, Ref, Result, Value};
+use crate::service::Service;
 use crate::session::{Session, SessionHandle};
 use crate::wire::{self, Call, Envelope, Reply, WireArg, WireClass, WireFunc};
 use crate::workers::{answer, reply, Answer, Peer, Requests, Worker, RING};
@@ -123,13 +124,13 @@ fn args_of(svc: &Service, s: &mut Session, args: Vec<WireArg>) -> Result<Vec<Arg
     args.into_iter()
         .map(|a| match a {
             WireArg::Value(b) => Ok(Arg::Bytes(b)),
-            WireArg::Ref(id) => s.resolve(svc, id).map(Arg::Ref),
+            WireArg::Ref(id) => s.resolve(id, |i, a| svc.ref_from_id(i, a)).map(Arg::Ref),
         })
         .collect()
 }
 
 fn refs_of(svc: &Service, s: &mut Session, ids: &[rayhpc::ids::ObjectId]) -> Result<Vec<Ref>> {
-    ids.iter().map(|id| s.resolve(svc, *id)).collect()
+    ids.iter().map(|id| s.resolve(*id, |i, a| svc.ref_from_id(i, a))).collect()
 }
 
 /// The handle of actor `id` the peer names: one it holds, else one reached by id.
@@ -243,11 +244,11 @@ fn serve_call(svc: &Service, s: &mut Session, ch: &Channel, call: Call, posted: 
             actor_reply(s, a)
         }
         Call::Cancel { id, force } => {
-            svc.cancel(&s.resolve(svc, id)?, force)?;
+            svc.cancel(&s.resolve(id, |i, a| svc.ref_from_id(i, a))?, force)?;
             Reply::Done
         }
         Call::Items { id, n } => {
-            let refs = svc.items(&s.resolve(svc, id)?, n)?;
+            let refs = svc.items(&s.resolve(id, |i, a| svc.ref_from_id(i, a))?, n)?;
             Reply::Refs(refs.into_iter().map(|r| s.lend(r)).collect())
         }
         Call::Adopt { key, as_ref } => {

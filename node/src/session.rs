@@ -6,8 +6,8 @@
 //! twice stays until both are let go.
 //!
 //! An attached driver may have several links (one per thread that calls the API, see
-//! [`crate::api::RingClient`]), each served by a thread of the node: their [`Session`]s share
-//! one holding ([`Session::join`]), so that a handle made through one link is good on all.
+//! [`crate::ring_client::RingClient`]), each served by a thread of the node: their [`Session`]s share
+//! one holding ([`SessionHandle::join`]), so that a handle made through one link is good on all.
 //! A link's messages are served in order, but two links are not ordered with each other: a
 //! result another thread of the peer posted (and named itself) may not be held yet when this
 //! link names it. Such an id — one the peer made, with its [`IdGen`] — is waited for (a
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use rayhpc::ids::{ActorId, ObjectId};
 use rayhpc::objstore::Object;
 
-use crate::api::{ActorRef, Api, CallOptions, ErrorKind, Failure, Ref, Service};
+use crate::api::{ActorRef, CallOptions, ErrorKind, Failure, Ref};
 use crate::wire::{IdGen, Opts, Release};
 
 /// How long a link waits for what another link of its peer has on its way (a post already
@@ -200,17 +200,18 @@ impl Session {
         self.find(self.may_come(id), |h| h.refs.get(&id).map(|(r, _, _)| r.clone())).flatten()
     }
 
-    /// The object the peer names `id`, resolved now if it was not yet.
+    /// The object the peer names `id`, resolved now if it was not yet, by `from_id` (given
+    /// the id and whether it is an actor's result; the service's `ref_from_id`).
     ///
     /// # Errors
     /// The peer holds no such ref, or it cannot be resolved.
-    pub fn resolve(&mut self, svc: &Service, id: ObjectId) -> Result<Ref, Failure> {
+    pub fn resolve(&mut self, id: ObjectId, from_id: impl FnOnce(ObjectId, bool) -> Result<Ref, Failure>) -> Result<Ref, Failure> {
         let (r, actor) = self.find(self.may_come(id), |h| h.refs.get(&id).map(|(r, a, _)| (r.clone(), *a))).ok_or_else(|| unknown(id))?;
         if let Some(r) = r {
             return Ok(r);
         }
         // Resolved without the lock (it may fetch the object from another node).
-        let got = svc.ref_from_id(id, actor)?;
+        let got = from_id(id, actor)?;
         Ok(match self.held().refs.get_mut(&id) {
             Some(e) => e.0.get_or_insert(got).clone(),
             None => got,

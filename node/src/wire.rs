@@ -27,9 +27,6 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A function's key: a 16-byte hash of its pickled bytes.
-pub type Key = [u8; 16];
-
 pub const DEFINE: u8 = 1;
 pub const CALL: u8 = 2;
 pub const NEW: u8 = 3;
@@ -65,8 +62,8 @@ pub enum Response<'a> {
     Post(&'a [u8]),
 }
 
-pub use crate::api::WireOptions;
 use crate::api::{Failure, NodeInfo, ResourceInfo};
+pub use crate::api::{Key, WireOptions};
 use rayhpc::ids::{ActorId, ObjectId};
 
 /// One argument of a call: a value's bytes, or an object the peer holds a ref to.

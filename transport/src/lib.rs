@@ -58,8 +58,10 @@
 //! One-way messages can also be posted ([`Peer::post`]): queued in the connection's outbox
 //! and written several to a system call by the connection's writer thread. A stream of small
 //! messages (a cluster's tasks and their outcomes) then costs a copy per message rather than
-//! a system call, and wakes the receiver once per batch. Frames leave a connection in the
-//! order they were posted or sent, whatever the threads.
+//! a system call, and wakes the receiver once per batch. Messages that come too far apart to
+//! meet in one write may be allowed to wait a bounded moment for each other
+//! ([`Peer::post_within`]). Frames leave a connection in the order they were posted or sent,
+//! whatever the threads.
 //!
 //! ## Bad input
 //!

@@ -8,6 +8,11 @@
 //! on loopback, the receiver's TCP work too), and the receiver wakes once per batch instead
 //! of once per frame. The cost is a thread hop when the connection was idle. A writer per
 //! connection, like the reader: a peer that stops reading holds up its own frames only.
+//!
+//! A frame may also be allowed to wait ([`Writer::ask`] with a bound): the thread then
+//! sleeps until the earliest deadline of the frames waiting, and after writing such frames
+//! it looks again a bound later, so a steady stream of them is written on its clock, a few
+//! to a system call, and the posters make none.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};

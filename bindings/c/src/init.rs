@@ -7,7 +7,8 @@ use std::ffi::c_char;
 use std::sync::{Arc, Mutex};
 
 use rayhpc::{Config, Runtime};
-use rayhpc_node::api::{Api, Service};
+use rayhpc_node::api::Api;
+use rayhpc_node::service::Service;
 use rayhpc_node::workers::WorkerConfig;
 
 use crate::args::{resources_of, text};

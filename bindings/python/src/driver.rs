@@ -11,7 +11,8 @@ use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError}
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 use rayhpc::ids::{ActorId, ObjectId};
-use rayhpc_node::api::{self, ActorRef, Api, Arg, CallOptions, ErrorKind, Failure, Func, Ref, RingClient, Value, WireOptions};
+use rayhpc_node::api::{self, ActorRef, Api, Arg, CallOptions, ErrorKind, Failure, Func, Ref, Value, WireOptions};
+use rayhpc_node::ring_client::RingClient;
 use rayhpc_node::wire::Key;
 use rayhpc_node::{Node, NodeConfig};
 

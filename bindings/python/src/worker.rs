@@ -13,8 +13,8 @@ use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 use rayhpc::objstore::ring::RingError;
-use rayhpc_node::api::{RingClient, RING_VALUE_MAX};
 use rayhpc_node::client::Link;
+use rayhpc_node::ring_client::{RingClient, RING_VALUE_MAX};
 use rayhpc_node::wire::{self, Call, Reply, Request};
 
 use crate::buffer::{Held, Pinned};

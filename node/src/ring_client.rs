@@ -1,6 +1,6 @@
 //! [`RingClient`]: the [`Api`] over a ring channel to a node runtime, for a worker process
 //! and an attached driver. Each call is one request and its reply ([`crate::wire`]); the
-//! node's server makes the call on its [`super::Service`]. Handles the process drops are
+//! node's server makes the call on its [`crate::service::Service`]. Handles the process drops are
 //! told with its next request. Large values go through the node's store: a `put` writes
 //! the object into the shared arena itself; a `get` maps it in place (zero-copy).
 //!
@@ -30,7 +30,7 @@ use rayhpc::ids::{ActorId, ObjectId};
 use rayhpc::objstore::ring::RingError;
 use rayhpc::objstore::{Client, StoreError};
 
-use super::{
+use crate::api::{
     lock, ActorRef, Api, Arg, CallOptions, Class, ErrorKind, Failure, Fill, Func, NodeInfo, Ref, Released, ResourceInfo, Result, Value,
 };
 use crate::client::Link;
@@ -421,12 +421,12 @@ impl RingClient {
             .map(|a| match a {
                 Arg::Bytes(b) => Ok(WireArg::Value(b)),
                 Arg::Ref(r) => match &r.inner {
-                    super::RefInner::Remote(_) | super::RefInner::RemoteOfActor(_) => {
+                    crate::api::RefInner::Remote(_) | crate::api::RefInner::RemoteOfActor(_) => {
                         let id = r.id();
                         named.refs.push(r);
                         Ok(WireArg::Ref(id))
                     }
-                    super::RefInner::Local(_) | super::RefInner::LocalOfActor(_) => Err(super::foreign("ObjectRef")),
+                    crate::api::RefInner::Local(_) | crate::api::RefInner::LocalOfActor(_) => Err(crate::api::foreign("ObjectRef")),
                 },
             })
             .collect()
@@ -449,8 +449,8 @@ impl RingClient {
     fn ids(refs: &[Ref]) -> Result<Vec<ObjectId>> {
         refs.iter()
             .map(|r| match &r.inner {
-                super::RefInner::Remote(_) | super::RefInner::RemoteOfActor(_) => Ok(r.id()),
-                super::RefInner::Local(_) | super::RefInner::LocalOfActor(_) => Err(super::foreign("ObjectRef")),
+                crate::api::RefInner::Remote(_) | crate::api::RefInner::RemoteOfActor(_) => Ok(r.id()),
+                crate::api::RefInner::Local(_) | crate::api::RefInner::LocalOfActor(_) => Err(crate::api::foreign("ObjectRef")),
             })
             .collect()
     }

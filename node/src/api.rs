@@ -1,22 +1,19 @@
 //! The one API every binding calls: tasks, actors, objects, cancel, names, resources, nodes
 //! and the KV store, as the trait [`Api`].
 //!
-//! Its semantics are written once, in [`Service`] (the node runtime's implementation, over
+//! Its semantics are written once, in [`crate::service::Service`] (the node runtime's implementation, over
 //! the core runtime, the worker pool, the actor registry and, in a cluster, the router).
 //! Two carriers reach it:
 //! - **in process**: a driver that embeds its node runtime (`ray.init()` with no cluster, C's
-//!   `rayhpc_init` with no address) holds the [`Service`] itself;
+//!   `rayhpc_init` with no address) holds the [`crate::service::Service`] itself;
 //! - **over a ring**: a worker process, or a driver attached to a node runtime, holds a
-//!   [`RingClient`], which sends each call as a [`crate::wire::Call`] to the node's
-//!   [`crate::server`], which makes the same call on the node's [`Service`]. The client adds
+//!   [`crate::ring_client::RingClient`], which sends each call as a [`crate::wire::Call`] to the node's
+//!   [`crate::server`], which makes the same call on the node's [`crate::service::Service`]. The client adds
 //!   nothing but encoding: it has no semantics of its own.
 //!
 //! A binding holds an `Arc<dyn Api>` and never asks which carrier it has. Handles ([`Ref`],
 //! [`ActorRef`]) name their object or actor the same way on both carriers; a handle of one
 //! carrier given to another is refused ([`ErrorKind::Value`]).
-
-mod ring;
-mod service;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,16 +24,15 @@ use rayhpc::raw::{RawActorHandle, RawClass, RawFn};
 
 use crate::native::{ClassError, Misfit, NativeClass, Signature};
 
+/// What names a Python function or class at the nodes (from its pickle).
+pub type Key = [u8; 16];
+
 /// The class key of native actors (they have no Python class).
 pub const NATIVE_KEY: Key = [0; 16];
 use rayhpc::{Error, ObjectRef, ObjectView, Options, Untyped};
 use serde::{Deserialize, Serialize};
 
 use crate::kv::{KvAnswer, KvOp};
-use crate::wire::Key;
-
-pub use ring::{RingClient, RING_VALUE_MAX};
-pub use service::Service;
 
 /// What an API call returns.
 pub type Result<T> = std::result::Result<T, Failure>;
@@ -221,7 +217,7 @@ impl Default for CallOptions {
 
 /// Options as the core takes them: a task's are named by its function, an actor's by its
 /// registered name (anonymous without one).
-fn core_options(w: &WireOptions, actor: bool) -> Options {
+pub(crate) fn core_options(w: &WireOptions, actor: bool) -> Options {
     let mut o = Options::new();
     if !actor && !w.name.is_empty() {
         o = o.name(&w.name);
@@ -290,7 +286,7 @@ impl From<Misfit> for Failure {
 /// needs it) does. Two words: a binding keeps many in its tables.
 #[derive(Clone)]
 pub struct Ref {
-    inner: RefInner,
+    pub(crate) inner: RefInner,
 }
 
 /// The handle, and whether an actor call made it (a lost process then reads as the actor's
@@ -298,7 +294,7 @@ pub struct Ref {
 /// which a submit's path does a few times.
 #[derive(Clone)]
 #[repr(u64)]
-enum RefInner {
+pub(crate) enum RefInner {
     /// The runtime's own handle (in-process carrier).
     Local(ObjectRef<Untyped>),
     /// The same, made by an actor call.
@@ -312,9 +308,9 @@ enum RefInner {
 const _: () = assert!(std::mem::size_of::<Ref>() == 2 * std::mem::size_of::<usize>());
 
 /// A ref held at the node for this process: let go (told with the next request) on drop.
-struct RemoteRef {
-    id: ObjectId,
-    released: Arc<Released>,
+pub(crate) struct RemoteRef {
+    pub(crate) id: ObjectId,
+    pub(crate) released: Arc<Released>,
 }
 
 impl Drop for RemoteRef {
@@ -326,8 +322,8 @@ impl Drop for RemoteRef {
 /// What a ring client's handles let go of since its last request.
 #[derive(Default)]
 pub(crate) struct Released {
-    objects: Mutex<Vec<ObjectId>>,
-    actors: Mutex<Vec<ActorId>>,
+    pub(crate) objects: Mutex<Vec<ObjectId>>,
+    pub(crate) actors: Mutex<Vec<ActorId>>,
 }
 
 impl Released {
@@ -342,7 +338,7 @@ impl Ref {
         Ref { inner: if actor { RefInner::LocalOfActor(r) } else { RefInner::Local(r) } }
     }
 
-    fn remote(id: ObjectId, actor: bool, released: &Arc<Released>) -> Ref {
+    pub(crate) fn remote(id: ObjectId, actor: bool, released: &Arc<Released>) -> Ref {
         let r = Arc::new(RemoteRef { id, released: released.clone() });
         Ref { inner: if actor { RefInner::RemoteOfActor(r) } else { RefInner::Remote(r) } }
     }
@@ -425,24 +421,24 @@ impl std::fmt::Debug for Ref {
     }
 }
 
-fn foreign(what: &str) -> Failure {
+pub(crate) fn foreign(what: &str) -> Failure {
     Failure::new(ErrorKind::Value, format!("an {what} of another runtime or attachment"))
 }
 
 /// An actor handle. While a handle lives, so does an actor that no name or value holds.
 #[derive(Clone)]
 pub struct ActorRef {
-    id: ActorId,
+    pub(crate) id: ActorId,
     /// The key of its class (Python: what the handle's methods come from).
-    key: Key,
+    pub(crate) key: Key,
     /// A native class's methods (unknown for a Python class): calls are checked against
     /// them before they are made.
-    methods: Option<Arc<Signature>>,
-    inner: ActorInner,
+    pub(crate) methods: Option<Arc<Signature>>,
+    pub(crate) inner: ActorInner,
 }
 
 #[derive(Clone)]
-enum ActorInner {
+pub(crate) enum ActorInner {
     /// The runtime's own handle (an actor of this node), and its class when the handle was
     /// made with it (a native class's: calls need not look it up).
     Local(RawActorHandle, Option<Arc<RawClass>>),
@@ -454,9 +450,9 @@ enum ActorInner {
     Remote(Arc<RemoteActor>),
 }
 
-struct RemoteActor {
-    id: ActorId,
-    released: Arc<Released>,
+pub(crate) struct RemoteActor {
+    pub(crate) id: ActorId,
+    pub(crate) released: Arc<Released>,
 }
 
 impl Drop for RemoteActor {
@@ -486,7 +482,7 @@ impl ActorRef {
         ActorRef { id, key, methods: None, inner: ActorInner::ById }
     }
 
-    fn remote(id: ActorId, key: Key, released: &Arc<Released>) -> ActorRef {
+    pub(crate) fn remote(id: ActorId, key: Key, released: &Arc<Released>) -> ActorRef {
         ActorRef { id, key, methods: None, inner: ActorInner::Remote(Arc::new(RemoteActor { id, released: released.clone() })) }
     }
 
@@ -612,8 +608,8 @@ pub struct NodeInfo {
 /// Fills a new object's buffer (exactly its length); an `Err` aborts the `put`.
 pub type Fill<'a> = &'a mut dyn FnMut(&mut [u8]) -> std::result::Result<(), String>;
 
-/// Ray Core's API, implemented once ([`Service`]) and carried in process or over a ring
-/// ([`RingClient`]). Every call may block (a `get`, a round trip to the node); none holds a
+/// Ray Core's API, implemented once ([`crate::service::Service`]) and carried in process or over a ring
+/// ([`crate::ring_client::RingClient`]). Every call may block (a `get`, a round trip to the node); none holds a
 /// lock of the caller's while it does.
 pub trait Api: Send + Sync {
     /// Registers a pickled function (or, with `class_name`, class) under `key`, once.

@@ -1,6 +1,8 @@
 //! [`Service`]: the API's one implementation, in the node runtime. The embedded driver calls
 //! it directly; the node's server calls it for every request of a worker or attached driver.
 
+pub(crate) mod pyactor;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -9,8 +11,10 @@ use rayhpc::ids::{ActorId, ObjectId};
 use rayhpc::raw::{raw_actor_by_id, raw_function, RawActorHandle, RawArg, RawFn, RawOutput, RawState};
 use rayhpc::{Error, FailureKind, ObjectRef, Options, Runtime, Untyped};
 
-use super::{lock, ActorRef, Api, Arg, CallOptions, Class, ErrorKind, Failure, Fill, Func, NodeInfo, Ref, ResourceInfo, Result, Value};
 use crate::actors::Actors;
+use crate::api::{
+    lock, ActorRef, Api, Arg, CallOptions, Class, ErrorKind, Failure, Fill, Func, NodeInfo, Ref, ResourceInfo, Result, Value,
+};
 use crate::kv::{KvAnswer, KvOp, LocalKv};
 use crate::router::{Router, TaskFn};
 use crate::wire::{self, Key};
@@ -97,7 +101,7 @@ impl Service {
     pub fn define_local(&self, key: Key, blob: &[u8], class_name: Option<&str>) {
         self.workers.define(key, blob);
         if let Some(n) = class_name {
-            self.actors.class(&self.me, key, n);
+            self.actors.class(key, n, pyactor::start(self.me.clone(), key));
         }
     }
 
