@@ -15,6 +15,10 @@ pub enum FailureKind {
     Panic,
     /// The function returned `Err`.
     Error,
+    /// The function failed with an error that its binding says must not be retried, whatever
+    /// `retry_exceptions` allows (Ray's `retry_exceptions` given as a list of exception
+    /// classes: an exception of another class).
+    Final,
     /// Its arguments could not be decoded into the function's parameter types.
     BadArguments,
     /// Its result could not be encoded.
@@ -49,7 +53,7 @@ impl fmt::Display for TaskError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let how = match self.kind {
             FailureKind::Panic => "panicked",
-            FailureKind::Error => "returned an error",
+            FailureKind::Error | FailureKind::Final => "returned an error",
             FailureKind::BadArguments => "got arguments it cannot decode",
             FailureKind::BadResult => "produced a result that cannot be encoded",
             FailureKind::WorkerDied => "lost its worker process",

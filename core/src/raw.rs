@@ -278,6 +278,26 @@ mod tests {
     }
 
     #[test]
+    fn a_final_failure_is_not_retried_even_with_retry_exceptions() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let rt = rt();
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        // Fails twice, first as an error that may be retried, then as one that may not.
+        let f = raw_function("raw.final", move |_: &[&[u8]]| {
+            let kind = if c.fetch_add(1, Ordering::SeqCst) == 0 { FailureKind::Error } else { FailureKind::Final };
+            Err(RawFailure { kind, message: "no".into(), payload: None })
+        });
+        let r = f.remote(&rt, vec![], &Options::new().max_retries(5).retry_exceptions(true)).unwrap();
+        match rt.get_bytes(&r) {
+            Err(Error::Task(t)) => assert_eq!((t.kind.clone(), t.attempts), (FailureKind::Final, 2)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        rt.shutdown();
+    }
+
+    #[test]
     fn a_lost_worker_is_retried_under_max_retries_without_retry_exceptions() {
         use std::sync::atomic::{AtomicU32, Ordering};
         let rt = rt();

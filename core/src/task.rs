@@ -196,7 +196,7 @@ pub(crate) fn execute(mut t: Box<TaskSpec>, rt: &RuntimeInner, st: &ThreadState)
             // `retry_exceptions` says (Ray's rule); application errors only with it.
             let retryable = match f.kind {
                 FailureKind::WorkerDied => true,
-                FailureKind::BadArguments | FailureKind::Cancelled => false,
+                FailureKind::BadArguments | FailureKind::Cancelled | FailureKind::Final => false,
                 _ => t.retry_exceptions,
             };
             let retry = retryable && t.retries_left != 0;

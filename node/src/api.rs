@@ -59,8 +59,7 @@ pub enum ErrorKind {
     NoActor,
     /// The object was lost with the node that held it.
     ObjectLost,
-    /// A bad argument to the call (a bad option, a name taken, a handle of another
-    /// carrier...).
+    /// A bad argument to the call (a bad option, a handle of another carrier...).
     Value,
     /// No such function, class or method (a `library:symbol` not there, a method its class
     /// does not have).
@@ -72,6 +71,9 @@ pub enum ErrorKind {
     /// A resource request the runtime can never satisfy (or a malformed one): the call
     /// was refused.
     Resources,
+    /// The actor name is held by a live actor (a bad argument, told apart: Ray raises
+    /// `ActorAlreadyExistsError`, a `ValueError`).
+    NameTaken,
 }
 
 impl ErrorKind {
@@ -92,6 +94,7 @@ impl ErrorKind {
             ErrorKind::ArgCount => "arg_count",
             ErrorKind::System => "system",
             ErrorKind::Resources => "resources",
+            ErrorKind::NameTaken => "name_taken",
         }
     }
 }
@@ -143,7 +146,8 @@ impl Failure {
             e @ Error::NoSuchActor(_) => plain(ErrorKind::NoActor, &e),
             e @ Error::ObjectLost(_) => plain(ErrorKind::ObjectLost, &e),
             e @ Error::Resources(_) => plain(ErrorKind::Resources, &e),
-            e @ (Error::NameTaken(_) | Error::Invalid(_)) => plain(ErrorKind::Value, &e),
+            e @ Error::NameTaken(_) => plain(ErrorKind::NameTaken, &e),
+            e @ Error::Invalid(_) => plain(ErrorKind::Value, &e),
             e => plain(ErrorKind::System, &e),
         }
     }

@@ -56,7 +56,7 @@ pub enum Request<'a> {
 /// A message as the runtime reads it.
 pub enum Response<'a> {
     Ok(&'a [u8]),
-    Err { message: &'a str, payload: &'a [u8] },
+    Err { message: &'a str, payload: &'a [u8], retry: bool },
     Request(&'a [u8]),
     Release(&'a [u8]),
     Post(&'a [u8]),
@@ -372,8 +372,9 @@ pub fn ok_header() -> [u8; 8] {
     [OK, 0, 0, 0, 0, 0, 0, 0]
 }
 
-pub fn err_header(message: &str) -> [u8; 8] {
-    let mut h = [ERR, 0, 0, 0, 0, 0, 0, 0];
+/// `retry`: whether the error may be retried (under `retry_exceptions`); byte 1 says no.
+pub fn err_header(message: &str, retry: bool) -> [u8; 8] {
+    let mut h = [ERR, u8::from(!retry), 0, 0, 0, 0, 0, 0];
     h[4..].copy_from_slice(&(message.len().min(u32::MAX as usize) as u32).to_le_bytes());
     h
 }
@@ -417,7 +418,7 @@ pub fn parse_response(m: &[u8]) -> Result<Response<'_>, String> {
             let len = u32_at(m, 4)?;
             let end = 8usize.checked_add(len).filter(|&e| e <= m.len()).ok_or("error message runs past the response")?;
             let message = std::str::from_utf8(&m[8..end]).map_err(|_| "error message is not UTF-8".to_string())?;
-            Ok(Response::Err { message, payload: &m[end..] })
+            Ok(Response::Err { message, payload: &m[end..], retry: m[1] == 0 })
         }
         Some(&REQUEST) => Ok(Response::Request(m.get(8..).ok_or("request cut short")?)),
         Some(&RELEASE) => Ok(Response::Release(m.get(8..).ok_or("release cut short")?)),

@@ -429,8 +429,8 @@ pub(crate) fn answer(rt: Option<&Runtime>, w: &mut Worker) -> Result<Answer, Rin
             },
             None => Answer::Done(Ok(RawOutput::Bytes(bytes.to_vec()))),
         },
-        Ok(Response::Err { message, payload }) => Answer::Done(Err(RawFailure {
-            kind: FailureKind::Error,
+        Ok(Response::Err { message, payload, retry }) => Answer::Done(Err(RawFailure {
+            kind: if retry { FailureKind::Error } else { FailureKind::Final },
             message: message.to_string(),
             payload: (!payload.is_empty()).then(|| Arc::from(payload)),
         })),

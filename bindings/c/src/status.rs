@@ -88,7 +88,7 @@ pub(crate) fn from_failure(f: &Failure) -> rayhpc_status {
         ErrorKind::ArgCount => RAYHPC_E_ARG_COUNT,
         ErrorKind::NoActor => RAYHPC_E_BAD_HANDLE,
         ErrorKind::Resources => RAYHPC_E_RESOURCES,
-        ErrorKind::Value | ErrorKind::System => RAYHPC_E_INVALID,
+        ErrorKind::Value | ErrorKind::NameTaken | ErrorKind::System => RAYHPC_E_INVALID,
     };
     fail(status, f.to_string())
 }

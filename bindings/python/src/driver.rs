@@ -63,12 +63,18 @@ pub fn py_err(f: Failure) -> PyErr {
     match f.kind {
         ErrorKind::Value | ErrorKind::NoActor | ErrorKind::Resources => PyValueError::new_err(f.message),
         ErrorKind::Store => PyMemoryError::new_err(f.message),
-        ErrorKind::ActorDied => Python::attach(|py| match py.import("rayhpc.exceptions").and_then(|m| m.getattr("ActorDiedError")) {
-            Ok(cls) => PyErr::from_type(cls.cast_into().expect("a class"), f.message),
-            Err(e) => e,
-        }),
+        ErrorKind::ActorDied => ray_error("ActorDiedError", f.message),
+        ErrorKind::NameTaken => ray_error("ActorAlreadyExistsError", f.message),
         _ => PyRuntimeError::new_err(f.to_string()),
     }
+}
+
+/// An exception of `rayhpc.exceptions` (its class `name`) with `message`.
+fn ray_error(name: &str, message: String) -> PyErr {
+    Python::attach(|py| match py.import("rayhpc.exceptions").and_then(|m| m.getattr(name)) {
+        Ok(cls) => PyErr::from_type(cls.cast_into().expect("a class"), message),
+        Err(e) => e,
+    })
 }
 
 /// A future: the handle to an object of the runtime.

@@ -75,19 +75,13 @@ KNOWN_DRIFT = {
     # Ray allows num_returns=0 (`.remote()` returns None); rayhpc refuses it at .options().
     "num_returns": {"*": (
         "mismatch: zero: observed \"raises ValueError\", expected null")},
-    # Ray's get takes an ObjectRef or a list (a tuple is a ValueError); rayhpc takes tuples too.
     # Ray: every array read from the object store is read-only, however small; rayhpc's
     # arrays under 64 KiB are pickled in band and come back writable (copies).
     "put_get_small": {"*": (
-        "mismatch: get_tuple_of_refs: observed [1, 2], expected \"raises ValueError\"; "
-        "small_array_read_only: observed [false, false], expected [true, true]")},
+        "mismatch: small_array_read_only: observed [false, false], expected [true, true]")},
     # The same: a small array beside a large one in a task's result comes back writable.
     "put_get_large": {"*": (
         "mismatch: arrays_inside_a_result: observed [[2000000, 10], [false, true]], expected [[2000000, 10], [false, false]]")},
-    # retry_exceptions as a list of exception classes: NotImplementedError at .options().
-    "retry_exceptions_list": {"*": (
-        "mismatch: listed_class_retried: observed \"raises NotImplementedError at options\", expected 2; "
-        "other_class_not_retried: observed \"not run\", expected [\"raises RayTaskError(KeyError)\", 1]")},
     # A task depending on a cancelled one raises a plain TaskCancelledError where Ray raises
     # RayTaskError(TaskCancelledError).
     "cancel_queued": {"*": (
@@ -99,9 +93,6 @@ KNOWN_DRIFT = {
     # Cancelling an actor call: NotImplementedError at ray.cancel; Ray cancels a queued call.
     "cancel_actor_call": {"*": (
         "mismatch: queued_call: observed \"cancel raises NotImplementedError\", expected \"raises TaskCancelledError\"")},
-    # A taken actor name: plain ValueError; Ray 2.60 raises ActorAlreadyExistsError (a ValueError).
-    "named_actors": {"*": (
-        "mismatch: taken: observed [true, \"ValueError\"], expected [true, \"ActorAlreadyExistsError\"]")},
     # The call that lost a restartable actor's process: ActorDiedError; Ray 2.60 raises
     # ActorUnavailableError (both RayActorError) and keeps ActorDiedError for the final death.
     "actor_max_restarts": {"*": (

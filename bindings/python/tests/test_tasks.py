@@ -32,7 +32,9 @@ def test_tasks_return_futures_and_get_reads_one_or_many(ray_start):
     assert isinstance(r, ray.ObjectRef)
     assert ray.get(r) == 3
     assert ray.get([add.remote(i, i) for i in range(50)]) == [2 * i for i in range(50)]
-    assert ray.get((add.remote(1), add.remote(1, b=2))) == [11, 3]
+    # As Ray: a list, not a tuple.
+    with pytest.raises(ValueError, match="must either be an ObjectRef or a list of ObjectRefs"):
+        ray.get((add.remote(1), add.remote(1, b=2)))
     assert ray.get(add.remote(a=5, b=6)) == 11
 
 
@@ -81,6 +83,43 @@ def test_an_exception_comes_back_as_its_own_class_and_as_a_task_error(ray_start)
     # A list get raises the first failure.
     with pytest.raises(ValueError):
         ray.get([add.remote(1, 1), fails.remote("x")])
+
+
+@ray.remote
+def gets(ref_list):
+    return ray.get(ref_list[0])
+
+
+@ray.remote
+class Relay:
+    def relay(self, depth):
+        return ray.get(nested_failure.remote(depth))
+
+
+@ray.remote
+def nested_failure(depth):
+    if depth == 0:
+        raise KeyError("deep")
+    return ray.get(nested_failure.remote(depth - 1))
+
+
+def test_an_error_through_nested_tasks_and_actors_keeps_its_class_and_every_traceback(ray_start):
+    # Three tasks deep, then through an actor and a task that was passed the ref: each
+    # level's get raises the innermost exception's class, with the texts of the levels below.
+    with pytest.raises(KeyError) as info:
+        ray.get(nested_failure.remote(3))
+    e = info.value
+    assert isinstance(e, exceptions.RayTaskError) and type(e).__name__ == "RayTaskError(KeyError)"
+    assert isinstance(e.cause, KeyError) and e.cause.args == ("deep",)
+    assert e.traceback_str.count("in nested_failure") >= 4 and "deep" in str(e), str(e)
+    with pytest.raises(KeyError, match="deep"):
+        ray.get(Relay.remote().relay.remote(1))
+    with pytest.raises(KeyError, match="deep"):
+        ray.get(gets.remote([nested_failure.remote(1)]))
+    # The error pickles as itself (a program may send it on, or keep it).
+    again = pickle.loads(pickle.dumps(e))
+    assert type(again).__name__ == "RayTaskError(KeyError)" and isinstance(again, KeyError)
+    assert again.cause.args == ("deep",) and str(again) == str(e)
 
 
 def test_bad_calls_fail_at_the_call_with_clear_errors(ray_start):
@@ -194,6 +233,45 @@ def test_application_errors_are_retried_only_with_retry_exceptions(ray_start, tm
     counter.unlink()
     with pytest.raises(RuntimeError, match="attempt 0"):
         ray.get(flaky.options(retry_exceptions=False).remote(str(counter)))
+    counter.unlink()
+
+
+class Transient(Exception):
+    pass
+
+
+def test_retry_exceptions_as_a_list_retries_only_those_classes(ray_start, tmp_path):
+    @ray.remote(max_retries=3)
+    def flaky(path, exc):
+        n = int(open(path).read()) if os.path.exists(path) else 0
+        open(path, "w").write(str(n + 1))
+        if n < 2:
+            raise exc(f"attempt {n}")
+        return n
+
+    listed = flaky.options(retry_exceptions=[Transient, KeyError])
+    # A listed class (one defined in the test module, pickled by value too) is retried; a
+    # subclass of a listed one as well; another class fails at its first attempt.
+    assert ray.get(listed.remote(str(tmp_path / "a"), Transient)) == 2
+    assert ray.get(listed.remote(str(tmp_path / "b"), KeyError)) == 2
+    with pytest.raises(ValueError, match="attempt 0"):
+        ray.get(listed.remote(str(tmp_path / "c"), ValueError))
+    assert (tmp_path / "c").read_text() == "1"
+    # Keyword arguments and several returns travel with the list.
+    @ray.remote(max_retries=1, retry_exceptions=(Transient,), num_returns=2)
+    def pair(path, *, exc):
+        n = int(open(path).read()) if os.path.exists(path) else 0
+        open(path, "w").write(str(n + 1))
+        if n < 1:
+            raise exc("once")
+        return n, -n
+
+    assert ray.get(list(pair.remote(str(tmp_path / "d"), exc=Transient))) == [1, -1]
+    # As Ray: a list of anything but exception classes, or another type, is refused.
+    with pytest.raises(ValueError, match="either a boolean or a list of exceptions"):
+        flaky.options(retry_exceptions=[ValueError, "KeyError"])
+    with pytest.raises(TypeError, match="retry_exceptions"):
+        flaky.options(retry_exceptions="ValueError")
 
 
 def test_resources_bound_how_many_tasks_run_at_once(ray_start):

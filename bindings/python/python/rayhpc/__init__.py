@@ -19,6 +19,7 @@ from . import _native, exceptions, kv
 from ._native import ObjectRef
 from ._serial import dumps, loads, size as _size
 from .exceptions import (
+    ActorAlreadyExistsError,
     ActorDiedError,
     TaskCancelledError,
     GetTimeoutError,
@@ -155,11 +156,15 @@ def _arity(fn, skip=0):
     return (code.co_argcount - defaults - skip, code.co_argcount - skip)
 
 
-def _call_parts(args, kwargs, num_returns=1):
+def _call_parts(args, kwargs, num_returns=1, retry_only=None):
     """The layout and pickled values of a call's arguments (ObjectRefs passed as they are).
     The layout is empty for positional arguments and one return, else the pickle of
-    (positional count, keyword names, number of returns)."""
-    if kwargs or num_returns != 1:
+    (positional count, keyword names, number of returns[, the exception classes that may be
+    retried, pickled])."""
+    if retry_only is not None:
+        parts = [pickle.dumps((len(args), tuple(kwargs), num_returns, retry_only), protocol=5)]
+        values = list(args) + list(kwargs.values())
+    elif kwargs or num_returns != 1:
         parts = [pickle.dumps((len(args), tuple(kwargs), num_returns), protocol=5)]
         values = list(args) + list(kwargs.values())
     else:
@@ -197,8 +202,21 @@ def _check_options(opts, allowed):
                 raise ValueError(f"Use the '{k.lower()}s' argument, not resources['{k}']")
     _check_num_returns(opts.get("num_returns", 1))
     rx = opts.get("retry_exceptions")
-    if rx is not None and not isinstance(rx, bool):
-        raise NotImplementedError("retry_exceptions as a list of exception classes is not supported yet; use True or False")
+    if rx is not None and not isinstance(rx, (bool, list, tuple)):
+        raise TypeError(f"The type of keyword 'retry_exceptions' must be (<class 'bool'>, <class 'list'>, "
+                        f"<class 'tuple'>), but received type {type(rx)}")
+    if isinstance(rx, (list, tuple)) and not all(isinstance(c, type) and issubclass(c, Exception) for c in rx):
+        raise ValueError("retry_exceptions must be either a boolean or a list of exceptions")
+
+
+def _retry_only(opts):
+    """The pickle of the exception classes `retry_exceptions` lists (only those are retried),
+    or None when it is a boolean."""
+    rx = opts.get("retry_exceptions")
+    if not isinstance(rx, (list, tuple)):
+        return None
+    import cloudpickle
+    return cloudpickle.dumps(tuple(rx), protocol=5)
 
 
 def _check_num_returns(n):
@@ -246,6 +264,7 @@ class RemoteFunction(_Remote):
         self._shared = {"epoch": None, "key": None, "blob": None}
         self._native_options = None
         self._native_epoch = None
+        self._retry_only = None
         self._arity = _arity(fn)
         self._num_returns = self._options.get("num_returns", 1)
         self.__doc__ = fn.__doc__
@@ -283,7 +302,9 @@ class RemoteFunction(_Remote):
                 num_gpus=None if o.get("num_gpus") is None else float(o["num_gpus"]),
                 resources={k: float(v) for k, v in (o.get("resources") or {}).items()},
                 max_retries=o.get("max_retries"),
-                retry_exceptions=o.get("retry_exceptions"))
+                retry_exceptions=None if o.get("retry_exceptions") is None else bool(
+                    o["retry_exceptions"] is True or isinstance(o["retry_exceptions"], (list, tuple))))
+            self._retry_only = _retry_only(o)
             self._native_epoch = _epoch
 
     def remote(self, *args, **kwargs):
@@ -293,6 +314,9 @@ class RemoteFunction(_Remote):
             # Ray checks the call against the signature at submit: a TypeError here.
             inspect.signature(self._function).bind(*args, **kwargs)
         n = self._num_returns
+        if self._retry_only is not None:
+            return _returns(_native.submit(self._shared["key"], _call_parts(args, kwargs, n, self._retry_only),
+                                           self._native_options), n)
         if n == 1:
             return _native.submit(self._shared["key"], _call_parts(args, kwargs), self._native_options)
         return _returns(_native.submit(self._shared["key"], _call_parts(args, kwargs, n), self._native_options), n)
@@ -589,6 +613,8 @@ def _raise_for(failure):
         raise TaskCancelledError(f"task {function} was cancelled")
     if kind in ("value", "no_actor", "resources"):
         raise ValueError(message)
+    if kind == "name_taken":
+        raise ActorAlreadyExistsError(message)
     if kind == "timeout":
         raise GetTimeoutError(message)
     if kind == "store":
@@ -605,9 +631,9 @@ def get(object_refs, *, timeout=None):
         if type(r) is not tuple:
             return loads(r)
         _raise_for(r)
-    if not isinstance(object_refs, (list, tuple)):
-        raise ValueError(
-            f"'object_refs' must either be an ObjectRef or a list of ObjectRefs, got {type(object_refs).__name__}")
+    if not isinstance(object_refs, list):
+        raise ValueError(f"Invalid type of object refs, {type(object_refs)}, is given. "
+                         "'object_refs' must either be an ObjectRef or a list of ObjectRefs.")
     refs = list(object_refs)
     for r in refs:
         if type(r) is not ObjectRef:

@@ -113,7 +113,13 @@ def loads(data):
 
 def error_payload(exc, function_name, tb):
     """The pickled (exception, function name, traceback text); the exception is replaced by
-    a RuntimeError carrying its text when it cannot be pickled."""
+    a RuntimeError carrying its text when it cannot be pickled. A task that failed because a
+    task it waited on failed (a RayTaskError raised by its `get`) fails with that task's
+    cause, as Ray does: the caller's error is an instance of the innermost exception's
+    class, and `tb` (this task's traceback) shows the inner one's text."""
+    from rayhpc.exceptions import RayTaskError
+    if isinstance(exc, RayTaskError) and exc.cause is not None:
+        exc = exc.cause
     try:
         return cloudpickle.dumps((exc, function_name, tb), protocol=5)
     except BaseException:  # noqa: BLE001

@@ -68,6 +68,7 @@ def main():
         fn = None
         name = "task"
         out = err = None
+        retry_only = None  # retry_exceptions's classes, when it lists them
         try:
             if op == METHOD:
                 mname = body[0].decode()
@@ -92,7 +93,10 @@ def main():
             returns = 1
             _Interrupt.enter()
             if layout:
-                npos, names, returns = pickle.loads(layout)
+                npos, names, returns, *rest = pickle.loads(layout)
+                if rest:
+                    # retry_exceptions lists the classes to retry: another exception is final.
+                    retry_only = cloudpickle.loads(rest[0])
                 result = fn(*values[:npos], **dict(zip(names, values[npos:])))
             else:
                 result = fn(*values)
@@ -106,7 +110,8 @@ def main():
             _Interrupt.in_call = False
             # The traceback from the call's own frames on (this loop's frame left out).
             tb = "".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next if e.__traceback__ else None))
-            err = (f"{type(e).__name__}: {e}", error_payload(e, name, tb))
+            retry = retry_only is None or isinstance(e, retry_only)
+            err = (f"{type(e).__name__}: {e}", error_payload(e, name, tb), retry)
         # Nothing of the call stays alive while this worker waits for the next one: its
         # arguments may pin objects of the store.
         fn = values = result = body = None

@@ -27,6 +27,11 @@ class RayTaskError(RayError):
     def __str__(self):
         return self._message()
 
+    def __reduce__(self):
+        # Pickled by its fields, not its class: an instance of a class made for its cause
+        # (see `as_instanceof_cause`) is rebuilt as one again wherever it is unpickled.
+        return (_rebuild_task_error, (self.function_name, self.traceback_str, self.cause, type(self) is not RayTaskError))
+
     def as_instanceof_cause(self):
         """This error as an instance of both RayTaskError and the cause's class."""
         cause = self.cause
@@ -41,12 +46,17 @@ class RayTaskError(RayError):
                     "__getattr__": _cause_attr,
                     "__str__": RayTaskError.__str__,
                 })
-                cls.__module__ = cause_cls.__module__
+                cls.__module__ = RayTaskError.__module__
                 _dual_classes[cause_cls] = cls
             return cls(self.function_name, self.traceback_str, cause)
         except TypeError:
             # A class that cannot be mixed in (a layout conflict): the plain error.
             return self
+
+
+def _rebuild_task_error(function_name, traceback_str, cause, dual):
+    e = RayTaskError(function_name, traceback_str, cause)
+    return e.as_instanceof_cause() if dual else e
 
 
 def _cause_attr(self, name):
@@ -82,6 +92,14 @@ class RayActorError(RayError):
 
 class ActorDiedError(RayActorError):
     """The actor is dead."""
+
+
+class ActorAlreadyExistsError(ValueError, RayError):
+    """An actor name is held by a live actor (a ValueError too, as in Ray)."""
+
+    def __init__(self, error_message):
+        super().__init__(error_message)
+        self.error_message = error_message
 
 
 class ObjectLostError(RayError):
