@@ -30,7 +30,7 @@ use crate::ids::{ActorId, FunctionId};
 use crate::invoke::{encode_result, guarded, task_error, ClassEntry, Ctor, Failure, MethodEntry, MethodInvoke};
 use crate::object::{ArgSpec, Notify, ObjectRef, Slot, Waiter};
 use crate::options::Options;
-use crate::state::{with_inputs, ActorCall, ActorCell, CoreJob, CreateSpec, Runner, RuntimeInner};
+use crate::state::{with_inputs, ActorCall, ActorCell, CoreJob, CreateSpec, Runner, RuntimeInner, THREAD};
 
 /// Calls one turn runs before it lets other work use the executor.
 pub const BATCH: usize = 256;
@@ -339,6 +339,8 @@ impl ActorCell {
     #[inline(never)]
     pub(crate) fn turn(self: &Arc<Self>) {
         let mut r = self.runner();
+        // Whose turn runs here (`raw::current_actor`, `current_resources`).
+        let _restore = Restore(THREAD.with(|st| st.actor.replace(Some(self.id))));
         for _ in 0..BATCH {
             let Some(call) = r.head.take().or_else(|| self.mailbox.pop()) else { break };
             if let Some(e) = self.dead.get() {
@@ -463,4 +465,21 @@ impl CreateSpec {
         let _ = self.cell.dead.set(Error::Shutdown);
         self.cell.cancel();
     }
+}
+
+/// Puts back, when a turn ends (or unwinds), the thread's actor it replaced.
+struct Restore(Option<ActorId>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        // A thread whose thread-locals are being torn down has nothing to restore.
+        let _ = THREAD.try_with(|st| st.actor.set(self.0));
+    }
+}
+
+/// What actor `id` holds for its life (`None`: nothing, or no such live actor here).
+pub(crate) fn held_by(id: ActorId) -> Option<ClassId> {
+    let cell = directory().lock().unwrap_or_else(|e| e.into_inner()).get(&id)?.upgrade()?;
+    let held = *cell.held.lock().unwrap_or_else(|e| e.into_inner());
+    held
 }

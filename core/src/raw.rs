@@ -43,6 +43,26 @@ pub fn current_task() -> Option<crate::ids::ObjectId> {
     crate::task::current_task()
 }
 
+/// The actor whose method runs on this thread (`None` outside an actor's turn).
+pub fn current_actor() -> Option<crate::ids::ActorId> {
+    crate::state::THREAD.try_with(|st| st.actor.get()).ok().flatten()
+}
+
+/// The resources the call running on this thread holds, by name: a task's request, or what
+/// its actor holds for life (empty outside a call, and for a call that holds nothing).
+pub fn current_resources() -> Vec<(String, f64)> {
+    crate::state::THREAD
+        .try_with(|st| {
+            // A task's own request; in an actor's turn, what the actor holds.
+            let class = st.class.get().or_else(|| crate::actor::held_by(st.actor.get()?))?;
+            let rt = st.runtime.borrow();
+            Some(rt.as_ref()?.pool().class_request(class))
+        })
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
 /// Runs `f` so that the first task, put or promise it makes on this thread takes the id
 /// `id` (a binding whose caller in another process named the result: the caller makes ids
 /// with a worker number of its own, so they collide with no other). Nothing else changes;
@@ -294,6 +314,36 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+        rt.shutdown();
+    }
+
+    #[test]
+    fn a_call_knows_its_actor_and_the_resources_it_holds() {
+        let rt = Runtime::init(Config { executors: Some(2), resources: vec![("slot".into(), 2.0)], ..Config::default() }).unwrap();
+        let sorted = |mut v: Vec<(String, f64)>| {
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let probe = raw_function("raw.probe", move |_: &[&[u8]]| {
+            Ok(RawOutput::Bytes(format!("{:?} {:?}", current_actor(), sorted(current_resources())).into_bytes()))
+        });
+        let text = |r: &ObjectRef<Untyped>| String::from_utf8(rt.get_bytes(r).unwrap().to_vec()).unwrap();
+        assert_eq!(text(&probe.remote(&rt, vec![], &Options::new()).unwrap()), r#"None [("CPU", 1.0)]"#);
+        let asked = Options::new().num_cpus(0.5).resource("slot", 1.0);
+        assert_eq!(text(&probe.remote(&rt, vec![], &asked).unwrap()), r#"None [("CPU", 0.5), ("slot", 1.0)]"#);
+        // In an actor's method: the actor, and what it holds for its life.
+        struct Probe;
+        impl RawActor for Probe {
+            fn call(&mut self, _: &str, _: &[&[u8]]) -> std::result::Result<RawOutput, RawFailure> {
+                Ok(RawOutput::Bytes(format!("{:?} {:?}", current_actor(), current_resources()).into_bytes()))
+            }
+        }
+        let class = raw_actor("raw.Probe", |_: &[&[u8]]| Ok(Box::new(Probe) as Box<dyn RawActor>));
+        let a = class.remote(&rt, vec![], &Options::new().num_cpus(0.0).resource("slot", 1.0)).unwrap();
+        let got = text(&class.call(&a, "who", vec![]).unwrap());
+        assert_eq!(got, format!(r#"Some({:?}) [("slot", 1.0)]"#, a.id()));
+        // Outside a call: neither.
+        assert_eq!((current_actor(), current_resources()), (None, vec![]));
         rt.shutdown();
     }
 

@@ -121,6 +121,10 @@ pub(crate) struct ThreadState {
     /// The store keys of the inputs of the call running on this thread (see
     /// [`crate::raw::stored_inputs`]).
     stored_inputs: RefCell<Vec<Option<u128>>>,
+    /// The resource class of the task running on this thread, and the actor whose turn runs
+    /// here (see [`crate::raw::current_resources`], [`crate::raw::current_actor`]).
+    pub(crate) class: Cell<Option<ClassId>>,
+    pub(crate) actor: Cell<Option<ActorId>>,
 }
 
 thread_local! {
@@ -131,6 +135,8 @@ thread_local! {
             next_id: Cell::new(None),
             task: Cell::new(None),
             stored_inputs: RefCell::new(Vec::new()),
+            class: Cell::new(None),
+            actor: Cell::new(None),
         }
     };
 }

@@ -174,7 +174,9 @@ pub(crate) fn execute(mut t: Box<TaskSpec>, rt: &RuntimeInner, st: &ThreadState)
     t.attempts += 1;
     // Inline runs nest on one thread: the outer task's slot comes back after.
     let outer = st.task.replace(Some(t.ret.clone()));
+    let outer_class = st.class.replace(Some(t.class));
     let outcome = with_inputs_in(st, &t.args, |inp| guarded(|| (t.func.invoke)(inp)));
+    st.class.set(outer_class);
     drop(st.task.replace(outer));
     let outcome = match outcome {
         Err(e) => {

@@ -22,9 +22,17 @@ pub(crate) struct ActorControl {
     pub(crate) ch: Mutex<Option<Arc<Channel>>>,
     /// Set by `kill`: the process is not restarted.
     pub(crate) killed: AtomicBool,
+    /// How many times its process was restarted.
+    pub(crate) restarts: AtomicU64,
     /// Its name and id, while the name is held cluster-wide (freed when it dies or is
     /// killed).
     pub(crate) named: Mutex<Option<(String, ActorId)>>,
+}
+
+impl ActorControl {
+    fn new() -> ActorControl {
+        ActorControl { ch: Mutex::new(None), killed: AtomicBool::new(false), restarts: AtomicU64::new(0), named: Mutex::new(None) }
+    }
 }
 
 struct ActorEntry {
@@ -88,6 +96,13 @@ impl Actors {
         lock(&self.pending).remove(&token)
     }
 
+    /// The name actor `actor` of this node holds, if any, and whether it was restarted.
+    pub fn name_of(&self, actor: ActorId) -> (Option<String>, bool) {
+        let Some(control) = lock(&self.actors).get(&actor).map(|e| e.control.clone()) else { return (None, false) };
+        let name = lock(&control.named).as_ref().map(|(n, _)| n.clone());
+        (name, control.restarts.load(Ordering::Relaxed) > 0)
+    }
+
     /// The name of actor class `key`, if this node knows it.
     pub fn class_name(&self, key: &Key) -> Option<String> {
         lock(&self.classes).get(key).map(|c| c.name().to_string())
@@ -100,7 +115,7 @@ impl Actors {
             .cloned()
             .ok_or_else(|| Error::Invalid("unknown actor class (not registered in this runtime)".into()))?;
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let control = Arc::new(ActorControl { ch: Mutex::new(None), killed: AtomicBool::new(false), named: Mutex::new(None) });
+        let control = Arc::new(ActorControl::new());
         lock(&self.pending).insert(token, control.clone());
         let w = &options.wire;
         let mut config = Vec::with_capacity(16);
@@ -132,7 +147,7 @@ impl Actors {
         args: Vec<RawArg>,
     ) -> Result<RawActorHandle, Error> {
         let h = class.raw().remote(rt, args, &options.actor)?;
-        let control = Arc::new(ActorControl { ch: Mutex::new(None), killed: AtomicBool::new(false), named: Mutex::new(None) });
+        let control = Arc::new(ActorControl::new());
         if let Some(name) = &options.wire.actor_name {
             *lock(&control.named) = Some((name.clone(), h.id()));
         }

@@ -583,6 +583,22 @@ impl std::ops::Deref for Value {
     }
 }
 
+/// What a call is, as the code it runs sees it (Ray's runtime context).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct CallContext {
+    /// The task: its result object, whose id names it (`None` in an actor method and
+    /// outside a task).
+    pub task: Option<ObjectId>,
+    /// The actor whose method runs.
+    pub actor: Option<ActorId>,
+    /// That actor's name, when it has one.
+    pub actor_name: Option<String>,
+    /// Whether that actor's process was restarted.
+    pub actor_restarted: bool,
+    /// The resources the call holds, by name: a task's request, an actor's for its life.
+    pub resources: Vec<(String, f64)>,
+}
+
 /// A resource of the node (or, in a cluster, summed over the cluster).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct ResourceInfo {
@@ -697,6 +713,10 @@ pub trait Api: Send + Sync {
 
     /// An operation on the KV store (the cluster's). A watch waits for a change.
     fn kv(&self, op: KvOp) -> Result<KvAnswer>;
+
+    /// What the call the caller runs in is: a worker's task or actor method (over a ring,
+    /// the node answers on the thread that runs the call); nothing for a driver.
+    fn context(&self) -> Result<CallContext>;
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -31,7 +31,8 @@ use rayhpc::objstore::ring::RingError;
 use rayhpc::objstore::{Client, StoreError};
 
 use crate::api::{
-    lock, ActorRef, Api, Arg, CallOptions, Class, ErrorKind, Failure, Fill, Func, NodeInfo, Ref, Released, ResourceInfo, Result, Value,
+    lock, ActorRef, Api, Arg, CallContext, CallOptions, Class, ErrorKind, Failure, Fill, Func, NodeInfo, Ref, Released, ResourceInfo,
+    Result, Value,
 };
 use crate::client::Link;
 use crate::kv::{KvAnswer, KvOp};
@@ -716,6 +717,13 @@ impl Api for RingClient {
     fn kv(&self, op: KvOp) -> Result<KvAnswer> {
         match self.request(Call::Kv(op))? {
             Reply::Kv(a) => Ok(a),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn context(&self) -> Result<CallContext> {
+        match self.request(Call::Context)? {
+            Reply::Context(c) => Ok(c),
             other => Err(unexpected(other)),
         }
     }

@@ -269,6 +269,8 @@ fn serve_call(svc: &Service, s: &mut Session, ch: &Channel, call: Call, posted: 
         Call::Nodes => Reply::Nodes(svc.nodes()?),
         Call::Kv(op) => Reply::Kv(svc.kv(op)?),
         Call::Sync => Reply::Done,
+        // Served on the thread that runs the worker's call (it waits for its answer).
+        Call::Context => Reply::Context(svc.context()?),
         Call::Join { .. } => return Err(Failure::new(ErrorKind::Value, "a link joins with a request of its own, first")),
     })
 }

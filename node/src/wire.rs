@@ -195,6 +195,8 @@ pub enum Call {
     /// Answered once the link's earlier messages are served (the node serves a link in
     /// order): how a client knows that its posts were. Reply: `Done`.
     Sync,
+    /// What the call the asking worker runs is. Reply: `Context`.
+    Context,
 }
 
 /// A call's options: sent whole the first time, then named by their number (the node keeps
@@ -263,6 +265,7 @@ pub enum Reply {
     Resources(Vec<ResourceInfo>),
     Nodes(Vec<NodeInfo>),
     Kv(crate::kv::KvAnswer),
+    Context(crate::api::CallContext),
     /// The request failed as a whole.
     Failed(Failure),
 }

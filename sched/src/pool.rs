@@ -375,6 +375,11 @@ impl<J: Job> Pool<J> {
         self.shared.ledger.snapshot()
     }
 
+    /// What a class asks for, by resource name.
+    pub fn class_request(&self, class: ClassId) -> Vec<(String, f64)> {
+        self.shared.ledger.named_request(class)
+    }
+
     /// Jobs waiting for resources.
     pub fn waiting_for_resources(&self) -> usize {
         self.shared.ledger.waiting_len()

@@ -205,6 +205,12 @@ impl<T> Ledger<T> {
         self.lock().classes[class.0 as usize].clone()
     }
 
+    /// The request behind a class, by resource name (what it asks for, nothing at zero).
+    pub fn named_request(&self, class: ClassId) -> Vec<(String, f64)> {
+        let g = self.lock();
+        g.classes[class.0 as usize].items().iter().map(|&(i, t)| (g.names[i].clone(), from_ticks(t as i64))).collect()
+    }
+
     /// Takes the resources of `class` when they are free and no earlier item of that class
     /// waits: returns `Some(item)`, which the caller runs. Otherwise queues `item` behind the
     /// others (FIFO) and returns `None`; a later [`Ledger::release`] admits it.

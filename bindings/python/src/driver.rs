@@ -530,6 +530,19 @@ pub fn nodes(py: Python<'_>) -> PyResult<Vec<(u32, bool, String, String, HashMap
     Ok(list.into_iter().map(|n| (n.rank, n.alive, n.address, n.host, n.resources.into_iter().collect())).collect())
 }
 
+/// What the call this process runs is (`get_runtime_context()`): its task's id and its
+/// actor's (hex, or None), the actor's name, and the resources the call holds, and whether
+/// the actor was restarted.
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+pub fn context(py: Python<'_>) -> PyResult<(Option<String>, Option<String>, Option<String>, HashMap<String, f64>, bool)> {
+    let api = api()?;
+    let c = py.detach(|| api.context()).map_err(py_err)?;
+    let task = c.task.map(|t| format!("{:032x}", t.0));
+    let actor = c.actor.map(|a| format!("{:032x}", a.0));
+    Ok((task, actor, c.actor_name, c.resources.into_iter().collect(), c.actor_restarted))
+}
+
 /// One operation on the KV store (`rayhpc.kv`): `op` is "put" (`flag`: overwrite; returns
 /// whether the key existed), "get" (bytes or None), "del" (`flag`: `key` is a prefix; returns
 /// the count), "list" (keys under the prefix `key`) or "watch" (changes under the prefix

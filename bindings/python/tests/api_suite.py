@@ -106,15 +106,6 @@ KNOWN_DRIFT = {
         "mismatch: memory: observed false, expected true; "
         "object_store_memory: observed false, expected true; "
         "node_ip_key: observed false, expected true")},
-    # RuntimeContext has get_job_id, get_node_id, get_assigned_resources and namespace only.
-    "runtime_context_api": {"*": (
-        "mismatch: missing_methods: observed [\"get_task_id\", \"get_actor_id\", \"get_worker_id\", \"get_actor_name\", \"get_task_name\", \"get_placement_group_id\", \"get_runtime_env_string\", \"was_current_actor_reconstructed\", \"current_actor\", \"get_accelerator_ids\"], expected []")},
-    # get_assigned_resources() is always {}; no task or actor ids.
-    "runtime_context_in_workers": {"*": (
-        "mismatch: task_assigned_resources: observed {}, expected {\"CPU\": 1.0}; "
-        "actor_assigned_resources: observed {}, expected {\"probe\": 1.0}; "
-        "task_id_in_task: observed false, expected true; "
-        "actor_id_in_actor: observed false, expected true")},
 }
 
 

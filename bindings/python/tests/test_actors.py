@@ -347,3 +347,53 @@ print("shutdown took", round(time.perf_counter() - t, 1))
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert "shutdown took" in p.stdout
+
+
+@ray.remote
+class Introspect:
+    def context(self):
+        c = ray.get_runtime_context()
+        return {"task": c.get_task_id(), "actor": c.get_actor_id(), "name": c.get_actor_name(),
+                "resources": c.get_assigned_resources(), "task_name": c.get_task_name(),
+                "restarted": c.was_current_actor_reconstructed}
+
+    def me(self):
+        return ray.get_runtime_context().current_actor
+
+    def crash(self):
+        os._exit(3)
+
+
+@ray.remote
+def task_context():
+    c = ray.get_runtime_context()
+    return {"task": c.get_task_id(), "actor": c.get_actor_id(), "name": c.get_actor_name(),
+            "resources": c.get_assigned_resources(), "task_name": c.get_task_name()}
+
+
+def test_the_runtime_context_tells_a_call_what_it_is(ray_start):
+    # A task: its own id, no actor, the resources it asked for (a CPU by default).
+    t1, t2 = ray.get([task_context.remote(), task_context.options(num_cpus=0.5).remote()])
+    assert t1["task"] and t2["task"] and t1["task"] != t2["task"] and int(t1["task"], 16) >= 0
+    assert (t1["actor"], t1["name"], t1["resources"], t1["task_name"]) == (None, None, {"CPU": 1.0}, "task_context")
+    assert t2["resources"] == {"CPU": 0.5}
+    # An actor: its id, its name ("" when it has none), what it holds for its life (no CPU
+    # by default, as in Ray); a handle to itself that the driver's handle equals.
+    named = Introspect.options(name="introspected", num_cpus=1, max_restarts=1).remote()
+    c = ray.get(named.context.remote())
+    assert c["actor"] and c["task"] is None and c["name"] == "introspected" and c["restarted"] is False
+    assert c["resources"] == {"CPU": 1.0} and c["task_name"] == "Introspect.context"
+    assert ray.get(Introspect.remote().context.remote())["name"] == ""
+    assert ray.get(Introspect.remote().context.remote())["resources"] == {}
+    me = ray.get(named.me.remote())
+    assert me == named and ray.get(me.context.remote())["actor"] == c["actor"]
+    # After a restart it says so.
+    with pytest.raises(RayActorError):
+        ray.get(named.crash.remote())
+    assert ray.get(named.context.remote())["restarted"] is True
+    # The driver runs no task and is no actor.
+    ctx = ray.get_runtime_context()
+    assert (ctx.get_task_id(), ctx.get_actor_id(), ctx.get_actor_name(), ctx.get_assigned_resources()) == (None, None, None, {})
+    with pytest.raises(RuntimeError, match="only available in an actor"):
+        ctx.current_actor
+    assert len(ctx.get_worker_id()) == 56

@@ -13,7 +13,7 @@ use rayhpc::{Error, FailureKind, ObjectRef, Options, Runtime, Untyped};
 
 use crate::actors::Actors;
 use crate::api::{
-    lock, ActorRef, Api, Arg, CallOptions, Class, ErrorKind, Failure, Fill, Func, NodeInfo, Ref, ResourceInfo, Result, Value,
+    lock, ActorRef, Api, Arg, CallContext, CallOptions, Class, ErrorKind, Failure, Fill, Func, NodeInfo, Ref, ResourceInfo, Result, Value,
 };
 use crate::kv::{KvAnswer, KvOp, LocalKv};
 use crate::router::{Router, TaskFn};
@@ -566,6 +566,18 @@ impl Api for Service {
             host: std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string(),
             resources: self.rt.resources().into_iter().map(|v| (v.name.to_string(), v.total)).collect(),
         }])
+    }
+
+    fn context(&self) -> Result<CallContext> {
+        let actor = rayhpc::raw::current_actor();
+        let (actor_name, actor_restarted) = actor.map_or((None, false), |a| self.actors.name_of(a));
+        Ok(CallContext {
+            task: rayhpc::raw::current_task(),
+            actor,
+            actor_name,
+            actor_restarted,
+            resources: rayhpc::raw::current_resources(),
+        })
     }
 
     fn kv(&self, op: KvOp) -> Result<KvAnswer> {

@@ -159,6 +159,7 @@ impl PyActor {
             if self.restarts_left > 0 {
                 self.restarts_left -= 1;
             }
+            self.control.restarts.fetch_add(1, Ordering::Relaxed);
             if let Err(f) = self.construct() {
                 return Err(failure(FailureKind::ActorDied, format!("{msg}; its restart failed: {}", f.message)));
             }

@@ -720,6 +720,15 @@ def _job_id():
 
 
 class RuntimeContext:
+    """What the calling process is and runs (`ray.get_runtime_context()`). In a worker, the
+    call in progress: its task's id (an actor method has none), its actor, the resources it
+    holds; in a driver, those are None (and {})."""
+
+    @staticmethod
+    def _call():
+        # (task id, actor id, actor name, resources) of the call this worker runs.
+        return _native.context() if _native.mode_name() == "worker" else None
+
     def get_node_id(self):
         # As ray.nodes() names the node this process's runtime is.
         return f"{_native.node_rank():056x}"
@@ -727,12 +736,67 @@ class RuntimeContext:
     def get_job_id(self):
         return _job_id()
 
+    def get_worker_id(self):
+        if not _native.is_initialized():
+            raise RuntimeError("Worker ID is not available because Ray has not been initialized.")
+        return f"{(_native.node_rank() << 32) | os.getpid():056x}"
+
+    def get_task_id(self):
+        c = self._call()
+        return c[0] if c else None
+
+    def get_task_name(self):
+        if _native.mode_name() != "worker":
+            return None
+        from . import _worker
+        return _worker.RUNNING["name"]
+
+    def get_actor_id(self):
+        c = self._call()
+        return c[1] if c else None
+
+    def get_actor_name(self):
+        c = self._call()
+        if not c or c[1] is None:
+            return None
+        return c[2] or ""
+
     @property
     def namespace(self):
         return "default"
 
     def get_assigned_resources(self):
+        c = self._call()
+        return {k: v for k, v in c[3].items() if v > 0} if c else {}
+
+    def get_accelerator_ids(self):
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        return {"GPU": [d for d in visible.split(",") if d] if self._call() else []}
+
+    def get_placement_group_id(self):
+        return None
+
+    def get_runtime_env_string(self):
+        return "{}"
+
+    @property
+    def runtime_env(self):
         return {}
+
+    @property
+    def was_current_actor_reconstructed(self):
+        c = self._call()
+        assert c and c[1] is not None, "This method should't be called inside Ray tasks."
+        return c[4]
+
+    @property
+    def current_actor(self):
+        c = self._call()
+        if not c or c[1] is None:
+            raise RuntimeError("This method is only available in an actor.")
+        from . import _worker
+        key, cls = _worker.RUNNING["actor"]
+        return _rebuild_actor(int(c[1], 16).to_bytes(16, "little"), key, _method_table(cls), cls.__name__)
 
 
 def get_runtime_context():

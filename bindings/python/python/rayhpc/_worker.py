@@ -39,6 +39,11 @@ class _Interrupt:
             raise KeyboardInterrupt
 
 
+# What this worker runs, for get_runtime_context(): the name of the call in progress, and
+# the actor it hosts (its class's key and the class), once constructed.
+RUNNING = {"name": None, "actor": None}
+
+
 def main():
     _extend_path()
     import signal
@@ -87,6 +92,7 @@ def main():
                 if op == NEW:
                     class_name = name
                     name = f"{class_name}.__init__"
+            RUNNING["name"] = name
             layout = body[0]
             values = [loads(b) for b in body[1:]]
             body = None
@@ -104,6 +110,7 @@ def main():
             values = None
             if op == NEW:
                 instance, result = result, None
+                RUNNING["actor"] = (key, type(instance))
             out = dumps(result) if returns == 1 else dumps_items(result, returns)
             result = None
         except BaseException as e:  # noqa: BLE001 - every failure goes back to the caller
