@@ -71,6 +71,9 @@ pub enum ErrorKind {
     /// A resource request the runtime can never satisfy (or a malformed one): the call
     /// was refused.
     Resources,
+    /// An actor call lost its actor's process, which was restarted: the actor lives on,
+    /// the call failed (Ray's `ActorUnavailableError`).
+    ActorUnavailable,
     /// The actor name is held by a live actor (a bad argument, told apart: Ray raises
     /// `ActorAlreadyExistsError`, a `ValueError`).
     NameTaken,
@@ -95,6 +98,7 @@ impl ErrorKind {
             ErrorKind::System => "system",
             ErrorKind::Resources => "resources",
             ErrorKind::NameTaken => "name_taken",
+            ErrorKind::ActorUnavailable => "actor_unavailable",
         }
     }
 }
@@ -128,7 +132,8 @@ impl Failure {
         match e {
             Error::Task(t) => Failure {
                 kind: match t.kind {
-                    F::WorkerDied if from_actor => ErrorKind::ActorDied,
+                    // A lost process of an actor that lives on (the call was not retried).
+                    F::WorkerDied if from_actor => ErrorKind::ActorUnavailable,
                     F::WorkerDied => ErrorKind::WorkerDied,
                     F::ActorDied => ErrorKind::ActorDied,
                     F::Cancelled => ErrorKind::Cancelled,
@@ -752,7 +757,7 @@ impl Failure {
         };
         match self.kind {
             ErrorKind::Task => task(F::Error),
-            ErrorKind::WorkerDied => task(F::WorkerDied),
+            ErrorKind::WorkerDied | ErrorKind::ActorUnavailable => task(F::WorkerDied),
             ErrorKind::ActorDied => task(F::ActorDied),
             ErrorKind::Cancelled => task(F::Cancelled),
             ErrorKind::ObjectLost => Error::ObjectLost(self.message),

@@ -79,7 +79,7 @@ pub(crate) fn fail(status: rayhpc_status, msg: impl Into<String>) -> rayhpc_stat
 /// The status and message of a failure the API reports.
 pub(crate) fn from_failure(f: &Failure) -> rayhpc_status {
     let status = match f.kind {
-        ErrorKind::Task | ErrorKind::WorkerDied | ErrorKind::Cancelled => RAYHPC_E_TASK,
+        ErrorKind::Task | ErrorKind::WorkerDied | ErrorKind::ActorUnavailable | ErrorKind::Cancelled => RAYHPC_E_TASK,
         ErrorKind::ActorDied => RAYHPC_E_ACTOR_DIED,
         ErrorKind::Timeout => RAYHPC_E_TIMEOUT,
         ErrorKind::Store | ErrorKind::ObjectLost => RAYHPC_E_STORE,

@@ -72,9 +72,6 @@ BOUND = 30  # seconds: the upper bound of any wait of the suite (never reached w
 # changes, update an entry from the new result (API_SUITE_DUMP=dir writes each mode's JSON)
 # or delete it: a check that passes while drift is recorded fails the test too.
 KNOWN_DRIFT = {
-    # Ray allows num_returns=0 (`.remote()` returns None); rayhpc refuses it at .options().
-    "num_returns": {"*": (
-        "mismatch: zero: observed \"raises ValueError\", expected null")},
     # Ray: every array read from the object store is read-only, however small; rayhpc's
     # arrays under 64 KiB are pickled in band and come back writable (copies).
     "put_get_small": {"*": (
@@ -93,10 +90,6 @@ KNOWN_DRIFT = {
     # Cancelling an actor call: NotImplementedError at ray.cancel; Ray cancels a queued call.
     "cancel_actor_call": {"*": (
         "mismatch: queued_call: observed \"cancel raises NotImplementedError\", expected \"raises TaskCancelledError\"")},
-    # The call that lost a restartable actor's process: ActorDiedError; Ray 2.60 raises
-    # ActorUnavailableError (both RayActorError) and keeps ActorDiedError for the final death.
-    "actor_max_restarts": {"*": (
-        "mismatch: crash: observed [true, \"ActorDiedError\", \"at get\"], expected [true, \"ActorUnavailableError\", \"at get\"]")},
     # A request no node can ever satisfy fails at submit (ValueError); Ray keeps it pending.
     "resources": {"*": (
         "mismatch: infeasible_cpus: observed \"raises ValueError at submit\", expected \"pending\"; "

@@ -8,7 +8,7 @@ import time
 import pytest
 
 import rayhpc as ray
-from rayhpc.exceptions import RayActorError, RayTaskError
+from rayhpc.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
 
 @ray.remote
@@ -173,14 +173,16 @@ def test_an_actor_restarts_up_to_max_restarts(ray_start):
     c = Counter.options(max_restarts=1).remote(100)
     pid = ray.get(c.pid.remote())
     ray.get(c.increment.remote())
-    # The call that lost the process fails; the actor comes back with fresh state.
-    with pytest.raises(RayActorError):
+    # The call that lost the process fails (the actor was unavailable: it lives on); the
+    # actor comes back with fresh state.
+    with pytest.raises(ActorUnavailableError):
         ray.get(c.crash.remote())
     assert ray.get(c.increment.remote()) == 101
     assert ray.get(c.pid.remote()) != pid
-    with pytest.raises(RayActorError):
+    # No restart left: the actor is dead, for this call and every later one.
+    with pytest.raises(ActorDiedError):
         ray.get(c.crash.remote())
-    with pytest.raises(RayActorError):
+    with pytest.raises(ActorDiedError):
         ray.get(c.increment.remote())
 
 

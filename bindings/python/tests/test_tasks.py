@@ -360,8 +360,21 @@ def test_num_returns_gives_one_ref_per_item(ray_start):
     for r in refs:
         with pytest.raises(ValueError, match="returned 3 objects, but num_returns=2"):
             ray.get(r)
+    # None: the call runs all the same, its result is dropped (as in Ray).
+    @ray.remote(num_returns=0)
+    def mark(path):
+        open(path, "w").write("ran")
+        return "dropped"
+
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"rayhpc-mark-{os.getpid()}")
+    assert mark.remote(path) is None
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert open(path).read() == "ran"
+    os.unlink(path)
     with pytest.raises(ValueError, match="num_returns"):
-        three.options(num_returns=0)
+        three.options(num_returns=-1)
     with pytest.raises(NotImplementedError):
         three.options(num_returns="dynamic")
 

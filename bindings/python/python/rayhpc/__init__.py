@@ -21,6 +21,7 @@ from ._serial import dumps, loads, size as _size
 from .exceptions import (
     ActorAlreadyExistsError,
     ActorDiedError,
+    ActorUnavailableError,
     TaskCancelledError,
     GetTimeoutError,
     ObjectLostError,
@@ -222,14 +223,17 @@ def _retry_only(opts):
 def _check_num_returns(n):
     if n in ("dynamic", "streaming"):
         raise NotImplementedError(f"num_returns={n!r} (generators) is not supported yet")
-    if type(n) is not int or n < 1:
-        raise ValueError(f"num_returns must be a positive integer, got {n!r}")
+    if type(n) is not int or n < 0:
+        raise ValueError(f"num_returns must be a non-negative integer, got {n!r}")
 
 
 def _returns(ref, n, actor=False):
-    """The call's ref, or its `n` refs: one per item of the returned sequence."""
+    """The call's ref, or its `n` refs: one per item of the returned sequence (none: the
+    call runs, what it returns is dropped, as in Ray)."""
     if n == 1:
         return ref
+    if n == 0:
+        return None
     return _native.items(ref, n)
 
 
@@ -315,8 +319,10 @@ class RemoteFunction(_Remote):
             inspect.signature(self._function).bind(*args, **kwargs)
         n = self._num_returns
         if self._retry_only is not None:
-            return _returns(_native.submit(self._shared["key"], _call_parts(args, kwargs, n, self._retry_only),
+            return _returns(_native.submit(self._shared["key"], _call_parts(args, kwargs, max(n, 1), self._retry_only),
                                            self._native_options), n)
+        if n == 0:
+            return _returns(_native.submit(self._shared["key"], _call_parts(args, kwargs), self._native_options), 0)
         if n == 1:
             return _native.submit(self._shared["key"], _call_parts(args, kwargs), self._native_options)
         return _returns(_native.submit(self._shared["key"], _call_parts(args, kwargs, n), self._native_options), n)
@@ -518,7 +524,7 @@ class ActorMethod:
         if kwargs or a is None or not (a[0] <= len(args) <= a[1]):
             self._check(args, kwargs)
         n = self._num_returns
-        return _returns(_native.actor_call(self._handle._ref, self._name, _call_parts(args, kwargs, n)), n)
+        return _returns(_native.actor_call(self._handle._ref, self._name, _call_parts(args, kwargs, max(n, 1))), n)
 
     def _check(self, args, kwargs):
         methods = self._handle._methods
@@ -609,6 +615,8 @@ def _raise_for(failure):
         raise WorkerCrashedError(f"task {function} failed after {attempts} attempt(s): {message}")
     if kind == "actor_died":
         raise ActorDiedError(message)
+    if kind == "actor_unavailable":
+        raise ActorUnavailableError(message)
     if kind == "cancelled":
         raise TaskCancelledError(f"task {function} was cancelled")
     if kind in ("value", "no_actor", "resources"):
@@ -667,22 +675,27 @@ def put(value):
 def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):
     """Returns (ready, not_ready) once `num_returns` of the refs are ready or `timeout`
     seconds passed; both lists keep the input order."""
-    if type(object_refs) is ObjectRef or not isinstance(object_refs, (list, tuple)):
-        raise TypeError(f"wait() expected a list of ObjectRefs, got {type(object_refs).__name__}")
-    refs = list(object_refs)
+    # Ray's checks, in Ray's order (an empty list is fine whatever num_returns says).
+    if type(object_refs) is ObjectRef:
+        raise TypeError(f"wait() expected a list of ray.ObjectRef or ray.ObjectRefGenerator, "
+                        f"got a single ray.ObjectRef or ray.ObjectRefGenerator {object_refs}")
+    if not isinstance(object_refs, list):
+        raise TypeError(f"wait() expected a list of ray.ObjectRef or ray.ObjectRefGenerator, got {type(object_refs)}")
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"The 'timeout' argument must be nonnegative. Received {timeout}")
+    refs = object_refs
     for r in refs:
         if type(r) is not ObjectRef:
-            raise TypeError(f"wait() expected a list of ObjectRefs, got an element of type {type(r).__name__}")
+            raise TypeError(f"wait() expected a list of ray.ObjectRef or ray.ObjectRefGenerator, "
+                            f"got list containing {type(r)}")
+    if not refs:
+        return [], []
     if len(set(refs)) != len(refs):
-        raise ValueError("Wait requires a list of unique object refs.")
+        raise ValueError("Wait requires a list of unique ray_waitables.")
     if num_returns <= 0:
         raise ValueError(f"Invalid number of objects to return {num_returns}.")
     if num_returns > len(refs):
-        raise ValueError("num_returns cannot be greater than the number of objects provided to wait.")
-    if timeout is not None and timeout < 0:
-        raise ValueError(f"The 'timeout' argument must be nonnegative. Received {timeout}")
-    if not refs:
-        return [], []
+        raise ValueError("num_returns cannot be greater than the number of ray_waitables provided to ray.wait.")
     ready_idx = set(_native.wait(refs, num_returns, timeout)[:num_returns])
     ready = [r for i, r in enumerate(refs) if i in ready_idx]
     rest = [r for i, r in enumerate(refs) if i not in ready_idx]

@@ -94,6 +94,11 @@ class ActorDiedError(RayActorError):
     """The actor is dead."""
 
 
+class ActorUnavailableError(RayActorError):
+    """The call lost the actor's process, which was restarted: the actor may answer later
+    calls (Ray keeps ActorDiedError for an actor gone for good)."""
+
+
 class ActorAlreadyExistsError(ValueError, RayError):
     """An actor name is held by a live actor (a ValueError too, as in Ray)."""
 
