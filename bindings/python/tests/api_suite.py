@@ -72,13 +72,6 @@ BOUND = 30  # seconds: the upper bound of any wait of the suite (never reached w
 # changes, update an entry from the new result (API_SUITE_DUMP=dir writes each mode's JSON)
 # or delete it: a check that passes while drift is recorded fails the test too.
 KNOWN_DRIFT = {
-    # Ray: every array read from the object store is read-only, however small; rayhpc's
-    # arrays under 64 KiB are pickled in band and come back writable (copies).
-    "put_get_small": {"*": (
-        "mismatch: small_array_read_only: observed [false, false], expected [true, true]")},
-    # The same: a small array beside a large one in a task's result comes back writable.
-    "put_get_large": {"*": (
-        "mismatch: arrays_inside_a_result: observed [[2000000, 10], [false, true]], expected [[2000000, 10], [false, false]]")},
     # A task depending on a cancelled one raises a plain TaskCancelledError where Ray raises
     # RayTaskError(TaskCancelledError).
     "cancel_queued": {"*": (

@@ -25,6 +25,25 @@ def test_get_of_a_put_array_is_zero_copy_and_read_only(ray_start):
     assert b[-1] == (4 << 20) - 1
 
 
+def test_arrays_are_read_only_at_every_size_and_layout(ray_start):
+    @ray.remote
+    def inspect_arg(x):
+        return x.flags.writeable, x.copy()
+
+    # Ray's rule: an array read from an object, an argument or a result, is read-only,
+    # however small, strided or not; a copy is the program's own.
+    for a in (np.arange(10), np.arange(12).reshape(3, 4).T, np.arange(30)[::3], np.zeros((2, 0)), np.array(7)):
+        got = ray.get(ray.put(a))
+        assert np.array_equal(got, a) and got.shape == a.shape and not got.flags.writeable
+        arg_writable, back = ray.get(inspect_arg.remote(a))
+        assert not arg_writable and np.array_equal(back, a) and not back.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            got[...] = 0
+    mine = ray.get(ray.put(np.arange(5))).copy()
+    mine[0] = 9
+    assert mine[0] == 9
+
+
 def test_small_arrays_and_mixed_values_round_trip(ray_start):
     value = {"small": np.arange(10), "big": np.ones((512, 512)), "text": "x" * 100_000, "n": [1, 2, 3]}
     got = ray.get(ray.put(value))

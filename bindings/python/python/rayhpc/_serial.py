@@ -1,27 +1,30 @@
 """How values become bytes and back: pickle protocol 5 through cloudpickle (functions,
 lambdas and classes defined in __main__ travel by value).
 
-Large buffers (numpy arrays, bytes-like objects of 64 KiB and more) are taken out of band
-(pickle 5's buffer_callback): a value with any is a *container*
+Buffers (numpy arrays, bytearrays: whatever pickles through a PickleBuffer) are taken out
+of band (pickle 5's buffer_callback): a value with any is a *container*
 
     magic "RHPCOOB\x01" | n: u64 | in-band length: u64 | n buffer lengths: u64 each |
     in-band pickle | each buffer, at an offset aligned to 64 bytes
 
-so that a container in the node's store unpickles with its buffers pointing into the store
-(zero-copy, read-only). A value living in the store may also be named by a key marker
+so that a container unpickles with its buffers pointing into the store or into the bytes it
+came in (zero-copy, read-only: numpy arrays are read-only at every size, as in Ray). A value living in the store may also be named by a key marker
 ("RHPCKEY\x01", key, length), which a worker reads in place.
 """
 
 import pickle
 import struct
+import sys
 
 import cloudpickle
 
 OOB_MAGIC = b"RHPCOOB\x01"
 ITEMS_MAGIC = b"RHPCITM\x01"
 KEY_MAGIC = b"RHPCKEY\x01"
-OOB_MIN = 64 * 1024
 _ALIGN = 64
+
+_HEAD = struct.Struct("<QQ")
+_LEN = struct.Struct("<Q")
 
 _NONE = pickle.dumps(None, protocol=5)
 # Values of these exact types pickle the same through the C pickler, which is several times
@@ -37,12 +40,22 @@ def dumps(value):
     if type(value) in _PLAIN:
         return [pickle.dumps(value, protocol=5)]
     bufs = []
+    if type(value) is _ndarray() and not value.dtype.hasobject:
+        # A plain array needs nothing of cloudpickle (which builds a pickler per call). A
+        # strided one is made contiguous, so that it too travels out of band.
+        if not (value.flags.c_contiguous or value.flags.f_contiguous):
+            value = sys.modules["numpy"].ascontiguousarray(value)
+        try:
+            inband = pickle.dumps(value, protocol=5, buffer_callback=bufs.append)
+        except BufferError:
+            bufs.clear()
+            inband = pickle.dumps(value, protocol=5)
+        return _container(inband, [b.raw() for b in bufs])
 
     def take(pb):
-        m = pb.raw()
-        if m.nbytes < OOB_MIN:
-            return True  # small: stays in band
-        bufs.append(m)
+        # Every buffer goes out of band, however small: read back, it points into the bytes
+        # it came in (or the store), read-only, as Ray's arrays are at every size.
+        bufs.append(pb.raw())
         return False
 
     try:
@@ -51,6 +64,16 @@ def dumps(value):
         # A buffer that is not contiguous: pickled in band.
         bufs.clear()
         inband = cloudpickle.dumps(value, protocol=5)
+    return _container(inband, bufs)
+
+
+def _ndarray():
+    # numpy's array type, once numpy is loaded (a value cannot be one before).
+    np = sys.modules.get("numpy")
+    return np.ndarray if np is not None else None
+
+
+def _container(inband, bufs):
     if not bufs:
         return [inband]
     header = OOB_MAGIC + struct.pack(f"<QQ{len(bufs)}Q", len(bufs), len(inband), *(b.nbytes for b in bufs))
@@ -98,7 +121,13 @@ def loads(data):
     mv = memoryview(data)
     if mv[:8] != OOB_MAGIC:
         return pickle.loads(mv)
-    n, inband_len = struct.unpack_from("<QQ", mv, 8)
+    n, inband_len = _HEAD.unpack_from(mv, 8)
+    if n == 1:
+        # One buffer (an array): the common case, without the loop.
+        (ln,) = _LEN.unpack_from(mv, 24)
+        at = 32 + inband_len
+        start = at + (-at % _ALIGN)
+        return pickle.loads(mv[32:at], buffers=(mv[start:start + ln],))
     lens = struct.unpack_from(f"<{n}Q", mv, 24)
     at = 24 + 8 * n
     inband = mv[at:at + inband_len]
