@@ -82,6 +82,7 @@ impl Cluster {
             (Role::Head, None) => default_ip(),
             (Role::Member { head }, None) => route_to(*head).map_err(|e| ClusterError::io(format!("no route to the head at {head}"), e))?,
         };
+        node.name_address(&ip.to_string(), is_head);
         let bulk = BulkServer::start(ip).map_err(|e| ClusterError::io(format!("cannot listen for bulk streams on {ip}"), e))?;
         let fabric = match NodeFabric::open(&cfg.fabric, ip, node.runtime().object_store()) {
             Ok(f) => f,

@@ -147,6 +147,15 @@ impl Runtime {
         self.inner.pool().resources()
     }
 
+    /// Adds a logical resource the runtime did not have, `amount` of it (what a node learns
+    /// once started: its address, `node:<ip>`).
+    ///
+    /// # Errors
+    /// [`Error::Resources`]: an invalid amount, or a resource the runtime already has.
+    pub fn add_resource(&self, name: &str, amount: f64) -> Result<()> {
+        self.inner.pool().add_resource(name, amount).map_err(Error::from)
+    }
+
     /// Bytes and objects in the object store, and its capacity.
     pub fn store_usage(&self) -> (usize, usize, usize) {
         let s = &self.inner.store;

@@ -216,6 +216,8 @@ fn cluster_sum(view: &[rayhpc_cluster::control::NodeInfo]) -> Vec<(String, f64, 
 fn join(a: &LaunchArgs, place: &Placement, rank: u32, node: &Arc<Node>, t0: Instant) -> Result<Option<(Arc<Cluster>, Option<PathBuf>)>> {
     let expected = a.nodes.unwrap_or(place.hosts);
     if expected <= 1 && !a.head && a.address.is_none() {
+        // A lone node, named as its service names it in `nodes()`.
+        node.name_address("127.0.0.1", true);
         return Ok(None);
     }
     let rdv = rendezvous::dir(&a.rendezvous_dir.clone().unwrap_or_else(rendezvous::base), &place.job_id);

@@ -66,6 +66,34 @@ pub struct NodeConfig {
     pub node_id: u32,
 }
 
+/// Adds Ray's memory resources to `rt`: `object_store_memory` (the store's bytes) and
+/// `memory` (what the system has available beside it), unless they were configured.
+pub fn add_memory_resources(rt: &Runtime) {
+    let store = rt.store_usage().2;
+    let memory = available_memory().map_or(0, |m| m.saturating_sub(store as u64));
+    for (name, amount) in [("object_store_memory", store as f64), ("memory", memory as f64)] {
+        // Whole bytes, a valid amount: refused only when configured already (kept then).
+        let _ = rt.add_resource(name, amount);
+    }
+}
+
+/// Names `rt`'s node by its address (see [`Node::name_address`]).
+pub fn name_address(rt: &Runtime, ip: &str, head: bool) {
+    // Named once: a second call finds the resources there and changes nothing.
+    let _ = rt.add_resource(&format!("node:{ip}"), 1.0);
+    if head {
+        let _ = rt.add_resource("node:__internal_head__", 1.0);
+    }
+}
+
+/// The memory the system has available now (`MemAvailable`), in bytes.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Why a node could not start or serve.
 #[derive(Debug)]
 pub enum NodeError {
@@ -135,6 +163,7 @@ impl Node {
                 return Err(NodeError::Runtime(e));
             }
         };
+        add_memory_resources(&rt);
         let socket = dir.join("store.sock");
         let server = match rt.object_store().serve(&socket) {
             Ok(s) => s,
@@ -157,6 +186,13 @@ impl Node {
             listener: Mutex::new(None),
             stopped: AtomicBool::new(false),
         })
+    }
+
+    /// Names the node by its address, as Ray's resources do: `node:<ip>` (1), and on the
+    /// head `node:__internal_head__` (1), so that a task may ask for a node by its address.
+    /// Once, when the address is known (a cluster's member learns it when it joins).
+    pub fn name_address(&self, ip: &str, head: bool) {
+        name_address(&self.rt, ip, head);
     }
 
     /// The core runtime.

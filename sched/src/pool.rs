@@ -375,6 +375,14 @@ impl<J: Job> Pool<J> {
         self.shared.ledger.snapshot()
     }
 
+    /// Adds a resource the pool did not have (see [`crate::resources::Ledger::add`]).
+    ///
+    /// # Errors
+    /// An invalid amount, or a resource the pool already has.
+    pub fn add_resource(&self, name: &str, amount: f64) -> Result<(), ResourceError> {
+        self.shared.ledger.add(name, amount)
+    }
+
     /// What a class asks for, by resource name.
     pub fn class_request(&self, class: ClassId) -> Vec<(String, f64)> {
         self.shared.ledger.named_request(class)

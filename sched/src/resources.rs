@@ -48,6 +48,12 @@ pub enum ResourceError {
         /// The amount given.
         amount: f64,
     },
+    /// A resource added that the ledger already has.
+    #[error("resource '{name}' exists already")]
+    Exists {
+        /// Resource name.
+        name: String,
+    },
     /// More than this node will ever have: the request could never run.
     #[error("infeasible request: {requested} {name} asked, this runtime has {total} in all")]
     Infeasible {
@@ -198,6 +204,27 @@ impl<T> Ledger<T> {
         g.class_of.insert(req, id);
         g.waiting.push(VecDeque::new());
         Ok(id)
+    }
+
+    /// Adds a resource the ledger did not have, with `amount` of it (what a node learns
+    /// after it started, such as its address: `node:<ip>`). Nothing can wait for it yet: a
+    /// request of a resource the ledger does not have is refused as infeasible.
+    ///
+    /// # Errors
+    /// An invalid amount, or a resource the ledger already has.
+    pub fn add(&self, name: &str, amount: f64) -> Result<(), ResourceError> {
+        if !amount.is_finite() || amount < 0.0 {
+            return Err(ResourceError::InvalidAmount { name: name.into(), amount });
+        }
+        let t = (amount * UNIT as f64).round() as u64;
+        let mut g = self.lock();
+        if g.names.iter().position(|n| n == name).is_some_and(|i| g.total[i] > 0) {
+            return Err(ResourceError::Exists { name: name.into() });
+        }
+        let idx = g.index(name);
+        g.total[idx] = t;
+        g.avail[idx] = t as i64;
+        Ok(())
     }
 
     /// The request behind a class.
@@ -365,6 +392,22 @@ mod tests {
 
     fn ledger() -> Ledger<u32> {
         Ledger::new(&[("CPU".into(), 2.0), ("GPU".into(), 1.0), ("ssd".into(), 3.0)]).unwrap()
+    }
+
+    #[test]
+    fn a_resource_added_later_can_be_asked_for_and_is_added_once() {
+        let l = ledger();
+        assert!(matches!(l.class(&[("node:10.0.0.1", 0.01)]), Err(ResourceError::Infeasible { .. })));
+        l.add("node:10.0.0.1", 1.0).unwrap();
+        let pin = l.class(&[("CPU", 1.0), ("node:10.0.0.1", 0.01)]).unwrap();
+        assert!(l.try_acquire(pin));
+        assert_eq!(l.named_request(pin), vec![("CPU".to_string(), 1.0), ("node:10.0.0.1".to_string(), 0.01)]);
+        assert!(matches!(l.add("node:10.0.0.1", 1.0), Err(ResourceError::Exists { .. })));
+        assert!(matches!(l.add("ssd", 1.0), Err(ResourceError::Exists { .. })), "configured: kept");
+        assert!(matches!(l.add("bad", f64::NAN), Err(ResourceError::InvalidAmount { .. })));
+        let view = l.snapshot();
+        let node = view.iter().find(|v| v.name == "node:10.0.0.1").unwrap();
+        assert_eq!((node.total, node.available), (1.0, 0.99));
     }
 
     #[test]

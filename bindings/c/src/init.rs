@@ -111,6 +111,9 @@ unsafe fn embed(cfg: Option<&rayhpc_config>) -> Result<Carrier, rayhpc_status> {
         }
     }
     let rt = Runtime::init(c).map_err(|e| failed(e.into()))?;
+    // The resources a node runtime has besides those configured (as `ray.init()`'s).
+    rayhpc_node::add_memory_resources(&rt);
+    rayhpc_node::name_address(&rt, "127.0.0.1", true);
     let service = Service::new(rt.clone(), WorkerConfig::default());
     let api: Arc<dyn Api> = service.clone();
     Ok((

@@ -230,6 +230,8 @@ pub fn init(
         e @ rayhpc_node::NodeError::Io(..) => PyRuntimeError::new_err(e.to_string()),
     })?;
     let node = Arc::new(node);
+    // Named as Service::nodes names a lone node.
+    node.name_address("127.0.0.1", true);
     set_state(State { api: node.service().clone(), node: Some(node), ring: None })
 }
 

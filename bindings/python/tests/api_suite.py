@@ -87,11 +87,6 @@ KNOWN_DRIFT = {
     "resources": {"*": (
         "mismatch: infeasible_cpus: observed \"raises ValueError at submit\", expected \"pending\"; "
         "infeasible_custom: observed \"raises ValueError at submit\", expected \"pending\"")},
-    # cluster_resources() has no "memory", "object_store_memory" nor "node:<ip>" keys.
-    "cluster_resources_ray_keys": {"*": (
-        "mismatch: memory: observed false, expected true; "
-        "object_store_memory: observed false, expected true; "
-        "node_ip_key: observed false, expected true")},
 }
 
 
