@@ -83,10 +83,6 @@ KNOWN_DRIFT = {
     # Cancelling an actor call: NotImplementedError at ray.cancel; Ray cancels a queued call.
     "cancel_actor_call": {"*": (
         "mismatch: queued_call: observed \"cancel raises NotImplementedError\", expected \"raises TaskCancelledError\"")},
-    # A request no node can ever satisfy fails at submit (ValueError); Ray keeps it pending.
-    "resources": {"*": (
-        "mismatch: infeasible_cpus: observed \"raises ValueError at submit\", expected \"pending\"; "
-        "infeasible_custom: observed \"raises ValueError at submit\", expected \"pending\"")},
 }
 
 

@@ -287,9 +287,17 @@ def test_resources_bound_how_many_tasks_run_at_once(ray_start):
     assert a[2] != b[2], "in two worker processes"
     a, b = ray.get([span.options(num_cpus=2).remote(0.2), span.options(num_cpus=2).remote(0.2)])
     assert a[1] <= b[0] or b[1] <= a[0], "2-CPU tasks overlapped on 2 CPUs"
-    # More than the node has: refused at submit (a bad request: ValueError).
-    with pytest.raises(ValueError, match="CPU"):
-        span.options(num_cpus=3).remote(0)
+    # More than the node has, or a resource it has none of: pending, as Ray keeps such a
+    # task (with a warning), until cancelled; the node goes on.
+    for too_much in (span.options(num_cpus=3), span.options(resources={"no_such": 1})):
+        r = too_much.remote(0)
+        assert ray.wait([r], timeout=0.2) == ([], [r])
+        ray.cancel(r)
+        with pytest.raises(exceptions.TaskCancelledError):
+            ray.get(r, timeout=60)
+    # A malformed amount is still refused at the call.
+    with pytest.raises(ValueError):
+        span.options(num_cpus=1.5).remote(0)
     assert ray.cluster_resources()["CPU"] == 2
     [node] = ray.nodes()
     assert node["Alive"] and node["Resources"]["CPU"] == 2 and len(node["NodeID"]) == 56

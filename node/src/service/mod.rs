@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rayhpc::ids::{ActorId, ObjectId};
 use rayhpc::raw::{raw_actor_by_id, raw_function, RawActorHandle, RawArg, RawFn, RawOutput, RawState};
-use rayhpc::{Error, FailureKind, ObjectRef, Options, Runtime, Untyped};
+use rayhpc::{Error, FailureKind, ObjectRef, Options, Promise, ResourceError, Runtime, Untyped};
 
 use crate::actors::Actors;
 use crate::api::{
@@ -40,6 +40,9 @@ pub struct Service {
     router: OnceLock<Arc<dyn Router>>,
     /// The KV store of a node outside any cluster.
     kv: LocalKv,
+    /// Python tasks that no node can run (more of a resource than any has): pending, as
+    /// Ray keeps them, until cancelled (see [`Service::submit_placed`]).
+    infeasible: Mutex<HashMap<ObjectId, (String, Promise)>>,
 }
 
 impl Service {
@@ -56,6 +59,7 @@ impl Service {
             escaped: Mutex::new(HashMap::new()),
             router: OnceLock::new(),
             kv: LocalKv::default(),
+            infeasible: Mutex::new(HashMap::new()),
         })
     }
 
@@ -342,16 +346,39 @@ impl Service {
             }
             Func::Native(name) => (self.native_fn(name)?, TaskFn::Native(name.clone()), Self::raw_args(args)?),
         };
+        let python = matches!(func, TaskFn::Python(_));
         let here = |args: Vec<RawArg>| raw.remote(&self.rt, args, &options.task);
-        let r = match self.router() {
-            Some(router) => router.route(func, args, &options.wire, &here)?,
-            None => here(args)?,
+        let routed = match self.router() {
+            Some(router) => router.route(func, args, &options.wire, &here),
+            None => here(args),
         };
+        match routed {
+            Ok(r) => Ok(Ref::local(r, false)),
+            // Ray keeps a task that no node can run pending, with a warning, not an error
+            // (nodes may join later). A native task's caller (C, Rust) is told at submit.
+            Err(Error::Resources(e @ ResourceError::Infeasible { .. })) if python => self.pending_infeasible(&e, options),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A Python task no node can run: its ref is a promise that only a cancel completes
+    /// (the task never runs: no node here gains resources), and the driver is warned.
+    #[cold]
+    fn pending_infeasible(&self, e: &ResourceError, options: &CallOptions) -> Result<Ref> {
+        let (r, p) = self.rt.promise()?;
+        eprintln!(
+            "rayhpc: warning: task {} cannot be scheduled: {e}. It stays pending (as in Ray); ray.cancel() ends it.",
+            options.wire.name
+        );
+        lock(&self.infeasible).insert(r.id(), (options.wire.name.clone(), p));
         Ok(Ref::local(r, false))
     }
 
     /// Stops the workers and lets go of actors and escaped objects.
     pub fn shutdown(&self) {
+        for (_, (_, p)) in lock(&self.infeasible).drain() {
+            p.fail(Error::Shutdown);
+        }
         self.workers.shutdown();
         self.actors.clear();
         let escaped = std::mem::take(&mut *lock(&self.escaped));
@@ -495,6 +522,16 @@ impl Api for Service {
     fn cancel(&self, r: &Ref, force: bool) -> Result<()> {
         if r.from_actor() {
             return Err(Failure::new(ErrorKind::Value, "cancelling an actor call is not supported yet: kill the actor instead"));
+        }
+        if let Some((name, p)) = lock(&self.infeasible).remove(&r.id()) {
+            p.fail(Error::Task(Box::new(rayhpc::TaskError {
+                function: name.into(),
+                kind: FailureKind::Cancelled,
+                message: "the task was cancelled while pending (no node can run it)".into(),
+                attempts: 0,
+                payload: None,
+            })));
+            return Ok(());
         }
         if self.router().is_some_and(|router| router.cancel(r.id(), force)) {
             return Ok(());
