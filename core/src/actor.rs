@@ -347,6 +347,13 @@ impl ActorCell {
                 call.ret.complete(Err(e.clone()));
                 continue;
             }
+            if call.ret.cancel_level() != 0 {
+                // Cancelled before it started (`Runtime::cancel`): it never runs. One that
+                // started runs to its end (Ray's rule for actor calls).
+                let f = Failure::new(FailureKind::Cancelled, "the actor call was cancelled before it ran");
+                call.ret.complete(Err(task_error(&call.method.name, f, 0)));
+                continue;
+            }
             let unready = call.args.iter().find_map(|a| match a {
                 ArgSpec::Ref(s) if !s.is_ready() => Some(s.clone()),
                 _ => None,

@@ -402,9 +402,10 @@ impl Runtime {
     /// upgrades the first. Never blocks; a dequeued task's object is failed on this thread
     /// (its `on_ready` callbacks run here, and its dependents are launched from here).
     ///
-    /// Only tasks are cancelled: for an actor call or a [`Runtime::promise`]'s object that is
-    /// not ready the answer is `Running` and nothing reads the cancel (a binding refuses
-    /// those itself).
+    /// An actor call that has not started yet fails as cancelled when its turn comes, and
+    /// never runs; one that started runs to its end (the answer is `Running` for both). For a
+    /// [`Runtime::promise`]'s object that is not ready the answer is `Running` and nothing
+    /// reads the cancel.
     pub fn cancel<T>(&self, r: &ObjectRef<T>, force: bool) -> CancelOutcome {
         let slot = &r.slot;
         if slot.is_ready() {

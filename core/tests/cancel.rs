@@ -299,3 +299,39 @@ fn cancels_racing_with_executors_and_inline_gets_end_every_task_exactly_once() {
     assert_eq!(values + cancelled, N);
     rt.shutdown();
 }
+
+#[test]
+fn an_actor_call_cancelled_before_its_turn_never_runs_and_one_running_finishes() {
+    let rt = common::rt(2);
+    let gate = Gate::default();
+    let started = Arc::new(Barrier::new(2));
+    let class = rayhpc::actor("c.Holder", || Vec::<u32>::new());
+    let (g, s) = (gate.clone(), started.clone());
+    let hold = class.method("hold", move |log: &mut Vec<u32>| {
+        s.wait();
+        g.pass();
+        log.push(0);
+        "held".to_string()
+    });
+    let push = class.method("push", |log: &mut Vec<u32>, x: u32| {
+        log.push(x);
+        log.clone()
+    });
+    let a = class.remote(&rt, ()).unwrap();
+    let running = hold.remote(&a, ()).unwrap();
+    started.wait();
+    let queued = push.remote(&a, (1,)).unwrap();
+    let after = push.remote(&a, (2,)).unwrap();
+    // The running call is not stopped; the queued one is.
+    assert_eq!(rt.cancel(&running, false), CancelOutcome::Running);
+    assert_eq!(rt.cancel(&queued, false), CancelOutcome::Running);
+    gate.open();
+    assert_eq!(rt.get(&running).unwrap(), "held");
+    match rt.get(&queued) {
+        Err(Error::Task(t)) => assert_eq!((t.kind.clone(), &*t.function, t.attempts), (FailureKind::Cancelled, "c.Holder.push", 0)),
+        other => panic!("{other:?}"),
+    }
+    // The actor goes on: the cancelled call never ran.
+    assert_eq!(rt.get(&after).unwrap(), vec![0, 2]);
+    rt.shutdown();
+}

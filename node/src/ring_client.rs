@@ -669,9 +669,6 @@ impl Api for RingClient {
     }
 
     fn cancel(&self, r: &Ref, force: bool) -> Result<()> {
-        if r.from_actor() {
-            return Err(Failure::new(ErrorKind::Value, "cancelling an actor call is not supported yet: kill the actor instead"));
-        }
         Self::done(self.request(Call::Cancel { id: Self::ids(std::slice::from_ref(r))?[0], force })?)
     }
 

@@ -383,11 +383,6 @@ pub fn actor_call(py: Python<'_>, actor: &Bound<'_, PyActorRef>, method: &str, a
 #[pyfunction]
 pub fn cancel(py: Python<'_>, r: &Bound<'_, PyObjectRef>, force: bool) -> PyResult<()> {
     let r = &r.get().r;
-    if r.from_actor() {
-        return Err(pyo3::exceptions::PyNotImplementedError::new_err(
-            "cancelling an actor call is not supported yet: kill the actor instead",
-        ));
-    }
     let api = api()?;
     py.detach(|| api.cancel(r, force)).map_err(py_err)
 }

@@ -80,9 +80,6 @@ KNOWN_DRIFT = {
     # task error (RayTaskError(TaskCancelledError)). (force=True agrees: TaskCancelledError.)
     "cancel_running": {"*": (
         "mismatch: interrupted: observed [true, \"TaskCancelledError\"], expected [true, \"RayTaskError(TaskCancelledError)\"]")},
-    # Cancelling an actor call: NotImplementedError at ray.cancel; Ray cancels a queued call.
-    "cancel_actor_call": {"*": (
-        "mismatch: queued_call: observed \"cancel raises NotImplementedError\", expected \"raises TaskCancelledError\"")},
 }
 
 

@@ -399,3 +399,34 @@ def test_the_runtime_context_tells_a_call_what_it_is(ray_start):
     with pytest.raises(RuntimeError, match="only available in an actor"):
         ctx.current_actor
     assert len(ctx.get_worker_id()) == 56
+
+
+def test_a_queued_actor_call_can_be_cancelled_and_a_running_one_finishes(ray_start, tmp_path):
+    @ray.remote
+    class Holder:
+        def hold(self, started, release):
+            open(started, "w").close()
+            while not os.path.exists(release):
+                time.sleep(0.01)
+            return "held"
+
+        def one(self):
+            return 1
+
+    started, release = str(tmp_path / "started"), str(tmp_path / "release")
+    a = Holder.remote()
+    running = a.hold.remote(started, release)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(started):
+        assert time.monotonic() < deadline, "the first call never started"
+        time.sleep(0.01)
+    queued = a.one.remote()
+    ray.cancel(queued)
+    ray.cancel(running)  # running: it runs to its end (Ray's rule for actor calls)
+    with pytest.raises(ValueError, match="force"):
+        ray.cancel(a.one.remote(), force=True)
+    open(release, "w").close()
+    assert ray.get(running, timeout=60) == "held"
+    with pytest.raises(ray.exceptions.TaskCancelledError):
+        ray.get(queued, timeout=60)
+    assert ray.get(a.one.remote(), timeout=60) == 1

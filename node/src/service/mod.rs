@@ -521,7 +521,14 @@ impl Api for Service {
 
     fn cancel(&self, r: &Ref, force: bool) -> Result<()> {
         if r.from_actor() {
-            return Err(Failure::new(ErrorKind::Value, "cancelling an actor call is not supported yet: kill the actor instead"));
+            // Ray's rule: a call not started never runs; one running runs to its end.
+            if force {
+                return Err(Failure::new(ErrorKind::Value, "force=True is not supported for actor calls: use kill() to kill the actor"));
+            }
+            if let Ok(local) = r.as_local() {
+                self.rt.cancel(local, false);
+            }
+            return Ok(());
         }
         if let Some((name, p)) = lock(&self.infeasible).remove(&r.id()) {
             p.fail(Error::Task(Box::new(rayhpc::TaskError {
