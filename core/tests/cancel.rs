@@ -305,7 +305,7 @@ fn an_actor_call_cancelled_before_its_turn_never_runs_and_one_running_finishes()
     let rt = common::rt(2);
     let gate = Gate::default();
     let started = Arc::new(Barrier::new(2));
-    let class = rayhpc::actor("c.Holder", || Vec::<u32>::new());
+    let class = rayhpc::actor("c.Holder", Vec::<u32>::new);
     let (g, s) = (gate.clone(), started.clone());
     let hold = class.method("hold", move |log: &mut Vec<u32>| {
         s.wait();
