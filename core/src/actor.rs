@@ -378,7 +378,7 @@ impl ActorCell {
                 if t.kind == FailureKind::ActorDied {
                     // The invocation says the actor itself is gone: this call and all later
                     // ones fail as calls to a dead actor.
-                    let e = self.died(format!("its process died: {}", t.message).into());
+                    let e = self.died(t.message.as_str().into());
                     self.kill(e.clone());
                     self.rt.forget_actor(self);
                     out = Err(e);

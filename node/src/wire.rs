@@ -56,7 +56,7 @@ pub enum Request<'a> {
 /// A message as the runtime reads it.
 pub enum Response<'a> {
     Ok(&'a [u8]),
-    Err { message: &'a str, payload: &'a [u8], retry: bool },
+    Err { message: &'a str, payload: &'a [u8], flags: u8 },
     Request(&'a [u8]),
     Release(&'a [u8]),
     Post(&'a [u8]),
@@ -375,9 +375,15 @@ pub fn ok_header() -> [u8; 8] {
     [OK, 0, 0, 0, 0, 0, 0, 0]
 }
 
-/// `retry`: whether the error may be retried (under `retry_exceptions`); byte 1 says no.
-pub fn err_header(message: &str, retry: bool) -> [u8; 8] {
-    let mut h = [ERR, u8::from(!retry), 0, 0, 0, 0, 0, 0];
+/// An error answer's flag (byte 1): the error must not be retried, whatever
+/// `retry_exceptions` allows.
+pub const ERR_FINAL: u8 = 1;
+/// An error answer's flag: the actor asked to exit (`exit_actor()`): it is dead, not lost.
+pub const ERR_EXIT: u8 = 2;
+
+/// The header of an error answer with `flags` ([`ERR_FINAL`], [`ERR_EXIT`]).
+pub fn err_header(message: &str, flags: u8) -> [u8; 8] {
+    let mut h = [ERR, flags, 0, 0, 0, 0, 0, 0];
     h[4..].copy_from_slice(&(message.len().min(u32::MAX as usize) as u32).to_le_bytes());
     h
 }
@@ -421,7 +427,7 @@ pub fn parse_response(m: &[u8]) -> Result<Response<'_>, String> {
             let len = u32_at(m, 4)?;
             let end = 8usize.checked_add(len).filter(|&e| e <= m.len()).ok_or("error message runs past the response")?;
             let message = std::str::from_utf8(&m[8..end]).map_err(|_| "error message is not UTF-8".to_string())?;
-            Ok(Response::Err { message, payload: &m[end..], retry: m[1] == 0 })
+            Ok(Response::Err { message, payload: &m[end..], flags: m[1] })
         }
         Some(&REQUEST) => Ok(Response::Request(m.get(8..).ok_or("request cut short")?)),
         Some(&RELEASE) => Ok(Response::Release(m.get(8..).ok_or("release cut short")?)),

@@ -429,8 +429,12 @@ pub(crate) fn answer(rt: Option<&Runtime>, w: &mut Worker) -> Result<Answer, Rin
             },
             None => Answer::Done(Ok(RawOutput::Bytes(bytes.to_vec()))),
         },
-        Ok(Response::Err { message, payload, retry }) => Answer::Done(Err(RawFailure {
-            kind: if retry { FailureKind::Error } else { FailureKind::Final },
+        Ok(Response::Err { message, payload, flags }) => Answer::Done(Err(RawFailure {
+            kind: match flags {
+                f if f & wire::ERR_EXIT != 0 => FailureKind::ActorDied,
+                f if f & wire::ERR_FINAL != 0 => FailureKind::Final,
+                _ => FailureKind::Error,
+            },
             message: message.to_string(),
             payload: (!payload.is_empty()).then(|| Arc::from(payload)),
         })),

@@ -94,19 +94,21 @@ pub fn worker_ok(py: Python<'_>, parts: &Bound<'_, PyList>) -> PyResult<()> {
 }
 
 /// Answers the current call with an error: its text and the pickled exception; `retry`
-/// false when it must not be retried (an exception `retry_exceptions` does not list).
+/// false when it must not be retried (an exception `retry_exceptions` does not list);
+/// `exit` when the actor asked to exit (`exit_actor()`: it is dead, not to be restarted).
 #[pyfunction]
-#[pyo3(signature = (message, payload, retry=true))]
-pub fn worker_err(py: Python<'_>, message: &str, payload: &[u8], retry: bool) -> PyResult<()> {
+#[pyo3(signature = (message, payload, retry=true, exit=false))]
+pub fn worker_err(py: Python<'_>, message: &str, payload: &[u8], retry: bool, exit: bool) -> PyResult<()> {
+    let flags = if exit { wire::ERR_EXIT } else { 0 } | if retry { 0 } else { wire::ERR_FINAL };
     let ring = ring()?;
     ring.flush_released().map_err(py_err)?;
     let limit = 64 << 10;
     let message = if message.len() > limit { &message[..message.floor_char_boundary(limit)] } else { message };
     let sent = py.detach(|| {
-        ring.with_link(|l| match l.send(&[&wire::err_header(message, retry), message.as_bytes(), payload]) {
+        ring.with_link(|l| match l.send(&[&wire::err_header(message, flags), message.as_bytes(), payload]) {
             // An exception too large to send whole goes as its text alone (the caller then
             // raises a RayTaskError with that text).
-            Err(RingError::TooLarge { .. }) => l.send(&[&wire::err_header(message, retry), message.as_bytes()]),
+            Err(RingError::TooLarge { .. }) => l.send(&[&wire::err_header(message, flags), message.as_bytes()]),
             other => other,
         })
     });

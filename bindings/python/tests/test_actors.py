@@ -430,3 +430,39 @@ def test_a_queued_actor_call_can_be_cancelled_and_a_running_one_finishes(ray_sta
     with pytest.raises(ray.exceptions.TaskCancelledError):
         ray.get(queued, timeout=60)
     assert ray.get(a.one.remote(), timeout=60) == 1
+
+
+def test_an_actor_ends_itself_with_exit_actor_or_ray_terminate_and_is_not_restarted(ray_start):
+    @ray.remote(max_restarts=3)
+    class Quitter:
+        def one(self):
+            return 1
+
+        def quit(self):
+            ray.actor.exit_actor()
+            return "not reached"
+
+    a = Quitter.remote()
+    assert ray.get(a.one.remote()) == 1
+    with pytest.raises(ActorDiedError, match="exit_actor"):
+        ray.get(a.quit.remote())
+    # An intended exit: dead for good, whatever max_restarts allows.
+    with pytest.raises(ActorDiedError):
+        ray.get(a.one.remote())
+    b = Quitter.options(name="terminated").remote()
+    first = b.one.remote()
+    b.__ray_terminate__.remote()  # after the calls before it
+    assert ray.get(first) == 1
+    with pytest.raises(ActorDiedError, match="__ray_terminate__"):
+        ray.get(b.one.remote())
+    # Its name is free again.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor("terminated")
+        except ValueError:
+            break
+        time.sleep(0.01)
+    assert ray.get(Quitter.options(name="terminated").remote().one.remote()) == 1
+    with pytest.raises(TypeError, match="non-actor"):
+        ray.actor.exit_actor()

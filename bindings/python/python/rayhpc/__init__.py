@@ -15,7 +15,7 @@ import pickle
 import sys
 import threading
 
-from . import _native, exceptions, kv
+from . import _native, actor, exceptions, kv
 from ._native import ObjectRef
 from ._serial import dumps, loads, size as _size
 from .exceptions import (
@@ -462,6 +462,9 @@ class ActorHandle:
         self._bound = {}
 
     def __getattr__(self, name):
+        if name == "__ray_terminate__":
+            # Ray's graceful end: queued like any call, it ends the actor when its turn comes.
+            return ActorMethod(self, name, (0, 0))
         if name.startswith("__") and name != "__call__":
             raise AttributeError(name)
         m = self._bound.get(name)

@@ -39,6 +39,12 @@ class _Interrupt:
             raise KeyboardInterrupt
 
 
+def _terminate():
+    # `handle.__ray_terminate__.remote()`: ends the actor once the calls before it ran.
+    from rayhpc.actor import ActorExit
+    raise ActorExit("__ray_terminate__ was called")
+
+
 # What this worker runs, for get_runtime_context(): the name of the call in progress, and
 # the actor it hosts (its class's key and the class), once constructed.
 RUNNING = {"name": None, "actor": None}
@@ -51,6 +57,7 @@ def main():
     import cloudpickle
     from rayhpc import _native
     from rayhpc._serial import dumps, dumps_items, loads, error_payload
+    from rayhpc.actor import ActorExit
 
     signal.signal(signal.SIGINT, _Interrupt.handler)
     _native.worker_attach()
@@ -80,7 +87,7 @@ def main():
                 name = f"{class_name}.{mname}"
                 if instance is None:
                     raise RuntimeError("this worker hosts no actor")
-                fn = getattr(instance, mname)
+                fn = _terminate if mname == "__ray_terminate__" else getattr(instance, mname)
                 body = body[1:]
             else:
                 fn, load_error = functions.get(key, (None, None))
@@ -113,6 +120,10 @@ def main():
                 RUNNING["actor"] = (key, type(instance))
             out = dumps(result) if returns == 1 else dumps_items(result, returns)
             result = None
+        except ActorExit as e:
+            # The actor ends itself: told as such (not a lost process: no restart).
+            _Interrupt.in_call = False
+            err = (f"the actor exited: {e}", b"", False, op == METHOD)
         except BaseException as e:  # noqa: BLE001 - every failure goes back to the caller
             _Interrupt.in_call = False
             # The traceback from the call's own frames on (this loop's frame left out).
