@@ -490,3 +490,50 @@ def test_an_idle_worker_holds_no_store_object(ray_start):
     while store() != 0 and time.time() < deadline:
         time.sleep(0.05)
     assert store() == 0
+
+
+def test_runtime_env_gives_env_vars_a_working_dir_and_modules_to_tasks_and_actors(ray_start, tmp_path):
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    (wd / "wd_module.py").write_text("VALUE = 'from the working dir'\n")
+    (wd / "data.txt").write_text("data\n")
+    pkg = tmp_path / "mods" / "env_pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("NAME = 'env_pkg'\n")
+
+    @ray.remote(runtime_env={"env_vars": {"RAYHPC_TEST_FOO": "bar"}})
+    def env():
+        return os.environ.get("RAYHPC_TEST_FOO"), os.environ.get("RAYHPC_TEST_JOB")
+
+    @ray.remote
+    def plain():
+        return os.environ.get("RAYHPC_TEST_FOO"), os.getcwd()
+
+    @ray.remote(runtime_env={"working_dir": str(wd), "py_modules": [str(pkg)]})
+    def files():
+        import env_pkg
+        import wd_module
+        return wd_module.VALUE, env_pkg.NAME, open("data.txt").read().strip()
+
+    @ray.remote(runtime_env={"env_vars": {"RAYHPC_TEST_ACTOR": "yes"}})
+    class Env:
+        def get(self):
+            return os.environ.get("RAYHPC_TEST_ACTOR")
+
+    assert ray.get(env.remote()) == ("bar", None)
+    assert ray.get(env.options(runtime_env={"env_vars": {"RAYHPC_TEST_FOO": "other"}}).remote())[0] == "other"
+    assert ray.get(files.remote()) == ("from the working dir", "env_pkg", "data")
+    # A task's environment ends with it: the next task in that worker has none of it.
+    for var, cwd in ray.get([plain.remote() for _ in range(8)]):
+        assert var is None and cwd != str(wd)
+    assert ray.get(Env.remote().get.remote()) == "yes"
+    # What a worker here cannot provide is refused, naming it.
+    with pytest.raises(ValueError, match="'pip' is not supported"):
+        env.options(runtime_env={"pip": ["requests"]})
+    with pytest.raises(ValueError, match="working_dir"):
+        env.options(runtime_env={"working_dir": str(tmp_path / "missing")})
+    # The job's runtime_env (init's) is every task's, under the task's own.
+    ray.shutdown()
+    ray.init(num_cpus=2, runtime_env={"env_vars": {"RAYHPC_TEST_JOB": "job", "RAYHPC_TEST_FOO": "job"}})
+    assert ray.get(env.remote()) == ("bar", "job")
+    assert ray.get(plain.remote())[0] == "job"

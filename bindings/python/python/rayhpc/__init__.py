@@ -84,6 +84,7 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None,
                 warnings.warn("rayhpc: this driver runs under `rayhpc launch`, whose nodes' resources it uses: "
                               "init()'s num_cpus, num_gpus, resources and object_store_memory are ignored "
                               "(give them to `rayhpc launch`)", stacklevel=2)
+            _set_job_env(runtime_env)
             _native.attach(_find_address(address))
             _epoch += 1
             if not _atexit_registered:
@@ -94,6 +95,7 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None,
             for k in ("CPU", "GPU"):
                 if k in resources:
                     raise ValueError(f"Use the '{k.lower()}s' argument of init, not resources['{k}']")
+        _set_job_env(runtime_env)
         _native.init(sys.executable, os.pathsep.join(p for p in sys.path if p),
                      num_cpus=None if num_cpus is None else float(num_cpus),
                      num_gpus=None if num_gpus is None else float(num_gpus),
@@ -157,13 +159,13 @@ def _arity(fn, skip=0):
     return (code.co_argcount - defaults - skip, code.co_argcount - skip)
 
 
-def _call_parts(args, kwargs, num_returns=1, retry_only=None):
+def _call_parts(args, kwargs, num_returns=1, extras=None):
     """The layout and pickled values of a call's arguments (ObjectRefs passed as they are).
     The layout is empty for positional arguments and one return, else the pickle of
-    (positional count, keyword names, number of returns[, the exception classes that may be
-    retried, pickled])."""
-    if retry_only is not None:
-        parts = [pickle.dumps((len(args), tuple(kwargs), num_returns, retry_only), protocol=5)]
+    (positional count, keyword names, number of returns[, extras]): `extras` is the
+    cloudpickle of what the call carries besides (see `_extras_of`)."""
+    if extras is not None:
+        parts = [pickle.dumps((len(args), tuple(kwargs), num_returns, extras), protocol=5)]
         values = list(args) + list(kwargs.values())
     elif kwargs or num_returns != 1:
         parts = [pickle.dumps((len(args), tuple(kwargs), num_returns), protocol=5)]
@@ -208,16 +210,72 @@ def _check_options(opts, allowed):
                         f"<class 'tuple'>), but received type {type(rx)}")
     if isinstance(rx, (list, tuple)) and not all(isinstance(c, type) and issubclass(c, Exception) for c in rx):
         raise ValueError("retry_exceptions must be either a boolean or a list of exceptions")
+    env = opts.get("runtime_env")
+    if env is not None:
+        _check_runtime_env(env)
 
 
-def _retry_only(opts):
-    """The pickle of the exception classes `retry_exceptions` lists (only those are retried),
-    or None when it is a boolean."""
+_RUNTIME_ENV_KEYS = ("env_vars", "working_dir", "py_modules")
+_job_env = None  # init()'s runtime_env: every task and actor of the job has it
+
+
+def _check_runtime_env(env):
+    """Refuses what a worker here cannot provide (pip, conda, containers...), naming it."""
+    if not isinstance(env, dict):
+        raise TypeError(f"runtime_env must be a dict, got {type(env).__name__}")
+    for k in env:
+        if k not in _RUNTIME_ENV_KEYS:
+            raise ValueError(f"runtime_env key {k!r} is not supported by rayhpc (it supports "
+                             f"{', '.join(_RUNTIME_ENV_KEYS)}): workers run in the driver's Python environment")
+    ev = env.get("env_vars") or {}
+    if not isinstance(ev, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in ev.items()):
+        raise TypeError("runtime_env['env_vars'] must be a dict of str to str")
+    wd = env.get("working_dir")
+    if wd is not None and not os.path.isdir(wd):
+        raise ValueError(f"runtime_env['working_dir'] must be a local directory (rayhpc's nodes share "
+                         f"the file system); {wd!r} is not one")
+    for m in env.get("py_modules") or []:
+        if not isinstance(m, str) or not os.path.exists(m):
+            raise ValueError(f"runtime_env['py_modules'] lists {m!r}, which is not a local path")
+
+
+def _set_job_env(env):
+    global _job_env
+    if env is not None:
+        _check_runtime_env(env)
+    _job_env = env or None
+
+
+def _env_of(env):
+    """`env` over the job's, in the form the worker applies: env vars (the job's, then the
+    call's), the working directory, and the directories py_modules are imported from."""
+    out = {}
+    for e in (_job_env, env):
+        if not e:
+            continue
+        if e.get("env_vars"):
+            out["env_vars"] = {**out.get("env_vars", {}), **e["env_vars"]}
+        if e.get("working_dir"):
+            out["working_dir"] = os.path.abspath(e["working_dir"])
+        if e.get("py_modules"):
+            out["py_modules"] = [os.path.dirname(os.path.abspath(m.rstrip("/"))) for m in e["py_modules"]]
+    return out
+
+
+def _extras_of(opts):
+    """The pickle of what a call carries besides its arguments, or None: the exception
+    classes `retry_exceptions` lists (only those are retried), and its runtime_env."""
+    x = {}
     rx = opts.get("retry_exceptions")
-    if not isinstance(rx, (list, tuple)):
+    if isinstance(rx, (list, tuple)):
+        x["retry_only"] = tuple(rx)
+    env = _env_of(opts.get("runtime_env"))
+    if env:
+        x["env"] = env
+    if not x:
         return None
     import cloudpickle
-    return cloudpickle.dumps(tuple(rx), protocol=5)
+    return cloudpickle.dumps(x, protocol=5)
 
 
 def _check_num_returns(n):
@@ -268,7 +326,7 @@ class RemoteFunction(_Remote):
         self._shared = {"epoch": None, "key": None, "blob": None}
         self._native_options = None
         self._native_epoch = None
-        self._retry_only = None
+        self._extras = None
         self._arity = _arity(fn)
         self._num_returns = self._options.get("num_returns", 1)
         self.__doc__ = fn.__doc__
@@ -308,7 +366,7 @@ class RemoteFunction(_Remote):
                 max_retries=o.get("max_retries"),
                 retry_exceptions=None if o.get("retry_exceptions") is None else bool(
                     o["retry_exceptions"] is True or isinstance(o["retry_exceptions"], (list, tuple))))
-            self._retry_only = _retry_only(o)
+            self._extras = _extras_of(o)
             self._native_epoch = _epoch
 
     def remote(self, *args, **kwargs):
@@ -318,8 +376,8 @@ class RemoteFunction(_Remote):
             # Ray checks the call against the signature at submit: a TypeError here.
             inspect.signature(self._function).bind(*args, **kwargs)
         n = self._num_returns
-        if self._retry_only is not None:
-            return _returns(_native.submit(self._shared["key"], _call_parts(args, kwargs, max(n, 1), self._retry_only),
+        if self._extras is not None:
+            return _returns(_native.submit(self._shared["key"], _call_parts(args, kwargs, max(n, 1), self._extras),
                                            self._native_options), n)
         if n == 0:
             return _returns(_native.submit(self._shared["key"], _call_parts(args, kwargs), self._native_options), 0)
@@ -383,7 +441,8 @@ class ActorClass(_Remote):
         for k in options:
             if k not in _ACTOR_OPTIONS:
                 raise ValueError(f"Invalid option keyword {k} for actors.")
-        _check_options({k: v for k, v in options.items() if k in ("num_cpus", "num_gpus", "resources")}, _TASK_OPTIONS)
+        _check_options({k: v for k, v in options.items() if k in ("num_cpus", "num_gpus", "resources", "runtime_env")},
+                       _TASK_OPTIONS)
         for k in ("max_restarts", "max_task_retries"):
             v = options.get(k)
             if v is not None and (not isinstance(v, int) or v < -1):
@@ -397,6 +456,7 @@ class ActorClass(_Remote):
         self._shared = {"epoch": None, "key": None, "blob": None}
         self._native_options = None
         self._native_epoch = None
+        self._extras = None
         self.__doc__ = cls.__doc__
         self.__name__ = cls.__name__
 
@@ -431,6 +491,7 @@ class ActorClass(_Remote):
                 max_restarts=o.get("max_restarts"),
                 max_task_retries=o.get("max_task_retries"),
                 actor_name=o.get("name"))
+            self._extras = _extras_of({"runtime_env": o.get("runtime_env")})
             self._native_epoch = _epoch
 
     def remote(self, *args, **kwargs):
@@ -447,7 +508,7 @@ class ActorClass(_Remote):
             sig.bind(None, *args, **kwargs)
         elif args or kwargs:
             raise TypeError(f"{self._name}() takes no arguments")
-        ref = _native.create_actor(self._shared["key"], _call_parts(args, kwargs), self._native_options)
+        ref = _native.create_actor(self._shared["key"], _call_parts(args, kwargs, 1, self._extras), self._native_options)
         return ActorHandle(ref, self._methods, self._name)
 
 
@@ -793,11 +854,16 @@ class RuntimeContext:
         return None
 
     def get_runtime_env_string(self):
-        return "{}"
+        import json
+        return json.dumps(self.runtime_env)
 
     @property
     def runtime_env(self):
-        return {}
+        # The call's (over the job's), as the worker applied it; the job's in a driver.
+        if _native.mode_name() == "worker":
+            from . import _worker
+            return dict(_worker.RUNNING["env"] or {})
+        return dict(_env_of(None))
 
     @property
     def was_current_actor_reconstructed(self):

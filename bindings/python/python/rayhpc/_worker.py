@@ -39,6 +39,48 @@ class _Interrupt:
             raise KeyboardInterrupt
 
 
+_EXTRAS = {}  # pickled extras of calls -> their value (a stream of calls shares a few)
+
+
+def _extras(blob, cloudpickle):
+    # What a call carries besides its arguments: retry_exceptions's classes, runtime_env.
+    got = _EXTRAS.get(blob)
+    if got is None:
+        got = cloudpickle.loads(blob)
+        if len(_EXTRAS) > 256:
+            _EXTRAS.clear()
+        _EXTRAS[blob] = got
+    return got
+
+
+def _apply_env(env, permanent):
+    """Applies a runtime_env (env_vars, working_dir, py_modules) to this process; returns
+    what undoes it after the call (None when `permanent`: an actor's, for its life)."""
+    saved_env = {k: os.environ.get(k) for k in env.get("env_vars", {})}
+    os.environ.update(env.get("env_vars", {}))
+    paths = list(env.get("py_modules", []))
+    cwd = None
+    if env.get("working_dir"):
+        cwd = os.getcwd()
+        os.chdir(env["working_dir"])
+        paths.insert(0, env["working_dir"])
+    saved_path = list(sys.path)
+    sys.path[:0] = paths
+    if permanent:
+        return None
+
+    def restore():
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        sys.path[:] = saved_path
+        if cwd is not None:
+            os.chdir(cwd)
+    return restore
+
+
 def _terminate():
     # `handle.__ray_terminate__.remote()`: ends the actor once the calls before it ran.
     from rayhpc.actor import ActorExit
@@ -47,7 +89,7 @@ def _terminate():
 
 # What this worker runs, for get_runtime_context(): the name of the call in progress, and
 # the actor it hosts (its class's key and the class), once constructed.
-RUNNING = {"name": None, "actor": None}
+RUNNING = {"name": None, "actor": None, "env": None}
 
 
 def main():
@@ -81,6 +123,7 @@ def main():
         name = "task"
         out = err = None
         retry_only = None  # retry_exceptions's classes, when it lists them
+        restore = None  # undoes a task's runtime_env after its call
         try:
             if op == METHOD:
                 mname = body[0].decode()
@@ -100,16 +143,26 @@ def main():
                     class_name = name
                     name = f"{class_name}.__init__"
             RUNNING["name"] = name
+            if op != METHOD:
+                RUNNING["env"] = None
             layout = body[0]
-            values = [loads(b) for b in body[1:]]
-            body = None
-            returns = 1
-            _Interrupt.enter()
+            npos, returns = None, 1
             if layout:
                 npos, names, returns, *rest = pickle.loads(layout)
-                if rest:
+                if rest and rest[0]:
+                    extras = _extras(rest[0], cloudpickle)
                     # retry_exceptions lists the classes to retry: another exception is final.
-                    retry_only = cloudpickle.loads(rest[0])
+                    retry_only = extras.get("retry_only")
+                    if op != METHOD:
+                        RUNNING["env"] = extras.get("env")
+                    if extras.get("env"):
+                        # Before the arguments are read: they may need its modules. An
+                        # actor keeps it for its life.
+                        restore = _apply_env(extras["env"], permanent=op == NEW)
+            values = [loads(b) for b in body[1:]]
+            body = None
+            _Interrupt.enter()
+            if npos is not None:
                 result = fn(*values[:npos], **dict(zip(names, values[npos:])))
             else:
                 result = fn(*values)
@@ -130,6 +183,8 @@ def main():
             tb = "".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next if e.__traceback__ else None))
             retry = retry_only is None or isinstance(e, retry_only)
             err = (f"{type(e).__name__}: {e}", error_payload(e, name, tb), retry)
+        if restore is not None:
+            restore()
         # Nothing of the call stays alive while this worker waits for the next one: its
         # arguments may pin objects of the store.
         fn = values = result = body = None
