@@ -537,3 +537,30 @@ def test_runtime_env_gives_env_vars_a_working_dir_and_modules_to_tasks_and_actor
     ray.init(num_cpus=2, runtime_env={"env_vars": {"RAYHPC_TEST_JOB": "job", "RAYHPC_TEST_FOO": "job"}})
     assert ray.get(env.remote()) == ("bar", "job")
     assert ray.get(plain.remote())[0] == "job"
+
+
+def test_the_exceptions_of_ray_are_all_there_in_rays_hierarchy():
+    # Programs name them in `except` clauses: each must exist, under the same bases as Ray's.
+    e = exceptions
+    hierarchy = {
+        "ObjectLostError": ["ObjectFetchTimedOutError", "ReferenceCountingAssertionError", "ObjectFreedError",
+                            "OwnerDiedError", "ObjectReconstructionFailedError"],
+        "RayActorError": ["ActorDiedError", "ActorUnavailableError"],
+        "ValueError": ["ActorAlreadyExistsError", "ActorHandleNotFoundError"],
+        "TimeoutError": ["GetTimeoutError"],
+        "RayError": ["CrossLanguageError", "TaskCancelledError", "RayTaskError", "LocalRayletDiedError",
+                     "WorkerCrashedError", "RaySystemError", "AuthenticationError", "UserCodeException",
+                     "ObjectStoreFullError", "OutOfDiskError", "OutOfMemoryError", "NodeDiedError", "RpcError",
+                     "PlasmaObjectNotAvailable", "AsyncioActorExit", "RuntimeEnvSetupError",
+                     "TaskPlacementGroupRemoved", "ActorPlacementGroupRemoved", "PendingCallsLimitExceeded",
+                     "TaskUnschedulableError", "ActorUnschedulableError", "ObjectRefStreamEndOfStreamError",
+                     "UnserializableException"],
+    }
+    bases = {"ObjectLostError": e.ObjectLostError, "RayActorError": e.RayActorError, "ValueError": ValueError,
+             "TimeoutError": TimeoutError, "RayError": e.RayError}
+    for base, names in hierarchy.items():
+        b = bases[base]
+        for n in names:
+            assert issubclass(getattr(e, n), b), f"{n} is not a {base}"
+            assert issubclass(getattr(e, n), e.RayError), f"{n} is not a RayError"
+    assert ray.exceptions is exceptions

@@ -121,3 +121,98 @@ class GetTimeoutError(RayError, TimeoutError):
 
 class OutOfMemoryError(RayError):
     """The node ran out of memory."""
+
+
+# The rest of Ray's hierarchy, so that programs naming them (in `except` clauses, say) run
+# unchanged; the runtime raises those above.
+
+class CrossLanguageError(RayError):
+    """An error from a task of another language."""
+
+
+class LocalRayletDiedError(RayError):
+    """The node runtime of this process died."""
+
+
+class AuthenticationError(RayError):
+    """A connection failed to authenticate."""
+
+
+class UserCodeException(RayError):
+    """An error of the user's code."""
+
+
+class OutOfDiskError(RayError):
+    """The disk that objects spill to is full."""
+
+
+class NodeDiedError(RayError):
+    """A node of the cluster died."""
+
+
+class ObjectFetchTimedOutError(ObjectLostError):
+    """An object could not be fetched in time."""
+
+
+class RpcError(RayError):
+    """A call between processes of the runtime failed."""
+
+
+class ReferenceCountingAssertionError(ObjectLostError, AssertionError):
+    """An object was freed while a reference to it remained."""
+
+
+class ObjectFreedError(ObjectLostError):
+    """The object was freed (`_free`)."""
+
+
+class OwnerDiedError(ObjectLostError):
+    """The process that owned the object died."""
+
+
+class ObjectReconstructionFailedError(ObjectLostError):
+    """The object was lost and could not be rebuilt."""
+
+
+class PlasmaObjectNotAvailable(RayError):
+    """The object is not in the store."""
+
+
+class AsyncioActorExit(RayError):
+    """An async actor exits."""
+
+
+class RuntimeEnvSetupError(RayError):
+    """A runtime_env could not be set up."""
+
+
+class TaskPlacementGroupRemoved(RayError):
+    """The task's placement group was removed."""
+
+
+class ActorPlacementGroupRemoved(RayError):
+    """The actor's placement group was removed."""
+
+
+class PendingCallsLimitExceeded(RayError):
+    """An actor has more calls pending than its max_pending_calls."""
+
+
+class TaskUnschedulableError(RayError):
+    """The task cannot be scheduled."""
+
+
+class ActorUnschedulableError(RayError):
+    """The actor cannot be scheduled."""
+
+
+class ObjectRefStreamEndOfStreamError(RayError):
+    """A generator has no more items."""
+
+
+class UnserializableException(RayError):
+    """A task's exception could not be serialized."""
+
+
+class ActorHandleNotFoundError(ValueError, RayError):
+    """An actor handle is not found."""
