@@ -224,6 +224,22 @@ impl Actors {
         name
     }
 
+    /// Ends the process of actor `actor` of this node without killing the actor (Ray's
+    /// `kill(no_restart=False)`): a call running now fails as its process was lost, and the
+    /// actor restarts (before its next call) while `max_restarts` allows. False when the
+    /// actor has no process here (a native actor, or none of this node).
+    pub(crate) fn end_process(&self, actor: ActorId) -> bool {
+        let Some(control) = lock(&self.actors).get(&actor).map(|e| e.control.clone()) else { return false };
+        let ch = lock(&control.ch).clone();
+        match ch {
+            Some(ch) => {
+                ch.close();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Lets go of every actor (at shutdown).
     pub fn clear(&self) {
         let actors = std::mem::take(&mut *lock(&self.actors));

@@ -665,7 +665,10 @@ pub trait Api: Send + Sync {
     fn call_actor(&self, actor: &ActorRef, method: &str, args: Vec<Arg>) -> Result<Ref>;
 
     /// Kills `actor`: a call running now ends, later ones fail with [`ErrorKind::ActorDied`].
-    fn kill(&self, actor: &ActorRef) -> Result<()>;
+    /// With `no_restart` false (Ray's `kill(no_restart=False)`), only its process ends: the
+    /// actor restarts while its `max_restarts` allows (a native actor, which has no process
+    /// of its own, is killed).
+    fn kill(&self, actor: &ActorRef, no_restart: bool) -> Result<()>;
 
     /// The live actor named `name`, anywhere in the cluster.
     fn get_actor(&self, name: &str) -> Result<ActorRef>;

@@ -616,8 +616,8 @@ impl Api for RingClient {
         Ok(Ref::remote(id, true, &self.released))
     }
 
-    fn kill(&self, actor: &ActorRef) -> Result<()> {
-        Self::done(self.request(Call::Kill { actor: actor.id() })?)
+    fn kill(&self, actor: &ActorRef, no_restart: bool) -> Result<()> {
+        Self::done(self.request(Call::Kill { actor: actor.id(), no_restart })?)
     }
 
     fn get_actor(&self, name: &str) -> Result<ActorRef> {

@@ -214,8 +214,8 @@ fn serve_call(svc: &Service, s: &mut Session, ch: &Channel, call: Call, posted: 
             let refs = refs_of(svc, s, &ids)?;
             Reply::Ready(svc.wait_indices_until(&refs, num_returns, timeout_secs(timeout)?, Some(&stop))?)
         }
-        Call::Kill { actor } => {
-            svc.kill(&actor_of(svc, s, actor)?)?;
+        Call::Kill { actor, no_restart } => {
+            svc.kill(&actor_of(svc, s, actor)?, no_restart)?;
             Reply::Done
         }
         Call::GetActor { name } => {

@@ -140,6 +140,7 @@ pub enum Call {
     },
     Kill {
         actor: ActorId,
+        no_restart: bool,
     },
     /// Reply: `Actor`.
     GetActor {

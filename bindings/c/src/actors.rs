@@ -225,7 +225,7 @@ pub unsafe extern "C" fn rayhpc_actor_call(
 /// it still).
 #[no_mangle]
 pub extern "C" fn rayhpc_actor_kill(actor: rayhpc_actor) -> rayhpc_status {
-    run(|| api()?.kill(&actor_of(actor)?).map_err(failed))
+    run(|| api()?.kill(&actor_of(actor)?, true).map_err(failed))
 }
 
 /// Releases an actor handle; the actor ends (destructor run) once no handle and no queued

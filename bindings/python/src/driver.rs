@@ -398,10 +398,11 @@ pub fn items(py: Python<'_>, r: &Bound<'_, PyObjectRef>, n: u32) -> PyResult<Vec
 
 /// Kills an actor: its process stops now, later calls raise RayActorError.
 #[pyfunction]
-pub fn kill(py: Python<'_>, actor: &Bound<'_, PyActorRef>) -> PyResult<()> {
+#[pyo3(signature = (actor, no_restart=true))]
+pub fn kill(py: Python<'_>, actor: &Bound<'_, PyActorRef>, no_restart: bool) -> PyResult<()> {
     let api = api()?;
     let a = &actor.get().a;
-    py.detach(|| api.kill(a)).map_err(py_err)
+    py.detach(|| api.kill(a, no_restart)).map_err(py_err)
 }
 
 /// The live actor named `name`.

@@ -466,3 +466,17 @@ def test_an_actor_ends_itself_with_exit_actor_or_ray_terminate_and_is_not_restar
     assert ray.get(Quitter.options(name="terminated").remote().one.remote()) == 1
     with pytest.raises(TypeError, match="non-actor"):
         ray.actor.exit_actor()
+
+
+def test_kill_without_no_restart_restarts_the_actor_within_max_restarts(ray_start):
+    c = Counter.options(max_restarts=1).remote(10)
+    pid = ray.get(c.pid.remote())
+    assert ray.get(c.increment.remote()) == 11
+    ray.kill(c, no_restart=False)
+    # A fresh process and state; the call after the kill is not lost.
+    assert ray.get(c.increment.remote(), timeout=60) == 11
+    assert ray.get(c.pid.remote()) != pid
+    # No restart left: this time it is dead.
+    ray.kill(c, no_restart=False)
+    with pytest.raises(ActorDiedError):
+        ray.get(c.increment.remote(), timeout=60)

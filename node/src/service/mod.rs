@@ -457,7 +457,16 @@ impl Api for Service {
         Ok(Ref::local(r, true))
     }
 
-    fn kill(&self, actor: &ActorRef) -> Result<()> {
+    fn kill(&self, actor: &ActorRef, no_restart: bool) -> Result<()> {
+        if !no_restart && self.actors.end_process(actor.id()) {
+            return Ok(());
+        }
+        if !no_restart && self.actors.key_of(actor.id()).is_none() && self.router().is_some() {
+            return Err(Failure::new(
+                ErrorKind::Value,
+                "kill(no_restart=False) of an actor on another node is not supported yet: use no_restart=True",
+            ));
+        }
         if !self.router().is_some_and(|r| r.kill_actor(actor.id())) {
             self.kill_local(actor.id(), true);
         }

@@ -9,6 +9,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
+use rayhpc::objstore::ring::RingError;
 use rayhpc::objstore::Object;
 use rayhpc::raw::{stored_inputs, RawActor, RawFailure, RawOutput};
 use rayhpc::FailureKind;
@@ -128,6 +129,26 @@ impl PyActor {
         }
     }
 
+    /// Starts the actor again after its process was lost (`msg` says how), while
+    /// `max_restarts` allows; else (or when killed, or at shutdown) it is dead.
+    fn restart(&mut self, msg: &str) -> Result<(), RawFailure> {
+        let s = self.service()?;
+        if self.control.killed.load(Ordering::SeqCst) {
+            return Err(failure(FailureKind::ActorDied, "it was killed by kill()"));
+        }
+        if s.workers().closed() {
+            return Err(failure(FailureKind::ActorDied, "the runtime shut down"));
+        }
+        if self.restarts_left == 0 {
+            return Err(failure(FailureKind::ActorDied, msg));
+        }
+        if self.restarts_left > 0 {
+            self.restarts_left -= 1;
+        }
+        self.control.restarts.fetch_add(1, Ordering::Relaxed);
+        self.construct().map_err(|f| failure(FailureKind::ActorDied, format!("{msg}; its restart failed: {}", f.message)))
+    }
+
     fn call_once(&mut self, method: &str, inputs: &[&[u8]]) -> Result<RawOutput, RawFailure> {
         let markers = by_key(&stored_inputs(), inputs);
         let mut parts: Vec<&[u8]> = Vec::with_capacity(inputs.len() + 1);
@@ -141,28 +162,21 @@ impl PyActor {
             let Some(w) = self.worker.as_mut() else {
                 return Err(failure(FailureKind::ActorDied, "its process is gone"));
             };
+            if w.ch.closed() && !self.control.killed.load(Ordering::SeqCst) {
+                // Its process was ended between calls (`kill(no_restart=False)`): restarted
+                // first, and this call runs on the new one (it was never sent).
+                let w = self.worker.take().expect("checked above");
+                let msg = workers.lost(w, &RingError::Closed, "this actor");
+                self.restart(&msg)?;
+                continue;
+            }
             let e = match workers.exchange(&*s, w, &header, &parts, "the call's pickled arguments") {
                 Ok(r) => return r,
                 Err(e) => e,
             };
             let w = self.worker.take().expect("taken above");
             let msg = workers.lost(w, &e, "this actor");
-            if self.control.killed.load(Ordering::SeqCst) {
-                return Err(failure(FailureKind::ActorDied, "it was killed by kill()"));
-            }
-            if workers.closed() {
-                return Err(failure(FailureKind::ActorDied, "the runtime shut down"));
-            }
-            if self.restarts_left == 0 {
-                return Err(failure(FailureKind::ActorDied, msg));
-            }
-            if self.restarts_left > 0 {
-                self.restarts_left -= 1;
-            }
-            self.control.restarts.fetch_add(1, Ordering::Relaxed);
-            if let Err(f) = self.construct() {
-                return Err(failure(FailureKind::ActorDied, format!("{msg}; its restart failed: {}", f.message)));
-            }
+            self.restart(&msg)?;
             if retries_left == 0 {
                 return Err(failure(FailureKind::WorkerDied, format!("{msg} (the actor was restarted)")));
             }

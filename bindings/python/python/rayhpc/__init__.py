@@ -603,10 +603,12 @@ class ActorMethod:
 
 
 def kill(actor, *, no_restart=True):
-    """Kills an actor now: a call it is running fails, later calls raise RayActorError."""
+    """Kills an actor now: a call it is running fails, later calls raise RayActorError. With
+    `no_restart=False` only its process is ended: the actor restarts (fresh state) while its
+    max_restarts allows, and later calls go to the new process."""
     if not isinstance(actor, ActorHandle):
         raise ValueError(f"ray.kill() only supported for actors. For tasks, try ray.cancel(). Got: {actor}.")
-    _native.kill(actor._ref)
+    _native.kill(actor._ref, bool(no_restart))
 
 
 def cancel(object_ref, *, force=False, recursive=True):
