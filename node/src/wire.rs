@@ -376,6 +376,20 @@ pub fn ok_header() -> [u8; 8] {
     [OK, 0, 0, 0, 0, 0, 0, 0]
 }
 
+/// An answer's flag (byte 1, of an OK or an error answer): the worker has run its function
+/// `max_calls` times and is to be retired, not reused.
+pub const RETIRE: u8 = 4;
+
+/// An OK answer's header with `flags` ([`RETIRE`]).
+pub fn ok_header_with(flags: u8) -> [u8; 8] {
+    [OK, flags, 0, 0, 0, 0, 0, 0]
+}
+
+/// Whether an answer (OK or error) asks for its worker to be retired.
+pub fn asks_retire(m: &[u8]) -> bool {
+    matches!(m.first(), Some(&OK) | Some(&ERR)) && m.get(1).is_some_and(|f| f & RETIRE != 0)
+}
+
 /// An error answer's flag (byte 1): the error must not be retried, whatever
 /// `retry_exceptions` allows.
 pub const ERR_FINAL: u8 = 1;

@@ -110,13 +110,15 @@ pub(crate) struct Worker {
     defined: HashSet<Key>,
     /// The refs and actors it holds, and what it sealed for its running call.
     pub(crate) session: Session,
+    /// Its last answer asked to be its last (`max_calls`): retired, not reused.
+    retire: bool,
 }
 
 impl Worker {
     /// A peer on channel `ch` (the creator's ends).
     pub(crate) fn new(child: Peer, ch: Arc<Channel>) -> Worker {
         let (tx, rx) = ch.creator_ends();
-        Worker { child, ch, tx, rx, defined: HashSet::new(), session: Session::default() }
+        Worker { child, ch, tx, rx, defined: HashSet::new(), session: Session::default(), retire: false }
     }
 }
 
@@ -299,7 +301,7 @@ impl Workers {
         }
         match out {
             Ok(r) => {
-                if !self.closed() {
+                if !self.closed() && !w.retire {
                     lock(&self.idle).push(w);
                 } else {
                     self.retire(w);
@@ -408,7 +410,7 @@ pub(crate) fn reply(server: &dyn Requests, w: &mut Worker, body: &[u8]) -> Resul
 /// The peer's next message: spins a moment, then (with `rt`, on an executor) waits holding
 /// the job's resources while another thread runs the executor's other work.
 pub(crate) fn answer(rt: Option<&Runtime>, w: &mut Worker) -> Result<Answer, RingError> {
-    let Worker { child, rx, session, .. } = w;
+    let Worker { child, rx, session, retire, .. } = w;
     let mut alive = alive_fn(child);
     let m = match rx.recv(Some(Instant::now() + SPIN), &mut alive).map(|m| m.to_vec()) {
         Err(RingError::Timeout) => match rt {
@@ -417,6 +419,7 @@ pub(crate) fn answer(rt: Option<&Runtime>, w: &mut Worker) -> Result<Answer, Rin
         },
         other => other?,
     };
+    *retire |= wire::asks_retire(&m);
     Ok(match wire::parse_response(&m) {
         Ok(Response::Ok(bytes)) => match wire::parse_key_marker(bytes) {
             // A result the worker sealed into the store (adopted just before).

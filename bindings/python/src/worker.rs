@@ -72,23 +72,26 @@ fn send(py: Python<'_>, ring: &RingClient, parts: &[&[u8]]) -> PyResult<()> {
 }
 
 /// Answers the current call with its pickled result, given as parts (see `_serial.dumps`):
-/// through the ring when small, else sealed into the store and handed over by key.
+/// through the ring when small, else sealed into the store and handed over by key. `retire`:
+/// this worker has run its function `max_calls` times, and is not to be reused.
 #[pyfunction]
-pub fn worker_ok(py: Python<'_>, parts: &Bound<'_, PyList>) -> PyResult<()> {
+#[pyo3(signature = (parts, retire=false))]
+pub fn worker_ok(py: Python<'_>, parts: &Bound<'_, PyList>, retire: bool) -> PyResult<()> {
+    let header = wire::ok_header_with(if retire { wire::RETIRE } else { 0 });
     let ring = ring()?;
     ring.flush_released().map_err(py_err)?;
     let total = parts::total_len(parts)?;
     if total <= RING_VALUE_MAX {
         let mut bytes = vec![0u8; total];
         parts::copy_parts(py, parts, &mut bytes)?;
-        return send(py, &ring, &[&wire::ok_header(), &bytes]);
+        return send(py, &ring, &[&header, &bytes]);
     }
     let key = parts::fill_with(py, parts, |fill| ring.store_new(total, fill))?.map_err(py_err)?;
     let adopted = py.detach(|| ring.request(Call::Adopt { key, as_ref: false }));
     // The runtime holds its own reference now (or refused): this one goes either way.
     let _ = ring.store().map_err(py_err)?.release(key);
     match adopted.map_err(py_err)? {
-        Reply::Done => send(py, &ring, &[&wire::ok_header(), &wire::key_marker(key, total as u64)]),
+        Reply::Done => send(py, &ring, &[&header, &wire::key_marker(key, total as u64)]),
         other => Err(PyRuntimeError::new_err(format!("unexpected reply {other:?}"))),
     }
 }
@@ -97,9 +100,9 @@ pub fn worker_ok(py: Python<'_>, parts: &Bound<'_, PyList>) -> PyResult<()> {
 /// false when it must not be retried (an exception `retry_exceptions` does not list);
 /// `exit` when the actor asked to exit (`exit_actor()`: it is dead, not to be restarted).
 #[pyfunction]
-#[pyo3(signature = (message, payload, retry=true, exit=false))]
-pub fn worker_err(py: Python<'_>, message: &str, payload: &[u8], retry: bool, exit: bool) -> PyResult<()> {
-    let flags = if exit { wire::ERR_EXIT } else { 0 } | if retry { 0 } else { wire::ERR_FINAL };
+#[pyo3(signature = (message, payload, retry=true, exit=false, retire=false))]
+pub fn worker_err(py: Python<'_>, message: &str, payload: &[u8], retry: bool, exit: bool, retire: bool) -> PyResult<()> {
+    let flags = if exit { wire::ERR_EXIT } else { 0 } | if retry { 0 } else { wire::ERR_FINAL } | if retire { wire::RETIRE } else { 0 };
     let ring = ring()?;
     ring.flush_released().map_err(py_err)?;
     let limit = 64 << 10;

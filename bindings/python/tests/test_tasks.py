@@ -564,3 +564,22 @@ def test_the_exceptions_of_ray_are_all_there_in_rays_hierarchy():
             assert issubclass(getattr(e, n), b), f"{n} is not a {base}"
             assert issubclass(getattr(e, n), e.RayError), f"{n} is not a RayError"
     assert ray.exceptions is exceptions
+
+
+def test_max_calls_retires_a_worker_after_that_many_calls_of_the_function(ray_start):
+    @ray.remote(max_calls=2)
+    def pid(fail=False):
+        if fail:
+            raise ValueError("counted too")
+        return os.getpid()
+
+    # One call at a time: each worker process runs the function twice, then a new one comes.
+    pids = [ray.get(pid.remote()) for _ in range(6)]
+    assert [pids.count(p) for p in pids] == [2] * 6 and len(set(pids)) == 3, pids
+    # A failed call counts as a call.
+    first = ray.get(pid.remote())
+    with pytest.raises(ValueError):
+        ray.get(pid.remote(True))
+    assert ray.get(pid.remote()) != first
+    with pytest.raises(ValueError, match="max_calls"):
+        pid.options(max_calls=-1)

@@ -213,6 +213,9 @@ def _check_options(opts, allowed):
     env = opts.get("runtime_env")
     if env is not None:
         _check_runtime_env(env)
+    mc = opts.get("max_calls")
+    if mc is not None and (type(mc) is not int or mc < 0):
+        raise ValueError(f"The keyword 'max_calls' only accepts None, 0 or a positive integer, got {mc!r}")
 
 
 _RUNTIME_ENV_KEYS = ("env_vars", "working_dir", "py_modules")
@@ -272,6 +275,8 @@ def _extras_of(opts):
     env = _env_of(opts.get("runtime_env"))
     if env:
         x["env"] = env
+    if opts.get("max_calls"):
+        x["max_calls"] = int(opts["max_calls"])
     if not x:
         return None
     import cloudpickle

@@ -104,6 +104,7 @@ def main():
     signal.signal(signal.SIGINT, _Interrupt.handler)
     _native.worker_attach()
     functions = {}
+    calls = {}  # calls run per function, for max_calls
     instance = None  # the actor this worker hosts, once constructed
     class_name = "Actor"
     DEFINE, CALL, NEW, METHOD = 1, 2, 3, 4
@@ -124,6 +125,7 @@ def main():
         out = err = None
         retry_only = None  # retry_exceptions's classes, when it lists them
         restore = None  # undoes a task's runtime_env after its call
+        retire = False  # the function's max_calls reached: this worker's last call
         try:
             if op == METHOD:
                 mname = body[0].decode()
@@ -153,6 +155,9 @@ def main():
                     extras = _extras(rest[0], cloudpickle)
                     # retry_exceptions lists the classes to retry: another exception is final.
                     retry_only = extras.get("retry_only")
+                    if extras.get("max_calls") and op == CALL:
+                        calls[key] = calls.get(key, 0) + 1
+                        retire = calls[key] >= extras["max_calls"]
                     if op != METHOD:
                         RUNNING["env"] = extras.get("env")
                     if extras.get("env"):
@@ -182,7 +187,7 @@ def main():
             # The traceback from the call's own frames on (this loop's frame left out).
             tb = "".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next if e.__traceback__ else None))
             retry = retry_only is None or isinstance(e, retry_only)
-            err = (f"{type(e).__name__}: {e}", error_payload(e, name, tb), retry)
+            err = (f"{type(e).__name__}: {e}", error_payload(e, name, tb), retry, False, retire)
         if restore is not None:
             restore()
         # Nothing of the call stays alive while this worker waits for the next one: its
@@ -191,7 +196,7 @@ def main():
         try:
             if err is None:
                 try:
-                    _native.worker_ok(out)
+                    _native.worker_ok(out, retire)
                 except ConnectionError:
                     raise
                 except Exception as e:  # noqa: BLE001 - a result the store refused: the call's error
