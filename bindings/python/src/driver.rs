@@ -85,6 +85,16 @@ pub struct PyObjectRef {
 
 #[pymethods]
 impl PyObjectRef {
+    /// A `concurrent.futures.Future` of the object's value (`rayhpc._aio`).
+    fn future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        slf.py().import("rayhpc._aio")?.getattr("future")?.call1((slf,))
+    }
+
+    /// `await ref`: the object's value, on the running event loop.
+    fn __await__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        slf.py().import("rayhpc._aio")?.getattr("await_ref")?.call1((slf,))
+    }
+
     /// The object's id as hex.
     fn hex(&self) -> String {
         format!("{:032x}", self.r.id().0)

@@ -172,3 +172,31 @@ def test_refs_inside_values_travel_as_refs(ray_start):
     outer = ray.put([refs[0]])
     assert ray.get(ray.get(outer)[0]) == 0
     assert ray.get(total.remote({"refs": inner[:3]})) == 3
+
+
+def test_refs_are_awaitable_and_have_futures(ray_start):
+    import asyncio
+
+    @ray.remote
+    def double(x):
+        return 2 * x
+
+    @ray.remote
+    def bad():
+        raise KeyError("inside")
+
+    async def main():
+        one = await double.remote(21)
+        many = await asyncio.gather(*[double.remote(i) for i in range(200)])
+        with pytest.raises(KeyError):
+            await bad.remote()
+        # A ref awaited twice, and one already got.
+        r = double.remote(5)
+        ray.get(r)
+        return one, many, await r, await r
+
+    one, many, again, twice = asyncio.run(main())
+    assert (one, again, twice) == (42, 10, 10) and many == [2 * i for i in range(200)]
+    assert double.remote(4).future().result(timeout=60) == 8
+    with pytest.raises(KeyError):
+        bad.remote().future().result(timeout=60)
