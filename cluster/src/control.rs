@@ -117,6 +117,8 @@ pub enum Request {
         /// The name.
         name: String,
     },
+    /// The names of the live named actors.
+    ActorNames,
     /// Stops the cluster: every node is told to stop.
     Shutdown,
 }
@@ -142,6 +144,8 @@ pub enum Response {
     Value(Option<Vec<u8>>),
     /// A named actor: its id and class key.
     Actor(Option<(ActorId, Key)>),
+    /// Names, sorted.
+    Names(Vec<String>),
     /// The KV store's answer.
     Kv(KvAnswer),
     /// Done.
@@ -298,6 +302,12 @@ impl Head {
                 let alive = |n: u32| self.nodes.iter().any(|(i, _)| i.rank == n && i.alive);
                 Response::Actor(self.actors.get(&name).filter(|(n, _, _)| alive(*n)).map(|(_, a, k)| (*a, *k)))
             }
+            Request::ActorNames => {
+                let alive = |n: u32| self.nodes.iter().any(|(i, _)| i.rank == n && i.alive);
+                let mut names: Vec<String> = self.actors.iter().filter(|(_, (n, _, _))| alive(*n)).map(|(k, _)| k.clone()).collect();
+                names.sort_unstable();
+                Response::Names(names)
+            }
             Request::Shutdown => {
                 self.stopping = true;
                 Response::Ok
@@ -377,6 +387,7 @@ mod tests {
             Response::Error(_)
         ));
         assert_eq!(h.handle(Request::ActorLookup { name: "c".into() }, now), Response::Actor(Some((ActorId(5), [2; 16]))));
+        assert_eq!(h.handle(Request::ActorNames, now), Response::Names(vec!["c".into()]));
         h.handle(Request::ActorForget { name: "c".into(), actor: ActorId(5) }, now);
         assert_eq!(h.handle(Request::ActorLookup { name: "c".into() }, now), Response::Actor(None));
         h.handle(Request::Shutdown, now);

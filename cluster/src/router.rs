@@ -77,6 +77,14 @@ impl Router for RouterOf {
         }
     }
 
+    fn actor_names(&self) -> Vec<String> {
+        let Some(inner) = self.0.upgrade() else { return Vec::new() };
+        match inner.control(Request::ActorNames) {
+            Ok(Response::Names(names)) => names,
+            _ => Vec::new(),
+        }
+    }
+
     fn forget_actor(&self, name: &str, actor: ActorId) {
         if let Some(inner) = self.0.upgrade() {
             let _ = inner.control(Request::ActorForget { name: name.to_string(), actor });

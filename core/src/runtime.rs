@@ -430,6 +430,14 @@ impl Runtime {
         self.inner.forget_actor(c);
     }
 
+    /// The names of this runtime's live named actors, sorted.
+    pub fn actor_names(&self) -> Vec<String> {
+        let actors = self.inner.actors.lock().unwrap_or_else(|e| e.into_inner());
+        let mut names: Vec<String> = actors.iter().filter(|(_, c)| c.dead.get().is_none()).map(|(n, _)| n.clone()).collect();
+        names.sort_unstable();
+        names
+    }
+
     /// The live actor registered under `name`, if it has state type `A`.
     ///
     /// # Errors

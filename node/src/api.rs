@@ -670,6 +670,9 @@ pub trait Api: Send + Sync {
     /// of its own, is killed).
     fn kill(&self, actor: &ActorRef, no_restart: bool) -> Result<()>;
 
+    /// The names of the live named actors, anywhere in the cluster, sorted.
+    fn actor_names(&self) -> Result<Vec<String>>;
+
     /// The live actor named `name`, anywhere in the cluster.
     fn get_actor(&self, name: &str) -> Result<ActorRef>;
 

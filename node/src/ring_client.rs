@@ -620,6 +620,13 @@ impl Api for RingClient {
         Self::done(self.request(Call::Kill { actor: actor.id(), no_restart })?)
     }
 
+    fn actor_names(&self) -> Result<Vec<String>> {
+        match self.request(Call::ActorNames)? {
+            Reply::Names(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+
     fn get_actor(&self, name: &str) -> Result<ActorRef> {
         let reply = self.request(Call::GetActor { name: name.to_string() })?;
         self.actor_of(reply)

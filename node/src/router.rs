@@ -64,6 +64,9 @@ pub trait Router: Send + Sync {
     /// The actor named `name` anywhere in the cluster: its id and class key.
     fn lookup_actor(&self, name: &str) -> Option<(ActorId, Key)>;
 
+    /// The names of the live named actors of the cluster, sorted.
+    fn actor_names(&self) -> Vec<String>;
+
     /// Frees `name` cluster-wide (its actor `actor` was killed or died). Waits for the head
     /// (a round trip from a member): not for threads that must not block.
     fn forget_actor(&self, name: &str, actor: ActorId);

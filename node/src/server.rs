@@ -271,6 +271,7 @@ fn serve_call(svc: &Service, s: &mut Session, ch: &Channel, call: Call, posted: 
         Call::Sync => Reply::Done,
         // Served on the thread that runs the worker's call (it waits for its answer).
         Call::Context => Reply::Context(svc.context()?),
+        Call::ActorNames => Reply::Names(svc.actor_names()?),
         Call::Join { .. } => return Err(Failure::new(ErrorKind::Value, "a link joins with a request of its own, first")),
     })
 }

@@ -198,6 +198,8 @@ pub enum Call {
     Sync,
     /// What the call the asking worker runs is. Reply: `Context`.
     Context,
+    /// The names of the live named actors. Reply: `Names`.
+    ActorNames,
 }
 
 /// A call's options: sent whole the first time, then named by their number (the node keeps
@@ -267,6 +269,7 @@ pub enum Reply {
     Nodes(Vec<NodeInfo>),
     Kv(crate::kv::KvAnswer),
     Context(crate::api::CallContext),
+    Names(Vec<String>),
     /// The request failed as a whole.
     Failed(Failure),
 }

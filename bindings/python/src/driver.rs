@@ -538,6 +538,13 @@ pub fn nodes(py: Python<'_>) -> PyResult<Vec<(u32, bool, String, String, HashMap
     Ok(list.into_iter().map(|n| (n.rank, n.alive, n.address, n.host, n.resources.into_iter().collect())).collect())
 }
 
+/// The names of the live named actors of the cluster, sorted (`util.list_named_actors`).
+#[pyfunction]
+pub fn actor_names(py: Python<'_>) -> PyResult<Vec<String>> {
+    let api = api()?;
+    py.detach(|| api.actor_names()).map_err(py_err)
+}
+
 /// What the call this process runs is (`get_runtime_context()`): its task's id and its
 /// actor's (hex, or None), the actor's name, and the resources the call holds, and whether
 /// the actor was restarted.

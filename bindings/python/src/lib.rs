@@ -21,6 +21,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(worker::stored, m)?)?;
     m.add_function(wrap_pyfunction!(driver::init, m)?)?;
     m.add_function(wrap_pyfunction!(driver::context, m)?)?;
+    m.add_function(wrap_pyfunction!(driver::actor_names, m)?)?;
     m.add_function(wrap_pyfunction!(driver::shutdown, m)?)?;
     m.add_function(wrap_pyfunction!(driver::is_initialized, m)?)?;
     m.add_function(wrap_pyfunction!(driver::register_function, m)?)?;

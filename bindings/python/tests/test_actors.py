@@ -480,3 +480,25 @@ def test_kill_without_no_restart_restarts_the_actor_within_max_restarts(ray_star
     ray.kill(c, no_restart=False)
     with pytest.raises(ActorDiedError):
         ray.get(c.increment.remote(), timeout=60)
+
+
+def test_list_named_actors_names_the_live_named_actors(ray_start):
+    a = Counter.options(name="listed-a").remote()
+    b = Counter.options(name="listed-b").remote()
+    Counter.remote()  # unnamed: not listed
+    ray.get([a.get_value.remote(), b.get_value.remote()])
+    assert ray.util.list_named_actors() == ["listed-a", "listed-b"]
+    assert ray.util.list_named_actors(all_namespaces=True) == [
+        {"name": "listed-a", "namespace": "default"}, {"name": "listed-b", "namespace": "default"}]
+
+    @ray.remote
+    def from_a_task():
+        return ray.util.list_named_actors()
+
+    ray.kill(a)
+    deadline = time.monotonic() + 60
+    while "listed-a" in ray.util.list_named_actors():
+        assert time.monotonic() < deadline, "a killed actor's name stayed listed"
+        time.sleep(0.01)
+    assert ray.get(from_a_task.remote()) == ["listed-b"]
+    assert ray.util.get_node_ip_address() == ray.nodes()[0]["NodeManagerAddress"]

@@ -473,6 +473,13 @@ impl Api for Service {
         Ok(())
     }
 
+    fn actor_names(&self) -> Result<Vec<String>> {
+        Ok(match self.router() {
+            Some(r) => r.actor_names(),
+            None => self.rt.actor_names(),
+        })
+    }
+
     fn get_actor(&self, name: &str) -> Result<ActorRef> {
         let not_found = || Failure::new(ErrorKind::Value, format!("Failed to look up actor with name '{name}'"));
         match self.rt.get_actor::<RawState>(name) {

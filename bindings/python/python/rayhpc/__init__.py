@@ -15,7 +15,7 @@ import pickle
 import sys
 import threading
 
-from . import _native, actor, exceptions, kv
+from . import _native, actor, exceptions, kv, util
 from ._native import ObjectRef
 from ._serial import dumps, loads, size as _size
 from .exceptions import (
