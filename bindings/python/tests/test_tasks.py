@@ -383,8 +383,8 @@ def test_num_returns_gives_one_ref_per_item(ray_start):
     os.unlink(path)
     with pytest.raises(ValueError, match="num_returns"):
         three.options(num_returns=-1)
-    with pytest.raises(NotImplementedError):
-        three.options(num_returns="dynamic")
+    with pytest.raises(ValueError, match="num_returns"):
+        three.options(num_returns="many")
 
     @ray.remote
     class Splitter:
@@ -583,3 +583,55 @@ def test_max_calls_retires_a_worker_after_that_many_calls_of_the_function(ray_st
     assert ray.get(pid.remote()) != first
     with pytest.raises(ValueError, match="max_calls"):
         pid.options(max_calls=-1)
+
+
+def test_generator_tasks_and_methods_give_a_ref_per_item_and_an_error_as_the_last(ray_start):
+    import asyncio
+
+    @ray.remote(num_returns="dynamic")
+    def squares(n):
+        for i in range(n):
+            yield i * i
+
+    @ray.remote(num_returns="streaming")
+    def stream(n, fail_at=-1):
+        for i in range(n):
+            if i == fail_at:
+                raise ValueError(f"failed at {i}")
+            yield {"i": i}
+
+    @ray.remote
+    class Source:
+        @ray.method(num_returns="streaming")
+        def words(self, n):
+            yield from (f"w{i}" for i in range(n))
+
+    gen = ray.get(squares.remote(5))
+    assert isinstance(gen, ray.ObjectRefGenerator) and [ray.get(r) for r in gen] == [0, 1, 4, 9, 16]
+    assert [ray.get(r)["i"] for r in stream.remote(3)] == [0, 1, 2]
+    got = []
+    for ref in stream.remote(5, fail_at=2):
+        try:
+            got.append(ray.get(ref)["i"])
+        except ValueError as e:
+            got.append(str(e).splitlines()[-1])
+    assert got == [0, 1, "ValueError: failed at 2"]
+
+    async def consume():
+        return [(await r)["i"] async for r in stream.remote(4)]
+
+    assert asyncio.run(consume()) == [0, 1, 2, 3]
+    assert [ray.get(r) for r in Source.remote().words.remote(3)] == ["w0", "w1", "w2"]
+    # The generator may travel (into a task).
+    @ray.remote
+    def total(g):
+        return sum(ray.get(list(g)))
+
+    assert ray.get(total.remote(ray.get(squares.remote(4)))) == 14
+
+    @ray.remote(num_returns="dynamic")
+    def not_a_generator():
+        return 5
+
+    with pytest.raises(TypeError, match="not iterable"):
+        ray.get(not_a_generator.remote())

@@ -17,6 +17,7 @@ import threading
 
 from . import _native, actor, exceptions, kv, util
 from ._native import ObjectRef
+from ._generators import ObjectRefGenerator
 from ._serial import dumps, loads, size as _size
 from .exceptions import (
     ActorAlreadyExistsError,
@@ -36,7 +37,7 @@ from .exceptions import (
 __all__ = [
     "init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "kill", "cancel", "get_actor",
     "method", "cluster_resources", "available_resources", "nodes", "get_runtime_context",
-    "ObjectRef", "ActorHandle", "ActorClass", "exceptions",
+    "ObjectRef", "ObjectRefGenerator", "ActorHandle", "ActorClass", "exceptions",
 ]
 __version__ = "0.1.0"
 
@@ -265,6 +266,17 @@ def _env_of(env):
     return out
 
 
+_GENERATOR_EXTRAS = []
+
+
+def _generator_extras():
+    # The extras of an actor's generator method (the same every call).
+    if not _GENERATOR_EXTRAS:
+        import cloudpickle
+        _GENERATOR_EXTRAS.append(cloudpickle.dumps({"generator": True}, protocol=5))
+    return _GENERATOR_EXTRAS[0]
+
+
 def _extras_of(opts):
     """The pickle of what a call carries besides its arguments, or None: the exception
     classes `retry_exceptions` lists (only those are retried), and its runtime_env."""
@@ -277,6 +289,8 @@ def _extras_of(opts):
         x["env"] = env
     if opts.get("max_calls"):
         x["max_calls"] = int(opts["max_calls"])
+    if opts.get("num_returns") in ("dynamic", "streaming"):
+        x["generator"] = True
     if not x:
         return None
     import cloudpickle
@@ -285,7 +299,7 @@ def _extras_of(opts):
 
 def _check_num_returns(n):
     if n in ("dynamic", "streaming"):
-        raise NotImplementedError(f"num_returns={n!r} (generators) is not supported yet")
+        return
     if type(n) is not int or n < 0:
         raise ValueError(f"num_returns must be a non-negative integer, got {n!r}")
 
@@ -382,6 +396,9 @@ class RemoteFunction(_Remote):
             inspect.signature(self._function).bind(*args, **kwargs)
         n = self._num_returns
         if self._extras is not None:
+            if type(n) is str:  # a generator: one ref, whose value is the ObjectRefGenerator
+                ref = _native.submit(self._shared["key"], _call_parts(args, kwargs, 1, self._extras), self._native_options)
+                return ObjectRefGenerator(source=ref) if n == "streaming" else ref
             return _returns(_native.submit(self._shared["key"], _call_parts(args, kwargs, max(n, 1), self._extras),
                                            self._native_options), n)
         if n == 0:
@@ -593,6 +610,9 @@ class ActorMethod:
         if kwargs or a is None or not (a[0] <= len(args) <= a[1]):
             self._check(args, kwargs)
         n = self._num_returns
+        if type(n) is str:  # a generator method
+            ref = _native.actor_call(self._handle._ref, self._name, _call_parts(args, kwargs, 1, _generator_extras()))
+            return ObjectRefGenerator(source=ref) if n == "streaming" else ref
         return _returns(_native.actor_call(self._handle._ref, self._name, _call_parts(args, kwargs, max(n, 1))), n)
 
     def _check(self, args, kwargs):

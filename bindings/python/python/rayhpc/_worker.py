@@ -126,6 +126,7 @@ def main():
         retry_only = None  # retry_exceptions's classes, when it lists them
         restore = None  # undoes a task's runtime_env after its call
         retire = False  # the function's max_calls reached: this worker's last call
+        generator = False  # num_returns "dynamic" or "streaming"
         try:
             if op == METHOD:
                 mname = body[0].decode()
@@ -155,6 +156,7 @@ def main():
                     extras = _extras(rest[0], cloudpickle)
                     # retry_exceptions lists the classes to retry: another exception is final.
                     retry_only = extras.get("retry_only")
+                    generator = extras.get("generator", False)
                     if extras.get("max_calls") and op == CALL:
                         calls[key] = calls.get(key, 0) + 1
                         retire = calls[key] >= extras["max_calls"]
@@ -171,6 +173,9 @@ def main():
                 result = fn(*values[:npos], **dict(zip(names, values[npos:])))
             else:
                 result = fn(*values)
+            if generator:
+                from rayhpc._generators import collect
+                result = collect(result, name)
             _Interrupt.in_call = False
             values = None
             if op == NEW:
