@@ -811,9 +811,12 @@ def nodes():
     return [{
         "NodeID": f"{rank:056x}",
         "Alive": alive,
+        "alive": alive,
         "NodeManagerAddress": address,
         "NodeManagerHostname": host,
+        "NodeName": address,
         "Resources": {k: v for k, v in resources.items() if v > 0},
+        "Labels": {},
     } for rank, alive, address, host, resources in _native.nodes()]
 
 
