@@ -527,6 +527,16 @@ def test_runtime_env_gives_env_vars_a_working_dir_and_modules_to_tasks_and_actor
     for var, cwd in ray.get([plain.remote() for _ in range(8)]):
         assert var is None and cwd != str(wd)
     assert ray.get(Env.remote().get.remote()) == "yes"
+    # A working_dir gone by the time the call runs fails that call only, leaving the worker
+    # as it was (no env var of that call stays behind).
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    late = env.options(runtime_env={"working_dir": str(gone), "env_vars": {"RAYHPC_TEST_FOO": "stale"}})
+    gone.rmdir()
+    with pytest.raises(FileNotFoundError):
+        ray.get(late.remote())
+    for var, _ in ray.get([plain.remote() for _ in range(8)]):
+        assert var is None
     # What a worker here cannot provide is refused, naming it.
     with pytest.raises(ValueError, match="'pip' is not supported"):
         env.options(runtime_env={"pip": ["requests"]})

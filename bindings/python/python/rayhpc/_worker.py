@@ -56,14 +56,15 @@ def _extras(blob, cloudpickle):
 def _apply_env(env, permanent):
     """Applies a runtime_env (env_vars, working_dir, py_modules) to this process; returns
     what undoes it after the call (None when `permanent`: an actor's, for its life)."""
-    saved_env = {k: os.environ.get(k) for k in env.get("env_vars", {})}
-    os.environ.update(env.get("env_vars", {}))
     paths = list(env.get("py_modules", []))
     cwd = None
     if env.get("working_dir"):
+        # First: a directory that is not there fails the call with nothing else applied.
         cwd = os.getcwd()
         os.chdir(env["working_dir"])
         paths.insert(0, env["working_dir"])
+    saved_env = {k: os.environ.get(k) for k in env.get("env_vars", {})}
+    os.environ.update(env.get("env_vars", {}))
     saved_path = list(sys.path)
     sys.path[:0] = paths
     if permanent:
