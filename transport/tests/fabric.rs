@@ -172,6 +172,25 @@ fn signal(pid: u32, sig: &str) {
     assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
 }
 
+/// Stops process `pid` and returns once every one of its threads is stopped: `kill` returns
+/// when the signal is sent, and a busy machine may let the target serve a read after that.
+fn stop(pid: u32) {
+    signal(pid, "-STOP");
+    let stopped = || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+        tasks.flatten().all(|t| {
+            // The state is the field after the command's closing parenthesis.
+            std::fs::read_to_string(t.path().join("stat"))
+                .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T')))
+        })
+    };
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while !stopped() {
+        assert!(Instant::now() < give_up, "process {pid} never stopped");
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
 // ---- conformance ----------------------------------------------------------------------------
 
 #[test]
@@ -355,7 +374,7 @@ fn a_stopped_peer_times_out_then_can_be_reconnected() {
         let target = spawn_target(provider);
         let peer = reader.connect(&target.address).unwrap();
         reader.read(peer, target.remote, 0, &local.region, 0, 8 * MIB).unwrap();
-        signal(target.child.id(), "-STOP");
+        stop(target.child.id());
         let start = Instant::now();
         // shm reads the target's memory directly (CMA): a stopped target may still serve.
         let result = reader.read(peer, target.remote, 0, &local.region, 0, 8 * MIB);
