@@ -375,16 +375,12 @@ pub fn op_header(op: u8, key: &[u8], args: &[&[u8]]) -> Result<Vec<u8>, String> 
     Ok(h)
 }
 
-pub fn ok_header() -> [u8; 8] {
-    [OK, 0, 0, 0, 0, 0, 0, 0]
-}
-
 /// An answer's flag (byte 1, of an OK or an error answer): the worker has run its function
 /// `max_calls` times and is to be retired, not reused.
 pub const RETIRE: u8 = 4;
 
-/// An OK answer's header with `flags` ([`RETIRE`]).
-pub fn ok_header_with(flags: u8) -> [u8; 8] {
+/// An OK answer's header with `flags` ([`RETIRE`], or 0).
+pub fn ok_header(flags: u8) -> [u8; 8] {
     [OK, flags, 0, 0, 0, 0, 0, 0]
 }
 

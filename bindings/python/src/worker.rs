@@ -77,7 +77,7 @@ fn send(py: Python<'_>, ring: &RingClient, parts: &[&[u8]]) -> PyResult<()> {
 #[pyfunction]
 #[pyo3(signature = (parts, retire=false))]
 pub fn worker_ok(py: Python<'_>, parts: &Bound<'_, PyList>, retire: bool) -> PyResult<()> {
-    let header = wire::ok_header_with(if retire { wire::RETIRE } else { 0 });
+    let header = wire::ok_header(if retire { wire::RETIRE } else { 0 });
     let ring = ring()?;
     ring.flush_released().map_err(py_err)?;
     let total = parts::total_len(parts)?;
