@@ -97,7 +97,7 @@ impl Actors {
     }
 
     /// The name actor `actor` of this node holds, if any, and whether it was restarted.
-    pub fn name_of(&self, actor: ActorId) -> (Option<String>, bool) {
+    pub fn name_and_restarted(&self, actor: ActorId) -> (Option<String>, bool) {
         let Some(control) = lock(&self.actors).get(&actor).map(|e| e.control.clone()) else { return (None, false) };
         let name = lock(&control.named).as_ref().map(|(n, _)| n.clone());
         (name, control.restarts.load(Ordering::Relaxed) > 0)

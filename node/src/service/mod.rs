@@ -630,7 +630,7 @@ impl Api for Service {
 
     fn context(&self) -> Result<CallContext> {
         let actor = rayhpc::raw::current_actor();
-        let (actor_name, actor_restarted) = actor.map_or((None, false), |a| self.actors.name_of(a));
+        let (actor_name, actor_restarted) = actor.map_or((None, false), |a| self.actors.name_and_restarted(a));
         Ok(CallContext {
             task: rayhpc::raw::current_task(),
             actor,
